@@ -1,0 +1,16 @@
+"""Callbacks: evaluation, checkpoints, progress, metrics file."""
+
+from mtdqn.callbacks.checkpoint import AtomicCheckpointIO, EnvStepCheckpoint, atomic_torch_save, load_checkpoint
+from mtdqn.callbacks.evaluation import EvalCallback
+from mtdqn.callbacks.loggers import JsonlLogger
+from mtdqn.callbacks.progress import EnvStepProgressBar
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "EnvStepCheckpoint",
+    "EnvStepProgressBar",
+    "EvalCallback",
+    "JsonlLogger",
+    "atomic_torch_save",
+    "load_checkpoint",
+]

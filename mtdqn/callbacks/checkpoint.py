@@ -1,0 +1,84 @@
+"""Atomic checkpoint files and checkpoints scheduled in env steps."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint weights-only; a file that needs arbitrary unpickling is refused with a clear error."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises UnpicklingError with a long message
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be loaded weights-only (it carries pickled objects or is corrupt); "
+            f"mtdqn refuses such files. Cause: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO that writes atomically and loads weights-only."""
+
+    def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+class EnvStepCheckpoint(pl.Callback):
+    """Save `last.ckpt` (model, optimizer, counters, replay, RNG) every `every_env_steps` and at the end."""
+
+    def __init__(self, dirpath: str, every_env_steps: int = 10_000, filename: str = "last.ckpt") -> None:
+        if every_env_steps <= 0:
+            raise ValueError(f"callbacks.checkpoint.every_env_steps={every_env_steps} must be > 0")
+        self.dirpath, self.every, self.filename = Path(dirpath), every_env_steps, filename
+        self.last_saved = 0
+
+    @property
+    def path(self) -> Path:
+        """Where the checkpoint is written."""
+        return self.dirpath / self.filename
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last_saved = trainer.datamodule.current_env_steps()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        steps = trainer.datamodule.current_env_steps()
+        if steps // self.every > self.last_saved // self.every:
+            self.save(trainer, steps)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer, trainer.datamodule.current_env_steps())
+
+    def save(self, trainer: pl.Trainer, steps: int) -> None:
+        """Write the checkpoint atomically unless a guard marked the run as diverged."""
+        if getattr(trainer, "mtdqn_diverged", False):
+            return
+        trainer.save_checkpoint(self.path)
+        self.last_saved = steps

@@ -1,0 +1,65 @@
+"""A progress bar in env steps with env steps/s and the latest eval return, plus a final summary line."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ProgressBar
+from tqdm.auto import tqdm
+
+
+class EnvStepProgressBar(ProgressBar):
+    """tqdm bar over env steps (replaces Lightning's batch-based bar)."""
+
+    def __init__(self, refresh_seconds: float = 0.5) -> None:
+        super().__init__()
+        self.refresh_seconds = refresh_seconds
+        self._enabled = True
+        self.bar: tqdm | None = None
+        self.summary = ""
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _eval_return(self, trainer: pl.Trainer) -> str:
+        for cb in trainer.callbacks:
+            latest = getattr(cb, "latest", None)
+            if latest:
+                keys = [k for k in latest if k.startswith("eval/") and k.endswith("/return")]
+                return ", ".join(f"{k.split('/')[1]}={latest[k]:.1f}" for k in keys)
+        return "-"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = trainer.datamodule
+        self.start_steps, self.t0, self.last_refresh = dm.current_env_steps(), time.perf_counter(), 0.0
+        if self._enabled and trainer.is_global_zero:
+            self.bar = tqdm(total=dm.total_env_steps, initial=self.start_steps, unit="step", dynamic_ncols=True)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        now = time.perf_counter()
+        if self.bar is None or now - self.last_refresh < self.refresh_seconds:
+            return
+        self.last_refresh = now
+        steps = trainer.datamodule.current_env_steps()
+        self.bar.update(steps - self.bar.n)
+        sps = (steps - self.start_steps) / max(now - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"sps={sps:,.0f} updates={trainer.global_step} eval: {self._eval_return(trainer)}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = trainer.datamodule.current_env_steps()
+        seconds = time.perf_counter() - self.t0
+        if self.bar is not None:
+            self.bar.update(steps - self.bar.n)
+            self.bar.close()
+        done = steps - self.start_steps
+        self.summary = (
+            f"mtdqn: {steps:,} env steps ({done:,} this run) and {trainer.global_step:,} updates in {seconds:.1f} s "
+            f"({done / max(seconds, 1e-9):,.0f} env steps/s); last eval: {self._eval_return(trainer)}"
+        )
+        if trainer.is_global_zero:
+            print(self.summary, flush=True)

@@ -1,0 +1,647 @@
+"""Compare training runs from their local run directories: load, group, curves on a grid, score tables.
+
+A run directory holds `metrics.jsonl` (one JSON object per line with `env_steps`, `step`, `time` and metric
+names such as `eval/<task>/normalized`), `config.yaml` (the resolved run config) and, once the run has
+ended, `summary.json` (`"status": "completed"` or `"failed"` with `"error"`). Only local files are read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mtdqn.evaluation import stats
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+STEP_KEY = "env_steps"
+MISSING = "<missing>"
+_TASK_RE = re.compile(r"^eval/(?P<task>.+)/(?P<kind>normalized|return)$")
+
+
+@dataclass
+class Run:
+    """One run directory: its config, metric rows (file order) and summary."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """'completed', 'failed' (from summary.json), or 'incomplete' when there is no summary status."""
+        status = (self.summary or {}).get("status")
+        return str(status) if status else "incomplete"
+
+    @property
+    def error(self) -> str | None:
+        """The error recorded in summary.json, if any."""
+        err = (self.summary or {}).get("error")
+        return None if err is None else str(err)
+
+    def metric_names(self) -> set[str]:
+        """Every metric name present in metrics.jsonl."""
+        return {k for row in self.rows for k in row}
+
+    def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(env_steps, values) of `metric`, sorted by env_steps, finite values only, last value per step."""
+        by_step: dict[float, float] = {}
+        for row in self.rows:
+            x, y = _number(row.get(STEP_KEY)), _number(row.get(metric))
+            if x is not None and y is not None:
+                by_step[x] = y
+        xs = np.array(sorted(by_step), dtype=float)
+        return xs, np.array([by_step[x] for x in xs], dtype=float)
+
+    def final(self, metric: str) -> float | None:
+        """Last finite value of `metric` in metrics.jsonl (file order), else from summary.json, else None."""
+        for row in reversed(self.rows):
+            v = _number(row.get(metric))
+            if v is not None:
+                return v
+        return _number((self.summary or {}).get(metric))
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _is_run_dir(d: Path) -> bool:
+    if (d / METRICS_FILE).is_file():
+        return True
+    summary = _read_json(d / SUMMARY_FILE)  # runs that failed before logging anything
+    return isinstance(summary, dict) and "status" in summary
+
+
+def find_run_dirs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """Every run directory at or below `paths` (sorted, deduplicated), skipping `exclude` and wandb/ dirs."""
+    skip = [Path(p).resolve() for p in exclude]
+    found: set[Path] = set()
+    for root in map(Path, paths):
+        if not root.exists():
+            raise FileNotFoundError(f"no such run or sweep directory: {root}")
+        root = root.parent if root.is_file() else root
+        candidates = {root} | {p.parent for name in (METRICS_FILE, SUMMARY_FILE) for p in root.rglob(name)}
+        for d in candidates:
+            if any(part == "wandb" or part.startswith(".") for part in d.relative_to(root).parts):
+                continue
+            resolved = d.resolve()
+            if any(resolved == s or s in resolved.parents for s in skip):
+                continue
+            if _is_run_dir(d):
+                found.add(resolved)
+    return sorted(found, key=_natural_key)
+
+
+def _natural_key(p: Path) -> list[Any]:
+    """Sort sweep job folders 0, 1, ..., 10 numerically."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(p)) if t]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_rows(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if not path.is_file():
+        return rows
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            warnings.append(f"{path}:{i}: unreadable line skipped")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def load_run(path: str | Path) -> Run:
+    """Read one run directory; unreadable files become warnings, never exceptions."""
+    d = Path(path)
+    run = Run(path=d)
+    run.rows = _read_rows(d / METRICS_FILE, run.warnings)
+    if (d / CONFIG_FILE).is_file():
+        try:
+            cfg = yaml.safe_load((d / CONFIG_FILE).read_text())
+            run.config = cfg if isinstance(cfg, dict) else {}
+        except (OSError, yaml.YAMLError) as exc:
+            run.warnings.append(f"{d / CONFIG_FILE}: unreadable ({type(exc).__name__})")
+    else:
+        run.warnings.append(f"{d}: no {CONFIG_FILE}")
+    if (d / SUMMARY_FILE).is_file():
+        summary = _read_json(d / SUMMARY_FILE)
+        if isinstance(summary, dict):
+            run.summary = summary
+        else:
+            run.warnings.append(f"{d / SUMMARY_FILE}: unreadable")
+    return run
+
+
+def load_runs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> list[Run]:
+    """Load every run directory found below `paths`."""
+    return [load_run(d) for d in find_run_dirs(paths, exclude)]
+
+
+def get_config_value(config: Mapping[str, Any], dotted: str, default: Any = MISSING) -> Any:
+    """Value at a dotted path (`optimizer.name`) in a nested config; list items by index (`tasks.0`)."""
+    node: Any = config
+    for part in dotted.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return default
+    return node
+
+
+def _value_str(v: Any) -> str:
+    if isinstance(v, dict | list):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """Display label of a group, e.g. `optimizer.name=adam, transfer.mode=none`."""
+    return ", ".join(f"{k}={_value_str(v)}" for k, v in zip(keys, values, strict=True))
+
+
+def _sort_key(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(
+        (0, float(v), "")
+        if isinstance(v, int | float) and not isinstance(v, bool)
+        else (1, 0.0, _value_str(v))
+        for v in values
+    )
+
+
+def group_runs(runs: Iterable[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
+    """Runs grouped by their config values at the dotted `keys`, as {label: runs}, sorted by value."""
+    by_values: dict[tuple[str, ...], tuple[tuple[Any, ...], list[Run]]] = {}
+    for run in runs:
+        values = tuple(get_config_value(run.config, k) for k in keys)
+        ident = tuple(_value_str(v) for v in values)
+        by_values.setdefault(ident, (values, []))[1].append(run)
+    ordered = sorted(by_values.values(), key=lambda item: _sort_key(item[0]))
+    return {group_label(keys, values): members for values, members in ordered}
+
+
+def task_metrics(runs: Iterable[Run], tasks: Sequence[str] | None = None) -> dict[str, str]:
+    """{task: metric} for every `eval/<task>/normalized`, falling back to `eval/<task>/return`."""
+    kinds: dict[str, set[str]] = {}
+    for run in runs:
+        for name in run.metric_names():
+            m = _TASK_RE.match(name)
+            if m:
+                kinds.setdefault(m["task"], set()).add(m["kind"])
+    wanted = sorted(kinds) if tasks is None else [t for t in tasks if t in kinds]
+    return {t: f"eval/{t}/{'normalized' if 'normalized' in kinds[t] else 'return'}" for t in wanted}
+
+
+def make_grid(step_arrays: Iterable[Any], n_points: int = 200) -> np.ndarray:
+    """Common env_steps grid: the union of all eval steps, or `n_points` evenly spaced if the union is larger."""
+    arrays = [np.asarray(a, dtype=float).ravel() for a in step_arrays]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        return np.empty(0)
+    union = np.unique(np.concatenate(arrays))
+    return union if union.size <= n_points else np.linspace(union[0], union[-1], n_points)
+
+
+def interpolate_on_grid(steps: Any, values: Any, grid: Any) -> np.ndarray:
+    """Linear interpolation of one curve on `grid`; NaN outside the run's [first, last] eval step."""
+    x, y, g = (np.asarray(a, dtype=float).ravel() for a in (steps, values, grid))
+    out = np.full(g.shape, np.nan)
+    if x.size:
+        inside = (g >= x[0]) & (g <= x[-1])
+        out[inside] = np.interp(g[inside], x, y)
+    return out
+
+
+def curves_on_grid(runs: Sequence[Run], metric: str, grid: Any) -> np.ndarray:
+    """(runs, points) matrix of each run's `metric` interpolated on `grid` (NaN where a run has no data)."""
+    g = np.asarray(grid, dtype=float)
+    if not runs:
+        return np.empty((0, g.size))
+    return np.stack([interpolate_on_grid(*run.series(metric), g) for run in runs])
+
+
+def learning_curves(
+    groups: Mapping[str, Sequence[Run]],
+    metric: str,
+    n_points: int = 200,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per group: mean over runs of `metric` on a grid shared by all groups, with a bootstrap CI band."""
+    with_data = {label: [r for r in runs if r.series(metric)[0].size] for label, runs in groups.items()}
+    with_data = {label: runs for label, runs in with_data.items() if runs}
+    grid = make_grid((r.series(metric)[0] for runs in with_data.values() for r in runs), n_points)
+    out: dict[str, Any] = {"metric": metric, "grid": grid, "groups": {}}
+    for label, runs in with_data.items():
+        mu, low, high = stats.bootstrap_mean_band(curves_on_grid(runs, metric, grid), n_boot, ci, seed)
+        out["groups"][label] = {"n_runs": len(runs), "mean": mu, "low": low, "high": high}
+    return out
+
+
+def steps_to_threshold(run: Run, metric: str, threshold: float) -> float:
+    """First env_steps at which `metric` >= `threshold`, or inf if it never gets there."""
+    steps, values = run.series(metric)
+    hit = np.flatnonzero(values >= threshold)
+    return float(steps[hit[0]]) if hit.size else math.inf
+
+
+def threshold_summary(runs: Sequence[Run], metric: str, threshold: float) -> dict[str, Any]:
+    """Median over runs of the steps to reach `threshold` (None when not reached by the median run)."""
+    reach = np.array([steps_to_threshold(r, metric, threshold) for r in runs], dtype=float)
+    med = float(np.median(reach)) if reach.size else math.inf
+    return {
+        "steps_to_threshold": med if math.isfinite(med) else None,
+        "n_reached": int(np.isfinite(reach).sum()),
+    }
+
+
+def final_score_matrix(runs: Sequence[Run], metrics: Sequence[str]) -> tuple[np.ndarray, list[Run]]:
+    """(runs, metrics) final scores of the runs that have every metric, and those runs."""
+    rows, kept = [], []
+    for run in runs:
+        finals = [run.final(m) for m in metrics]
+        if finals and all(v is not None for v in finals):
+            rows.append(finals)
+            kept.append(run)
+    return np.array(rows, dtype=float).reshape(len(rows), len(metrics)), kept
+
+
+def score_row(
+    runs: Sequence[Run],
+    metrics: Sequence[str],
+    threshold: float | None = None,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    backend: str = "auto",
+) -> dict[str, Any] | None:
+    """Final-score aggregates (IQM/mean/median + CIs) over runs x `metrics`, AUC and steps to threshold."""
+    scores, kept = final_score_matrix(runs, metrics)
+    if not kept:
+        return None
+    row: dict[str, Any] = {"n_runs": len(kept), "n_incomplete": sum(r.status != "completed" for r in kept)}
+    row.update(stats.aggregate(scores, n_boot=n_boot, ci=ci, seed=seed, backend=backend))
+    aucs = [stats.area_under_curve(*r.series(m)) for r in kept for m in metrics if r.series(m)[0].size]
+    row["auc"] = float(np.mean(aucs)) if aucs else None
+    if threshold is not None and len(metrics) == 1:
+        row.update(threshold_summary(kept, metrics[0], threshold))
+    row["final_scores"] = scores.tolist()
+    return row
+
+
+def score_tables(
+    groups: Mapping[str, Sequence[Run]],
+    tasks: Mapping[str, str],
+    headline: str | None,
+    threshold: float,
+    **boot: Any,
+) -> list[dict[str, Any]]:
+    """Tables of final scores: the headline metric, one per task, and all tasks together (if > 1)."""
+    specs: list[tuple[str, str, list[str], float | None]] = []
+    if headline and any(r.final(headline) is not None for runs in groups.values() for r in runs):
+        specs.append((headline, "headline", [headline], threshold))
+    specs += [(task, "task", [metric], threshold) for task, metric in tasks.items()]
+    if len(tasks) > 1:
+        specs.append(("all tasks", "aggregate", list(tasks.values()), None))
+    tables = []
+    for name, kind, metrics, thr in specs:
+        rows = {label: score_row(runs, metrics, thr, **boot) for label, runs in groups.items()}
+        rows = {label: row for label, row in rows.items() if row is not None}
+        tables.append({"name": name, "kind": kind, "metrics": metrics, "rows": rows})
+    return tables
+
+
+def performance_profiles(
+    groups: Mapping[str, Sequence[Run]], metrics: Sequence[str], n_taus: int = 101
+) -> dict[str, Any]:
+    """Fraction of (run, task) final scores above each tau, per group, on a tau grid shared by all groups."""
+    scores = {label: final_score_matrix(runs, metrics)[0] for label, runs in groups.items()}
+    scores = {label: s for label, s in scores.items() if s.size}
+    if not scores:
+        return {"metrics": list(metrics), "taus": [], "groups": {}}
+    every = np.concatenate([s.ravel() for s in scores.values()])
+    lo, hi = min(0.0, float(every.min())), max(float(every.max()), 0.0)
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    taus = np.linspace(lo - pad, hi + pad, n_taus)
+    profiles = {label: stats.performance_profile(s, taus) for label, s in scores.items()}
+    return {"metrics": list(metrics), "taus": taus, "groups": profiles}
+
+
+@dataclass
+class Comparison:
+    """Result of `compare_runs`: the JSON-ready summary plus the arrays behind the plots."""
+
+    summary: dict[str, Any]
+    curves: dict[str, dict[str, Any]]
+    profiles: dict[str, Any]
+
+
+def compare_runs(
+    paths: Sequence[str | Path],
+    by: Sequence[str] = ("experiment_name",),
+    metric: str | None = "eval/mean_normalized",
+    tasks: Sequence[str] | None = None,
+    threshold: float = 0.9,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    n_points: int = 200,
+    exclude: Iterable[str | Path] = (),
+    skip_incomplete: bool = False,
+    backend: str = "auto",
+) -> Comparison:
+    """Load the runs below `paths`, group them by config `by` keys and compute curves, tables and profiles."""
+    runs = load_runs(paths, exclude)
+    failed = [r for r in runs if r.status == "failed"]
+    usable = [r for r in runs if r.status != "failed" and (r.status == "completed" or not skip_incomplete)]
+    groups = group_runs(usable, by)
+    task_map = task_metrics(usable, tasks)
+    boot = {"n_boot": n_boot, "ci": ci, "seed": seed, "backend": backend}
+    tables = score_tables(groups, task_map, metric, threshold, **boot)
+    curves = {
+        t["name"]: learning_curves(groups, t["metrics"][0], n_points, n_boot, ci, seed)
+        for t in tables
+        if t["kind"] != "aggregate"
+    }
+    profiles = performance_profiles(groups, list(task_map.values()) or ([metric] if tables else []))
+    summary = {
+        "inputs": [str(p) for p in paths],
+        "group_by": list(by),
+        "metric": metric,
+        "threshold": threshold,
+        "ci": ci,
+        "n_boot": n_boot,
+        "seed": seed,
+        "stats_backend": _backend_name(backend),
+        "n_runs": len(runs),
+        "groups": [_group_info(label, members, by) for label, members in groups.items()],
+        "tasks": task_map,
+        "tables": tables,
+        "failed": [_failed_info(r, by) for r in failed],
+        "incomplete": [str(r.path) for r in usable if r.status != "completed"],
+        "skipped_incomplete": [
+            str(r.path) for r in runs if r.status not in ("failed", "completed") and skip_incomplete
+        ],
+        "warnings": _warnings(runs, tasks, task_map, len(usable)),
+    }
+    return Comparison(summary=summary, curves=curves, profiles=profiles)
+
+
+def _backend_name(backend: str) -> str:
+    if backend == "numpy" or not stats.rliable_available():
+        return (
+            "numpy" if backend == "numpy" else f"numpy (rliable unavailable: {stats.rliable_import_error()})"
+        )
+    return "rliable"
+
+
+def _group_info(label: str, runs: Sequence[Run], by: Sequence[str]) -> dict[str, Any]:
+    return {
+        "label": label,
+        "keys": {k: get_config_value(runs[0].config, k) for k in by},
+        "n_runs": len(runs),
+        "n_completed": sum(r.status == "completed" for r in runs),
+        "runs": [str(r.path) for r in runs],
+    }
+
+
+def _failed_info(run: Run, by: Sequence[str]) -> dict[str, Any]:
+    values = [get_config_value(run.config, k) for k in by]
+    return {
+        "path": str(run.path),
+        "group": group_label(by, values),
+        "error": run.error or "(no error recorded)",
+    }
+
+
+def _warnings(
+    runs: Sequence[Run], tasks: Sequence[str] | None, task_map: Mapping[str, str], n_usable: int
+) -> list[str]:
+    out = [w for r in runs for w in r.warnings]
+    out += [
+        f"task {t!r}: no eval/{t}/normalized or eval/{t}/return in any run"
+        for t in tasks or ()
+        if t not in task_map
+    ]
+    if not runs:
+        out.append("no run directories found")
+    elif not n_usable:
+        out.append("no usable runs (all failed or skipped)")
+    return out
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain-JSON copy of `obj`: numpy to lists/floats, NaN/inf to None, Paths to str."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def slug(name: str) -> str:
+    """File-name-safe version of a task or metric name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "metric"
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}g}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
+
+
+def _fmt_ci(row: Mapping[str, Any], name: str) -> str:
+    low, high = row[f"{name}_ci"]
+    return f"{_fmt(row[name])} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _md_cell(text: Any, limit: int = 300) -> str:
+    s = " ".join(str(text).split()).replace("|", "\\|")
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _threshold_cell(row: Mapping[str, Any]) -> str:
+    reached = f"({row['n_reached']}/{row['n_runs']})"
+    steps = row.get("steps_to_threshold")
+    return f"not reached {reached}" if steps is None else f"{int(round(steps)):,} {reached}"
+
+
+def _table_markdown(table: Mapping[str, Any], threshold: float, ci: float) -> list[str]:
+    pct = f"{round(100 * ci)}% CI"
+    if table["kind"] == "aggregate":
+        title = f"## All tasks ({len(table['metrics'])} tasks; statistics over runs x tasks)"
+    elif table["kind"] == "task":
+        title = f"## Task `{table['name']}` (`{table['metrics'][0]}`)"
+    else:
+        title = f"## `{table['name']}`"
+    header = ["group", "runs", f"IQM [{pct}]", f"mean [{pct}]", f"median [{pct}]", "AUC"]
+    with_threshold = table["kind"] != "aggregate"
+    header += [f"env steps to {threshold:g}"] if with_threshold else []
+    lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in table["rows"].items():
+        n = f"{row['n_runs']}" + (f" ({row['n_incomplete']} incomplete)" if row["n_incomplete"] else "")
+        cells = [_md_cell(label), n, _fmt_ci(row, "iqm"), _fmt_ci(row, "mean"), _fmt_ci(row, "median")]
+        cells += [_fmt(row["auc"])] + ([_threshold_cell(row)] if with_threshold else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    if not table["rows"]:
+        lines.append("| (no run has this metric) |" + " |" * (len(header) - 1))
+    return [*lines, ""]
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    """summary.md: settings, one final-score table per metric, plots, failed and incomplete runs, warnings."""
+    s = summary
+    by = ", ".join(f"`{k}`" for k in s["group_by"])
+    lines = [
+        "# Run comparison",
+        "",
+        f"{s['n_runs']} run(s) from {', '.join(f'`{p}`' for p in s['inputs'])}, grouped by {by} into "
+        f"{len(s['groups'])} group(s); {len(s['failed'])} failed, {len(s['incomplete'])} incomplete.",
+        "",
+        f"Final score = last eval value of each run. Point estimates with {round(100 * s['ci'])}% "
+        f"stratified-bootstrap CIs ({s['n_boot']} resamples, {s['stats_backend']}). AUC = mean over runs of "
+        f"the area under the eval curve divided by its env-step span. Env steps to {s['threshold']:g}: median "
+        "over runs of the first eval at or above the threshold (runs that reached it / runs).",
+        "",
+    ]
+    for table in s["tables"]:
+        lines += _table_markdown(table, s["threshold"], s["ci"])
+    lines += _plots_markdown(s)
+    if s["failed"]:
+        lines += ["## Failed runs (skipped)", "", "| run | group | error |", "|---|---|---|"]
+        lines += [f"| `{f['path']}` | {_md_cell(f['group'])} | {_md_cell(f['error'])} |" for f in s["failed"]]
+        lines.append("")
+    for title, key in (
+        ("Incomplete runs (no summary.json status; included)", "incomplete"),
+        ("Incomplete runs (skipped)", "skipped_incomplete"),
+        ("Warnings", "warnings"),
+    ):
+        if s.get(key):
+            lines += [f"## {title}", "", *(f"- {_md_cell(x, 500)}" for x in s[key]), ""]
+    return "\n".join(lines)
+
+
+def _plots_markdown(summary: Mapping[str, Any]) -> list[str]:
+    if summary.get("plots_skipped"):
+        return ["## Plots", "", f"Plots skipped: {summary['plots_skipped']}", ""]
+    plots = summary.get("plots") or []
+    return ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""] if plots else []
+
+
+def _new_figure(width: float = 7.0, height: float = 4.5) -> Any:
+    """A matplotlib Figure drawn with Agg, independent of pyplot's global backend (raises ImportError)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _colors(labels: Iterable[str]) -> dict[str, str]:
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)}
+
+
+def plot_learning_curves(
+    curves: Mapping[str, Any], path: str | Path, title: str, colors: Mapping[str, str]
+) -> Path:
+    """PNG of one metric's mean curve per group over env steps, with its bootstrap CI band."""
+    fig = _new_figure()
+    ax = fig.subplots()
+    grid = np.asarray(curves["grid"], dtype=float)
+    for label, c in curves["groups"].items():
+        color = colors.get(label)
+        ax.plot(grid, c["mean"], color=color, label=f"{label} (n={c['n_runs']})")
+        ax.fill_between(grid, c["low"], c["high"], color=color, alpha=0.2, linewidth=0)
+    ax.set(title=title, xlabel="environment steps", ylabel=curves["metric"])
+    ax.grid(alpha=0.3)
+    if curves["groups"]:
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_performance_profiles(
+    profiles: Mapping[str, Any], path: str | Path, colors: Mapping[str, str]
+) -> Path:
+    """PNG of the fraction of (run, task) final scores above tau, per group."""
+    fig = _new_figure()
+    ax = fig.subplots()
+    for label, fractions in profiles["groups"].items():
+        ax.plot(profiles["taus"], fractions, color=colors.get(label), label=label)
+    metrics = profiles["metrics"]
+    xlabel = metrics[0] if len(metrics) == 1 else f"final score ({len(metrics)} tasks)"
+    ax.set(
+        title="Performance profiles",
+        xlabel=f"{xlabel} threshold tau",
+        ylabel="fraction of runs with score > tau",
+    )
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if profiles["groups"]:
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def write_plots(comparison: Comparison, out_dir: Path) -> list[str]:
+    """Learning-curve and performance-profile PNGs in `out_dir`; file names (raises ImportError w/o matplotlib)."""
+    colors = _colors(g["label"] for g in comparison.summary["groups"])
+    names = []
+    for name, curves in comparison.curves.items():
+        if curves["groups"]:
+            title = f"task {name}" if name in comparison.summary["tasks"] else name
+            names.append(
+                plot_learning_curves(curves, out_dir / f"curves_{slug(name)}.png", title, colors).name
+            )
+    if comparison.profiles["groups"]:
+        names.append(
+            plot_performance_profiles(comparison.profiles, out_dir / "performance_profiles.png", colors).name
+        )
+    return names
+
+
+def write_report(comparison: Comparison, out_dir: str | Path, plots: bool = True) -> list[Path]:
+    """Write the PNGs (unless matplotlib is missing), summary.md and summary.json; return written paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = comparison.summary
+    summary["plots"], summary["plots_skipped"] = [], None if plots else "disabled (--no-plots)"
+    if plots:
+        try:
+            summary["plots"] = write_plots(comparison, out)
+        except ImportError as exc:
+            summary["plots_skipped"] = f"matplotlib is not installed ({exc}); install the `report` extra"
+    (out / "summary.json").write_text(json.dumps(to_jsonable(summary), indent=2) + "\n")
+    (out / "summary.md").write_text(render_markdown(summary))
+    return [out / p for p in summary["plots"]] + [out / "summary.md", out / "summary.json"]

@@ -1,0 +1,5 @@
+"""LightningModules."""
+
+from mtdqn.models.dqn import DQNModule
+
+__all__ = ["DQNModule"]

@@ -1,0 +1,118 @@
+"""DQNModule: turns rounds of replay minibatches into gradient updates (no env code here)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from mtdqn.losses import LOSSES, polyak_update, td_loss, td_target
+from mtdqn.types import Batch, Round, TaskSpec
+
+NetFactory = Callable[..., nn.Module]  # (obs_dim=, n_actions=) -> nn.Module
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+TARGET_UNITS = ("env_steps", "updates")
+
+
+class DQNModule(pl.LightningModule):
+    """DQN / double DQN with hard or Polyak target updates, several gradient updates per training_step.
+
+    Manual optimization: one `training_step` receives a Round of G stacked minibatches and performs G updates,
+    which amortizes Lightning's per-step cost. `trainer.global_step` therefore counts gradient updates.
+    """
+
+    def __init__(
+        self,
+        net: NetFactory,
+        optimizer: OptimizerFactory,
+        task: TaskSpec,
+        double_q: bool = False,
+        loss: str = "huber",
+        max_grad_norm: float = 10.0,  # 0 disables clipping
+        target_update_period: int = 10,  # in `target_update_unit`
+        target_update_unit: str = "env_steps",
+        tau: float = 1.0,  # 1 = hard copy, < 1 = Polyak averaging
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"model.loss={loss!r} is not one of {LOSSES}")
+        if target_update_unit not in TARGET_UNITS:
+            raise ValueError(f"model.target_update_unit={target_update_unit!r} is not one of {TARGET_UNITS}")
+        if target_update_period <= 0 or not 0.0 < tau <= 1.0:
+            raise ValueError(f"model.target_update_period={target_update_period} must be > 0, tau={tau} in (0, 1]")
+        self.automatic_optimization = False
+        self.task = task
+        self.q_net = net(obs_dim=task.obs_dim, n_actions=task.n_actions)
+        self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
+        self.optimizer_factory = optimizer
+        self.double_q, self.loss_kind, self.max_grad_norm = double_q, loss, max_grad_norm
+        self.target_update_period, self.target_update_unit, self.tau = target_update_period, target_update_unit, tau
+        self.register_buffer("last_target_env_steps", torch.zeros((), dtype=torch.int64))
+        self.priority_sink: Callable[[Tensor, Tensor], None] | None = None  # set by the composition root (PER)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.q_net.parameters())
+
+    @torch.no_grad()
+    def greedy_action(self, obs: Tensor) -> Tensor:
+        """argmax_a Q(obs, a) for a batch of observations."""
+        return self.q_net(obs).argmax(dim=-1)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.q_net(obs)
+
+    def compute_loss(self, b: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """TD loss of one minibatch; returns (loss, |td error| per sample, mean Q of taken actions)."""
+        q_taken = self.q_net(b.obs).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            next_online = self.q_net(b.next_obs) if self.double_q else None
+            target = td_target(b.rewards, b.discounts, self.target_net(b.next_obs), next_online)
+        loss, td_abs = td_loss(q_taken, target, b.weights, self.loss_kind)
+        return loss, td_abs, q_taken.detach().mean()
+
+    def sync_target(self, env_steps: int) -> None:
+        """Env-step unit: apply the updates due since the last sync (k Polyak steps = one of 1-(1-tau)^k)."""
+        k = env_steps // self.target_update_period - int(self.last_target_env_steps) // self.target_update_period
+        if k > 0:
+            polyak_update(self.q_net, self.target_net, 1.0 - (1.0 - self.tau) ** k)
+            self.last_target_env_steps.fill_(env_steps)
+
+    def training_step(self, round_: Round, batch_idx: int) -> None:
+        opt = self.optimizers()
+        if self.target_update_unit == "env_steps":
+            self.sync_target(round_.env_steps)
+        params = [p for p in self.q_net.parameters() if p.requires_grad]
+        n_updates = round_.batch.actions.shape[0]
+        loss_sum = torch.zeros((), device=self.device)
+        q_sum = torch.zeros((), device=self.device)
+        for g in range(n_updates):
+            batch = Batch(*(field[g] for field in round_.batch))
+            loss, td_abs, q_mean = self.compute_loss(batch)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if self.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+            opt.step()
+            if self.priority_sink is not None:
+                self.priority_sink(batch.indices, td_abs)
+            if self.target_update_unit == "updates" and self.global_step % self.target_update_period == 0:
+                polyak_update(self.q_net, self.target_net, self.tau)
+            loss_sum += loss.detach()
+            q_sum += q_mean
+        self.log_round(round_, loss_sum / n_updates, q_sum / n_updates)
+
+    def log_round(self, round_: Round, td_loss_mean: Tensor, q_mean: Tensor) -> None:
+        """Per-round training metrics (names listed in the README)."""
+        metrics = {
+            "train/td_loss": td_loss_mean,
+            "train/q_mean": q_mean,
+            "train/epsilon": float(round_.epsilon),
+            "time/env_steps": float(round_.env_steps),
+            "time/updates": float(self.global_step),
+        }
+        if round_.episode_returns.numel() > 0:
+            metrics[f"rollout/{self.task.name}/return"] = round_.episode_returns.mean()
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)

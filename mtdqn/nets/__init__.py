@@ -1,0 +1,5 @@
+"""Plain nn.Modules: torsos and Q heads."""
+
+from mtdqn.nets.q import DuelingHead, QNetwork, mlp
+
+__all__ = ["DuelingHead", "QNetwork", "mlp"]

@@ -1,0 +1,182 @@
+"""Device-resident ring buffers of transitions with n-step returns computed at sampling time."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtdqn.replay.sumtree import SumTree
+from mtdqn.types import Batch, Transition
+
+
+class ReplayBuffer:
+    """Uniform replay laid out as (rows, num_envs): one row per vector step, inserted without Python loops.
+
+    n-step returns are formed when sampling, by looking up to n rows ahead in the same env's column and stopping
+    at the first terminated or truncated step. Rows whose look-ahead is not written yet are never sampled.
+    """
+
+    def __init__(
+        self,
+        capacity: int,  # transitions (rounded down to a multiple of num_envs)
+        num_envs: int,
+        obs_dim: int,
+        gamma: float,
+        n_step: int = 1,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        task_id: int = 0,
+    ) -> None:
+        if capacity <= 0 or num_envs <= 0 or obs_dim <= 0 or n_step <= 0:
+            raise ValueError(f"replay: capacity={capacity}, num_envs={num_envs}, n_step={n_step} must be > 0")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma={gamma} must lie in (0, 1]")
+        self.rows = max(capacity // num_envs, n_step + 1)
+        self.num_envs, self.obs_dim, self.gamma, self.n_step = num_envs, obs_dim, gamma, n_step
+        self.device, self.task_id = torch.device(device), task_id
+        shape = (self.rows, num_envs)
+        self.obs = torch.zeros(*shape, obs_dim, device=self.device)
+        self.next_obs = torch.zeros(*shape, obs_dim, device=self.device)
+        self.actions = torch.zeros(shape, dtype=torch.int64, device=self.device)
+        self.rewards = torch.zeros(shape, device=self.device)
+        self.terminated = torch.zeros(shape, dtype=torch.bool, device=self.device)
+        self.done = torch.zeros(shape, dtype=torch.bool, device=self.device)
+        self.pos, self.size = 0, 0  # next row to write, rows filled
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self._gammas = gamma ** torch.arange(n_step, device=self.device, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return self.size * self.num_envs
+
+    @property
+    def sampleable(self) -> int:
+        """Number of transitions that can be sampled (their n-step look-ahead is written)."""
+        return max(self.size - (self.n_step - 1), 0) * self.num_envs
+
+    def add(self, t: Transition) -> None:
+        """Write one row: a transition from each env."""
+        p = self.pos
+        self.obs[p] = t.obs
+        self.next_obs[p] = t.next_obs
+        self.actions[p] = t.action
+        self.rewards[p] = t.reward
+        self.terminated[p] = t.terminated
+        self.done[p] = t.terminated | t.truncated
+        self.pos = (p + 1) % self.rows
+        self.size = min(self.size + 1, self.rows)
+
+    def _check(self, batch_size: int) -> None:
+        if self.sampleable < max(batch_size, 1):
+            raise RuntimeError(f"replay holds {self.sampleable} sampleable transitions < batch_size={batch_size}")
+
+    def sample(self, batch_size: int, n_batches: int = 1) -> Batch:
+        """Uniformly sample `n_batches` minibatches at once, stacked as (n_batches, batch_size)."""
+        self._check(batch_size)
+        flat = torch.randint(0, self.sampleable, (n_batches, batch_size), generator=self.generator, device=self.device)
+        rows = (self.pos - self.size + flat // self.num_envs) % self.rows
+        return self.gather(rows, flat % self.num_envs, torch.ones(flat.shape, device=self.device))
+
+    def gather(self, rows: Tensor, envs: Tensor, weights: Tensor) -> Batch:
+        """Assemble (n-step) samples for physical `rows` and `envs` (same shape)."""
+        if self.n_step == 1:
+            end, rewards = rows, self.rewards[rows, envs]
+            n_eff = torch.ones_like(rows)
+        else:
+            ahead = (rows.unsqueeze(-1) + torch.arange(self.n_step, device=self.device)) % self.rows
+            env_col = envs.unsqueeze(-1)
+            done = self.done[ahead, env_col]
+            included = (done.cumsum(-1) - done.long()) == 0  # step k counts if no episode end before it
+            rewards = (self.rewards[ahead, env_col] * self._gammas * included).sum(-1)
+            n_eff = included.sum(-1)
+            end = ahead.gather(-1, (n_eff - 1).unsqueeze(-1)).squeeze(-1)
+        terminated = self.terminated[end, envs]
+        discounts = torch.where(terminated, 0.0, self.gamma ** n_eff.to(torch.float32))
+        return Batch(
+            obs=self.obs[rows, envs],
+            actions=self.actions[rows, envs],
+            rewards=rewards,
+            next_obs=self.next_obs[end, envs],
+            discounts=discounts,
+            weights=weights,
+            indices=rows * self.num_envs + envs,
+            task_ids=torch.full_like(rows, self.task_id),
+        )
+
+    def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
+        """Uniform replay ignores priorities."""
+
+    _TENSORS = ("obs", "next_obs", "actions", "rewards", "terminated", "done")
+
+    def state_dict(self) -> dict:
+        """Filled rows, counters and RNG state (tensors and ints only: loadable weights-only)."""
+        n = self.rows if self.size == self.rows else self.size
+        state = {k: getattr(self, k)[:n].clone() for k in self._TENSORS}
+        state.update(pos=self.pos, size=self.size, rng=self.generator.get_state())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved into a buffer of the same shape."""
+        n = state["obs"].shape[0]
+        if state["obs"].shape[1:] != self.obs.shape[1:] or n > self.rows:
+            raise ValueError(f"replay state of shape {tuple(state['obs'].shape)} does not fit {tuple(self.obs.shape)}")
+        for k in self._TENSORS:
+            getattr(self, k)[:n] = state[k].to(self.device)
+        self.pos, self.size = int(state["pos"]), int(state["size"])
+        self.generator.set_state(state["rng"])
+
+
+class PrioritizedReplayBuffer(ReplayBuffer):
+    """Proportional prioritized replay (Schaul et al. 2016): P(i) ~ p_i^alpha, IS weights (N P(i))^-beta / max."""
+
+    def __init__(self, *args, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= alpha <= 1.0 or not 0.0 <= beta <= 1.0:
+            raise ValueError(f"replay.alpha={alpha} and replay.beta={beta} must lie in [0, 1]")
+        self.alpha, self.beta, self.eps = alpha, beta, eps
+        self.tree = SumTree(self.rows * self.num_envs, self.device)
+        self.max_priority = 1.0
+        self._env_ids = torch.arange(self.num_envs, device=self.device)
+
+    def _row_leaves(self, row: int) -> Tensor:
+        return row * self.num_envs + self._env_ids
+
+    def add(self, t: Transition) -> None:
+        """Write a row; it gets zero priority until its n-step look-ahead is complete, then the max priority."""
+        p = self.pos
+        super().add(t)
+        self.tree.update(self._row_leaves(p), torch.zeros(self.num_envs, device=self.device))
+        if self.size >= self.n_step:
+            complete = (p - self.n_step + 1) % self.rows
+            full = torch.full((self.num_envs,), self.max_priority, device=self.device)
+            self.tree.update(self._row_leaves(complete), full)
+
+    def sample(self, batch_size: int, n_batches: int = 1) -> Batch:
+        """Stratified proportional sampling of (n_batches, batch_size) with importance weights."""
+        self._check(batch_size)
+        total = self.tree.total
+        u = torch.rand(n_batches, batch_size, generator=self.generator, device=self.device, dtype=torch.float64)
+        mass = (torch.arange(batch_size, device=self.device) + u) * (total / batch_size)
+        leaf = self.tree.find(mass.reshape(-1)).reshape(n_batches, batch_size)
+        probs = self.tree.leaves(leaf) / total
+        weights = (self.sampleable * probs).pow(-self.beta)
+        weights = (weights / weights.amax(dim=-1, keepdim=True)).to(torch.float32)
+        return self.gather(leaf // self.num_envs, leaf % self.num_envs, weights)
+
+    def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
+        """p_i <- (|td_i| + eps)^alpha for the sampled indices."""
+        prio = (td_errors.detach().abs().to(torch.float64) + self.eps).pow(self.alpha)
+        self.tree.update(indices.reshape(-1), prio.reshape(-1))
+        self.max_priority = max(self.max_priority, float(prio.max()))
+
+    def state_dict(self) -> dict:
+        """Adds the sum tree and the running max priority."""
+        state = super().state_dict()
+        state.update(tree=self.tree.tree.clone(), max_priority=self.max_priority)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore buffer, tree and max priority."""
+        super().load_state_dict(state)
+        self.tree.tree.copy_(state["tree"])
+        self.max_priority = float(state["max_priority"])

@@ -1,0 +1,110 @@
+"""Composition root: the only place (with evaluate.py) that calls hydra.utils.instantiate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mtdqn.callbacks import AtomicCheckpointIO
+from mtdqn.data import RLDataModule
+from mtdqn.envs import env_factory, task_specs
+from mtdqn.replay import PrioritizedReplayBuffer
+
+log = logging.getLogger("mtdqn")
+
+
+def _wandb_offline() -> bool:
+    """Offline unless the user is logged in (WANDB_API_KEY or a netrc entry) and WANDB_MODE is not offline."""
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "disabled", "dryrun"):
+        return True
+    if mode == "online" or os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path.home() / ".netrc"
+    return not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+if not OmegaConf.has_resolver("mtdqn.wandb_offline"):
+    OmegaConf.register_new_resolver("mtdqn.wandb_offline", _wandb_offline)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need no environment: fail early with the key, the value and what is allowed."""
+    if not 0.0 < float(cfg.gamma) <= 1.0:
+        raise ValueError(f"gamma={cfg.gamma} must lie in (0, 1]")
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningModule, RLDataModule, pl.Trainer]:
+    """Instantiate model, data module and trainer from the config (no env is stepped here)."""
+    validate(cfg)
+    ts = cfg.task_set
+    env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
+    specs = task_specs(ts.kind, list(ts.tasks), env_kwargs)
+    if len(specs) != 1:
+        raise ValueError(
+            f"model={cfg.model._target_.rsplit('.', 1)[-1]} trains one task but task_set.tasks has {len(specs)}: "
+            f"{[s.name for s in specs]}; pick one (task_set.tasks=[...]) or use a multi-task model"
+        )
+    spec = specs[0]
+    data = RLDataModule(
+        env_factory=env_factory(ts.kind, ts.tasks[0], env_kwargs),
+        replay=instantiate(cfg.replay),
+        exploration=instantiate(cfg.exploration),
+        task=spec,
+        seed=int(cfg.seed),
+        **cfg.data,
+    )
+    model = instantiate(cfg.model)(task=spec)
+    if cfg.replay._target_.endswith(PrioritizedReplayBuffer.__name__):
+        model.priority_sink = lambda idx, td: data.buffer.update_priorities(idx, td)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    return model, data, trainer
+
+
+def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error: str | None = None) -> dict:
+    """summary.json: status, final eval metrics and counters."""
+    summary: dict[str, Any] = {"status": status}
+    if error:
+        summary["error"] = error
+    if trainer is not None:
+        for cb in trainer.callbacks:
+            summary.update(getattr(cb, "latest", {}) or {})
+        summary["time/updates"] = trainer.global_step
+    if trainer is None or trainer.is_global_zero:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train(cfg: DictConfig) -> dict:
+    """Build everything from `cfg`, fit, and return the summary (final eval metrics)."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    trainer = None
+    try:
+        model, data, trainer = build(cfg)
+        trainer.fit(model, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
+        return write_summary(out_dir, trainer, "completed")
+    except BaseException as exc:
+        write_summary(out_dir, trainer, "failed", f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, (ValueError, KeyboardInterrupt)):
+            traceback.print_exc(file=sys.stderr)
+        raise
+    finally:
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].finish()

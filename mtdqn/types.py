@@ -1,0 +1,80 @@
+"""Typed records that cross stage boundaries (envs -> collect -> replay -> data -> models)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class StepResult(NamedTuple):
+    """One step of a batched environment; every field has leading dim N (number of envs).
+
+    `next_obs` is the true successor of the acted-on observation (the final observation where an episode ended),
+    `obs` is what the agent acts on next (the reset observation where an episode ended).
+    """
+
+    next_obs: Tensor  # (N, obs_dim) float32
+    reward: Tensor  # (N,) float32
+    terminated: Tensor  # (N,) bool: episode ended in a terminal state; no bootstrapping
+    truncated: Tensor  # (N,) bool: episode cut by a time limit; bootstrap from next_obs
+    obs: Tensor  # (N, obs_dim) float32
+
+
+class Transition(NamedTuple):
+    """A batch of one-step transitions, one per env, as stored in replay."""
+
+    obs: Tensor  # (N, obs_dim)
+    action: Tensor  # (N,) int64
+    reward: Tensor  # (N,) float32
+    next_obs: Tensor  # (N, obs_dim)
+    terminated: Tensor  # (N,) bool
+    truncated: Tensor  # (N,) bool
+
+
+class Batch(NamedTuple):
+    """A training minibatch (possibly stacked: leading dim G of gradient steps, then B)."""
+
+    obs: Tensor  # (..., B, obs_dim)
+    actions: Tensor  # (..., B) int64
+    rewards: Tensor  # (..., B) float32: n-step discounted sum of rewards
+    next_obs: Tensor  # (..., B, obs_dim): observation to bootstrap from
+    discounts: Tensor  # (..., B) float32: gamma**n_eff, 0 where the episode terminated
+    weights: Tensor  # (..., B) float32: importance-sampling weights (1 for uniform replay)
+    indices: Tensor  # (..., B) int64: flat replay indices (for priority updates)
+    task_ids: Tensor  # (..., B) int64: task index of each sample (0 in single-task runs)
+
+
+class Round(NamedTuple):
+    """What the data stream hands to `training_step`: stacked minibatches plus collection facts to log."""
+
+    batch: Batch  # fields stacked (G, B, ...): G gradient updates this round
+    env_steps: int  # env steps collected so far (summed over envs and tasks), after this round's collection
+    epsilon: float  # exploration epsilon at the end of collection
+    episode_returns: Tensor  # (k,) returns of the episodes finished during this round's collection
+    episode_tasks: Tensor  # (k,) int64 task index of each finished episode
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a model needs to know about one task: its name, observation size and action count."""
+
+    name: str
+    obs_dim: int
+    n_actions: int
+    reference_return: float | None = None  # scripted reference controller's mean return (normalized score = 1)
+    random_return: float | None = None  # uniform random policy's mean return (normalized score = 0)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def normalize(self, ret: float) -> float | None:
+        """(R - R_random) / (R_reference - R_random), or None when the task has no reference scores."""
+        if self.reference_return is None or self.random_return is None:
+            return None
+        return (ret - self.random_return) / (self.reference_return - self.random_return)
+
+
+def as_tensor(x, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Tensor:
+    """Convert numpy arrays / lists to a tensor on `device` without copying when possible."""
+    return torch.as_tensor(x, device=device, dtype=dtype)
