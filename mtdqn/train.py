@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mtdqn.callbacks import AtomicCheckpointIO
+from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget
 from mtdqn.data import RLDataModule
 from mtdqn.envs import env_factory, task_specs
 from mtdqn.replay import PrioritizedReplayBuffer
@@ -37,10 +38,23 @@ if not OmegaConf.has_resolver("mtdqn.wandb_offline"):
     OmegaConf.register_new_resolver("mtdqn.wandb_offline", _wandb_offline)
 
 
+def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, re-raising our own ValueErrors (key, value, allowed) unwrapped."""
+    try:
+        return hydra_instantiate(node, *args, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ValueError):
+            raise exc.__cause__ from None
+        raise
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that need no environment: fail early with the key, the value and what is allowed."""
     if not 0.0 < float(cfg.gamma) <= 1.0:
         raise ValueError(f"gamma={cfg.gamma} must lie in (0, 1]")
+    for key in ("capacity", "n_step"):
+        if key in cfg.replay and int(cfg.replay[key]) <= 0:
+            raise ValueError(f"replay.{key}={cfg.replay[key]} must be > 0")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
 
@@ -69,6 +83,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, RLDataModule, pl.Trainer
     if cfg.replay._target_.endswith(PrioritizedReplayBuffer.__name__):
         model.priority_sink = lambda idx, td: data.buffer.update_priorities(idx, td)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(EnvStepBudget())
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return model, data, trainer

@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare training runs (local files only). Every directory containing metrics.jsonl "
         "(or a summary.json with a status) at or below the given paths is a run.",
     )
-    p.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories or sweep directories")
+    p.add_argument(
+        "paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories or sweep directories"
+    )
     p.add_argument(
         "--by",
         type=_csv,
@@ -39,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="eval/mean_normalized",
         help="headline metric, tabulated and plotted beside the per-task ones (default: eval/mean_normalized)",
     )
-    p.add_argument("--out", type=Path, default=Path("compare_out"), help="output directory (default: ./compare_out)")
+    p.add_argument(
+        "--out", type=Path, default=Path("compare_out"), help="output directory (default: ./compare_out)"
+    )
     p.add_argument(
         "--tasks",
         type=_csv,
@@ -48,13 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these tasks (comma-separated, repeatable; default: every eval/<task>/... metric found)",
     )
     p.add_argument(
-        "--threshold", type=float, default=0.9, help="score for the env-steps-to-threshold column (default: 0.9)"
+        "--threshold",
+        type=float,
+        default=0.9,
+        help="score for the env-steps-to-threshold column (default: 0.9)",
     )
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--ci", type=float, default=0.95, help="confidence-interval coverage (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    p.add_argument("--points", type=int, default=200, help="max points of the common env-steps grid (default: 200)")
-    p.add_argument("--skip-incomplete", action="store_true", help="leave out runs without a completed summary.json")
+    p.add_argument(
+        "--points", type=int, default=200, help="max points of the common env-steps grid (default: 200)"
+    )
+    p.add_argument(
+        "--skip-incomplete", action="store_true", help="leave out runs without a completed summary.json"
+    )
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
     return p
 

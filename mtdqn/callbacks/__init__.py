@@ -1,5 +1,6 @@
 """Callbacks: evaluation, checkpoints, progress, metrics file."""
 
+from mtdqn.callbacks.budget import EnvStepBudget
 from mtdqn.callbacks.checkpoint import AtomicCheckpointIO, EnvStepCheckpoint, atomic_torch_save, load_checkpoint
 from mtdqn.callbacks.evaluation import EvalCallback
 from mtdqn.callbacks.loggers import JsonlLogger
@@ -7,6 +8,7 @@ from mtdqn.callbacks.progress import EnvStepProgressBar
 
 __all__ = [
     "AtomicCheckpointIO",
+    "EnvStepBudget",
     "EnvStepCheckpoint",
     "EnvStepProgressBar",
     "EvalCallback",

@@ -56,6 +56,10 @@ class RLDataModule(pl.LightningDataModule):
                 f"data.batch_size={batch_size} is larger than the warm-up data.learning_starts={learning_starts}: "
                 "the first update would sample more transitions than replay holds"
             )
+        if total_env_steps <= learning_starts:
+            raise ValueError(
+                f"data.total_env_steps={total_env_steps} must exceed data.learning_starts={learning_starts}"
+            )
         self.updates_per_round = round(env_steps_per_round * replay_ratio)
         if self.updates_per_round < 1:
             raise ValueError(
@@ -117,6 +121,7 @@ class RLDataModule(pl.LightningDataModule):
             "replay": self.buffer.state_dict(),
             "collector_rng": self.collector.generator.get_state(),
             "collector_seed": self.collector.seed,
+            "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -126,6 +131,8 @@ class RLDataModule(pl.LightningDataModule):
         self.collector.generator.set_state(state["collector_rng"])
         self.collector.seed = int(state["collector_seed"])
         self.collector.obs = None
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
 
     def teardown(self, stage: str | None = None) -> None:
         """Close the envs."""

@@ -339,7 +339,7 @@ def score_tables(
 
 
 def performance_profiles(
-    groups: Mapping[str, Sequence[Run]], metrics: Sequence[str], n_taus: int = 101
+    groups: Mapping[str, Sequence[Run]], metrics: Sequence[str], n_taus: int = 201
 ) -> dict[str, Any]:
     """Fraction of (run, task) final scores above each tau, per group, on a tau grid shared by all groups."""
     scores = {label: final_score_matrix(runs, metrics)[0] for label, runs in groups.items()}
@@ -598,7 +598,7 @@ def plot_performance_profiles(
     fig = _new_figure()
     ax = fig.subplots()
     for label, fractions in profiles["groups"].items():
-        ax.plot(profiles["taus"], fractions, color=colors.get(label), label=label)
+        ax.plot(profiles["taus"], fractions, color=colors.get(label), label=label, drawstyle="steps-post")
     metrics = profiles["metrics"]
     xlabel = metrics[0] if len(metrics) == 1 else f"final score ({len(metrics)} tasks)"
     ax.set(

@@ -11,7 +11,9 @@ from mtdqn.envs.base import TensorVecEnv
 
 
 @torch.no_grad()
-def run_episodes(policy: Callable[[Tensor], Tensor], env: TensorVecEnv, seed: int, max_steps: int = 100_000) -> Tensor:
+def run_episodes(
+    policy: Callable[[Tensor], Tensor], env: TensorVecEnv, seed: int, max_steps: int = 100_000
+) -> Tensor:
     """Return (N,) returns of the first episode of each of the env's N copies, seeded seed + i."""
     obs = env.reset(seed=seed)
     n = env.num_envs

@@ -67,8 +67,8 @@ class ReplayBuffer:
         self.size = min(self.size + 1, self.rows)
 
     def _check(self, batch_size: int) -> None:
-        if self.sampleable < max(batch_size, 1):
-            raise RuntimeError(f"replay holds {self.sampleable} sampleable transitions < batch_size={batch_size}")
+        if self.sampleable == 0 or batch_size <= 0:
+            raise RuntimeError(f"cannot sample batch_size={batch_size} from {self.sampleable} sampleable transitions")
 
     def sample(self, batch_size: int, n_batches: int = 1) -> Batch:
         """Uniformly sample `n_batches` minibatches at once, stacked as (n_batches, batch_size)."""

@@ -42,20 +42,42 @@ def seed_keys(seeds: Tensor) -> Tensor:
     return mix64(seeds * GOLDEN + 0x632BE59BD9B4E019)
 
 
+_CACHE: dict[tuple, Tensor] = {}
+
+
+def _streams(first: int, n_words: int, device: torch.device) -> Tensor:
+    """(n_words, 1) int64 stream offsets for stream ids first .. first + n_words - 1 (cached)."""
+    key = ("streams", first, n_words, device)
+    if key not in _CACHE:
+        ids = torch.arange(first + 1, first + 1 + n_words, device=device, dtype=torch.int64)
+        _CACHE[key] = (ids * GOLDEN).unsqueeze(1)
+    return _CACHE[key]
+
+
+def _shifts(device: torch.device) -> Tensor:
+    """(1, 4, 1) bit shifts that split a 64-bit word into four 16-bit fields (cached)."""
+    key = ("shifts", device)
+    if key not in _CACHE:
+        _CACHE[key] = torch.tensor([0, 16, 32, 48], device=device).view(1, 4, 1)
+    return _CACHE[key]
+
+
 def uniforms(key: Tensor, episode: Tensor, step: Tensor | int, stream: int, n_words: int) -> Tensor:
-    """(N, 4 * n_words) uniforms in (0, 1) with 16-bit resolution for counters (episode, step, stream)."""
+    """(4 * n_words, N) uniforms in (0, 1) with 16-bit resolution.
+
+    Word w (rows 4w .. 4w+3) of env i is a pure function of (key[i], episode[i], step[i], stream + w), so
+    draws of one env never depend on other envs; each row is contiguous over envs.
+    """
     base = key + episode * _EP_MULT + step * _STEP_MULT
-    streams = torch.arange(stream + 1, stream + 1 + n_words, device=key.device, dtype=torch.int64) * GOLDEN
-    h = mix64(base.unsqueeze(-1) + streams)  # (N, n_words)
-    shifts = torch.tensor([0, 16, 32, 48], device=key.device, dtype=torch.int64)
-    bits = (h.unsqueeze(-1) >> shifts) & 0xFFFF  # (N, n_words, 4)
-    return (bits.flatten(1).to(torch.float32) + 0.5) * (1.0 / 65536.0)
+    h = mix64(base + _streams(stream, n_words, key.device))  # (n_words, N)
+    bits = (h.unsqueeze(1) >> _shifts(key.device)) & 0xFFFF  # (n_words, 4, N)
+    return bits.flatten(0, 1).to(torch.float32).mul_(1.0 / 65536.0).add_(0.5 / 65536.0)
 
 
 def normals(key: Tensor, episode: Tensor, step: Tensor | int, stream: int, n: int) -> Tensor:
-    """(N, n) standard normal draws (Box-Muller on counter-based uniforms)."""
+    """(n, N) standard normal draws (Box-Muller on counter-based uniforms)."""
     n_pairs = (n + 1) // 2
-    u = uniforms(key, episode, step, stream, (2 * n_pairs + 3) // 4)[:, : 2 * n_pairs]
-    r = torch.sqrt(-2.0 * torch.log(u[:, :n_pairs]))
-    theta = (2.0 * torch.pi) * u[:, n_pairs:]
-    return torch.cat([r * torch.cos(theta), r * torch.sin(theta)], dim=1)[:, :n]
+    u = uniforms(key, episode, step, stream, (2 * n_pairs + 3) // 4)
+    r = torch.sqrt(-2.0 * torch.log(u[:n_pairs]))
+    theta = (2.0 * torch.pi) * u[n_pairs : 2 * n_pairs]
+    return torch.cat([r * torch.cos(theta), r * torch.sin(theta)], dim=0)[:n]

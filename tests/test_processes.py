@@ -1,0 +1,87 @@
+"""Multi-process tests: a 2-process CPU DDP run and a SIGKILL in the middle of training."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdqn.callbacks import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["debug=smoke", "logger=jsonl", "callbacks.progress=null"]
+
+
+def run_train(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_all_reduce_and_use_distinct_seeds(tmp_path):
+    probe = tmp_path / "probe"
+    res = run_train([
+        *BASE, "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.probe._target_=tests.helpers.rank_probe.RankProbe", f"+callbacks.probe.dirpath={probe}",
+    ])
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = torch.load(probe / "rank0.pt"), torch.load(probe / "rank1.pt")
+    assert r0["world_size"] == 2
+    # different data on each rank, yet identical weights: gradients were all-reduced every update
+    assert r0["collector_seed"] != r1["collector_seed"]
+    assert not torch.equal(r0["first_obs"], r1["first_obs"])
+    assert torch.equal(r0["params"], r1["params"])
+    assert r0["env_steps"] == r1["env_steps"] == 600
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_resumes_from_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    args = [*BASE, "data.total_env_steps=1000000", "callbacks.checkpoint.every_env_steps=500",
+            "callbacks.eval.every_env_steps=100000", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ckpt.exists():
+            time.sleep(0.2)
+        assert ckpt.exists(), "no checkpoint was written"
+        time.sleep(1.5)  # let it overwrite last.ckpt a few more times
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = load_checkpoint(ckpt)  # loads weights-only: never half-written
+    saved_steps = state["RLDataModule"]["env_steps"]
+    assert saved_steps >= 500 and saved_steps % 100 == 0
+
+    resume_dir = tmp_path / "resumed"
+    res = run_train([*BASE, f"data.total_env_steps={saved_steps + 400}", f"ckpt_path={ckpt}",
+                     f"hydra.run.dir={resume_dir}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (resume_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train/td_loss" in r]
+    assert train_rows[0]["env_steps"] == saved_steps + 100  # continued from the saved env step
+    assert train_rows[0]["step"] > state["global_step"]
+    resumed = load_checkpoint(resume_dir / "checkpoints" / "last.ckpt")
+    old_replay, new_replay = state["RLDataModule"]["replay"], resumed["RLDataModule"]["replay"]
+    n_old = old_replay["size"]
+    assert new_replay["size"] == n_old + 400
+    assert torch.equal(new_replay["obs"][:n_old], old_replay["obs"][:n_old])  # the saved buffer was restored
+    assert json.loads((resume_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Path("x")}, path)  # a pickled non-tensor object
+    with pytest.raises(ValueError, match="weights-only"):
+        load_checkpoint(path)

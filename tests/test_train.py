@@ -1,0 +1,111 @@
+"""Smoke, validation, determinism and resume tests of the whole training stack (CartPole, tiny budgets)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdqn.train import build, train
+from tests.helpers.config import compose_cfg, params_vector
+
+SMOKE = ["debug=smoke", "logger=jsonl", "callbacks.progress=null"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
+    summary = train(compose_cfg(SMOKE, tmp_path))
+    assert summary["status"] == "completed"
+    assert "eval/CartPole-v1/return" in summary
+    rows = read_metrics(tmp_path)
+    names = set().union(*rows)
+    for name in ("train/td_loss", "train/q_mean", "train/epsilon", "time/env_steps", "time/sps",
+                 "eval/CartPole-v1/return", "rollout/CartPole-v1/return"):
+        assert name in names, name
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("gamma=1.5", "gamma=1.5"),
+        ("gamma=0", "gamma=0"),
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("data.num_envs=-1", "data.num_envs=-1"),
+        ("data.batch_size=5000", "larger than the warm-up"),
+        ("replay.capacity=0", "capacity=0"),
+        ("task_set.tasks=[NoSuchEnv-v0]", "not a registered gymnasium id"),
+        ("task_set.tasks=[Pendulum-v1]", "Discrete action space"),
+        ("task_set.tasks=[CartPole-v1,Acrobot-v1]", "trains one task"),
+        ("net.hidden=[0]", "net.hidden"),
+        ("model.loss=l1", "model.loss"),
+        ("exploration.end=2", "exploration.end"),
+    ],
+)
+def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
+    from mtdqn.envs import gym_adapter
+
+    def no_vector_env(*args, **kwargs):
+        raise AssertionError("an environment was created before validation finished")
+
+    monkeypatch.setattr(gym_adapter.gym, "make_vec", no_vector_env)
+    cfg = compose_cfg([*SMOKE, override], tmp_path)
+    with pytest.raises(ValueError, match=match.replace("[", r"\[")):
+        build(cfg)
+
+
+def test_unknown_group_option_names_the_options(tmp_path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="optimizer"):
+        compose_cfg(["optimizer=nosuch"], tmp_path)
+
+
+def _train_params(tmp_path: Path, name: str, extra: list[str]) -> tuple[dict, torch.Tensor]:
+    cfg = compose_cfg([*SMOKE, "callbacks.checkpoint=null", *extra], tmp_path / name)
+    model, data, trainer = build(cfg)
+    trainer.fit(model, datamodule=data)
+    latest = next(cb.latest for cb in trainer.callbacks if hasattr(cb, "latest"))
+    return latest, params_vector(model.q_net)
+
+
+@pytest.mark.parametrize("variant", [[], ["replay=prioritized", "replay.n_step=3", "model.double_q=true"]])
+def test_same_seed_same_result_on_cpu(tmp_path, variant):
+    import pytorch_lightning as pl
+
+    pl.seed_everything(3)
+    a_eval, a_params = _train_params(tmp_path, "a", ["seed=3", *variant])
+    pl.seed_everything(3)
+    b_eval, b_params = _train_params(tmp_path, "b", ["seed=3", *variant])
+    pl.seed_everything(4)
+    c_eval, c_params = _train_params(tmp_path, "c", ["seed=4", *variant])
+    assert torch.equal(a_params, b_params)
+    assert a_eval["eval/CartPole-v1/return"] == b_eval["eval/CartPole-v1/return"]
+    assert not torch.equal(a_params, c_params)
+
+
+def test_resume_continues_from_saved_step_with_saved_buffer(tmp_path):
+    first = compose_cfg([*SMOKE, "data.total_env_steps=400"], tmp_path / "first")
+    model, data, trainer = build(first)
+    trainer.fit(model, datamodule=data)
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["RLDataModule"]["env_steps"] == 400
+    saved_obs = data.buffer.obs[: data.buffer.size].clone()
+    saved_updates = trainer.global_step
+
+    second = compose_cfg([*SMOKE, "data.total_env_steps=800", f"ckpt_path={ckpt}"], tmp_path / "second")
+    model2, data2, trainer2 = build(second)
+    trainer2.fit(model2, datamodule=data2, ckpt_path=str(ckpt))
+    assert data2.current_env_steps() == 800
+    # the first 400 env steps of replay are the restored ones, then collection continued
+    assert torch.equal(data2.buffer.obs[: saved_obs.shape[0]], saved_obs)
+    assert data2.buffer.size == 800
+    rows = read_metrics(tmp_path / "second")
+    assert min(r["env_steps"] for r in rows if "train/td_loss" in r) > 400
+    assert trainer2.global_step > saved_updates

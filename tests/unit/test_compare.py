@@ -1,0 +1,328 @@
+"""Tests of mtdqn.evaluation.compare and scripts/compare.py on synthetic run directories."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from mtdqn.evaluation import compare as cmp
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `python -m pytest` puts the repo root on sys.path; bare `pytest` does not
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers.runs import (  # noqa: E402
+    SWEEP_FINALS,
+    base_config,
+    ramp_rows,
+    write_failed_run,
+    write_ramp_run,
+    write_run,
+    write_sweep,
+)
+
+SCRIPT = ROOT / "scripts" / "compare.py"
+BOOT = {"n_boot": 300, "seed": 0}
+ADAM = "optimizer.name=adam"
+SGD = "optimizer.name=sgd"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """The 2 x 3 sweep (adam / sgd x seeds 0-2) plus two failed jobs."""
+    root = write_sweep(tmp_path)
+    cfg = base_config(seed=3, optimizer={"name": "adam", "lr": 0.001}, experiment_name="mtl_adam")
+    write_failed_run(root / "6", cfg, "RuntimeError: CUDA out of memory | while sampling")
+    write_failed_run(
+        root / "7", base_config(optimizer={"name": "sgd"}), "ValueError: bad config", with_metrics=False
+    )
+    return root
+
+
+def _table(summary: dict, name: str) -> dict:
+    return next(t for t in summary["tables"] if t["name"] == name)
+
+
+def test_find_run_dirs_in_a_sweep(sweep: Path, tmp_path: Path) -> None:
+    out = sweep / "compare_out"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"tables": []}))  # a previous report is no run
+    found = cmp.find_run_dirs([sweep, sweep / "0"], exclude=[out])
+    assert [p.name for p in found] == [str(i) for i in range(8)]
+    assert cmp.find_run_dirs([sweep / "3" / "metrics.jsonl"]) == [(sweep / "3").resolve()]
+    with pytest.raises(FileNotFoundError):
+        cmp.find_run_dirs([tmp_path / "nope"])
+
+
+def test_load_run_tolerates_broken_files(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "r", base_config(), ramp_rows({"lane_keep": 1.0}))
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"env_steps": 5000, "eval/lane_ke')  # a run killed mid-write
+    (run_dir / "summary.json").write_text("{not json")
+    run = cmp.load_run(run_dir)
+    assert run.status == "incomplete" and run.final("eval/lane_keep/normalized") == 1.0
+    assert len(run.warnings) == 2
+    bare = write_run(
+        tmp_path / "bare", {}, [{"env_steps": 0, "step": 0, "time": 0.0, "eval/a/return": float("nan")}]
+    )
+    (bare / "config.yaml").unlink()
+    run = cmp.load_run(bare)
+    assert run.config == {} and run.final("eval/a/return") is None and "no config.yaml" in run.warnings[0]
+
+
+def test_get_config_value_nested() -> None:
+    cfg = {"optimizer": {"name": "adam", "lr": 0.001}, "tasks": ["a", "b"], "seed": 0}
+    assert cmp.get_config_value(cfg, "optimizer.name") == "adam"
+    assert cmp.get_config_value(cfg, "optimizer.lr") == 0.001
+    assert cmp.get_config_value(cfg, "tasks.1") == "b"
+    assert cmp.get_config_value(cfg, "seed") == 0
+    assert cmp.get_config_value(cfg, "optimizer.betas") == cmp.MISSING
+    assert cmp.get_config_value(cfg, "seed.x", default=None) is None
+
+
+def test_group_runs_by_nested_keys(tmp_path: Path) -> None:
+    runs = []
+    for i, (opt, mode, lr) in enumerate(
+        [
+            ("sgd", "none", 0.1),
+            ("adam", "finetune", 0.01),
+            ("adam", "none", 0.1),
+            ("adam", "none", 0.01),
+            ("sgd", "none", 0.01),
+        ]
+    ):
+        cfg = base_config(optimizer={"name": opt, "lr": lr}, transfer={"mode": mode})
+        runs.append(cmp.load_run(write_ramp_run(tmp_path / str(i), cfg, {"a": 1.0})))
+    runs.append(cmp.load_run(write_ramp_run(tmp_path / "x", {"seed": 0}, {"a": 1.0})))
+    groups = cmp.group_runs(runs, ["optimizer.name", "transfer.mode"])
+    assert list(groups) == [
+        "optimizer.name=<missing>, transfer.mode=<missing>",
+        "optimizer.name=adam, transfer.mode=finetune",
+        "optimizer.name=adam, transfer.mode=none",
+        "optimizer.name=sgd, transfer.mode=none",
+    ]
+    assert [r.path.name for r in groups["optimizer.name=adam, transfer.mode=none"]] == ["2", "3"]
+    by_lr = cmp.group_runs(runs[:5], ["optimizer.lr"])
+    assert list(by_lr) == ["optimizer.lr=0.01", "optimizer.lr=0.1"]  # numeric order
+    assert [len(v) for v in by_lr.values()] == [3, 2]
+
+
+def test_task_metrics_prefers_normalized_and_filters(tmp_path: Path) -> None:
+    a = cmp.load_run(write_ramp_run(tmp_path / "a", base_config(), {"lane_keep": 1.0, "merge": 0.5}))
+    b = cmp.load_run(
+        write_ramp_run(tmp_path / "b", base_config(), {"MinAtar/Breakout-v1": 3.0}, normalized=False)
+    )
+    assert cmp.task_metrics([a, b]) == {
+        "MinAtar/Breakout-v1": "eval/MinAtar/Breakout-v1/return",
+        "lane_keep": "eval/lane_keep/normalized",
+        "merge": "eval/merge/normalized",
+    }
+    assert cmp.task_metrics([a, b], tasks=["merge", "unknown"]) == {"merge": "eval/merge/normalized"}
+
+
+def test_curves_interpolated_on_common_grid(tmp_path: Path) -> None:
+    rows1 = [
+        {"env_steps": s, "step": s, "time": 0.0, "eval/t/normalized": v}
+        for s, v in [(0, 0), (100, 1), (200, 2)]
+    ]
+    rows2 = [
+        {"env_steps": s, "step": s, "time": 0.0, "eval/t/normalized": v}
+        for s, v in [(0, 0), (150, 3), (300, 6)]
+    ]
+    runs = [cmp.load_run(write_run(tmp_path / n, base_config(), r)) for n, r in (("1", rows1), ("2", rows2))]
+    grid = cmp.make_grid(r.series("eval/t/normalized")[0] for r in runs)
+    np.testing.assert_array_equal(grid, [0, 100, 150, 200, 300])
+    matrix = cmp.curves_on_grid(runs, "eval/t/normalized", grid)
+    np.testing.assert_allclose(matrix, [[0, 1, 1.5, 2, np.nan], [0, 2, 3, 4, 6]])  # no extrapolation
+    curves = cmp.learning_curves({"g1": runs[:1], "g2": runs[1:]}, "eval/t/normalized", n_boot=100)
+    np.testing.assert_array_equal(curves["grid"], grid)  # shared by the groups
+    np.testing.assert_allclose(curves["groups"]["g2"]["mean"], [0, 2, 3, 4, 6])
+    both = cmp.learning_curves({"g": runs}, "eval/t/normalized", n_boot=100)["groups"]["g"]
+    np.testing.assert_allclose(both["mean"], [0, 1.5, 2.25, 3, 6])
+    np.testing.assert_allclose(both["low"][:4], [0, 1, 1.5, 2])
+    np.testing.assert_allclose(both["high"][:4], [0, 2, 3, 4])
+    np.testing.assert_allclose(cmp.make_grid([np.arange(1000)], n_points=11), np.linspace(0, 999, 11))
+
+
+def test_steps_to_threshold(tmp_path: Path) -> None:
+    runs = [
+        cmp.load_run(write_ramp_run(tmp_path / str(i), base_config(), {"t": f}))
+        for i, f in enumerate([0.2, 0.5, 0.9])
+    ]
+    metric = "eval/t/normalized"
+    assert [cmp.steps_to_threshold(r, metric, 0.5) for r in runs] == [np.inf, 4000.0, 3000.0]
+    assert cmp.threshold_summary(runs, metric, 0.5) == {"steps_to_threshold": 4000.0, "n_reached": 2}
+    assert cmp.threshold_summary(runs, metric, 0.85) == {"steps_to_threshold": None, "n_reached": 1}
+
+
+def test_compare_runs_tables_on_2x3_sweep(sweep: Path) -> None:
+    summary = cmp.compare_runs([sweep], by=["optimizer.name"], threshold=0.5, **BOOT).summary
+    assert [(g["label"], g["n_runs"]) for g in summary["groups"]] == [(ADAM, 3), (SGD, 3)]
+    assert summary["tasks"] == {"lane_keep": "eval/lane_keep/normalized", "merge": "eval/merge/normalized"}
+    assert [t["name"] for t in summary["tables"]] == [
+        "eval/mean_normalized",
+        "lane_keep",
+        "merge",
+        "all tasks",
+    ]
+    expected = {  # (table, group): (iqm, mean, median); n = 3 runs per task, so the per-task IQM is the mean
+        ("lane_keep", ADAM): (1.6 / 3, 1.6 / 3, 0.5),
+        ("lane_keep", SGD): (0.75 / 3, 0.75 / 3, 0.3),
+        ("merge", ADAM): (2.3 / 3, 2.3 / 3, 0.6),
+        ("eval/mean_normalized", ADAM): (1.95 / 3, 1.95 / 3, 0.55),  # per-run means 0.3, 0.55, 1.1
+        ("all tasks", ADAM): (0.6, 3.9 / 6, 0.55),  # 0.2 0.4 0.5 0.6 0.9 1.3 -> IQM of the middle four
+        ("all tasks", SGD): (0.2125, 1.2 / 6, 0.225),  # 0 0.1 0.2 0.25 0.3 0.35
+    }
+    for (table, group), (iqm, mean, median) in expected.items():
+        row = _table(summary, table)["rows"][group]
+        assert (row["iqm"], row["mean"], row["median"]) == pytest.approx((iqm, mean, median))
+        assert row["n_runs"] == 3
+        for name in ("iqm", "mean", "median"):
+            assert row[f"{name}_ci"][0] <= row[name] <= row[f"{name}_ci"][1]
+    lane_keep = _table(summary, "lane_keep")["rows"]
+    assert (lane_keep[ADAM]["steps_to_threshold"], lane_keep[ADAM]["n_reached"]) == (4000.0, 2)
+    assert (lane_keep[SGD]["steps_to_threshold"], lane_keep[SGD]["n_reached"]) == (None, 0)
+    assert _table(summary, "eval/mean_normalized")["rows"][ADAM]["steps_to_threshold"] == 4000.0
+    assert lane_keep[ADAM]["auc"] == pytest.approx(np.mean(SWEEP_FINALS["adam"]["lane_keep"]) * 0.5)
+    assert _table(summary, "lane_keep")["rows"][ADAM]["final_scores"] == [[0.2], [0.5], [0.9]]
+
+
+def test_failed_runs_reported_and_skipped(sweep: Path) -> None:
+    comparison = cmp.compare_runs([sweep], by=["optimizer.name"], **BOOT)
+    summary = comparison.summary
+    assert summary["n_runs"] == 8
+    failed = {Path(f["path"]).name: f for f in summary["failed"]}
+    assert set(failed) == {"6", "7"}
+    assert failed["6"]["error"].startswith("RuntimeError: CUDA out of memory")
+    assert failed["7"]["group"] == SGD
+    assert all(str(sweep.resolve() / "6") not in g["runs"] for g in summary["groups"])
+    assert _table(summary, "lane_keep")["rows"][ADAM]["mean"] == pytest.approx(1.6 / 3)  # the 5.0s stay out
+    md = cmp.render_markdown(summary)
+    assert "## Failed runs (skipped)" in md and "CUDA out of memory \\| while sampling" in md
+
+
+def test_incomplete_runs_included_or_skipped(sweep: Path) -> None:
+    rows = [r for r in ramp_rows({"lane_keep": 0.7, "merge": 0.7}) if r["env_steps"] <= 3000]  # still running
+    write_run(sweep / "8", base_config(optimizer={"name": "sgd"}), rows)
+    summary = cmp.compare_runs([sweep], by=["optimizer.name"], **BOOT).summary
+    row = _table(summary, "lane_keep")["rows"][SGD]
+    assert (row["n_runs"], row["n_incomplete"]) == (4, 1)
+    assert row["final_scores"][-1] == [pytest.approx(0.525)]  # last eval value: 0.7 * 0.75
+    assert [Path(p).name for p in summary["incomplete"]] == ["8"]
+    skipped = cmp.compare_runs([sweep], by=["optimizer.name"], skip_incomplete=True, **BOOT).summary
+    assert _table(skipped, "lane_keep")["rows"][SGD]["n_runs"] == 3
+    assert [Path(p).name for p in skipped["skipped_incomplete"]] == ["8"]
+
+
+def test_report_without_matplotlib(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now raises ImportError
+    comparison = cmp.compare_runs([sweep], by=["optimizer.name"], **BOOT)
+    written = cmp.write_report(comparison, tmp_path / "out")
+    assert sorted(p.name for p in written) == ["summary.json", "summary.md"]
+    assert "Plots skipped: matplotlib is not installed" in (tmp_path / "out" / "summary.md").read_text()
+    assert "matplotlib" in json.loads((tmp_path / "out" / "summary.json").read_text())["plots_skipped"]
+
+
+def test_script_end_to_end(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(sweep),
+            "--by",
+            "optimizer.name",
+            "--out",
+            str(out),
+            "--n-boot",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == [
+        "curves_eval_mean_normalized.png",
+        "curves_lane_keep.png",
+        "curves_merge.png",
+        "performance_profiles.png",
+    ]
+    assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["plots"]) == pngs
+    assert _table(summary, "all tasks")["rows"][ADAM]["iqm"] == pytest.approx(0.6)
+    assert len(summary["failed"]) == 2
+    md = (out / "summary.md").read_text()
+    for text in (
+        "## Task `lane_keep`",
+        "| optimizer.name=adam | 3 |",
+        "not reached (0/3)",
+        "![curves_merge]",
+        "ValueError: bad config",
+    ):
+        assert text in md
+
+
+def test_script_in_process_grouping_and_tasks(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "o"
+    argv = [
+        str(sweep),
+        "--by",
+        "optimizer.name,transfer.mode",
+        "--tasks",
+        "merge",
+        "--out",
+        str(out),
+        "--n-boot",
+        "100",
+        "--no-plots",
+        "--threshold",
+        "0.18",
+    ]
+    assert _script().main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [g["label"] for g in summary["groups"]] == [
+        f"{ADAM}, transfer.mode=none",
+        f"{SGD}, transfer.mode=none",
+    ]
+    assert [t["name"] for t in summary["tables"]] == ["eval/mean_normalized", "merge"]
+    merge = _table(summary, "merge")["rows"][f"{SGD}, transfer.mode=none"]
+    assert (merge["steps_to_threshold"], merge["n_reached"]) == (
+        4000.0,
+        2,
+    )  # finals 0, .2, .25: never, 4000, 3000
+    assert summary["plots"] == [] and not list(out.glob("*.png"))
+    assert "2 failed" in capsys.readouterr().out
+
+
+def test_script_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    script = _script()
+    assert script.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert script.main([str(empty), "--out", str(tmp_path / "o"), "--no-plots"]) == 1
+    assert "no run directories found" in (tmp_path / "o" / "summary.md").read_text()
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--help"])
+    assert exc.value.code == 0 and "--by" in capsys.readouterr().out
