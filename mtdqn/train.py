@@ -82,9 +82,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, RLDataModule, pl.Trainer
     model = instantiate(cfg.model)(task=spec)
     if cfg.replay._target_.endswith(PrioritizedReplayBuffer.__name__):
         model.priority_sink = lambda idx, td: data.buffer.update_priorities(idx, td)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(EnvStepBudget())
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     return model, data, trainer
 

@@ -109,3 +109,23 @@ def test_resume_continues_from_saved_step_with_saved_buffer(tmp_path):
     rows = read_metrics(tmp_path / "second")
     assert min(r["env_steps"] for r in rows if "train/td_loss" in r) > 400
     assert trainer2.global_step > saved_updates
+
+
+def test_each_round_is_collected_with_the_policy_after_the_previous_updates(tmp_path):
+    """No prefetching: round k's env steps are taken after round k-1's gradient updates."""
+    cfg = compose_cfg([*SMOKE, "callbacks.checkpoint=null", "callbacks.eval=null", "exploration.end=0.0",
+                       "exploration.duration=1"], tmp_path)
+    model, data, trainer = build(cfg)
+    seen: list[tuple[int, int]] = []
+    original = data.policy
+
+    def spy(obs):
+        seen.append((data.current_env_steps(), trainer.global_step))
+        return original(obs)
+
+    data.policy = spy
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 5 * 10  # rounds ending at 200, 300, ..., 600 env steps, 10 updates each
+    for env_steps, updates in seen:
+        if env_steps >= 200:  # collecting the round that ends at the next multiple of 100
+            assert updates == (env_steps // 100 - 1) * 10, (env_steps, updates)

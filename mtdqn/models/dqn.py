@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -80,7 +80,10 @@ class DQNModule(pl.LightningModule):
             polyak_update(self.q_net, self.target_net, 1.0 - (1.0 - self.tau) ** k)
             self.last_target_env_steps.fill_(env_steps)
 
-    def training_step(self, round_: Round, batch_idx: int) -> None:
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        """Pull one Round (taking `dataloader_iter` stops Lightning from prefetching, so every round is
+        collected with the policy that results from the previous round's updates) and do its G updates."""
+        round_, _, _ = next(dataloader_iter)
         opt = self.optimizers()
         if self.target_update_unit == "env_steps":
             self.sync_target(round_.env_steps)

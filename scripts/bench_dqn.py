@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Side-by-side DQN benchmark on CartPole-v1: mtdqn vs Stable-Baselines3 vs a bare-torch compute floor.
+
+Same hyperparameters (RL Zoo's CartPole-v1 DQN), same env steps, same number of gradient updates, the two
+frameworks alternated seed by seed in one process. Evaluation (10 greedy episodes, fixed seeds, identical code for
+both) runs after each round of updates and its time is excluded from every timing. Prints medians over seeds and
+the ratios ours / SB3; `--out` also writes the raw numbers as JSON.
+
+    pip install -c constraints.txt -e '.[bench]'
+    python scripts/bench_dqn.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from mtdqn.envs import GymVecEnv  # noqa: E402
+from mtdqn.evaluation.episodes import run_episodes  # noqa: E402
+
+ZOO = dict(  # rl-baselines3-zoo hyperparams/dqn.yml, CartPole-v1
+    learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
+    target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+    exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]),
+)
+THRESHOLD = 475.0
+
+
+def first_reach(history: list[tuple[int, float, float]]) -> tuple[float | None, float | None]:
+    """(env steps, train seconds) of the first evaluation with mean return >= THRESHOLD."""
+    for steps, seconds, ret in history:
+        if ret >= THRESHOLD:
+            return steps, seconds
+    return None, None
+
+
+def run_ours(seed: int, args: argparse.Namespace, overrides: list[str]) -> dict:
+    """Train mtdqn through the normal composition root; timings exclude evaluation."""
+    from mtdqn.train import build
+
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[
+            *overrides, f"seed={seed}", f"data.total_env_steps={args.total_steps}", "logger=none",
+            "callbacks.progress=null", "callbacks.checkpoint=null", f"callbacks.eval.every_env_steps={args.eval_every}",
+            f"callbacks.eval.episodes={args.eval_episodes}", f"paths.output_dir={tmp}",
+            "+trainer.enable_progress_bar=false",
+        ])
+        model, data, trainer = build(cfg)
+        t0 = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        wall = time.perf_counter() - t0
+    cb = next(c for c in trainer.callbacks if hasattr(c, "history"))
+    key = f"eval/{model.task.name}/return"
+    history = [(int(m["time/env_steps"]), m["time/train_seconds"], m[key]) for m in cb.history]
+    steps = data.current_env_steps()
+    return dict(wall=wall - cb.eval_seconds, env_steps=steps, updates=trainer.global_step, history=history,
+                final_return=history[-1][2])
+
+
+def run_sb3(seed: int, args: argparse.Namespace) -> dict:
+    """Train Stable-Baselines3's DQN with the same hyperparameters and the same evaluation."""
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    eval_env = GymVecEnv("CartPole-v1", num_envs=args.eval_episodes)
+
+    class Eval(BaseCallback):
+        """Evaluates when a rollout starts (right after the previous round of updates), like mtdqn's callback."""
+
+        def _on_training_start(self) -> None:
+            self.t0, self.eval_seconds, self.last, self.history = time.perf_counter(), 0.0, 0, []
+
+        def evaluate(self) -> None:
+            t = time.perf_counter()
+            q_net = self.model.q_net
+            returns = run_episodes(lambda obs: q_net(obs).argmax(-1), eval_env, seed=10_000)
+            self.eval_seconds += time.perf_counter() - t
+            seconds = time.perf_counter() - self.t0 - self.eval_seconds
+            self.history.append((self.num_timesteps, seconds, float(returns.mean())))
+            self.last = self.num_timesteps
+
+        def _on_rollout_start(self) -> None:
+            if self.num_timesteps // args.eval_every > self.last // args.eval_every:
+                self.evaluate()
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_training_end(self) -> None:
+            self.evaluate()
+
+    model = DQN("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", verbose=0, **ZOO)
+    cb = Eval()
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=args.total_steps, callback=cb)
+    wall = time.perf_counter() - t0 - cb.eval_seconds
+    eval_env.close()
+    return dict(wall=wall, env_steps=model.num_timesteps, updates=model._n_updates, history=cb.history,
+                final_return=cb.history[-1][2])
+
+
+def run_floor(n_updates: int, n_forwards: int, seed: int) -> dict:
+    """Bare torch: the same acting forwards and updates (fused Adam), no env, no replay logic, no framework."""
+    torch.manual_seed(seed)
+
+    def mlp() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(4, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                                   torch.nn.ReLU(), torch.nn.Linear(256, 2))
+
+    net = mlp()
+    target = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=ZOO["learning_rate"], fused=True)
+    params = list(net.parameters())
+    n = 50_000
+    obs, next_obs = torch.randn(n, 4), torch.randn(n, 4)
+    actions, rewards, discounts = torch.randint(0, 2, (n,)), torch.randn(n), torch.full((n,), 0.99)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(n_forwards):
+            net(obs[i % n : i % n + 1]).argmax(-1)
+    for i in range(n_updates):
+        if i % ZOO["gradient_steps"] == 0:
+            target.load_state_dict(net.state_dict())
+        idx = torch.randint(0, n, (ZOO["batch_size"],))
+        q = net(obs[idx]).gather(1, actions[idx].unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            y = rewards[idx] + discounts[idx] * target(next_obs[idx]).max(1).values
+        loss = F.smooth_l1_loss(q, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
+        opt.step()
+    return dict(wall=time.perf_counter() - t0, updates=n_updates, forwards=n_forwards)
+
+
+def median(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if len(vals) * 2 > len(xs) else None
+
+
+def fmt(x: float | None, spec: str = ",.1f") -> str:
+    return "not reached" if x is None else format(x, spec)
+
+
+def report(results: dict, args: argparse.Namespace) -> str:
+    """Markdown table of medians over seeds plus ratios."""
+    lines = [
+        f"CartPole-v1 DQN, {args.total_steps:,} env steps, seeds {args.seeds}, torch threads {args.threads}, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}",
+        "",
+        "| run | wall s (train) | env steps/s | updates | updates/s | steps to 475 | seconds to 475 | final return |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        if name == "floor" or not runs:
+            continue
+        walls = [r["wall"] for r in runs]
+        reach = [first_reach(r["history"]) for r in runs]
+        lines.append(
+            f"| {name} | {fmt(median(walls))} | {fmt(median([r['env_steps'] / r['wall'] for r in runs]), ',.0f')} | "
+            f"{fmt(median([r['updates'] for r in runs]), ',.0f')} | "
+            f"{fmt(median([r['updates'] / r['wall'] for r in runs]), ',.0f')} | "
+            f"{fmt(median([s for s, _ in reach]), ',.0f')} ({sum(s is not None for s, _ in reach)}/{len(runs)}) | "
+            f"{fmt(median([t for _, t in reach]))} | {fmt(median([r['final_return'] for r in runs]))} |"
+        )
+    if results.get("floor"):
+        lines.append(f"| bare-torch floor | {fmt(median([r['wall'] for r in results['floor']]))} | - | "
+                     f"{results['floor'][0]['updates']:,} | - | - | - | - |")
+    lines.append("")
+    ours, sb3 = results.get("mtdqn", []), results.get("sb3", [])
+    if ours and sb3:
+        ratio = [o["wall"] / s["wall"] for o, s in zip(ours, sb3, strict=True)]
+        lines.append(f"- wall-time ratio mtdqn / SB3 (same work), median of per-seed ratios: {statistics.median(ratio):.3f}")
+    if ours and results.get("floor"):
+        eff = [f["wall"] / o["wall"] for f, o in zip(results["floor"], ours, strict=True)]
+        lines.append(f"- efficiency floor / mtdqn: {statistics.median(eff):.3f}")
+    best = results.get("mtdqn-fast", [])
+    if best and sb3:
+        b = median([first_reach(r["history"])[1] for r in best])
+        s = median([first_reach(r["history"])[1] for r in sb3])
+        if b is not None and s is not None:
+            lines.append(f"- time-to-475 ratio mtdqn-fast / SB3: {b / s:.3f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--total-steps", type=int, default=50_000, help="env steps per run")
+    p.add_argument("--eval-every", type=int, default=2_000, help="env steps between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every run")
+    p.add_argument("--skip-sb3", action="store_true")
+    p.add_argument("--skip-fast", action="store_true", help="skip mtdqn's throughput preset")
+    p.add_argument("--fast-experiment", default="cartpole_fast", help="experiment preset for the throughput run")
+    p.add_argument("--out", type=Path, default=None, help="write raw results as JSON")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    results: dict[str, list[dict]] = {"mtdqn": [], "sb3": [], "floor": [], "mtdqn-fast": []}
+    for seed in args.seeds:
+        ours = run_ours(seed, args, ["+experiment=cartpole_dqn"])
+        results["mtdqn"].append(ours)
+        print(f"seed {seed} mtdqn: {ours['wall']:.1f} s, {ours['updates']} updates, final {ours['final_return']}", flush=True)
+        if not args.skip_sb3:
+            sb3 = run_sb3(seed, args)
+            results["sb3"].append(sb3)
+            print(f"seed {seed} sb3:   {sb3['wall']:.1f} s, {sb3['updates']} updates, final {sb3['final_return']}", flush=True)
+        fl = run_floor(ours["updates"], ours["env_steps"] - 1000, seed)
+        results["floor"].append(fl)
+        print(f"seed {seed} floor: {fl['wall']:.1f} s", flush=True)
+        if not args.skip_fast:
+            fast = run_ours(seed, args, [f"+experiment={args.fast_experiment}"])
+            results["mtdqn-fast"].append(fast)
+            print(f"seed {seed} fast:  {fast['wall']:.1f} s, {fast['updates']} updates, final {fast['final_return']}", flush=True)
+    text = report(results, args)
+    print(text)
+    if args.out:
+        args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results, "report": text}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

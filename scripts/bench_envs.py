@@ -1,0 +1,128 @@
+"""Benchmark env steps/s: DrivingVecEnv (all tasks) vs gymnasium CartPole (vector) vs highway-env lane-keeping."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mtdqn.envs.driving import TASKS, DrivingVecEnv  # noqa: E402
+
+
+def _median_rate(run: Callable[[], float], repeats: int) -> float:
+    """Median over repeats of run() (which returns env steps per second)."""
+    return statistics.median(run() for _ in range(repeats))
+
+
+def bench_driving(task: str, n: int, steps: int, repeats: int) -> float:
+    """Env steps/s of DrivingVecEnv(task, n) under uniform random actions."""
+    env = DrivingVecEnv(task, n)
+    env.reset(0)
+    acts = torch.randint(0, env.n_actions, (steps, n), generator=torch.Generator().manual_seed(0))
+    for a in acts[:20]:
+        env.step(a)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for a in acts:
+            env.step(a)
+        return n * steps / (time.perf_counter() - t0)
+
+    return _median_rate(run, repeats)
+
+
+def bench_gym_vec(env_id: str, n: int, steps: int, repeats: int, mode: str) -> float:
+    """Env steps/s of gym.make_vec(env_id, n) under random actions."""
+    env = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    acts = [env.action_space.sample() for _ in range(steps)]
+    for a in acts[:5]:
+        env.step(a)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for a in acts:
+            env.step(a)
+        return n * steps / (time.perf_counter() - t0)
+
+    rate = _median_rate(run, repeats)
+    env.close()
+    return rate
+
+
+def _highway_available() -> bool:
+    try:
+        import highway_env  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def main() -> None:
+    """Run the benchmark and print a markdown table (steps/s; median of --repeats)."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--counts", type=int, nargs="+", default=[1, 64, 1024, 4096], help="parallel env counts")
+    p.add_argument("--steps", type=int, default=200, help="timed steps per repeat for vectorized envs")
+    p.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported")
+    p.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch intra-op thread counts to run")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--highway-counts", type=int, nargs="+", default=[1, 4], help="env counts for highway-env")
+    p.add_argument("--highway-steps", type=int, default=100, help="timed steps per repeat for highway-env")
+    p.add_argument("--no-cartpole", action="store_true")
+    p.add_argument("--no-highway", action="store_true")
+    args = p.parse_args()
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"{now}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); torch {torch.__version__}, "
+          f"gymnasium {gym.__version__}, numpy {np.__version__}; median of {args.repeats} repeats")  # fmt: skip
+    counts = args.counts
+    print("\n| env | threads | " + " | ".join(f"n={n}" for n in counts) + " |")
+    print("|---|---|" + "---:|" * len(counts))
+    ours: dict[tuple[str, int], dict[int, float]] = {}
+    for th in args.threads:
+        torch.set_num_threads(th)
+        for task in args.tasks:
+            ours[task, th] = {n: bench_driving(task, n, args.steps, args.repeats) for n in counts}
+            print(f"| mtdqn driving/{task} | {th} | " + " | ".join(_fmt(ours[task, th][n]) for n in counts) + " |", flush=True)
+    if not args.no_cartpole:
+        cp = {n: bench_gym_vec("CartPole-v1", n, args.steps, args.repeats, "vector_entry_point") for n in counts}
+        print("| gymnasium CartPole-v1 (vector_entry_point) | - | " + " | ".join(_fmt(cp[n]) for n in counts) + " |")
+    hw: dict[int, float] = {}
+    if args.no_highway:
+        pass
+    elif not _highway_available():
+        print("\nnote: highway-env is not installed; skipped (pip install highway-env)")
+    else:
+        hw = {n: bench_gym_vec("lane-keeping-v0", n, args.highway_steps, max(1, args.repeats // 2), "sync")
+              for n in args.highway_counts}  # fmt: skip
+        cells = [_fmt(hw.get(n)) for n in counts]
+        print("| highway-env lane-keeping-v0 (sync) | - | " + " | ".join(cells) + " |")
+        extra = {n: r for n, r in hw.items() if n not in counts}
+        if extra:
+            print("\nhighway-env at other counts: " + ", ".join(f"n={n}: {_fmt(r)}" for n, r in extra.items()))
+    if hw:
+        best_hw = max(hw.values())
+        print(f"\nratio ours / highway-env (best highway-env rate {best_hw:,.0f} steps/s):")
+        for (task, th), rates in ours.items():
+            print(f"- {task} ({th} thread{'s' * (th > 1)}): n={counts[0]} vs highway n=1: "
+                  f"{rates[counts[0]] / hw.get(1, best_hw):.2f}x; n={counts[-1]} vs best highway: "
+                  f"{rates[counts[-1]] / best_hw:,.0f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

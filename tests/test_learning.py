@@ -1,0 +1,21 @@
+"""Learning checks: the DQN must actually improve (small budgets; marked slow)."""
+
+import json
+
+import pytest
+
+from mtdqn.train import train
+from tests.helpers.config import compose_cfg
+
+
+@pytest.mark.slow
+def test_cartpole_dqn_reaches_195_within_20k_env_steps(tmp_path):
+    cfg = compose_cfg([
+        "+experiment=cartpole_dqn", "data.total_env_steps=20000", "logger=jsonl", "callbacks.progress=null",
+        "callbacks.checkpoint=null", "callbacks.eval.every_env_steps=2000", "seed=0",
+    ], tmp_path)
+    train(cfg)
+
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval/CartPole-v1/return"] for r in rows if "eval/CartPole-v1/return" in r]
+    assert max(evals) >= 195, evals  # a random policy scores about 22

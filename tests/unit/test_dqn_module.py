@@ -1,0 +1,100 @@
+"""DQNModule honours its switches (each test fails if the switch were ignored)."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from mtdqn.losses import td_loss, td_target
+from mtdqn.models import DQNModule
+from mtdqn.nets import QNetwork
+from mtdqn.train import build
+from mtdqn.types import Batch, TaskSpec
+from tests.helpers.config import compose_cfg, params_vector
+
+TASK = TaskSpec("toy", obs_dim=3, n_actions=4)
+
+
+def make(**kwargs) -> DQNModule:
+    torch.manual_seed(0)
+    net = partial(QNetwork, hidden=[8], dueling=kwargs.pop("dueling", False))
+    module = DQNModule(net=net, optimizer=partial(torch.optim.SGD, lr=0.1), task=TASK, **kwargs)
+    with torch.no_grad():  # make online and target differ
+        for p in module.target_net.parameters():
+            p.add_(torch.randn_like(p))
+    return module
+
+
+def batch(n: int = 16) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    return Batch(
+        obs=torch.randn(n, 3, generator=g), actions=torch.randint(0, 4, (n,), generator=g),
+        rewards=torch.randn(n, generator=g), next_obs=torch.randn(n, 3, generator=g),
+        discounts=torch.full((n,), 0.9), weights=torch.ones(n), indices=torch.arange(n),
+        task_ids=torch.zeros(n, dtype=torch.int64),
+    )
+
+
+@pytest.mark.parametrize("double_q", [False, True])
+def test_double_q_switch_changes_the_target(double_q):
+    m, b = make(double_q=double_q), batch()
+    loss, _, _ = m.compute_loss(b)
+    q = m.q_net(b.obs).gather(1, b.actions[:, None]).squeeze(1)
+    online_next = m.q_net(b.next_obs) if double_q else None
+    expected, _ = td_loss(q, td_target(b.rewards, b.discounts, m.target_net(b.next_obs), online_next))
+    assert torch.isclose(loss, expected)
+    other_next = None if double_q else m.q_net(b.next_obs)
+    other, _ = td_loss(q, td_target(b.rewards, b.discounts, m.target_net(b.next_obs), other_next))
+    assert not torch.isclose(loss, other)
+
+
+def test_loss_switch_and_importance_weights():
+    b = batch()
+    huber, _, _ = make(loss="huber").compute_loss(b)
+    mse, _, _ = make(loss="mse").compute_loss(b)
+    assert not torch.isclose(huber, mse)
+    zero_weighted, _, _ = make(loss="mse").compute_loss(b._replace(weights=torch.zeros(16)))
+    assert zero_weighted.item() == 0.0
+
+
+def test_dueling_switch_builds_a_dueling_head():
+    assert hasattr(make(dueling=True).q_net.head, "advantage")
+    assert not hasattr(make().q_net.head, "advantage")
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_target_sync_in_env_steps_hard_and_polyak(tau):
+    m = make(target_update_period=10, tau=tau)
+    online, before = params_vector(m.q_net), params_vector(m.target_net)
+    m.sync_target(9)  # not due yet
+    assert torch.equal(params_vector(m.target_net), before)
+    m.sync_target(10)
+    assert torch.allclose(params_vector(m.target_net), before + tau * (online - before), atol=1e-6)
+    m.sync_target(35)  # two periods passed: tau_eff = 1 - (1 - tau)^2
+    if tau < 1:
+        mid = before + tau * (online - before)
+        assert torch.allclose(params_vector(m.target_net), mid + 0.75 * (online - mid), atol=1e-6)
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1e-3])
+def test_gradient_clipping_switch(tmp_path, max_grad_norm):
+    cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "optimizer=sgd", "optimizer.momentum=0",
+                       f"model.max_grad_norm={max_grad_norm}"], tmp_path)
+    model, data, trainer = build(cfg)
+    start = params_vector(model.q_net).clone()
+    trainer.fit(model, datamodule=data)
+    moved = (params_vector(model.q_net) - start).norm().item()
+    lr_times_updates = 0.01 * trainer.global_step
+    if max_grad_norm:
+        assert moved <= max_grad_norm * lr_times_updates * 1.001  # each SGD step is at most lr * max_norm
+    else:
+        assert moved > 1e-3 * lr_times_updates
+
+
+def test_num_envs_and_replay_ratio(tmp_path):
+    cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "data.num_envs=4",
+                       "data.replay_ratio=0.25"], tmp_path)
+    model, data, trainer = build(cfg)
+    trainer.fit(model, datamodule=data)
+    assert data.buffer.obs.shape[1] == 4 and len(data.buffer) == 600
+    assert trainer.global_step == 5 * 25  # 5 rounds of 100 env steps x 0.25 updates per env step
