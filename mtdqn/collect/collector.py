@@ -47,14 +47,14 @@ class Collector:
     def act(self, obs: Tensor, epsilon: float) -> Tensor:
         """Epsilon-greedy actions; the network is not called when every env explores."""
         n, dev = obs.shape[0], obs.device
-        random_actions = torch.randint(0, self.env.n_actions, (n,), generator=self.generator, device=dev)
-        if epsilon >= 1.0:
-            return random_actions
         explore = torch.rand(n, generator=self.generator, device=dev) < epsilon
-        if epsilon > 0.0 and bool(explore.all()):
-            return random_actions
+        if epsilon >= 1.0 or bool(explore.all()):
+            return torch.randint(0, self.env.n_actions, (n,), generator=self.generator, device=dev)
         with torch.no_grad():
             greedy = self.policy(obs)
+        if epsilon <= 0.0 or not bool(explore.any()):
+            return greedy
+        random_actions = torch.randint(0, self.env.n_actions, (n,), generator=self.generator, device=dev)
         return torch.where(explore, random_actions, greedy)
 
     def step(self, epsilon: float) -> tuple[Transition, Episodes | None]:

