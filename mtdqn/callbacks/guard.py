@@ -1,0 +1,95 @@
+"""Stop a diverging run before it overwrites the last good checkpoint."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from mtdqn.callbacks.checkpoint import EnvStepCheckpoint
+
+TD_LOSS, Q_MEAN = "train/td_loss", "train/q_mean"
+ADVICE = (
+    "Try a lower learning rate (optimizer.lr), gradient clipping (model.max_grad_norm, e.g. 10), "
+    "the Huber loss (model.loss=huber) or a larger model.target_update_period."
+)
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged (non-finite or exploding values); the last good checkpoint was kept."""
+
+
+class DivergenceGuard(pl.Callback):
+    """After every round, stop training if the TD loss, |mean Q| or the Q-network's parameters diverge."""
+
+    def __init__(self, max_abs_q: float = 1e6, check_params_every: int = 1) -> None:
+        if not max_abs_q > 0:
+            raise ValueError(f"callbacks.guard.max_abs_q={max_abs_q} must be > 0")
+        if check_params_every <= 0:
+            raise ValueError(f"callbacks.guard.check_params_every={check_params_every} must be > 0")
+        self.max_abs_q, self.check_params_every = float(max_abs_q), check_params_every
+        self.rounds = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Run before every EnvStepCheckpoint so a diverged round is never saved, whatever the config order."""
+        callbacks = trainer.callbacks
+        first_ckpt = next((i for i, cb in enumerate(callbacks) if isinstance(cb, EnvStepCheckpoint)), None)
+        if first_ckpt is not None and callbacks.index(self) > first_ckpt:
+            # moving an earlier-visited element forward skips or repeats no callback of this hook loop
+            callbacks.remove(self)
+            callbacks.insert(first_ckpt, self)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.rounds += 1
+        check_params = self.rounds % self.check_params_every == 0
+        problem = self.find_problem(trainer.callback_metrics, pl_module.q_net, check_params)
+        # every rank stops together (a collective per round under DDP, a no-op on one process)
+        if trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+            trainer.mtdqn_diverged = True  # EnvStepCheckpoint writes nothing from now on
+            raise DivergenceError(self.message(trainer, problem or "another process reported divergence"))
+
+    def find_problem(self, metrics: dict[str, Any], q_net: nn.Module, check_params: bool) -> str | None:
+        """What diverged, or None: one host sync for the metrics and the fused parameter check."""
+        params = list(q_net.parameters())
+        device = params[0].device if params else torch.device("cpu")
+        names = [k for k in (TD_LOSS, Q_MEAN) if k in metrics]
+        flags = [torch.as_tensor(metrics[k]).detach().to(device, torch.float32).reshape(()) for k in names]
+        if check_params and params:
+            flags.append(torch.stack([p.isfinite().all() for p in params]).all().float())
+        if not flags:
+            return None
+        values = torch.stack(flags).tolist()
+        for name, value in zip(names, values, strict=False):
+            if not math.isfinite(value):
+                return f"{name}={value}"
+            if name == Q_MEAN and abs(value) > self.max_abs_q:
+                return f"|{name}|={abs(value):.4g} > max_abs_q={self.max_abs_q:g}"
+        if check_params and params and values[-1] < 1.0:
+            return self.bad_parameter(q_net)
+        return None
+
+    @staticmethod
+    def bad_parameter(q_net: nn.Module) -> str:
+        """Name, count and a sample value of the first parameter with non-finite entries (slow path)."""
+        for name, p in q_net.named_parameters():
+            bad = ~p.detach().isfinite()
+            if bad.any():
+                sample = p.detach()[bad].reshape(-1)[0].item()
+                return f"parameter q_net.{name} has {int(bad.sum())}/{p.numel()} non-finite entries (e.g. {sample})"
+        return "a q_net parameter is non-finite"
+
+    def message(self, trainer: pl.Trainer, problem: str) -> str:
+        """Error text: what diverged, when, the checkpoint that was kept, and what to try."""
+        env_steps = trainer.datamodule.current_env_steps() if trainer.datamodule is not None else "?"
+        ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, EnvStepCheckpoint)), None)
+        if ckpt is None:
+            kept = "No EnvStepCheckpoint callback is configured, so no checkpoint was written."
+        elif ckpt.path.is_file():
+            kept = f"The last good checkpoint {ckpt.path} was left intact (nothing is saved after divergence)."
+        else:
+            kept = f"No checkpoint had been written yet; {ckpt.path} will not be written from the diverged state."
+        return f"Training diverged: {problem} at env step {env_steps}, update {trainer.global_step}. {kept} {ADVICE}"
+
