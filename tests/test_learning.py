@@ -19,3 +19,16 @@ def test_cartpole_dqn_reaches_195_within_20k_env_steps(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval/CartPole-v1/return"] for r in rows if "eval/CartPole-v1/return" in r]
     assert max(evals) >= 195, evals  # a random policy scores about 22
+
+
+@pytest.mark.slow
+def test_lane_keep_dqn_solves_lane_keep(tmp_path):
+    """+experiment=lane_keep_dqn reaches normalized >= 0.9 (solved) within 100k env steps."""
+    cfg = compose_cfg([
+        "+experiment=lane_keep_dqn", "data.total_env_steps=100000", "logger=jsonl", "callbacks.progress=null",
+        "callbacks.checkpoint=null", "seed=0",
+    ], tmp_path)
+    train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scores = [r["eval/lane_keep/normalized"] for r in rows if "eval/lane_keep/normalized" in r]
+    assert scores[0] < 0.5 and max(scores) >= 0.9, scores

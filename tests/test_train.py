@@ -129,3 +129,14 @@ def test_each_round_is_collected_with_the_policy_after_the_previous_updates(tmp_
     for env_steps, updates in seen:
         if env_steps >= 200:  # collecting the round that ends at the next multiple of 100
             assert updates == (env_steps // 100 - 1) * 10, (env_steps, updates)
+
+
+def test_eval_records_a_gif_of_a_driving_episode(tmp_path):
+    from PIL import Image
+
+    summary = train(compose_cfg([*SMOKE, "task_set=lane_keep", "callbacks.eval.video=final"], tmp_path))
+    assert "eval/lane_keep/normalized" in summary and "eval/mean_normalized" in summary
+    gifs = list((tmp_path / "videos").glob("lane_keep_*.gif"))
+    assert len(gifs) == 1
+    with Image.open(gifs[0]) as im:
+        assert im.n_frames > 1 and im.size == (160, 160)

@@ -1,8 +1,14 @@
 """Callbacks: evaluation, checkpoints, progress, metrics file."""
 
 from mtdqn.callbacks.budget import EnvStepBudget
-from mtdqn.callbacks.checkpoint import AtomicCheckpointIO, EnvStepCheckpoint, atomic_torch_save, load_checkpoint
+from mtdqn.callbacks.checkpoint import (
+    AtomicCheckpointIO,
+    EnvStepCheckpoint,
+    atomic_torch_save,
+    load_checkpoint,
+)
 from mtdqn.callbacks.evaluation import EvalCallback
+from mtdqn.callbacks.guard import DivergenceError, DivergenceGuard
 from mtdqn.callbacks.loggers import JsonlLogger
 from mtdqn.callbacks.progress import EnvStepProgressBar
 
@@ -10,6 +16,8 @@ __all__ = [
     "AtomicCheckpointIO",
     "EnvStepBudget",
     "EnvStepCheckpoint",
+    "DivergenceError",
+    "DivergenceGuard",
     "EnvStepProgressBar",
     "EvalCallback",
     "JsonlLogger",

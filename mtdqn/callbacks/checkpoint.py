@@ -83,5 +83,5 @@ class EnvStepCheckpoint(pl.Callback):
         """Write the checkpoint atomically unless a guard marked the run as diverged."""
         if getattr(trainer, "mtdqn_diverged", False):
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         self.last_saved = steps

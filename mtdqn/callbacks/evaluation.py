@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
-from mtdqn.evaluation.episodes import run_episodes
+from mtdqn.evaluation.episodes import record_episode, run_episodes, save_gif
+
+VIDEO_MODES = ("none", "final", "every")
 
 
 def log_to_loggers(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -20,9 +23,19 @@ def log_to_loggers(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
 class EvalCallback(pl.Callback):
     """Every `every_env_steps` env steps (and at the end) run `episodes` greedy episodes with fixed seeds."""
 
-    def __init__(self, every_env_steps: int = 5_000, episodes: int = 10, seed: int = 10_000) -> None:
+    def __init__(
+        self,
+        every_env_steps: int = 5_000,
+        episodes: int = 10,
+        seed: int = 10_000,
+        video: str = "none",  # none | final | every: record one greedy episode (envs that can render)
+        video_dir: str = "videos",
+    ) -> None:
         if every_env_steps <= 0 or episodes <= 0:
             raise ValueError(f"callbacks.eval: every_env_steps={every_env_steps} and episodes={episodes} must be > 0")
+        if video not in VIDEO_MODES:
+            raise ValueError(f"callbacks.eval.video={video!r} is not one of {VIDEO_MODES}")
+        self.video, self.video_dir = video, Path(video_dir)
         self.every, self.episodes, self.seed = every_env_steps, episodes, seed
         self.last_eval_steps = 0
         self.history: list[dict[str, float]] = []
@@ -48,6 +61,8 @@ class EvalCallback(pl.Callback):
         steps = trainer.datamodule.current_env_steps()
         if not self.history or self.history[-1]["time/env_steps"] != steps:
             self.evaluate(trainer, pl_module, steps)
+        if self.video == "final":
+            self.record(trainer, pl_module, steps)
         self.env.close()
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> dict[str, float]:
@@ -73,4 +88,23 @@ class EvalCallback(pl.Callback):
         self.last_eval_steps = steps
         self.history.append(metrics)
         log_to_loggers(trainer, metrics)
+        if self.video == "every":
+            self.record(trainer, pl_module, steps)
         return metrics
+
+    def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> Path | None:
+        """Record eval episode 0 as a GIF in the run folder and, with a W&B logger, as a W&B video."""
+        if not trainer.is_global_zero or not hasattr(self.env, "render"):
+            return None
+        t0 = time.perf_counter()
+        frames = record_episode(pl_module.greedy_action, self.env, seed=self.seed)
+        self.video_dir.mkdir(parents=True, exist_ok=True)
+        path = self.video_dir / f"{pl_module.task.name}_{steps}.gif"
+        save_gif(frames, path)
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                logger.experiment.log({f"video/{pl_module.task.name}": wandb.Video(str(path), format="gif")})
+        self.eval_seconds += time.perf_counter() - t0
+        return path

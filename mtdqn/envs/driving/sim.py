@@ -134,6 +134,12 @@ class DrivingVecEnv:
         self._st = st
         return StepResult(next_obs, reward, terminated, truncated, obs)
 
+    def render(self, i: int = 0):
+        """A top-down uint8 RGB picture of env `i` (numpy, see render.py)."""
+        from mtdqn.envs.driving.render import render_env
+
+        return render_env(self, i)
+
     def close(self) -> None:
         """Release the state tensors."""
         self._st = {}
