@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mtdqn.losses import LOSSES, polyak_update, td_loss, td_target
+from mtdqn.models.lean_step import LeanAdam, clip_grads_
 from mtdqn.types import Batch, Round, TaskSpec
 
 NetFactory = Callable[..., nn.Module]  # (obs_dim=, n_actions=) -> nn.Module
@@ -35,6 +36,7 @@ class DQNModule(pl.LightningModule):
         target_update_period: int = 10,  # in `target_update_unit`
         target_update_unit: str = "env_steps",
         tau: float = 1.0,  # 1 = hard copy, < 1 = Polyak averaging
+        lean_step: bool = True,  # fused-Adam fast path on one fp32 process (same math as optimizer.step)
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -51,6 +53,8 @@ class DQNModule(pl.LightningModule):
         self.double_q, self.loss_kind, self.max_grad_norm = double_q, loss, max_grad_norm
         self.target_update_period, self.target_update_unit, self.tau = target_update_period, target_update_unit, tau
         self.register_buffer("last_target_env_steps", torch.zeros((), dtype=torch.int64))
+        self.lean_step = lean_step
+        self._lean: LeanAdam | None = None
         self.priority_sink: Callable[[Tensor, Tensor], None] | None = None  # set by the composition root (PER)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -102,27 +106,31 @@ class DQNModule(pl.LightningModule):
         self.log_round(round_, loss_sum / len(per_update), q_sum / len(per_update))
 
     def gradient_step(self, loss: Tensor) -> None:
-        """Backward, clip, step. One process in fp32 skips Lightning's per-call hooks (measured ~7% of an update);
-        DDP or mixed precision go through manual_backward so gradients are all-reduced / scaled."""
+        """Backward, clip, step. One fp32 process with a fused Adam takes the lean path (LeanAdam: same math,
+        ~30% less time per update, measured in scripts/bench_dqn.py); otherwise the standard path, through
+        manual_backward under DDP or mixed precision so gradients are all-reduced / scaled."""
         opt = self.optimizers()
         params = self._trainable
-        lean = self.trainer.world_size == 1 and self.trainer.precision in ("32-true", "32")
+        if self._lean is not None:
+            grads = list(torch.autograd.grad(loss, params))
+            if self.max_grad_norm > 0:
+                clip_grads_(grads, self.max_grad_norm)
+            opt._on_before_step()  # LightningOptimizer's own bookkeeping: global_step counts updates
+            self._lean.step(grads)
+            opt._on_after_step()
+            return
         opt.zero_grad(set_to_none=True)
-        if lean:
-            loss.backward()
-        else:
-            self.manual_backward(loss)
+        self.manual_backward(loss)
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
-        if lean:  # same bookkeeping as LightningOptimizer.step (global_step counts updates), minus the hooks
-            opt._on_before_step()
-            opt.optimizer.step()
-            opt._on_after_step()
-        else:
-            opt.step()
+        opt.step()
 
     def on_train_start(self) -> None:
         self._trainable = [p for p in self.q_net.parameters() if p.requires_grad]
+        raw = self.optimizers().optimizer
+        single = self.trainer.world_size == 1 and str(self.trainer.precision) in ("32-true", "32")
+        usable = single and LeanAdam.supports(raw) and raw.param_groups[0]["params"] == self._trainable
+        self._lean = LeanAdam(raw) if usable and self.lean_step else None
 
     def log_round(self, round_: Round, td_loss_mean: Tensor, q_mean: Tensor) -> None:
         """Per-round training metrics (names listed in the README)."""

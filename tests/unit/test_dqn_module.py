@@ -98,3 +98,16 @@ def test_num_envs_and_replay_ratio(tmp_path):
     trainer.fit(model, datamodule=data)
     assert data.buffer.obs.shape[1] == 4 and len(data.buffer) == 600
     assert trainer.global_step == 5 * 25  # 5 rounds of 100 env steps x 0.25 updates per env step
+
+
+def test_lean_step_is_used_and_matches_the_standard_path(tmp_path):
+    results = {}
+    for lean in (True, False):
+        cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=5", f"model.lean_step={lean}"],
+                          tmp_path / str(lean))
+        torch.manual_seed(5)
+        model, data, trainer = build(cfg)
+        trainer.fit(model, datamodule=data)
+        assert (model._lean is not None) == lean
+        results[lean] = params_vector(model.q_net)
+    torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,65 @@
+"""A lean gradient step for the hot loop: same math as backward + clip_grad_norm_ + Adam.step, less Python.
+
+Measured on 2 CPU cores (4-256-256-2 MLP, batch 64): `zero_grad; backward; clip_grad_norm_; Adam.step` costs
+about 0.5-0.7 ms per update in Python around the kernels; `autograd.grad` + foreach clipping + the functional
+fused Adam kernel on the optimizer's own state removes most of it. The optimizer's state_dict stays the source of
+truth (checkpoints, schedulers that change `lr`, and a fallback to `optimizer.step()` all keep working).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim.adam import adam as adam_functional
+
+
+def clip_grads_(grads: list[Tensor], max_norm: float) -> Tensor:
+    """Scale `grads` in place so their global L2 norm is at most `max_norm` (as clip_grad_norm_); returns the norm."""
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+    return total
+
+
+class LeanAdam:
+    """Steps a fused torch.optim.Adam / AdamW with explicit gradients through torch's functional `adam`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.supports(optimizer):
+            raise ValueError(f"LeanAdam needs a fused Adam/AdamW with one param group, got {optimizer}")
+        self.optimizer = optimizer
+        self.params: list[Tensor] = list(optimizer.param_groups[0]["params"])
+
+    @staticmethod
+    def supports(optimizer: torch.optim.Optimizer) -> bool:
+        """True for Adam/AdamW with fused=True, one group, no amsgrad/maximize/capturable/differentiable."""
+        if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or len(optimizer.param_groups) != 1:
+            return False
+        g = optimizer.param_groups[0]
+        plain = not (g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"])
+        return bool(g.get("fused")) and plain and not any(torch.is_complex(p) for p in g["params"])
+
+    def _state(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The optimizer's per-parameter state, initialized exactly as Adam._init_group does for fused Adam."""
+        exp_avgs, exp_avg_sqs, steps = [], [], []
+        for p in self.params:
+            st = self.optimizer.state[p]
+            if not st:
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avgs.append(st["exp_avg"])
+            exp_avg_sqs.append(st["exp_avg_sq"])
+            steps.append(st["step"])
+        return exp_avgs, exp_avg_sqs, steps
+
+    @torch.no_grad()
+    def step(self, grads: list[Tensor]) -> None:
+        """One Adam update of `self.params` with `grads` (one per parameter, same order)."""
+        g = self.optimizer.param_groups[0]
+        exp_avgs, exp_avg_sqs, steps = self._state()
+        adam_functional(
+            self.params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True,
+            decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)), amsgrad=False,
+            beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"],
+            maximize=False,
+        )
