@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -55,6 +56,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("capacity", "n_step"):
         if key in cfg.replay and int(cfg.replay[key]) <= 0:
             raise ValueError(f"replay.{key}={cfg.replay[key]} must be > 0")
+    if cfg.get("torch_threads") is not None and int(cfg.torch_threads) <= 0:
+        raise ValueError(f"torch_threads={cfg.torch_threads} must be a positive integer or null")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
 
@@ -109,6 +112,9 @@ def train(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    validate(cfg)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer = None
     try:

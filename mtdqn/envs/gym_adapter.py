@@ -11,22 +11,22 @@ from torch import Tensor
 
 from mtdqn.types import StepResult, TaskSpec
 
-# Packages whose import registers extra gymnasium ids (optional extras).
-_REGISTERING_MODULES = {"MinAtar/": "minatar", "highway": "highway_env"}
+# Optional packages whose import registers extra gymnasium ids: (module, extra that installs it).
+_REGISTERING_MODULES = (("highway_env", "highway"), ("minatar", "minatar"))
 
 
 def _import_registrations(env_id: str) -> None:
-    for prefix, module in _REGISTERING_MODULES.items():
-        if env_id.startswith(prefix) or prefix in env_id:
-            try:
-                mod = importlib.import_module(module)
-            except ImportError as exc:
-                raise ValueError(
-                    f"task_set.tasks: {env_id!r} needs the optional package {module!r} "
-                    f"(pip install -c constraints.txt -e '.[{module.split('_')[0]}]')"
-                ) from exc
-            if hasattr(mod, "gym") and hasattr(mod.gym, "register_envs"):
-                mod.gym.register_envs()
+    """Import optional env packages (quietly) until `env_id` is registered."""
+    for module, _extra in _REGISTERING_MODULES:
+        if env_id in gym.registry:
+            return
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        register = getattr(getattr(mod, "gym", None), "register_envs", None) or getattr(mod, "register_envs", None)
+        if callable(register):
+            register()
 
 
 def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
@@ -35,7 +35,11 @@ def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
     if env_id not in gym.registry:
         close = [k for k in gym.registry if k.split("-")[0].lower() == env_id.split("-")[0].lower()]
         hint = f" (did you mean {close[:3]}?)" if close else ""
-        raise ValueError(f"task_set.tasks: {env_id!r} is not a registered gymnasium id{hint}")
+        extras = ", ".join(f"'.[{extra}]' for {module}" for module, extra in _REGISTERING_MODULES)
+        raise ValueError(
+            f"task_set.tasks: {env_id!r} is not a registered gymnasium id{hint}; ids from optional packages need "
+            f"their extra installed ({extras})"
+        )
     env = gym.make(env_id, **(env_kwargs or {}))
     try:
         obs_space, act_space = env.observation_space, env.action_space
@@ -45,9 +49,32 @@ def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
         raise ValueError(
             f"task_set.tasks: {env_id!r} has action space {act_space}; DQN needs a Discrete action space"
         )
-    if not isinstance(obs_space, gym.spaces.Box):
-        raise ValueError(f"task_set.tasks: {env_id!r} has observation space {obs_space}; mtdqn needs a Box")
-    return TaskSpec(name=env_id.replace("/", "-"), obs_dim=int(np.prod(obs_space.shape)), n_actions=int(act_space.n))
+    if not _flattenable(obs_space):
+        raise ValueError(
+            f"task_set.tasks: {env_id!r} has observation space {obs_space}; mtdqn needs a Box "
+            "(or a Dict/Tuple of Boxes, which it flattens)"
+        )
+    obs_dim = int(gym.spaces.flatdim(obs_space))
+    return TaskSpec(name=env_id.replace("/", "-"), obs_dim=obs_dim, n_actions=int(act_space.n))
+
+
+def _flattenable(space: gym.Space) -> bool:
+    """A Box, or a Dict / Tuple whose leaves are all Boxes."""
+    if isinstance(space, gym.spaces.Box):
+        return True
+    if isinstance(space, gym.spaces.Dict):
+        return all(_flattenable(s) for s in space.spaces.values())
+    if isinstance(space, gym.spaces.Tuple):
+        return all(_flattenable(s) for s in space.spaces)
+    return False
+
+
+def make_single(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
+    """gymnasium.make, flattening Dict / Tuple observations into one vector."""
+    env = gym.make(env_id, **(env_kwargs or {}))
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
 
 
 class GymVecEnv:
@@ -64,7 +91,7 @@ class GymVecEnv:
         spec = check_gym_id(env_id, env_kwargs)
         self.env_id, self.num_envs, self.obs_dim, self.n_actions = env_id, num_envs, spec.obs_dim, spec.n_actions
         self.device = torch.device(device)
-        self.envs = [gym.make(env_id, **(env_kwargs or {})) for _ in range(num_envs)]
+        self.envs = [make_single(env_id, env_kwargs) for _ in range(num_envs)]
         self._next_obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._reward = np.zeros(num_envs, dtype=np.float32)

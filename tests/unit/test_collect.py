@@ -103,3 +103,33 @@ def test_gym_adapter_matches_gymnasium_for_same_seed():
 def test_invalid_gym_ids_are_refused(env_id, match):
     with pytest.raises(ValueError, match=match):
         check_gym_id(env_id)
+
+
+class _DictObsEnv(gym.Env):
+    """A toy env with a Dict observation (like highway-env's lane-keeping) and 2 actions."""
+
+    observation_space = gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (2,)), "b": gym.spaces.Box(-1, 1, (3, 1))})
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), 1.0, self.t >= 3, False, {}
+
+
+def test_dict_observations_are_flattened():
+    gym.register("mtdqn-test/DictObs-v0", entry_point=_DictObsEnv)
+    assert check_gym_id("mtdqn-test/DictObs-v0").obs_dim == 5
+    env = GymVecEnv("mtdqn-test/DictObs-v0", num_envs=2)
+    assert env.reset(seed=0).shape == (2, 5)
+    res = env.step(torch.zeros(2, dtype=torch.int64))
+    assert res.next_obs.shape == (2, 5) and res.reward.tolist() == [1.0, 1.0]
+
+
+def test_box_spaces_other_than_discrete_actions_still_refused():
+    with pytest.raises(ValueError, match="Discrete"):
+        check_gym_id("MountainCarContinuous-v0")

@@ -1,0 +1,85 @@
+"""Multi-task loss math as pure functions: per-task loss weighting, gradient surgery (PCGrad), conflict diagnostics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+_EPS = 1e-12
+
+
+def flat_grads(loss: Tensor, params: Sequence[nn.Parameter], retain_graph: bool = True) -> Tensor:
+    """d loss / d params flattened into one (P,) vector; parameters the loss does not reach give zeros."""
+    params = list(params)
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)]
+    )
+
+
+@torch.no_grad()
+def assign_flat_grad(params: Iterable[nn.Parameter], flat: Tensor, accumulate: bool = False) -> None:
+    """Write a flat (P,) gradient back into `p.grad` of each parameter (added to it when `accumulate`)."""
+    params = list(params)
+    total = sum(p.numel() for p in params)
+    if flat.numel() != total:
+        raise ValueError(f"flat gradient has {flat.numel()} entries, the parameters have {total}")
+    offset = 0
+    for p in params:
+        chunk = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+        offset += p.numel()
+        if accumulate and p.grad is not None:
+            p.grad.add_(chunk)
+        else:
+            p.grad = chunk.clone()
+
+
+def pcgrad(
+    grads: Sequence[Tensor], generator: torch.Generator | None = None, order: Sequence[int] | None = None
+) -> Tensor:
+    """PCGrad (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning"): sum of conflict-projected task gradients.
+
+    For each task i, for each other task j (in `order`, else a random permutation drawn from `generator`):
+    if g_i^PC . g_j < 0, g_i^PC <- g_i^PC - (g_i^PC . g_j / |g_j|^2) g_j. Returns sum_i g_i^PC, shape (P,).
+    Branch-free (the projection coefficient is clamped at 0), so it never syncs the device.
+    """
+    g = torch.stack(list(grads))  # (T, P)
+    n_tasks = g.shape[0]
+    sq_norms = (g * g).sum(dim=1).clamp_min(_EPS)
+    projected = g.clone()
+    for i in range(n_tasks):
+        js = list(order) if order is not None else torch.randperm(n_tasks, generator=generator).tolist()
+        g_pc = projected[i]
+        for j in js:
+            if j == i:
+                continue
+            coef = torch.dot(g_pc, g[j]).clamp(max=0.0) / sq_norms[j]  # 0 unless the two conflict
+            g_pc = g_pc - coef * g[j]
+        projected[i] = g_pc
+    return projected.sum(dim=0)
+
+
+def grad_cosine_matrix(grads: Sequence[Tensor]) -> Tensor:
+    """Cosine similarity between task gradients, (T, T); a zero gradient has cosine 0 with everything."""
+    g = torch.stack(list(grads))
+    unit = g / g.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    return unit @ unit.T
+
+
+def task_weighted_loss(
+    per_sample_loss: Tensor, task_ids: Tensor, weights: Tensor | None, n_tasks: int
+) -> tuple[Tensor, Tensor]:
+    """sum_t w_t * mean(loss of task t's samples); returns (total, per-task means (T,)), absent tasks count 0.
+
+    `weights=None` is the plain sum over tasks (all ones). Per-sample importance weights belong in
+    `per_sample_loss` already.
+    """
+    loss, ids = per_sample_loss.reshape(-1), task_ids.reshape(-1)
+    sums = loss.new_zeros(n_tasks).index_add(0, ids, loss)
+    counts = torch.bincount(ids, minlength=n_tasks).to(loss.dtype)
+    per_task = sums / counts.clamp_min(1.0)
+    if weights is None:
+        return per_task.sum(), per_task
+    return (weights.to(loss.dtype) * per_task).sum(), per_task

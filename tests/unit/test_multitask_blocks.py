@@ -1,0 +1,232 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtdqn.losses.multitask import (
+    assign_flat_grad,
+    flat_grads,
+    grad_cosine_matrix,
+    pcgrad,
+    task_weighted_loss,
+)
+from mtdqn.nets.multitask import INVALID_Q, MultiTaskQNetwork
+from mtdqn.nets.popart import PopArtHead
+from mtdqn.types import TaskSpec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+SAME = [TaskSpec("a", 4, 2), TaskSpec("b", 4, 2)]
+MIXED = [TaskSpec("small", 4, 2), TaskSpec("big", 6, 3)]
+
+
+def _padded_obs(tasks, task_ids):
+    """Random observations zero-padded past each sample's own obs_dim."""
+    obs = torch.randn(len(task_ids), max(t.obs_dim for t in tasks))
+    for k, t in enumerate(task_ids.tolist()):
+        obs[k, tasks[t].obs_dim :] = 0.0
+    return obs
+
+
+def test_multihead_q_comes_from_own_task_head():
+    net = MultiTaskQNetwork(SAME, hidden=(16, 16))
+    obs, ids = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 1, 0])
+    q = net(obs, ids)
+    feats = net.features(obs, ids)
+    for k, t in enumerate(ids.tolist()):
+        assert torch.allclose(q[k], net.heads[t](feats[k]))
+    # stacked leading dims (G, B) give the same answer
+    assert torch.allclose(net(obs.view(2, 3, 4), ids.view(2, 3)).view(6, 2), q)
+
+
+@pytest.mark.parametrize("tasks", [SAME, MIXED], ids=["same_obs", "mixed_obs"])
+def test_loss_of_one_task_flows_only_through_its_own_parts(tasks):
+    net = MultiTaskQNetwork(tasks, hidden=(16, 16), dueling=True)
+    ids = torch.tensor([0, 1, 0, 1])
+    q = net(_padded_obs(tasks, ids), ids)
+    q[ids == 0, 0].sum().backward()  # one action: a dueling head's mean-centred sum would cancel
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in net.task_parameters(1))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.task_parameters(0))
+    assert all(p.grad is not None for p in net.shared_parameters())
+    assert sum(p.grad.abs().sum() for p in net.shared_parameters()) > 0
+
+
+def test_parameter_groups_partition_the_network():
+    for kw in (
+        dict(),
+        dict(architecture="conditioned", conditioning="film"),
+        dict(architecture="conditioned", conditioning="embedding"),
+    ):
+        tasks = MIXED if not kw else SAME
+        net = MultiTaskQNetwork(tasks, hidden=(8,), **kw)
+        groups = net.shared_parameters() + net.conditioning_parameters()
+        groups += [p for t in range(net.n_tasks) for p in net.task_parameters(t)]
+        assert len(groups) == len({id(p) for p in groups}) == len(list(net.parameters()))
+
+
+def test_invalid_actions_are_masked():
+    net = MultiTaskQNetwork(MIXED, hidden=(16,))
+    with torch.no_grad():  # make the padded action the most attractive if it were not masked
+        net.heads[0].bias.fill_(-1e3)
+    ids = torch.tensor([0, 0, 1, 1])
+    q = net(_padded_obs(MIXED, ids), ids)
+    assert q.shape == (4, 3)
+    assert torch.all(q[ids == 0, 2] == INVALID_Q)
+    assert torch.all(q[ids == 1] > INVALID_Q)
+    assert torch.all(net.greedy_action(_padded_obs(MIXED, ids), ids)[ids == 0] < 2)
+    assert torch.all(q[ids == 0].max(dim=-1).values == q[ids == 0, :2].max(dim=-1).values)
+
+
+def test_mixed_obs_adapters_read_only_own_features():
+    net = MultiTaskQNetwork(MIXED, hidden=(16, 16))
+    assert net.adapters is not None and net.adapters[0].in_features == 4 and net.adapters[1].in_features == 6
+    ids = torch.tensor([0, 1, 0])
+    obs = _padded_obs(MIXED, ids)
+    q = net(obs, ids)
+    noisy = obs.clone()
+    noisy[ids == 0, 4:] = torch.randn(2, 2)  # garbage in task 0's padding
+    assert torch.equal(net(noisy, ids)[ids == 0], q[ids == 0])
+    assert MultiTaskQNetwork(SAME, hidden=(16,)).adapters is None  # equal obs dims: one shared torso
+
+
+@pytest.mark.parametrize("conditioning", ["onehot", "embedding", "film"])
+def test_conditioned_outputs_depend_on_task(conditioning):
+    net = MultiTaskQNetwork(SAME, hidden=(16, 16), architecture="conditioned", conditioning=conditioning)
+    assert net.head is not None and net.heads is None
+    if conditioning == "film":
+        with torch.no_grad():
+            net.film_shift[0][1].add_(0.5)
+    obs = torch.randn(5, 4)
+    q0 = net(obs, torch.zeros(5, dtype=torch.long))
+    q1 = net(obs, torch.ones(5, dtype=torch.long))
+    assert q0.shape == (5, 2) and not torch.allclose(q0, q1)
+
+
+def test_film_at_init_is_the_unconditioned_torso():
+    net = MultiTaskQNetwork(
+        SAME, hidden=(16, 16), architecture="conditioned", conditioning="film", layer_norm=True
+    )
+    obs, ids = torch.randn(5, 4), torch.tensor([0, 1, 1, 0, 1])
+    assert torch.allclose(net(obs, ids), net.head(net.torso(obs)))
+
+
+def test_conditioned_with_mixed_obs_uses_adapters():
+    tasks = [TaskSpec("small", 4, 3), TaskSpec("big", 6, 3)]
+    net = MultiTaskQNetwork(tasks, hidden=(8,), architecture="conditioned", conditioning="onehot")
+    ids = torch.tensor([0, 1])
+    assert net(_padded_obs(tasks, ids), ids).shape == (2, 3)
+
+
+def test_invalid_config_raises_with_key_and_allowed_values():
+    with pytest.raises(ValueError, match=r"net\.architecture.*\{'small': 2, 'big': 3\}"):
+        MultiTaskQNetwork(MIXED, architecture="conditioned")
+    with pytest.raises(ValueError, match=r"net\.architecture='shared'.*multihead"):
+        MultiTaskQNetwork(SAME, architecture="shared")
+    with pytest.raises(ValueError, match=r"net\.conditioning='task'.*film"):
+        MultiTaskQNetwork(SAME, conditioning="task")
+    with pytest.raises(ValueError, match=r"net\.activation"):
+        MultiTaskQNetwork(SAME, activation="swishy")
+
+
+def test_pcgrad_projects_conflicting_gradients():
+    g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    # g1' = g1 - (g1.g2/|g2|^2) g2 = (0.5, 0.5); g2' = g2 - (g2.g1/|g1|^2) g1 = (0, 1)
+    assert torch.allclose(pcgrad([g1, g2], order=[0, 1]), torch.tensor([0.5, 1.5]))
+    gen = torch.Generator().manual_seed(3)
+    assert torch.allclose(pcgrad([g1, g2], generator=gen), torch.tensor([0.5, 1.5]))
+
+
+def test_pcgrad_leaves_non_conflicting_gradients_alone():
+    grads = [torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 1.0]), torch.tensor([3.0, 1.0, 0.0])]
+    assert torch.allclose(pcgrad(grads, order=[2, 1, 0]), sum(grads))
+
+
+def test_pcgrad_result_does_not_conflict_with_any_task_for_two_tasks():
+    g = [torch.randn(10), torch.randn(10)]
+    g[1] = -g[0] + 0.1 * torch.randn(10)  # strongly conflicting
+    out = pcgrad(g, order=[0, 1])
+    assert all(torch.dot(out, gi) >= -1e-5 for gi in g)
+
+
+def test_grad_cosine_matrix():
+    grads = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([-3.0, 3.0]), torch.zeros(2)]
+    c = 1 / 2**0.5
+    expected = torch.tensor(
+        [[1.0, 0.0, -c, 0.0], [0.0, 1.0, c, 0.0], [-c, c, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    )
+    assert torch.allclose(grad_cosine_matrix(grads), expected, atol=1e-6)
+
+
+def test_flat_grads_and_assign_flat_grad():
+    lin, unused = torch.nn.Linear(2, 1), torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        lin.bias.fill_(0.0)
+    loss = lin(torch.tensor([[3.0, 4.0]])).sum()
+    params = list(lin.parameters()) + list(unused.parameters())
+    flat = flat_grads(loss, params)
+    assert torch.equal(flat, torch.tensor([3.0, 4.0, 1.0, 0.0, 0.0]))
+    assign_flat_grad(params, 2 * flat)
+    assert torch.equal(lin.weight.grad, torch.tensor([[6.0, 8.0]])) and torch.equal(
+        unused.bias.grad, torch.zeros(1)
+    )
+    with pytest.raises(ValueError, match="5"):
+        assign_flat_grad(params, torch.zeros(4))
+
+
+def test_task_weighted_loss_on_hand_made_batch():
+    loss = torch.tensor([1.0, 3.0, 10.0, 0.5])
+    ids = torch.tensor([0, 0, 2, 0])  # task 1 absent
+    total, per_task = task_weighted_loss(loss, ids, torch.tensor([1.0, 5.0, 0.5]), n_tasks=3)
+    assert torch.allclose(per_task, torch.tensor([1.5, 0.0, 10.0]))
+    assert torch.isclose(total, torch.tensor(1.5 + 5.0))
+    plain, _ = task_weighted_loss(loss, ids, None, n_tasks=3)
+    assert torch.isclose(plain, torch.tensor(11.5))
+    x = torch.ones(4, requires_grad=True)
+    task_weighted_loss(loss * x, ids, None, 3)[0].backward()
+    assert torch.allclose(x.grad, torch.tensor([1.0 / 3, 3.0 / 3, 10.0, 0.5 / 3]))
+
+
+def test_popart_update_preserves_unnormalized_outputs():
+    head = PopArtHead(8, [2, 3], beta=0.3)
+    feats, ids = torch.randn(10, 8), torch.tensor([0, 1] * 5)
+    before = head.unnormalized_q(feats, ids)
+    for _ in range(5):
+        targets = torch.where(ids == 0, 100.0 + 10.0 * torch.randn(10), -5.0 + torch.randn(10))
+        head.update_stats(targets, ids)
+    assert head.mu[0] > 50.0 and head.mu[1] < -2.0 and head.sigma[0] > 5.0
+    after = head.unnormalized_q(feats, ids)
+    assert torch.allclose(after, before, rtol=1e-5, atol=1e-5)
+    assert torch.all(after[ids == 0, 2] == INVALID_Q)
+
+
+def test_popart_absent_task_is_untouched_and_targets_roundtrip():
+    head = PopArtHead(4, 2, n_tasks=3, beta=0.5)
+    w1 = head.weight[1].clone()
+    head.update_stats(torch.tensor([4.0, 6.0]), torch.tensor([0, 2]))
+    assert torch.equal(head.weight[1], w1) and head.mu[1] == 0 and head.sigma[1] == 1
+    assert torch.isclose(head.mu[0], torch.tensor(2.0)) and torch.isclose(head.mu[2], torch.tensor(3.0))
+    y, ids = torch.randn(6) * 30, torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.allclose(head.unnormalize(head.normalize_targets(y, ids), ids), y, atol=1e-5)
+    head.update_stats(torch.full((3,), 7.0), torch.zeros(3, dtype=torch.long))  # zero variance: sigma bounded
+    assert head.sigma.min() >= head.sigma_min
+
+
+def test_popart_normalized_loss_trains_head():
+    head = PopArtHead(3, [2], beta=1e-2)
+    feats, ids, actions = torch.randn(32, 3), torch.zeros(32, dtype=torch.long), torch.randint(0, 2, (32,))
+    y = 50.0 + 5.0 * feats[:, 0]
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    for _ in range(200):
+        head.update_stats(y, ids)
+        q = head(feats, ids).gather(1, actions[:, None]).squeeze(1)
+        loss = F.mse_loss(q, head.normalize_targets(y, ids))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    q = head.unnormalized_q(feats, ids).gather(1, actions[:, None]).squeeze(1)
+    assert F.mse_loss(q, y) < F.mse_loss(torch.zeros_like(y), y) * 0.05
