@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget
 from mtdqn.data import RLDataModule
+from mtdqn.data.multitask import MultiTaskDataModule
 from mtdqn.envs import env_factory, task_specs
+from mtdqn.models import MultiTaskDQNModule
 from mtdqn.replay import PrioritizedReplayBuffer
 
 log = logging.getLogger("mtdqn")
@@ -62,29 +64,36 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
 
 
-def build(cfg: DictConfig) -> tuple[pl.LightningModule, RLDataModule, pl.Trainer]:
+def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
     """Instantiate model, data module and trainer from the config (no env is stepped here)."""
     validate(cfg)
     ts = cfg.task_set
     env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
     specs = task_specs(ts.kind, list(ts.tasks), env_kwargs)
-    if len(specs) != 1:
+    multi = cfg.model._target_.endswith(MultiTaskDQNModule.__name__)
+    per = cfg.replay._target_.endswith(PrioritizedReplayBuffer.__name__)
+    if len(specs) != 1 and not multi:
         raise ValueError(
             f"model={cfg.model._target_.rsplit('.', 1)[-1]} trains one task but task_set.tasks has {len(specs)}: "
-            f"{[s.name for s in specs]}; pick one (task_set.tasks=[...]) or use a multi-task model"
+            f"{[s.name for s in specs]}; pick one (task_set.tasks=[...]) or use model=mtdqn"
         )
-    spec = specs[0]
-    data = RLDataModule(
-        env_factory=env_factory(ts.kind, ts.tasks[0], env_kwargs),
-        replay=instantiate(cfg.replay),
-        exploration=instantiate(cfg.exploration),
-        task=spec,
-        seed=int(cfg.seed),
-        **cfg.data,
-    )
-    model = instantiate(cfg.model)(task=spec)
-    if cfg.replay._target_.endswith(PrioritizedReplayBuffer.__name__):
-        model.priority_sink = lambda idx, td: data.buffer.update_priorities(idx, td)
+    if multi:
+        data = MultiTaskDataModule(
+            env_factories=[env_factory(ts.kind, t, env_kwargs) for t in ts.tasks],
+            replay=instantiate(cfg.replay), exploration=instantiate(cfg.exploration), tasks=specs,
+            seed=int(cfg.seed), **cfg.data,
+        )
+        model = instantiate(cfg.model)(task=specs)
+        if per:
+            model.priority_sink = data.update_priorities
+    else:
+        data = RLDataModule(
+            env_factory=env_factory(ts.kind, ts.tasks[0], env_kwargs), replay=instantiate(cfg.replay),
+            exploration=instantiate(cfg.exploration), task=specs[0], seed=int(cfg.seed), **cfg.data,
+        )
+        model = instantiate(cfg.model)(task=specs[0])
+        if per:
+            model.priority_sink = lambda idx, td: data.buffer.update_priorities(idx, td)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(EnvStepBudget())
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]

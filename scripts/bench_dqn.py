@@ -237,6 +237,8 @@ def main() -> None:
             fast = run_ours(seed, args, [f"+experiment={args.fast_experiment}"])
             results["mtdqn-fast"].append(fast)
             print(f"seed {seed} fast:  {fast['wall']:.1f} s, {fast['updates']} updates, final {fast['final_return']}", flush=True)
+        if args.out:  # partial results survive a crash
+            args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
     text = report(results, args)
     print(text)
     if args.out:

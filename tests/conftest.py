@@ -7,7 +7,7 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # robust on small, busy CPUs (OpenMP oversubscription)
 
 
 @pytest.fixture(autouse=True)

@@ -48,7 +48,8 @@ class EvalCallback(pl.Callback):
         return self.history[-1] if self.history else {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.env = trainer.datamodule.make_eval_env(self.episodes)
+        dm = trainer.datamodule
+        self.envs = [dm.make_eval_env(self.episodes, task=i) for i in range(len(pl_module.tasks))]
         self.last_eval_steps = trainer.datamodule.current_env_steps()
         self.started = time.perf_counter()
 
@@ -63,28 +64,34 @@ class EvalCallback(pl.Callback):
             self.evaluate(trainer, pl_module, steps)
         if self.video == "final":
             self.record(trainer, pl_module, steps)
-        self.env.close()
+        for env in self.envs:
+            env.close()
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> dict[str, float]:
-        """Run the episodes, log and remember the metrics."""
+        """Run the episodes of every task, log and remember the metrics."""
         t0 = time.perf_counter()
-        returns = run_episodes(pl_module.greedy_action, self.env, seed=self.seed)
+        metrics: dict[str, float] = {}
+        normalized = []
+        for i, (task, env) in enumerate(zip(pl_module.tasks, self.envs, strict=True)):
+            returns = run_episodes(pl_module.policy_for(i), env, seed=self.seed)
+            mean = float(returns.mean())
+            metrics[f"eval/{task.name}/return"] = mean
+            metrics[f"eval/{task.name}/return_std"] = float(returns.std(unbiased=False))
+            score = task.normalize(mean)
+            if score is not None:
+                metrics[f"eval/{task.name}/normalized"] = score
+                normalized.append(score)
+        if normalized:
+            metrics["eval/mean_normalized"] = sum(normalized) / len(normalized)
+            metrics["eval/min_normalized"] = min(normalized)
         self.eval_seconds += time.perf_counter() - t0
-        task = pl_module.task
-        mean = float(returns.mean())
         train_seconds = max(time.perf_counter() - self.started - self.eval_seconds, 1e-9)
-        metrics = {
-            f"eval/{task.name}/return": mean,
-            f"eval/{task.name}/return_std": float(returns.std(unbiased=False)),
+        metrics.update({
             "time/env_steps": float(steps),
             "time/updates": float(trainer.global_step),
             "time/sps": steps / train_seconds,
             "time/train_seconds": train_seconds,
-        }
-        normalized = task.normalize(mean)
-        if normalized is not None:
-            metrics[f"eval/{task.name}/normalized"] = normalized
-            metrics["eval/mean_normalized"] = normalized
+        })
         self.last_eval_steps = steps
         self.history.append(metrics)
         log_to_loggers(trainer, metrics)
@@ -92,19 +99,24 @@ class EvalCallback(pl.Callback):
             self.record(trainer, pl_module, steps)
         return metrics
 
-    def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> Path | None:
-        """Record eval episode 0 as a GIF in the run folder and, with a W&B logger, as a W&B video."""
-        if not trainer.is_global_zero or not hasattr(self.env, "render"):
-            return None
+    def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> list[Path]:
+        """Record eval episode 0 of each task as a GIF in the run folder and, with a W&B logger, a W&B video."""
+        if not trainer.is_global_zero:
+            return []
         t0 = time.perf_counter()
-        frames = record_episode(pl_module.greedy_action, self.env, seed=self.seed)
-        self.video_dir.mkdir(parents=True, exist_ok=True)
-        path = self.video_dir / f"{pl_module.task.name}_{steps}.gif"
-        save_gif(frames, path)
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                import wandb
+        paths = []
+        for i, (task, env) in enumerate(zip(pl_module.tasks, self.envs, strict=True)):
+            if not hasattr(env, "render"):
+                continue
+            frames = record_episode(pl_module.policy_for(i), env, seed=self.seed)
+            self.video_dir.mkdir(parents=True, exist_ok=True)
+            path = self.video_dir / f"{task.name}_{steps}.gif"
+            save_gif(frames, path)
+            paths.append(path)
+            for logger in trainer.loggers:
+                if type(logger).__name__ == "WandbLogger":
+                    import wandb
 
-                logger.experiment.log({f"video/{pl_module.task.name}": wandb.Video(str(path), format="gif")})
+                    logger.experiment.log({f"video/{task.name}": wandb.Video(str(path), format="gif")})
         self.eval_seconds += time.perf_counter() - t0
-        return path
+        return paths

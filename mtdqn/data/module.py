@@ -97,8 +97,10 @@ class RLDataModule(pl.LightningDataModule):
         )
         self.collector = Collector(self.env, self.policy, seed=rank_seed)
 
-    def make_eval_env(self, num_envs: int) -> TensorVecEnv:
-        """A separate env instance for evaluation."""
+    def make_eval_env(self, num_envs: int, task: int = 0) -> TensorVecEnv:
+        """A separate env instance of task `task` for evaluation."""
+        if task != 0:
+            raise IndexError(f"RLDataModule has one task, asked for task {task}")
         return self.env_factory(num_envs=num_envs, device=self.device)
 
     def train_dataloader(self) -> DataLoader:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -29,7 +29,7 @@ class DQNModule(pl.LightningModule):
         self,
         net: NetFactory,
         optimizer: OptimizerFactory,
-        task: TaskSpec,
+        task: TaskSpec | Sequence[TaskSpec],
         double_q: bool = False,
         loss: str = "huber",
         max_grad_norm: float = 10.0,  # 0 disables clipping
@@ -46,8 +46,9 @@ class DQNModule(pl.LightningModule):
         if target_update_period <= 0 or not 0.0 < tau <= 1.0:
             raise ValueError(f"model.target_update_period={target_update_period} must be > 0, tau={tau} in (0, 1]")
         self.automatic_optimization = False
-        self.task = task
-        self.q_net = net(obs_dim=task.obs_dim, n_actions=task.n_actions)
+        self.tasks = list(task) if isinstance(task, (list, tuple)) else [task]  # callbacks see a list of tasks
+        self.task = self.tasks[0]
+        self.q_net = self.build_net(net)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
         self.optimizer_factory = optimizer
         self.double_q, self.loss_kind, self.max_grad_norm = double_q, loss, max_grad_norm
@@ -57,6 +58,12 @@ class DQNModule(pl.LightningModule):
         self._lean: LeanAdam | None = None
         self.priority_sink: Callable[[Tensor, Tensor], None] | None = None  # set by the composition root (PER)
 
+    def build_net(self, net: NetFactory) -> nn.Module:
+        """The online Q-network for the single task."""
+        if len(self.tasks) != 1:
+            raise ValueError(f"DQNModule trains one task, got {[t.name for t in self.tasks]}: use model=mtdqn")
+        return net(obs_dim=self.task.obs_dim, n_actions=self.task.n_actions)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.q_net.parameters())
 
@@ -64,6 +71,12 @@ class DQNModule(pl.LightningModule):
     def greedy_action(self, obs: Tensor) -> Tensor:
         """argmax_a Q(obs, a) for a batch of observations."""
         return self.q_net(obs).argmax(dim=-1)
+
+    def policy_for(self, task_idx: int) -> Callable[[Tensor], Tensor]:
+        """The greedy policy for task `task_idx` (single-task: always the one network)."""
+        if task_idx != 0:
+            raise IndexError(f"DQNModule has one task, asked for task {task_idx}")
+        return self.greedy_action
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.q_net(obs)
@@ -109,20 +122,29 @@ class DQNModule(pl.LightningModule):
         """Backward, clip, step. One fp32 process with a fused Adam takes the lean path (LeanAdam: same math,
         ~30% less time per update, measured in scripts/bench_dqn.py); otherwise the standard path, through
         manual_backward under DDP or mixed precision so gradients are all-reduced / scaled."""
-        opt = self.optimizers()
-        params = self._trainable
         if self._lean is not None:
-            grads = list(torch.autograd.grad(loss, params))
-            if self.max_grad_norm > 0:
-                clip_grads_(grads, self.max_grad_norm)
+            self.apply_grads(list(torch.autograd.grad(loss, self._trainable)))
+            return
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm, foreach=True)
+        opt.step()
+
+    def apply_grads(self, grads: list[Tensor]) -> None:
+        """Clip and apply explicit gradients (one per trainable parameter) with the optimizer."""
+        opt = self.optimizers()
+        if self.max_grad_norm > 0:
+            clip_grads_(grads, self.max_grad_norm)
+        if self._lean is not None:
             opt._on_before_step()  # LightningOptimizer's own bookkeeping: global_step counts updates
             self._lean.step(grads)
             opt._on_after_step()
             return
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+        for p, g in zip(self._trainable, grads, strict=True):
+            p.grad = g
         opt.step()
 
     def on_train_start(self) -> None:

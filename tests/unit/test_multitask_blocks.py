@@ -221,7 +221,7 @@ def test_popart_normalized_loss_trains_head():
     feats, ids, actions = torch.randn(32, 3), torch.zeros(32, dtype=torch.long), torch.randint(0, 2, (32,))
     y = 50.0 + 5.0 * feats[:, 0]
     opt = torch.optim.SGD(head.parameters(), lr=0.1)
-    for _ in range(200):
+    for _ in range(100):
         head.update_stats(y, ids)
         q = head(feats, ids).gather(1, actions[:, None]).squeeze(1)
         loss = F.mse_loss(q, head.normalize_targets(y, ids))
@@ -230,3 +230,15 @@ def test_popart_normalized_loss_trains_head():
         opt.step()
     q = head.unnormalized_q(feats, ids).gather(1, actions[:, None]).squeeze(1)
     assert F.mse_loss(q, y) < F.mse_loss(torch.zeros_like(y), y) * 0.05
+
+
+def test_pcgrad_step_on_network_shared_parameters():
+    net = MultiTaskQNetwork(MIXED, hidden=(8, 8))
+    ids = torch.tensor([0, 1, 0, 1])
+    q = net(_padded_obs(MIXED, ids), ids)[:, 0]
+    per_task = task_weighted_loss(q.square(), ids, None, n_tasks=2)[1]
+    shared = net.shared_parameters()
+    grads = [flat_grads(per_task[t], shared) for t in range(2)]
+    assert grad_cosine_matrix(grads).shape == (2, 2)
+    assign_flat_grad(shared, pcgrad(grads, generator=torch.Generator().manual_seed(0)))
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in shared)

@@ -1,0 +1,205 @@
+"""Multi-task experience: one collector and one replay per task, rounds of mixed minibatches with task ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from mtdqn.collect import Collector, LinearEpsilon
+from mtdqn.data.module import EnvFactory, ReplayFactory, check_positive
+from mtdqn.envs.base import TensorVecEnv
+from mtdqn.replay import ReplayBuffer
+from mtdqn.types import Batch, Round, TaskSpec
+
+COMPOSITIONS = ("uniform", "proportional", "weighted")
+
+
+def batch_counts(batch_size: int, shares: Sequence[float]) -> list[int]:
+    """Split `batch_size` in proportion to `shares` (largest remainder, exact total, deterministic)."""
+    total = float(sum(shares))
+    if total <= 0 or any(s < 0 for s in shares):
+        raise ValueError(f"task shares {list(shares)} must be >= 0 with a positive sum")
+    exact = [batch_size * s / total for s in shares]
+    counts = [int(x) for x in exact]
+    order = sorted(range(len(shares)), key=lambda i: (counts[i] - exact[i], i))
+    for i in order[: batch_size - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def pad_obs(obs: Tensor, width: int) -> Tensor:
+    """Zero-pad the last dim of `obs` to `width` (tasks with smaller observations)."""
+    return obs if obs.shape[-1] == width else F.pad(obs, (0, width - obs.shape[-1]))
+
+
+def concat_batches(parts: list[Batch], obs_width: int) -> Batch:
+    """Concatenate per-task stacked batches (G, B_t, ...) along the batch dim, padding observations."""
+    fields = {}
+    for name in Batch._fields:
+        tensors = [getattr(b, name) for b in parts]
+        if name in ("obs", "next_obs"):
+            tensors = [pad_obs(t, obs_width) for t in tensors]
+        fields[name] = torch.cat(tensors, dim=1)
+    return Batch(**fields)
+
+
+class MultiTaskStream(IterableDataset):
+    """Each round collects from every task in turn, then samples G minibatches composed across tasks."""
+
+    def __init__(self, dm: MultiTaskDataModule, start_env_steps: int) -> None:
+        super().__init__()
+        self.dm, self.env_steps = dm, start_env_steps
+
+    def collect_round(self) -> tuple[float, Tensor, Tensor]:
+        dm, eps, returns, tasks = self.dm, 1.0, [], []
+        for i, (collector, buffer) in enumerate(zip(dm.collectors, dm.buffers, strict=True)):
+            n = collector.env.num_envs
+            for _ in range(dm.vec_steps_per_task):
+                eps = dm.exploration(self.env_steps)
+                transition, episodes = collector.step(eps)
+                buffer.add(transition)
+                self.env_steps += n
+                if episodes is not None:
+                    returns.append(episodes.returns)
+                    tasks.append(torch.full_like(episodes.lengths, i))
+        empty = torch.zeros(0, device=dm.device)
+        return eps, torch.cat(returns) if returns else empty, torch.cat(tasks) if tasks else empty.long()
+
+    def __iter__(self):
+        dm = self.dm
+        while self.env_steps < dm.total_env_steps:
+            eps, returns, tasks = self.collect_round()
+            if self.env_steps < dm.learning_starts:
+                continue
+            counts = dm.composition_counts()
+            parts = [buf.sample(c, dm.updates_per_round) for buf, c in zip(dm.buffers, counts, strict=True) if c > 0]
+            yield Round(concat_batches(parts, dm.obs_width), self.env_steps, eps, returns, tasks)
+
+
+class MultiTaskDataModule(pl.LightningDataModule):
+    """Several tasks: per-task envs, collectors and replays; `batch_size` is split across tasks per round."""
+
+    def __init__(
+        self,
+        env_factories: Sequence[EnvFactory],
+        replay: ReplayFactory,
+        exploration: LinearEpsilon,
+        tasks: Sequence[TaskSpec],
+        num_envs: int = 1,  # parallel envs per task
+        total_env_steps: int = 300_000,  # env steps summed over tasks
+        env_steps_per_round: int = 768,  # env steps per round, summed over tasks (split equally)
+        replay_ratio: float = 0.125,  # gradient updates per env step (summed over tasks)
+        batch_size: int = 192,  # transitions per update, summed over tasks
+        learning_starts: int = 3_000,  # env steps (summed) of random actions before the first update
+        seed: int = 0,
+        batch_composition: str = "uniform",  # uniform | proportional (to replay sizes) | weighted
+        task_weights: Sequence[float] | None = None,  # per-task shares for batch_composition=weighted
+    ) -> None:
+        super().__init__()
+        check_positive(**{"data.num_envs": num_envs, "data.total_env_steps": total_env_steps,
+                          "data.env_steps_per_round": env_steps_per_round, "data.replay_ratio": replay_ratio,
+                          "data.batch_size": batch_size})
+        n_tasks = len(tasks)
+        if batch_composition not in COMPOSITIONS:
+            raise ValueError(f"data.batch_composition={batch_composition!r} is not one of {COMPOSITIONS}")
+        weights = list(task_weights) if task_weights is not None else [1.0] * n_tasks
+        if len(weights) != n_tasks:
+            raise ValueError(f"data.task_weights={weights} needs one weight per task ({n_tasks})")
+        batch_counts(batch_size, weights)  # validates the weights
+        if env_steps_per_round < num_envs * n_tasks:
+            raise ValueError(f"data.env_steps_per_round={env_steps_per_round} must be >= num_envs x tasks "
+                             f"= {num_envs * n_tasks}")
+        if batch_size > learning_starts or total_env_steps <= learning_starts:
+            raise ValueError(f"need data.batch_size={batch_size} <= data.learning_starts={learning_starts} "
+                             f"< data.total_env_steps={total_env_steps}")
+        self.updates_per_round = round(env_steps_per_round * replay_ratio)
+        if self.updates_per_round < 1:
+            raise ValueError(f"data.replay_ratio={replay_ratio} x env_steps_per_round gives < 1 update per round")
+        self.env_factories, self.replay_factory, self.exploration = list(env_factories), replay, exploration
+        self.tasks, self.num_envs, self.seed = list(tasks), num_envs, seed
+        self.total_env_steps, self.batch_size, self.learning_starts = total_env_steps, batch_size, learning_starts
+        self.vec_steps_per_task = max(env_steps_per_round // (num_envs * n_tasks), 1)
+        self.batch_composition, self.task_weights = batch_composition, weights
+        self.obs_width = max(t.obs_dim for t in tasks)
+        self.env_steps = 0
+        self.stream: MultiTaskStream | None = None
+        self.buffers: list[ReplayBuffer] = []
+
+    device = property(lambda self: self.trainer.strategy.root_device if self.trainer else torch.device("cpu"))
+    rank = property(lambda self: self.trainer.global_rank if self.trainer else 0)
+
+    def policy(self, task: int, obs: Tensor) -> Tensor:
+        """Greedy actions of the trainer's module for `task`."""
+        return self.trainer.lightning_module.policy_for(task)(pad_obs(obs, self.obs_width))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Per task: envs, replay and collector, with rank- and task-distinct seeds."""
+        if self.buffers:
+            return
+        self.envs, self.collectors = [], []
+        for i, (factory, task) in enumerate(zip(self.env_factories, self.tasks, strict=True)):
+            seed = self.seed + 100_003 * self.rank + 10_007 * i
+            env = factory(num_envs=self.num_envs, device=self.device)
+            self.envs.append(env)
+            self.buffers.append(self.replay_factory(num_envs=self.num_envs, obs_dim=task.obs_dim,
+                                                    device=self.device, seed=seed, task_id=i))
+            self.collectors.append(Collector(env, partial(self.policy, i), seed=seed))
+
+    def composition_counts(self) -> list[int]:
+        """Samples per task in each minibatch, as configured by data.batch_composition."""
+        if self.batch_composition == "uniform":
+            return batch_counts(self.batch_size, [1.0] * len(self.tasks))
+        if self.batch_composition == "proportional":
+            return batch_counts(self.batch_size, [float(len(b)) for b in self.buffers])
+        return batch_counts(self.batch_size, self.task_weights)
+
+    def make_eval_env(self, num_envs: int, task: int = 0) -> TensorVecEnv:
+        """A separate env instance of task `task` for evaluation."""
+        return self.env_factories[task](num_envs=num_envs, device=self.device)
+
+    def update_priorities(self, indices: Tensor, td_errors: Tensor, task_ids: Tensor) -> None:
+        """Route TD errors to each task's (prioritized) replay."""
+        for i, buf in enumerate(self.buffers):
+            mask = task_ids == i
+            if bool(mask.any()):
+                buf.update_priorities(indices[mask], td_errors[mask])
+
+    def train_dataloader(self) -> DataLoader:
+        for c in self.collectors:
+            c.seed += self.env_steps  # fresh episodes after a resume
+        self.stream = MultiTaskStream(self, start_env_steps=self.env_steps)
+        return DataLoader(self.stream, batch_size=None, num_workers=0)
+
+    def current_env_steps(self) -> int:
+        """Env steps collected so far on this rank, summed over tasks."""
+        return self.stream.env_steps if self.stream is not None else self.env_steps
+
+    def state_dict(self) -> dict:
+        """Counters, every task's replay and collector RNG."""
+        return {
+            "env_steps": self.current_env_steps(),
+            "replays": [b.state_dict() for b in self.buffers],
+            "collector_rngs": [c.generator.get_state() for c in self.collectors],
+            "collector_seeds": [c.seed for c in self.collectors],
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved."""
+        self.env_steps = int(state["env_steps"])
+        for buf, s in zip(self.buffers, state["replays"], strict=True):
+            buf.load_state_dict(s)
+        for c, rng, seed in zip(self.collectors, state["collector_rngs"], state["collector_seeds"], strict=True):
+            c.generator.set_state(rng)
+            c.seed, c.obs = int(seed), None
+        torch.set_rng_state(state["torch_rng"])
+
+    def teardown(self, stage: str | None = None) -> None:
+        for env in getattr(self, "envs", []):
+            env.close()
