@@ -65,8 +65,9 @@ def validate(cfg: DictConfig) -> None:
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
-    """Instantiate model, data module and trainer from the config (no env is stepped here)."""
+    """Instantiate model, data module and trainer from the config (no env is stepped here); seeds everything."""
     validate(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ts = cfg.task_set
     env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
     specs = task_specs(ts.kind, list(ts.tasks), env_kwargs)
@@ -124,7 +125,6 @@ def train(cfg: DictConfig) -> dict:
     validate(cfg)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer = None
     try:
         model, data, trainer = build(cfg)
