@@ -81,14 +81,27 @@ class DQNModule(pl.LightningModule):
     def forward(self, obs: Tensor) -> Tensor:
         return self.q_net(obs)
 
-    def compute_loss(self, b: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        """TD loss of one minibatch; returns (loss, |td error| per sample, mean Q of taken actions)."""
+    def compute_loss(self, b: Batch, next_q_target: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """TD loss of one minibatch; returns (loss, |td error| per sample, mean Q of taken actions).
+
+        `next_q_target` (B, A) may be passed in when the target network's values were computed ahead."""
         q_taken = self.q_net(b.obs).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             next_online = self.q_net(b.next_obs) if self.double_q else None
-            target = td_target(b.rewards, b.discounts, self.target_net(b.next_obs), next_online)
+            if next_q_target is None:
+                next_q_target = self.target_net(b.next_obs)
+            target = td_target(b.rewards, b.discounts, next_q_target, next_online)
         loss, td_abs = td_loss(q_taken, target, b.weights, self.loss_kind)
         return loss, td_abs, q_taken.detach().mean()
+
+    @torch.no_grad()
+    def round_target_values(self, batch: Batch) -> Tensor | None:
+        """Q_target(s', .) for all G minibatches of a round in one batched forward, when the target network is
+        frozen during the round (updates in env steps happen between rounds): the same values as G small
+        forwards, at a fraction of the cost. None when the target moves during the round."""
+        if self.target_update_unit != "env_steps":
+            return None
+        return self.target_net(batch.next_obs)
 
     def sync_target(self, env_steps: int) -> None:
         """Env-step unit: apply the updates due since the last sync (k Polyak steps = one of 1-(1-tau)^k)."""
@@ -104,11 +117,12 @@ class DQNModule(pl.LightningModule):
         if self.target_update_unit == "env_steps":
             self.sync_target(round_.env_steps)
         per_update = list(zip(*(field.unbind(0) for field in round_.batch), strict=True))
+        next_q_targets = self.round_target_values(round_.batch)
         loss_sum = torch.zeros((), device=self.device)
         q_sum = torch.zeros((), device=self.device)
-        for fields in per_update:
+        for g, fields in enumerate(per_update):
             batch = Batch(*fields)
-            loss, td_abs, q_mean = self.compute_loss(batch)
+            loss, td_abs, q_mean = self.compute_loss(batch, None if next_q_targets is None else next_q_targets[g])
             self.gradient_step(loss)
             if self.priority_sink is not None:
                 self.priority_sink(batch.indices, td_abs)

@@ -67,12 +67,21 @@ class MultiTaskDQNModule(DQNModule):
     def policy_for(self, task_idx: int) -> Callable[[Tensor], Tensor]:
         return partial(self.task_greedy_action, task_idx)
 
-    def per_sample_losses(self, b: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    @torch.no_grad()
+    def round_target_values(self, batch: Batch) -> Tensor | None:
+        """Target Q-values of the whole round in one forward when the target is frozen during the round."""
+        if self.target_update_unit != "env_steps":
+            return None
+        return self.target_net(batch.next_obs, batch.task_ids)
+
+    def per_sample_losses(self, b: Batch, next_q_target: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(per-sample weighted TD loss, |td error|, Q of the taken actions) with each sample's own task."""
         q_taken = self.q_net(b.obs, b.task_ids).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             next_online = self.q_net(b.next_obs, b.task_ids) if self.double_q else None
-            target = td_target(b.rewards, b.discounts, self.target_net(b.next_obs, b.task_ids), next_online)
+            if next_q_target is None:
+                next_q_target = self.target_net(b.next_obs, b.task_ids)
+            target = td_target(b.rewards, b.discounts, next_q_target, next_online)
         if self.loss_kind == "huber":
             per_sample = F.smooth_l1_loss(q_taken, target, reduction="none")
         else:
@@ -90,9 +99,10 @@ class MultiTaskDQNModule(DQNModule):
         per_update = list(zip(*(field.unbind(0) for field in round_.batch), strict=True))
         diagnose = self.grad_diagnostics_every > 0 and self.rounds % self.grad_diagnostics_every == 0
         cosines = None
+        next_q_targets = self.round_target_values(round_.batch)
         for g, fields in enumerate(per_update):
             b = Batch(*fields)
-            per_sample, td_abs, q_taken = self.per_sample_losses(b)
+            per_sample, td_abs, q_taken = self.per_sample_losses(b, None if next_q_targets is None else next_q_targets[g])
             total, per_task = task_weighted_loss(per_sample, b.task_ids, self.task_weights, n_tasks)
             if diagnose and g == 0:
                 cosines = self.gradient_cosines(per_task)

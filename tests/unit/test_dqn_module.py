@@ -111,3 +111,19 @@ def test_lean_step_is_used_and_matches_the_standard_path(tmp_path):
         assert (model._lean is not None) == lean
         results[lean] = params_vector(model.q_net)
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["dqn", "mtdqn"])
+def test_round_batched_target_values_equal_per_update_ones(tmp_path, model, monkeypatch):
+    """Precomputing Q_target for the whole round (target frozen in env-step mode) changes nothing."""
+    extra = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]"] if model == "mtdqn" else []
+    results = []
+    for precompute in (True, False):
+        cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=2", *extra], tmp_path / str(precompute))
+        m, data, trainer = build(cfg)
+        if not precompute:
+            monkeypatch.setattr(type(m), "round_target_values", lambda self, batch: None)
+        trainer.fit(m, datamodule=data)
+        monkeypatch.undo()
+        results.append(params_vector(m.q_net))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
