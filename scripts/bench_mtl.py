@@ -95,8 +95,16 @@ def main() -> None:
     p.add_argument("--mtl", nargs="*", default=[], help="extra overrides for the multi-task agent")
     p.add_argument("--single", nargs="*", default=[], help="extra overrides for the single-task agents")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--merge", type=Path, nargs="*", default=None,
+                   help="only report: merge the runs of earlier --out files (e.g. seeds run in parallel)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.merge:
+        loaded = [json.loads(f.read_text()) for f in args.merge]
+        runs = [r for d in loaded for r in d["runs"]]
+        args.seeds = [s for d in loaded for s in d["args"]["seeds"]]
+        print(report(runs, args))
+        return
     runs = []
     for seed in args.seeds:
         runs.append(run(seed, args))
