@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
 
@@ -66,7 +65,6 @@ class TaskSpec:
     n_actions: int
     reference_return: float | None = None  # scripted reference controller's mean return (normalized score = 1)
     random_return: float | None = None  # uniform random policy's mean return (normalized score = 0)
-    extra: dict = field(default_factory=dict, compare=False)
 
     def normalize(self, ret: float) -> float | None:
         """(R - R_random) / (R_reference - R_random), or None when the task has no reference scores."""
@@ -74,7 +72,3 @@ class TaskSpec:
             return None
         return (ret - self.random_return) / (self.reference_return - self.random_return)
 
-
-def as_tensor(x, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Tensor:
-    """Convert numpy arrays / lists to a tensor on `device` without copying when possible."""
-    return torch.as_tensor(x, device=device, dtype=dtype)

@@ -1,1 +1,0 @@
-"""transfer stage."""
