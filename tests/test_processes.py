@@ -73,7 +73,7 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(tmp_path):
     assert train_rows[0]["env_steps"] == saved_steps + 100  # continued from the saved env step
     assert train_rows[0]["step"] > state["global_step"]
     resumed = load_checkpoint(resume_dir / "checkpoints" / "last.ckpt")
-    old_replay, new_replay = state["RLDataModule"]["replay"], resumed["RLDataModule"]["replay"]
+    old_replay, new_replay = state["RLDataModule"]["replays"][0], resumed["RLDataModule"]["replays"][0]
     n_old = old_replay["size"]
     assert new_replay["size"] == n_old + 400
     assert torch.equal(new_replay["obs"][:n_old], old_replay["obs"][:n_old])  # the saved buffer was restored

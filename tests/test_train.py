@@ -133,9 +133,9 @@ def test_each_round_is_collected_with_the_policy_after_the_previous_updates(tmp_
     seen: list[tuple[int, int]] = []
     original = data.policy
 
-    def spy(obs):
+    def spy(task, obs):
         seen.append((data.current_env_steps(), trainer.global_step))
-        return original(obs)
+        return original(task, obs)
 
     data.policy = spy
     trainer.fit(model, datamodule=data)

@@ -1,6 +1,6 @@
-"""Data stage: the Lightning-facing experience stream and data module."""
+"""Data stage: the Lightning-facing experience streams and data modules."""
 
 from mtdqn.data.module import RLDataModule
-from mtdqn.data.stream import ExperienceStream
+from mtdqn.data.multitask import MultiTaskDataModule, MultiTaskStream
 
-__all__ = ["ExperienceStream", "RLDataModule"]
+__all__ = ["MultiTaskDataModule", "MultiTaskStream", "RLDataModule"]

@@ -1,8 +1,8 @@
-"""Multi-task experience: one collector and one replay per task, rounds of mixed minibatches with task ids."""
+"""Experience for one or several tasks: a collector and a replay per task, rounds of (mixed) minibatches."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import pytorch_lightning as pl
@@ -12,12 +12,20 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from mtdqn.collect import Collector, LinearEpsilon
-from mtdqn.data.module import EnvFactory, ReplayFactory, check_positive
 from mtdqn.envs.base import TensorVecEnv
 from mtdqn.replay import ReplayBuffer
 from mtdqn.types import Batch, Round, TaskSpec
 
 COMPOSITIONS = ("uniform", "proportional", "weighted")
+EnvFactory = Callable[..., TensorVecEnv]  # (num_envs=..., device=...) -> TensorVecEnv
+ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=) -> ReplayBuffer
+
+
+def check_positive(**values: float) -> None:
+    """Raise ValueError naming the first key whose value is not > 0."""
+    for key, value in values.items():
+        if value is None or value <= 0:
+            raise ValueError(f"{key}={value} must be > 0")
 
 
 def batch_counts(batch_size: int, shares: Sequence[float]) -> list[int]:
@@ -115,9 +123,15 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if env_steps_per_round < num_envs * n_tasks:
             raise ValueError(f"data.env_steps_per_round={env_steps_per_round} must be >= num_envs x tasks "
                              f"= {num_envs * n_tasks}")
-        if batch_size > learning_starts or total_env_steps <= learning_starts:
-            raise ValueError(f"need data.batch_size={batch_size} <= data.learning_starts={learning_starts} "
-                             f"< data.total_env_steps={total_env_steps}")
+        if batch_size > learning_starts:
+            raise ValueError(
+                f"data.batch_size={batch_size} is larger than the warm-up data.learning_starts={learning_starts}: "
+                "the first update would sample more transitions than replay holds"
+            )
+        if total_env_steps <= learning_starts:
+            raise ValueError(
+                f"data.total_env_steps={total_env_steps} must exceed data.learning_starts={learning_starts}"
+            )
         self.updates_per_round = round(env_steps_per_round * replay_ratio)
         if self.updates_per_round < 1:
             raise ValueError(f"data.replay_ratio={replay_ratio} x env_steps_per_round gives < 1 update per round")
