@@ -1,15 +1,30 @@
 """Entry point: `python train.py +experiment=<name> key=value ...` (see README)."""
 
+import logging
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from mtdqn.train import train  # imported here so its OmegaConf resolvers exist in the launcher process too
+
+log = logging.getLogger("mtdqn")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train and return the final mean eval return (the objective for Optuna sweeps)."""
-    from mtdqn.train import train
+    """Train and return the final mean eval return (the objective for sweeps).
 
-    summary = train(cfg)
+    In a multirun a failing job is recorded (summary.json: status failed, error) and the sweep goes on.
+    """
+    try:
+        summary = train(cfg)
+    except Exception as exc:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.error("job %s failed, the sweep continues: %s: %s", HydraConfig.get().job.num, type(exc).__name__, exc)
+        return None
     values = [v for k, v in summary.items() if k.startswith("eval/") and k.endswith("/return")]
     return sum(values) / len(values) if values else None
 

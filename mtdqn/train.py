@@ -120,13 +120,13 @@ def train(cfg: DictConfig) -> dict:
     """Build everything from `cfg`, fit, and return the summary (final eval metrics)."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    validate(cfg)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
     trainer = None
     try:
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        validate(cfg)
+        if cfg.get("torch_threads"):
+            torch.set_num_threads(int(cfg.torch_threads))
         model, data, trainer = build(cfg)
         trainer.fit(model, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
         return write_summary(out_dir, trainer, "completed")
