@@ -102,6 +102,21 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     return model, data, trainer
 
 
+def print_config_tree(cfg: DictConfig) -> None:
+    """The resolved config as a rich tree, one branch per top-level group."""
+    from rich import print as rprint
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            tree.add(str(key), style="bold").add(Syntax(OmegaConf.to_yaml(value, resolve=True), "yaml"))
+        else:
+            tree.add(f"[bold]{key}[/bold]: {value}")
+    rprint(tree)
+
+
 def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error: str | None = None) -> dict:
     """summary.json: status, final eval metrics and counters."""
     summary: dict[str, Any] = {"status": status}
@@ -124,6 +139,8 @@ def train(cfg: DictConfig) -> dict:
     try:
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:
             (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            if cfg.get("print_config"):
+                print_config_tree(cfg)
         validate(cfg)
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg.torch_threads))

@@ -154,3 +154,11 @@ def test_eval_records_a_gif_of_a_driving_episode(tmp_path):
     assert len(gifs) == 1
     with Image.open(gifs[0]) as im:
         assert im.n_frames > 1 and im.size == (160, 160)
+
+
+def test_debug_profile_writes_a_profiler_report_and_config_tree_prints(tmp_path, capsys):
+    train(compose_cfg(["debug=profile", "data.total_env_steps=600", "data.learning_starts=200",
+                       "data.batch_size=32", "logger=jsonl", "callbacks.progress=null"], tmp_path))
+    report = (tmp_path / "fit-profile.txt").read_text()
+    assert "run_training_batch" in report
+    assert "experiment_name" in capsys.readouterr().out  # the resolved config tree
