@@ -20,8 +20,17 @@ import torch  # noqa: E402
 from mtdqn.envs.driving import TASKS, DrivingVecEnv  # noqa: E402
 
 
-def _median_rate(run: Callable[[], float], repeats: int) -> float:
-    """Median over repeats of run() (which returns env steps per second)."""
+def _stepping_rate(step: Callable, acts, n: int, repeats: int, warmup: int = 10) -> float:
+    """Median over repeats of env steps per second of `step(a)` for every action batch in `acts` (n envs)."""
+    for a in acts[:warmup]:
+        step(a)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for a in acts:
+            step(a)
+        return n * len(acts) / (time.perf_counter() - t0)
+
     return statistics.median(run() for _ in range(repeats))
 
 
@@ -30,16 +39,7 @@ def bench_driving(task: str, n: int, steps: int, repeats: int) -> float:
     env = DrivingVecEnv(task, n)
     env.reset(0)
     acts = torch.randint(0, env.n_actions, (steps, n), generator=torch.Generator().manual_seed(0))
-    for a in acts[:20]:
-        env.step(a)
-
-    def run() -> float:
-        t0 = time.perf_counter()
-        for a in acts:
-            env.step(a)
-        return n * steps / (time.perf_counter() - t0)
-
-    return _median_rate(run, repeats)
+    return _stepping_rate(env.step, acts, n, repeats)
 
 
 def bench_gym_vec(env_id: str, n: int, steps: int, repeats: int, mode: str) -> float:
@@ -48,16 +48,7 @@ def bench_gym_vec(env_id: str, n: int, steps: int, repeats: int, mode: str) -> f
     env.reset(seed=0)
     env.action_space.seed(0)
     acts = [env.action_space.sample() for _ in range(steps)]
-    for a in acts[:5]:
-        env.step(a)
-
-    def run() -> float:
-        t0 = time.perf_counter()
-        for a in acts:
-            env.step(a)
-        return n * steps / (time.perf_counter() - t0)
-
-    rate = _median_rate(run, repeats)
+    rate = _stepping_rate(env.step, acts, n, repeats)
     env.close()
     return rate
 
