@@ -37,7 +37,7 @@ class CountingEnv:
         return StepResult(next_obs, torch.ones(self.num_envs), terminated, truncated, obs)
 
     def close(self):
-        pass
+        """Nothing to release."""
 
 
 def test_collector_never_stores_reset_obs_as_next_obs_and_reports_episodes():
