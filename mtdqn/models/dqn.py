@@ -165,7 +165,9 @@ class DQNModule(pl.LightningModule):
         self._trainable = [p for p in self.q_net.parameters() if p.requires_grad]
         raw = self.optimizers().optimizer
         single = self.trainer.world_size == 1 and str(self.trainer.precision) in ("32-true", "32")
-        usable = single and LeanAdam.supports(raw) and raw.param_groups[0]["params"] == self._trainable
+        group = raw.param_groups[0]["params"]
+        same = len(group) == len(self._trainable) and all(a is b for a, b in zip(group, self._trainable, strict=True))
+        usable = single and LeanAdam.supports(raw) and same
         self._lean = LeanAdam(raw) if usable and self.lean_step else None
 
     def log_round(self, round_: Round, td_loss_mean: Tensor, q_mean: Tensor) -> None:
