@@ -162,3 +162,20 @@ def test_debug_profile_writes_a_profiler_report_and_config_tree_prints(tmp_path,
     report = (tmp_path / "fit-profile.txt").read_text()
     assert "run_training_batch" in report
     assert "experiment_name" in capsys.readouterr().out  # the resolved config tree
+
+
+def test_checkpoints_become_wandb_artifacts_when_log_model_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg(["debug=smoke", "logger=wandb", "logger.wandb.log_model=true", "logger.wandb.offline=false",
+                       "callbacks.progress=null"], tmp_path)
+    model, data, trainer = build(cfg)
+    logged = []
+    run = trainer.loggers[0].experiment
+    monkeypatch.setattr(run, "log_artifact", lambda artifact, aliases=None: logged.append((artifact, aliases)))
+    trainer.fit(model, datamodule=data)
+    import wandb
+
+    wandb.finish()
+    assert logged, "no artifact was logged"
+    artifact, aliases = logged[-1]
+    assert artifact.type == "model" and "latest" in aliases and "env_steps_600" in aliases

@@ -85,3 +85,17 @@ class EnvStepCheckpoint(pl.Callback):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self.last_saved = steps
+        if trainer.is_global_zero:
+            log_wandb_artifact(trainer, self.path, steps)
+
+
+def log_wandb_artifact(trainer: pl.Trainer, path: Path, env_steps: int) -> None:
+    """With a WandbLogger whose `log_model` is set, upload the checkpoint as a W&B model artifact."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_log_model", False):
+            import wandb
+
+            run = logger.experiment
+            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"env_steps": env_steps})
+            artifact.add_file(str(path), name="last.ckpt")
+            run.log_artifact(artifact, aliases=["latest", f"env_steps_{env_steps}"])
