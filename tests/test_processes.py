@@ -85,3 +85,23 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     torch.save({"state_dict": {}, "payload": Path("x")}, path)  # a pickled non-tensor object
     with pytest.raises(ValueError, match="weights-only"):
         load_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_ddp_run_resumes_from_its_checkpoint(tmp_path):
+    first = tmp_path / "first"
+    res = run_train([*BASE, "trainer=ddp", "trainer.devices=2", "data.total_env_steps=400", f"hydra.run.dir={first}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = first / "checkpoints" / "last.ckpt"
+    saved = load_checkpoint(ckpt)
+    assert saved["RLDataModule"]["env_steps"] == 400
+    probe = tmp_path / "probe"
+    res = run_train([*BASE, "trainer=ddp", "trainer.devices=2", "data.total_env_steps=800", f"ckpt_path={ckpt}",
+                     f"hydra.run.dir={tmp_path / 'second'}",
+                     "+callbacks.probe._target_=tests.helpers.rank_probe.RankProbe", f"+callbacks.probe.dirpath={probe}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = torch.load(probe / "rank0.pt"), torch.load(probe / "rank1.pt")
+    assert r0["env_steps"] == r1["env_steps"] == 800  # both ranks continued from 400 and stopped together
+    assert torch.equal(r0["params"], r1["params"])
+    rows = [json.loads(x) for x in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
+    assert min(r["env_steps"] for r in rows if "train/td_loss" in r) > 400
