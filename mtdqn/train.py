@@ -85,16 +85,14 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
             seed=int(cfg.seed), **cfg.data,
         )
         model = instantiate(cfg.model)(task=specs)
-        if per:
-            model.priority_sink = data.update_priorities
     else:
         data = RLDataModule(
             env_factory=env_factory(ts.kind, ts.tasks[0], env_kwargs), replay=instantiate(cfg.replay),
             exploration=instantiate(cfg.exploration), task=specs[0], seed=int(cfg.seed), **cfg.data,
         )
         model = instantiate(cfg.model)(task=specs[0])
-        if per:
-            model.priority_sink = lambda idx, td: data.buffer.update_priorities(idx, td)
+    if per:
+        model.priority_sink = data.update_priorities
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(EnvStepBudget())
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]

@@ -37,7 +37,7 @@ class EvalCallback(pl.Callback):
             raise ValueError(f"callbacks.eval.video={video!r} is not one of {VIDEO_MODES}")
         self.video, self.video_dir = video, Path(video_dir)
         self.every, self.episodes, self.seed = every_env_steps, episodes, seed
-        self.last_eval_steps = 0
+        self.last_eval_steps = self.start_steps = 0
         self.history: list[dict[str, float]] = []
         self.eval_seconds = 0.0
         self.started = time.perf_counter()
@@ -50,7 +50,7 @@ class EvalCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         self.envs = [dm.make_eval_env(self.episodes, task=i) for i in range(len(pl_module.tasks))]
-        self.last_eval_steps = trainer.datamodule.current_env_steps()
+        self.last_eval_steps = self.start_steps = trainer.datamodule.current_env_steps()
         self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -89,7 +89,7 @@ class EvalCallback(pl.Callback):
         metrics.update({
             "time/env_steps": float(steps),
             "time/updates": float(trainer.global_step),
-            "time/sps": steps / train_seconds,
+            "time/sps": (steps - self.start_steps) / train_seconds,  # this run's env steps (not those resumed)
             "time/train_seconds": train_seconds,
         })
         self.last_eval_steps = steps

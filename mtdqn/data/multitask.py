@@ -150,7 +150,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
     def policy(self, task: int, obs: Tensor) -> Tensor:
         """Greedy actions of the trainer's module for `task`."""
-        return self.trainer.lightning_module.policy_for(task)(pad_obs(obs, self.obs_width))
+        return self.trainer.lightning_module.policy_for(task)(obs)
 
     def setup(self, stage: str | None = None) -> None:
         """Per task: envs, replay and collector, with rank- and task-distinct seeds."""

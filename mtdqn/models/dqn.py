@@ -56,7 +56,7 @@ class DQNModule(pl.LightningModule):
         self.register_buffer("last_target_env_steps", torch.zeros((), dtype=torch.int64))
         self.lean_step = lean_step
         self._lean: LeanAdam | None = None
-        self.priority_sink: Callable[[Tensor, Tensor], None] | None = None  # set by the composition root (PER)
+        self.priority_sink: Callable[[Tensor, Tensor, Tensor], None] | None = None  # (indices, |td|, task ids)
 
     def build_net(self, net: NetFactory) -> nn.Module:
         """The online Q-network for the single task."""
@@ -81,16 +81,23 @@ class DQNModule(pl.LightningModule):
     def forward(self, obs: Tensor) -> Tensor:
         return self.q_net(obs)
 
-    def compute_loss(self, b: Batch, next_q_target: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """TD loss of one minibatch; returns (loss, |td error| per sample, mean Q of taken actions).
+    def q_values(self, net: nn.Module, obs: Tensor, task_ids: Tensor) -> Tensor:
+        """Q-values of `net` for a batch (single task: the task ids are not needed)."""
+        return net(obs)
 
-        `next_q_target` (B, A) may be passed in when the target network's values were computed ahead."""
-        q_taken = self.q_net(b.obs).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
+    def td_terms(self, b: Batch, next_q_target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(Q of the taken actions, TD target); `next_q_target` may be passed in when computed ahead."""
+        q_taken = self.q_values(self.q_net, b.obs, b.task_ids).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            next_online = self.q_net(b.next_obs) if self.double_q else None
+            next_online = self.q_values(self.q_net, b.next_obs, b.task_ids) if self.double_q else None
             if next_q_target is None:
-                next_q_target = self.target_net(b.next_obs)
+                next_q_target = self.q_values(self.target_net, b.next_obs, b.task_ids)
             target = td_target(b.rewards, b.discounts, next_q_target, next_online)
+        return q_taken, target
+
+    def compute_loss(self, b: Batch, next_q_target: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """TD loss of one minibatch; returns (loss, |td error| per sample, mean Q of taken actions)."""
+        q_taken, target = self.td_terms(b, next_q_target)
         loss, td_abs = td_loss(q_taken, target, b.weights, self.loss_kind)
         return loss, td_abs, q_taken.detach().mean()
 
@@ -101,7 +108,7 @@ class DQNModule(pl.LightningModule):
         forwards, at a fraction of the cost. None when the target moves during the round."""
         if self.target_update_unit != "env_steps":
             return None
-        return self.target_net(batch.next_obs)
+        return self.q_values(self.target_net, batch.next_obs, batch.task_ids)
 
     def sync_target(self, env_steps: int) -> None:
         """Env-step unit: apply the updates due since the last sync (k Polyak steps = one of 1-(1-tau)^k)."""
@@ -118,19 +125,21 @@ class DQNModule(pl.LightningModule):
             self.sync_target(round_.env_steps)
         per_update = list(zip(*(field.unbind(0) for field in round_.batch), strict=True))
         next_q_targets = self.round_target_values(round_.batch)
-        loss_sum = torch.zeros((), device=self.device)
-        q_sum = torch.zeros((), device=self.device)
+        loss_sum, q_sum = 0.0, 0.0
         for g, fields in enumerate(per_update):
-            batch = Batch(*fields)
-            loss, td_abs, q_mean = self.compute_loss(batch, None if next_q_targets is None else next_q_targets[g])
-            self.gradient_step(loss)
-            if self.priority_sink is not None:
-                self.priority_sink(batch.indices, td_abs)
+            loss_stat, q_stat = self.update(Batch(*fields), None if next_q_targets is None else next_q_targets[g], g)
             if self.target_update_unit == "updates" and self.global_step % self.target_update_period == 0:
                 polyak_update(self.q_net, self.target_net, self.tau)
-            loss_sum += loss.detach()
-            q_sum += q_mean
+            loss_sum, q_sum = loss_sum + loss_stat, q_sum + q_stat
         self.log_round(round_, loss_sum / len(per_update), q_sum / len(per_update))
+
+    def update(self, batch: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
+        """One gradient update (the `index`-th of the round); returns (TD loss, mean Q) to average over the round."""
+        loss, td_abs, q_mean = self.compute_loss(batch, next_q_target)
+        self.gradient_step(loss)
+        if self.priority_sink is not None:
+            self.priority_sink(batch.indices, td_abs, batch.task_ids)
+        return loss.detach(), q_mean
 
     def gradient_step(self, loss: Tensor) -> None:
         """Backward, clip, step. One fp32 process with a fused Adam takes the lean path (LeanAdam: same math,

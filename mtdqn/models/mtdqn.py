@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtdqn.losses.multitask import flat_grads, grad_cosine_matrix, pcgrad, task_weighted_loss
-from mtdqn.losses.td import polyak_update, td_target
 from mtdqn.models.dqn import DQNModule, NetFactory
 from mtdqn.types import Batch, Round, TaskSpec
 
@@ -51,7 +50,8 @@ class MultiTaskDQNModule(DQNModule):
         self.loss_balance, self.grad_diagnostics_every = loss_balance, grad_diagnostics_every
         self.register_buffer("task_weights", torch.tensor(weights, dtype=torch.float32))
         self.obs_width = max(t.obs_dim for t in self.tasks)
-        self.rounds = 0
+        self.rounds = 0  # rounds trained (gradient diagnostics cadence)
+        self.cosines: Tensor | None = None
 
     def build_net(self, net: NetFactory) -> nn.Module:
         return net(tasks=self.tasks)
@@ -67,57 +67,27 @@ class MultiTaskDQNModule(DQNModule):
     def policy_for(self, task_idx: int) -> Callable[[Tensor], Tensor]:
         return partial(self.task_greedy_action, task_idx)
 
-    @torch.no_grad()
-    def round_target_values(self, batch: Batch) -> Tensor | None:
-        """Target Q-values of the whole round in one forward when the target is frozen during the round."""
-        if self.target_update_unit != "env_steps":
-            return None
-        return self.target_net(batch.next_obs, batch.task_ids)
+    def q_values(self, net: nn.Module, obs: Tensor, task_ids: Tensor) -> Tensor:
+        return net(obs, task_ids)
 
-    def per_sample_losses(self, b: Batch, next_q_target: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(per-sample weighted TD loss, |td error|, Q of the taken actions) with each sample's own task."""
-        q_taken = self.q_net(b.obs, b.task_ids).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
-        with torch.no_grad():
-            next_online = self.q_net(b.next_obs, b.task_ids) if self.double_q else None
-            if next_q_target is None:
-                next_q_target = self.target_net(b.next_obs, b.task_ids)
-            target = td_target(b.rewards, b.discounts, next_q_target, next_online)
+    def update(self, b: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
+        """One update on a mixed-task minibatch; returns per-task (TD loss, mean Q), each (T,)."""
+        n_tasks = len(self.tasks)
+        q_taken, target = self.td_terms(b, next_q_target)
         if self.loss_kind == "huber":
             per_sample = F.smooth_l1_loss(q_taken, target, reduction="none")
         else:
             per_sample = (q_taken - target).square()
-        return per_sample * b.weights, (q_taken - target).detach().abs(), q_taken.detach()
-
-    def training_step(self, dataloader_iter: Iterator) -> None:
-        """One round: G updates on mixed-task minibatches, per-task diagnostics logged once per round."""
-        round_, _, _ = next(dataloader_iter)
-        if self.target_update_unit == "env_steps":
-            self.sync_target(round_.env_steps)
-        n_tasks = len(self.tasks)
-        loss_sum = torch.zeros(n_tasks, device=self.device)
-        q_sum = torch.zeros(n_tasks, device=self.device)
-        per_update = list(zip(*(field.unbind(0) for field in round_.batch), strict=True))
-        diagnose = self.grad_diagnostics_every > 0 and self.rounds % self.grad_diagnostics_every == 0
-        cosines = None
-        next_q_targets = self.round_target_values(round_.batch)
-        for g, fields in enumerate(per_update):
-            b = Batch(*fields)
-            per_sample, td_abs, q_taken = self.per_sample_losses(b, None if next_q_targets is None else next_q_targets[g])
-            total, per_task = task_weighted_loss(per_sample, b.task_ids, self.task_weights, n_tasks)
-            if diagnose and g == 0:
-                cosines = self.gradient_cosines(per_task)
-            if self.loss_balance == "pcgrad":
-                self.pcgrad_step(per_task)
-            else:
-                self.gradient_step(total if self.loss_balance == "weighted" else per_task.sum())
-            if self.priority_sink is not None:
-                self.priority_sink(b.indices, td_abs, b.task_ids)
-            if self.target_update_unit == "updates" and self.global_step % self.target_update_period == 0:
-                polyak_update(self.q_net, self.target_net, self.tau)
-            loss_sum += per_task.detach()
-            q_sum += task_means(q_taken, b.task_ids, n_tasks)
-        self.rounds += 1
-        self.log_multitask_round(round_, loss_sum / len(per_update), q_sum / len(per_update), cosines)
+        total, per_task = task_weighted_loss(per_sample * b.weights, b.task_ids, self.task_weights, n_tasks)
+        if index == 0 and self.grad_diagnostics_every > 0 and self.rounds % self.grad_diagnostics_every == 0:
+            self.cosines = self.gradient_cosines(per_task)
+        if self.loss_balance == "pcgrad":
+            self.pcgrad_step(per_task)
+        else:
+            self.gradient_step(total if self.loss_balance == "weighted" else per_task.sum())
+        if self.priority_sink is not None:
+            self.priority_sink(b.indices, (q_taken - target).detach().abs(), b.task_ids)
+        return per_task.detach(), task_means(q_taken.detach(), b.task_ids, n_tasks)
 
     def pcgrad_step(self, per_task: Tensor) -> None:
         """PCGrad over every trainable parameter, then the usual clip + optimizer step."""
@@ -138,8 +108,10 @@ class MultiTaskDQNModule(DQNModule):
         grads = [flat_grads(per_task[t], shared, retain_graph=True) for t in range(len(self.tasks))]
         return grad_cosine_matrix(grads)
 
-    def log_multitask_round(self, round_: Round, td: Tensor, q: Tensor, cosines: Tensor | None) -> None:
-        """Per-task and summary training metrics."""
+    def log_round(self, round_: Round, td: Tensor, q: Tensor) -> None:
+        """Per-task and summary training metrics (td, q: per-task round means)."""
+        cosines, self.cosines = self.cosines, None
+        self.rounds += 1
         metrics: dict[str, Tensor | float] = {
             "train/td_loss": td.sum(), "train/q_mean": q.mean(), "train/epsilon": float(round_.epsilon),
             "time/env_steps": float(round_.env_steps), "time/updates": float(self.global_step),

@@ -127,3 +127,13 @@ def test_round_batched_target_values_equal_per_update_ones(tmp_path, model, monk
         monkeypatch.undo()
         results.append(params_vector(m.q_net))
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra", [[], ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]"]])
+def test_prioritized_replay_receives_td_errors_from_the_module(tmp_path, extra):
+    cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "replay=prioritized", *extra], tmp_path)
+    model, data, trainer = build(cfg)
+    trainer.fit(model, datamodule=data)
+    for buf in data.buffers:  # without updates every leaf would still hold the initial priority 1.0
+        leaves = buf.tree.leaves(torch.arange(len(buf)))
+        assert leaves.unique().numel() > 2
