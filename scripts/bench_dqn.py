@@ -57,8 +57,9 @@ def run_ours(seed: int, args: argparse.Namespace, overrides: list[str]) -> dict:
     from mtdqn.train import build
 
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        device = ["trainer=gpu"] if args.device.startswith("cuda") else []
         cfg = compose("train", overrides=[
-            *overrides, f"seed={seed}", f"data.total_env_steps={args.total_steps}", "logger=none",
+            *overrides, *device, f"seed={seed}", f"data.total_env_steps={args.total_steps}", "logger=none",
             "callbacks.progress=null", "callbacks.checkpoint=null", f"callbacks.eval.every_env_steps={args.eval_every}",
             f"callbacks.eval.episodes={args.eval_episodes}", f"paths.output_dir={tmp}",
             "+trainer.enable_progress_bar=false",
@@ -80,7 +81,7 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
 
-    eval_env = GymVecEnv("CartPole-v1", num_envs=args.eval_episodes)
+    eval_env = GymVecEnv("CartPole-v1", num_envs=args.eval_episodes, device=args.device)
 
     class Eval(BaseCallback):
         """Evaluates when a rollout starts (right after the previous round of updates), like mtdqn's callback."""
@@ -107,7 +108,7 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
         def _on_training_end(self) -> None:
             self.evaluate()
 
-    model = DQN("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", verbose=0, **ZOO)
+    model = DQN("MlpPolicy", "CartPole-v1", seed=seed, device=args.device, verbose=0, **ZOO)
     cb = Eval()
     t0 = time.perf_counter()
     model.learn(total_timesteps=args.total_steps, callback=cb)
@@ -117,7 +118,7 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
                 final_return=cb.history[-1][2])
 
 
-def run_floor(n_updates: int, n_forwards: int, seed: int) -> dict:
+def run_floor(n_updates: int, n_forwards: int, seed: int, device: str = "cpu") -> dict:
     """Bare torch, the fastest plain form we know: the same acting forwards and updates (functional forward,
     autograd.grad, foreach clipping, functional fused Adam, one batched target forward per round), no env, no
     replay logic, no framework."""
@@ -125,29 +126,30 @@ def run_floor(n_updates: int, n_forwards: int, seed: int) -> dict:
     sizes = [(4, 256), (256, 256), (256, 2)]
     params = []
     for fan_in, fan_out in sizes:
-        layer = torch.nn.Linear(fan_in, fan_out)
+        layer = torch.nn.Linear(fan_in, fan_out, device=device)
         params += [layer.weight.detach().requires_grad_(), layer.bias.detach().requires_grad_()]
     target = [p.detach().clone() for p in params]
     exp_avg = [torch.zeros_like(p) for p in params]
     exp_avg_sq = [torch.zeros_like(p) for p in params]
-    steps = [torch.zeros(()) for _ in params]
+    steps = [torch.zeros((), device=device) for _ in params]
 
     def forward(x: torch.Tensor, ps: list[torch.Tensor]) -> torch.Tensor:
         h = F.relu(F.linear(x, ps[0], ps[1]))
         return F.linear(F.relu(F.linear(h, ps[2], ps[3])), ps[4], ps[5])
 
     n = 50_000
-    obs, next_obs = torch.randn(n, 4), torch.randn(n, 4)
-    actions, rewards, discounts = torch.randint(0, 2, (n,)), torch.randn(n), torch.full((n,), 0.99)
+    obs, next_obs = torch.randn(n, 4, device=device), torch.randn(n, 4, device=device)
+    actions, rewards = torch.randint(0, 2, (n,), device=device), torch.randn(n, device=device)
+    discounts = torch.full((n,), 0.99, device=device)
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(n_forwards):
-            forward(obs[i % n : i % n + 1], params).argmax(-1)
+            forward(obs[i % n : i % n + 1], params).argmax(-1).cpu()  # an action goes back to the env
     g_round = ZOO["gradient_steps"]
     for start in range(0, n_updates, g_round):  # rounds of updates with a frozen target, as in DQN with
         torch._foreach_copy_(target, [p.detach() for p in params])  # target syncs between rounds
         g = min(g_round, n_updates - start)
-        idx = torch.randint(0, n, (g, ZOO["batch_size"]))
+        idx = torch.randint(0, n, (g, ZOO["batch_size"]), device=device)
         with torch.no_grad():  # all target values of the round in one forward
             next_v = forward(next_obs[idx], target).amax(-1)
         for k in range(g):
@@ -160,6 +162,8 @@ def run_floor(n_updates: int, n_forwards: int, seed: int) -> dict:
                 adam_functional(params, grads, exp_avg, exp_avg_sq, [], steps, fused=True, amsgrad=False,
                                 beta1=0.9, beta2=0.999, lr=ZOO["learning_rate"], weight_decay=0.0, eps=1e-8,
                                 maximize=False)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     return dict(wall=time.perf_counter() - t0, updates=n_updates, forwards=n_forwards)
 
 
@@ -177,7 +181,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
     lines = [
         f"CartPole-v1 DQN, {args.total_steps:,} env steps, seeds {args.seeds}, torch threads {args.threads}, "
         f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}",
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
+        f"{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}",
         "",
         "| run | wall s (train) | env steps/s | updates | updates/s | steps to 475 | seconds to 475 | final return |",
         "|---|---|---|---|---|---|---|---|",
@@ -224,6 +229,7 @@ def main() -> None:
     p.add_argument("--skip-sb3", action="store_true")
     p.add_argument("--skip-fast", action="store_true", help="skip mtdqn's throughput preset")
     p.add_argument("--fast-experiment", default="cartpole_fast", help="experiment preset for the throughput run")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: networks, replay and updates of all three runs")
     p.add_argument("--out", type=Path, default=None, help="write raw results as JSON")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -236,7 +242,7 @@ def main() -> None:
             sb3 = run_sb3(seed, args)
             results["sb3"].append(sb3)
             print(f"seed {seed} sb3:   {sb3['wall']:.1f} s, {sb3['updates']} updates, final {sb3['final_return']}", flush=True)
-        fl = run_floor(ours["updates"], ours["env_steps"] - 1000, seed)
+        fl = run_floor(ours["updates"], ours["env_steps"] - 1000, seed, args.device)
         results["floor"].append(fl)
         print(f"seed {seed} floor: {fl['wall']:.1f} s", flush=True)
         if not args.skip_fast:

@@ -20,25 +20,33 @@ import torch  # noqa: E402
 from mtdqn.envs.driving import TASKS, DrivingVecEnv  # noqa: E402
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _stepping_rate(step: Callable, acts, n: int, repeats: int, warmup: int = 10) -> float:
-    """Median over repeats of env steps per second of `step(a)` for every action batch in `acts` (n envs)."""
+    """Median over repeats of env steps per second of `step(a)` for every action batch in `acts` (n envs);
+    on a GPU the clock stops only after the queued kernels finished."""
     for a in acts[:warmup]:
         step(a)
 
     def run() -> float:
+        _sync()
         t0 = time.perf_counter()
         for a in acts:
             step(a)
+        _sync()
         return n * len(acts) / (time.perf_counter() - t0)
 
     return statistics.median(run() for _ in range(repeats))
 
 
-def bench_driving(task: str, n: int, steps: int, repeats: int) -> float:
-    """Env steps/s of DrivingVecEnv(task, n) under uniform random actions."""
-    env = DrivingVecEnv(task, n)
+def bench_driving(task: str, n: int, steps: int, repeats: int, device: str = "cpu") -> float:
+    """Env steps/s of DrivingVecEnv(task, n) on `device` under uniform random actions."""
+    env = DrivingVecEnv(task, n, device=device)
     env.reset(0)
-    acts = torch.randint(0, env.n_actions, (steps, n), generator=torch.Generator().manual_seed(0))
+    acts = torch.randint(0, env.n_actions, (steps, n), generator=torch.Generator().manual_seed(0)).to(device)
     return _stepping_rate(env.step, acts, n, repeats)
 
 
@@ -75,11 +83,13 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     p.add_argument("--highway-counts", type=int, nargs="+", default=[1, 4], help="env counts for highway-env")
     p.add_argument("--highway-steps", type=int, default=100, help="timed steps per repeat for highway-env")
+    p.add_argument("--device", default="cpu", help="device of the driving simulator (cpu, cuda)")
     p.add_argument("--no-cartpole", action="store_true")
     p.add_argument("--no-highway", action="store_true")
     args = p.parse_args()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"{now}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); torch {torch.__version__}, "
+    print(f"{now}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); torch {torch.__version__}, device {args.device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}, "
           f"gymnasium {gym.__version__}, numpy {np.__version__}; median of {args.repeats} repeats")  # fmt: skip
     counts = args.counts
     print("\n| env | threads | " + " | ".join(f"n={n}" for n in counts) + " |")
@@ -88,7 +98,7 @@ def main() -> None:
     for th in args.threads:
         torch.set_num_threads(th)
         for task in args.tasks:
-            ours[task, th] = {n: bench_driving(task, n, args.steps, args.repeats) for n in counts}
+            ours[task, th] = {n: bench_driving(task, n, args.steps, args.repeats, args.device) for n in counts}
             print(f"| mtdqn driving/{task} | {th} | " + " | ".join(_fmt(ours[task, th][n]) for n in counts) + " |", flush=True)
     if not args.no_cartpole:
         cp = {n: bench_gym_vec("CartPole-v1", n, args.steps, args.repeats, "vector_entry_point") for n in counts}

@@ -25,10 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(preset: str, env_steps: int, devices: int, extra: list[str]) -> dict:
+def run(preset: str, env_steps: int, devices: int, extra: list[str], accelerator: str = "cpu") -> dict:
     """One training run; returns its summary plus the total env steps over ranks."""
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = ["trainer=cpu"] if devices == 1 else ["trainer=ddp", f"trainer.devices={devices}"]
+        if devices == 1:
+            trainer = [f"trainer={accelerator}"]
+        else:
+            trainer = ["trainer=ddp", f"trainer.devices={devices}", f"trainer.accelerator={accelerator}"]
         cmd = [sys.executable, "train.py", f"+experiment={preset}", *trainer, f"data.total_env_steps={env_steps}",
                "logger=jsonl", "callbacks.progress=null", "callbacks.checkpoint=null",
                f"callbacks.eval.every_env_steps={env_steps}", f"hydra.run.dir={tmp}", *extra]
@@ -40,7 +43,8 @@ def run(preset: str, env_steps: int, devices: int, extra: list[str]) -> dict:
     seconds = summary["time/train_seconds"]
     return {"devices": devices, "seconds": seconds, "env_steps_per_s": devices * summary["time/env_steps"] / seconds,
             "updates_per_s": summary["time/updates"] / seconds, "samples_per_s":
-            devices * summary["time/updates"] / seconds}
+            devices * summary["time/updates"] / seconds,
+            "eval": {k: v for k, v in summary.items() if k.startswith("eval/") and k.endswith("normalized")}}
 
 
 def main() -> None:
@@ -49,15 +53,17 @@ def main() -> None:
     p.add_argument("--env-steps", type=int, default=60_000, help="env steps per process")
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="cpu processes or GPUs")
     p.add_argument("extra", nargs="*", help="more Hydra overrides")
     args = p.parse_args()
     results: dict[int, list[dict]] = {d: [] for d in args.devices}
     for _ in range(args.repeats):
         for d in args.devices:
-            results[d].append(run(args.preset, args.env_steps, d, args.extra))
+            results[d].append(run(args.preset, args.env_steps, d, args.extra, args.accelerator))
             print(json.dumps(results[d][-1]), flush=True)
     print(f"\n`+experiment={args.preset}`, {args.env_steps:,} env steps per process, median of {args.repeats}, "
-          f"{datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs, torch threads 1 per process\n")
+          f"{datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs, torch threads 1 per process, "
+          f"accelerator {args.accelerator}\n")
     print("| processes | env steps/s (all ranks) | updates/s (each rank, all-reduced) | minibatches/s (all ranks) |")
     print("|---|---|---|---|")
     for d, rs in results.items():
