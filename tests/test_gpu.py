@@ -2,6 +2,7 @@
 replay and the whole training stack on the device, resume on the device, and single-GPU DDP."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from mtdqn.envs.driving import TASKS, DrivingVecEnv
@@ -50,9 +51,12 @@ def test_replay_lives_and_samples_on_gpu(cls):
 def test_training_on_gpu_keeps_everything_on_the_device_and_resumes(tmp_path):
     first = compose_cfg([*LANE, "trainer=gpu"], tmp_path / "first")
     model, data, trainer = build(first)
-    trainer.fit(model, datamodule=data)
-    assert next(model.q_net.parameters()).device.type == "cuda"
-    assert data.buffer.obs.device.type == "cuda"
+    seen: list[torch.device] = []
+    trainer.callbacks.append(pl.Callback())
+    trainer.callbacks[-1].on_train_batch_end = lambda tr, m, *a: seen.append(next(m.q_net.parameters()).device)
+    trainer.fit(model, datamodule=data)  # (Lightning moves the module back to the CPU after fit)
+    assert seen and all(d.type == "cuda" for d in seen)
+    assert data.buffer.obs.device.type == "cuda" and data.env.device.type == "cuda"
     assert trainer.global_step > 0
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
     second = compose_cfg([*LANE, "trainer=gpu", "data.total_env_steps=12000", f"ckpt_path={ckpt}"], tmp_path / "second")
