@@ -1,6 +1,7 @@
 """Every optimizer preset trains; DivergenceGuard stops a diverging run and keeps the last good checkpoint."""
 
 import io
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,3 +101,21 @@ def test_guard_names_the_non_finite_parameter_every_n_rounds():
     guard.on_train_batch_end(trainer, module, None, None, 0)  # round 1: parameters not checked
     with pytest.raises(DivergenceError, match=r"q_net\.bias has 1/2 non-finite entries \(e\.g\. inf\)"):
         guard.on_train_batch_end(trainer, module, None, None, 1)
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine"])
+def test_lr_schedule_decays_the_learning_rate_over_env_steps(tmp_path, scheduler):
+    import json
+
+    from mtdqn.train import train
+
+    cfg = compose_cfg(["debug=smoke", "logger=jsonl", "callbacks.progress=null", f"scheduler={scheduler}",
+                       "scheduler.final_fraction=0.0", "optimizer.lr=0.001"], tmp_path)
+    train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [(r["env_steps"], r["train/lr"]) for r in rows if "train/lr" in r]
+    assert len(lrs) >= 3
+    steps, values = zip(*lrs, strict=True)
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))  # strictly decreasing with env steps
+    factor = 1 - steps[-1] / 600 if scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * steps[-1] / 600))
+    assert values[-1] == pytest.approx(0.001 * factor, rel=1e-5)

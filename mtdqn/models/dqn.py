@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mtdqn.losses import LOSSES, polyak_update, td_loss, td_target
 from mtdqn.models.lean_step import LeanAdam, clip_grads_
+from mtdqn.models.schedule import LRSchedule
 from mtdqn.types import Batch, Round, TaskSpec
 
 NetFactory = Callable[..., nn.Module]  # (obs_dim=, n_actions=) -> nn.Module
@@ -37,6 +38,7 @@ class DQNModule(pl.LightningModule):
         target_update_unit: str = "env_steps",
         tau: float = 1.0,  # 1 = hard copy, < 1 = Polyak averaging
         lean_step: bool = True,  # fused-Adam fast path on one fp32 process (same math as optimizer.step)
+        scheduler: LRSchedule | None = None,  # learning rate over env-step progress
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -57,6 +59,12 @@ class DQNModule(pl.LightningModule):
         self.lean_step = lean_step
         self._lean: LeanAdam | None = None
         self.priority_sink: Callable[[Tensor, Tensor, Tensor], None] | None = None  # (indices, |td|, task ids)
+        self.scheduler = scheduler
+        # Extension points used by transfer (mtdqn.transfer) and stabilizers; empty = plain DQN:
+        self.lr_scale: dict[str, float] = {}  # parameter-name prefix -> learning-rate multiplier (own param group)
+        self.regularizers: list[Callable[[], Tensor]] = []  # extra loss terms added to every update's loss
+        self.batch_transforms: list[Callable[[Batch], Batch]] = []  # applied to each minibatch before its update
+        self.before_update: list[Callable[[int], None]] = []  # called with global_step before each update
 
     def build_net(self, net: NetFactory) -> nn.Module:
         """The online Q-network for the single task."""
@@ -64,8 +72,39 @@ class DQNModule(pl.LightningModule):
             raise ValueError(f"DQNModule trains one task, got {[t.name for t in self.tasks]}: use model=mtdqn")
         return net(obs_dim=self.task.obs_dim, n_actions=self.task.n_actions)
 
+    def param_groups(self) -> list[dict]:
+        """The online network's parameters in optimizer groups: one per `lr_scale` prefix (first match wins,
+        lr multiplied), the rest in a default group."""
+        groups: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in self.lr_scale}
+        rest: list[nn.Parameter] = []
+        for name, p in self.q_net.named_parameters():
+            prefix = next((k for k in self.lr_scale if name.startswith(k)), None)
+            (groups[prefix] if prefix is not None else rest).append(p)
+        out = [{"params": rest, "lr_scale": 1.0}] if rest else []
+        out += [{"params": ps, "lr_scale": self.lr_scale[k]} for k, ps in groups.items() if ps]
+        return out
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.q_net.parameters())
+        groups = self.param_groups()
+        if len(groups) == 1:
+            opt = self.optimizer_factory(groups[0]["params"])
+        else:
+            opt = self.optimizer_factory(groups)
+        for g, spec in zip(opt.param_groups, groups, strict=True):
+            g["lr"] = g["lr"] * spec["lr_scale"]
+        self._base_lrs = [g["lr"] for g in opt.param_groups]  # before any checkpoint restore
+        return opt
+
+    def apply_lr_schedule(self, env_steps: int) -> None:
+        """Set every group's lr to base x schedule factor at this env-step progress."""
+        if self.scheduler is None or self.trainer is None:
+            return
+        total = getattr(self.trainer.datamodule, "total_env_steps", None)
+        if not total:
+            return
+        factor = self.scheduler.factor(env_steps / total)
+        for g, base in zip(self.optimizers().optimizer.param_groups, self._base_lrs, strict=True):
+            g["lr"] = base * factor
 
     @torch.no_grad()
     def greedy_action(self, obs: Tensor) -> Tensor:
@@ -123,11 +162,17 @@ class DQNModule(pl.LightningModule):
         round_, _, _ = next(dataloader_iter)
         if self.target_update_unit == "env_steps":
             self.sync_target(round_.env_steps)
+        self.apply_lr_schedule(round_.env_steps)
         per_update = list(zip(*(field.unbind(0) for field in round_.batch), strict=True))
         next_q_targets = self.round_target_values(round_.batch)
         loss_sum, q_sum = 0.0, 0.0
         for g, fields in enumerate(per_update):
-            loss_stat, q_stat = self.update(Batch(*fields), None if next_q_targets is None else next_q_targets[g], g)
+            for hook in self.before_update:
+                hook(self.global_step)
+            batch = Batch(*fields)
+            for transform in self.batch_transforms:
+                batch = transform(batch)
+            loss_stat, q_stat = self.update(batch, None if next_q_targets is None else next_q_targets[g], g)
             if self.target_update_unit == "updates" and self.global_step % self.target_update_period == 0:
                 polyak_update(self.q_net, self.target_net, self.tau)
             loss_sum, q_sum = loss_sum + loss_stat, q_sum + q_stat
@@ -136,10 +181,14 @@ class DQNModule(pl.LightningModule):
     def update(self, batch: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
         """One gradient update (the `index`-th of the round); returns (TD loss, mean Q) to average over the round."""
         loss, td_abs, q_mean = self.compute_loss(batch, next_q_target)
-        self.gradient_step(loss)
+        self.gradient_step(loss + self.regularization())
         if self.priority_sink is not None:
             self.priority_sink(batch.indices, td_abs, batch.task_ids)
         return loss.detach(), q_mean
+
+    def regularization(self) -> Tensor | float:
+        """Sum of the extra loss terms (EWC, distillation, ...); 0 when there are none."""
+        return sum((r() for r in self.regularizers), 0.0)
 
     def gradient_step(self, loss: Tensor) -> None:
         """Backward, clip, step. One fp32 process with a fused Adam takes the lean path (LeanAdam: same math,
@@ -179,6 +228,12 @@ class DQNModule(pl.LightningModule):
         usable = single and LeanAdam.supports(raw) and same
         self._lean = LeanAdam(raw) if usable and self.lean_step else None
 
+    def extra_metrics(self) -> dict[str, float]:
+        """Metrics every module logs each round: the learning rate when a schedule or lr_scale is active."""
+        if self.scheduler is None and not self.lr_scale:
+            return {}
+        return {"train/lr": float(self.optimizers().optimizer.param_groups[0]["lr"])}
+
     def log_round(self, round_: Round, td_loss_mean: Tensor, q_mean: Tensor) -> None:
         """Per-round training metrics (names listed in the README)."""
         metrics = {
@@ -190,4 +245,5 @@ class DQNModule(pl.LightningModule):
         }
         if round_.episode_returns.numel() > 0:
             metrics[f"rollout/{self.task.name}/return"] = round_.episode_returns.mean()
+        metrics.update(self.extra_metrics())
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)

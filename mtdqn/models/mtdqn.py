@@ -84,7 +84,7 @@ class MultiTaskDQNModule(DQNModule):
         if self.loss_balance == "pcgrad":
             self.pcgrad_step(per_task)
         else:
-            self.gradient_step(total if self.loss_balance == "weighted" else per_task.sum())
+            self.gradient_step((total if self.loss_balance == "weighted" else per_task.sum()) + self.regularization())
         if self.priority_sink is not None:
             self.priority_sink(b.indices, (q_taken - target).detach().abs(), b.task_ids)
         return per_task.detach(), task_means(q_taken.detach(), b.task_ids, n_tasks)
@@ -96,6 +96,9 @@ class MultiTaskDQNModule(DQNModule):
         params = self._trainable
         grads = [flat_grads(per_task[t], params, retain_graph=True) for t in range(len(self.tasks))]
         combined = pcgrad(grads)
+        reg = self.regularization()
+        if isinstance(reg, Tensor):  # shared regularizers (EWC, distillation) are added after the projection
+            combined = combined + flat_grads(reg, params, retain_graph=True)
         out, offset = [], 0
         for p in params:
             out.append(combined[offset : offset + p.numel()].view_as(p))
@@ -122,6 +125,7 @@ class MultiTaskDQNModule(DQNModule):
             done = round_.episode_tasks == i
             if bool(done.any()):
                 metrics[f"rollout/{task.name}/return"] = round_.episode_returns[done].mean()
+        metrics.update(self.extra_metrics())
         if cosines is not None:
             for i in range(len(self.tasks)):
                 for j in range(i + 1, len(self.tasks)):

@@ -1,0 +1,26 @@
+"""Learning-rate schedules over env-step progress."""
+
+import math
+
+import pytest
+
+from mtdqn.models.schedule import LRSchedule
+
+
+def test_factors_at_hand_computed_points():
+    assert LRSchedule("none").factor(0.7) == 1.0
+    lin = LRSchedule("linear", final_fraction=0.1)
+    assert lin.factor(0.0) == 1.0 and lin.factor(1.0) == pytest.approx(0.1) and lin.factor(0.5) == pytest.approx(0.55)
+    cos = LRSchedule("cosine", final_fraction=0.0)
+    assert cos.factor(0.5) == pytest.approx(0.5) and cos.factor(1.0) == pytest.approx(0.0)
+    assert cos.factor(0.25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    warm = LRSchedule("linear", final_fraction=0.0, warmup_fraction=0.2)
+    assert warm.factor(0.1) == pytest.approx(0.5) and warm.factor(0.2) == pytest.approx(1.0)
+    assert warm.factor(0.6) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"kind": "step"}, "scheduler.kind"),
+                                               ({"final_fraction": 2.0}, "final_fraction")])
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LRSchedule(**kwargs)
