@@ -6,9 +6,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtdqn.losses import td_target
 from mtdqn.losses.multitask import flat_grads, grad_cosine_matrix, pcgrad, task_weighted_loss
 from mtdqn.models.dqn import DQNModule, NetFactory
 from mtdqn.types import Batch, Round, TaskSpec
@@ -29,6 +31,17 @@ class MultiTaskDQNModule(DQNModule):
     per-task gradients projected off each other's conflicting directions, then summed). Every
     `grad_diagnostics_every` rounds the cosine similarity between task gradients on the shared torso is logged
     (`train/grad_cos/<a>__<b>`): negative values are conflict, a direct view of negative transfer.
+
+    `popart=True` (van Hasselt et al. 2016; Hessel et al. 2019): the network's per-task heads become one PopArtHead
+    with running per-task mean/std (mu_t, sigma_t) of the TD targets. Each update forms the targets in return units,
+    moves the online statistics toward them (step `popart_beta`) while rescaling the head so the online network's
+    Q-values in return units are unchanged, and computes the TD loss between normalized predictions and
+    (y - mu_t) / sigma_t: every task reaches the shared torso at the same scale. Actions, double-Q and the targets
+    use Q in return units. The target network carries its own copy of the statistics, taken at every sync with the
+    weights they belong to (a hard sync copies both; a Polyak sync first re-expresses the target's head in the
+    online statistics, outputs unchanged, so averaging weights averages Q in return units). Priorities are
+    normalized |TD errors|; Adam's moment estimates are not rescaled (as in the papers). The statistics are buffers,
+    so they are saved in checkpoints.
     """
 
     def __init__(
@@ -39,9 +52,12 @@ class MultiTaskDQNModule(DQNModule):
         loss_balance: str = "sum",
         task_weights: Sequence[float] | None = None,
         grad_diagnostics_every: int = 10,  # rounds between gradient-cosine diagnostics (0 = never)
+        popart: bool = False,  # PopArt: TD loss on per-task normalized targets, output-preserving head rescaling
+        popart_beta: float = 3e-4,  # step size of PopArt's running target moments, per gradient update
         **kwargs,
     ) -> None:
-        super().__init__(net, optimizer, task, **kwargs)
+        super().__init__(partial(net, popart_beta=popart_beta) if popart else net, optimizer, task, **kwargs)
+        self.use_popart = bool(popart)
         if loss_balance not in BALANCES:
             raise ValueError(f"model.loss_balance={loss_balance!r} is not one of {BALANCES}")
         weights = list(task_weights) if task_weights is not None else [1.0] * len(self.tasks)
@@ -70,10 +86,38 @@ class MultiTaskDQNModule(DQNModule):
     def q_values(self, net: nn.Module, obs: Tensor, task_ids: Tensor) -> Tensor:
         return net(obs, task_ids)
 
+    def popart_td_terms(self, b: Batch, next_q_target: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """PopArt: (normalized Q of the taken actions, normalized TD target, Q of the taken actions in return
+        units). Updates the online statistics (ART) and rescales the head to preserve its outputs (POP) first."""
+        head = self.q_net.popart
+        with torch.no_grad():
+            next_online = self.q_values(self.q_net, b.next_obs, b.task_ids) if self.double_q else None
+            if next_q_target is None:
+                next_q_target = self.q_values(self.target_net, b.next_obs, b.task_ids)
+            target = td_target(b.rewards, b.discounts, next_q_target, next_online)
+            moments = head.batch_moments(target, b.task_ids)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(moments)  # every rank moves the statistics (and rescales the head) identically
+            head.update_stats(target, b.task_ids, moments)
+            normalized_target = head.normalize_targets(target, b.task_ids)
+        q_norm = self.q_net.normalized_q(b.obs, b.task_ids).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
+        return q_norm, normalized_target, head.unnormalize(q_norm.detach(), b.task_ids)
+
+    def update_target(self, tau: float) -> None:
+        """Polyak/hard target update; with PopArt the target's head is first re-expressed in the online
+        statistics (its outputs unchanged), so averaging weights averages Q-values in return units."""
+        if self.use_popart and tau < 1.0:
+            self.target_net.popart.set_stats(self.q_net.popart.mu, self.q_net.popart.nu)
+        super().update_target(tau)
+
     def update(self, b: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
-        """One update on a mixed-task minibatch; returns per-task (TD loss, mean Q), each (T,)."""
+        """One update on a mixed-task minibatch; returns per-task (TD loss, mean Q in return units), each (T,)."""
         n_tasks = len(self.tasks)
-        q_taken, target = self.td_terms(b, next_q_target)
+        if self.use_popart:  # loss and priorities in normalized units, logged Q in return units
+            q_taken, target, q_return = self.popart_td_terms(b, next_q_target)
+        else:
+            q_taken, target = self.td_terms(b, next_q_target)
+            q_return = q_taken.detach()
         if self.loss_kind == "huber":
             per_sample = F.smooth_l1_loss(q_taken, target, reduction="none")
         else:
@@ -87,7 +131,7 @@ class MultiTaskDQNModule(DQNModule):
             self.gradient_step((total if self.loss_balance == "weighted" else per_task.sum()) + self.regularization())
         if self.priority_sink is not None:
             self.priority_sink(b.indices, (q_taken - target).detach().abs(), b.task_ids)
-        return per_task.detach(), task_means(q_taken.detach(), b.task_ids, n_tasks)
+        return per_task.detach(), task_means(q_return, b.task_ids, n_tasks)
 
     def pcgrad_step(self, per_task: Tensor) -> None:
         """PCGrad over every trainable parameter, then the usual clip + optimizer step."""
@@ -111,6 +155,17 @@ class MultiTaskDQNModule(DQNModule):
         grads = [flat_grads(per_task[t], shared, retain_graph=True) for t in range(len(self.tasks))]
         return grad_cosine_matrix(grads)
 
+    def popart_metrics(self) -> dict[str, Tensor]:
+        """`train/<task>/popart_mu` and `popart_sigma`: the online network's target statistics (PopArt only)."""
+        if not self.use_popart:
+            return {}
+        mu, sigma = self.q_net.popart.mu.clone(), self.q_net.popart.sigma
+        metrics = {}
+        for i, task in enumerate(self.tasks):
+            metrics[f"train/{task.name}/popart_mu"] = mu[i]
+            metrics[f"train/{task.name}/popart_sigma"] = sigma[i]
+        return metrics
+
     def log_round(self, round_: Round, td: Tensor, q: Tensor) -> None:
         """Per-task and summary training metrics (td, q: per-task round means)."""
         cosines, self.cosines = self.cosines, None
@@ -126,6 +181,7 @@ class MultiTaskDQNModule(DQNModule):
             if bool(done.any()):
                 metrics[f"rollout/{task.name}/return"] = round_.episode_returns[done].mean()
         metrics.update(self.extra_metrics())
+        metrics.update(self.popart_metrics())
         if cosines is not None:
             for i in range(len(self.tasks)):
                 for j in range(i + 1, len(self.tasks)):

@@ -9,13 +9,18 @@ outputs are exactly zero, so each sample's loss reaches only its own task's adap
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtdqn.nets.normalize import RunningObsNorm
 from mtdqn.nets.q import ACTIVATIONS, DuelingHead, mlp
 from mtdqn.types import TaskSpec
+
+if TYPE_CHECKING:
+    from mtdqn.nets.popart import PopArtHead
 
 ARCHITECTURES = ("multihead", "conditioned")
 CONDITIONINGS = ("none", "onehot", "embedding", "film")
@@ -47,6 +52,10 @@ class MultiTaskQNetwork(nn.Module):
     When tasks differ in obs_dim, each task gets an input adapter Linear(obs_dim_t, hidden[0]) that reads only its
     first obs_dim_t features and feeds the shared rest of the torso. Q-values of actions a task does not have are
     INVALID_Q.
+    `popart_beta` (multihead, non-dueling only) replaces the per-task heads by one PopArtHead (mtdqn.nets.popart):
+    `forward` still returns Q in return units (sigma_t * head_t + mu_t), `normalized_q` the head's normalized
+    output that PopArt's TD loss is computed on.
+    `obs_norm` adds a per-task RunningObsNorm (`self.obs_norm`, mtdqn.nets.normalize) in front of the torso.
     """
 
     def __init__(
@@ -59,6 +68,8 @@ class MultiTaskQNetwork(nn.Module):
         dueling: bool = False,
         activation: str = "relu",
         layer_norm: bool = False,
+        popart_beta: float | None = None,  # PopArt statistics step size per update (None = plain heads)
+        obs_norm: bool = False,  # running per-task observation normalization (RunningObsNorm, updated by the module)
     ) -> None:
         super().__init__()
         tasks = list(tasks)
@@ -79,10 +90,16 @@ class MultiTaskQNetwork(nn.Module):
                 f"net.architecture='conditioned' shares one Q head and needs equal action counts, got "
                 f"{dict(zip([t.name for t in tasks], self.n_actions, strict=True))}; use net.architecture='multihead'"
             )
+        if popart_beta is not None and (architecture != "multihead" or dueling):
+            raise ValueError(
+                f"model.popart=true needs one linear head per task (net=multihead, net.dueling=false), got "
+                f"net.architecture={architecture!r}, net.dueling={dueling}"
+            )
         if self.conditioning == "embedding" and embedding_dim <= 0:
             raise ValueError(f"net.embedding_dim={embedding_dim} must be a positive integer")
+        self.obs_norm = RunningObsNorm(self.max_obs_dim, self.n_tasks) if obs_norm else None
         self._build_body(list(hidden), embedding_dim, activation, layer_norm)
-        self._build_heads(int(hidden[-1]), dueling)
+        self._build_heads(int(hidden[-1]), dueling, popart_beta)
         valid = torch.arange(self.max_n_actions)[None, :] < torch.tensor(self.n_actions)[:, None]
         self.register_buffer("valid_actions", valid, persistent=False)  # (T, max_n_actions) bool
 
@@ -110,13 +127,18 @@ class MultiTaskQNetwork(nn.Module):
                 nn.Parameter(torch.zeros(self.n_tasks, int(w))) for w in hidden
             )
 
-    def _build_heads(self, width: int, dueling: bool) -> None:
+    def _build_heads(self, width: int, dueling: bool, popart_beta: float | None) -> None:
         def make(n: int) -> nn.Module:
             return DuelingHead(width, n) if dueling else nn.Linear(width, n)
 
         self.head: nn.Module | None = None
         self.heads: nn.ModuleList | None = None
-        if self.architecture == "conditioned":
+        self.popart: PopArtHead | None = None
+        if popart_beta is not None:
+            from mtdqn.nets.popart import PopArtHead  # popart.py imports this module (invalid_fill)
+
+            self.popart = PopArtHead(width, self.n_actions, beta=popart_beta)
+        elif self.architecture == "conditioned":
             self.head = make(self.max_n_actions)
         else:
             self.heads = nn.ModuleList(make(n) for n in self.n_actions)
@@ -142,6 +164,8 @@ class MultiTaskQNetwork(nn.Module):
         """Torso output: obs (B, max_obs_dim), task_ids (B,) -> (B, hidden[-1])."""
         if obs.shape[-1] != self.max_obs_dim:
             raise ValueError(f"obs has {obs.shape[-1]} features, expected max_obs_dim={self.max_obs_dim}")
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs, task_ids)
         x = self._first_layer(obs, task_ids)
         layer = 0
         for module in list(self.torso)[1:]:
@@ -157,6 +181,8 @@ class MultiTaskQNetwork(nn.Module):
         lead = task_ids.shape
         obs, task_ids = obs.reshape(-1, obs.shape[-1]), task_ids.reshape(-1)
         feats = self.features(obs, task_ids)
+        if self.popart is not None:
+            return self.popart.unnormalized_q(feats, task_ids).reshape(*lead, self.max_n_actions)
         if self.head is not None:
             q = self.head(feats)
         else:
@@ -167,6 +193,14 @@ class MultiTaskQNetwork(nn.Module):
             q = select_task(torch.stack(outs, dim=1), task_ids)
         q = q.masked_fill(~self.valid_actions[task_ids], invalid_fill(q.dtype))
         return q.reshape(*lead, self.max_n_actions)
+
+    def normalized_q(self, obs: Tensor, task_ids: Tensor) -> Tensor:
+        """PopArt only: the head's normalized Q-values (..., max_n_actions), the TD loss's units."""
+        if self.popart is None:
+            raise ValueError("normalized_q needs a PopArt head (model.popart=true)")
+        lead = task_ids.shape
+        obs, task_ids = obs.reshape(-1, obs.shape[-1]), task_ids.reshape(-1)
+        return self.popart(self.features(obs, task_ids), task_ids).reshape(*lead, self.max_n_actions)
 
     @torch.no_grad()
     def greedy_action(self, obs: Tensor, task_ids: Tensor) -> Tensor:
@@ -186,8 +220,9 @@ class MultiTaskQNetwork(nn.Module):
         return params + (list(self.heads[t].parameters()) if self.heads is not None else [])
 
     def conditioning_parameters(self) -> list[nn.Parameter]:
-        """Per-task tables indexed by task id (embedding, FiLM): each task's loss reaches only its own row."""
+        """Per-task tables indexed by task id (embedding, FiLM, the PopArt head's stacked per-task weights): each
+        task's loss reaches only its own row."""
         params = list(self.embedding.parameters()) if self.embedding is not None else []
         if self.film_scale is not None:
             params += list(self.film_scale) + list(self.film_shift)
-        return params
+        return params + (list(self.popart.parameters()) if self.popart is not None else [])

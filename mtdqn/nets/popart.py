@@ -100,21 +100,38 @@ class PopArtHead(nn.Module):
         """(y - mu_t) / sigma_t: TD targets in the head's normalized units."""
         return (y - self.mu[task_ids]) / self.sigma[task_ids]
 
-    @torch.no_grad()
-    def update_stats(self, targets: Tensor, task_ids: Tensor) -> None:
-        """ART then POP: move mu/nu of tasks present toward the batch moments, rescale their heads to keep outputs."""
+    def batch_moments(self, targets: Tensor, task_ids: Tensor) -> Tensor:
+        """(3, T) per-task sums of the batch: sample count, sum of targets, sum of squared targets (all-reducible)."""
         y, ids = targets.reshape(-1).to(self.mu.dtype), task_ids.reshape(-1)
-        counts = self.mu.new_zeros(self.n_tasks).index_add_(0, ids, torch.ones_like(y))
+        sums = self.mu.new_zeros(3, self.n_tasks)
+        sums[0].index_add_(0, ids, torch.ones_like(y))
+        sums[1].index_add_(0, ids, y)
+        sums[2].index_add_(0, ids, y.square())
+        return sums
+
+    @torch.no_grad()
+    def update_stats(self, targets: Tensor, task_ids: Tensor, moments: Tensor | None = None) -> None:
+        """ART then POP: move mu/nu of tasks present toward the batch moments, rescale their heads to keep outputs.
+
+        `moments` (from `batch_moments`, e.g. summed over DDP ranks) replaces the moments of `targets` when given.
+        """
+        counts, sums, sq_sums = self.batch_moments(targets, task_ids) if moments is None else moments
         present = counts > 0
-        mean = self.mu.new_zeros(self.n_tasks).index_add_(0, ids, y) / counts.clamp_min(1.0)
-        mean_sq = self.mu.new_zeros(self.n_tasks).index_add_(0, ids, y.square()) / counts.clamp_min(1.0)
-        mu_old, sigma_old = self.mu.clone(), self.sigma
+        mean, mean_sq = sums / counts.clamp_min(1.0), sq_sums / counts.clamp_min(1.0)
         # Adaptively Rescaling Targets: exponential moving moments (step size beta), tasks absent keep theirs
-        self.mu.copy_(torch.where(present, torch.lerp(self.mu, mean, self.beta), self.mu))
-        self.nu.copy_(torch.where(present, torch.lerp(self.nu, mean_sq, self.beta), self.nu))
+        self.set_stats(torch.lerp(self.mu, mean, self.beta), torch.lerp(self.nu, mean_sq, self.beta), present)
+
+    @torch.no_grad()
+    def set_stats(self, mu: Tensor, nu: Tensor, tasks: Tensor | None = None) -> None:
+        """Set (mu, nu) of the tasks in the bool mask `tasks` (all when None), rescaling their heads so that the
+        unnormalized outputs stay exactly what they were (Preserving Outputs Precisely)."""
+        tasks = torch.ones_like(self.mu, dtype=torch.bool) if tasks is None else tasks
+        mu_old, sigma_old = self.mu.clone(), self.sigma
+        self.mu.copy_(torch.where(tasks, mu.to(self.mu.dtype), self.mu))
+        self.nu.copy_(torch.where(tasks, nu.to(self.nu.dtype), self.nu))
         sigma_new = self.sigma
-        # Preserving Outputs Precisely: w' = w sigma_old / sigma_new, b' = (sigma_old b + mu_old - mu_new) / sigma_new
-        ratio = torch.where(present, sigma_old / sigma_new, torch.ones_like(sigma_new))
+        # w' = w sigma_old / sigma_new, b' = (sigma_old b + mu_old - mu_new) / sigma_new
+        ratio = torch.where(tasks, sigma_old / sigma_new, torch.ones_like(sigma_new))
         new_bias = (sigma_old[:, None] * self.bias + (mu_old - self.mu)[:, None]) / sigma_new[:, None]
         self.weight.mul_(ratio[:, None, None])
-        self.bias.copy_(torch.where(present[:, None], new_bias, self.bias))
+        self.bias.copy_(torch.where(tasks[:, None], new_bias, self.bias))

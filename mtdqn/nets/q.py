@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from mtdqn.nets.normalize import RunningObsNorm
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -39,7 +41,10 @@ class DuelingHead(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """MLP torso plus a linear or dueling head: obs (B, obs_dim) -> Q-values (B, n_actions)."""
+    """MLP torso plus a linear or dueling head: obs (B, obs_dim) -> Q-values (B, n_actions).
+
+    With `obs_norm`, a RunningObsNorm (`self.obs_norm`, buffers in the state_dict) normalizes the input first.
+    """
 
     def __init__(
         self,
@@ -49,13 +54,17 @@ class QNetwork(nn.Module):
         dueling: bool = False,
         activation: str = "relu",
         layer_norm: bool = False,
+        obs_norm: bool = False,  # running observation normalization (statistics updated by the training module)
     ) -> None:
         super().__init__()
         if obs_dim <= 0 or n_actions <= 0:
             raise ValueError(f"QNetwork needs obs_dim > 0 and n_actions > 0, got {obs_dim}, {n_actions}")
+        self.obs_norm = RunningObsNorm(obs_dim) if obs_norm else None
         self.torso = mlp(obs_dim, hidden, activation, layer_norm)
         width = int(hidden[-1])
         self.head = DuelingHead(width, n_actions) if dueling else nn.Linear(width, n_actions)
 
     def forward(self, obs: Tensor) -> Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
         return self.head(self.torso(obs))
