@@ -7,6 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mtdqn.sweep import run_trial
 from mtdqn.train import train  # imported here so its OmegaConf resolvers exist in the launcher process too
 
 log = logging.getLogger("mtdqn")
@@ -16,8 +17,12 @@ log = logging.getLogger("mtdqn")
 def main(cfg: DictConfig) -> float | None:
     """Train and return the final mean eval return (the objective for sweeps).
 
-    In a multirun a failing job is recorded (summary.json: status failed, error) and the sweep goes on.
+    In a multirun a failing job is recorded (summary.json: status failed, error) and the sweep goes on. Under
+    `hparams_search=<preset>` each job is a trial: `hparams_search.seeds_per_trial` seeds trained in turn, the
+    objective their mean final `hparams_search.metric`, None (a failed trial, the study goes on) if one fails.
     """
+    if cfg.get("hparams_search"):
+        return run_trial(cfg)
     try:
         summary = train(cfg)
     except Exception as exc:

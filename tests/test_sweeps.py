@@ -28,3 +28,106 @@ def test_joblib_multirun_gives_one_run_dir_and_wandb_run_per_job_and_survives_a_
     runs = [next((p / "wandb").glob("offline-run-*")).name for p in (jobs[0], jobs[2])]
     assert runs[0] != runs[1]  # one W&B run per job, each finished in its own folder
     assert all((p / "metrics.jsonl").is_file() for p in (jobs[0], jobs[2]))
+
+
+def compose_with_hydra(overrides: list[str]):
+    """The train config with its `hydra` node (launcher, sweeper), composed without running anything."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_slurm_launcher_preset_resolves_without_submitting(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the optional extra .[slurm]")
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+                              f"hydra.sweep.dir={tmp_path}", "trainer=gpu"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher["partition"], launcher["timeout_min"], launcher["gpus_per_node"]) == ("gpu", 90, 1)
+    assert launcher["tasks_per_node"] == 1 and launcher["cpus_per_task"] == 8 and launcher["max_num_timeout"] == 0
+    assert launcher["submitit_folder"] == f"{tmp_path}/.submitit/%j"
+    instantiate(cfg.hydra.launcher)  # the plugin accepts every key (construction submits nothing)
+    assert not (tmp_path / ".submitit").exists()
+
+
+def test_optuna_preset_composes_search_space_and_trial_settings():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optional extra .[optuna]")
+    cfg = compose_with_hydra(["+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.sampler._target_.endswith("TPESampler") and sweeper.max_failure_rate == 1.0
+    assert set(sweeper.params) == {"optimizer.lr", "data.batch_size", "model.target_update_period", "replay.n_step"}
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and sweeper.study_name == "lane_keep_dqn"
+    assert cfg.hparams_search.seeds_per_trial == 3 and cfg.hparams_search.metric == "eval/mean_normalized"
+    assert cfg.data.batch_size == 128  # the experiment's values stay the base of every trial
+
+
+def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mtdqn.sweep import run_trial
+
+    cfg = OmegaConf.create({"seed": 3, "paths": {"output_dir": str(tmp_path / "trial")},
+                            "hparams_search": {"metric": "eval/mean_normalized", "seeds_per_trial": 3}})
+    seen = []
+
+    def fake_train(run):
+        seen.append((run.seed, run.paths.output_dir))
+        return {"status": "completed", "eval/mean_normalized": float(run.seed)}
+
+    assert run_trial(cfg, fake_train) == 4.0  # mean of seeds 3, 4, 5
+    assert seen == [(s, str(tmp_path / "trial" / f"seed_{s}")) for s in (3, 4, 5)]
+    record = json.loads((tmp_path / "trial" / "trial.json").read_text())
+    assert record["status"] == "completed" and record["values"] == {"3": 3.0, "4": 4.0, "5": 5.0}
+
+    def failing_second_seed(run):
+        if run.seed == 4:
+            raise ValueError("gamma=1.5 must lie in (0, 1]")
+        return {"eval/mean_normalized": 1.0}
+
+    assert run_trial(cfg, failing_second_seed) is None
+    record = json.loads((tmp_path / "trial" / "trial.json").read_text())
+    assert record["status"] == "failed" and "seed 4: ValueError: gamma=1.5" in record["error"]
+    assert run_trial(cfg, lambda run: {"eval/mean_normalized": float("nan")}) is None  # never NaN to Optuna
+    assert "is nan" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
+    assert run_trial(cfg, lambda run: {"eval/CartPole-v1/return": 9.0}) is None
+    assert "eval/CartPole-v1/return" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
+
+
+@pytest.mark.slow
+def test_optuna_search_averages_seeds_per_trial_and_survives_a_failing_trial(tmp_path):
+    """4 trials x 2 seeds at debug=smoke budgets; gamma=1.5 (an invalid value the sampler may pick) fails a trial."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optional extra .[optuna]")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "hparams_search=lane_keep_optuna", "debug=smoke", "logger=jsonl",
+         "callbacks.progress=null", "print_config=false", "hparams_search.seeds_per_trial=2",
+         "hparams_search.metric=eval/CartPole-v1/return", "hydra.sweeper.n_trials=4",
+         "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1", "data.batch_size=choice(16,32)",
+         "gamma=choice(0.99,1.5)", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = sorted((p for p in (tmp_path / "sweep").iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    assert [p.name for p in trials] == ["0", "1", "2", "3"]
+    records = {p.name: json.loads((p / "trial.json").read_text()) for p in trials}
+    status = [records[k]["status"] for k in "0123"]
+    assert "failed" in status and "completed" in status, status  # seed=1 samples gamma=1.5 in some trials only
+    for p in trials:
+        record = records[p.name]
+        if record["status"] == "failed":
+            assert "gamma=1.5" in record["error"] and record["objective"] is None
+            assert json.loads((p / "seed_0" / "summary.json").read_text())["status"] == "failed"
+            assert not (p / "seed_1").exists()  # a failed seed ends the trial
+            continue
+        values = [json.loads((p / f"seed_{s}" / "summary.json").read_text())["eval/CartPole-v1/return"]
+                  for s in (0, 1)]
+        assert record["values"] == {"0": values[0], "1": values[1]}
+        assert record["objective"] == pytest.approx(sum(values) / 2)
+        assert all((p / f"seed_{s}" / "metrics.jsonl").is_file() for s in (0, 1))
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "best_value" in best and "gamma: 0.99" in best

@@ -24,7 +24,11 @@ def _import_registrations(env_id: str) -> None:
             mod = importlib.import_module(module)
         except ImportError:
             continue
-        register = getattr(getattr(mod, "gym", None), "register_envs", None) or getattr(mod, "register_envs", None)
+        try:  # MinAtar keeps its gymnasium registration in a submodule that `import minatar` does not load
+            mod = importlib.import_module(f"{module}.gym")
+        except ImportError:
+            pass
+        register = getattr(mod, "register_envs", None)
         if callable(register):
             register()
 
