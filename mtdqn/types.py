@@ -54,6 +54,9 @@ class Round(NamedTuple):
     epsilon: float  # exploration epsilon at the end of collection
     episode_returns: Tensor  # (k,) returns of the episodes finished during this round's collection
     episode_tasks: Tensor  # (k,) int64 task index of each finished episode
+    # (T, 1 + 2 D) float64 [count, sum, sum of squares] per task of the observations collected since the last
+    # round (D = widest task's obs size); only when the Q-network normalizes observations (net.obs_norm), else None
+    obs_stats: Tensor | None = None
 
 
 @dataclass(frozen=True)

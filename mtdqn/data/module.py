@@ -27,9 +27,14 @@ class RLDataModule(MultiTaskDataModule):
         batch_size: int = 64,  # transitions per gradient update
         learning_starts: int = 1_000,  # env steps of random actions before the first update
         seed: int = 0,
+        reward_scale: float = 1.0,  # replay stores clip(reward_scale x r, -reward_clip, reward_clip)
+        reward_clip: float | None = None,  # None: no clipping
+        eval_env_factory: EnvFactory | None = None,  # evaluation env (default: env_factory)
     ) -> None:
         super().__init__([env_factory], replay, exploration, [task], num_envs, total_env_steps,
-                         env_steps_per_round, replay_ratio, batch_size, learning_starts, seed)
+                         env_steps_per_round, replay_ratio, batch_size, learning_starts, seed,
+                         reward_scale=reward_scale, reward_clip=reward_clip,
+                         eval_env_factories=None if eval_env_factory is None else [eval_env_factory])
         self.task = task
 
     buffer: ReplayBuffer = property(lambda self: self.buffers[0])  # type: ignore[assignment]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -63,6 +64,15 @@ class MultiTaskStream(IterableDataset):
     def __init__(self, dm: MultiTaskDataModule, start_env_steps: int) -> None:
         super().__init__()
         self.dm, self.env_steps = dm, start_env_steps
+        self.obs_stats: Tensor | None = None  # collected-observation moments not yet handed to the model
+
+    def track_obs(self, task: int, obs: Tensor) -> None:
+        """Add collected observations of `task` to the [count, sum, sum of squares] sent with the next round."""
+        x = pad_obs(obs, self.dm.obs_width).double()
+        if self.obs_stats is None:
+            self.obs_stats = torch.zeros(len(self.dm.tasks), 1 + 2 * x.shape[-1], dtype=torch.float64,
+                                         device=x.device)  # fmt: skip
+        self.obs_stats[task] += torch.cat([x.new_full((1,), x.shape[0]), x.sum(0), x.square().sum(0)])
 
     def collect_round(self) -> tuple[float, Tensor, Tensor]:
         dm, eps, returns, tasks = self.dm, 1.0, [], []
@@ -71,6 +81,10 @@ class MultiTaskStream(IterableDataset):
             for _ in range(dm.vec_steps_per_task):
                 eps = dm.exploration(self.env_steps)
                 transition, episodes = collector.step(eps)
+                if dm.track_obs_stats:
+                    self.track_obs(i, transition.obs)
+                if dm.reward_scale != 1.0 or dm.reward_clip is not None:
+                    transition = transition._replace(reward=dm.shape_reward(transition.reward))
                 buffer.add(transition)
                 self.env_steps += n
                 if episodes is not None:
@@ -87,7 +101,8 @@ class MultiTaskStream(IterableDataset):
                 continue
             counts = dm.composition_counts()
             parts = [buf.sample(c, dm.updates_per_round) for buf, c in zip(dm.buffers, counts, strict=True) if c > 0]
-            yield Round(concat_batches(parts, dm.obs_width), self.env_steps, eps, returns, tasks)
+            obs_stats, self.obs_stats = self.obs_stats, None
+            yield Round(concat_batches(parts, dm.obs_width), self.env_steps, eps, returns, tasks, obs_stats)
 
 
 class MultiTaskDataModule(pl.LightningDataModule):
@@ -108,6 +123,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
         seed: int = 0,
         batch_composition: str = "uniform",  # uniform | proportional (to replay sizes) | weighted
         task_weights: Sequence[float] | None = None,  # per-task shares for batch_composition=weighted
+        reward_scale: float = 1.0,  # rewards stored in replay (and so in TD targets) are multiplied by this ...
+        reward_clip: float | None = None,  # ... then clipped to [-reward_clip, reward_clip] (None: no clipping)
+        eval_env_factories: Sequence[EnvFactory] | None = None,  # evaluation envs (default: env_factories)
     ) -> None:
         super().__init__()
         check_positive(**{"data.num_envs": num_envs, "data.total_env_steps": total_env_steps,
@@ -132,6 +150,15 @@ class MultiTaskDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.total_env_steps={total_env_steps} must exceed data.learning_starts={learning_starts}"
             )
+        if not (math.isfinite(reward_scale) and reward_scale > 0):
+            raise ValueError(f"data.reward_scale={reward_scale} must be a finite number > 0")
+        if reward_clip is not None and not (math.isfinite(reward_clip) and reward_clip > 0):
+            raise ValueError(f"data.reward_clip={reward_clip} must be null (no clipping) or a finite number > 0")
+        self.reward_scale, self.reward_clip = float(reward_scale), reward_clip
+        if eval_env_factories is not None and len(eval_env_factories) != n_tasks:
+            raise ValueError(f"eval_env_factories has {len(eval_env_factories)} entries for {n_tasks} tasks")
+        self.eval_env_factories = list(eval_env_factories) if eval_env_factories is not None else None
+        self.track_obs_stats = False  # set in train_dataloader when the model normalizes observations
         self.updates_per_round = round(env_steps_per_round * replay_ratio)
         if self.updates_per_round < 1:
             raise ValueError(f"data.replay_ratio={replay_ratio} x env_steps_per_round gives < 1 update per round")
@@ -149,8 +176,10 @@ class MultiTaskDataModule(pl.LightningDataModule):
     rank = property(lambda self: self.trainer.global_rank if self.trainer else 0)
 
     def policy(self, task: int, obs: Tensor) -> Tensor:
-        """Greedy actions of the trainer's module for `task`."""
-        return self.trainer.lightning_module.policy_for(task)(obs)
+        """Greedy actions of the trainer's module's behaviour policy for `task`: its `policy_for`, unless it
+        defines `behavior_policy_for` (a distillation student collecting with its teacher)."""
+        module = self.trainer.lightning_module
+        return getattr(module, "behavior_policy_for", module.policy_for)(task)(obs)
 
     def setup(self, stage: str | None = None) -> None:
         """Per task: envs, replay and collector, with rank- and task-distinct seeds."""
@@ -173,9 +202,19 @@ class MultiTaskDataModule(pl.LightningDataModule):
             return batch_counts(self.batch_size, [float(len(b)) for b in self.buffers])
         return batch_counts(self.batch_size, self.task_weights)
 
+    def shape_reward(self, reward: Tensor) -> Tensor:
+        """clip(reward_scale x r, -reward_clip, reward_clip): what replay stores and TD targets use. Episode
+        returns (rollout/..., eval/...) are always the environment's own rewards."""
+        if self.reward_scale != 1.0:
+            reward = reward * self.reward_scale
+        if self.reward_clip is not None:
+            reward = reward.clamp(-self.reward_clip, self.reward_clip)
+        return reward
+
     def make_eval_env(self, num_envs: int, task: int = 0) -> TensorVecEnv:
-        """A separate env instance of task `task` for evaluation."""
-        return self.env_factories[task](num_envs=num_envs, device=self.device)
+        """A separate env instance of task `task` for evaluation (nominal, without domain randomization)."""
+        factories = self.eval_env_factories or self.env_factories
+        return factories[task](num_envs=num_envs, device=self.device)
 
     def update_priorities(self, indices: Tensor, td_errors: Tensor, task_ids: Tensor) -> None:
         """Route TD errors to each task's (prioritized) replay."""
@@ -185,6 +224,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
                 buf.update_priorities(indices[mask], td_errors[mask])
 
     def train_dataloader(self) -> DataLoader:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        self.track_obs_stats = bool(getattr(module, "wants_obs_stats", False))
         for c in self.collectors:
             c.seed += self.env_steps  # fresh episodes after a resume
         self.stream = MultiTaskStream(self, start_env_steps=self.env_steps)

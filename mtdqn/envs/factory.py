@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 from mtdqn.envs.base import TensorVecEnv
 from mtdqn.envs.gym_adapter import GymVecEnv, check_gym_id
+from mtdqn.envs.wrappers import PerturbedVecEnv, check_perturb, check_ranges
 from mtdqn.types import TaskSpec
 
 KINDS = ("gym", "driving")
@@ -38,12 +40,60 @@ def task_specs(kind: str, tasks: Sequence[str], env_kwargs: dict | None = None) 
     return [task_spec(kind, t, env_kwargs) for t in tasks]
 
 
-def env_factory(kind: str, task: str, env_kwargs: dict | None = None) -> EnvFactory:
-    """A callable (num_envs=, device=) -> TensorVecEnv for one task."""
-    _check_kind(kind)
-    kwargs = dict(env_kwargs or {})
-    if kind == "gym":
-        return partial(GymVecEnv, task, env_kwargs=kwargs)
-    from mtdqn.envs import driving
+def split_randomization(kind: str, ranges: Mapping[str, Sequence[float]] | None) -> tuple[dict, dict]:
+    """Validate domain-randomization ranges and split them into (simulator knobs, wrapper knobs).
 
-    return partial(driving.DrivingVecEnv, task, config=driving.DrivingConfig(**kwargs))
+    Driving tasks randomize DrivingConfig knobs inside the batched simulator (per env tensors) and only
+    `sticky_actions` in the wrapper; gymnasium tasks randomize the wrapper's `obs_noise` and `sticky_actions`.
+    """
+    _check_kind(kind)
+    ranges = dict(ranges or {})
+    if kind == "gym":
+        return {}, check_ranges(ranges)
+    from mtdqn.envs.driving.config import RANDOMIZABLE, check_randomization
+
+    allowed = [*RANDOMIZABLE, "sticky_actions"]
+    unknown = sorted(set(ranges) - set(allowed))
+    if unknown:
+        raise ValueError(f"domain_randomization: {unknown} cannot be randomized for driving tasks; choose from {allowed}")
+    wrapper = {k: v for k, v in ranges.items() if k == "sticky_actions"}
+    sim = {k: v for k, v in ranges.items() if k != "sticky_actions"}
+    return check_randomization(sim), check_ranges(wrapper)
+
+
+def check_env_options(kind: str, perturb: Mapping[str, Any] | None, randomize: Mapping | None) -> None:
+    """Validate `perturb` and `domain_randomization` for a task-set kind before any env is built."""
+    perturb = check_perturb(perturb)
+    if kind == "driving" and "obs_noise" in perturb:
+        raise ValueError("perturb.obs_noise: driving tasks have their own observation noise; use "
+                         "task_set.env_kwargs.obs_noise (noise on the normalized observation, clipped to its bounds)")
+    split_randomization(kind, randomize)
+
+
+def make_perturbed(base: EnvFactory, perturb: dict[str, float], randomize: dict, **kwargs: Any) -> TensorVecEnv:
+    """base(**kwargs) wrapped in PerturbedVecEnv (a module-level function, so factories pickle)."""
+    return PerturbedVecEnv(base(**kwargs), randomize=randomize, **perturb)
+
+
+def env_factory(kind: str, task: str, env_kwargs: dict | None = None, perturb: Mapping[str, Any] | None = None,
+                randomize: Mapping[str, Sequence[float]] | None = None) -> EnvFactory:  # fmt: skip
+    """A callable (num_envs=, device=) -> TensorVecEnv for one task.
+
+    `perturb` ({obs_noise, sticky_actions}) and `randomize` ({knob: [lo, hi]}, domain randomization per episode per
+    env) are optional; without them the factory builds exactly the plain env.
+    """
+    _check_kind(kind)
+    check_env_options(kind, perturb, randomize)
+    kwargs = dict(env_kwargs or {})
+    fixed = check_perturb(perturb)
+    sim_ranges, wrapper_ranges = split_randomization(kind, randomize)
+    if kind == "gym":
+        base = partial(GymVecEnv, task, env_kwargs=kwargs)
+    else:
+        from mtdqn.envs import driving
+
+        base = partial(driving.DrivingVecEnv, task, config=driving.DrivingConfig(**kwargs),
+                       **({"randomize": sim_ranges} if sim_ranges else {}))  # fmt: skip
+    if not fixed and not wrapper_ranges:
+        return base
+    return partial(make_perturbed, base, fixed, wrapper_ranges)

@@ -181,9 +181,15 @@ def _value_str(v: Any) -> str:
     return str(v)
 
 
-def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:
-    """Display label of a group, e.g. `optimizer.name=adam, transfer.mode=none`."""
-    return ", ".join(f"{k}={_value_str(v)}" for k, v in zip(keys, values, strict=True))
+def group_label(keys: Sequence[str], values: Sequence[Any], short: bool = False) -> str:
+    """Display label of a group, e.g. `optimizer.name=adam, transfer.mode=none`; `short` names a config node
+    with a `_target_` by its class (`optimizer=RMSprop` for `--by optimizer`)."""
+    def text(v: Any) -> str:
+        if short and isinstance(v, dict) and isinstance(v.get("_target_"), str):
+            return v["_target_"].rsplit(".", 1)[-1]
+        return _value_str(v)
+
+    return ", ".join(f"{k}={text(v)}" for k, v in zip(keys, values, strict=True))
 
 
 def _sort_key(values: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -203,7 +209,10 @@ def group_runs(runs: Iterable[Run], keys: Sequence[str]) -> dict[str, list[Run]]
         ident = tuple(_value_str(v) for v in values)
         by_values.setdefault(ident, (values, []))[1].append(run)
     ordered = sorted(by_values.values(), key=lambda item: _sort_key(item[0]))
-    return {group_label(keys, values): members for values, members in ordered}
+    labels = [group_label(keys, values, short=True) for values, _ in ordered]
+    if len(set(labels)) < len(labels):  # two nodes with one class (e.g. Adam at two learning rates): full labels
+        labels = [group_label(keys, values) for values, _ in ordered]
+    return {label: members for label, (_, members) in zip(labels, ordered, strict=True)}
 
 
 def task_metrics(runs: Iterable[Run], tasks: Sequence[str] | None = None) -> dict[str, str]:
@@ -308,6 +317,9 @@ def score_row(
         return None
     row: dict[str, Any] = {"n_runs": len(kept), "n_incomplete": sum(r.status != "completed" for r in kept)}
     row.update(stats.aggregate(scores, n_boot=n_boot, ci=ci, seed=seed, backend=backend))
+    per_run = scores.mean(axis=1)  # across-seed spread of each run's final score (mean over tasks)
+    row["std"] = float(per_run.std(ddof=1)) if per_run.size > 1 else 0.0
+    row["min"], row["max"] = float(per_run.min()), float(per_run.max())
     aucs = [stats.area_under_curve(*r.series(m)) for r in kept for m in metrics if r.series(m)[0].size]
     row["auc"] = float(np.mean(aucs)) if aucs else None
     if threshold is not None and len(metrics) == 1:
@@ -436,7 +448,7 @@ def _failed_info(run: Run, by: Sequence[str]) -> dict[str, Any]:
     values = [get_config_value(run.config, k) for k in by]
     return {
         "path": str(run.path),
-        "group": group_label(by, values),
+        "group": group_label(by, values, short=True),
         "error": run.error or "(no error recorded)",
     }
 
@@ -507,13 +519,14 @@ def _table_markdown(table: Mapping[str, Any], threshold: float, ci: float) -> li
         title = f"## Task `{table['name']}` (`{table['metrics'][0]}`)"
     else:
         title = f"## `{table['name']}`"
-    header = ["group", "runs", f"IQM [{pct}]", f"mean [{pct}]", f"median [{pct}]", "AUC"]
+    header = ["group", "runs", f"IQM [{pct}]", f"mean [{pct}]", f"median [{pct}]", "std [min, max] over runs", "AUC"]
     with_threshold = table["kind"] != "aggregate"
     header += [f"env steps to {threshold:g}"] if with_threshold else []
     lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in table["rows"].items():
         n = f"{row['n_runs']}" + (f" ({row['n_incomplete']} incomplete)" if row["n_incomplete"] else "")
         cells = [_md_cell(label), n, _fmt_ci(row, "iqm"), _fmt_ci(row, "mean"), _fmt_ci(row, "median")]
+        cells += [f"{_fmt(row.get('std'))} [{_fmt(row.get('min'))}, {_fmt(row.get('max'))}]"]
         cells += [_fmt(row["auc"])] + ([_threshold_cell(row)] if with_threshold else [])
         lines.append("| " + " | ".join(cells) + " |")
     if not table["rows"]:
@@ -533,7 +546,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "",
         f"Final score = last eval value of each run. Point estimates with {round(100 * s['ci'])}% "
         f"stratified-bootstrap CIs ({s['n_boot']} resamples, {s['stats_backend']}). AUC = mean over runs of "
-        f"the area under the eval curve divided by its env-step span. Env steps to {s['threshold']:g}: median "
+        f"the area under the eval curve divided by its env-step span. std [min, max] over runs: spread across "
+        f"runs (seeds) of each run's final score (mean over tasks). Env steps to {s['threshold']:g}: median "
         "over runs of the first eval at or above the threshold (runs that reached it / runs).",
         "",
     ]

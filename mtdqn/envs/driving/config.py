@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 TASKS: tuple[str, ...] = ("lane_keep", "pedestrian", "traffic_light", "urban")
@@ -84,3 +85,38 @@ class DrivingConfig:
     def episode_steps(self, task: str) -> int:
         """Episode length (time limit) in steps for `task` under this config."""
         return self.max_episode_steps if self.max_episode_steps is not None else TASK_FEATURES[task][2]
+
+
+# knobs that domain randomization can draw per episode per env (light_cycle and the time limit cannot)
+RANDOMIZABLE: tuple[str, ...] = ("obs_noise", "slip", "steer_delay", "curvature_range", "pedestrian_rate")
+
+
+def check_randomization(
+    ranges: Mapping[str, Sequence[float]] | None, key: str = "domain_randomization"
+) -> dict[str, tuple[float, float]]:
+    """Validate {knob: [lo, hi]} ranges for domain randomization; returns {knob: (lo, hi)} in RANDOMIZABLE order.
+
+    Every bound must itself be a valid DrivingConfig value and lo <= hi (lo == hi pins the knob).
+    """
+    ranges = dict(ranges or {})
+    unknown = sorted(set(ranges) - set(RANDOMIZABLE))
+    if unknown:
+        raise ValueError(f"{key}: {unknown} cannot be randomized in the driving simulator; choose from "
+                         f"{list(RANDOMIZABLE)}")
+    out: dict[str, tuple[float, float]] = {}
+    for name in RANDOMIZABLE:
+        if name not in ranges:
+            continue
+        value = ranges[name]
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+            raise ValueError(f"{key}.{name}={value!r} is invalid: expected a range [lo, hi]")
+        lo, hi = value
+        for bound in (lo, hi):
+            try:
+                DrivingConfig(**{name: bound})
+            except ValueError as exc:
+                raise ValueError(f"{key}.{name}={list(value)} is invalid: {exc}") from None
+        if lo > hi:
+            raise ValueError(f"{key}.{name}={list(value)} is invalid: expected lo <= hi")
+        out[name] = (lo, hi)
+    return out

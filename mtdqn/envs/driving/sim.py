@@ -8,6 +8,10 @@ episodes depend only on its seed `seed + i`, never on the number of envs beside 
 
 State is stored "struct of arrays": every field is a tensor whose last dim is the env index, so every
 elementwise op runs over contiguous memory; per-slot fields (pedestrians) are (slots, N).
+
+Domain randomization (`randomize={knob: (lo, hi)}`) draws the named knobs per env at every episode start from the
+same counter-based RNG and keeps them as per-env state fields (`KNOB_FIELDS`); without it every knob is the
+config's scalar and the step code is exactly the fixed-knob path.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch import Tensor
 
 from mtdqn.envs.driving import config as C
-from mtdqn.envs.driving.config import TASK_FEATURES, TASKS, DrivingConfig
+from mtdqn.envs.driving.config import RANDOMIZABLE, TASK_FEATURES, TASKS, DrivingConfig, check_randomization
 from mtdqn.envs.driving.rng import normals, seed_keys, uniforms
 from mtdqn.types import StepResult
 
@@ -56,18 +60,23 @@ ACTION_NAMES = tuple(f"{st}+{lo}" for st in ("left", "straight", "right") for lo
 
 # counter-based draw layout: one word = 4 uniforms; an episode start draws words 0-6 at (episode, t=0)
 _W_EPISODE, _W_PEDS, _W_LIGHT, _W_SLIP, _W_NOISE = 0, 4, 6, 7, 8
+_W_KNOBS = 16  # domain randomization: 2 words at (episode, t=0), uniform RANDOMIZABLE.index(knob) per knob
 _FAR = 1.0e6  # m
 EGO_FIELDS = ("s", "d", "psi", "v", "half_w", "limit", "amp", "wavenum", "phase")  # road params are (2, N)
 PED_FIELDS = ("ps", "py", "pvel", "ptrig", "pphase")  # each (PED_SLOTS, N)
 LIGHT_FIELDS = ("ls", "loff")
 INT_FIELDS = ("key", "episode", "t")
+# per-env knob values under domain randomization (only the randomized knobs are present)
+KNOB_FIELDS = {"obs_noise": "k_obs_noise", "slip": "k_slip", "steer_delay": "k_steer_delay",
+               "curvature_range": "k_curvature_range", "pedestrian_rate": "k_ped_gap"}  # fmt: skip
 
 
 class DrivingVecEnv:
     """Batched driving simulator implementing the `TensorVecEnv` protocol (same-step autoreset)."""
 
     def __init__(self, task: str, num_envs: int, device: str | torch.device = "cpu",
-                 config: DrivingConfig | None = None, reset_mode: str | None = None) -> None:  # fmt: skip
+                 config: DrivingConfig | None = None, reset_mode: str | None = None,
+                 randomize: dict[str, tuple[float, float]] | None = None) -> None:  # fmt: skip
         if task not in TASKS:
             raise ValueError(f"unknown driving task {task!r}; valid tasks: {', '.join(TASKS)}")
         if int(num_envs) < 1:
@@ -96,6 +105,11 @@ class DrivingVecEnv:
         self._green = 0.5 * (self.config.light_cycle - C.AMBER_TIME)
         rate = self.config.pedestrian_rate
         self._ped_gap = 200.0 / rate if rate > 0 else _FAR
+        # domain randomization: {knob: (lo, hi)} drawn per env per episode (overrides the config's value)
+        self.randomize = check_randomization(randomize)
+        self._noise_mask = torch.as_tensor(NOISE_MASK, device=dev).unsqueeze(1)
+        lo_hi = self.randomize.get("steer_delay")
+        self._delay_slots = int(lo_hi[1]) if lo_hi else self.config.steer_delay  # length of the steering buffer
         self._st: dict[str, Tensor] = {}
         self._seeded = False
 
@@ -190,7 +204,8 @@ class DrivingVecEnv:
         n, dev = key.shape[0], key.device
         u = uniforms(key, episode, 0, _W_EPISODE, _W_SLIP)  # (28, n): words 0-3 road/ego, 4-5 peds, 6 light
         e = u[: 4 * _W_PEDS]
-        mag = self.config.curvature_range * (0.3 + 0.7 * e[0])
+        knobs = self._draw_knobs(key, episode) if self.randomize else {}
+        mag = knobs.get("k_curvature_range", self.config.curvature_range) * (0.3 + 0.7 * e[0])
         split = torch.stack([e[1], 1.0 - e[1]])
         amp = mag * split * torch.where(e[2:4] < 0.5, -1.0, 1.0)
         (lo_w, hi_w), (lo_v, hi_v) = C.LANE_WIDTH_RANGE, C.SPEED_LIMIT_RANGE
@@ -201,21 +216,51 @@ class DrivingVecEnv:
             key=key.clone(), episode=episode.clone(), t=torch.zeros(n, device=dev, dtype=torch.int64),
             s=zeros, d=e[10] - 0.5, psi=(e[11] - 0.5) * 0.2, v=limit * (0.3 + 0.7 * e[12]),
             half_w=half_w, limit=limit, amp=amp, wavenum=(2 * math.pi) / (80.0 + 220.0 * e[4:6]),
-            phase=(2 * math.pi) * e[6:8],
+            phase=(2 * math.pi) * e[6:8], **knobs,
         )  # fmt: skip
-        if self.config.steer_delay > 0:
-            st["steer_buf"] = torch.zeros(self.config.steer_delay, n, device=dev)
+        if self._delay_slots > 0:
+            st["steer_buf"] = torch.zeros(self._delay_slots, n, device=dev)
         if self.has_peds:
             st.update(self._spawn_peds(st, zeros, u[4 * _W_PEDS : 4 * _W_LIGHT]))
         if self.has_lights:
             st["ls"], st["loff"] = self._spawn_light(torch.full_like(zeros, C.LIGHT_FIRST), u[4 * _W_LIGHT :])
         return st
 
+    def _draw_knobs(self, key: Tensor, episode: Tensor) -> dict[str, Tensor]:
+        """Per-env values of the randomized knobs for new episodes: uniform in [lo, hi] (integers for
+        steer_delay); pedestrian_rate is kept as the mean spawn gap 200 / rate (m)."""
+        u = uniforms(key, episode, 0, _W_KNOBS, 2)  # (8, n); knob i always uses row i
+        out = {}
+        for name, (lo, hi) in self.randomize.items():
+            x = u[RANDOMIZABLE.index(name)]
+            if name == "steer_delay":
+                out[KNOB_FIELDS[name]] = (lo + (hi - lo + 1) * x).floor().long().clamp_(max=int(hi))
+            elif name == "pedestrian_rate":
+                rate = lo + (hi - lo) * x
+                out[KNOB_FIELDS[name]] = torch.where(rate > 0, 200.0 / rate.clamp(min=1e-6), _FAR)
+            else:
+                out[KNOB_FIELDS[name]] = lo + (hi - lo) * x
+        return out
+
+    def knob_values(self) -> dict[str, Tensor]:
+        """Each env's current value (N,) of every DrivingConfig knob that domain randomization touches."""
+        st, n, out = self._st, self.num_envs, {}
+        for name in RANDOMIZABLE:
+            field = KNOB_FIELDS[name]
+            if field not in st:
+                out[name] = torch.full((n,), getattr(self.config, name), device=self.device)
+            elif name == "pedestrian_rate":
+                out[name] = torch.where(st[field] >= _FAR, 0.0, 200.0 / st[field])
+            else:
+                out[name] = st[field].clone()
+        return out
+
     def _spawn_peds(self, st: dict[str, Tensor], s: Tensor, u: Tensor | None = None) -> dict[str, Tensor]:
         """New waiting pedestrians (one per slot) ahead of s (R,), drawn at each row's (episode, t)."""
         if u is None:
             u = uniforms(st["key"], st["episode"], st["t"], _W_PEDS, 2)  # (8, R): 4 features x 2 slots
-        ps = s + (C.PED_SPAWN_AHEAD - self._ped_gap * torch.log(u[0:2]))
+        gap = st.get("k_ped_gap", self._ped_gap)
+        ps = s + (C.PED_SPAWN_AHEAD - gap * torch.log(u[0:2]))
         side = torch.where(u[2:4] < 0.5, -1.0, 1.0)
         (lo_p, hi_p), (lo_t, hi_t) = C.PED_SPEED_RANGE, C.PED_TRIGGER_RANGE
         return dict(ps=ps, py=side * (st["half_w"] + C.CURB_OFFSET), pvel=-side * (lo_p + (hi_p - lo_p) * u[4:6]),
@@ -249,11 +294,14 @@ class DrivingVecEnv:
         cfg = self.config
         st["t"] = t = st["t"] + 1
         steer, accel = self._action_table[:, actions]
-        if cfg.steer_delay > 0:
-            buf = st["steer_buf"]
-            steer, st["steer_buf"] = buf[0], torch.cat([buf[1:], steer.unsqueeze(0)])
-        if cfg.slip > 0:
-            steer = steer.masked_fill(uniforms(st["key"], st["episode"], t, _W_SLIP, 1)[0] < cfg.slip, 0.0)
+        if self.randomize:
+            steer = self._perturb_steering_per_env(st, steer, t)
+        else:
+            if cfg.steer_delay > 0:
+                buf = st["steer_buf"]
+                steer, st["steer_buf"] = buf[0], torch.cat([buf[1:], steer.unsqueeze(0)])
+            if cfg.slip > 0:
+                steer = steer.masked_fill(uniforms(st["key"], st["episode"], t, _W_SLIP, 1)[0] < cfg.slip, 0.0)
         s, d, psi = st["s"], st["d"], st["psi"]
         kappa = self.curvature(s, st)
         st["v"] = v = (st["v"] + accel * C.DT).clamp_(0.0, C.V_MAX)
@@ -274,6 +322,22 @@ class DrivingVecEnv:
             reward, terminated = reward - C.PENALTY_RED * ran_red, terminated | ran_red
         return reward, terminated
 
+    def _perturb_steering_per_env(self, st: dict[str, Tensor], steer: Tensor, t: Tensor) -> Tensor:
+        """Steering delay and slip with per-env knob values (domain randomization; same draws as fixed knobs)."""
+        cfg, slots = self.config, self._delay_slots
+        if slots > 0:  # buffer of the last `slots` commands, newest last: a delay of k reads full[slots - k]
+            full = torch.cat([st["steer_buf"], steer.unsqueeze(0)])
+            delay = st.get("k_steer_delay")
+            if delay is None:
+                steer = full[0]
+            else:
+                steer = full.gather(0, (slots - delay).unsqueeze(0)).squeeze(0)
+            st["steer_buf"] = full[1:]
+        slip = st.get("k_slip", cfg.slip)
+        if "k_slip" in st or cfg.slip > 0:
+            steer = steer.masked_fill(uniforms(st["key"], st["episode"], t, _W_SLIP, 1)[0] < slip, 0.0)
+        return steer
+
     def _advance_peds(self, st: dict[str, Tensor], s: Tensor, d: Tensor) -> Tensor:
         """Move pedestrians, respawn the ones 5 m behind the car; returns the collision mask (N,)."""
         ps, pvel, pphase = st["ps"], st["pvel"], st["pphase"]
@@ -287,7 +351,7 @@ class DrivingVecEnv:
         passed = ds < -5.0
 
         def respawn(rows: Tensor | slice) -> dict[str, Tensor]:
-            sub = {k: st[k][..., rows] for k in ("key", "episode", "t", "half_w", *PED_FIELDS)}
+            sub = {k: st[k][..., rows] for k in ("key", "episode", "t", "half_w", *PED_FIELDS, "k_ped_gap") if k in st}
             new, keep = self._spawn_peds(sub, s[rows]), passed[:, rows]
             return {k: torch.where(keep, new[k], sub[k]) for k in PED_FIELDS}
 
@@ -317,10 +381,12 @@ class DrivingVecEnv:
         parts.append(self._observe_peds(st, s, d, psi, v) if self.has_peds else s.new_zeros(5 * C.PED_SLOTS, n))
         parts.append(self._observe_light(st, s) if self.has_lights else s.new_zeros(6, n))
         raw = torch.cat(parts)  # (OBS_DIM, R), rows contiguous
-        if self.config.obs_noise == 0:
+        noise_std = st.get("k_obs_noise")
+        if noise_std is None and self.config.obs_noise == 0:
             return torch.mm(raw.t(), self._scale_mat)  # transpose + scale in one BLAS call
+        noise_col = self._noise_col if noise_std is None else self._noise_mask * noise_std  # (OBS_DIM, 1 or R)
         obs = raw * self._scale.unsqueeze(1)
-        obs = obs + normals(st["key"], st["episode"], st["t"], _W_NOISE, OBS_DIM) * self._noise_col
+        obs = obs + normals(st["key"], st["episode"], st["t"], _W_NOISE, OBS_DIM) * noise_col
         obs = torch.maximum(torch.minimum(obs, self.obs_high.unsqueeze(1)), self.obs_low.unsqueeze(1))
         return torch.mm(obs.t(), self._eye)
 

@@ -1,0 +1,160 @@
+"""Stability and robustness end to end: observation-normalizer statistics through training, checkpoints and
+reloading; robustness reports of a tiny checkpoint; domain randomization and adversarial training from config;
+the sweep presets' multirun grids."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdqn.callbacks import load_checkpoint
+from mtdqn.envs.driving import DrivingVecEnv
+from mtdqn.evaluation import stats
+from mtdqn.evaluation.robustness import load_trained, robustness_report, write_report
+from mtdqn.models.adversarial import AdversarialObs
+from mtdqn.train import build, train
+from tests.helpers.config import compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["+experiment=lane_keep_dqn", "data.total_env_steps=800", "data.learning_starts=300", "data.batch_size=24",
+        "data.env_steps_per_round=96", "data.num_envs=4", "callbacks.eval.every_env_steps=400",
+        "callbacks.eval.episodes=2", "callbacks.progress=null", "logger=jsonl", "print_config=false",
+        "callbacks.checkpoint.every_env_steps=400", "model.target_update_period=300"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def normalized_run(tmp_path_factory):
+    """A tiny lane_keep run with net.obs_norm=true: (run dir, live online net, live target net, data module)."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path_factory.mktemp("obs_norm_run")
+    cfg = compose_cfg([*TINY, "net.obs_norm=true"], run_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # as train() writes it
+    model, data, trainer = build(cfg)
+    trainer.fit(model, datamodule=data)
+    return run_dir, model.q_net, model.target_net, data
+
+
+def test_obs_norm_statistics_track_collected_observations_and_survive_save_and_load(normalized_run):
+    run_dir, q_net, target_net, data = normalized_run
+    norm = q_net.obs_norm
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    steps = saved["RLDataModule"]["env_steps"]
+    assert int(norm.count[0]) == steps >= 800  # every collected observation, warm-up included
+    buf = data.buffer  # capacity >= 800: replay holds exactly the collected observations
+    collected = buf.obs[: buf.size].reshape(-1, buf.obs_dim).double()
+    torch.testing.assert_close(norm.mean[0].double(), collected.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.var[0].double(), collected.var(0, unbiased=False), rtol=1e-4, atol=1e-6)
+    # the checkpoint holds the statistics of the online and the target network
+    for prefix, net in (("q_net.", q_net), ("target_net.", target_net)):
+        for name in ("count", "mean", "var"):
+            assert torch.equal(saved["state_dict"][f"{prefix}obs_norm.{name}"], getattr(net.obs_norm, name))
+    # the target keeps the statistics of its last sync (target_update_period=300 env steps: last at 600)
+    assert 0 < int(target_net.obs_norm.count[0]) < steps
+    # rebuilding the network from config.yaml + weights-only checkpoint: identical statistics, identical Q-values
+    loaded = load_trained(run_dir)
+    for name in ("count", "mean", "var"):
+        assert torch.equal(getattr(loaded.net.obs_norm, name), getattr(norm, name))
+    obs = DrivingVecEnv("lane_keep", 64).reset(99)
+    with torch.no_grad():
+        assert torch.equal(loaded.net(obs), q_net(obs))
+
+
+def test_target_network_keeps_its_statistics_until_the_next_sync(tmp_path):
+    model, _, _ = build(compose_cfg([*TINY, "net.obs_norm=true"], tmp_path))
+    stats_ = torch.zeros(1, 1 + 2 * 26, dtype=torch.float64)
+    stats_[0, 0], stats_[0, 1:27], stats_[0, 27:] = 10.0, 5.0, 30.0  # 10 observations, mean 0.5, var 2.75
+    model.update_obs_norm(stats_)
+    assert int(model.q_net.obs_norm.count[0]) == 10 and int(model.target_net.obs_norm.count[0]) == 0
+    model.sync_target(model.target_update_period)
+    assert torch.equal(model.target_net.obs_norm.mean, model.q_net.obs_norm.mean)
+    torch.testing.assert_close(model.q_net.obs_norm.var, torch.full((1, 26), 2.75))
+
+
+def test_robustness_report_of_a_tiny_checkpoint(normalized_run, tmp_path):
+    run_dir = normalized_run[0]
+    axes = {"obs_noise": [0.0, 0.2], "fgsm": [0.0, 0.05, 0.1], "steer_delay": [0, 3]}
+    report = robustness_report([run_dir], axes, episodes=3)
+    assert list(report["axes"]) == list(axes) and len(report["runs"]) == 1
+    run = report["runs"][0]
+    for axis, levels in axes.items():
+        curve = run["curves"][axis]["lane_keep"]
+        assert curve["levels"] == levels and curve["normalized"] is True
+        assert len(curve["score"]) == len(curve["return"]) == len(levels)
+        assert curve["area"] == pytest.approx(stats.area_under_curve(levels, curve["score"]))
+        assert run["areas"][axis] == pytest.approx(curve["area"])
+        g = report["groups"][run["group"]]["axes"][axis]
+        assert g["area_mean"] == pytest.approx(curve["area"]) and g["area_ci"][0] <= g["area_mean"] <= g["area_ci"][1]
+    nominal = run["curves"]["obs_noise"]["lane_keep"]["score"][0]
+    assert run["curves"]["fgsm"]["lane_keep"]["score"][0] == nominal == run["curves"]["steer_delay"]["lane_keep"]["score"][0]
+    written = write_report(report, tmp_path / "out")
+    assert {p.name for p in written} == {"robustness.png", "robustness.md", "robustness.json"}
+    assert json.loads((tmp_path / "out" / "robustness.json").read_text())["axes"]["fgsm"] == [0.0, 0.05, 0.1]
+    assert "## `steer_delay`" in (tmp_path / "out" / "robustness.md").read_text()
+
+
+def test_robustness_script_groups_runs_and_validates_axes(normalized_run, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robustness_script", ROOT / "scripts" / "robustness.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "rob"
+    assert script.main([str(normalized_run[0]), "--axis", "slip", "--levels", "0", "0.5", "--episodes", "2",
+                        "--by", "net.obs_norm", "--out", str(out), "--no-plots"]) == 0  # fmt: skip
+    report = json.loads((out / "robustness.json").read_text())
+    assert list(report["groups"]) == ["net.obs_norm=True"] and report["axes"] == {"slip": [0.0, 0.5]}
+    assert script.main([str(normalized_run[0]), "--axis", "sticky_actions", "fgsm", "--levels", "0", "1"]) == 2
+    assert script.main([str(normalized_run[0]), "--axis", "slip", "--levels", "0", "1.5", "--out", str(out)]) == 2
+    assert "slip" in capsys.readouterr().err
+
+
+def test_domain_randomization_trains_on_randomized_envs_and_evaluates_on_the_nominal_task(tmp_path):
+    cfg = compose_cfg([*TINY, "domain_randomization=driving", "domain_randomization.slip=[0.1,0.4]",
+                       "perturb.sticky_actions=0.1"], tmp_path)  # fmt: skip
+    model, data, trainer = build(cfg)
+    data.setup()
+    train_env, eval_env = data.env, data.make_eval_env(2)
+    assert train_env.env.randomize == {"obs_noise": (0.0, 0.2), "slip": (0.1, 0.4), "steer_delay": (0, 2)}
+    assert eval_env.env.randomize == {} and eval_env.knobs["sticky_actions"].eq(0.1).all()
+    with pytest.raises(ValueError, match=r"domain_randomization.*light_cycle"):
+        build(compose_cfg([*TINY, "+domain_randomization.light_cycle=[10,20]"], tmp_path))
+    summary = train(compose_cfg([*TINY, "domain_randomization=driving"], tmp_path / "run"))
+    assert summary["status"] == "completed"
+
+
+def test_adversarial_training_from_config(tmp_path):
+    model, data, trainer = build(compose_cfg([*TINY, "adversarial.epsilon=0.02", "adversarial.fraction=0.25"],
+                                             tmp_path))  # fmt: skip
+    transforms = [t for t in model.batch_transforms if isinstance(t, AdversarialObs)]
+    assert len(transforms) == 1 and (transforms[0].epsilon, transforms[0].fraction) == (0.02, 0.25)
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step > 0
+    assert not any(isinstance(t, AdversarialObs) for t in build(compose_cfg(TINY, tmp_path / "off"))[0].batch_transforms)
+
+
+def _sweep_grid(preset: str) -> list[dict[str, str]]:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[f"+experiment={preset}"], return_hydra_config=True)
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    return [dict(zip(params, combo, strict=True)) for combo in itertools.product(*params.values())]
+
+
+def test_sweep_presets_define_their_grids():
+    grid = _sweep_grid("stability_sweep")
+    assert len(grid) == 15
+    assert {g["optimizer"] for g in grid} == {"adam", "rmsprop", "adabelief"}
+    assert {g["seed"] for g in grid} == {"0", "1", "2", "3", "4"}
+    dr = _sweep_grid("lane_keep_dr")
+    assert len(dr) == 6 and {g["domain_randomization"] for g in dr} == {"none", "driving"}
+    for preset in ("stability_sweep", "lane_keep_dr"):
+        cfg = compose_cfg([f"+experiment={preset}"], "/tmp/unused")
+        base = compose_cfg(["+experiment=lane_keep_dqn"], "/tmp/unused")
+        assert cfg.data == base.data and cfg.model == base.model and cfg.optimizer == base.optimizer
+        assert cfg.experiment_name == preset
