@@ -1,14 +1,25 @@
-"""Periodic greedy evaluation on separate env instances, logged as eval/<task>/return."""
+"""Periodic greedy evaluation on separate env instances, logged as eval/<task>/return.
+
+Source tasks (transfer): `source_tasks` are evaluated too, with the model's own policy, logged as
+`eval/source/<task>/return` and `.../normalized` (plus `eval/source/mean_normalized`), so a run on a target task
+draws the forgetting curve of the tasks it was transferred from. The policy for a source task is the model's
+policy for the task of the same name when the model trains it (a multi-task model keeps that task's head), else
+the single-task model's one policy (the driving tasks share observation and action spaces); a multi-task model
+without a task of that name, or mismatched spaces, is refused at train start.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
+from mtdqn.envs import env_factory, task_spec
 from mtdqn.evaluation.episodes import record_episode, run_episodes, save_gif
+from mtdqn.types import TaskSpec
 
 VIDEO_MODES = ("none", "final", "every")
 
@@ -30,6 +41,11 @@ class EvalCallback(pl.Callback):
         seed: int = 10_000,
         video: str = "none",  # none | final | every: record one greedy episode (envs that can render)
         video_dir: str = "videos",
+        at_start: bool = False,  # also evaluate once before the first update (fresh runs: env step 0)
+        source_tasks: Sequence[str] | None = None,  # extra tasks evaluated with the model's policy (eval/source/...)
+        task_kind: str = "driving",  # task_set.kind of the source tasks
+        env_kwargs: Mapping[str, Any] | None = None,  # env knobs of the source tasks (the target's task_set's)
+        perturb: Mapping[str, Any] | None = None,  # fixed perturbations of the source tasks (the run's `perturb`)
     ) -> None:
         if every_env_steps <= 0 or episodes <= 0:
             raise ValueError(f"callbacks.eval: every_env_steps={every_env_steps} and episodes={episodes} must be > 0")
@@ -41,6 +57,18 @@ class EvalCallback(pl.Callback):
         self.history: list[dict[str, float]] = []
         self.eval_seconds = 0.0
         self.started = time.perf_counter()
+        self.at_start = at_start
+        kwargs = dict(env_kwargs or {})
+        self.source_specs: list[TaskSpec] = []
+        for name in list(source_tasks or []):
+            try:
+                self.source_specs.append(task_spec(task_kind, str(name), kwargs))
+            except ValueError as exc:
+                raise ValueError(f"transfer.eval_source_tasks: {str(exc).removeprefix('task_set.tasks: ')}") from None
+        perturb = dict(perturb or {}) or None
+        self.source_factories = [env_factory(task_kind, s.name, kwargs, perturb) for s in self.source_specs]
+        self.source_envs: list = []
+        self.source_policy: list[int] = []
 
     @property
     def latest(self) -> dict[str, float]:
@@ -50,8 +78,12 @@ class EvalCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         self.envs = [dm.make_eval_env(self.episodes, task=i) for i in range(len(pl_module.tasks))]
+        self.source_policy = [source_policy_index(pl_module.tasks, s) for s in self.source_specs]
+        self.source_envs = [f(num_envs=self.episodes, device=dm.device) for f in self.source_factories]
         self.last_eval_steps = self.start_steps = trainer.datamodule.current_env_steps()
         self.started = time.perf_counter()
+        if self.at_start and self.start_steps == 0:
+            self.evaluate(trainer, pl_module, 0)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         steps = trainer.datamodule.current_env_steps()
@@ -64,7 +96,7 @@ class EvalCallback(pl.Callback):
             self.evaluate(trainer, pl_module, steps)
         if self.video == "final":
             self.record(trainer, pl_module, steps)
-        for env in self.envs:
+        for env in [*self.envs, *self.source_envs]:
             env.close()
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> dict[str, float]:
@@ -84,6 +116,7 @@ class EvalCallback(pl.Callback):
         if normalized:
             metrics["eval/mean_normalized"] = sum(normalized) / len(normalized)
             metrics["eval/min_normalized"] = min(normalized)
+        metrics.update(self.evaluate_sources(pl_module))
         self.eval_seconds += time.perf_counter() - t0
         train_seconds = max(time.perf_counter() - self.started - self.eval_seconds, 1e-9)
         metrics.update({
@@ -97,6 +130,23 @@ class EvalCallback(pl.Callback):
         log_to_loggers(trainer, metrics)
         if self.video == "every":
             self.record(trainer, pl_module, steps)
+        return metrics
+
+    def evaluate_sources(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """eval/source/<task>/return, return_std, normalized and eval/source/mean_normalized."""
+        metrics: dict[str, float] = {}
+        normalized = []
+        for spec, env, index in zip(self.source_specs, self.source_envs, self.source_policy, strict=True):
+            returns = run_episodes(pl_module.policy_for(index), env, seed=self.seed)
+            mean = float(returns.mean())
+            metrics[f"eval/source/{spec.name}/return"] = mean
+            metrics[f"eval/source/{spec.name}/return_std"] = float(returns.std(unbiased=False))
+            score = spec.normalize(mean)
+            if score is not None:
+                metrics[f"eval/source/{spec.name}/normalized"] = score
+                normalized.append(score)
+        if normalized:
+            metrics["eval/source/mean_normalized"] = sum(normalized) / len(normalized)
         return metrics
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> list[Path]:
@@ -120,3 +170,21 @@ class EvalCallback(pl.Callback):
                     logger.experiment.log({f"video/{task.name}": wandb.Video(str(path), format="gif")})
         self.eval_seconds += time.perf_counter() - t0
         return paths
+
+
+def source_policy_index(tasks: Sequence[TaskSpec], source: TaskSpec) -> int:
+    """Which of the model's task policies plays source task `source`: the task of the same name, else the only
+    one; its observation and action spaces must fit."""
+    names = [t.name for t in tasks]
+    if source.name in names:
+        return names.index(source.name)
+    if len(tasks) != 1:
+        raise ValueError(f"transfer.eval_source_tasks: {source.name!r} is not a task of the {len(tasks)}-task model "
+                         f"({names}); a multi-task model is evaluated on the source tasks it trains, a single-task "
+                         "model with its one policy")
+    own = tasks[0]
+    if (own.obs_dim, own.n_actions) != (source.obs_dim, source.n_actions):
+        raise ValueError(f"transfer.eval_source_tasks: {source.name!r} has obs_dim/n_actions "
+                         f"{(source.obs_dim, source.n_actions)}, the model's task {own.name!r} "
+                         f"{(own.obs_dim, own.n_actions)}: its policy cannot play it")
+    return 0

@@ -1,0 +1,265 @@
+"""Source checkpoints for transfer: weights-only loading, name-and-shape matching, teachers for distillation.
+
+A source run directory holds `config.yaml` and `checkpoints/last.ckpt` (the Lightning checkpoint: `state_dict` with
+`q_net.*` and `target_net.*`, and the data module's state with its replay buffers). Checkpoints are loaded
+weights-only (`mtdqn.callbacks.checkpoint.load_checkpoint`): a file that carries pickled objects is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from mtdqn.callbacks.checkpoint import load_checkpoint
+from mtdqn.envs import task_specs
+from mtdqn.nets.multitask import MultiTaskQNetwork
+from mtdqn.nets.q import QNetwork
+from mtdqn.types import TaskSpec
+
+log = logging.getLogger("mtdqn")
+NET_PREFIX = "q_net."
+TARGET_PREFIX = "target_net."
+DATAMODULE_KEYS = ("MultiTaskDataModule", "RLDataModule")  # where Lightning stores the data module's state
+NET_CLASSES: dict[str, type[nn.Module]] = {  # nets a source config may name (no arbitrary imports from a file)
+    "mtdqn.nets.QNetwork": QNetwork,
+    "mtdqn.nets.q.QNetwork": QNetwork,
+    "mtdqn.nets.multitask.MultiTaskQNetwork": MultiTaskQNetwork,
+}
+
+
+@dataclass
+class SourceCheckpoint:
+    """A loaded source: the checkpoint dict (tensors only) and the run's resolved config (None if not found)."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+    config: dict[str, Any] | None
+
+    @property
+    def tasks(self) -> list[str] | None:
+        """Task names the source was trained on (from its config), or None without a config."""
+        if self.config is None:
+            return None
+        return [str(t) for t in (self.config.get("task_set") or {}).get("tasks") or []]
+
+    def net_state(self, prefix: str = NET_PREFIX) -> dict[str, Tensor]:
+        """The online (or, with prefix='target_net.', target) network's tensors, names without the prefix."""
+        state = self.checkpoint.get("state_dict") or {}
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    def replays(self) -> list[dict[str, Any]]:
+        """Per-task replay buffer states saved with the checkpoint (empty list if none)."""
+        for key in DATAMODULE_KEYS:
+            if isinstance(self.checkpoint.get(key), Mapping):
+                return list(self.checkpoint[key].get("replays") or [])
+        for value in self.checkpoint.values():  # a data module of another class name
+            if isinstance(value, Mapping) and "replays" in value:
+                return list(value["replays"])
+        return []
+
+
+def resolve_checkpoint(ref: str, key: str) -> Path:
+    """A local checkpoint path, or a W&B model artifact `wandb:<entity>/<project>/<name>:<alias>` (online only)."""
+    if ref.startswith("wandb:"):
+        try:
+            import wandb
+
+            directory = Path(wandb.Api().artifact(ref[len("wandb:"):], type="model").download())
+        except Exception as exc:  # no network, not logged in, unknown artifact
+            raise ValueError(f"{key}={ref!r}: cannot download the W&B artifact ({type(exc).__name__}: {exc}); "
+                             "use a local path to last.ckpt") from exc
+        ref = str(directory / "last.ckpt")
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{key}={ref!r} is not a file; expected a checkpoint such as <run>/checkpoints/last.ckpt")
+    return path
+
+
+def find_config(ckpt: Path, explicit: str | None = None) -> dict[str, Any] | None:
+    """The source run's config.yaml: `explicit`, else <run>/config.yaml for <run>/checkpoints/last.ckpt."""
+    candidates = [Path(explicit)] if explicit else [ckpt.parent.parent / "config.yaml", ckpt.parent / "config.yaml"]
+    for c in candidates:
+        if c.is_file():
+            cfg = yaml.safe_load(c.read_text())
+            return cfg if isinstance(cfg, dict) else None
+    if explicit:
+        raise ValueError(f"transfer.source_config={explicit!r} is not a file")
+    return None
+
+
+def load_source(ref: str, key: str = "transfer.checkpoint", config: str | None = None) -> SourceCheckpoint:
+    """Resolve and load a checkpoint weights-only (pickled objects are refused), with its run config."""
+    path = resolve_checkpoint(ref, key)
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as exc:
+        raise ValueError(f"{key}={ref!r}: {exc}") from exc
+    if not isinstance(ckpt, dict) or not any(k.startswith(NET_PREFIX) for k in ckpt.get("state_dict") or {}):
+        raise ValueError(f"{key}={ref!r} holds no Q-network weights (no 'state_dict' with '{NET_PREFIX}*' tensors)")
+    return SourceCheckpoint(path, ckpt, find_config(path, config))
+
+
+@dataclass
+class LoadReport:
+    """What `load_matching` did: tensors loaded (target name -> source name), re-initialized (name -> why)."""
+
+    loaded: dict[str, str] = field(default_factory=dict)
+    reinitialized: dict[str, str] = field(default_factory=dict)
+    unused: list[str] = field(default_factory=list)  # source tensors no target tensor took
+
+    def summary(self) -> str:
+        """A few lines for the log."""
+        lines = [f"loaded {len(self.loaded)} tensors: " + ", ".join(
+            k if k == v else f"{k} <- {v}" for k, v in self.loaded.items())]
+        if self.reinitialized:
+            lines.append(f"re-initialized {len(self.reinitialized)}: " + ", ".join(
+                f"{k} ({why})" for k, why in self.reinitialized.items()))
+        if self.unused:
+            lines.append(f"unused source tensors: {', '.join(self.unused)}")
+        return "\n".join(lines)
+
+
+def head_prefix_map(target_names: Sequence[str], source: SourceCheckpoint, head_from: str | None) -> dict[str, str]:
+    """{target prefix: source prefix} sending the target's head(s) to the head of source task `head_from`."""
+    if head_from is None:
+        return {}
+    tasks = source.tasks
+    if tasks is None:
+        raise ValueError(f"transfer.head_from={head_from!r} needs the source run's config.yaml (its task names); "
+                         f"none next to {source.path} (set transfer.source_config)")
+    if head_from not in tasks:
+        raise ValueError(f"transfer.head_from={head_from!r} is not a source task; the source trained on {tasks}")
+    names = source.net_state()
+    if any(n.startswith("heads.") for n in names):
+        src = f"heads.{tasks.index(head_from)}."
+    elif any(n.startswith("head.") for n in names):
+        src = "head."
+    else:
+        raise ValueError(f"transfer.head_from={head_from!r}: the source network has no 'head.' or 'heads.' tensors")
+    targets = sorted({".".join(n.split(".")[:2]) + "." for n in target_names if n.startswith("heads.")})
+    targets += ["head."] if any(n.startswith("head.") for n in target_names) else []
+    return {t: src for t in targets}
+
+
+def source_name(name: str, prefix_map: Mapping[str, str]) -> str:
+    """The source tensor name for target tensor `name` (first matching prefix rewritten, else the same name)."""
+    for target_prefix, source_prefix in prefix_map.items():
+        if name.startswith(target_prefix):
+            return source_prefix + name[len(target_prefix):]
+    return name
+
+
+@torch.no_grad()
+def load_matching(target: nn.Module, source_state: Mapping[str, Tensor],
+                  prefix_map: Mapping[str, str] | None = None) -> LoadReport:
+    """Copy every source tensor whose (mapped) name and shape match into `target`; the rest keep their values."""
+    prefix_map = prefix_map or {}
+    report = LoadReport()
+    for name, tensor in target.state_dict().items():
+        src = source_name(name, prefix_map)
+        if src not in source_state:
+            report.reinitialized[name] = f"no {src!r} in source"
+        elif tuple(source_state[src].shape) != tuple(tensor.shape):
+            report.reinitialized[name] = f"shape {tuple(source_state[src].shape)} in source vs {tuple(tensor.shape)}"
+        else:
+            tensor.copy_(source_state[src])
+            report.loaded[name] = src
+    report.unused = [k for k in source_state if k not in set(report.loaded.values())]
+    return report
+
+
+def net_class(net_cfg: Mapping[str, Any], key: str) -> type[nn.Module]:
+    """The network class a config's `net` node names (mtdqn.nets.* only)."""
+    target = str(net_cfg.get("_target_", ""))
+    if target in NET_CLASSES:
+        return NET_CLASSES[target]
+    module, _, name = target.rpartition(".")
+    if module.startswith("mtdqn.nets"):
+        cls = getattr(importlib.import_module(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            return cls
+    raise ValueError(f"{key}: net._target_={target!r} is not a network class of mtdqn.nets")
+
+
+def build_net(config: Mapping[str, Any], key: str) -> tuple[nn.Module, list[TaskSpec]]:
+    """A fresh network with the architecture of a run config's `net` node, and that run's task specs."""
+    net_cfg = dict(config.get("net") or {})
+    cls = net_class(net_cfg, key)
+    ts = config.get("task_set") or {}
+    specs = task_specs(str(ts.get("kind")), list(ts.get("tasks") or []), dict(ts.get("env_kwargs") or {}))
+    kwargs = {k: v for k, v in net_cfg.items() if not k.startswith("_")}
+    if cls is QNetwork or not issubclass(cls, MultiTaskQNetwork):
+        return cls(obs_dim=specs[0].obs_dim, n_actions=specs[0].n_actions, **kwargs), specs
+    return cls(tasks=specs, **kwargs), specs
+
+
+class TeacherQ(nn.Module):
+    """A frozen teacher's Q-values for one task: obs (B, >= obs_dim), zero-padded beyond it -> (B, n_actions)."""
+
+    def __init__(self, net: nn.Module, task_index: int | None, obs_dim: int, n_actions: int) -> None:
+        super().__init__()
+        self.net, self.task_index, self.obs_dim, self.n_actions = net, task_index, obs_dim, n_actions
+        self.net.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, obs: Tensor) -> Tensor:
+        obs = obs[..., : self.obs_dim]
+        if self.task_index is None:
+            return self.net(obs)
+        width = self.net.max_obs_dim
+        obs = F.pad(obs, (0, width - obs.shape[-1])) if obs.shape[-1] < width else obs
+        ids = torch.full(obs.shape[:-1], self.task_index, dtype=torch.int64, device=obs.device)
+        return self.net(obs, ids)[..., : self.n_actions]
+
+
+def load_teacher(ref: str, key: str) -> tuple[nn.Module, list[TaskSpec], Path]:
+    """A teacher network (weights-only, architecture from its run's config.yaml) and its task specs."""
+    source = load_source(ref, key)
+    if source.config is None:
+        raise ValueError(f"{key}={ref!r}: no config.yaml at {source.path.parent.parent} (the teacher's run "
+                         "directory); it names the teacher's net architecture and tasks")
+    net, specs = build_net(source.config, key)
+    try:
+        net.load_state_dict(source.net_state(), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{key}={ref!r}: the weights do not fit the net of its config.yaml: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    return net, specs, source.path
+
+
+def teachers_for(students: Sequence[TaskSpec], teachers: Sequence[str] | Mapping[str, str]) -> list[TeacherQ]:
+    """One TeacherQ per student task: from {task: checkpoint}, or the first listed checkpoint trained on it."""
+    if isinstance(teachers, Mapping):
+        unknown = set(teachers) - {s.name for s in students}
+        if unknown:
+            raise ValueError(f"transfer.teachers names tasks {sorted(unknown)} the student does not train on "
+                             f"({[s.name for s in students]})")
+        refs = [(f"transfer.teachers.{t}", p) for t, p in teachers.items()]
+    else:
+        refs = [(f"transfer.teachers[{i}]", p) for i, p in enumerate(teachers)]
+    loaded = [(key, *load_teacher(ref, key)) for key, ref in refs]
+    out = []
+    for student in students:
+        match = next(((k, n, s) for k, n, s, _ in loaded if student.name in [x.name for x in s]), None)
+        if match is None:
+            raise ValueError(f"transfer.teachers: no teacher was trained on task {student.name!r}; the teachers "
+                             f"cover {sorted({x.name for _, _, s, _ in loaded for x in s})}")
+        key, net, specs = match
+        spec = next(x for x in specs if x.name == student.name)
+        if (spec.obs_dim, spec.n_actions) != (student.obs_dim, student.n_actions):
+            raise ValueError(f"{key}: task {student.name!r} has obs_dim/n_actions {(spec.obs_dim, spec.n_actions)} "
+                             f"for the teacher but {(student.obs_dim, student.n_actions)} for the student")
+        index = specs.index(spec) if isinstance(net, MultiTaskQNetwork) else None
+        out.append(TeacherQ(net, index, spec.obs_dim, spec.n_actions))
+        log.info("transfer: task %s distilled from %s%s", student.name, key,
+                 "" if index is None else f" (head {index})")
+    return out

@@ -1,0 +1,119 @@
+"""Transfer strategies applied to a freshly built model (conf/transfer: none | finetune | freeze | ewc | distill).
+
+- finetune: the online network starts from the source checkpoint wherever tensor names and shapes match (heads of
+  another action or task count keep their fresh initialization; `head_from` sends the target head(s) to one
+  source task's head); the target network starts as a copy of it. `torso_lr_scale` multiplies the learning rate of
+  the loaded torso (DQNModule.lr_scale: its own optimizer param group).
+- freeze: finetune, and the loaded torso is frozen (requires_grad off, so it gets no gradient and the optimizer,
+  Adam's moments included, never touches it) for the first `freeze_updates` gradient updates (null / -1: always),
+  through DQNModule.before_update.
+- ewc: finetune plus (lambda / 2) sum_i F_i (theta_i - theta*_i)^2 on the loaded parameters (DQNModule.regularizers),
+  F the diagonal Fisher of the source network on the replay saved in its checkpoint (mtdqn.transfer.ewc).
+- distill: the student (model=student) gets one frozen teacher per task (mtdqn.transfer.loading.teachers_for).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from mtdqn.models.dqn import DQNModule
+from mtdqn.models.student import DistillStudentModule
+from mtdqn.transfer.config import FROM_CHECKPOINT, TransferConfig
+from mtdqn.transfer.ewc import ewc_regularizer
+from mtdqn.transfer.loading import LoadReport, head_prefix_map, load_matching, load_source, teachers_for
+
+log = logging.getLogger("mtdqn")
+
+
+def load_into_model(model: DQNModule, cfg: TransferConfig):
+    """Load the source checkpoint's online network into `model.q_net` by name and shape; target = online copy."""
+    source = load_source(cfg.checkpoint, "transfer.checkpoint", cfg.source_config)
+    state = source.net_state()
+    prefix_map = head_prefix_map(list(model.q_net.state_dict()), source, cfg.head_from)
+    report = load_matching(model.q_net, state, prefix_map)
+    if not report.loaded:
+        raise ValueError(f"transfer.checkpoint={cfg.checkpoint!r}: no tensor of the target network matches the "
+                         f"source by name and shape ({report.summary()})")
+    model.target_net.load_state_dict(model.q_net.state_dict())
+    log.info("transfer (%s) from %s:\n%s", cfg.mode, source.path, report.summary())
+    return source, report
+
+
+def torso_names(q_net: nn.Module, report: LoadReport, prefixes: tuple[str, ...]) -> list[str]:
+    """Loaded parameters under a torso prefix (heads and re-initialized tensors excluded)."""
+    return [n for n, _ in q_net.named_parameters() if n in report.loaded and n.startswith(prefixes)]
+
+
+def lr_scale_prefixes(q_net: nn.Module, torso: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    """Name prefixes covering exactly the `torso` parameters: a whole prefix when all its parameters are in the
+    torso (one optimizer group), else the individual names."""
+    names = [n for n, _ in q_net.named_parameters()]
+    out: list[str] = []
+    for prefix in prefixes:
+        under = [n for n in names if n.startswith(prefix)]
+        chosen = [n for n in under if n in torso]
+        out += [prefix] if under and len(chosen) == len(under) else chosen
+    return out
+
+
+class FreezeSchedule:
+    """A before_update hook: torso parameters frozen while global_step < `updates` (None: for ever)."""
+
+    def __init__(self, model: DQNModule, params: list[nn.Parameter], updates: int | None) -> None:
+        self.model, self.params, self.updates = model, params, updates
+        self.frozen: bool | None = None
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Toggle requires_grad and refresh the module's list of trainable parameters."""
+        for p in self.params:
+            p.requires_grad_(not frozen)
+        if hasattr(self.model, "_trainable"):  # set in on_train_start
+            self.model._trainable = [p for p in self.model.q_net.parameters() if p.requires_grad]
+        if self.frozen is not None and not frozen:
+            log.info("transfer: torso unfrozen at gradient update %d", self.model.global_step)
+        self.frozen = frozen
+
+    def __call__(self, global_step: int) -> None:
+        trainer = getattr(self.model, "_trainer", None)
+        if self.updates is not None and trainer is not None and trainer.world_size > 1:
+            raise ValueError(f"transfer.freeze_updates={self.updates}: unfreezing during training is not supported "
+                             "with DDP (trainer.devices > 1); use transfer.freeze_updates=null or one device")
+        frozen = self.updates is None or global_step < self.updates
+        if frozen != self.frozen:
+            self.set_frozen(frozen)
+
+
+def apply_transfer(model: DQNModule, transfer: Mapping[str, Any] | TransferConfig | None) -> TransferConfig:
+    """Apply the selected transfer mode to a freshly built model (before fit); returns the validated config."""
+    cfg = transfer if isinstance(transfer, TransferConfig) else TransferConfig.from_mapping(transfer)
+    student = isinstance(model, DistillStudentModule)
+    if student != (cfg.mode == "distill"):
+        raise ValueError(f"transfer.mode={cfg.mode!r} with model={type(model).__name__}: model=student goes with "
+                         "transfer=distill, and transfer=distill needs model=student")
+    if cfg.mode == "distill":
+        model.set_teachers(teachers_for(model.tasks, cfg.teachers))
+        return cfg
+    if cfg.mode not in FROM_CHECKPOINT:
+        return cfg
+    source, report = load_into_model(model, cfg)
+    torso = torso_names(model.q_net, report, cfg.torso_prefixes)
+    if cfg.torso_lr_scale != 1.0:
+        model.lr_scale.update(dict.fromkeys(lr_scale_prefixes(model.q_net, torso, cfg.torso_prefixes),
+                                            cfg.torso_lr_scale))
+    if cfg.mode == "freeze":
+        if not torso:
+            raise ValueError(f"transfer.mode='freeze': no loaded parameter starts with transfer.torso_prefixes="
+                             f"{list(cfg.torso_prefixes)}")
+        params = dict(model.q_net.named_parameters())
+        hook = FreezeSchedule(model, [params[n] for n in torso], cfg.freeze_updates)
+        hook(0)
+        model.before_update.append(hook)
+        log.info("transfer: %d torso tensors frozen for %s gradient updates", len(torso),
+                 "all" if cfg.freeze_updates is None else cfg.freeze_updates)
+    if cfg.mode == "ewc":
+        model.regularizers.append(ewc_regularizer(model.q_net, source, report, cfg.ewc))
+    return cfg

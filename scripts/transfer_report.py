@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Transfer report: jumpstart, asymptotic gain, time-to-threshold and area ratios against the scratch baseline,
+and forgetting of the source tasks, with bootstrap CIs over seeds (Taylor & Stone 2009; mtdqn/evaluation/transfer.py).
+
+Examples:
+    python scripts/transfer_report.py outputs/multirun/urban_transfer/<time>
+    python scripts/transfer_report.py outputs/multirun/urban_transfer/<time> --metric eval/urban/normalized --out report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mtdqn.evaluation.transfer import plot_report, render_markdown, report_json, transfer_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="transfer_report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories or sweep directories")
+    p.add_argument("--by", default="transfer.mode", help="config key that names the group (default: transfer.mode)")
+    p.add_argument("--baseline", default="none", help="the scratch group's value of --by (default: none)")
+    p.add_argument("--metric", default="eval/mean_normalized", help="target metric (default: eval/mean_normalized)")
+    p.add_argument("--threshold", type=float, default=0.9, help="score for time to threshold (default: 0.9)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--ci", type=float, default=0.95, help="confidence-interval coverage (default: 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--out", type=Path, default=Path("transfer_report"), help="output folder (default: ./transfer_report)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Compute and write transfer_report.md, transfer_report.json and transfer_curves.png; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = transfer_report(args.paths, by=args.by, baseline=args.baseline, metric=args.metric,
+                                 threshold=args.threshold, n_boot=args.n_boot, ci=args.ci, seed=args.seed,
+                                 exclude=[args.out])
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"transfer_report.py: error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot = None
+    if not args.no_plot:
+        try:
+            plot = plot_report(report, args.out / "transfer_curves.png").name
+        except ImportError as exc:
+            report["warnings"].append(f"plot skipped: {exc}")
+    (args.out / "transfer_report.md").write_text(render_markdown(report, plot))
+    (args.out / "transfer_report.json").write_text(json.dumps(report_json(report), indent=2))
+    print(render_markdown(report, plot))
+    print(f"wrote {args.out}/transfer_report.md, transfer_report.json" + (f", {plot}" if plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Transfer end to end on the driving suite with tiny budgets: finetune, freeze, ewc and distill runs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdqn.callbacks.checkpoint import load_checkpoint
+from mtdqn.train import build, train
+from tests.helpers.config import compose_cfg
+
+SMOKE = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "data.num_envs=2"]
+TARGET = [*SMOKE, "task_set=urban", "net=mlp", "net.hidden=[32,32]"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory) -> Path:
+    """A tiny multi-task source run on the three driving tasks (checkpoint with replay, config.yaml)."""
+    run = tmp_path_factory.mktemp("source")
+    cfg = compose_cfg([*SMOKE, "task_set=driving", "model=mtdqn", "net=multihead", "net.hidden=[32,32]"], run)
+    assert train(cfg)["status"] == "completed"
+    return run
+
+
+def source_tensors(run: Path, prefix: str) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    return {k[len("q_net."):]: v for k, v in state.items() if k.startswith("q_net." + prefix)}
+
+
+@pytest.mark.parametrize("mode", ["finetune", "ewc"])
+def test_transfer_run_starts_from_the_source_and_evaluates_the_source_tasks(tmp_path, source_run, mode):
+    ckpt = source_run / "checkpoints" / "last.ckpt"
+    summary = train(compose_cfg([*TARGET, f"transfer={mode}", f"transfer.checkpoint={ckpt}",
+                                 "transfer.head_from=lane_keep", "transfer.eval_source_tasks=[lane_keep,pedestrian]",
+                                 "callbacks.eval.at_start=true"], tmp_path))
+    assert summary["status"] == "completed"
+    rows = [r for r in read_metrics(tmp_path) if "eval/urban/return" in r]
+    assert rows[0]["env_steps"] == 0 and rows[-1]["env_steps"] >= 600
+    for name in ("eval/source/lane_keep/return", "eval/source/pedestrian/normalized", "eval/source/mean_normalized"):
+        assert name in rows[0] and name in summary, name
+    # before any update the target (source torso + source lane_keep head) plays lane_keep exactly as the source
+    source_summary = json.loads((source_run / "summary.json").read_text())
+    assert rows[0]["eval/source/lane_keep/return"] == pytest.approx(source_summary["eval/lane_keep/return"])
+
+
+def test_freeze_keeps_the_torso_bit_identical_for_freeze_updates_then_trains_it(tmp_path, source_run):
+    ckpt = source_run / "checkpoints" / "last.ckpt"
+    torso = source_tensors(source_run, "torso.")
+    cfg = compose_cfg([*TARGET, "transfer=freeze", f"transfer.checkpoint={ckpt}", "transfer.freeze_updates=15",
+                       "callbacks.checkpoint=null"], tmp_path)
+    model, data, trainer = build(cfg)
+    seen: list[tuple[int, bool]] = []
+
+    def record(step: int) -> None:
+        current = dict(model.q_net.named_parameters())
+        seen.append((step, all(torch.equal(current[n], t) for n, t in torso.items())))
+
+    model.before_update.append(record)
+    head_before = model.q_net.head.weight.detach().clone()
+    trainer.fit(model, datamodule=data)
+    assert len(seen) > 20
+    assert all(same for step, same in seen if step <= 15), seen  # frozen through update 15 (the 16th starts it)
+    assert not any(same for step, same in seen if step >= 16), seen
+    assert not torch.equal(model.q_net.head.weight, head_before)
+
+
+def test_freeze_for_ever_never_moves_the_torso(tmp_path, source_run):
+    ckpt = source_run / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg([*TARGET, "transfer=freeze", f"transfer.checkpoint={ckpt}", "transfer.torso_lr_scale=0.5",
+                       "callbacks.checkpoint=null"], tmp_path)
+    model, data, trainer = build(cfg)
+    trainer.fit(model, datamodule=data)
+    current = dict(model.q_net.named_parameters())
+    assert all(torch.equal(current[n], t) for n, t in source_tensors(source_run, "torso.").items())
+    opt = trainer.optimizers[0]
+    assert all(p not in opt.state for p in model.q_net.torso.parameters())  # no Adam moments either
+    assert all(p in opt.state for p in model.q_net.head.parameters())
+
+
+def test_distill_run_trains_a_smaller_student_from_the_teacher(tmp_path, source_run):
+    ckpt = source_run / "checkpoints" / "last.ckpt"
+    summary = train(compose_cfg([*SMOKE, "task_set=driving", "model=student", "net=multihead", "net.hidden=[16,16]",
+                                 "transfer=distill", f"transfer.teachers=[{ckpt}]", "optimizer.lr=0.003"], tmp_path))
+    assert summary["status"] == "completed"
+    for task in ("lane_keep", "pedestrian", "traffic_light"):
+        assert f"eval/{task}/normalized" in summary
+    kl = [r["train/distill_kl"] for r in read_metrics(tmp_path) if "train/distill_kl" in r]
+    assert len(kl) >= 3 and all(v >= 0 for v in kl)
+    assert kl[-1] < kl[0]
+    student = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    assert student["q_net.torso.0.weight"].shape == (16, 26)  # the student's own, smaller net
+    assert not any(k.startswith("teacher") for k in student)  # teachers are not saved with the student
+
+
+def test_transfer_errors_stop_the_run_at_build_with_the_key(tmp_path, source_run):
+    with pytest.raises(ValueError, match="transfer.checkpoint=None: transfer.mode='finetune'"):
+        build(compose_cfg([*TARGET, "transfer=finetune"], tmp_path))
+    with pytest.raises(ValueError, match="transfer.teachers: no teacher was trained on task 'urban'"):
+        build(compose_cfg([*TARGET, "model=student", "net=multihead", "transfer=distill",
+                           f"transfer.teachers=[{source_run / 'checkpoints' / 'last.ckpt'}]"], tmp_path))
+    with pytest.raises(ValueError, match="transfer.eval_source_tasks: 'nowhere' is not a driving task"):
+        build(compose_cfg([*TARGET, "transfer.eval_source_tasks=[nowhere]"], tmp_path))

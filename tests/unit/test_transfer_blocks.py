@@ -1,0 +1,408 @@
+"""Transfer building blocks on hand-made inputs: loading, freezing, distillation, EWC, transfer metrics."""
+
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from mtdqn.callbacks.checkpoint import atomic_torch_save
+from mtdqn.evaluation.transfer import curve_area, time_to_threshold, transfer_report, transfer_vs_scratch
+from mtdqn.losses.distill import distill_kl
+from mtdqn.losses.ewc import ewc_penalty, normalize_fisher
+from mtdqn.models import DQNModule
+from mtdqn.models.student import DistillStudentModule
+from mtdqn.nets import QNetwork
+from mtdqn.nets.multitask import MultiTaskQNetwork
+from mtdqn.transfer import EWCConfig, apply_transfer, load_matching, load_source
+from mtdqn.transfer.ewc import source_fisher
+from mtdqn.transfer.modes import FreezeSchedule
+from mtdqn.types import Batch, TaskSpec
+from tests.helpers.runs import write_run
+
+DRIVING = [TaskSpec(n, 26, 9) for n in ("lane_keep", "pedestrian", "traffic_light")]
+
+
+def params(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def write_source(run_dir, net: nn.Module, config: dict | None, extra: dict | None = None):
+    """A run directory holding checkpoints/last.ckpt (q_net and target_net tensors) and config.yaml."""
+    state = {f"q_net.{k}": v for k, v in net.state_dict().items()}
+    state.update({f"target_net.{k}": v + 1.0 for k, v in net.state_dict().items()})
+    path = run_dir / "checkpoints" / "last.ckpt"
+    atomic_torch_save({"state_dict": state, **(extra or {})}, path)
+    if config is not None:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+MTL_CONFIG = {"task_set": {"kind": "driving", "tasks": [t.name for t in DRIVING], "env_kwargs": {}},
+              "net": {"_target_": "mtdqn.nets.multitask.MultiTaskQNetwork", "_partial_": True,
+                      "architecture": "multihead", "hidden": [16, 16]},
+              "gamma": 0.9, "model": {"double_q": False, "loss": "mse"}}
+
+
+def dqn(n_actions: int = 9, hidden=(16, 16), seed: int = 1) -> DQNModule:
+    torch.manual_seed(seed)
+    return DQNModule(net=partial(QNetwork, hidden=list(hidden)), optimizer=partial(torch.optim.Adam, lr=1e-2),
+                     task=TaskSpec("urban", 26, n_actions))
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+
+def test_mismatched_heads_are_reinitialized_and_everything_else_loads_bit_identical(tmp_path):
+    torch.manual_seed(0)
+    source = QNetwork(26, 9, hidden=[16, 16])
+    path = write_source(tmp_path, source, None)
+    model = dqn(n_actions=5)  # another action count: head shapes differ
+    fresh = params(model.q_net)
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(path)})
+    after = params(model.q_net)
+    for name in ("torso.0.weight", "torso.0.bias", "torso.2.weight", "torso.2.bias"):
+        assert torch.equal(after[name], source.state_dict()[name]), name
+        assert not torch.equal(after[name], fresh[name])
+    for name in ("head.weight", "head.bias"):
+        assert torch.equal(after[name], fresh[name]), name  # kept its fresh initialization
+    # the target network starts as a copy of the loaded online network (not the source's target)
+    for (n, p), q in zip(model.q_net.state_dict().items(), model.target_net.state_dict().values(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_load_matching_reports_loaded_reinitialized_and_unused():
+    torch.manual_seed(0)
+    source = MultiTaskQNetwork(DRIVING, hidden=[16, 16])
+    target = QNetwork(26, 9, hidden=[16, 16])
+    report = load_matching(target, source.state_dict())
+    assert set(report.loaded) == {"torso.0.weight", "torso.0.bias", "torso.2.weight", "torso.2.bias"}
+    assert set(report.reinitialized) == {"head.weight", "head.bias"}
+    assert "heads.1.weight" in report.unused
+    assert "re-initialized 2" in report.summary()
+
+
+def test_head_from_sends_the_target_head_to_that_source_tasks_head(tmp_path):
+    torch.manual_seed(0)
+    source = MultiTaskQNetwork(DRIVING, hidden=[16, 16])
+    path = write_source(tmp_path, source, MTL_CONFIG)
+    model = dqn()
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(path), "head_from": "pedestrian"})
+    assert torch.equal(model.q_net.head.weight, source.heads[1].weight)
+    assert torch.equal(model.q_net.torso[2].weight, source.torso[2].weight)
+    with pytest.raises(ValueError, match="transfer.head_from='urban' is not a source task"):
+        apply_transfer(dqn(), {"mode": "finetune", "checkpoint": str(path), "head_from": "urban"})
+
+
+def test_torso_lr_scale_puts_the_loaded_torso_in_its_own_param_group(tmp_path):
+    path = write_source(tmp_path, QNetwork(26, 9, hidden=[16, 16]), None)
+    model = dqn(n_actions=5)
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(path), "torso_lr_scale": 0.1})
+    assert model.lr_scale == {"torso.": 0.1}
+    opt = model.configure_optimizers()
+    lrs = sorted(g["lr"] for g in opt.param_groups)
+    assert lrs == pytest.approx([1e-3, 1e-2])
+    torso_group = next(g for g in opt.param_groups if g["lr"] == pytest.approx(1e-3))
+    assert {id(p) for p in torso_group["params"]} == {id(p) for p in model.q_net.torso.parameters()}
+
+
+class Payload:
+    """Any class: torch.save pickles it, so a weights-only load must refuse the file."""
+
+
+def test_checkpoints_load_weights_only_and_pickled_objects_are_refused(tmp_path):
+    clean = write_source(tmp_path / "clean", QNetwork(26, 9, hidden=[16, 16]), None)
+    assert load_source(str(clean)).net_state()["head.weight"].shape == (9, 16)
+    evil = write_source(tmp_path / "evil", QNetwork(26, 9, hidden=[16, 16]), None, {"payload": Payload()})
+    with pytest.raises(ValueError, match=r"transfer.checkpoint=.*pickled objects"):
+        apply_transfer(dqn(), {"mode": "finetune", "checkpoint": str(evil)})
+
+
+@pytest.mark.parametrize(
+    ("transfer", "match"),
+    [
+        ({"mode": "warp"}, r"transfer.mode='warp' is not one of \['none', 'finetune'"),
+        ({"mode": "finetune"}, r"transfer.checkpoint=None: transfer.mode='finetune' needs a source checkpoint"),
+        ({"mode": "freeze", "checkpoint": "/no/such/last.ckpt"}, r"transfer.checkpoint='/no/such/last.ckpt' is not a file"),
+        ({"mode": "finetune", "checkpoint": "x", "torso_lr_scale": 0}, r"transfer.torso_lr_scale=0.0 must be > 0"),
+        ({"mode": "freeze", "checkpoint": "x", "freeze_updates": -5}, r"transfer.freeze_updates=-5 must be >= 0"),
+        ({"mode": "ewc", "checkpoint": "x", "ewc": {"lambda": -1}}, r"transfer.ewc.lambda=-1.0 must be >= 0"),
+        ({"mode": "distill"}, r"transfer.teachers=None: transfer.mode='distill' needs teacher checkpoints"),
+        ({"mode": "none", "chekpoint": "x"}, r"transfer has unknown keys \['chekpoint'\]"),
+    ],
+)
+def test_bad_transfer_config_names_the_key_the_value_and_the_options(transfer, match):
+    with pytest.raises(ValueError, match=match):
+        apply_transfer(dqn(), transfer)
+
+
+def test_distill_mode_and_student_model_go_together(tmp_path):
+    path = write_source(tmp_path, QNetwork(26, 9, hidden=[16, 16]), None)
+    with pytest.raises(ValueError, match="model=student goes with transfer=distill"):
+        apply_transfer(dqn(), {"mode": "distill", "teachers": [str(path)]})
+
+
+# --- freezing -------------------------------------------------------------------------------------------------
+
+
+def test_freeze_schedule_toggles_requires_grad_and_the_trainable_list():
+    model = dqn()
+    model._trainable = list(model.q_net.parameters())
+    torso = list(model.q_net.torso.parameters())
+    hook = FreezeSchedule(model, torso, updates=3)
+    hook(0)
+    assert not any(p.requires_grad for p in torso)
+    assert {id(p) for p in model._trainable} == {id(p) for p in model.q_net.head.parameters()}
+    hook(2)
+    assert not any(p.requires_grad for p in torso)
+    hook(3)
+    assert all(p.requires_grad for p in torso)
+    assert len(model._trainable) == len(list(model.q_net.parameters()))
+    forever = FreezeSchedule(model, torso, updates=None)
+    forever(10**9)
+    assert not any(p.requires_grad for p in torso)
+
+
+def test_frozen_parameters_are_skipped_by_adam_including_its_moments():
+    model = dqn()
+    torso = list(model.q_net.torso.parameters())
+    FreezeSchedule(model, torso, updates=None)(0)
+    opt = model.configure_optimizers()
+    before = params(model.q_net)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        model.q_net(torch.randn(8, 26)).square().mean().backward()
+        opt.step()
+    after = params(model.q_net)
+    assert all(torch.equal(after[n], before[n]) for n in before if n.startswith("torso."))
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+    assert all(p not in opt.state for p in torso)
+
+
+# --- distillation ---------------------------------------------------------------------------------------------
+
+
+def test_distill_kl_equals_the_closed_form():
+    teacher = torch.tensor([[0.02, 0.0, -0.01]])
+    student = torch.tensor([[1.0, 2.0, 0.0]])
+    t = 0.01
+    p = np.exp(np.array([2.0, 0.0, -1.0]))
+    p /= p.sum()
+    q = np.exp(np.array([1.0, 2.0, 0.0]))
+    q /= q.sum()
+    expected = float(np.sum(p * np.log(p / q)))
+    assert distill_kl(student, teacher, t).item() == pytest.approx(expected, rel=1e-5)
+    assert distill_kl(teacher / t, teacher, t).item() == pytest.approx(0.0, abs=1e-6)
+    per_sample = distill_kl(torch.cat([student, teacher / t]), torch.cat([teacher, teacher]), t, reduction="none")
+    assert per_sample.tolist() == pytest.approx([expected, 0.0], abs=1e-5)
+
+
+class ConstantTeacher(nn.Module):
+    def __init__(self, q: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("q", torch.tensor(q))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.q.expand(obs.shape[0], -1)
+
+
+def student(**kwargs) -> DistillStudentModule:
+    torch.manual_seed(0)
+    tasks = [TaskSpec("a", 4, 3), TaskSpec("b", 4, 2)]
+    module = DistillStudentModule(net=partial(MultiTaskQNetwork, hidden=[8]), optimizer=partial(torch.optim.SGD, lr=0.1),
+                                  task=tasks, **kwargs)
+    module.set_teachers([ConstantTeacher([0.0, 0.05, 0.0]), ConstantTeacher([0.03, 0.0])])
+    return module
+
+
+def test_each_sample_is_taught_by_its_own_tasks_teacher():
+    m = student()
+    q = m.teacher_q_values(torch.zeros(3, 4), torch.tensor([0, 1, 0]))
+    assert q[0].tolist() == pytest.approx([0.0, 0.05, 0.0])
+    assert q[1, :2].tolist() == pytest.approx([0.03, 0.0])
+    assert q[1, 2].item() < -1e8  # task b has no third action
+    assert m.behavior_policy_for(0)(torch.zeros(2, 4)).tolist() == [1, 1]
+    assert m.behavior_policy_for(1)(torch.zeros(2, 4)).tolist() == [0, 0]
+    own = student(data_source="student")
+    obs = torch.randn(5, 4)
+    assert torch.equal(own.behavior_policy_for(0)(obs), own.policy_for(0)(obs))
+
+
+def test_distillation_coefficient_decays_linearly_in_env_steps():
+    assert student(distill_coef=2.0).distill_coefficient(10**6) == 2.0
+    m = student(distill_coef=2.0, distill_decay_env_steps=1000)
+    assert [m.distill_coefficient(s) for s in (0, 250, 1000, 5000)] == pytest.approx([2.0, 1.5, 0.0, 0.0])
+
+
+def test_student_update_moves_the_student_toward_its_teachers():
+    m = student(temperature=0.01)
+    m._trainable = list(m.q_net.parameters())
+    m.gradient_step = lambda loss: _sgd(m, loss)
+    n = 32
+    ids = torch.arange(n) % 2
+    b = Batch(obs=torch.randn(n, 4), actions=torch.zeros(n, dtype=torch.int64), rewards=torch.zeros(n),
+              next_obs=torch.randn(n, 4), discounts=torch.zeros(n), weights=torch.ones(n), indices=torch.arange(n),
+              task_ids=ids)
+    kl_before = distill_kl(m.q_values(m.q_net, b.obs, ids), m.teacher_q_values(b.obs, ids)).item()
+    for _ in range(30):
+        m.update(b, None, index=1)
+    kl_after = distill_kl(m.q_values(m.q_net, b.obs, ids), m.teacher_q_values(b.obs, ids)).item()
+    assert kl_after < 0.5 * kl_before
+    assert torch.equal(m.policy_for(0)(b.obs), torch.ones(n, dtype=torch.int64))  # the teacher's greedy action
+    metrics = m.extra_metrics()
+    assert metrics["train/distill_coef"] == 1.0 and metrics["train/a/distill_kl"] >= 0
+
+
+def _sgd(m: nn.Module, loss: torch.Tensor) -> None:
+    grads = torch.autograd.grad(loss, m._trainable)
+    with torch.no_grad():
+        for p, g in zip(m._trainable, grads, strict=True):
+            p.sub_(0.1 * g)
+
+
+# --- EWC ------------------------------------------------------------------------------------------------------
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_grows_quadratically():
+    anchor = [torch.tensor([1.0, -2.0]), torch.tensor([[0.5]])]
+    fisher = [torch.tensor([2.0, 0.0]), torch.tensor([[4.0]])]
+    direction = [torch.tensor([1.0, 3.0]), torch.tensor([[-1.0]])]
+    assert ewc_penalty(anchor, anchor, fisher, lam=10.0).item() == 0.0
+    moved = [[a + t * d for a, d in zip(anchor, direction, strict=True)] for t in (1.0, 2.0)]
+    p1, p2 = (ewc_penalty(m, anchor, fisher, lam=10.0).item() for m in moved)
+    assert p1 == pytest.approx(0.5 * 10.0 * (2.0 * 1.0 + 0.0 * 9.0 + 4.0 * 1.0))
+    assert p2 == pytest.approx(4.0 * p1)
+    assert normalize_fisher(fisher)[0].tolist() == pytest.approx([2.0 / 2.0, 0.0])
+
+
+def test_ewc_fisher_is_the_mean_squared_per_sample_gradient_of_the_source_td_loss(tmp_path):
+    torch.manual_seed(0)
+    cfg = {**MTL_CONFIG, "task_set": {"kind": "driving", "tasks": ["lane_keep"], "env_kwargs": {}},
+           "net": {"_target_": "mtdqn.nets.QNetwork", "_partial_": True, "hidden": [4]}}
+    net = QNetwork(26, 9, hidden=[4])
+    rows, envs = 3, 2
+    g = torch.Generator().manual_seed(1)
+    replay = {"obs": torch.randn(rows, envs, 26, generator=g), "next_obs": torch.randn(rows, envs, 26, generator=g),
+              "actions": torch.randint(0, 9, (rows, envs), generator=g), "rewards": torch.randn(rows, envs, generator=g),
+              "terminated": torch.tensor([[True, False]] * rows), "done": torch.zeros(rows, envs, dtype=torch.bool),
+              "pos": rows, "size": rows}
+    path = write_source(tmp_path, net, cfg, {"RLDataModule": {"replays": [replay]}})
+    fisher = source_fisher(load_source(str(path)), EWCConfig(fisher_samples=6, fisher_batch_size=1, seed=3))
+    # by hand: the same 6 draws, target net = source target (weights + 1), gamma 0.9, MSE loss (config)
+    target = QNetwork(26, 9, hidden=[4])
+    target.load_state_dict({k: v + 1.0 for k, v in net.state_dict().items()})
+    idx = torch.randint(0, rows * envs, (6,), generator=torch.Generator().manual_seed(3))
+    flat = {k: replay[k].reshape(rows * envs, *replay[k].shape[2:])[idx] for k in
+            ("obs", "next_obs", "actions", "rewards", "terminated")}
+    expected = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+    for i in range(6):
+        with torch.no_grad():
+            y = flat["rewards"][i] + 0.9 * (~flat["terminated"][i]).float() * target(flat["next_obs"][i:i + 1]).max()
+        q = net(flat["obs"][i:i + 1])[0, flat["actions"][i]]
+        grads = torch.autograd.grad((q - y).square(), list(net.parameters()))
+        for (n, _), gr in zip(net.named_parameters(), grads, strict=True):
+            expected[n] += gr.square() / 6
+    for n in expected:
+        assert torch.allclose(fisher[n], expected[n], rtol=1e-4, atol=1e-7), n
+    assert sum(float(f.sum()) for f in fisher.values()) > 0
+
+
+def test_ewc_mode_adds_a_penalty_that_is_zero_at_the_source_and_pulls_back(tmp_path):
+    torch.manual_seed(0)
+    source = MultiTaskQNetwork(DRIVING, hidden=[16, 16])
+    replays = [{"obs": torch.randn(4, 2, 26), "next_obs": torch.randn(4, 2, 26), "actions": torch.randint(0, 9, (4, 2)),
+                "rewards": torch.randn(4, 2), "terminated": torch.zeros(4, 2, dtype=torch.bool),
+                "done": torch.zeros(4, 2, dtype=torch.bool), "pos": 4, "size": 4} for _ in DRIVING]
+    path = write_source(tmp_path, source, MTL_CONFIG, {"MultiTaskDataModule": {"replays": replays}})
+    model = dqn()
+    apply_transfer(model, {"mode": "ewc", "checkpoint": str(path), "ewc": {"lambda": 5.0, "fisher_samples": 8}})
+    assert len(model.regularizers) == 1
+    assert model.regularization().item() == 0.0
+    with torch.no_grad():
+        model.q_net.torso[0].weight.add_(0.1)
+        model.q_net.head.weight.add_(0.1)  # a fresh head is not anchored
+    penalty = model.regularization()
+    assert penalty.item() > 0
+    grad_w, grad_head = torch.autograd.grad(penalty, [model.q_net.torso[0].weight, model.q_net.head.weight],
+                                            allow_unused=True)
+    assert grad_head is None
+    assert (grad_w >= 0).all() and grad_w.sum() > 0  # pulls the weights back down toward the anchor
+
+
+def test_ewc_needs_the_replay_saved_in_the_source_checkpoint(tmp_path):
+    path = write_source(tmp_path, MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    with pytest.raises(ValueError, match="holds no replay buffers"):
+        apply_transfer(dqn(), {"mode": "ewc", "checkpoint": str(path)})
+
+
+# --- transfer metrics -----------------------------------------------------------------------------------------
+
+STEPS = np.array([0.0, 1000.0, 2000.0, 3000.0, 4000.0])
+SCRATCH = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+TRANSFER = np.array([0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_transfer_metrics_on_synthetic_curves_equal_hand_computed_values():
+    m = transfer_vs_scratch(STEPS, TRANSFER, SCRATCH, threshold=0.9)
+    assert m["jumpstart"] == pytest.approx(0.5)
+    assert m["asymptotic_gain"] == pytest.approx(0.0)
+    assert m["time_to_threshold_ratio"] == pytest.approx(2000.0 / 4000.0)
+    # areas: scratch 0.5 x 4000 = 2000; transfer (0.625 + 0.875 + 1 + 1) x 1000 = 3500
+    assert curve_area(STEPS, SCRATCH) == pytest.approx(2000.0)
+    assert m["area_ratio"] == pytest.approx(3500.0 / 2000.0)
+    assert time_to_threshold(STEPS, SCRATCH * 0.5, 0.9) == math.inf
+    never = transfer_vs_scratch(STEPS, SCRATCH * 0.5, SCRATCH, 0.9)
+    assert never["time_to_threshold_ratio"] == math.inf
+    assert math.isnan(transfer_vs_scratch(STEPS, TRANSFER, SCRATCH * 0.5, 0.9)["time_to_threshold_ratio"])
+    assert math.isnan(transfer_vs_scratch(STEPS, TRANSFER, SCRATCH - 1.0, 0.9)["area_ratio"])  # scratch area < 0
+
+
+def _rows(values, source=None):
+    rows = []
+    for i, (s, v) in enumerate(zip(STEPS, values, strict=True)):
+        row = {"env_steps": int(s), "step": i, "time": float(i), "eval/mean_normalized": float(v)}
+        if source is not None:
+            row["eval/source/lane_keep/normalized"] = float(source[i])
+            row["eval/source/mean_normalized"] = float(source[i])
+        rows.append(row)
+    return rows
+
+
+def test_transfer_report_groups_seeds_by_mode_with_bootstrap_cis(tmp_path):
+    for seed, shift in enumerate((-0.1, 0.0, 0.1)):
+        write_run(tmp_path / f"none{seed}", {"transfer": {"mode": "none"}, "seed": seed}, _rows(SCRATCH + shift),
+                  {"status": "completed"})
+        forget = np.linspace(0.9, 0.5 + shift, 5)
+        write_run(tmp_path / f"ft{seed}", {"transfer": {"mode": "finetune"}, "seed": seed},
+                  _rows(TRANSFER + shift, forget), {"status": "completed"})
+    report = transfer_report([tmp_path], n_boot=500)
+    assert list(report["groups"]) == ["none", "finetune"]
+    ft = report["groups"]["finetune"]
+    assert ft["n_runs"] == 3
+    assert ft["jumpstart"].value == pytest.approx(0.5)
+    assert ft["asymptotic_gain"].value == pytest.approx(0.0)
+    assert ft["time_to_threshold_ratio"].value == pytest.approx(0.5)
+    assert ft["area_ratio"].value == pytest.approx(3500.0 / 2000.0)
+    assert ft["jumpstart"].low <= 0.5 <= ft["jumpstart"].high
+    first = ft["first"]
+    assert first.low < first.value < first.high  # seeds differ: a real interval
+    assert ft["forgetting"]["eval/source/lane_keep/normalized"].value == pytest.approx(0.4)
+    assert "jumpstart" not in report["groups"]["none"]
+
+
+# --- source-task evaluation -----------------------------------------------------------------------------------
+
+
+def test_source_tasks_are_played_by_the_same_named_head_or_the_single_policy():
+    from mtdqn.callbacks.evaluation import source_policy_index
+
+    lane, urban = TaskSpec("lane_keep", 26, 9), TaskSpec("urban", 26, 9)
+    assert source_policy_index(DRIVING, TaskSpec("traffic_light", 26, 9)) == 2
+    assert source_policy_index([urban], lane) == 0
+    with pytest.raises(ValueError, match="'urban' is not a task of the 3-task model"):
+        source_policy_index(DRIVING, urban)
+    with pytest.raises(ValueError, match=r"'CartPole-v1' has obs_dim/n_actions \(4, 2\)"):
+        source_policy_index([urban], TaskSpec("CartPole-v1", 4, 2))
