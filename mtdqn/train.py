@@ -13,15 +13,18 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
+from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
-from mtdqn.envs import env_factory, task_specs
+from mtdqn.envs import check_env_options, env_factory, task_specs
 from mtdqn.models import MultiTaskDQNModule
+from mtdqn.models.adversarial import AdversarialObs
 from mtdqn.replay import PrioritizedReplayBuffer
+from mtdqn.transfer import apply_transfer
 
 log = logging.getLogger("mtdqn")
 
@@ -62,6 +65,26 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"torch_threads={cfg.torch_threads} must be a positive integer or null")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
+    check_env_options(str(cfg.task_set.kind), *env_options(cfg))
+    adv = cfg.get("adversarial") or {}
+    if not float(adv.get("epsilon") or 0.0) >= 0.0:
+        raise ValueError(f"adversarial.epsilon={adv.get('epsilon')} must be >= 0 (0 = off)")
+
+
+def env_options(cfg: DictConfig) -> tuple[dict, dict]:
+    """(perturb, domain_randomization) as plain dicts (empty when absent)."""
+    def plain(node: Any) -> dict:
+        return OmegaConf.to_container(node, resolve=True) if node else {}
+
+    return plain(cfg.get("perturb")), plain(cfg.get("domain_randomization"))
+
+
+def env_factories(cfg: DictConfig, env_kwargs: dict) -> tuple[list, list | None]:
+    """Training env factories per task (perturbed, domain-randomized) and, under domain randomization, the
+    nominal (perturbed, not randomized) ones for evaluation; None when evaluation can use the training ones."""
+    ts, (perturb, randomize) = cfg.task_set, env_options(cfg)
+    train = [env_factory(ts.kind, t, env_kwargs, perturb, randomize) for t in ts.tasks]
+    return train, ([env_factory(ts.kind, t, env_kwargs, perturb) for t in ts.tasks] if randomize else None)
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
@@ -71,29 +94,37 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     ts = cfg.task_set
     env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
     specs = task_specs(ts.kind, list(ts.tasks), env_kwargs)
-    multi = cfg.model._target_.endswith(MultiTaskDQNModule.__name__)
+    multi = issubclass(get_class(cfg.model._target_), MultiTaskDQNModule)
     per = cfg.replay._target_.endswith(PrioritizedReplayBuffer.__name__)
     if len(specs) != 1 and not multi:
         raise ValueError(
             f"model={cfg.model._target_.rsplit('.', 1)[-1]} trains one task but task_set.tasks has {len(specs)}: "
             f"{[s.name for s in specs]}; pick one (task_set.tasks=[...]) or use model=mtdqn"
         )
+    factories, eval_factories = env_factories(cfg, env_kwargs)
     if multi:
         data = MultiTaskDataModule(
-            env_factories=[env_factory(ts.kind, t, env_kwargs) for t in ts.tasks],
+            env_factories=factories, eval_env_factories=eval_factories,
             replay=instantiate(cfg.replay), exploration=instantiate(cfg.exploration), tasks=specs,
             seed=int(cfg.seed), **cfg.data,
         )
         model = instantiate(cfg.model)(task=specs)
     else:
         data = RLDataModule(
-            env_factory=env_factory(ts.kind, ts.tasks[0], env_kwargs), replay=instantiate(cfg.replay),
+            env_factory=factories[0], eval_env_factory=eval_factories[0] if eval_factories else None,
+            replay=instantiate(cfg.replay),
             exploration=instantiate(cfg.exploration), task=specs[0], seed=int(cfg.seed), **cfg.data,
         )
         model = instantiate(cfg.model)(task=specs[0])
+    apply_transfer(model, OmegaConf.to_container(cfg.transfer, resolve=True) if cfg.get("transfer") else None)
+    if float((cfg.get("adversarial") or {}).get("epsilon") or 0.0) > 0:
+        model.batch_transforms.append(AdversarialObs(model, cfg.adversarial.epsilon, cfg.adversarial.fraction))
     if per:
         model.priority_sink = data.update_priorities
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    compression = cfg.get("compression")
+    if compression and compression.get("_target_") and compression.get("methods"):
+        callbacks.append(instantiate(compression))  # after eval and checkpoint: compresses the final network
     callbacks.append(EnvStepBudget())
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])

@@ -70,3 +70,36 @@ def test_heterogeneous_gym_task_set_trains(tmp_path, balance):
 def test_single_task_model_refuses_a_task_set(tmp_path):
     with pytest.raises(ValueError, match="model=mtdqn"):
         build(compose_cfg(["debug=smoke", "task_set=driving"], tmp_path))
+
+
+def test_popart_multitask_run_trains_logs_and_checkpoints_its_statistics(tmp_path):
+    """model.popart=true: CartPole (returns ~10-100) and Acrobot (~-500) get their own target statistics."""
+    cfg = compose_cfg([*MTL, "task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "model.popart=true",
+                       "model.popart_beta=0.05"], tmp_path)
+    model, data, trainer = build(cfg)
+    assert model.q_net.popart is not None
+    trainer.fit(model, datamodule=data)
+    mu, sigma = model.q_net.popart.mu, model.q_net.popart.sigma
+    assert trainer.global_step > 0 and mu[0] > 0 > mu[1] and torch.all(sigma != 1.0)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    names = set().union(*rows)
+    for task in ("CartPole-v1", "Acrobot-v1"):
+        assert {f"train/{task}/popart_mu", f"train/{task}/popart_sigma"} <= names
+    last = [r for r in rows if "train/Acrobot-v1/popart_mu" in r][-1]
+    assert last["train/Acrobot-v1/popart_mu"] == pytest.approx(float(mu[1]), rel=1e-5)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(state["q_net.popart.mu"], mu) and "target_net.popart.nu" in state
+
+
+def test_minatar_task_set_trains_with_per_game_adapters_and_heads(tmp_path):
+    """task_set=minatar (optional extra): 10x10xC images with different C and action counts per game."""
+    pytest.importorskip("minatar", reason="task_set=minatar needs the optional extra .[minatar]")
+    cfg = compose_cfg([*MTL, "task_set=minatar"], tmp_path)
+    model, data, trainer = build(cfg)
+    assert [(t.obs_dim, t.n_actions) for t in model.tasks] == [(400, 3), (700, 3), (400, 5)]
+    assert [a.in_features for a in model.q_net.adapters] == [400, 700, 400]
+    before = torch.cat([p.detach().flatten().clone() for p in model.q_net.parameters()])
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step > 0
+    assert not torch.equal(before, torch.cat([p.detach().flatten() for p in model.q_net.parameters()]))
+    assert model.policy_for(0)(torch.zeros(4, 400)).max() < 3 and model.policy_for(2)(torch.zeros(4, 400)).max() < 5

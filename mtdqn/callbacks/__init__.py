@@ -7,6 +7,7 @@ from mtdqn.callbacks.checkpoint import (
     atomic_torch_save,
     load_checkpoint,
 )
+from mtdqn.callbacks.compression import CompressionCallback
 from mtdqn.callbacks.evaluation import EvalCallback
 from mtdqn.callbacks.guard import DivergenceError, DivergenceGuard
 from mtdqn.callbacks.loggers import JsonlLogger
@@ -14,6 +15,7 @@ from mtdqn.callbacks.progress import EnvStepProgressBar
 
 __all__ = [
     "AtomicCheckpointIO",
+    "CompressionCallback",
     "EnvStepBudget",
     "EnvStepCheckpoint",
     "DivergenceError",

@@ -153,13 +153,18 @@ class DQNModule(pl.LightningModule):
         """Env-step unit: apply the updates due since the last sync (k Polyak steps = one of 1-(1-tau)^k)."""
         k = env_steps // self.target_update_period - int(self.last_target_env_steps) // self.target_update_period
         if k > 0:
-            polyak_update(self.q_net, self.target_net, 1.0 - (1.0 - self.tau) ** k)
+            self.update_target(1.0 - (1.0 - self.tau) ** k)
             self.last_target_env_steps.fill_(env_steps)
+
+    def update_target(self, tau: float) -> None:
+        """target <- tau * online + (1 - tau) * target (tau=1: hard copy), buffers copied."""
+        polyak_update(self.q_net, self.target_net, tau)
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         """Pull one Round (taking `dataloader_iter` stops Lightning from prefetching, so every round is
         collected with the policy that results from the previous round's updates) and do its G updates."""
         round_, _, _ = next(dataloader_iter)
+        self.update_obs_norm(round_.obs_stats)
         if self.target_update_unit == "env_steps":
             self.sync_target(round_.env_steps)
         self.apply_lr_schedule(round_.env_steps)
@@ -174,9 +179,26 @@ class DQNModule(pl.LightningModule):
                 batch = transform(batch)
             loss_stat, q_stat = self.update(batch, None if next_q_targets is None else next_q_targets[g], g)
             if self.target_update_unit == "updates" and self.global_step % self.target_update_period == 0:
-                polyak_update(self.q_net, self.target_net, self.tau)
+                self.update_target(self.tau)
             loss_sum, q_sum = loss_sum + loss_stat, q_sum + q_stat
         self.log_round(round_, loss_sum / len(per_update), q_sum / len(per_update))
+
+    @property
+    def wants_obs_stats(self) -> bool:
+        """True when the Q-network normalizes observations (net.obs_norm): the data stream then sends the
+        moments of the observations it collects with every round."""
+        return getattr(self.q_net, "obs_norm", None) is not None
+
+    @torch.no_grad()
+    def update_obs_norm(self, obs_stats: Tensor | None) -> None:
+        """Merge a round's collected-observation moments into the online network's normalizer (summed over DDP
+        ranks first, so every rank keeps identical statistics). The target network keeps the statistics of its
+        last sync (polyak_update copies buffers)."""
+        if obs_stats is None or not self.wants_obs_stats:
+            return
+        if self._trainer is not None and self._trainer.world_size > 1:
+            obs_stats = self.all_gather(obs_stats).sum(0)
+        self.q_net.obs_norm.update_from_sums(obs_stats)
 
     def update(self, batch: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
         """One gradient update (the `index`-th of the round); returns (TD loss, mean Q) to average over the round."""
