@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mtdqn.losses import LOSSES, polyak_update, td_loss, td_target
 from mtdqn.models.lean_step import LeanAdam, clip_grads_
+from mtdqn.models.mlp_grads import ExplicitMLPGrads
 from mtdqn.models.schedule import LRSchedule
 from mtdqn.types import Batch, Round, TaskSpec
 
@@ -58,6 +59,7 @@ class DQNModule(pl.LightningModule):
         self.register_buffer("last_target_env_steps", torch.zeros((), dtype=torch.int64))
         self.lean_step = lean_step
         self._lean: LeanAdam | None = None
+        self._explicit: ExplicitMLPGrads | None = None  # hand-written MLP gradients on the lean path
         self.priority_sink: Callable[[Tensor, Tensor, Tensor], None] | None = None  # (indices, |td|, task ids)
         self.scheduler = scheduler
         # Extension points used by transfer (mtdqn.transfer) and stabilizers; empty = plain DQN:
@@ -202,11 +204,27 @@ class DQNModule(pl.LightningModule):
 
     def update(self, batch: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
         """One gradient update (the `index`-th of the round); returns (TD loss, mean Q) to average over the round."""
+        if self._explicit is not None:
+            return self.explicit_update(batch, next_q_target)
         loss, td_abs, q_mean = self.compute_loss(batch, next_q_target)
         self.gradient_step(loss + self.regularization())
         if self.priority_sink is not None:
             self.priority_sink(batch.indices, td_abs, batch.task_ids)
         return loss.detach(), q_mean
+
+    @torch.no_grad()
+    def explicit_update(self, b: Batch, next_q_target: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The lean path's update for a plain MLP: TD target, loss and hand-written gradients (ExplicitMLPGrads),
+        then clip + fused Adam; the same math as `compute_loss` + autograd + `gradient_step`."""
+        next_online = self.q_net(b.next_obs) if self.double_q else None
+        if next_q_target is None:
+            next_q_target = self.target_net(b.next_obs)
+        target = td_target(b.rewards, b.discounts, next_q_target, next_online)
+        loss, td_abs, q_mean, grads = self._explicit.loss_and_grads(b.obs, b.actions, target, b.weights, self.loss_kind)
+        self.apply_grads(grads)
+        if self.priority_sink is not None:
+            self.priority_sink(b.indices, td_abs, b.task_ids)
+        return loss, q_mean
 
     def regularization(self) -> Tensor | float:
         """Sum of the extra loss terms (EWC, distillation, ...); 0 when there are none."""
@@ -249,6 +267,9 @@ class DQNModule(pl.LightningModule):
         same = len(group) == len(self._trainable) and all(a is b for a, b in zip(group, self._trainable, strict=True))
         usable = single and LeanAdam.supports(raw) and same
         self._lean = LeanAdam(raw) if usable and self.lean_step else None
+        plain = type(self).update is DQNModule.update and not (self.regularizers or self.before_update)
+        explicit = self._lean is not None and plain and ExplicitMLPGrads.supports(self.q_net)
+        self._explicit = ExplicitMLPGrads(self.q_net) if explicit else None
 
     def extra_metrics(self) -> dict[str, float]:
         """Metrics every module logs each round: the learning rate when a schedule or lr_scale is active."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.optim.adam import adam as adam_functional
 
 
 def clip_grads_(grads: list[Tensor], max_norm: float) -> Tensor:
@@ -36,7 +35,8 @@ class LeanAdam:
             return False
         g = optimizer.param_groups[0]
         plain = not (g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"])
-        return bool(g.get("fused")) and plain and not any(torch.is_complex(p) for p in g["params"])
+        same = len({(p.device, p.dtype) for p in g["params"]}) == 1  # one fused-kernel call covers them all
+        return bool(g.get("fused")) and plain and same and not any(torch.is_complex(p) for p in g["params"])
 
     def _state(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """The optimizer's per-parameter state, initialized exactly as Adam._init_group does for fused Adam."""
@@ -54,12 +54,17 @@ class LeanAdam:
 
     @torch.no_grad()
     def step(self, grads: list[Tensor]) -> None:
-        """One Adam update of `self.params` with `grads` (one per parameter, same order)."""
+        """One Adam update of `self.params` with `grads` (one per parameter, same order): the fused kernel that
+        torch's functional `adam(fused=True)` dispatches to, called directly (all parameters share one device and
+        dtype, so its per-call grouping is skipped)."""
         g = self.optimizer.param_groups[0]
         exp_avgs, exp_avg_sqs, steps = self._state()
-        adam_functional(
-            self.params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True,
-            decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)), amsgrad=False,
-            beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"],
-            maximize=False,
+        torch._foreach_add_(steps, 1)
+        kernel = torch._fused_adamw_ if g.get("decoupled_weight_decay", False) else torch._fused_adam_
+        lr = g["lr"]
+        kernel(
+            self.params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+            lr=float(lr) if not isinstance(lr, Tensor) else lr, beta1=float(g["betas"][0]),
+            beta2=float(g["betas"][1]), weight_decay=float(g["weight_decay"]), eps=float(g["eps"]), maximize=False,
+            grad_scale=None, found_inf=None,
         )

@@ -109,8 +109,26 @@ def test_lean_step_is_used_and_matches_the_standard_path(tmp_path):
         model, data, trainer = build(cfg)
         trainer.fit(model, datamodule=data)
         assert (model._lean is not None) == lean
+        assert (model._explicit is not None) == lean  # plain MLP: hand-written gradients too
         results[lean] = params_vector(model.q_net)
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [["model.double_q=true", "replay=prioritized", "model.loss=mse"],
+                                   ["model.target_update_unit=updates", "model.tau=0.5"]])
+def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, monkeypatch):
+    """The lean path with hand-written MLP gradients trains the same weights as the autograd path."""
+    results = []
+    for explicit in (True, False):
+        cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=3", *extra], tmp_path / str(explicit))
+        model, data, trainer = build(cfg)
+        if not explicit:
+            monkeypatch.setattr("mtdqn.models.dqn.ExplicitMLPGrads.supports", staticmethod(lambda net: False))
+        trainer.fit(model, datamodule=data)
+        monkeypatch.undo()
+        assert (model._explicit is not None) == explicit and model._lean is not None
+        results.append(params_vector(model.q_net))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("model", ["dqn", "mtdqn"])

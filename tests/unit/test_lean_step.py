@@ -50,3 +50,39 @@ def test_clip_grads_matches_clip_grad_norm():
     torch.testing.assert_close(total, expected)
     for p, g in zip(params, grads, strict=True):
         torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.parametrize("kind", ["huber", "mse"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("hidden", [(32,), (32, 16), (8, 8, 8)])
+def test_explicit_mlp_grads_equal_autograd(kind, weighted, hidden):
+    from mtdqn.losses import td_loss
+    from mtdqn.models.mlp_grads import ExplicitMLPGrads
+    from mtdqn.nets import QNetwork
+
+    torch.manual_seed(1)
+    net = QNetwork(obs_dim=5, n_actions=3, hidden=hidden)
+    obs, actions = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    target = 3 * torch.randn(64)  # both Huber branches are hit
+    weights = torch.rand(64) if weighted else None
+    loss, td_abs, q_mean, grads = ExplicitMLPGrads(net).loss_and_grads(obs, actions, target, weights, kind)
+    q_taken = net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+    ref_loss, ref_td = td_loss(q_taken, target, weights, kind)
+    ref_grads = torch.autograd.grad(ref_loss, list(net.parameters()))
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(td_abs, ref_td)
+    torch.testing.assert_close(q_mean, q_taken.mean())
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_explicit_grads_only_for_plain_mlps():
+    from mtdqn.models.mlp_grads import ExplicitMLPGrads
+    from mtdqn.nets import QNetwork
+
+    assert ExplicitMLPGrads.supports(QNetwork(4, 2))
+    assert not ExplicitMLPGrads.supports(QNetwork(4, 2, dueling=True))
+    assert not ExplicitMLPGrads.supports(QNetwork(4, 2, layer_norm=True))
+    assert not ExplicitMLPGrads.supports(QNetwork(4, 2, activation="tanh"))
+    assert not ExplicitMLPGrads.supports(QNetwork(4, 2, obs_norm=True))
