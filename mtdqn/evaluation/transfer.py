@@ -12,6 +12,8 @@ learning curve is the mean over its runs. Against the baseline group (scratch, `
 - area ratio: area under the mean learning curve, transfer / scratch; undefined when the scratch area is <= 0.
 - forgetting (per group, no baseline): source-task score at the first eval minus at the last
   (`eval/source/<task>/normalized`, and their mean `eval/source/mean_normalized`); > 0 is forgetting.
+- peak forgetting: the first eval minus the lowest later one (the worst drop along the way, which a recovery
+  by the last eval hides from `forgetting`).
 
 Uncertainty: percentile bootstrap over runs (seeds), each group resampled with replacement independently,
 every statistic recomputed on the resampled mean curves; `n_boot` resamples, `ci` coverage.
@@ -87,6 +89,12 @@ def forgetting(first: np.ndarray, last: np.ndarray) -> float:
     return float(np.mean(first - last)) if first.size else math.nan
 
 
+def peak_forgetting(curves: Sequence[np.ndarray]) -> float:
+    """Mean over runs of (first-eval score - lowest later score) of a source task: the worst drop."""
+    drops = [float(c[0] - c[1:].min()) for c in curves if c.size > 1]
+    return float(np.mean(drops)) if drops else math.nan
+
+
 @dataclass
 class Estimate:
     """A point estimate with its bootstrap CI (bounds may be inf; NaN = undefined)."""
@@ -133,6 +141,7 @@ def group_report(runs: Sequence[Run], baseline: Sequence[Run] | None, metric: st
                 [curves, base], lambda c, b, k=key: transfer_vs_scratch(grid, _mean(c), _mean(b), threshold)[k],
                 **boot)
     out["forgetting"] = source_forgetting(runs, boot)
+    out["peak_forgetting"] = source_forgetting(runs, boot, peak=True)
     return out
 
 
@@ -146,13 +155,18 @@ def source_metrics(runs: Sequence[Run]) -> list[str]:
     return out + ([f"{SOURCE_PREFIX}mean_normalized"] if f"{SOURCE_PREFIX}mean_normalized" in names else [])
 
 
-def source_forgetting(runs: Sequence[Run], boot: Mapping[str, Any]) -> dict[str, Estimate]:
-    """Per source metric: first-eval minus last-eval score, mean over runs with a bootstrap CI."""
+def source_forgetting(runs: Sequence[Run], boot: Mapping[str, Any], peak: bool = False) -> dict[str, Estimate]:
+    """Per source metric: first-eval minus last-eval score (`peak`: minus the lowest later score), mean over runs
+    with a bootstrap CI."""
     out = {}
     for m in source_metrics(runs):
-        pairs = [(v[0], v[-1]) for v in (r.series(m)[1] for r in runs) if v.size]
-        if pairs:
-            arr = np.array(pairs, dtype=float)
+        series = [np.asarray(v, dtype=float) for v in (r.series(m)[1] for r in runs) if v.size]
+        if not series:
+            continue
+        if peak:
+            out[m] = bootstrap([np.array(series, dtype=object)], lambda a: peak_forgetting(list(a)), **boot)
+        else:
+            arr = np.array([(v[0], v[-1]) for v in series], dtype=float)
             out[m] = bootstrap([arr], lambda a: forgetting(a[:, 0], a[:, 1]), **boot)
     return out
 
@@ -219,22 +233,29 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
         f"threshold {thr:g}. Values: estimate [{pct}] (bootstrap over runs, {report['n_boot']} resamples). "
         "Jumpstart and asymptotic gain are score differences (transfer - scratch); time-to-threshold and area "
         "ratios are transfer / scratch (< 1 time ratio = faster; inf = never reached, - = undefined). Forgetting = "
-        "source score at the first eval minus at the last (> 0 = forgotten).", "",
+        "source score at the first eval minus at the last (> 0 = forgotten); peak forgetting = the first eval minus "
+        "the lowest later one (the worst drop on the way).", "",
         "| group | runs | first | final | area (score x env steps) | env steps to threshold | jumpstart | "
-        "asymptotic gain | time-to-threshold ratio | area ratio | forgetting (source mean) |",
-        "|" + "---|" * 11,
+        "asymptotic gain | time-to-threshold ratio | area ratio | forgetting (source mean) | peak forgetting |",
+        "|" + "---|" * 12,
     ]
     for name, g in report["groups"].items():
         forget = g["forgetting"].get(f"{SOURCE_PREFIX}mean_normalized")
+        peak = g.get("peak_forgetting", {}).get(f"{SOURCE_PREFIX}mean_normalized")
         cells = [name, str(g["n_runs"])] + [_cell(g[k]) for k in ("first", "final", "area", "steps_to_threshold")]
         cells += [_cell(g.get(k)) for k in ("jumpstart", "asymptotic_gain", "time_to_threshold_ratio", "area_ratio")]
-        lines.append("| " + " | ".join([*cells, _cell(forget)]) + " |")
+        lines.append("| " + " | ".join([*cells, _cell(forget), _cell(peak)]) + " |")
     tasks = sorted({m for g in report["groups"].values() for m in g["forgetting"]})
     if tasks:
         lines += ["", "## Forgetting per source task", "", "| group | " + " | ".join(f"`{t}`" for t in tasks) + " |",
                   "|" + "---|" * (len(tasks) + 1)]
         for name, g in report["groups"].items():
             lines.append(f"| {name} | " + " | ".join(_cell(g["forgetting"].get(t)) for t in tasks) + " |")
+        lines += ["", "## Peak forgetting per source task", "",
+                  "| group | " + " | ".join(f"`{t}`" for t in tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+        for name, g in report["groups"].items():
+            peaks = g.get("peak_forgetting", {})
+            lines.append(f"| {name} | " + " | ".join(_cell(peaks.get(t)) for t in tasks) + " |")
     if plot:
         lines += ["", f"![transfer curves]({plot})"]
     if report["warnings"]:

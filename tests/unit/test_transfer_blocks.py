@@ -406,3 +406,28 @@ def test_source_tasks_are_played_by_the_same_named_head_or_the_single_policy():
         source_policy_index(DRIVING, urban)
     with pytest.raises(ValueError, match=r"'CartPole-v1' has obs_dim/n_actions \(4, 2\)"):
         source_policy_index([urban], TaskSpec("CartPole-v1", 4, 2))
+
+
+def test_peak_forgetting_sees_a_drop_that_recovers_by_the_last_eval():
+    from mtdqn.evaluation.transfer import forgetting, peak_forgetting
+
+    dip = np.array([0.8, 0.5, 0.7, 0.8])  # forgotten at eval 2, recovered at the end
+    slide = np.array([0.9, 0.9, 0.6])
+    assert peak_forgetting([dip, slide]) == pytest.approx((0.3 + 0.3) / 2)
+    assert forgetting(np.array([0.8, 0.9]), np.array([0.8, 0.6])) == pytest.approx((0.0 + 0.3) / 2)
+    assert peak_forgetting([np.array([0.5, 0.6, 0.7])]) == pytest.approx(-0.1)  # improved all along
+
+
+def test_transfer_report_has_peak_forgetting_per_source_task(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path / f"none{seed}", {"transfer": {"mode": "none"}, "seed": seed}, _rows(SCRATCH),
+                  {"status": "completed"})
+        write_run(tmp_path / f"ft{seed}", {"transfer": {"mode": "finetune"}, "seed": seed},
+                  _rows(TRANSFER, np.array([0.9, 0.4, 0.6, 0.8, 0.9])), {"status": "completed"})
+    report = transfer_report([tmp_path], n_boot=200)
+    ft = report["groups"]["finetune"]
+    assert ft["forgetting"]["eval/source/lane_keep/normalized"].value == pytest.approx(0.0)
+    assert ft["peak_forgetting"]["eval/source/lane_keep/normalized"].value == pytest.approx(0.5)
+    from mtdqn.evaluation.transfer import render_markdown
+
+    assert "Peak forgetting per source task" in render_markdown(report)
