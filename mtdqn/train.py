@@ -90,6 +90,7 @@ def env_factories(cfg: DictConfig, env_kwargs: dict) -> tuple[list, list | None]
 def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
     """Instantiate model, data module and trainer from the config (no env is stepped here); seeds everything."""
     validate(cfg)
+    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))  # no-op where the CPU cannot flush
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ts = cfg.task_set
     env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}

@@ -179,3 +179,14 @@ def test_checkpoints_become_wandb_artifacts_when_log_model_is_set(tmp_path, monk
     assert logged, "no artifact was logged"
     artifact, aliases = logged[-1]
     assert artifact.type == "model" and "latest" in aliases and "env_steps_600" in aliases
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_setting_is_applied(tmp_path, flush):
+    """Denormal floats (Adam's decaying moments of dead units) make CPU kernels several times slower."""
+    try:
+        build(compose_cfg([*SMOKE, f"flush_denormal={flush}"], tmp_path))
+        tiny = torch.tensor([1e-42], dtype=torch.float32) * 1.0
+        assert (tiny.item() == 0.0) == flush
+    finally:
+        torch.set_flush_denormal(False)
