@@ -60,3 +60,5 @@ def test_experiment_preset_runs(tmp_path, preset, request):
     summary = train(compose_cfg([f"+experiment={preset}", *TINY, *extra], tmp_path))
     assert summary["status"] == "completed"
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    if preset == "lane_keep_compress":  # trains, then the end-of-training callback writes the compression report
+        assert (tmp_path / "compression" / "report.md").is_file()
