@@ -102,20 +102,8 @@ class EvalCallback(pl.Callback):
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> dict[str, float]:
         """Run the episodes of every task, log and remember the metrics."""
         t0 = time.perf_counter()
-        metrics: dict[str, float] = {}
-        normalized = []
-        for i, (task, env) in enumerate(zip(pl_module.tasks, self.envs, strict=True)):
-            returns = run_episodes(pl_module.policy_for(i), env, seed=self.seed)
-            mean = float(returns.mean())
-            metrics[f"eval/{task.name}/return"] = mean
-            metrics[f"eval/{task.name}/return_std"] = float(returns.std(unbiased=False))
-            score = task.normalize(mean)
-            if score is not None:
-                metrics[f"eval/{task.name}/normalized"] = score
-                normalized.append(score)
-        if normalized:
-            metrics["eval/mean_normalized"] = sum(normalized) / len(normalized)
-            metrics["eval/min_normalized"] = min(normalized)
+        entries = [(task, env, i) for i, (task, env) in enumerate(zip(pl_module.tasks, self.envs, strict=True))]
+        metrics = self.episode_metrics("eval/", entries, pl_module)
         metrics.update(self.evaluate_sources(pl_module))
         self.eval_seconds += time.perf_counter() - t0
         train_seconds = max(time.perf_counter() - self.started - self.eval_seconds, 1e-9)
@@ -133,20 +121,27 @@ class EvalCallback(pl.Callback):
         return metrics
 
     def evaluate_sources(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        """eval/source/<task>/return, return_std, normalized and eval/source/mean_normalized."""
+        """eval/source/<task>/return, return_std, normalized and eval/source/mean_normalized (min_normalized)."""
+        entries = list(zip(self.source_specs, self.source_envs, self.source_policy, strict=True))
+        return self.episode_metrics("eval/source/", entries, pl_module)
+
+    def episode_metrics(self, prefix: str, entries: list, pl_module: pl.LightningModule) -> dict[str, float]:
+        """For each (task spec, env, policy index): greedy returns on the fixed seeds as <prefix><task>/return,
+        return_std and normalized, plus <prefix>mean_normalized and min_normalized over the tasks."""
         metrics: dict[str, float] = {}
         normalized = []
-        for spec, env, index in zip(self.source_specs, self.source_envs, self.source_policy, strict=True):
+        for spec, env, index in entries:
             returns = run_episodes(pl_module.policy_for(index), env, seed=self.seed)
             mean = float(returns.mean())
-            metrics[f"eval/source/{spec.name}/return"] = mean
-            metrics[f"eval/source/{spec.name}/return_std"] = float(returns.std(unbiased=False))
+            metrics[f"{prefix}{spec.name}/return"] = mean
+            metrics[f"{prefix}{spec.name}/return_std"] = float(returns.std(unbiased=False))
             score = spec.normalize(mean)
             if score is not None:
-                metrics[f"eval/source/{spec.name}/normalized"] = score
+                metrics[f"{prefix}{spec.name}/normalized"] = score
                 normalized.append(score)
         if normalized:
-            metrics["eval/source/mean_normalized"] = sum(normalized) / len(normalized)
+            metrics[f"{prefix}mean_normalized"] = sum(normalized) / len(normalized)
+            metrics[f"{prefix}min_normalized"] = min(normalized)
         return metrics
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> list[Path]:
