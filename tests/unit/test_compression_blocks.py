@@ -34,8 +34,7 @@ MIXED = [TaskSpec("small", 4, 3), TaskSpec("big", 6, 4)]
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
 
 

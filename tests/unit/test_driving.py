@@ -17,22 +17,10 @@ from mtdqn.envs.driving.controllers import evaluate_policy, random_policy, refer
 from mtdqn.envs.driving.gym_env import ENV_IDS, DrivingGymVectorEnv
 from mtdqn.envs.driving.render import SIZE, render_env
 from mtdqn.envs.driving.sim import OBS_DIM, OBS_HIGH, OBS_LOW, OBS_NAMES
+from tests.helpers.driving import constant_actions
 
 LEFT_COAST, STRAIGHT_BRAKE, STRAIGHT_COAST, STRAIGHT_THROTTLE = 1, 3, 4, 5
 STRAIGHT = DrivingConfig(curvature_range=0.0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to oversubscribed CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _act(n: int, a: int) -> torch.Tensor:
-    return torch.full((n,), a, dtype=torch.int64)
 
 
 def _rollout(env: DrivingVecEnv, actions: torch.Tensor, seed: int) -> list[tuple[torch.Tensor, ...]]:
@@ -77,7 +65,7 @@ def test_straight_road_no_steering_keeps_heading() -> None:
     env.reset(0)
     psi0 = env.get_state()["psi"]
     for _ in range(50):
-        env.step(_act(4, STRAIGHT_COAST))
+        env.step(constant_actions(4, STRAIGHT_COAST))
     st = env.get_state()
     assert torch.equal(st["psi"], psi0)
     assert torch.allclose(st["d"] - env.get_state()["d"], torch.zeros(4))
@@ -89,7 +77,7 @@ def test_braking_lowers_speed_and_speed_never_negative() -> None:
     env.set_state(v=10.0, psi=0.0, d=0.0)
     v_prev = env.get_state()["v"]
     for _ in range(40):
-        env.step(_act(8, STRAIGHT_BRAKE))
+        env.step(constant_actions(8, STRAIGHT_BRAKE))
         v = env.get_state()["v"]
         assert (v >= 0).all()
         assert ((v < v_prev) | (v_prev == 0)).all()
@@ -113,7 +101,7 @@ def test_leaving_the_road_terminates_with_penalty() -> None:
     env.reset(3)
     hw = float(env.get_state()["half_w"][0])
     env.set_state(d=hw + C.OFFROAD_MARGIN - 0.05, psi=0.3, v=10.0)
-    res = env.step(_act(1, STRAIGHT_COAST))
+    res = env.step(constant_actions(1, STRAIGHT_COAST))
     assert res.terminated[0] and not res.truncated[0]
     assert res.reward[0] < -C.PENALTY_OFFROAD + 1.0
     assert res.next_obs[0, 2] > 1.0 and res.obs[0, 0] != res.next_obs[0, 0]  # final obs vs reset obs
@@ -124,7 +112,7 @@ def test_hitting_a_pedestrian_terminates_with_penalty() -> None:
     env.reset(4)
     s = env.get_state()["s"]
     env.set_state(d=0.0, psi=0.0, v=8.0, ps=torch.stack([s + 2.5, s + 500.0]), py=0.0, pphase=1.0)
-    res = env.step(_act(1, STRAIGHT_COAST))
+    res = env.step(constant_actions(1, STRAIGHT_COAST))
     assert res.terminated[0]
     assert res.reward[0] < -C.PENALTY_COLLISION + 1.0
 
@@ -134,7 +122,7 @@ def test_pedestrian_far_to_the_side_is_not_a_collision() -> None:
     env.reset(4)
     s = env.get_state()["s"]
     env.set_state(d=0.0, psi=0.0, v=8.0, ps=torch.stack([s + 2.5, s + 500.0]), py=-3.0, pphase=2.0)
-    res = env.step(_act(1, STRAIGHT_COAST))
+    res = env.step(constant_actions(1, STRAIGHT_COAST))
     assert not res.terminated[0] and res.reward[0] > 0
 
 
@@ -151,13 +139,13 @@ def test_running_a_red_light_terminates_with_penalty() -> None:
     red_time = 0.5 * (20.0 - C.AMBER_TIME) + C.AMBER_TIME + 1.0
     env = _light_env(red_time, v=10.0, gap=0.5)
     assert env.observe()[0, OBS_NAMES.index("light_red")] == 1.0
-    res = env.step(_act(1, STRAIGHT_COAST))
+    res = env.step(constant_actions(1, STRAIGHT_COAST))
     assert res.terminated[0] and res.reward[0] < -C.PENALTY_RED + 1.5
 
 
 def test_crossing_on_green_is_fine() -> None:
     env = _light_env(1.0, v=10.0, gap=0.5)
-    res = env.step(_act(1, STRAIGHT_COAST))
+    res = env.step(constant_actions(1, STRAIGHT_COAST))
     assert not res.terminated[0] and res.reward[0] > 0
     assert env.get_state()["ls"][0] > env.get_state()["s"][0] + 100  # the next light was spawned
 
@@ -165,7 +153,7 @@ def test_crossing_on_green_is_fine() -> None:
 def test_stopping_at_red_is_not_penalized() -> None:
     red_time = 0.5 * (20.0 - C.AMBER_TIME) + C.AMBER_TIME + 0.5
     env = _light_env(red_time, v=0.0, gap=3.0)
-    rewards = [env.step(_act(1, STRAIGHT_BRAKE)) for _ in range(40)]
+    rewards = [env.step(constant_actions(1, STRAIGHT_BRAKE)) for _ in range(40)]
     assert not any(bool(r.terminated[0] or r.truncated[0]) for r in rewards)
     assert all(abs(float(r.reward[0])) < 1e-6 for r in rewards)  # centred and standing: exactly zero
 
@@ -174,7 +162,7 @@ def test_time_limit_truncates() -> None:
     env = DrivingVecEnv("lane_keep", 2, config=DrivingConfig(max_episode_steps=7, curvature_range=0.0))
     env.reset(6)
     env.set_state(d=0.0, psi=0.0)
-    flags = [env.step(_act(2, STRAIGHT_COAST)) for _ in range(7)]
+    flags = [env.step(constant_actions(2, STRAIGHT_COAST)) for _ in range(7)]
     assert not any(bool(f.truncated.any()) for f in flags[:6])
     assert flags[6].truncated.all() and not flags[6].terminated.any()
     assert (env.get_state()["t"] == 0).all() and (env.get_state()["episode"] == 1).all()
@@ -257,7 +245,7 @@ def test_steer_delay_delays_heading_response(delay: int) -> None:
     env.set_state(psi=0.0, d=0.0, v=10.0)
     headings = []
     for _ in range(delay + 2):
-        env.step(_act(1, LEFT_COAST))
+        env.step(constant_actions(1, LEFT_COAST))
         headings.append(float(env.get_state()["psi"][0]))
     assert all(h == 0.0 for h in headings[:delay])
     assert headings[delay] > 0.0
@@ -269,7 +257,7 @@ def test_slip_reduces_steering_effect() -> None:
         env.reset(11)
         env.set_state(psi=0.0, d=0.0, v=10.0)
         for _ in range(5):
-            env.step(_act(256, LEFT_COAST))
+            env.step(constant_actions(256, LEFT_COAST))
         return float(env.get_state()["psi"].mean())
 
     full, half, none = heading_after(0.0), heading_after(0.5), heading_after(1.0)
@@ -311,7 +299,7 @@ def test_light_cycle_changes_light_timing() -> None:
         env.reset(14)
         reds, changes, prev = [], 0, env.light_phase()[1]
         for _ in range(200):
-            env.step(_act(128, STRAIGHT_BRAKE))
+            env.step(constant_actions(128, STRAIGHT_BRAKE))
             red = env.light_phase()[1]
             reds.append(red.float().mean())
             changes += int((red != prev).sum())
@@ -340,7 +328,7 @@ def test_gym_env_matches_vec_env_and_autoresets() -> None:
     np.testing.assert_array_equal(obs, vec.reset(21)[0].numpy())
     for t in range(45):
         obs, rew, term, trunc, _ = env.step(STRAIGHT_COAST)
-        res = vec.step(_act(1, STRAIGHT_COAST))
+        res = vec.step(constant_actions(1, STRAIGHT_COAST))
         np.testing.assert_array_equal(obs, res.next_obs[0].numpy())
         if term or trunc:
             assert t in (19, 39)

@@ -15,8 +15,7 @@ from mtdqn.types import TaskSpec
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
 
 

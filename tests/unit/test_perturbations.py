@@ -11,21 +11,10 @@ from mtdqn.envs.driving.config import RANDOMIZABLE
 from mtdqn.envs.driving.sim import NOISE_MASK, OBS_HIGH, OBS_LOW, OBS_NAMES
 from mtdqn.envs.factory import check_env_options
 from mtdqn.types import StepResult
+from tests.helpers.driving import constant_actions
 
 LEFT_COAST, STRAIGHT_COAST = 1, 4
 KNOBS = DrivingConfig(steer_delay=2, slip=0.2, obs_noise=0.1, pedestrian_rate=2.0, curvature_range=0.025)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _act(n: int, a: int) -> torch.Tensor:
-    return torch.full((n,), a, dtype=torch.int64)
 
 
 def _rollout_sums(env: DrivingVecEnv, steps: int = 420) -> list[float]:
@@ -73,7 +62,7 @@ def test_obs_noise_has_the_configured_std_on_measurements_only() -> None:
     for _ in range(20):
         diffs.append(on - oc)
         inside.append((oc > torch.as_tensor(OBS_LOW) + 0.3) & (oc < torch.as_tensor(OBS_HIGH) - 0.3))
-        a = _act(256, STRAIGHT_COAST)
+        a = constant_actions(256, STRAIGHT_COAST)
         oc, on = clean.step(a).obs, noisy.step(a).obs
     diff, inside = torch.cat(diffs), torch.cat(inside)
     mask = torch.as_tensor(NOISE_MASK).bool()
@@ -92,7 +81,7 @@ def test_slip_cancels_steering_with_the_given_probability(slip: float) -> None:
     ineffective = []
     for _ in range(20):
         before = env.get_state()["psi"]
-        env.step(_act(512, LEFT_COAST))
+        env.step(constant_actions(512, LEFT_COAST))
         ineffective.append(env.get_state()["psi"] == before)  # straight road: psi moves only by steering
     frac = torch.stack(ineffective).float().mean().item()
     assert frac == pytest.approx(slip, abs=0.02)
@@ -153,7 +142,7 @@ def test_each_env_feels_its_own_steering_delay(reset_mode: str) -> None:
     env.set_state(psi=0.0, d=0.0, v=10.0)
     first_turn = torch.full((64,), -1)
     for t in range(5):
-        env.step(_act(64, LEFT_COAST))
+        env.step(constant_actions(64, LEFT_COAST))
         turned = (env.get_state()["psi"] > 0) & (first_turn < 0)
         first_turn[turned] = t
     assert torch.equal(first_turn, delay)  # a delay of k steps: heading moves at the (k+1)-th step

@@ -16,8 +16,7 @@ MIXED = [TaskSpec("small", 4, 2), TaskSpec("big", 6, 3)]
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
 
 
