@@ -209,6 +209,27 @@ def test_masked_and_subset_autoreset_agree() -> None:
     assert all(torch.equal(x, y) for sa, sb in zip(a, b, strict=True) for x, y in zip(sa, sb, strict=True))
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_cached_curvature_and_in_place_state_match_a_fresh_computation(task: str) -> None:
+    """The step reuses the curvature of the last observation and updates state views in place; the same
+    rollout without the cache, and after set_state / get_state round trips, is bit for bit identical."""
+    cfg = DrivingConfig(max_episode_steps=60, pedestrian_rate=3.0)
+    acts = _actions(32, 120, 4)
+    cached = DrivingVecEnv(task, 32, config=cfg)
+    plain = DrivingVecEnv(task, 32, config=cfg)
+    plain._cache_kappa = False
+    a, b = _rollout(cached, acts, 7), _rollout(plain, acts, 7)
+    assert all(torch.equal(x, y) for sa, sb in zip(a, b, strict=True) for x, y in zip(sa, sb, strict=True))
+    st = cached.get_state()
+    assert cached.set_state(**st).equal(plain.observe())  # writing the state back changes nothing
+    for a_t in acts[:30]:
+        ra, rb = cached.step(a_t), plain.step(a_t)
+        assert all(torch.equal(x, y) for x, y in zip(ra, rb, strict=True))
+    st = cached.get_state()
+    st["s"].add_(1.0)  # get_state hands out copies
+    assert not torch.equal(cached.get_state()["s"], st["s"])
+
+
 @pytest.mark.parametrize("noise", [0.0, 0.3])
 def test_observations_within_declared_bounds(noise: float) -> None:
     low, high = torch.as_tensor(OBS_LOW), torch.as_tensor(OBS_HIGH)

@@ -30,11 +30,23 @@ def _srl(x: Tensor, k: int) -> Tensor:
     return (x >> k) & ((1 << (64 - k)) - 1)
 
 
+def _consts(device: torch.device) -> tuple[Tensor, ...]:
+    """0-dim int64 tensors of the hash constants on `device` (cached): a Python int operand costs a scalar
+    wrap per op, a ready tensor does not."""
+    key = ("consts", device)
+    if key not in _CACHE:
+        vals = (30, (1 << 34) - 1, 27, (1 << 37) - 1, 31, (1 << 33) - 1, _C1, _C2, _EP_MULT, _STEP_MULT, 0xFFFF)
+        _CACHE[key] = tuple(torch.tensor(v, dtype=torch.int64, device=device) for v in vals)
+    return _CACHE[key]
+
+
 def mix64(x: Tensor) -> Tensor:
     """The splitmix64 finalizer (a bijection on 64-bit integers) applied elementwise."""
-    x = (x ^ _srl(x, 30)) * _C1
-    x = (x ^ _srl(x, 27)) * _C2
-    return x ^ _srl(x, 31)
+    s30, m30, s27, m27, s31, m31, c1, c2 = _consts(x.device)[:8]
+    # (x ^ srl(x, k)) * c, with srl(x, k) = (x >> k) & (2^(64-k) - 1); in place on fresh temporaries
+    y = torch.bitwise_right_shift(x, s30).bitwise_and_(m30).bitwise_xor_(x).mul_(c1)
+    y = y.bitwise_xor_(torch.bitwise_right_shift(y, s27).bitwise_and_(m27)).mul_(c2)
+    return y.bitwise_xor_(torch.bitwise_right_shift(y, s31).bitwise_and_(m31))
 
 
 def seed_keys(seeds: Tensor) -> Tensor:
@@ -68,10 +80,25 @@ def uniforms(key: Tensor, episode: Tensor, step: Tensor | int, stream: int, n_wo
     Word w (rows 4w .. 4w+3) of env i is a pure function of (key[i], episode[i], step[i], stream + w), so
     draws of one env never depend on other envs; each row is contiguous over envs.
     """
-    base = key + episode * _EP_MULT + step * _STEP_MULT
-    h = mix64(base + _streams(stream, n_words, key.device))  # (n_words, N)
-    bits = (h.unsqueeze(1) >> _shifts(key.device)) & 0xFFFF  # (n_words, 4, N)
-    return bits.flatten(0, 1).to(torch.float32).mul_(1.0 / 65536.0).add_(0.5 / 65536.0)
+    dev = key.device
+    c = _consts(dev)
+    base = key + episode * c[8]
+    if isinstance(step, Tensor):
+        base += step * c[9]
+    elif step != 0:
+        base = base + step * _STEP_MULT
+    h = mix64(base + _streams(stream, n_words, dev))  # (n_words, N)
+    bits = torch.bitwise_right_shift(h.unsqueeze(1), _shifts(dev)).bitwise_and_(c[10])  # (n_words, 4, N)
+    scale, offset = _float_consts(dev)
+    return bits.flatten(0, 1).to(torch.float32).mul_(scale).add_(offset)
+
+
+def _float_consts(device: torch.device) -> tuple[Tensor, Tensor]:
+    """0-dim float32 tensors 1 / 65536 and 0.5 / 65536 on `device` (cached)."""
+    key = ("fconsts", device)
+    if key not in _CACHE:
+        _CACHE[key] = tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in (1 / 65536, 0.5 / 65536))
+    return _CACHE[key]
 
 
 def normals(key: Tensor, episode: Tensor, step: Tensor | int, stream: int, n: int) -> Tensor:

@@ -7,7 +7,8 @@ All randomness comes from a counter-based hash of (env seed, episode, step, stre
 episodes depend only on its seed `seed + i`, never on the number of envs beside it.
 
 State is stored "struct of arrays": every field is a tensor whose last dim is the env index, so every
-elementwise op runs over contiguous memory; per-slot fields (pedestrians) are (slots, N).
+elementwise op runs over contiguous memory; per-slot fields (pedestrians) are (slots, N). The fields are row
+views of one float32 and one int64 block, so resets and respawns replace all of a row's fields in one copy.
 
 Domain randomization (`randomize={knob: (lo, hi)}`) draws the named knobs per env at every episode start from the
 same counter-based RNG and keeps them as per-env state fields (`KNOB_FIELDS`); without it every knob is the
@@ -17,7 +18,6 @@ config's scalar and the step code is exactly the fixed-knob path.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -71,8 +71,34 @@ KNOB_FIELDS = {"obs_noise": "k_obs_noise", "slip": "k_slip", "steer_delay": "k_s
                "curvature_range": "k_curvature_range", "pedestrian_rate": "k_ped_gap"}  # fmt: skip
 
 
+class _Consts:
+    """0-dim float32 tensors of the step's constants on one device: an op with a ready tensor operand skips
+    the per-call wrapping of a Python scalar (same float32 value, so the same results)."""
+
+    def __init__(self, device: torch.device, cfg: DrivingConfig, green: float) -> None:
+        def c(x: float) -> Tensor:
+            return torch.tensor(x, dtype=torch.float32, device=device)
+
+        self.zero, self.one, self.two, self.mone = c(0.0), c(1.0), c(2.0), c(-1.0)
+        self.dt, self.half = c(C.DT), c(0.5)
+        self.offroad = c(C.OFFROAD_MARGIN)
+        self.heading = c(C.HEADING_LIMIT)
+        self.w_speed, self.w_lat = c(C.W_SPEEDING), c(C.W_LATERAL)
+        self.pen_off, self.pen_hit, self.pen_red = c(C.PENALTY_OFFROAD), c(C.PENALTY_COLLISION), c(C.PENALTY_RED)
+        self.curb = c(C.CURB_OFFSET)
+        self.hit_s, self.hit_y = c(C.CAR_HALF_LENGTH + C.PED_RADIUS), c(C.CAR_HALF_WIDTH + C.PED_RADIUS)
+        self.behind, self.ped_range, self.light_range = c(-5.0), c(C.PED_RANGE), c(C.LIGHT_RANGE)
+        self.cycle, self.green_end, self.amber_end = c(cfg.light_cycle), c(green), c(green + C.AMBER_TIME)
+        self.ped_ahead = c(C.PED_SPAWN_AHEAD)
+
+
 class DrivingVecEnv:
-    """Batched driving simulator implementing the `TensorVecEnv` protocol (same-step autoreset)."""
+    """Batched driving simulator implementing the `TensorVecEnv` protocol (same-step autoreset).
+
+    The state lives in two blocks, float32 (F, N) and int64 (I, N); the state dict holds views of their rows,
+    so a whole row set is replaced (episode reset, respawn) with one index_copy_ and the step updates the
+    fields in place.
+    """
 
     def __init__(self, task: str, num_envs: int, device: str | torch.device = "cpu",
                  config: DrivingConfig | None = None, reset_mode: str | None = None,
@@ -101,8 +127,12 @@ class DrivingVecEnv:
         self._noise_col = (torch.as_tensor(NOISE_MASK, device=dev) * self.config.obs_noise).unsqueeze(1)
         steer = torch.tensor([C.STEER_CURVATURE, 0.0, -C.STEER_CURVATURE]).repeat_interleave(3)
         self._action_table = torch.stack([steer, torch.tensor(C.ACCEL).repeat(3)]).to(dev)  # (2, 9)
+        # (steer, accel * DT) per action: the velocity increment in float32 exactly as accel * C.DT gives it
+        self._action_table_dt = torch.stack([self._action_table[0], self._action_table[1] * C.DT])
         self._preview = torch.tensor(C.PREVIEW_DISTANCES, device=dev).unsqueeze(1)
         self._green = 0.5 * (self.config.light_cycle - C.AMBER_TIME)
+        self._k = _Consts(dev, self.config, self._green)
+        self._t_limit = torch.tensor(self.max_episode_steps, dtype=torch.int64, device=dev)
         rate = self.config.pedestrian_rate
         self._ped_gap = 200.0 / rate if rate > 0 else _FAR
         # domain randomization: {knob: (lo, hi)} drawn per env per episode (overrides the config's value)
@@ -110,8 +140,109 @@ class DrivingVecEnv:
         self._noise_mask = torch.as_tensor(NOISE_MASK, device=dev).unsqueeze(1)
         lo_hi = self.randomize.get("steer_delay")
         self._delay_slots = int(lo_hi[1]) if lo_hi else self.config.steer_delay  # length of the steering buffer
+        self._build_layout()
+        self._raw_buf: Tensor | None = None  # (OBS_DIM, N) scratch of the full-batch observation
+        self._scratch: dict[str, Tensor] = {}
+        # curvature at each env's current s, taken from the last step's observation (preview distance 0 is the
+        # same computation); None: unknown (after reset / set_state, or with observation noise / masked resets)
+        self._kappa: Tensor | None = None
+        noise_free = self.config.obs_noise == 0 and "obs_noise" not in self.randomize
+        self._cache_kappa = self.reset_mode == "subset" and noise_free
         self._st: dict[str, Tensor] = {}
+        self._fb = self._ib = torch.empty(0)
         self._seeded = False
+
+    def _build_layout(self) -> None:
+        """Rows of every state field in the float / int blocks, and the (original) order of the state dict."""
+        order = ["key", "episode", "t", *EGO_FIELDS]
+        ints = ["key", "episode", "t"]
+        floats = [("s", 1), ("d", 1), ("psi", 1), ("v", 1), ("limit", 1), ("half_w", 1),  # v, limit adjacent
+                  ("amp", 2), ("wavenum", 2), ("phase", 2)]  # fmt: skip
+        for name in self.randomize:
+            field = KNOB_FIELDS[name]
+            order.append(field)
+            if name == "steer_delay":
+                ints.append(field)
+            else:
+                floats.append((field, 1))
+        if self._delay_slots > 0:
+            order.append("steer_buf")
+            floats.append(("steer_buf", self._delay_slots))
+        if self.has_peds:
+            order += PED_FIELDS
+            floats += [(f, C.PED_SLOTS) for f in PED_FIELDS]  # contiguous: the ped block is (5, slots, N)
+        if self.has_lights:
+            order += LIGHT_FIELDS
+            floats += [(f, 1) for f in LIGHT_FIELDS]
+        rows, r = {}, 0
+        for name, count in floats:
+            rows[name] = (r, count)
+            r += count
+        self._frows, self._n_float = rows, r
+        self._irows = {name: i for i, name in enumerate(ints)}
+        self._order = order
+        self._ped0 = rows["ps"][0] if self.has_peds else 0
+        self._light0 = rows["ls"][0] if self.has_lights else 0
+        # views of a state: (name, source, index) with source 0: int rows, 1: float rows, 2: float groups
+        self._group_sizes = [count for _, count in floats]
+        group_of = {name: g for g, (name, _) in enumerate(floats)}
+        self._plan = [
+            (name, 0, self._irows[name]) if name in self._irows
+            else (name, 1, rows[name][0]) if rows[name][1] == 1 and name != "steer_buf"
+            else (name, 2, group_of[name])
+            for name in order
+        ]  # fmt: skip
+        self._build_affine()
+
+    def _build_affine(self) -> None:
+        """Episode-start fields as ((u[SEL] * A) + B) * C per float-block row (u: the 28 episode uniforms), plus
+        two extra rows (e1, 1 - e1) for the curvature split. Each row is the same float32 op sequence as the
+        field's formula (x * 1, x + 0 with x > 0 and x * 0 + 0 with x > 0 are exact), so results are unchanged;
+        rows that need more (v, amp, wavenum, peds, ls) hold an intermediate that _fresh finishes."""
+        (lo_w, hi_w), (lo_v, hi_v) = C.LANE_WIDTH_RANGE, C.SPEED_LIMIT_RANGE
+        (lo_p, hi_p), (lo_t, hi_t), (lo_g, hi_g) = C.PED_SPEED_RANGE, C.PED_TRIGGER_RANGE, C.LIGHT_GAP_RANGE
+        p, lt = 4 * _W_PEDS, 4 * _W_LIGHT
+        spec = {  # field: ([u row per field row], A, B, C)
+            "d": ([10], 1.0, -0.5, 1.0), "psi": ([11], 1.0, -0.5, 0.2), "v": ([12], 0.7, 0.3, 1.0),
+            "limit": ([9], hi_v - lo_v, lo_v, 1.0), "half_w": ([8], hi_w - lo_w, lo_w, 0.5),
+            "amp": ([0, 0], 0.7, 0.3, 1.0), "wavenum": ([4, 5], 220.0, 80.0, 1.0),
+            "phase": ([6, 7], 2 * math.pi, 0.0, 1.0),
+            "ps": ([p, p + 1], 1.0, 0.0, 1.0), "pvel": ([p + 4, p + 5], hi_p - lo_p, lo_p, 1.0),
+            "ptrig": ([p + 6, p + 7], hi_t - lo_t, lo_t, 1.0),
+            "ls": ([lt], hi_g - lo_g, lo_g, 1.0), "loff": ([lt + 1], self.config.light_cycle, 0.0, 1.0),
+        }  # fmt: skip
+        sel, a, b, c = [0] * self._n_float, [0.0] * self._n_float, [0.0] * self._n_float, [1.0] * self._n_float
+        for name, (r, count) in self._frows.items():
+            if name in spec:
+                rows, a_, b_, c_ = spec[name]
+                for j in range(count):
+                    sel[r + j], a[r + j], b[r + j], c[r + j] = rows[j], a_, b_, c_
+        sel += [1, 1]  # split: e1 and 1 - e1
+        a += [1.0, -1.0]
+        b += [0.0, 1.0]
+        c += [1.0, 1.0]
+        dev = self.device
+        self._aff_sel = torch.tensor(sel, dtype=torch.int64, device=dev)
+        self._aff_a, self._aff_b, self._aff_c = (torch.tensor(x, dtype=torch.float32, device=dev).unsqueeze(1)
+                                                 for x in (a, b, c))  # fmt: skip
+        cr = self.config.curvature_range
+        self._cr = torch.tensor(cr, dtype=torch.float32, device=dev)
+        self._gap_t = torch.tensor(self._ped_gap, dtype=torch.float32, device=dev)
+
+    def _views(self, fb: Tensor, ib: Tensor) -> dict[str, Tensor]:
+        """The state dict of views into the blocks fb (F, R) and ib (I, R)."""
+        src = (ib.unbind(0), fb.unbind(0), fb.split(self._group_sizes))
+        return {name: src[kind][i] for name, kind, i in self._plan}
+
+    def _tmp(self, slot: str, like: Tensor) -> Tensor:
+        """An uninitialized float tensor shaped like `like`: a reused buffer per slot for full-batch shapes
+        (each slot's value only lives within one step), a new one otherwise."""
+        if like.shape[-1] != self.num_envs:
+            return torch.empty_like(like)
+        buf = self._scratch.get(slot)
+        if buf is None or buf.shape != like.shape or buf.device != like.device:
+            buf = self._scratch[slot] = torch.empty_like(like)
+        return buf
 
     # ------------------------------------------------------------------ protocol
     def reset(self, seed: int | None = None) -> Tensor:
@@ -125,27 +256,48 @@ class DrivingVecEnv:
             self._seeded = True
         else:
             key, episode = self._st["key"], self._st["episode"] + 1
-        self._st = self._fresh(key, episode)
+        ib = torch.zeros(len(self._irows), n, device=dev, dtype=torch.int64)
+        ib[0], ib[1] = key, episode
+        self._st, self._fb, self._ib = self._fresh(ib)
+        self._kappa = None
         return self._observe(self._st)
 
     def step(self, actions: Tensor) -> StepResult:
         """Advance all envs one step (dt = 0.1 s) with int64 actions (N,); finished envs autoreset."""
         if not self._seeded:
             raise RuntimeError("call reset() before step()")
-        st = dict(self._st)
+        st = self._st
         actions = torch.as_tensor(actions, device=self.device).long()
-        reward, terminated = self._advance(st, actions)
-        truncated = (st["t"] >= self.max_episode_steps) & ~terminated
-        next_obs = self._observe(st)
-        done = terminated | truncated
-        idx, fresh = self._update_rows(st, done, lambda rows: self._fresh(st["key"][rows], st["episode"][rows] + 1))
-        if fresh is None:
-            obs = next_obs
-        elif idx is None:
+        reward, term, ph = self._advance(st, actions)  # term: float 0/1
+        terminated = term.bool()
+        at_limit = torch.ge(st["t"], self._t_limit)
+        truncated = at_limit & ~terminated
+        pre = self._observe_pre(st, ph, scratch=True)
+        next_obs = self._finish_obs(pre)
+        kappa = pre[5].clone() if self._cache_kappa else None  # raw curvature at preview distance 0
+        done = at_limit | terminated
+        if self.reset_mode == "masked":
+            ib = self._ib.clone()
+            ib[1] += 1
+            fresh, fb, ib = self._fresh(ib)
+            self._fb.copy_(torch.where(done, fb, self._fb))
+            self._ib.copy_(torch.where(done, ib, self._ib))
             obs = torch.where(done.unsqueeze(1), self._observe(fresh), next_obs)
         else:
-            obs = next_obs.index_copy(0, idx, self._observe(fresh))
-        self._st = st
+            idx = done.nonzero().squeeze(1)
+            if idx.shape[0] == 0:
+                obs = next_obs
+            else:
+                ib = self._ib.index_select(1, idx)
+                ib[1] += 1
+                fresh, fb, ib = self._fresh(ib)
+                self._fb.index_copy_(1, idx, fb)
+                self._ib.index_copy_(1, idx, ib)
+                pre = self._observe_pre(fresh)
+                obs = next_obs.index_copy(0, idx, self._finish_obs(pre))
+                if kappa is not None:
+                    kappa.index_copy_(0, idx, pre[5])
+        self._kappa = kappa
         return StepResult(next_obs, reward, terminated, truncated, obs)
 
     def render(self, i: int = 0):
@@ -157,6 +309,8 @@ class DrivingVecEnv:
     def close(self) -> None:
         """Release the state tensors."""
         self._st = {}
+        self._fb = self._ib = torch.empty(0)
+        self._raw_buf, self._kappa = None, None
 
     # ------------------------------------------------------------------ test / render helpers
     def get_state(self) -> dict[str, Tensor]:
@@ -169,7 +323,8 @@ class DrivingVecEnv:
             if name not in self._st:
                 raise ValueError(f"unknown state field {name!r} for task {self.task!r}; valid: {sorted(self._st)}")
             old = self._st[name]
-            self._st[name] = torch.as_tensor(value, dtype=old.dtype, device=old.device).expand_as(old).clone()
+            old.copy_(torch.as_tensor(value, dtype=old.dtype, device=old.device).expand_as(old))
+        self._kappa = None
         return self._observe(self._st)
 
     def observe(self) -> Tensor:
@@ -185,7 +340,7 @@ class DrivingVecEnv:
 
     def _cycle_time(self, st: dict[str, Tensor]) -> Tensor:
         """Time (s) into the current cycle of each env's next light."""
-        return torch.remainder(st["t"] * C.DT + st["loff"], self.config.light_cycle)
+        return torch.remainder(st["t"] * self._k.dt + st["loff"], self._k.cycle)
 
     def light_phase(self, st: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(time to the next change in s, red, amber, green) of each env's next light."""
@@ -199,32 +354,39 @@ class DrivingVecEnv:
         return ttc, red, amber, green
 
     # ------------------------------------------------------------------ episode start / respawns
-    def _fresh(self, key: Tensor, episode: Tensor) -> dict[str, Tensor]:
-        """Initial state of new episodes for rows with these keys / episode indices (all new tensors)."""
-        n, dev = key.shape[0], key.device
+    def _fresh(self, ib: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Initial state of new episodes for the rows of the int block ib (I, R) whose key and episode rows are
+        set (the rest is overwritten, in place): (state dict of views, float block, int block)."""
+        k = self._k
+        key, episode = ib[0], ib[1]
         u = uniforms(key, episode, 0, _W_EPISODE, _W_SLIP)  # (28, n): words 0-3 road/ego, 4-5 peds, 6 light
-        e = u[: 4 * _W_PEDS]
+        # every simple field in one go (see _build_affine); s, pphase and steer_buf come out 0
+        y = u.index_select(0, self._aff_sel).mul_(self._aff_a).add_(self._aff_b).mul_(self._aff_c)
+        fb, split = y[: self._n_float], y[self._n_float :]
+        ib[2].zero_()
+        st = self._views(fb, ib)
         knobs = self._draw_knobs(key, episode) if self.randomize else {}
-        mag = knobs.get("k_curvature_range", self.config.curvature_range) * (0.3 + 0.7 * e[0])
-        split = torch.stack([e[1], 1.0 - e[1]])
-        amp = mag * split * torch.where(e[2:4] < 0.5, -1.0, 1.0)
-        (lo_w, hi_w), (lo_v, hi_v) = C.LANE_WIDTH_RANGE, C.SPEED_LIMIT_RANGE
-        half_w = 0.5 * (lo_w + (hi_w - lo_w) * e[8])
-        limit = lo_v + (hi_v - lo_v) * e[9]
-        zeros = torch.zeros(n, device=dev)
-        st = dict(
-            key=key.clone(), episode=episode.clone(), t=torch.zeros(n, device=dev, dtype=torch.int64),
-            s=zeros, d=e[10] - 0.5, psi=(e[11] - 0.5) * 0.2, v=limit * (0.3 + 0.7 * e[12]),
-            half_w=half_w, limit=limit, amp=amp, wavenum=(2 * math.pi) / (80.0 + 220.0 * e[4:6]),
-            phase=(2 * math.pi) * e[6:8], **knobs,
-        )  # fmt: skip
-        if self._delay_slots > 0:
-            st["steer_buf"] = torch.zeros(self._delay_slots, n, device=dev)
+        for name, value in knobs.items():
+            st[name].copy_(value)
+        # amp = curvature_range * (0.3 + 0.7 e0) * (e1, 1 - e1) * random signs
+        amp = st["amp"].mul_(knobs.get("k_curvature_range", self._cr)).mul_(split)
+        amp.mul_(torch.where(u[2:4] < 0.5, k.mone, k.one))
+        st["v"].mul_(st["limit"])
+        st["wavenum"].reciprocal_().mul_(2 * math.pi)  # == (2 pi) / (80 + 220 e), as Tensor.__rtruediv__
         if self.has_peds:
-            st.update(self._spawn_peds(st, zeros, u[4 * _W_PEDS : 4 * _W_LIGHT]))
+            self._finish_peds(st, u[4 * _W_PEDS : 4 * _W_LIGHT], st.get("k_ped_gap", self._gap_t))
         if self.has_lights:
-            st["ls"], st["loff"] = self._spawn_light(torch.full_like(zeros, C.LIGHT_FIRST), u[4 * _W_LIGHT :])
-        return st
+            st["ls"].add_(C.LIGHT_FIRST)  # LIGHT_FIRST + gap
+        return st, fb, ib
+
+    def _finish_peds(self, st: dict[str, Tensor], u: Tensor, gap: Tensor) -> None:
+        """Finish new pedestrians whose ps rows hold u[0:2], pvel rows the speed, ptrig and pphase done."""
+        k = self._k
+        ps = st["ps"].log_().mul_(gap)
+        torch.sub(k.ped_ahead, ps, out=ps)  # PED_SPAWN_AHEAD - gap * log(u); the ego is at s = 0
+        side = torch.where(u[2:4] < 0.5, k.mone, k.one)
+        torch.mul(side, st["half_w"] + k.curb, out=st["py"])
+        st["pvel"].mul_(side.neg_())
 
     def _draw_knobs(self, key: Tensor, episode: Tensor) -> dict[str, Tensor]:
         """Per-env values of the randomized knobs for new episodes: uniform in [lo, hi] (integers for
@@ -255,72 +417,85 @@ class DrivingVecEnv:
                 out[name] = st[field].clone()
         return out
 
-    def _spawn_peds(self, st: dict[str, Tensor], s: Tensor, u: Tensor | None = None) -> dict[str, Tensor]:
-        """New waiting pedestrians (one per slot) ahead of s (R,), drawn at each row's (episode, t)."""
+    def _spawn_peds(self, st: dict[str, Tensor], s: Tensor | None, u: Tensor | None = None,
+                    out: Tensor | None = None) -> Tensor:  # fmt: skip
+        """New waiting pedestrians (one per slot) ahead of s (R,; None: at s = 0), drawn at each row's
+        (episode, t); returns the ped block (5 * PED_SLOTS, R) in PED_FIELDS order (written into `out`)."""
+        k = self._k
         if u is None:
             u = uniforms(st["key"], st["episode"], st["t"], _W_PEDS, 2)  # (8, R): 4 features x 2 slots
+        n = u.shape[1]
+        if out is None:
+            out = torch.empty(5 * C.PED_SLOTS, n, device=u.device)
+        ps, py, pvel, ptrig, pphase = out.view(5, C.PED_SLOTS, n).unbind(0)
         gap = st.get("k_ped_gap", self._ped_gap)
-        ps = s + (C.PED_SPAWN_AHEAD - gap * torch.log(u[0:2]))
-        side = torch.where(u[2:4] < 0.5, -1.0, 1.0)
+        ahead = torch.rsub(gap * torch.log(u[0:2]), k.ped_ahead)
+        if s is None:
+            ps.copy_(ahead)  # 0 + x == x (x > 0)
+        else:
+            torch.add(s, ahead, out=ps)
+        side = torch.where(u[2:4] < 0.5, k.mone, k.one)
         (lo_p, hi_p), (lo_t, hi_t) = C.PED_SPEED_RANGE, C.PED_TRIGGER_RANGE
-        return dict(ps=ps, py=side * (st["half_w"] + C.CURB_OFFSET), pvel=-side * (lo_p + (hi_p - lo_p) * u[4:6]),
-                    ptrig=lo_t + (hi_t - lo_t) * u[6:8], pphase=torch.zeros_like(ps))  # fmt: skip
+        torch.mul(side, st["half_w"] + k.curb, out=py)
+        torch.mul(side.neg_(), u[4:6] * (hi_p - lo_p) + lo_p, out=pvel)
+        torch.add(u[6:8] * (hi_t - lo_t), lo_t, out=ptrig)
+        pphase.zero_()
+        return out
 
     def _spawn_light(self, ls_old: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """Position (m) and phase offset (s) of the light after `ls_old` from uniforms u (>= 2, R)."""
         lo, hi = C.LIGHT_GAP_RANGE
-        return ls_old + (lo + (hi - lo) * u[0]), self.config.light_cycle * u[1]
-
-    def _update_rows(self, st: dict[str, Tensor], mask: Tensor,
-                     make: Callable[[Tensor | slice], dict[str, Tensor]]) -> tuple[Tensor | None, dict | None]:  # fmt: skip
-        """Replace rows `mask` (N,) of fields by make(rows) (values for those rows); returns (idx, new)."""
-        if self.reset_mode == "masked":
-            new = make(slice(None))
-            for k, v in new.items():
-                st[k] = torch.where(mask, v, st[k])
-            return None, new
-        if not bool(mask.any()):
-            return None, None
-        idx = mask.nonzero().squeeze(1)
-        new = make(idx)
-        for k, v in new.items():
-            if k != "key":  # keys never change within a seed
-                st[k] = st[k].index_copy_(st[k].dim() - 1, idx, v)
-        return idx, new
+        return ls_old + (lo + (hi - lo) * u[0]), self._k.cycle * u[1]
 
     # ------------------------------------------------------------------ dynamics
-    def _advance(self, st: dict[str, Tensor], actions: Tensor) -> tuple[Tensor, Tensor]:
-        """Apply actions to the state dict (new tensors); returns (reward, terminated)."""
-        cfg = self.config
-        st["t"] = t = st["t"] + 1
-        steer, accel = self._action_table[:, actions]
+    def _advance(self, st: dict[str, Tensor], actions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Apply actions to the state (in place); returns (reward, terminated as float 0/1, light phase or None)."""
+        cfg, k = self.config, self._k
+        t = st["t"]
+        t += 1
+        steer, accel_dt = self._action_table_dt.index_select(1, actions)
         if self.randomize:
             steer = self._perturb_steering_per_env(st, steer, t)
         else:
             if cfg.steer_delay > 0:
                 buf = st["steer_buf"]
-                steer, st["steer_buf"] = buf[0], torch.cat([buf[1:], steer.unsqueeze(0)])
+                full = torch.cat([buf, steer.unsqueeze(0)])
+                steer = full[0]
+                buf.copy_(full[1:])
             if cfg.slip > 0:
                 steer = steer.masked_fill(uniforms(st["key"], st["episode"], t, _W_SLIP, 1)[0] < cfg.slip, 0.0)
-        s, d, psi = st["s"], st["d"], st["psi"]
-        kappa = self.curvature(s, st)
-        st["v"] = v = (st["v"] + accel * C.DT).clamp_(0.0, C.V_MAX)
-        sdot = v * torch.cos(psi) / (1.0 - d * kappa)
-        st["s"] = s_new = s + sdot * C.DT
-        st["d"] = d_new = d + (v * C.DT) * torch.sin(psi)
-        st["psi"] = psi_new = psi + (v * steer - kappa * sdot) * C.DT
+        s, d, psi, v = st["s"], st["d"], st["psi"], st["v"]
         half_w, limit = st["half_w"], st["limit"]
-        offroad = (d_new.abs() > half_w + C.OFFROAD_MARGIN) | (psi_new.abs() > C.HEADING_LIMIT)
-        speeding = torch.relu(v - limit) * C.W_SPEEDING
-        reward = (sdot - speeding) / limit - C.W_LATERAL * (d_new / half_w).square() - C.PENALTY_OFFROAD * offroad
-        terminated = offroad
+        kappa = self._curvature_now(st, s) if self._kappa is None else self._kappa
+        self._kappa = None
+        v.add_(accel_dt).clamp_(0.0, C.V_MAX)
+        sdot = torch.mul(v, torch.cos(psi)).div_(torch.sub(k.one, d * kappa))
+        s.add_(sdot * k.dt)
+        dpsi = torch.mul(v, steer).sub_(kappa.mul_(sdot)).mul_(k.dt)  # kappa no longer needed
+        d.add_(torch.mul(v, k.dt).mul_(torch.sin(psi)))  # uses the old psi
+        psi.add_(dpsi)
+        # terminations as float 0/1 masks (comparisons into float outputs are far cheaper than bool ones)
+        offroad = torch.gt(d.abs(), half_w + k.offroad, out=self._tmp("off", d))
+        offroad = torch.maximum(offroad, torch.gt(psi.abs(), k.heading, out=self._tmp("off2", psi)))
+        speeding = torch.sub(v, limit).relu_().mul_(k.w_speed)
+        reward = torch.sub(sdot, speeding).div_(limit)
+        reward.sub_(torch.div(d, half_w).square_().mul_(k.w_lat))
+        reward.sub_(offroad * k.pen_off)
+        term, ph = offroad, None
         if self.has_peds:
-            hit = self._advance_peds(st, s_new, d_new)
-            reward, terminated = reward - C.PENALTY_COLLISION * hit, terminated | hit
+            hit = self._advance_peds(st, s, d)
+            reward.sub_(hit * k.pen_hit)
+            term = torch.maximum(term, hit)
         if self.has_lights:
-            ran_red = self._advance_lights(st, s_new)
-            reward, terminated = reward - C.PENALTY_RED * ran_red, terminated | ran_red
-        return reward, terminated
+            ran_red, ph = self._advance_lights(st, s)
+            reward.sub_(ran_red * k.pen_red)
+            term = torch.maximum(term, ran_red)
+        return reward, term, ph
+
+    def _curvature_now(self, st: dict[str, Tensor], s: Tensor) -> Tensor:
+        """curvature(s) for s (N,): the same ops, on fresh temporaries."""
+        arg = torch.mul(st["wavenum"], s).add_(st["phase"]).sin_().mul_(st["amp"])
+        return arg.sum(0)
 
     def _perturb_steering_per_env(self, st: dict[str, Tensor], steer: Tensor, t: Tensor) -> Tensor:
         """Steering delay and slip with per-env knob values (domain randomization; same draws as fixed knobs)."""
@@ -332,77 +507,143 @@ class DrivingVecEnv:
                 steer = full[0]
             else:
                 steer = full.gather(0, (slots - delay).unsqueeze(0)).squeeze(0)
-            st["steer_buf"] = full[1:]
+            st["steer_buf"].copy_(full[1:])
         slip = st.get("k_slip", cfg.slip)
         if "k_slip" in st or cfg.slip > 0:
             steer = steer.masked_fill(uniforms(st["key"], st["episode"], t, _W_SLIP, 1)[0] < slip, 0.0)
         return steer
 
     def _advance_peds(self, st: dict[str, Tensor], s: Tensor, d: Tensor) -> Tensor:
-        """Move pedestrians, respawn the ones 5 m behind the car; returns the collision mask (N,)."""
-        ps, pvel, pphase = st["ps"], st["pvel"], st["pphase"]
+        """Move pedestrians, respawn the ones 5 m behind the car; returns the collision mask (N,) as float 0/1."""
+        k = self._k
+        ps, py, pvel, pphase = st["ps"], st["py"], st["pvel"], st["pphase"]
         ds = ps - s
-        pphase = pphase.masked_fill((pphase == 0) & (ds < st["ptrig"]), 1.0)
-        walking = pphase == 1
-        st["py"] = py = torch.where(walking, st["py"] + pvel * C.DT, st["py"])
-        curb = st["half_w"] + C.CURB_OFFSET
-        st["pphase"] = pphase.masked_fill(walking & (py * pvel > curb * pvel.abs()), 2.0)
-        hit = (ds.abs() < C.CAR_HALF_LENGTH + C.PED_RADIUS) & ((py - d).abs() < C.CAR_HALF_WIDTH + C.PED_RADIUS)
-        passed = ds < -5.0
+        # waiting (0) -> walking (1) once the ego is within the trigger distance
+        pphase.addcmul_(torch.eq(pphase, k.zero, out=self._tmp("p1", ds)),
+                        torch.lt(ds, st["ptrig"], out=self._tmp("p2", ds)))  # fmt: skip
+        walking = torch.eq(pphase, k.one, out=self._tmp("p3", ds))
+        py.addcmul_(pvel * k.dt, walking)  # + 0 where not walking (py is never -0)
+        curb = st["half_w"] + k.curb
+        # walking (1) -> across (2) once beyond the far curb
+        pphase.addcmul_(walking, torch.gt(py * pvel, curb * pvel.abs(), out=self._tmp("p1", ds)))
+        hit = torch.lt(ds.abs(), k.hit_s, out=self._tmp("p2", ds))
+        hit.mul_(torch.lt((py - d).abs_(), k.hit_y, out=self._tmp("p3", ds)))
+        passed = torch.lt(ds, k.behind, out=ds)
+        block = self._fb[self._ped0 : self._ped0 + 5 * C.PED_SLOTS]
+        if self.reset_mode == "masked":
+            new = self._spawn_peds(st, s).view(5, C.PED_SLOTS, -1)
+            old = block.view(5, C.PED_SLOTS, -1)
+            block.copy_(torch.where(passed.bool(), new, old).view_as(block))
+        else:
+            idx = passed.amax(0).nonzero().squeeze(1)
+            if idx.shape[0] > 0:
+                ints = self._ib[:3].index_select(1, idx)
+                sub = dict(zip(("key", "episode", "t"), ints.unbind(0), strict=True))
+                sub["half_w"] = st["half_w"].index_select(0, idx)
+                if "k_ped_gap" in st:
+                    sub["k_ped_gap"] = st["k_ped_gap"].index_select(0, idx)
+                new = self._spawn_peds(sub, s.index_select(0, idx)).view(5, C.PED_SLOTS, -1)
+                old = block.index_select(1, idx).view(5, C.PED_SLOTS, -1)
+                keep = passed.index_select(1, idx).bool()
+                block.index_copy_(1, idx, torch.where(keep, new, old).view(5 * C.PED_SLOTS, -1))
+        return hit.amax(0)
 
-        def respawn(rows: Tensor | slice) -> dict[str, Tensor]:
-            sub = {k: st[k][..., rows] for k in ("key", "episode", "t", "half_w", *PED_FIELDS, "k_ped_gap") if k in st}
-            new, keep = self._spawn_peds(sub, s[rows]), passed[:, rows]
-            return {k: torch.where(keep, new[k], sub[k]) for k in PED_FIELDS}
-
-        self._update_rows(st, passed.any(0), respawn)
-        return hit.any(0)
-
-    def _advance_lights(self, st: dict[str, Tensor], s: Tensor) -> Tensor:
-        """Check stop-line crossings against the light state, respawn passed lights; returns red-run mask."""
-        crossed = s >= st["ls"]
-        ran_red = crossed & (self._cycle_time(st) >= self._green + C.AMBER_TIME)
-
-        def respawn(rows: Tensor | slice) -> dict[str, Tensor]:
-            sub = {k: st[k][rows] for k in ("key", "episode", "t", "ls")}
-            ls, loff = self._spawn_light(sub["ls"], uniforms(sub["key"], sub["episode"], sub["t"], _W_LIGHT, 1))
-            return dict(ls=ls, loff=loff)
-
-        self._update_rows(st, crossed, respawn)
-        return ran_red
+    def _advance_lights(self, st: dict[str, Tensor], s: Tensor) -> tuple[Tensor, Tensor]:
+        """Check stop-line crossings against the light state, respawn passed lights; returns (red-run mask as
+        float 0/1, the light phase of the current lights (after respawns) for the observation)."""
+        k = self._k
+        crossed = torch.ge(s, st["ls"], out=self._tmp("l1", s))
+        ph = self._cycle_time(st)
+        ran_red = torch.ge(ph, k.amber_end, out=self._tmp("l2", s)).mul_(crossed)
+        block = self._fb[self._light0 : self._light0 + 2]  # (ls, loff)
+        if self.reset_mode == "masked":
+            u = uniforms(st["key"], st["episode"], st["t"], _W_LIGHT, 1)
+            block.copy_(torch.where(crossed.bool(), torch.stack(self._spawn_light(st["ls"], u)), block))
+            return ran_red, self._cycle_time(st)
+        idx = crossed.nonzero().squeeze(1)
+        if idx.shape[0] > 0:
+            key, episode, t = self._ib[:3].index_select(1, idx).unbind(0)
+            ls, loff = self._spawn_light(st["ls"].index_select(0, idx), uniforms(key, episode, t, _W_LIGHT, 1))
+            block.index_copy_(1, idx, torch.stack([ls, loff]))
+            ph.index_copy_(0, idx, torch.remainder(t * k.dt + loff, k.cycle))
+        return ran_red, ph
 
     # ------------------------------------------------------------------ observation
     def _observe(self, st: dict[str, Tensor]) -> Tensor:
         """The normalized observation (R, OBS_DIM) of the rows in `st` (layout: OBS_NAMES)."""
+        return self._finish_obs(self._observe_pre(st))
+
+    def _observe_pre(self, st: dict[str, Tensor], ph: Tensor | None = None, scratch: bool = False) -> Tensor:
+        """(OBS_DIM, R): the raw features of the rows in `st` (noise-free) or the final observation with noise,
+        before the transpose; `ph`: the light phase (_cycle_time) when already known; scratch: build it in a
+        reused buffer (all N rows; only valid until the next call with scratch)."""
+        k = self._k
         s, d, psi, v, half_w = st["s"], st["d"], st["psi"], st["v"], st["half_w"]
         n = s.shape[0]
-        ego = torch.stack([v, st["limit"], (d / half_w).clamp_(-3.0, 3.0), 2.0 * half_w, psi])
-        parts = [ego, self.curvature(s + self._preview, st)]
-        parts.append(self._observe_peds(st, s, d, psi, v) if self.has_peds else s.new_zeros(5 * C.PED_SLOTS, n))
-        parts.append(self._observe_light(st, s) if self.has_lights else s.new_zeros(6, n))
-        raw = torch.cat(parts)  # (OBS_DIM, R), rows contiguous
+        if scratch:
+            if self._raw_buf is None or self._raw_buf.shape[1] != n or self._raw_buf.device != s.device:
+                self._raw_buf = torch.empty(OBS_DIM, n, device=s.device)
+            raw = self._raw_buf
+        else:
+            raw = torch.empty(OBS_DIM, n, device=s.device)
+        raw[0].copy_(v)
+        raw[1].copy_(st["limit"])
+        torch.div(d, half_w, out=raw[2]).clamp_(-3.0, 3.0)
+        torch.mul(half_w, k.two, out=raw[3])
+        raw[4].copy_(psi)
+        arg = torch.mul(st["wavenum"].unsqueeze(1), s + self._preview).add_(st["phase"].unsqueeze(1))
+        torch.sum(arg.sin_().mul_(st["amp"].unsqueeze(1)), 0, out=raw[5:10])
+        if self.has_peds:
+            self._observe_peds(st, s, d, psi, v, raw[10 : 10 + 5 * C.PED_SLOTS])
+        else:
+            raw[10 : 10 + 5 * C.PED_SLOTS].zero_()
+        if self.has_lights:
+            self._observe_light(st, s, raw[OBS_DIM - 6 :], ph)
+        else:
+            raw[OBS_DIM - 6 :].zero_()
         noise_std = st.get("k_obs_noise")
         if noise_std is None and self.config.obs_noise == 0:
-            return torch.mm(raw.t(), self._scale_mat)  # transpose + scale in one BLAS call
+            return raw  # scaled by the mm in _finish_obs
         noise_col = self._noise_col if noise_std is None else self._noise_mask * noise_std  # (OBS_DIM, 1 or R)
         obs = raw * self._scale.unsqueeze(1)
         obs = obs + normals(st["key"], st["episode"], st["t"], _W_NOISE, OBS_DIM) * noise_col
-        obs = torch.maximum(torch.minimum(obs, self.obs_high.unsqueeze(1)), self.obs_low.unsqueeze(1))
-        return torch.mm(obs.t(), self._eye)
+        return torch.maximum(torch.minimum(obs, self.obs_high.unsqueeze(1)), self.obs_low.unsqueeze(1))
 
-    def _observe_peds(self, st: dict[str, Tensor], s: Tensor, d: Tensor, psi: Tensor, v: Tensor) -> Tensor:
-        """(10, R) raw: per slot [present, ds (m), dy (m), relative longitudinal speed (m/s), lateral speed]."""
-        ds = st["ps"] - s
-        vis = ((ds >= -5.0) & (ds <= C.PED_RANGE)).float()
-        vy = torch.where(st["pphase"] == 1, st["pvel"], 0.0)
-        vs = (-v * torch.cos(psi)).expand_as(ds)
-        feats = torch.stack([vis, ds, st["py"] - d, vs, vy], dim=1) * vis.unsqueeze(1)  # (slots, 5, R)
-        return feats.flatten(0, 1)
+    def _finish_obs(self, pre: Tensor) -> Tensor:
+        """(R, OBS_DIM) observation from the (OBS_DIM, R) matrix of _observe_pre (one BLAS call: transpose, and
+        scale where the noise-free path left it unscaled)."""
+        noisy = "k_obs_noise" in self._frows or self.config.obs_noise != 0
+        return torch.mm(pre.t(), self._eye if noisy else self._scale_mat)
 
-    def _observe_light(self, st: dict[str, Tensor], s: Tensor) -> Tensor:
-        """(6, R) raw: [present, distance (m), red, amber, green, time to change (s, <= 20)]."""
-        dist = st["ls"] - s
-        vis = (dist <= C.LIGHT_RANGE).float()
-        ttc, red, amber, green = self.light_phase(st)
-        feats = torch.stack([vis, dist, red.float(), amber.float(), green.float(), ttc.clamp(max=20.0)])
-        return feats * vis
+    def _observe_peds(self, st: dict[str, Tensor], s: Tensor, d: Tensor, psi: Tensor, v: Tensor,
+                      out: Tensor) -> None:  # fmt: skip
+        """Write the (10, R) raw ped features into `out`: per slot [present, ds (m), dy (m), relative
+        longitudinal speed (m/s), lateral speed], zero where not present."""
+        k = self._k
+        f = out.view(C.PED_SLOTS, 5, -1)
+        ds = torch.sub(st["ps"], s, out=f[:, 1])
+        vis = torch.ge(ds, k.behind, out=self._tmp("o1", st["ps"]))
+        vis.mul_(torch.le(ds, k.ped_range, out=self._tmp("o2", vis)))
+        torch.sub(st["py"], d, out=f[:, 2])
+        torch.mul(v.neg().expand_as(ds), torch.cos(psi), out=f[:, 3])
+        # where(walking, pvel, +0.0): 0 + pvel * w (w in {0, 1}) turns -0.0 into +0.0
+        torch.addcmul(k.zero, st["pvel"], torch.eq(st["pphase"], k.one, out=self._tmp("o2", vis)), out=f[:, 4])
+        f[:, 1:].mul_(vis.unsqueeze(1))
+        f[:, 0].copy_(vis)  # vis * vis == vis
+
+    def _observe_light(self, st: dict[str, Tensor], s: Tensor, out: Tensor, ph: Tensor | None) -> None:
+        """Write the (6, R) raw light features into `out`: [present, distance (m), red, amber, green, time to
+        change (s, <= 20)], zero where not present."""
+        k = self._k
+        dist = torch.sub(st["ls"], s, out=out[1])
+        vis = torch.le(dist, k.light_range, out=self._tmp("o3", dist))
+        if ph is None:
+            ph = self._cycle_time(st)
+        red = torch.ge(ph, k.amber_end, out=out[2])
+        green = torch.lt(ph, k.green_end, out=out[4])
+        torch.sub(k.one, red, out=out[3]).sub_(green)  # amber
+        # time to change: (end of the current phase) - ph; the end picked exactly by the 0/1 masks
+        end = torch.mul(green, k.green_end).addcmul_(out[3], k.amber_end).addcmul_(red, k.cycle)
+        torch.sub(end, ph, out=out[5]).clamp_(max=20.0)
+        out[1:].mul_(vis)
+        out[0].copy_(vis)
