@@ -48,11 +48,12 @@ class Collector:
         """Epsilon-greedy actions; the network is not called when every env explores."""
         n, dev = obs.shape[0], obs.device
         explore = torch.rand(n, generator=self.generator, device=dev) < epsilon
-        if epsilon >= 1.0 or bool(explore.all()):
+        n_explore = n if epsilon >= 1.0 else int(explore.sum())  # one host sync per step
+        if n_explore == n:
             return torch.randint(0, self.env.n_actions, (n,), generator=self.generator, device=dev)
         with torch.no_grad():
             greedy = self.policy(obs)
-        if epsilon <= 0.0 or not bool(explore.any()):
+        if epsilon <= 0.0 or n_explore == 0:
             return greedy
         random_actions = torch.randint(0, self.env.n_actions, (n,), generator=self.generator, device=dev)
         return torch.where(explore, random_actions, greedy)

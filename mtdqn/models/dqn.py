@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mtdqn.losses import LOSSES, polyak_update, td_loss, td_target
-from mtdqn.models.lean_step import LeanAdam, clip_grads_
+from mtdqn.models.lean_step import LeanAdam, clip_grads_, no_grad
 from mtdqn.models.mlp_grads import ExplicitMLPGrads
 from mtdqn.models.schedule import LRSchedule
 from mtdqn.types import Batch, Round, TaskSpec
@@ -108,9 +108,11 @@ class DQNModule(pl.LightningModule):
         for g, base in zip(self.optimizers().optimizer.param_groups, self._base_lrs, strict=True):
             g["lr"] = base * factor
 
-    @torch.no_grad()
+    @no_grad
     def greedy_action(self, obs: Tensor) -> Tensor:
         """argmax_a Q(obs, a) for a batch of observations."""
+        if self._explicit is not None:  # plain MLP on the lean path: same addmm chain, no module-call overhead
+            return self._explicit.greedy(obs)
         return self.q_net(obs).argmax(dim=-1)
 
     def policy_for(self, task_idx: int) -> Callable[[Tensor], Tensor]:
@@ -172,18 +174,27 @@ class DQNModule(pl.LightningModule):
         self.apply_lr_schedule(round_.env_steps)
         per_update = list(zip(*(field.unbind(0) for field in round_.batch), strict=True))
         next_q_targets = self.round_target_values(round_.batch)
-        loss_sum, q_sum = 0.0, 0.0
+        # lean path without double Q: every TD target of the round depends only on the frozen target network, so
+        # compute them in one batched op (bit-identical to G per-update calls)
+        round_targets = None
+        if self._explicit is not None and not self.double_q and next_q_targets is not None and not self.batch_transforms:
+            round_targets = td_target(round_.batch.rewards, round_.batch.discounts, next_q_targets, None)
+        losses, q_means = [], []
         for g, fields in enumerate(per_update):
             for hook in self.before_update:
                 hook(self.global_step)
             batch = Batch(*fields)
             for transform in self.batch_transforms:
                 batch = transform(batch)
-            loss_stat, q_stat = self.update(batch, None if next_q_targets is None else next_q_targets[g], g)
+            if round_targets is not None:
+                loss_stat, q_stat = self.explicit_update(batch, None, round_targets[g])
+            else:
+                loss_stat, q_stat = self.update(batch, None if next_q_targets is None else next_q_targets[g], g)
             if self.target_update_unit == "updates" and self.global_step % self.target_update_period == 0:
                 self.update_target(self.tau)
-            loss_sum, q_sum = loss_sum + loss_stat, q_sum + q_stat
-        self.log_round(round_, loss_sum / len(per_update), q_sum / len(per_update))
+            losses.append(loss_stat)
+            q_means.append(q_stat)
+        self.log_round(round_, torch.stack(losses).mean(0), torch.stack(q_means).mean(0))
 
     @property
     def wants_obs_stats(self) -> bool:
@@ -213,14 +224,16 @@ class DQNModule(pl.LightningModule):
         return loss.detach(), q_mean
 
     @torch.no_grad()
-    def explicit_update(self, b: Batch, next_q_target: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The lean path's update for a plain MLP: TD target, loss and hand-written gradients (ExplicitMLPGrads),
-        then clip + fused Adam; the same math as `compute_loss` + autograd + `gradient_step`."""
-        next_online = self.q_net(b.next_obs) if self.double_q else None
-        if next_q_target is None:
-            next_q_target = self.target_net(b.next_obs)
-        target = td_target(b.rewards, b.discounts, next_q_target, next_online)
-        loss, td_abs, q_mean, grads = self._explicit.loss_and_grads(b.obs, b.actions, target, b.weights, self.loss_kind)
+    def explicit_update(self, b: Batch, next_q_target: Tensor | None, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The lean path's update for a plain MLP: TD target (unless given), loss and hand-written gradients
+        (ExplicitMLPGrads), then clip + fused Adam; the same math as `compute_loss` + autograd + `gradient_step`."""
+        if target is None:
+            next_online = self._explicit.q_values(b.next_obs) if self.double_q else None
+            if next_q_target is None:
+                next_q_target = self.target_net(b.next_obs)
+            target = td_target(b.rewards, b.discounts, next_q_target, next_online)
+        loss, td_abs, q_mean, grads = self._explicit.loss_and_grads(
+            b.obs, b.actions, target, b.weights, self.loss_kind, need_td_abs=self.priority_sink is not None)
         self.apply_grads(grads)
         if self.priority_sink is not None:
             self.priority_sink(b.indices, td_abs, b.task_ids)

@@ -131,10 +131,12 @@ def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, mo
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["dqn", "mtdqn"])
+@pytest.mark.parametrize("model", ["dqn", "dqn-double-q", "mtdqn"])
 def test_round_batched_target_values_equal_per_update_ones(tmp_path, model, monkeypatch):
-    """Precomputing Q_target for the whole round (target frozen in env-step mode) changes nothing."""
-    extra = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]"] if model == "mtdqn" else []
+    """Precomputing Q_target for the whole round (target frozen in env-step mode) changes nothing; without double
+    Q (the default) the lean path also computes the round's TD targets in one op."""
+    extra = {"dqn": [], "dqn-double-q": ["model.double_q=true"],
+             "mtdqn": ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]"]}[model]
     results = []
     for precompute in (True, False):
         cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=2", *extra], tmp_path / str(precompute))

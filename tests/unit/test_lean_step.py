@@ -32,6 +32,31 @@ def test_lean_adam_matches_optimizer_step(cls):
     assert float(opt.state_dict()["state"][0]["step"]) == 5.0
 
 
+def test_lean_adam_follows_a_reloaded_optimizer_state():
+    """LeanAdam caches the optimizer's state tensors; load_state_dict (resume) replaces them and the cache must
+    follow, or the moments of the checkpoint would be ignored."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    ref = copy.deepcopy(net)
+    opt, ref_opt = (torch.optim.Adam(m.parameters(), lr=1e-2, fused=True) for m in (net, ref))
+    lean = LeanAdam(opt)
+    xs = [torch.randn(8, 3) for _ in range(4)]
+    for x in xs[:2]:
+        lean.step(list(torch.autograd.grad(net(x).square().mean(), list(net.parameters()))))
+    saved_opt, saved_net = copy.deepcopy(opt.state_dict()), copy.deepcopy(net.state_dict())
+    lean.step(list(torch.autograd.grad(net(xs[2]).square().mean(), list(net.parameters()))))
+    opt.load_state_dict(saved_opt)  # back to after step 2, as a resume would
+    net.load_state_dict(saved_net)
+    lean.step(list(torch.autograd.grad(net(xs[3]).square().mean(), list(net.parameters()))))
+    for x in (xs[0], xs[1], xs[3]):
+        ref_opt.zero_grad()
+        ref(x).square().mean().backward()
+        ref_opt.step()
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert float(opt.state_dict()["state"][0]["step"]) == 3.0
+
+
 def test_lean_adam_refuses_unsupported_optimizers():
     p = [torch.nn.Parameter(torch.zeros(2))]
     assert not LeanAdam.supports(torch.optim.SGD(p, lr=0.1))
@@ -75,6 +100,36 @@ def test_explicit_mlp_grads_equal_autograd(kind, weighted, hidden):
     assert len(grads) == len(ref_grads)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_explicit_greedy_equals_module_argmax():
+    from mtdqn.models.mlp_grads import ExplicitMLPGrads
+    from mtdqn.nets import QNetwork
+
+    torch.manual_seed(2)
+    net = QNetwork(obs_dim=5, n_actions=4, hidden=(16, 16))
+    obs = torch.randn(257, 5)
+    explicit = ExplicitMLPGrads(net)
+    assert torch.equal(explicit.q_values(obs), net(obs))
+    assert torch.equal(explicit.greedy(obs), net(obs).argmax(-1))
+    with torch.no_grad():  # the cached W^T views follow in-place updates and replaced parameters
+        net.head.weight.mul_(-1.0)
+        net.torso[0].weight = torch.nn.Parameter(torch.randn_like(net.torso[0].weight))
+    assert torch.equal(explicit.q_values(obs), net(obs))
+
+
+def test_explicit_grads_skip_td_abs_when_not_needed():
+    from mtdqn.models.mlp_grads import ExplicitMLPGrads
+    from mtdqn.nets import QNetwork
+
+    torch.manual_seed(3)
+    net = QNetwork(obs_dim=5, n_actions=3, hidden=(8,))
+    args = (torch.randn(16, 5), torch.randint(0, 3, (16,)), torch.randn(16), None, "huber")
+    full = ExplicitMLPGrads(net).loss_and_grads(*args)
+    lean = ExplicitMLPGrads(net).loss_and_grads(*args, need_td_abs=False)
+    assert lean[1] is None and full[1] is not None
+    for a, b in zip(full[3], lean[3], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_explicit_grads_only_for_plain_mlps():
