@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output directory")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the area CIs")
     p.add_argument("--ci", type=float, default=0.95, help="confidence-interval coverage")
+    p.add_argument("--baseline", default=None, help="the group the others are compared with (a substring of "
+                   "its label, e.g. 'domain_randomization={}'; default: the first group)")
     p.add_argument("--no-plots", action="store_true", help="skip robustness.png")
     return p
 
@@ -57,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     axes = {args.axes[0]: args.levels} if args.levels is not None else args.axes
     try:
         report = robustness_report(args.paths, axes, by=args.by, episodes=args.episodes, seed=args.seed,
-                                   ckpt=args.ckpt, n_boot=args.n_boot, ci=args.ci)  # fmt: skip
+                                   ckpt=args.ckpt, n_boot=args.n_boot, ci=args.ci,
+                                   baseline=args.baseline)  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         print(f"robustness.py: error: {exc}", file=sys.stderr)
         return 2

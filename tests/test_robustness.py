@@ -152,7 +152,9 @@ def test_sweep_presets_define_their_grids():
     assert {g["optimizer"] for g in grid} == {"adam", "rmsprop", "adabelief"}
     assert {g["seed"] for g in grid} == {"0", "1", "2", "3", "4"}
     dr = _sweep_grid("lane_keep_dr")
-    assert len(dr) == 6 and {g["domain_randomization"] for g in dr} == {"none", "driving"}
+    assert len(dr) == 9 and {g["domain_randomization"] for g in dr} == {"none", "driving", "steer_delay"}
+    delay_only = compose_cfg(["+experiment=lane_keep_dr", "domain_randomization=steer_delay"], "/tmp/unused")
+    assert dict(delay_only.domain_randomization) == {"steer_delay": [0, 3]}
     for preset in ("stability_sweep", "lane_keep_dr"):
         cfg = compose_cfg([f"+experiment={preset}"], "/tmp/unused")
         base = compose_cfg(["+experiment=lane_keep_dqn"], "/tmp/unused")

@@ -241,13 +241,26 @@ def evaluate_run(run: TrainedRun, axes: Mapping[str, Sequence[float]], episodes:
     return report
 
 
+def pick_baseline(labels: Sequence[str], baseline: str | None) -> str:
+    """The group the others are compared with: the one whose label contains `baseline` (exactly one must), or
+    the first group when `baseline` is None."""
+    if baseline is None:
+        return labels[0]
+    hits = [label for label in labels if baseline in label]
+    if len(hits) != 1:
+        raise ValueError(f"--baseline {baseline!r} must match exactly one group, matched {len(hits)}: {hits or list(labels)}")
+    return hits[0]
+
+
 def group_summary(reports: Sequence[RunReport], axes: Sequence[str], n_boot: int = 2000, ci: float = 0.95,
-                  seed: int = 0) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Per group and axis: mean area over runs with a percentile-bootstrap CI, std / min / max over runs, and
-    the mean curve."""
+                  seed: int = 0, baseline: str | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per group and axis: mean area over runs with a percentile-bootstrap CI, std / min / max over runs, the
+    mean curve, and (groups other than the baseline) the area difference to the baseline group with a
+    two-sample bootstrap CI (`pick_baseline`)."""
     groups: dict[str, list[RunReport]] = {}
     for r in reports:
         groups.setdefault(r.group, []).append(r)
+    base = pick_baseline(list(groups), baseline)
     out: dict[str, dict[str, Any]] = {}
     for label, members in groups.items():
         out[label] = {"n_runs": len(members), "runs": [m.path for m in members], "axes": {}}
@@ -263,15 +276,24 @@ def group_summary(reports: Sequence[RunReport], axes: Sequence[str], n_boot: int
                 "curve_mean": curves.mean(0).tolist(), "curve_min": curves.min(0).tolist(),
                 "curve_max": curves.max(0).tolist(),
             }  # fmt: skip
+    for label, g in out.items():
+        g["baseline"] = label == base
+        if label == base:
+            continue
+        for axis in axes:
+            a, b = g["axes"][axis]["areas"], out[base]["axes"][axis]["areas"]
+            g["axes"][axis]["diff_vs_baseline"] = float(np.mean(a) - np.mean(b))
+            g["axes"][axis]["diff_ci"] = list(stats.bootstrap_diff_ci(a, b, stats.mean, n_boot=n_boot, ci=ci,
+                                                                      seed=seed))  # fmt: skip
     return out
 
 
 def robustness_report(paths: Sequence[str | Path], axes: Mapping[str, Sequence[float]] | Sequence[str] | None = None,
                       by: Sequence[str] = (), episodes: int = 32, seed: int = 20_000, ckpt: str | Path = CKPT,
-                      n_boot: int = 2000, ci: float = 0.95) -> dict[str, Any]:  # fmt: skip
+                      n_boot: int = 2000, ci: float = 0.95, baseline: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Evaluate every run directory at or below `paths` (those with config.yaml and a checkpoint) along `axes`
     ({axis: levels}, a list of axes with default levels, or None for the task kind's defaults), grouped by the
-    dotted config keys `by` (default: one group per run)."""
+    dotted config keys `by` (default: one group per run); areas are also compared with the `baseline` group."""
     dirs = [d for d in find_run_dirs(paths) if (d / "config.yaml").is_file()]
     usable = [d for d in dirs if (d / ckpt).is_file()]
     skipped = [str(d) for d in dirs if d not in usable]
@@ -298,7 +320,7 @@ def robustness_report(paths: Sequence[str | Path], axes: Mapping[str, Sequence[f
         "axes": {a: [float(x) for x in settings_axes[a]] for a in names},
         "runs": [{"path": r.path, "group": r.group, "areas": {a: r.area(a) for a in names}, "curves": r.curves}
                  for r in reports],
-        "groups": group_summary(reports, names, n_boot=n_boot, ci=ci),
+        "groups": group_summary(reports, names, n_boot=n_boot, ci=ci, baseline=baseline),
         "skipped": skipped,
     }  # fmt: skip
 
@@ -317,16 +339,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"greedy episodes per level (seeds {report['seed']} + i, the same at every level). Score = normalized score "
         "(R - R_random) / (R_reference - R_random) where the task has reference scores, else the mean return. "
         "Area = trapezoid over the levels / level span (the mean score over the range), averaged over tasks; "
-        f"[{pct}% percentile-bootstrap CI over runs]; spread = std [min, max] over runs.", "",
+        f"[{pct}% percentile-bootstrap CI over runs]; spread = std [min, max] over runs; vs baseline = area minus "
+        f"the baseline group's, [{pct}% two-sample bootstrap CI] (a CI above 0: larger area).", "",
     ]  # fmt: skip
     for axis, levels in report["axes"].items():
-        head = ["group", "runs", f"area [{pct}% CI]", "spread", *(f"@{x:g}" for x in levels)]
+        head = ["group", "runs", f"area [{pct}% CI]", "vs baseline", "spread", *(f"@{x:g}" for x in levels)]
         lines += [f"## `{axis}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for label, g in report["groups"].items():
             a = g["axes"][axis]
             ci_text = f"{_f(a['area_mean'])} [{_f(a['area_ci'][0])}, {_f(a['area_ci'][1])}]"
+            diff = (f"{a['diff_vs_baseline']:+.3f} [{a['diff_ci'][0]:+.3f}, {a['diff_ci'][1]:+.3f}]"
+                    if "diff_vs_baseline" in a else ("baseline" if g.get("baseline") else "-"))  # fmt: skip
             spread = f"{_f(a['area_std'])} [{_f(a['area_min'])}, {_f(a['area_max'])}]"
-            lines.append("| " + " | ".join([label.replace("|", "\\|"), str(g["n_runs"]), ci_text, spread,
+            lines.append("| " + " | ".join([label.replace("|", "\\|"), str(g["n_runs"]), ci_text, diff, spread,
                                              *(_f(v) for v in a["curve_mean"])]) + " |")  # fmt: skip
         lines.append("")
     if report.get("plot"):

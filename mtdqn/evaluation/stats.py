@@ -108,6 +108,21 @@ def bootstrap_ci(
     return _percentile_interval(_apply_stat(stat_fn, a[idx]), ci)
 
 
+def bootstrap_diff_ci(
+    x: Any, y: Any, stat_fn: StatFn = mean, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of stat(x) - stat(y) for two independent samples (each resampled with
+    replacement on its own): whether one group of runs beats another, not just whether their CIs overlap."""
+    _check_ci(ci, n_boot)
+    a, b = _flat(x), _flat(y)
+    if a.size == 0 or b.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, a.size, size=(n_boot, a.size))
+    ib = rng.integers(0, b.size, size=(n_boot, b.size))
+    return _percentile_interval(_apply_stat(stat_fn, a[ia]) - _apply_stat(stat_fn, b[ib]), ci)
+
+
 def _as_runs_by_tasks(scores: Any) -> np.ndarray:
     s = np.asarray(scores, dtype=float)
     if s.ndim == 1:

@@ -182,3 +182,26 @@ def test_compare_by_a_config_node_labels_by_class_and_reports_the_spread(tmp_pat
                    {"lane_keep": 0.5})  # fmt: skip
     labels = [g["label"] for g in compare_runs([tmp_path], by=["optimizer"], n_boot=50).summary["groups"]]
     assert len(labels) == 3 and all("lr" in label for label in labels)
+
+
+def test_robustness_groups_compare_areas_with_the_baseline_group():
+    from mtdqn.evaluation.robustness import RunReport, group_summary, render_markdown
+
+    def run(group: str, area: float) -> RunReport:
+        curve = {"levels": [0.0, 1.0], "score": [area, area], "area": area}
+        return RunReport(f"/runs/{group}{area}", group, {"steer_delay": {"lane_keep": curve}})
+
+    reports = [run("none", 0.7), run("none", 0.8), run("dr", 0.9), run("dr", 0.9)]
+    groups = group_summary(reports, ["steer_delay"], n_boot=500)
+    assert groups["none"]["baseline"] and not groups["dr"]["baseline"]
+    diff = groups["dr"]["axes"]["steer_delay"]
+    assert diff["diff_vs_baseline"] == pytest.approx(0.15)
+    assert diff["diff_ci"] == pytest.approx([0.1, 0.2])  # baseline resamples: means 0.7, 0.75, 0.8
+    assert "diff_vs_baseline" not in groups["none"]["axes"]["steer_delay"]
+    flipped = group_summary(reports, ["steer_delay"], n_boot=500, baseline="dr")
+    assert flipped["none"]["axes"]["steer_delay"]["diff_vs_baseline"] == pytest.approx(-0.15)
+    with pytest.raises(ValueError, match="exactly one group"):
+        group_summary(reports, ["steer_delay"], baseline="nothing")
+    md = render_markdown({"ci": 0.95, "runs": reports, "inputs": ["/runs"], "episodes": 4, "seed": 0,
+                          "axes": {"steer_delay": [0.0, 1.0]}, "groups": groups})
+    assert "| none | 2 |" in md and "| baseline |" in md and "+0.150 [+0.100, +0.200]" in md

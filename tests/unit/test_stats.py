@@ -138,3 +138,14 @@ def test_bootstrap_mean_band_ignores_nan() -> None:
     assert np.isnan(mu[3]) and np.isnan(low[3]) and np.isnan(high[3])
     np.testing.assert_allclose([low[0], high[0]], [0.0, 2.0])
     np.testing.assert_allclose([low[2], high[2]], [4.0, 4.0])
+
+
+def test_bootstrap_diff_ci_hand_computed() -> None:
+    # constant samples: every resample gives the same difference
+    assert stats.bootstrap_diff_ci([2.0, 2.0], [0.5, 0.5, 0.5]) == (1.5, 1.5)
+    # x = {0, 1} (means 0, 0.5, 1 with prob 1/4, 1/2, 1/4) minus a constant 1: the 95% interval spans [-1, 0]
+    assert stats.bootstrap_diff_ci([0.0, 1.0], [1.0, 1.0], n_boot=4000) == (-1.0, 0.0)
+    lo, hi = stats.bootstrap_diff_ci([0.8, 0.85, 0.9], [0.6, 0.7, 0.65], n_boot=4000)
+    assert 0.0 < lo < 0.2 < hi < 0.3  # disjoint samples: the difference's CI excludes 0
+    with pytest.raises(ValueError, match="ci="):
+        stats.bootstrap_diff_ci([1.0], [1.0], ci=1.5)
