@@ -126,9 +126,9 @@ class DrivingVecEnv:
         self._eye = torch.eye(OBS_DIM, device=dev)
         self._noise_col = (torch.as_tensor(NOISE_MASK, device=dev) * self.config.obs_noise).unsqueeze(1)
         steer = torch.tensor([C.STEER_CURVATURE, 0.0, -C.STEER_CURVATURE]).repeat_interleave(3)
-        self._action_table = torch.stack([steer, torch.tensor(C.ACCEL).repeat(3)]).to(dev)  # (2, 9)
+        action_table = torch.stack([steer, torch.tensor(C.ACCEL).repeat(3)]).to(dev)  # (2, 9)
         # (steer, accel * DT) per action: the velocity increment in float32 exactly as accel * C.DT gives it
-        self._action_table_dt = torch.stack([self._action_table[0], self._action_table[1] * C.DT])
+        self._action_table_dt = torch.stack([action_table[0], action_table[1] * C.DT])
         self._preview = torch.tensor(C.PREVIEW_DISTANCES, device=dev).unsqueeze(1)
         self._green = 0.5 * (self.config.light_cycle - C.AMBER_TIME)
         self._k = _Consts(dev, self.config, self._green)
