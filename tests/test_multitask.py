@@ -25,9 +25,9 @@ def test_batch_counts_split_exactly():
 @pytest.mark.parametrize(("composition", "weights", "expected"),
                          [("uniform", None, [10, 10, 10]), ("weighted", [3, 1, 1], [18, 6, 6])])
 def test_round_batches_are_composed_per_task_as_configured(tmp_path, composition, weights, expected):
-    extra = [f"+data.batch_composition={composition}"]
+    extra = [f"data.batch_composition={composition}"]
     if weights:
-        extra.append(f"+data.task_weights=[{','.join(map(str, weights))}]")
+        extra.append(f"data.task_weights=[{','.join(map(str, weights))}]")
     cfg = compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", *extra], tmp_path)
     model, data, trainer = build(cfg)
     data.trainer = trainer

@@ -27,13 +27,15 @@ class RLDataModule(MultiTaskDataModule):
         batch_size: int = 64,  # transitions per gradient update
         learning_starts: int = 1_000,  # env steps of random actions before the first update
         seed: int = 0,
+        batch_composition: str = "uniform",  # one task: every composition gives the whole batch to it
+        task_weights: list[float] | None = None,  # one weight (or null) for batch_composition=weighted
         reward_scale: float = 1.0,  # replay stores clip(reward_scale x r, -reward_clip, reward_clip)
         reward_clip: float | None = None,  # None: no clipping
         eval_env_factory: EnvFactory | None = None,  # evaluation env (default: env_factory)
     ) -> None:
         super().__init__([env_factory], replay, exploration, [task], num_envs, total_env_steps,
                          env_steps_per_round, replay_ratio, batch_size, learning_starts, seed,
-                         reward_scale=reward_scale, reward_clip=reward_clip,
+                         batch_composition=batch_composition, task_weights=task_weights, reward_scale=reward_scale, reward_clip=reward_clip,
                          eval_env_factories=None if eval_env_factory is None else [eval_env_factory])
         self.task = task
 

@@ -60,6 +60,7 @@ class DQNModule(pl.LightningModule):
         self.lean_step = lean_step
         self._lean: LeanAdam | None = None
         self._explicit: ExplicitMLPGrads | None = None  # hand-written MLP gradients on the lean path
+        self._explicit_target: ExplicitMLPGrads | None = None  # the same forward for the target network
         self.priority_sink: Callable[[Tensor, Tensor, Tensor], None] | None = None  # (indices, |td|, task ids)
         self.scheduler = scheduler
         # Extension points used by transfer (mtdqn.transfer) and stabilizers; empty = plain DQN:
@@ -151,6 +152,8 @@ class DQNModule(pl.LightningModule):
         forwards, at a fraction of the cost. None when the target moves during the round."""
         if self.target_update_unit != "env_steps":
             return None
+        if self._explicit_target is not None:  # the lean path's addmm chain, in cache-sized chunks
+            return self._explicit_target.batched_q_values(batch.next_obs, batch.task_ids)
         return self.q_values(self.target_net, batch.next_obs, batch.task_ids)
 
     def sync_target(self, env_steps: int) -> None:
@@ -186,10 +189,11 @@ class DQNModule(pl.LightningModule):
             batch = Batch(*fields)
             for transform in self.batch_transforms:
                 batch = transform(batch)
+            next_q = None if next_q_targets is None else next_q_targets[g]
             if round_targets is not None:
-                loss_stat, q_stat = self.explicit_update(batch, None, round_targets[g])
+                loss_stat, q_stat = self.update(batch, next_q, g, target=round_targets[g])
             else:
-                loss_stat, q_stat = self.update(batch, None if next_q_targets is None else next_q_targets[g], g)
+                loss_stat, q_stat = self.update(batch, next_q, g)
             if self.target_update_unit == "updates" and self.global_step % self.target_update_period == 0:
                 self.update_target(self.tau)
             losses.append(loss_stat)
@@ -213,10 +217,13 @@ class DQNModule(pl.LightningModule):
             obs_stats = self.all_gather(obs_stats).sum(0)
         self.q_net.obs_norm.update_from_sums(obs_stats)
 
-    def update(self, batch: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
-        """One gradient update (the `index`-th of the round); returns (TD loss, mean Q) to average over the round."""
+    def update(
+        self, batch: Batch, next_q_target: Tensor | None, index: int, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One gradient update (the `index`-th of the round); returns (TD loss, mean Q) to average over the round.
+        `target`: the TD targets when computed ahead for the whole round (lean path only)."""
         if self._explicit is not None:
-            return self.explicit_update(batch, next_q_target)
+            return self.explicit_update(batch, next_q_target, target)
         loss, td_abs, q_mean = self.compute_loss(batch, next_q_target)
         self.gradient_step(loss + self.regularization())
         if self.priority_sink is not None:
@@ -230,7 +237,7 @@ class DQNModule(pl.LightningModule):
         if target is None:
             next_online = self._explicit.q_values(b.next_obs) if self.double_q else None
             if next_q_target is None:
-                next_q_target = self.target_net(b.next_obs)
+                next_q_target = self._explicit_target.q_values(b.next_obs)
             target = td_target(b.rewards, b.discounts, next_q_target, next_online)
         loss, td_abs, q_mean, grads = self._explicit.loss_and_grads(
             b.obs, b.actions, target, b.weights, self.loss_kind, need_td_abs=self.priority_sink is not None)
@@ -280,9 +287,15 @@ class DQNModule(pl.LightningModule):
         same = len(group) == len(self._trainable) and all(a is b for a, b in zip(group, self._trainable, strict=True))
         usable = single and LeanAdam.supports(raw) and same
         self._lean = LeanAdam(raw) if usable and self.lean_step else None
-        plain = type(self).update is DQNModule.update and not (self.regularizers or self.before_update)
-        explicit = self._lean is not None and plain and ExplicitMLPGrads.supports(self.q_net)
-        self._explicit = ExplicitMLPGrads(self.q_net) if explicit else None
+        plain = self._lean is not None and not (self.regularizers or self.before_update)
+        self._explicit = self.build_explicit() if plain else None
+        self._explicit_target = type(self._explicit)(self.target_net) if self._explicit is not None else None
+
+    def build_explicit(self) -> ExplicitMLPGrads | None:
+        """Hand-written gradients for the lean path when this module's update is plain DQN on a plain MLP."""
+        if type(self).update is DQNModule.update and ExplicitMLPGrads.supports(self.q_net):
+            return ExplicitMLPGrads(self.q_net)
+        return None
 
     def extra_metrics(self) -> dict[str, float]:
         """Metrics every module logs each round: the learning rate when a schedule or lr_scale is active."""

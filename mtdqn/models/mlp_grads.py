@@ -19,6 +19,23 @@ from mtdqn.models.lean_step import no_grad
 # grad where the ReLU's output is > 0, else 0: one kernel instead of a comparison and a multiply
 _relu_backward = torch.ops.aten.threshold_backward.default
 
+# Rows per forward when a whole round's next observations go through the target network at once: a 256-wide
+# layer's activations for 2048 rows (2 MB) stay in cache, for the round's ~50k rows they do not. Measured on this
+# machine (1 thread, 23-256-256-3x5 multi-head net, 49,152 rows): module forward 0.24 s, one addmm chain 0.16 s,
+# 2048-row chunks 0.10 s.
+ROWS_PER_CHUNK = 2048
+
+
+def chunked_rows(fn, obs: Tensor, *rest: Tensor) -> Tensor:
+    """fn over (..., D) inputs flattened to rows, in ROWS_PER_CHUNK-row chunks; output reshaped to (..., A)."""
+    lead = obs.shape[:-1]
+    flat = [obs.reshape(-1, obs.shape[-1]), *(r.reshape(-1) for r in rest)]
+    if flat[0].shape[0] <= ROWS_PER_CHUNK:
+        out = fn(*flat)
+    else:
+        out = torch.cat([fn(*parts) for parts in zip(*(f.split(ROWS_PER_CHUNK) for f in flat), strict=True)])
+    return out.reshape(*lead, out.shape[-1])
+
 
 class ExplicitMLPGrads:
     """Forward + TD loss + gradients of a plain ReLU MLP Q-network, parameters in `q_net.parameters()` order."""
@@ -67,6 +84,11 @@ class ExplicitMLPGrads:
         """argmax_a Q(obs, a): the collector calls this once per env step."""
         return self.q_values(obs).argmax(dim=-1)
 
+    def batched_q_values(self, obs: Tensor, task_ids: Tensor | None = None) -> Tensor:
+        """Q(obs, .) for obs of any leading shape (a round's (G, B, D) next observations), in cache-sized
+        chunks; `task_ids` is unused (one task)."""
+        return chunked_rows(self.q_values, obs)
+
     @no_grad
     def loss_and_grads(
         self, obs: Tensor, actions: Tensor, target: Tensor, weights: Tensor | None, kind: str,
@@ -114,3 +136,132 @@ class ExplicitMLPGrads:
                 g = _relu_backward(torch.mm(g, lin.weight), inp, 0.0)
         grads.reverse()
         return loss, td_abs, q_taken.mean(), grads
+
+
+class ExplicitMultiHeadGrads:
+    """Forward + per-task TD loss + gradients of a multi-head MultiTaskQNetwork without autograd.
+
+    For `MultiTaskQNetwork(architecture="multihead")` with a plain ReLU torso shared by every task and one linear
+    head per task (no input adapters, conditioning, dueling heads, PopArt or observation normalizer; every task has
+    the same action count): the heads are evaluated as one `addmm` against their concatenated weights (B, T*A) and
+    each sample reads its own task's block, so a sample's gradient reaches only the torso and its own head (the
+    other heads' rows of the gradient are exactly zero, as with autograd through `select_task`). The loss is
+    `task_weighted_loss`: sum_t w_t * mean over task t's samples of the (importance-weighted) Huber / MSE TD error.
+    Same math as `MultiTaskDQNModule`'s autograd update (tested to float32 rounding in tests/unit/test_lean_step.py).
+    """
+
+    def __init__(self, q_net: nn.Module) -> None:
+        if not self.supports(q_net):
+            raise ValueError(f"ExplicitMultiHeadGrads needs a plain multi-head MultiTaskQNetwork, got {q_net}")
+        self.torso: list[nn.Linear] = [m for m in q_net.torso if isinstance(m, nn.Linear)]
+        self.heads: list[nn.Linear] = list(q_net.heads)
+        self.n_tasks, self.n_actions = len(self.heads), self.heads[0].out_features
+        self._weights: list[Tensor] = []
+        self._wt: list[Tensor] = []
+
+    @staticmethod
+    def supports(q_net: nn.Module) -> bool:
+        """True for a multi-head MultiTaskQNetwork with a (Linear, ReLU)* torso, nn.Linear heads of one width and
+        nothing else (no adapters, conditioning, FiLM, PopArt, observation normalizer)."""
+        from mtdqn.nets.multitask import MultiTaskQNetwork
+
+        if type(q_net) is not MultiTaskQNetwork or q_net.architecture != "multihead" or q_net.heads is None:
+            return False
+        if any(getattr(q_net, k) is not None for k in ("obs_norm", "adapters", "embedding", "film_scale", "popart")):
+            return False
+        layers = list(q_net.torso)
+        pairs = len(layers) % 2 == 0 and all(
+            isinstance(a, nn.Linear) and type(b) is nn.ReLU for a, b in zip(layers[::2], layers[1::2], strict=True))
+        heads = list(q_net.heads)
+        plain_heads = all(type(h) is nn.Linear for h in heads) and len({h.out_features for h in heads}) == 1
+        names = [n for n, _ in q_net.named_parameters()]
+        expected = [f"torso.{2 * i}.{k}" for i in range(len(layers) // 2) for k in ("weight", "bias")]
+        expected += [f"heads.{t}.{k}" for t in range(len(heads)) for k in ("weight", "bias")]
+        return pairs and plain_heads and names == expected
+
+    def transposed(self) -> list[Tensor]:
+        """W^T of every torso layer as cached views (they follow in-place updates; rebuilt if a Parameter is
+        replaced)."""
+        if len(self._weights) != len(self.torso) or any(
+                lin.weight is not w for lin, w in zip(self.torso, self._weights, strict=True)):
+            self._weights = [lin.weight for lin in self.torso]
+            self._wt = [w.t() for w in self._weights]
+        return self._wt
+
+    def _torso(self, obs: Tensor) -> list[Tensor]:
+        """[obs, h1, ..., h_L]: the input and every ReLU layer's output."""
+        acts = [obs]
+        for lin, w in zip(self.torso, self.transposed(), strict=True):
+            acts.append(torch.addmm(lin.bias, acts[-1], w).clamp_(min=0.0))
+        return acts
+
+    def _heads(self) -> tuple[Tensor, Tensor]:
+        """The heads' weights (T*A, H) and biases (T*A,) stacked in task order (copies of the current values)."""
+        return torch.cat([h.weight for h in self.heads]), torch.cat([h.bias for h in self.heads])
+
+    @staticmethod
+    def _own_columns(task_ids: Tensor, n_actions: int, actions: Tensor | None = None) -> Tensor:
+        """Column of (B, T*A) head outputs that sample i reads: its task's block (+ its action if given)."""
+        base = task_ids * n_actions
+        return base if actions is None else base + actions
+
+    @no_grad
+    def q_values(self, obs: Tensor, task_ids: Tensor) -> Tensor:
+        """Q(obs, .) of each sample's own task, (B, A); same values as `q_net(obs, task_ids)`."""
+        h = self._torso(obs)[-1]
+        w, b = self._heads()
+        q_all = torch.addmm(b, h, w.t()).view(-1, self.n_tasks, self.n_actions)
+        return q_all[torch.arange(q_all.shape[0], device=q_all.device), task_ids]
+
+    def batched_q_values(self, obs: Tensor, task_ids: Tensor) -> Tensor:
+        """Each sample's own-task Q(obs, .) for any leading shape (a round's (G, B, D) next observations), in
+        cache-sized chunks."""
+        return chunked_rows(self.q_values, obs, task_ids)
+
+    @no_grad
+    def greedy(self, obs: Tensor, task_idx: int) -> Tensor:
+        """argmax_a Q(obs, a) for task `task_idx`: only that task's head (the collector calls this every step)."""
+        head = self.heads[task_idx]
+        return torch.addmm(head.bias, self._torso(obs)[-1], head.weight.t()).argmax(dim=-1)
+
+    @no_grad
+    def loss_and_grads(
+        self, obs: Tensor, actions: Tensor, task_ids: Tensor, target: Tensor, weights: Tensor | None,
+        task_weights: Tensor | None, kind: str, need_td_abs: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, list[Tensor]]:
+        """(total loss, per-task mean losses (T,), |td| per sample or None, per-task mean Q of the taken actions
+        (T,), gradients in `q_net.parameters()` order); a task absent from the batch has mean loss and Q 0.
+        `task_weights=None` is the plain sum over tasks."""
+        acts = self._torso(obs)
+        w_heads, b_heads = self._heads()
+        q_all = torch.addmm(b_heads, acts[-1], w_heads.t())  # (B, T*A)
+        idx = self._own_columns(task_ids, self.n_actions, actions).unsqueeze(1)
+        q_taken = q_all.gather(1, idx).squeeze(1)
+        loss_fn = F.huber_loss if kind == "huber" else F.mse_loss
+        per_sample = loss_fn(q_taken, target, reduction="none")
+        if weights is not None:
+            per_sample = per_sample.mul_(weights)
+        counts = torch.bincount(task_ids, minlength=self.n_tasks).to(per_sample.dtype).clamp_(min=1.0)
+        per_task = per_sample.new_zeros(self.n_tasks).index_add_(0, task_ids, per_sample).div_(counts)
+        q_per_task = per_sample.new_zeros(self.n_tasks).index_add_(0, task_ids, q_taken).div_(counts)
+        scale = counts.reciprocal() if task_weights is None else task_weights.to(counts.dtype) / counts
+        total = per_task.sum() if task_weights is None else (task_weights.to(per_task.dtype) * per_task).sum()
+        diff = q_taken - target
+        td_abs = diff.abs() if need_td_abs else None
+        dloss = diff.clamp_(-1.0, 1.0) if kind == "huber" else diff.mul_(2.0)
+        if weights is not None:
+            dloss.mul_(weights)
+        dloss.mul_(scale[task_ids])  # d total / d q_taken: w_t / n_t per sample of task t
+        g = torch.zeros_like(q_all).scatter_(1, idx, dloss.unsqueeze(1))
+        d_w_heads, d_b_heads = torch.mm(g.t(), acts[-1]), g.sum(0)
+        g = _relu_backward(torch.mm(g, w_heads), acts[-1], 0.0)
+        torso_grads: list[Tensor] = []
+        for layer in range(len(self.torso) - 1, -1, -1):
+            inp = acts[layer]
+            torso_grads += [g.sum(0), torch.mm(g.t(), inp)]  # bias, weight (reversed below)
+            if layer > 0:
+                g = _relu_backward(torch.mm(g, self.torso[layer].weight), inp, 0.0)
+        torso_grads.reverse()
+        a = self.n_actions
+        head_grads = [x for t in range(self.n_tasks) for x in (d_w_heads[t * a:(t + 1) * a], d_b_heads[t * a:(t + 1) * a])]
+        return total, per_task, td_abs, q_per_task, torso_grads + head_grads

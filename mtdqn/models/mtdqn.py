@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from mtdqn.losses import td_target
 from mtdqn.losses.multitask import flat_grads, grad_cosine_matrix, pcgrad, task_weighted_loss
 from mtdqn.models.dqn import DQNModule, NetFactory
+from mtdqn.models.lean_step import no_grad
+from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
 from mtdqn.types import Batch, Round, TaskSpec
 
 BALANCES = ("sum", "weighted", "pcgrad")
@@ -72,9 +74,19 @@ class MultiTaskDQNModule(DQNModule):
     def build_net(self, net: NetFactory) -> nn.Module:
         return net(tasks=self.tasks)
 
-    @torch.no_grad()
+    def build_explicit(self) -> ExplicitMultiHeadGrads | None:
+        """Hand-written gradients on the lean path for a plain multi-head network with `sum` / `weighted`
+        balancing (PCGrad and PopArt need autograd; subclasses with their own update keep it too)."""
+        plain = type(self).update is MultiTaskDQNModule.update and not self.use_popart
+        if plain and self.loss_balance != "pcgrad" and ExplicitMultiHeadGrads.supports(self.q_net):
+            return ExplicitMultiHeadGrads(self.q_net)
+        return None
+
+    @no_grad
     def task_greedy_action(self, task_idx: int, obs: Tensor) -> Tensor:
         """Greedy actions of task `task_idx` (observations zero-padded to the widest task)."""
+        if self._explicit is not None:  # equal observation widths: only this task's head, no module calls
+            return self._explicit.greedy(obs, task_idx)
         if obs.shape[-1] < self.obs_width:
             obs = F.pad(obs, (0, self.obs_width - obs.shape[-1]))
         ids = torch.full(obs.shape[:-1], task_idx, dtype=torch.int64, device=obs.device)
@@ -110,8 +122,18 @@ class MultiTaskDQNModule(DQNModule):
             self.target_net.popart.set_stats(self.q_net.popart.mu, self.q_net.popart.nu)
         super().update_target(tau)
 
-    def update(self, b: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
-        """One update on a mixed-task minibatch; returns per-task (TD loss, mean Q in return units), each (T,)."""
+    def diagnostics_due(self, index: int) -> bool:
+        """True for the round's first update every `grad_diagnostics_every` rounds (gradient cosines logged)."""
+        return index == 0 and self.grad_diagnostics_every > 0 and self.rounds % self.grad_diagnostics_every == 0
+
+    def update(
+        self, b: Batch, next_q_target: Tensor | None, index: int, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One update on a mixed-task minibatch; returns per-task (TD loss, mean Q in return units), each (T,).
+        The lean path's hand-written gradients do it unless the gradient diagnostics (which need per-task
+        autograd gradients) are due; `target` (precomputed TD targets) is only used there."""
+        if self._explicit is not None and not self.diagnostics_due(index):
+            return self.explicit_update(b, next_q_target, target)
         n_tasks = len(self.tasks)
         if self.use_popart:  # loss and priorities in normalized units, logged Q in return units
             q_taken, target, q_return = self.popart_td_terms(b, next_q_target)
@@ -123,7 +145,7 @@ class MultiTaskDQNModule(DQNModule):
         else:
             per_sample = (q_taken - target).square()
         total, per_task = task_weighted_loss(per_sample * b.weights, b.task_ids, self.task_weights, n_tasks)
-        if index == 0 and self.grad_diagnostics_every > 0 and self.rounds % self.grad_diagnostics_every == 0:
+        if self.diagnostics_due(index):
             self.cosines = self.gradient_cosines(per_task)
         if self.loss_balance == "pcgrad":
             self.pcgrad_step(per_task)
@@ -132,6 +154,26 @@ class MultiTaskDQNModule(DQNModule):
         if self.priority_sink is not None:
             self.priority_sink(b.indices, (q_taken - target).detach().abs(), b.task_ids)
         return per_task.detach(), task_means(q_return, b.task_ids, n_tasks)
+
+    @torch.no_grad()
+    def explicit_update(
+        self, b: Batch, next_q_target: Tensor | None, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The lean path's update (ExplicitMultiHeadGrads): TD target unless given, per-task loss and hand-written
+        gradients, clip + fused Adam; the same math as the autograd branch of `update`."""
+        if target is None:
+            next_online = self._explicit.q_values(b.next_obs, b.task_ids) if self.double_q else None
+            if next_q_target is None:
+                next_q_target = self._explicit_target.q_values(b.next_obs, b.task_ids)
+            target = td_target(b.rewards, b.discounts, next_q_target, next_online)
+        weights = self.task_weights if self.loss_balance == "weighted" else None
+        _, per_task, td_abs, q_means, grads = self._explicit.loss_and_grads(
+            b.obs, b.actions, b.task_ids, target, b.weights, weights, self.loss_kind,
+            need_td_abs=self.priority_sink is not None)
+        self.apply_grads(grads)
+        if self.priority_sink is not None:
+            self.priority_sink(b.indices, td_abs, b.task_ids)
+        return per_task, q_means
 
     def pcgrad_step(self, per_task: Tensor) -> None:
         """PCGrad over every trainable parameter, then the usual clip + optimizer step."""

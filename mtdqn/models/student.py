@@ -112,7 +112,9 @@ class DistillStudentModule(MultiTaskDQNModule):
 
         return super().training_step(remember())
 
-    def update(self, b: Batch, next_q_target: Tensor | None, index: int) -> tuple[Tensor, Tensor]:
+    def update(
+        self, b: Batch, next_q_target: Tensor | None, index: int, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """One update: per task td_coef * TD + c * KL(teacher || student); returns per-task (TD loss, mean Q)."""
         n = len(self.tasks)
         q_all = self.q_values(self.q_net, b.obs, b.task_ids)

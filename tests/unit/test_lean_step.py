@@ -141,3 +141,92 @@ def test_explicit_grads_only_for_plain_mlps():
     assert not ExplicitMLPGrads.supports(QNetwork(4, 2, layer_norm=True))
     assert not ExplicitMLPGrads.supports(QNetwork(4, 2, activation="tanh"))
     assert not ExplicitMLPGrads.supports(QNetwork(4, 2, obs_norm=True))
+
+
+def _tasks(obs_dims=(5, 5, 5), n_actions=(3, 3, 3)):
+    from mtdqn.types import TaskSpec
+
+    return [TaskSpec(name=f"t{i}", obs_dim=d, n_actions=a) for i, (d, a) in enumerate(zip(obs_dims, n_actions, strict=True))]
+
+
+@pytest.mark.parametrize("kind", ["huber", "mse"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("task_weights", [None, (0.2, 0.5, 1.3)])
+def test_explicit_multihead_grads_equal_autograd(kind, weighted, task_weights):
+    """Per-task weighted TD loss and its gradients, by hand, equal autograd through the module; each sample's
+    gradient reaches only its own head (a task absent from the batch gets exactly zero head gradients)."""
+    from mtdqn.losses.multitask import task_weighted_loss
+    from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    torch.manual_seed(4)
+    net = MultiTaskQNetwork(_tasks(), hidden=(16, 8))
+    n = 64
+    obs, actions = torch.randn(n, 5), torch.randint(0, 3, (n,))
+    task_ids = torch.randint(0, 2, (n,))  # task 2 absent
+    target = 3 * torch.randn(n)
+    weights = torch.rand(n) if weighted else None
+    tw = None if task_weights is None else torch.tensor(task_weights)
+    total, per_task, td_abs, q_per_task, grads = ExplicitMultiHeadGrads(net).loss_and_grads(
+        obs, actions, task_ids, target, weights, tw, kind)
+    ref_q = net(obs, task_ids).gather(1, actions.unsqueeze(1)).squeeze(1)
+    loss_fn = torch.nn.functional.smooth_l1_loss if kind == "huber" else torch.nn.functional.mse_loss
+    per_sample = loss_fn(ref_q, target, reduction="none") * (weights if weighted else 1.0)
+    ref_total, ref_per_task = task_weighted_loss(per_sample, task_ids, tw, 3)
+    ref_grads = torch.autograd.grad(ref_total, list(net.parameters()))
+    torch.testing.assert_close(total, ref_total)
+    torch.testing.assert_close(per_task, ref_per_task)
+    from mtdqn.models.mtdqn import task_means
+
+    torch.testing.assert_close(q_per_task, task_means(ref_q.detach(), task_ids, 3))
+    torch.testing.assert_close(td_abs, (ref_q - target).abs())
+    assert [g.shape for g in grads] == [p.shape for p in net.parameters()]
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    assert not grads[-1].any() and not grads[-2].any()  # the absent task's head
+
+
+def test_explicit_multihead_values_and_greedy_equal_module():
+    from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    torch.manual_seed(5)
+    net = MultiTaskQNetwork(_tasks(), hidden=(16, 16))
+    obs, task_ids = torch.randn(300, 5), torch.randint(0, 3, (300,))
+    explicit = ExplicitMultiHeadGrads(net)
+    with torch.no_grad():
+        torch.testing.assert_close(explicit.q_values(obs, task_ids), net(obs, task_ids))
+        for t in range(3):
+            ids = torch.full((300,), t)
+            assert torch.equal(explicit.greedy(obs, t), net(obs, ids).argmax(-1))
+        net.torso[0].weight = torch.nn.Parameter(torch.randn_like(net.torso[0].weight))  # replaced: followed
+        torch.testing.assert_close(explicit.q_values(obs, task_ids), net(obs, task_ids))
+
+
+def test_explicit_multihead_only_for_plain_multihead_nets():
+    from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    assert ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks()))
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(), architecture="conditioned"))
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(), dueling=True))
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(), layer_norm=True))
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(), popart_beta=1e-3))
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(), obs_norm=True))
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(obs_dims=(5, 4, 5))))  # adapters
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(n_actions=(3, 2, 3))))
+
+
+def test_batched_target_values_in_chunks_equal_one_forward(monkeypatch):
+    """A round's (G, B, D) next observations go through the target net in row chunks: same values, same shape."""
+    from mtdqn.models import mlp_grads
+    from mtdqn.nets import QNetwork
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    monkeypatch.setattr(mlp_grads, "ROWS_PER_CHUNK", 7)
+    torch.manual_seed(6)
+    single, multi = QNetwork(obs_dim=5, n_actions=3, hidden=(16,)), MultiTaskQNetwork(_tasks(), hidden=(16,))
+    obs, ids = torch.randn(4, 10, 5), torch.randint(0, 3, (4, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(mlp_grads.ExplicitMLPGrads(single).batched_q_values(obs, ids), single(obs))
+        torch.testing.assert_close(mlp_grads.ExplicitMultiHeadGrads(multi).batched_q_values(obs, ids), multi(obs, ids))
