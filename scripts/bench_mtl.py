@@ -9,6 +9,12 @@ agent's own time to threshold), the final normalized score per task with 95% boo
 time. Prints markdown; --out writes JSON.
 
     python scripts/bench_mtl.py --seeds 0 1 2
+
+Runs made separately with train.py (logger=jsonl; e.g. one agent per core, or a single-task agent given a longer
+budget than the multi-task one) are reported with --merge: each --runs directory (metrics.jsonl + config.yaml)
+replaces, for its seed, the multi-task agent (model=mtdqn) or the single-task agent of its task:
+
+    python scripts/bench_mtl.py --merge bench_s0.json bench_s1.json --runs outputs/mtl_s0 outputs/ped_1M_s0
 """
 
 from __future__ import annotations
@@ -30,12 +36,76 @@ from learning_results import first_reach, run_seed, summarize  # noqa: E402
 TASKS = ("lane_keep", "pedestrian", "traffic_light")
 
 
-def steps_all_solved(history: list[dict], threshold: float) -> float | None:
-    """Env steps of the first evaluation where every task's normalized score is >= threshold."""
+def first_all_solved(history: list[dict], threshold: float) -> dict | None:
+    """The first evaluation where every task's normalized score is >= threshold (None: never)."""
     for m in history:
         if all(m.get(f"eval/{t}/normalized", float("-inf")) >= threshold for t in TASKS):
-            return m["time/env_steps"]
+            return m
     return None
+
+
+def steps_all_solved(history: list[dict], threshold: float) -> float | None:
+    """Env steps of the first evaluation where every task's normalized score is >= threshold."""
+    m = first_all_solved(history, threshold)
+    return None if m is None else m["time/env_steps"]
+
+
+def mtl_entry(history: list[dict], wall: float, threshold: float) -> dict:
+    """The multi-task agent's record: env steps and training seconds (evaluations excluded) to solve all, final
+    score per task, wall time, and the env steps the run had (a bound when it never solved)."""
+    m = first_all_solved(history, threshold)
+    return {"solved_steps": None if m is None else m["time/env_steps"],
+            "solved_seconds": None if m is None else m.get("time/train_seconds"),
+            "budget_steps": history[-1]["time/env_steps"], "wall": wall,
+            "final": {t: history[-1][f"eval/{t}/normalized"] for t in TASKS}}
+
+
+def single_entry(history: list[dict], task: str, wall: float, threshold: float) -> dict:
+    steps, seconds = first_reach(history, f"eval/{task}/normalized", threshold)
+    return {"solved_steps": steps, "solved_seconds": seconds, "budget_steps": history[-1]["time/env_steps"],
+            "wall": wall, "final": history[-1][f"eval/{task}/normalized"]}
+
+
+def combine_singles(singles: dict) -> dict:
+    solved = [s["solved_steps"] for s in singles.values()]
+    return {"tasks": singles, "solved_steps": None if None in solved else sum(solved),
+            "wall": sum(s["wall"] for s in singles.values())}
+
+
+def load_run_dir(path: Path) -> tuple[int, str, list[dict], float]:
+    """(seed, agent: "mtl" or the single task's name, eval history, wall seconds) of a train.py run directory
+    logged with logger=jsonl."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path / "config.yaml")
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    history = [r for r in rows if any(k.startswith("eval/") and k.endswith("/normalized") for k in r)]
+    if not history:
+        raise SystemExit(f"--runs {path}: metrics.jsonl has no evaluations")
+    tasks = list(cfg.task_set.tasks)
+    agent = "mtl" if str(cfg.model._target_).endswith("MultiTaskDQNModule") else tasks[0]
+    if agent != "mtl" and (len(tasks) != 1 or agent not in TASKS):
+        raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of one of {TASKS}, "
+                         f"got tasks {tasks}")
+    return int(cfg.seed), agent, history, float(rows[-1].get("time", 0.0))
+
+
+def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list[dict]:
+    """Replace (or add) each run directory's agent for its seed."""
+    by_seed = {r["seed"]: r for r in runs}
+    for d in dirs:
+        seed, agent, history, wall = load_run_dir(d)
+        run = by_seed.setdefault(seed, {"seed": seed, "single": {"tasks": {}}})
+        if agent == "mtl":
+            run["mtl"] = mtl_entry(history, wall, threshold) | {"source": str(d)}
+        else:
+            run["single"]["tasks"][agent] = single_entry(history, agent, wall, threshold) | {"source": str(d)}
+            run["single"] = combine_singles(run["single"]["tasks"])
+    missing = [(s, k) for s, r in by_seed.items() for k in ("mtl", *TASKS)
+               if (k == "mtl" and "mtl" not in r) or (k != "mtl" and k not in r["single"]["tasks"])]
+    if missing:
+        raise SystemExit(f"incomplete seeds after merging (seed, agent): {missing}")
+    return [by_seed[s] for s in sorted(by_seed)]
 
 
 def run(seed: int, args: argparse.Namespace) -> dict:
@@ -43,27 +113,30 @@ def run(seed: int, args: argparse.Namespace) -> dict:
     per_task_evals = args.eval_every
     mtl = run_seed(["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={per_task_evals * len(TASKS)}",
                     *args.mtl], seed)
-    out = {"mtl": {"solved_steps": steps_all_solved(mtl["history"], args.threshold), "wall": mtl["wall"],
-                   "final": {t: mtl["history"][-1][f"eval/{t}/normalized"] for t in TASKS}}}
+    out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], args.threshold)}
     singles = {}
     for task in TASKS:
         r = run_seed(["+experiment=lane_keep_dqn", f"task_set={task}",
                       f"callbacks.eval.every_env_steps={per_task_evals}", *args.single], seed)
-        steps, _ = first_reach(r["history"], f"eval/{task}/normalized", args.threshold)
-        singles[task] = {"solved_steps": steps, "wall": r["wall"],
-                         "final": r["history"][-1][f"eval/{task}/normalized"]}
-    solved = [s["solved_steps"] for s in singles.values()]
-    out["single"] = {"tasks": singles, "solved_steps": None if None in solved else sum(solved),
-                     "wall": sum(s["wall"] for s in singles.values())}
+        singles[task] = single_entry(r["history"], task, r["wall"], args.threshold)
+    out["single"] = combine_singles(singles)
     print(f"seed {seed}: {json.dumps(out)}", flush=True)
     return out
 
 
+def _fmt_steps(entry: dict) -> str:
+    if entry["solved_steps"] is None:
+        return f"not in {entry['budget_steps'] / 1000:.0f}k" if "budget_steps" in entry else "never"
+    return f"{entry['solved_steps'] / 1000:.0f}k"
+
+
 def report(runs: list[dict], args: argparse.Namespace) -> str:
-    """Markdown table: steps to solve all, final normalized per task (median [95% CI]), wall time."""
+    """Markdown: steps to solve all and final normalized score per task (median [95% CI]), wall time, the
+    per-seed steps of every agent, the multi-task agent's training minutes to solve all, and the ratio."""
     lines = [
-        f"Driving suite, multi-task vs single-task DQN, seeds {args.seeds}, threshold {args.threshold}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs, torch threads {args.threads}",
+        f"Driving suite, multi-task vs single-task DQN, seeds {[r.get('seed') for r in runs]}, threshold "
+        f"{args.threshold}, {datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs, torch threads "
+        f"{args.threads}",
         "",
         "| agent | env steps to solve all (summed over tasks) | " + " | ".join(f"final {t}" for t in TASKS)
         + " | wall s |",
@@ -78,6 +151,20 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
                      f"{summarize(reached)} ({len(reached)}/{len(runs)} seeds) | "
                      + " | ".join(summarize(f) for f in finals)
                      + f" | {statistics.median(r[name]['wall'] for r in runs):.0f} |")
+    lines += ["", "Per seed: env steps to normalized >= threshold (budget when never reached)", "",
+              "| seed | multi-task (all three) | " + " | ".join(f"single {t}" for t in TASKS)
+              + " | singles summed | ratio |", "|---|---|" + "---|" * len(TASKS) + "---|---|"]
+    for r in runs:
+        m, s = r["mtl"]["solved_steps"], r["single"]["solved_steps"]
+        ratio = f"{m / s:.2f}" if m is not None and s is not None else "-"
+        lines.append(f"| {r.get('seed')} | {_fmt_steps(r['mtl'])} | "
+                     + " | ".join(_fmt_steps(r["single"]["tasks"][t]) for t in TASKS)
+                     + f" | {'-' if s is None else f'{s / 1000:.0f}k'} | {ratio} |")
+    minutes = [r["mtl"]["solved_seconds"] / 60 for r in runs if r["mtl"].get("solved_seconds") is not None]
+    if minutes:
+        lines.append(f"\nMulti-task training minutes (evaluations excluded) to solve all: "
+                     f"{', '.join(f'{x:.1f}' for x in minutes)}; median {statistics.median(minutes):.1f} "
+                     f"({len(minutes)}/{len(runs)} seeds solved; target <= 15)")
     pairs = [(r["mtl"]["solved_steps"], r["single"]["solved_steps"]) for r in runs]
     ratios = [m / s for m, s in pairs if m is not None and s is not None]
     if ratios:
@@ -97,13 +184,20 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--merge", type=Path, nargs="*", default=None,
                    help="only report: merge the runs of earlier --out files (e.g. seeds run in parallel)")
+    p.add_argument("--runs", type=Path, nargs="*", default=[],
+                   help="with --merge: train.py run directories (logger=jsonl) replacing their seed's agent")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.merge:
+    if args.merge is not None:
         loaded = [json.loads(f.read_text()) for f in args.merge]
-        runs = [r for d in loaded for r in d["runs"]]
-        args.seeds = [s for d in loaded for s in d["args"]["seeds"]]
-        print(report(runs, args))
+        runs = [r | {"seed": r.get("seed", seed)} for d in loaded for seed, r in zip(d["args"]["seeds"], d["runs"],
+                                                                                     strict=True)]
+        runs = apply_run_dirs(runs, args.runs, args.threshold) if args.runs else runs
+        text = report(runs, args)
+        print(text)
+        if args.out:
+            args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs,
+                                            "table": text}, indent=1, default=str))
         return
     runs = []
     for seed in args.seeds:
