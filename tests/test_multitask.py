@@ -39,6 +39,29 @@ def test_round_batches_are_composed_per_task_as_configured(tmp_path, composition
     assert round_.batch.obs.shape[1] == 30
 
 
+@pytest.mark.parametrize(("weights", "expected"), [(None, [4, 4, 4]), ([1, 2, 3], [2, 4, 6])])
+def test_rounds_collect_per_task_as_configured(tmp_path, weights, expected):
+    """data.collect_weights splits each round's vector steps across tasks; each task's replay grows by its share."""
+    extra = [] if weights is None else [f"data.collect_weights=[{','.join(map(str, weights))}]"]
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
+                       "data.learning_starts=40", "data.batch_size=30", *extra], tmp_path)
+    model, data, trainer = build(cfg)
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    assert data.vec_steps == expected
+    data.train_dataloader().dataset.collect_round()
+    assert [len(b) for b in data.buffers] == [2 * n for n in expected]  # rows x num_envs
+
+
+@pytest.mark.parametrize("weights", ["[1,0,1]", "[1,1]", "[0.01,1,1]"])
+def test_bad_collect_weights_are_refused_before_any_env_step(tmp_path, weights):
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
+                       f"data.collect_weights={weights}"], tmp_path)
+    with pytest.raises(ValueError, match="data.collect_weights"):
+        build(cfg)
+
+
 def test_driving_multitask_smoke_logs_per_task_metrics(tmp_path):
     summary = train(compose_cfg([*MTL, "task_set=driving", "model.grad_diagnostics_every=1"], tmp_path))
     assert summary["status"] == "completed"

@@ -29,13 +29,15 @@ class RLDataModule(MultiTaskDataModule):
         seed: int = 0,
         batch_composition: str = "uniform",  # one task: every composition gives the whole batch to it
         task_weights: list[float] | None = None,  # one weight (or null) for batch_composition=weighted
+        collect_weights: list[float] | None = None,  # one share (or null): every env step is this task's
         reward_scale: float = 1.0,  # replay stores clip(reward_scale x r, -reward_clip, reward_clip)
         reward_clip: float | None = None,  # None: no clipping
         eval_env_factory: EnvFactory | None = None,  # evaluation env (default: env_factory)
     ) -> None:
         super().__init__([env_factory], replay, exploration, [task], num_envs, total_env_steps,
                          env_steps_per_round, replay_ratio, batch_size, learning_starts, seed,
-                         batch_composition=batch_composition, task_weights=task_weights, reward_scale=reward_scale, reward_clip=reward_clip,
+                         batch_composition=batch_composition, task_weights=task_weights,
+                         collect_weights=collect_weights, reward_scale=reward_scale, reward_clip=reward_clip,
                          eval_env_factories=None if eval_env_factory is None else [eval_env_factory])
         self.task = task
 

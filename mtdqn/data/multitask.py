@@ -78,7 +78,7 @@ class MultiTaskStream(IterableDataset):
         dm, eps, returns, tasks = self.dm, 1.0, [], []
         for i, (collector, buffer) in enumerate(zip(dm.collectors, dm.buffers, strict=True)):
             n = collector.env.num_envs
-            for _ in range(dm.vec_steps_per_task):
+            for _ in range(dm.vec_steps[i]):
                 eps = dm.exploration(self.env_steps)
                 transition, episodes = collector.step(eps)
                 if dm.track_obs_stats:
@@ -116,13 +116,14 @@ class MultiTaskDataModule(pl.LightningDataModule):
         tasks: Sequence[TaskSpec],
         num_envs: int = 1,  # parallel envs per task
         total_env_steps: int = 300_000,  # env steps summed over tasks
-        env_steps_per_round: int = 768,  # env steps per round, summed over tasks (split equally)
+        env_steps_per_round: int = 768,  # env steps per round, summed over tasks (split by collect_weights)
         replay_ratio: float = 0.125,  # gradient updates per env step (summed over tasks)
         batch_size: int = 192,  # transitions per update, summed over tasks
         learning_starts: int = 3_000,  # env steps (summed) of random actions before the first update
         seed: int = 0,
         batch_composition: str = "uniform",  # uniform | proportional (to replay sizes) | weighted
         task_weights: Sequence[float] | None = None,  # per-task shares for batch_composition=weighted
+        collect_weights: Sequence[float] | None = None,  # per-task shares of each round's env steps (None: equal)
         reward_scale: float = 1.0,  # rewards stored in replay (and so in TD targets) are multiplied by this ...
         reward_clip: float | None = None,  # ... then clipped to [-reward_clip, reward_clip] (None: no clipping)
         eval_env_factories: Sequence[EnvFactory] | None = None,  # evaluation envs (default: env_factories)
@@ -165,7 +166,20 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.env_factories, self.replay_factory, self.exploration = list(env_factories), replay, exploration
         self.tasks, self.num_envs, self.seed = list(tasks), num_envs, seed
         self.total_env_steps, self.batch_size, self.learning_starts = total_env_steps, batch_size, learning_starts
-        self.vec_steps_per_task = max(env_steps_per_round // (num_envs * n_tasks), 1)
+        if collect_weights is not None and (len(collect_weights) != n_tasks or any(
+                not (math.isfinite(w) and w > 0) for w in collect_weights)):
+            raise ValueError(f"data.collect_weights={list(collect_weights)} needs one share > 0 per task ({n_tasks}) "
+                             "(null: equal shares)")
+        # vector steps per task per round: equal, or the round's env_steps_per_round // num_envs vector steps split
+        # by collect_weights (largest remainder)
+        if collect_weights is None:
+            self.vec_steps = [max(env_steps_per_round // (num_envs * n_tasks), 1)] * n_tasks
+        else:
+            self.vec_steps = batch_counts(env_steps_per_round // num_envs, [float(w) for w in collect_weights])
+            if min(self.vec_steps) < 1:
+                raise ValueError(f"data.collect_weights={list(collect_weights)} gives a task no vector step per round "
+                                 f"({self.vec_steps} of env_steps_per_round / num_envs = "
+                                 f"{env_steps_per_round // num_envs}); raise its share or data.env_steps_per_round")
         self.batch_composition, self.task_weights = batch_composition, weights
         self.obs_width = max(t.obs_dim for t in tasks)
         self.env_steps = 0
