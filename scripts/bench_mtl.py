@@ -138,7 +138,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         f"{args.threshold}, {datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs, torch threads "
         f"{args.threads}",
         "",
-        "| agent | env steps to solve all (summed over tasks) | " + " | ".join(f"final {t}" for t in TASKS)
+        "| agent | thousand env steps to solve all (summed over tasks) | " + " | ".join(f"final {t}" for t in TASKS)
         + " | wall s |",
         "|---|---|" + "---|" * len(TASKS) + "---|",
     ]
@@ -148,7 +148,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         finals = [[r[name]["final"][t] if name == "mtl" else r[name]["tasks"][t]["final"] for r in runs]
                   for t in TASKS]
         lines.append(f"| {'multi-task' if name == 'mtl' else '3 x single-task'} | "
-                     f"{summarize(reached)} ({len(reached)}/{len(runs)} seeds) | "
+                     f"{summarize([x / 1000 for x in reached])} ({len(reached)}/{len(runs)} seeds) | "
                      + " | ".join(summarize(f) for f in finals)
                      + f" | {statistics.median(r[name]['wall'] for r in runs):.0f} |")
     lines += ["", "Per seed: env steps to normalized >= threshold (budget when never reached)", "",
