@@ -1,0 +1,59 @@
+"""scripts/bench_mtl.py --merge --runs on synthetic train.py run directories (no training)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = ("lane_keep", "pedestrian", "traffic_light")
+
+
+def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float]], mtl: bool) -> Path:
+    """A run directory as train.py writes it with logger=jsonl: config.yaml + metrics.jsonl."""
+    path.mkdir(parents=True)
+    target = "mtdqn.models.MultiTaskDQNModule" if mtl else "mtdqn.models.DQNModule"
+    (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  tasks: [{', '.join(tasks)}]\n"
+                                      f"model:\n  _target_: {target}\n")
+    rows = [{"time": 1.0, "time/env_steps": 1.0}]  # a training row without evaluations
+    for i, scores in enumerate(evals, start=1):
+        rows.append({"time": 10.0 * i, "time/env_steps": 1000.0 * i, "time/train_seconds": 60.0 * i,
+                     **{f"eval/{t}/normalized": v for t, v in scores.items()}})
+    (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_merge_replaces_agents_from_run_dirs_and_reports_ratio_and_minutes(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        # multi-task: all three >= 0.9 first at the 3rd evaluation (3000 env steps, 180 s of training)
+        evals = [dict.fromkeys(TASKS, 0.5), {"lane_keep": 0.95, "pedestrian": 0.8, "traffic_light": 0.95},
+                 dict.fromkeys(TASKS, 0.92), dict.fromkeys(TASKS, 0.7)]
+        runs.append(run_dir(tmp_path / f"mtl{seed}", seed, list(TASKS), evals, mtl=True))
+        for task, first in zip(TASKS, (1, 2, 3), strict=True):  # single agents solve at 1000 / 2000 / 3000 steps
+            evals = [{task: 0.95 if i + 1 >= first else 0.1} for i in range(4)]
+            runs.append(run_dir(tmp_path / f"{task}{seed}", seed, [task], evals, mtl=False))
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
+    out = tmp_path / "merged.json"
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
+                          "--runs", *map(str, runs), "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    merged = json.loads(out.read_text())["runs"]
+    assert [r["seed"] for r in merged] == [0, 1]
+    assert merged[0]["mtl"]["solved_steps"] == 3000 and merged[0]["mtl"]["solved_seconds"] == 180
+    assert merged[0]["single"]["solved_steps"] == 1000 + 2000 + 3000
+    assert "| 0 | 3k | 1k | 2k | 3k | 6k | 0.50 |" in res.stdout
+    assert "median 3.0 (2/2 seeds solved; target <= 15)" in res.stdout
+
+
+def test_merge_refuses_an_incomplete_seed(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
+    mtl = run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True)
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
+                          "--runs", str(mtl)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and "incomplete seeds" in res.stderr
