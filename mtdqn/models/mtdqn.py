@@ -85,7 +85,7 @@ class MultiTaskDQNModule(DQNModule):
     @no_grad
     def task_greedy_action(self, task_idx: int, obs: Tensor) -> Tensor:
         """Greedy actions of task `task_idx` (observations zero-padded to the widest task)."""
-        if self._explicit is not None:  # equal observation widths: only this task's head, no module calls
+        if self._explicit is not None and obs.dim() == 2:  # equal obs widths: only this task's head, no module call
             return self._explicit.greedy(obs, task_idx)
         if obs.shape[-1] < self.obs_width:
             obs = F.pad(obs, (0, self.obs_width - obs.shape[-1]))
