@@ -114,16 +114,28 @@ def test_lean_step_is_used_and_matches_the_standard_path(tmp_path):
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [["model.double_q=true", "replay=prioritized", "model.loss=mse"],
-                                   ["model.target_update_unit=updates", "model.tau=0.5"]])
-def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, monkeypatch):
-    """The lean path with hand-written MLP gradients trains the same weights as the autograd path."""
+MTL_EXPLICIT = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]", "model.grad_diagnostics_every=3"]
+
+
+@pytest.mark.parametrize(("extra", "supports"), [
+    (["model.double_q=true", "replay=prioritized", "model.loss=mse"], "mtdqn.models.dqn.ExplicitMLPGrads.supports"),
+    (["model.target_update_unit=updates", "model.tau=0.5"], "mtdqn.models.dqn.ExplicitMLPGrads.supports"),
+    # multi-head multi-task DQN (autograd only for the rounds whose gradient cosines are logged)
+    ([*MTL_EXPLICIT, "model.loss_balance=weighted", "model.task_weights=[0.5,1.0,2.0]", "replay=prioritized",
+      "model.loss=mse"], "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
+    ([*MTL_EXPLICIT, "model.double_q=false", "model.target_update_unit=updates", "model.tau=0.5"],
+     "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
+    ([*MTL_EXPLICIT, "model.double_q=false", "data.batch_composition=weighted", "data.task_weights=[0.2,0.4,0.4]"],
+     "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
+])
+def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, supports, monkeypatch):
+    """The lean path with hand-written gradients trains the same weights as the autograd path."""
     results = []
     for explicit in (True, False):
         cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=3", *extra], tmp_path / str(explicit))
         model, data, trainer = build(cfg)
         if not explicit:
-            monkeypatch.setattr("mtdqn.models.dqn.ExplicitMLPGrads.supports", staticmethod(lambda net: False))
+            monkeypatch.setattr(supports, staticmethod(lambda net: False))
         trainer.fit(model, datamodule=data)
         monkeypatch.undo()
         assert (model._explicit is not None) == explicit and model._lean is not None
@@ -157,26 +169,3 @@ def test_prioritized_replay_receives_td_errors_from_the_module(tmp_path, extra):
     for buf in data.buffers:  # without updates every leaf would still hold the initial priority 1.0
         leaves = buf.tree.leaves(torch.arange(len(buf)))
         assert leaves.unique().numel() > 2
-
-
-@pytest.mark.parametrize("extra", [["model.loss_balance=weighted", "model.task_weights=[0.5,1.0,2.0]", "replay=prioritized",
-                                    "model.loss=mse"],
-                                   ["model.double_q=false", "model.target_update_unit=updates", "model.tau=0.5"],
-                                   ["model.double_q=false", "data.batch_composition=weighted",
-                                    "data.task_weights=[0.2,0.4,0.4]"]])
-def test_multitask_explicit_path_matches_autograd_in_training(tmp_path, extra, monkeypatch):
-    """Multi-head multi-task DQN: the lean path's hand-written gradients (autograd only for the rounds whose
-    gradient cosines are logged) train the same weights as autograd throughout."""
-    base = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]", "model.grad_diagnostics_every=3"]
-    results = []
-    for explicit in (True, False):
-        cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=4", *base, *extra],
-                          tmp_path / str(explicit))
-        model, data, trainer = build(cfg)
-        if not explicit:
-            monkeypatch.setattr("mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports", staticmethod(lambda net: False))
-        trainer.fit(model, datamodule=data)
-        monkeypatch.undo()
-        assert (model._explicit is not None) == explicit and model._lean is not None
-        results.append(params_vector(model.q_net))
-    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
