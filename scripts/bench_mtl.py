@@ -192,6 +192,7 @@ def main() -> None:
         loaded = [json.loads(f.read_text()) for f in args.merge]
         runs = [r | {"seed": r.get("seed", seed)} for d in loaded for seed, r in zip(d["args"]["seeds"], d["runs"],
                                                                                      strict=True)]
+        runs = [r for r in runs if r["seed"] in args.seeds]  # --seeds picks the seeds to report
         runs = apply_run_dirs(runs, args.runs, args.threshold) if args.runs else runs
         text = report(runs, args)
         print(text)
