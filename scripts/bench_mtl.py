@@ -44,12 +44,6 @@ def first_all_solved(history: list[dict], threshold: float) -> dict | None:
     return None
 
 
-def steps_all_solved(history: list[dict], threshold: float) -> float | None:
-    """Env steps of the first evaluation where every task's normalized score is >= threshold."""
-    m = first_all_solved(history, threshold)
-    return None if m is None else m["time/env_steps"]
-
-
 def mtl_entry(history: list[dict], wall: float, threshold: float) -> dict:
     """The multi-task agent's record: env steps and training seconds (evaluations excluded) to solve all, final
     score per task, wall time, and the env steps the run had (a bound when it never solved)."""

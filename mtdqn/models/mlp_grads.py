@@ -37,6 +37,31 @@ def chunked_rows(fn, obs: Tensor, *rest: Tensor) -> Tensor:
     return out.reshape(*lead, out.shape[-1])
 
 
+class TransposedWeights:
+    """W^T of some Linear layers as cached views: they follow the in-place optimizer updates and checkpoint loads,
+    and are rebuilt if a layer's weight Parameter was replaced. Call it to get the list."""
+
+    def __init__(self, layers: list[nn.Linear]) -> None:
+        self.layers = layers
+        self._weights: list[Tensor] = []
+        self._wt: list[Tensor] = []
+
+    def __call__(self) -> list[Tensor]:
+        if len(self._weights) != len(self.layers) or any(
+                lin.weight is not w for lin, w in zip(self.layers, self._weights, strict=True)):
+            self._weights = [lin.weight for lin in self.layers]
+            self._wt = [w.t() for w in self._weights]
+        return self._wt
+
+
+def relu_torso_names(torso: nn.Sequential) -> list[str] | None:
+    """Parameter names `torso.<i>.weight/bias` of a (Linear, ReLU)* torso in order; None for any other torso."""
+    layers = list(torso)
+    pairs = len(layers) % 2 == 0 and all(
+        isinstance(a, nn.Linear) and type(b) is nn.ReLU for a, b in zip(layers[::2], layers[1::2], strict=True))
+    return [f"torso.{2 * i}.{k}" for i in range(len(layers) // 2) for k in ("weight", "bias")] if pairs else None
+
+
 class ExplicitMLPGrads:
     """Forward + TD loss + gradients of a plain ReLU MLP Q-network, parameters in `q_net.parameters()` order."""
 
@@ -44,17 +69,7 @@ class ExplicitMLPGrads:
         if not self.supports(q_net):
             raise ValueError(f"ExplicitMLPGrads needs a plain ReLU MLP QNetwork, got {q_net}")
         self.linears: list[nn.Linear] = [m for m in q_net.torso if isinstance(m, nn.Linear)] + [q_net.head]
-        self._weights: list[Tensor] = []
-        self._wt: list[Tensor] = []
-
-    def transposed(self) -> list[Tensor]:
-        """W^T of every layer as cached views: they follow the in-place optimizer updates and checkpoint loads,
-        and are rebuilt if a layer's weight Parameter was replaced."""
-        if len(self._weights) != len(self.linears) or any(
-                lin.weight is not w for lin, w in zip(self.linears, self._weights, strict=True)):
-            self._weights = [lin.weight for lin in self.linears]
-            self._wt = [w.t() for w in self._weights]
-        return self._wt
+        self.transposed = TransposedWeights(self.linears)
 
     @staticmethod
     def supports(q_net: nn.Module) -> bool:
@@ -63,12 +78,9 @@ class ExplicitMLPGrads:
 
         if type(q_net) is not QNetwork or getattr(q_net, "obs_norm", None) is not None:
             return False
-        layers = list(q_net.torso)
-        pairs = len(layers) % 2 == 0 and all(
-            isinstance(a, nn.Linear) and type(b) is nn.ReLU for a, b in zip(layers[::2], layers[1::2], strict=True))
+        torso = relu_torso_names(q_net.torso)
         names = [n for n, _ in q_net.named_parameters()]
-        expected = [f"torso.{2 * i}.{k}" for i in range(len(layers) // 2) for k in ("weight", "bias")]
-        return pairs and type(q_net.head) is nn.Linear and names == [*expected, "head.weight", "head.bias"]
+        return torso is not None and type(q_net.head) is nn.Linear and names == [*torso, "head.weight", "head.bias"]
 
     @no_grad
     def q_values(self, obs: Tensor) -> Tensor:
@@ -156,8 +168,7 @@ class ExplicitMultiHeadGrads:
         self.torso: list[nn.Linear] = [m for m in q_net.torso if isinstance(m, nn.Linear)]
         self.heads: list[nn.Linear] = list(q_net.heads)
         self.n_tasks, self.n_actions = len(self.heads), self.heads[0].out_features
-        self._weights: list[Tensor] = []
-        self._wt: list[Tensor] = []
+        self.transposed = TransposedWeights(self.torso)  # torso only: the heads are concatenated per call
 
     @staticmethod
     def supports(q_net: nn.Module) -> bool:
@@ -169,24 +180,12 @@ class ExplicitMultiHeadGrads:
             return False
         if any(getattr(q_net, k) is not None for k in ("obs_norm", "adapters", "embedding", "film_scale", "popart")):
             return False
-        layers = list(q_net.torso)
-        pairs = len(layers) % 2 == 0 and all(
-            isinstance(a, nn.Linear) and type(b) is nn.ReLU for a, b in zip(layers[::2], layers[1::2], strict=True))
+        torso = relu_torso_names(q_net.torso)
         heads = list(q_net.heads)
         plain_heads = all(type(h) is nn.Linear for h in heads) and len({h.out_features for h in heads}) == 1
         names = [n for n, _ in q_net.named_parameters()]
-        expected = [f"torso.{2 * i}.{k}" for i in range(len(layers) // 2) for k in ("weight", "bias")]
-        expected += [f"heads.{t}.{k}" for t in range(len(heads)) for k in ("weight", "bias")]
-        return pairs and plain_heads and names == expected
-
-    def transposed(self) -> list[Tensor]:
-        """W^T of every torso layer as cached views (they follow in-place updates; rebuilt if a Parameter is
-        replaced)."""
-        if len(self._weights) != len(self.torso) or any(
-                lin.weight is not w for lin, w in zip(self.torso, self._weights, strict=True)):
-            self._weights = [lin.weight for lin in self.torso]
-            self._wt = [w.t() for w in self._weights]
-        return self._wt
+        expected = [f"heads.{t}.{k}" for t in range(len(heads)) for k in ("weight", "bias")]
+        return torso is not None and plain_heads and names == [*torso, *expected]
 
     def _torso(self, obs: Tensor) -> list[Tensor]:
         """[obs, h1, ..., h_L]: the input and every ReLU layer's output."""

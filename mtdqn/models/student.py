@@ -115,7 +115,8 @@ class DistillStudentModule(MultiTaskDQNModule):
     def update(
         self, b: Batch, next_q_target: Tensor | None, index: int, target: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """One update: per task td_coef * TD + c * KL(teacher || student); returns per-task (TD loss, mean Q)."""
+        """One update: per task td_coef * TD + c * KL(teacher || student); returns per-task (TD loss, mean Q).
+        `target` (round-level TD targets) is never passed: the student does not take the explicit lean path."""
         n = len(self.tasks)
         q_all = self.q_values(self.q_net, b.obs, b.task_ids)
         q_taken = q_all.gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
