@@ -66,7 +66,9 @@ def test_driving_multitask_smoke_logs_per_task_metrics(tmp_path):
     summary = train(compose_cfg([*MTL, "task_set=driving", "model.grad_diagnostics_every=1"], tmp_path))
     assert summary["status"] == "completed"
     for name in ("eval/lane_keep/normalized", "eval/pedestrian/normalized", "eval/traffic_light/normalized",
-                 "eval/mean_normalized", "eval/min_normalized"):
+                 "eval/mean_normalized", "eval/min_normalized", "eval/pedestrian/collision_rate",
+                 "eval/traffic_light/red_light_rate", "eval/lane_keep/offroad_rate", "eval/lane_keep/completion_rate",
+                 "eval/lane_keep/episode_length"):
         assert name in summary, name
     names = set().union(*[json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()])
     for name in ("train/lane_keep/td_loss", "train/pedestrian/q_mean", "train/grad_cos/lane_keep__pedestrian"):

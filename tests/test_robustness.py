@@ -160,3 +160,34 @@ def test_sweep_presets_define_their_grids():
         base = compose_cfg(["+experiment=lane_keep_dqn"], "/tmp/unused")
         assert cfg.data == base.data and cfg.model == base.model and cfg.optimizer == base.optimizer
         assert cfg.experiment_name == preset
+
+
+def test_episode_report_script_counts_how_episodes_end(normalized_run, tmp_path, capsys):
+    import importlib.util
+
+    from mtdqn.envs.driving import DrivingVecEnv as Env
+    from mtdqn.evaluation.episodes import run_episode_stats
+
+    spec = importlib.util.spec_from_file_location("episode_report", ROOT / "scripts" / "episode_report.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "outcomes"
+    assert script.main([str(normalized_run[0]), "--tasks", "lane_keep", "urban", "--episodes", "8",
+                        "--by", "net.obs_norm", "--out", str(out), "--n-boot", "200"]) == 0  # fmt: skip
+    report = json.loads((out / "outcomes.json").read_text())
+    rows = {r["task"]: r for r in report["rows"]}
+    assert set(rows) == {"lane_keep", "urban"} and rows["urban"]["policy"] == "lane_keep"
+    for r in rows.values():  # every episode either completes or ends for exactly one reason
+        total = r["completion_rate"] + r["collision_rate"] + r["red_light_rate"] + r["offroad_rate"]
+        assert total == pytest.approx(1.0)
+    assert rows["lane_keep"]["collision_rate"] == rows["lane_keep"]["red_light_rate"] == 0.0  # no hazards there
+    run = load_trained(normalized_run[0])
+    q = run.q_function(0)
+    direct = run_episode_stats(lambda obs: q(obs).argmax(-1), Env("urban", 8), seed=30_000)
+    assert rows["urban"]["return"] == pytest.approx(float(direct.returns.mean()))
+    assert rows["urban"]["collision_rate"] == pytest.approx(direct.rates()["collision_rate"])
+    g = report["groups"]["net.obs_norm=True"]["urban"]
+    assert g["n_runs"] == 1 and g["collision_rate"]["mean"] == pytest.approx(rows["urban"]["collision_rate"])
+    assert "| net.obs_norm=True | urban | 1 |" in (out / "outcomes.md").read_text()
+    assert script.main([str(normalized_run[0]), "--episodes", "0", "--out", str(out)]) == 2
+    assert "--episodes" in capsys.readouterr().err

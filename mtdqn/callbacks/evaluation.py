@@ -1,5 +1,9 @@
 """Periodic greedy evaluation on separate env instances, logged as eval/<task>/return.
 
+Beside the return: eval/<task>/episode_length, completion_rate (share of episodes that reach the time limit) and,
+where the env reports why episodes end (the driving simulator), eval/<task>/{offroad,collision,red_light}_rate:
+a normalized return near 1 can hide a policy that drives fast and crashes often.
+
 Source tasks (transfer): `source_tasks` are evaluated too, with the model's own policy, logged as
 `eval/source/<task>/return` and `.../normalized` (plus `eval/source/mean_normalized`), so a run on a target task
 draws the forgetting curve of the tasks it was transferred from. The policy for a source task is the model's
@@ -18,7 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from mtdqn.envs import env_factory, task_spec
-from mtdqn.evaluation.episodes import record_episode, run_episodes, save_gif
+from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
 from mtdqn.types import TaskSpec
 
 VIDEO_MODES = ("none", "final", "every")
@@ -127,14 +131,18 @@ class EvalCallback(pl.Callback):
 
     def episode_metrics(self, prefix: str, entries: list, pl_module: pl.LightningModule) -> dict[str, float]:
         """For each (task spec, env, policy index): greedy returns on the fixed seeds as <prefix><task>/return,
-        return_std and normalized, plus <prefix>mean_normalized and min_normalized over the tasks."""
+        return_std and normalized, the episodes' mean length, completion rate (time limit reached) and, for envs
+        that report why episodes end (driving: offroad, collision, red_light), <prefix><task>/<cause>_rate; plus
+        <prefix>mean_normalized and min_normalized over the tasks."""
         metrics: dict[str, float] = {}
         normalized = []
         for spec, env, index in entries:
-            returns = run_episodes(pl_module.policy_for(index), env, seed=self.seed)
+            stats = run_episode_stats(pl_module.policy_for(index), env, seed=self.seed)
+            returns = stats.returns
             mean = float(returns.mean())
             metrics[f"{prefix}{spec.name}/return"] = mean
             metrics[f"{prefix}{spec.name}/return_std"] = float(returns.std(unbiased=False))
+            metrics.update({f"{prefix}{spec.name}/{k}": v for k, v in stats.rates().items()})
             score = spec.normalize(mean)
             if score is not None:
                 metrics[f"{prefix}{spec.name}/normalized"] = score

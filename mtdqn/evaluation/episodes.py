@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -10,23 +11,65 @@ from torch import Tensor
 from mtdqn.envs.base import TensorVecEnv
 
 
+@dataclass(frozen=True)
+class EpisodeStats:
+    """The first episode of each of N env copies: returns (N,), lengths (N,) in steps, `completed` (N,) bool
+    (reached the time limit or the step cap instead of terminating), and, for envs that report why episodes end
+    (`termination_causes`, e.g. the driving simulator), `causes` {cause: (N,) bool} (empty otherwise)."""
+
+    returns: Tensor
+    lengths: Tensor
+    completed: Tensor
+    causes: dict[str, Tensor] = field(default_factory=dict)
+
+    def rates(self) -> dict[str, float]:
+        """{"episode_length": mean length, "completion_rate": share completed, "<cause>_rate": share ended by it}."""
+        out = {"episode_length": float(self.lengths.float().mean()),
+               "completion_rate": float(self.completed.float().mean())}
+        out.update({f"{name}_rate": float(mask.float().mean()) for name, mask in self.causes.items()})
+        return out
+
+
 @torch.no_grad()
+def run_episode_stats(
+    policy: Callable[[Tensor], Tensor], env: TensorVecEnv, seed: int, max_steps: int = 100_000
+) -> EpisodeStats:
+    """Run the first episode of each of the env's N copies (seeded seed + i) with `policy`; see EpisodeStats."""
+    names = tuple(getattr(env, "termination_causes", ()) or ())
+    if names:
+        env.set_track_causes(True)
+    try:
+        obs = env.reset(seed=seed)
+        n, dev = env.num_envs, env.device
+        returns = torch.zeros(n, device=dev)
+        lengths = torch.zeros(n, dtype=torch.int64, device=dev)
+        running = torch.ones(n, dtype=torch.bool, device=dev)
+        terminated = torch.zeros(n, dtype=torch.bool, device=dev)
+        cause = torch.zeros(n, dtype=torch.int64, device=dev)
+        for _ in range(max_steps):
+            res = env.step(policy(obs))
+            returns += res.reward * running
+            lengths += running
+            ended = running & res.terminated
+            terminated |= ended
+            if names:
+                cause = torch.where(ended, env.last_termination_cause, cause)
+            running &= ~(res.terminated | res.truncated)
+            if not bool(running.any()):
+                break
+            obs = res.obs
+    finally:
+        if names:
+            env.set_track_causes(False)
+    causes = {name: cause == k for k, name in enumerate(names, start=1)}
+    return EpisodeStats(returns, lengths, ~terminated, causes)
+
+
 def run_episodes(
     policy: Callable[[Tensor], Tensor], env: TensorVecEnv, seed: int, max_steps: int = 100_000
 ) -> Tensor:
     """Return (N,) returns of the first episode of each of the env's N copies, seeded seed + i."""
-    obs = env.reset(seed=seed)
-    n = env.num_envs
-    returns = torch.zeros(n, device=env.device)
-    running = torch.ones(n, dtype=torch.bool, device=env.device)
-    for _ in range(max_steps):
-        res = env.step(policy(obs))
-        returns += res.reward * running
-        running &= ~(res.terminated | res.truncated)
-        if not bool(running.any()):
-            break
-        obs = res.obs
-    return returns
+    return run_episode_stats(policy, env, seed, max_steps).returns
 
 
 @torch.no_grad()

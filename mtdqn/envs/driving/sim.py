@@ -56,6 +56,8 @@ NOISE_MASK = np.array(
     dtype=np.float32,
 )
 # action a: steering = a // 3 in (left, straight, right), longitudinal = a % 3 in (brake, coast, throttle)
+# why an episode terminated (before its time limit); `DrivingVecEnv.last_termination_cause` codes them 1..3
+TERMINATION_CAUSES = ("offroad", "collision", "red_light")
 ACTION_NAMES = tuple(f"{st}+{lo}" for st in ("left", "straight", "right") for lo in ("brake", "coast", "throttle"))
 
 # counter-based draw layout: one word = 4 uniforms; an episode start draws words 0-6 at (episode, t=0)
@@ -151,6 +153,16 @@ class DrivingVecEnv:
         self._st: dict[str, Tensor] = {}
         self._fb = self._ib = torch.empty(0)
         self._seeded = False
+        # opt-in (evaluation): record per step which event ended each terminated episode, see TERMINATION_CAUSES
+        self.track_causes = False
+        self.last_termination_cause: Tensor | None = None
+
+    termination_causes = TERMINATION_CAUSES
+
+    def set_track_causes(self, on: bool) -> None:
+        """Record `last_termination_cause` (N,) int64 at every step: 0 none, k = TERMINATION_CAUSES[k - 1]."""
+        self.track_causes = bool(on)
+        self.last_termination_cause = None
 
     def _build_layout(self) -> None:
         """Rows of every state field in the float / int blocks, and the (original) order of the state dict."""
@@ -482,14 +494,21 @@ class DrivingVecEnv:
         reward.sub_(torch.div(d, half_w).square_().mul_(k.w_lat))
         reward.sub_(offroad * k.pen_off)
         term, ph = offroad, None
+        # cause codes when tracked: the last listed event wins when several happen in the same step
+        cause = offroad.long() if self.track_causes else None
         if self.has_peds:
             hit = self._advance_peds(st, s, d)
             reward.sub_(hit * k.pen_hit)
             term = torch.maximum(term, hit)
+            if cause is not None:
+                cause = torch.where(hit.bool(), 2, cause)
         if self.has_lights:
             ran_red, ph = self._advance_lights(st, s)
             reward.sub_(ran_red * k.pen_red)
             term = torch.maximum(term, ran_red)
+            if cause is not None:
+                cause = torch.where(ran_red.bool(), 3, cause)
+        self.last_termination_cause = cause
         return reward, term, ph
 
     def _curvature_now(self, st: dict[str, Tensor], s: Tensor) -> Tensor:
