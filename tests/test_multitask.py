@@ -54,6 +54,66 @@ def test_rounds_collect_per_task_as_configured(tmp_path, weights, expected):
     assert [len(b) for b in data.buffers] == [2 * n for n in expected]  # rows x num_envs
 
 
+def test_by_score_schedule_shifts_collection_away_from_solved_tasks(tmp_path):
+    """data.collect_schedule=by_score: after an evaluation, a solved task collects collect_solved_scale x its
+    share (at least one vector step), the unsolved ones take the rest; a task that drops back gets its share."""
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
+                       "data.learning_starts=40", "data.batch_size=30", "data.collect_schedule=by_score",
+                       "data.collect_solved_scale=0.5"], tmp_path)
+    model, data, trainer = build(cfg)
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    assert data.vec_steps == [4, 4, 4]
+    shares = data.observe_scores([0.95, 0.3, 0.89])  # lane_keep solved: weights 2, 4, 4 of 12 vector steps
+    assert data.vec_steps == [2, 5, 5]  # 12 x (0.2, 0.4, 0.4), largest remainder
+    assert shares["data/lane_keep/collect_share"] == 2 / 12 and sum(shares.values()) == pytest.approx(1.0)
+    stream = data.train_dataloader().dataset
+    stream.collect_round()
+    assert [len(b) for b in data.buffers] == [2 * n for n in data.vec_steps]
+    data.observe_scores([0.99, 0.95, 0.97])  # all solved: the configured shares again
+    assert data.vec_steps == [4, 4, 4]
+    data.observe_scores([0.99, 0.95, 0.5])
+    data.collect_solved_scale = 0.01  # a tiny share still collects one vector step per round
+    data.observe_scores([0.99, 0.95, 0.5])
+    assert data.vec_steps == [1, 1, 10]
+    data.observe_scores([0.2, 0.95, 0.5])  # lane_keep dropped below the threshold: its share is back
+    assert data.vec_steps == [5, 1, 6]  # lane_keep and traffic_light split 12 - 1 (the tie broken by order)
+
+
+def test_fixed_schedule_ignores_scores_and_by_score_is_wired_to_evaluation(tmp_path, monkeypatch):
+    from mtdqn.data.multitask import MultiTaskDataModule
+
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.env_steps_per_round=24"], tmp_path / "fixed")
+    _, data, _ = build(cfg)
+    data.observe_scores([1.0, 1.0, 0.0])
+    assert data.vec_steps == [4, 4, 4]
+    seen = []
+    original = MultiTaskDataModule.observe_scores
+    monkeypatch.setattr(MultiTaskDataModule, "observe_scores",
+                        lambda self, scores: seen.append(list(scores)) or original(self, scores))
+    summary = train(compose_cfg([*MTL, "task_set=driving", "data.collect_schedule=by_score"], tmp_path / "by"))
+    assert seen and all(len(s) == 3 and all(isinstance(x, float) for x in s) for s in seen)
+    assert seen[-1] == [summary[f"eval/{t}/normalized"] for t in ("lane_keep", "pedestrian", "traffic_light")]
+    assert sum(summary[f"data/{t}/collect_share"] for t in ("lane_keep", "pedestrian", "traffic_light")) == \
+        pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("override", ["data.collect_schedule=adaptive", "data.collect_solved_scale=0",
+                                      "data.collect_solved_scale=1.5"])
+def test_bad_collect_schedule_is_refused_before_any_env_step(tmp_path, override):
+    cfg = compose_cfg([*MTL, "task_set=driving", override], tmp_path)
+    with pytest.raises(ValueError, match=override.split("=")[0]):
+        build(cfg)
+
+
+def test_by_score_needs_normalized_scores(tmp_path):
+    cfg = compose_cfg([*MTL, "task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "data.collect_schedule=by_score"],
+                      tmp_path)
+    with pytest.raises(ValueError, match="normalized score"):
+        build(cfg)
+
+
 @pytest.mark.parametrize("weights", ["[1,0,1]", "[1,1]", "[0.01,1,1]"])
 def test_bad_collect_weights_are_refused_before_any_env_step(tmp_path, weights):
     cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",

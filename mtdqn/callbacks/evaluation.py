@@ -109,6 +109,9 @@ class EvalCallback(pl.Callback):
         entries = [(task, env, i) for i, (task, env) in enumerate(zip(pl_module.tasks, self.envs, strict=True))]
         metrics = self.episode_metrics("eval/", entries, pl_module)
         metrics.update(self.evaluate_sources(pl_module))
+        observe = getattr(trainer.datamodule, "observe_scores", None)
+        if observe is not None:  # the data module may shift collection between tasks (data.collect_schedule)
+            metrics.update(observe([metrics.get(f"eval/{t.name}/normalized") for t in pl_module.tasks]))
         self.eval_seconds += time.perf_counter() - t0
         train_seconds = max(time.perf_counter() - self.started - self.eval_seconds, 1e-9)
         metrics.update({

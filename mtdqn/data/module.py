@@ -30,6 +30,9 @@ class RLDataModule(MultiTaskDataModule):
         batch_composition: str = "uniform",  # one task: every composition gives the whole batch to it
         task_weights: list[float] | None = None,  # one weight (or null) for batch_composition=weighted
         collect_weights: list[float] | None = None,  # one share (or null): every env step is this task's
+        collect_schedule: str = "fixed",  # one task: by_score has nothing to shift (validated all the same)
+        collect_solved_score: float = 0.9,
+        collect_solved_scale: float = 0.1,
         reward_scale: float = 1.0,  # replay stores clip(reward_scale x r, -reward_clip, reward_clip)
         reward_clip: float | None = None,  # None: no clipping
         eval_env_factory: EnvFactory | None = None,  # evaluation env (default: env_factory)
@@ -37,7 +40,9 @@ class RLDataModule(MultiTaskDataModule):
         super().__init__([env_factory], replay, exploration, [task], num_envs, total_env_steps,
                          env_steps_per_round, replay_ratio, batch_size, learning_starts, seed,
                          batch_composition=batch_composition, task_weights=task_weights,
-                         collect_weights=collect_weights, reward_scale=reward_scale, reward_clip=reward_clip,
+                         collect_weights=collect_weights, collect_schedule=collect_schedule,
+                         collect_solved_score=collect_solved_score, collect_solved_scale=collect_solved_scale,
+                         reward_scale=reward_scale, reward_clip=reward_clip,
                          eval_env_factories=None if eval_env_factory is None else [eval_env_factory])
         self.task = task
 

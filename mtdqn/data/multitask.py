@@ -18,6 +18,7 @@ from mtdqn.replay import ReplayBuffer
 from mtdqn.types import Batch, Round, TaskSpec
 
 COMPOSITIONS = ("uniform", "proportional", "weighted")
+COLLECT_SCHEDULES = ("fixed", "by_score")
 EnvFactory = Callable[..., TensorVecEnv]  # (num_envs=..., device=...) -> TensorVecEnv
 ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=) -> ReplayBuffer
 
@@ -124,6 +125,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
         batch_composition: str = "uniform",  # uniform | proportional (to replay sizes) | weighted
         task_weights: Sequence[float] | None = None,  # per-task shares for batch_composition=weighted
         collect_weights: Sequence[float] | None = None,  # per-task shares of each round's env steps (None: equal)
+        collect_schedule: str = "fixed",  # fixed | by_score: solved tasks' shares shrink after every evaluation
+        collect_solved_score: float = 0.9,  # by_score: a task whose last eval normalized score is >= this ...
+        collect_solved_scale: float = 0.1,  # ... collects with its share multiplied by this (back to 1 if it drops)
         reward_scale: float = 1.0,  # rewards stored in replay (and so in TD targets) are multiplied by this ...
         reward_clip: float | None = None,  # ... then clipped to [-reward_clip, reward_clip] (None: no clipping)
         eval_env_factories: Sequence[EnvFactory] | None = None,  # evaluation envs (default: env_factories)
@@ -170,16 +174,30 @@ class MultiTaskDataModule(pl.LightningDataModule):
                 not (math.isfinite(w) and w > 0) for w in collect_weights)):
             raise ValueError(f"data.collect_weights={list(collect_weights)} needs one share > 0 per task ({n_tasks}) "
                              "(null: equal shares)")
+        if collect_schedule not in COLLECT_SCHEDULES:
+            raise ValueError(f"data.collect_schedule={collect_schedule!r} is not one of {COLLECT_SCHEDULES}")
+        if not (math.isfinite(collect_solved_scale) and 0 < collect_solved_scale <= 1):
+            raise ValueError(f"data.collect_solved_scale={collect_solved_scale} must be in (0, 1]")
+        if not math.isfinite(collect_solved_score):
+            raise ValueError(f"data.collect_solved_score={collect_solved_score} must be a finite normalized score")
+        if collect_schedule == "by_score" and any(t.normalize(0.0) is None for t in tasks):
+            raise ValueError("data.collect_schedule=by_score needs a normalized score for every task (reference and "
+                             f"random returns); {[t.name for t in tasks if t.normalize(0.0) is None]} have none")
+        self.collect_schedule = collect_schedule
+        self.collect_solved_score, self.collect_solved_scale = float(collect_solved_score), float(collect_solved_scale)
         # vector steps per task per round: equal, or the round's env_steps_per_round // num_envs vector steps split
         # by collect_weights (largest remainder)
+        self.round_vec_steps = env_steps_per_round // num_envs
+        self.base_collect_weights = [float(w) for w in collect_weights] if collect_weights is not None else None
         if collect_weights is None:
             self.vec_steps = [max(env_steps_per_round // (num_envs * n_tasks), 1)] * n_tasks
         else:
-            self.vec_steps = batch_counts(env_steps_per_round // num_envs, [float(w) for w in collect_weights])
+            self.vec_steps = batch_counts(self.round_vec_steps, self.base_collect_weights)
             if min(self.vec_steps) < 1:
                 raise ValueError(f"data.collect_weights={list(collect_weights)} gives a task no vector step per round "
                                  f"({self.vec_steps} of env_steps_per_round / num_envs = "
                                  f"{env_steps_per_round // num_envs}); raise its share or data.env_steps_per_round")
+        self.base_vec_steps = list(self.vec_steps)
         self.batch_composition, self.task_weights = batch_composition, weights
         self.obs_width = max(t.obs_dim for t in tasks)
         self.env_steps = 0
@@ -215,6 +233,26 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if self.batch_composition == "proportional":
             return batch_counts(self.batch_size, [float(len(b)) for b in self.buffers])
         return batch_counts(self.batch_size, self.task_weights)
+
+    def observe_scores(self, scores: Sequence[float | None]) -> dict[str, float]:
+        """Called with each evaluation's per-task normalized scores (task order). With collect_schedule=by_score
+        a task at or above collect_solved_score collects collect_solved_scale x its share from the next round on
+        (every task keeps >= 1 vector step; a task that drops below gets its full share back); the round's total
+        is unchanged. Returns {"data/<task>/collect_share": share of the round's env steps} to log."""
+        if self.collect_schedule == "by_score":
+            base = [float(v) for v in self.base_vec_steps]
+            weights = [w * (self.collect_solved_scale if x is not None and x >= self.collect_solved_score else 1.0)
+                       for w, x in zip(base, scores, strict=True)]
+            steps = batch_counts(sum(self.base_vec_steps), weights)
+            for i in range(len(steps)):  # every task keeps collecting: take a step from the largest share
+                if steps[i] < 1:
+                    steps[max(range(len(steps)), key=steps.__getitem__)] -= 1
+                    steps[i] = 1
+            self.vec_steps = steps
+        total = sum(self.vec_steps)
+        if len(self.tasks) == 1:
+            return {}
+        return {f"data/{t.name}/collect_share": v / total for t, v in zip(self.tasks, self.vec_steps, strict=True)}
 
     def shape_reward(self, reward: Tensor) -> Tensor:
         """clip(reward_scale x r, -reward_clip, reward_clip): what replay stores and TD targets use. Episode
@@ -257,6 +295,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
             "collector_rngs": [c.generator.get_state() for c in self.collectors],
             "collector_seeds": [c.seed for c in self.collectors],
             "torch_rng": torch.get_rng_state(),
+            "vec_steps": list(self.vec_steps),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -268,6 +307,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
             c.generator.set_state(rng)
             c.seed, c.obs = int(seed), None
         torch.set_rng_state(state["torch_rng"])
+        if "vec_steps" in state and self.collect_schedule == "by_score":
+            self.vec_steps = [int(v) for v in state["vec_steps"]]
 
     def teardown(self, stage: str | None = None) -> None:
         for env in getattr(self, "envs", []):
