@@ -79,6 +79,11 @@ def test_by_score_schedule_shifts_collection_away_from_solved_tasks(tmp_path):
     assert data.vec_steps == [1, 1, 10]
     data.observe_scores([0.2, 0.95, 0.5])  # lane_keep dropped below the threshold: its share is back
     assert data.vec_steps == [5, 1, 6]  # lane_keep and traffic_light split 12 - 1 (the tie broken by order)
+    state = data.state_dict()  # the current shares are part of a checkpoint: a resumed run keeps them
+    data.observe_scores([0.2, 0.2, 0.2])
+    assert data.vec_steps == [4, 4, 4]
+    data.load_state_dict(state)
+    assert data.vec_steps == [5, 1, 6]
 
 
 def test_fixed_schedule_ignores_scores_and_by_score_is_wired_to_evaluation(tmp_path, monkeypatch):
