@@ -70,7 +70,7 @@ def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: S
                    episodes: int = 128, seed: int = 30_000, ckpt: str | Path = CKPT, n_boot: int = 2000,
                    ci: float = 0.95) -> dict[str, Any]:  # fmt: skip
     """Evaluate every run directory at or below `paths` that has config.yaml and `ckpt`; group by the dotted
-    config keys `by` (default: one group per run) and summarize each metric per group and task as the mean over
+    config keys `by` (default: one group per run, labelled parent/name) and summarize each metric per group and task as the mean over
     runs with a percentile-bootstrap CI."""
     if episodes < 1:
         raise ValueError(f"--episodes={episodes} must be >= 1")
@@ -81,7 +81,7 @@ def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: S
     rows = []
     for d in usable:
         run = load_trained(d, ckpt)
-        label = group_label(by, [get_config_value(run.config, k) for k in by]) if by else d.name
+        label = group_label(by, [get_config_value(run.config, k) for k in by]) if by else f"{d.parent.name}/{d.name}"
         rows += [{"group": label, **r} for r in evaluate_outcomes(run, tasks, episodes, seed)]
     groups: dict[str, dict[str, Any]] = {}
     for (label, task) in dict.fromkeys((r["group"], r["task"]) for r in rows):

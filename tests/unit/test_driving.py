@@ -117,6 +117,22 @@ def test_hitting_a_pedestrian_terminates_with_penalty() -> None:
     assert res.reward[0] < -C.PENALTY_COLLISION + 1.0
 
 
+@pytest.mark.parametrize("penalty", [0.0, 100.0])
+def test_collision_and_red_light_penalties_are_knobs(penalty: float) -> None:
+    cfg = DrivingConfig(curvature_range=0.0, collision_penalty=penalty, red_light_penalty=penalty)
+    env = DrivingVecEnv("urban", 1, config=cfg)
+    env.reset(4)
+    s = env.get_state()["s"]
+    env.set_state(d=0.0, psi=0.0, v=8.0, ps=torch.stack([s + 2.5, s + 500.0]), py=0.0, pphase=1.0, ls=s + 300.0)
+    hit = env.step(constant_actions(1, STRAIGHT_COAST))
+    assert hit.terminated[0] and -penalty < hit.reward[0] < -penalty + 1.0  # progress term in [0, 1)
+    red_time = 0.5 * (20.0 - C.AMBER_TIME) + C.AMBER_TIME + 1.0
+    s = env.get_state()["s"]
+    env.set_state(d=0.0, psi=0.0, v=10.0, t=0, loff=red_time - C.DT, ls=s + 0.5, ps=s + 500.0)
+    red = env.step(constant_actions(1, STRAIGHT_COAST))
+    assert red.terminated[0] and -penalty < red.reward[0] < -penalty + 1.5
+
+
 def test_pedestrian_far_to_the_side_is_not_a_collision() -> None:
     env = DrivingVecEnv("pedestrian", 1, config=STRAIGHT)
     env.reset(4)
@@ -403,3 +419,17 @@ def test_reference_beats_random(task: str) -> None:
     rnd = evaluate_policy(task, random_policy(0), 32, seed=2024, config=cfg)
     assert ref > rnd + 100.0
     assert math.isfinite(ref) and math.isfinite(rnd)
+
+
+@pytest.mark.parametrize("task", ["pedestrian", "traffic_light", "urban"])
+def test_normalization_anchors_never_collide_or_run_red(task: str) -> None:
+    """The reference and random returns (normalized 1 and 0) do not depend on the collision / red-light
+    penalties: neither policy ever pays them (100 episodes, the seed of the reference scores)."""
+    from mtdqn.evaluation.episodes import run_episode_stats
+
+    harsh = DrivingConfig(collision_penalty=500.0, red_light_penalty=500.0)
+    for policy in (reference_policy(task), random_policy(0)):
+        stats = run_episode_stats(policy, DrivingVecEnv(task, 100), seed=12345)
+        assert stats.rates()["collision_rate"] == stats.rates()["red_light_rate"] == 0.0
+    assert torch.equal(run_episode_stats(reference_policy(task), DrivingVecEnv(task, 100, config=harsh), 12345).returns,
+                       run_episode_stats(reference_policy(task), DrivingVecEnv(task, 100), 12345).returns)

@@ -63,6 +63,8 @@ class DrivingConfig:
     pedestrian_rate: float = 1.0  # pedestrian spawn intensity (0 = none); see docs
     light_cycle: float = 20.0  # s for a full green-amber-red traffic-light cycle
     max_episode_steps: int | None = None  # None: the task's default length
+    collision_penalty: float = PENALTY_COLLISION  # reward lost when hitting a pedestrian (the episode ends)
+    red_light_penalty: float = PENALTY_RED  # reward lost when crossing a stop line on red (the episode ends)
 
     _RANGES = {
         "obs_noise": (0.0, 1.0, float),
@@ -72,6 +74,8 @@ class DrivingConfig:
         "pedestrian_rate": (0.0, 5.0, float),
         "light_cycle": (6.0, 120.0, float),
         "max_episode_steps": (1, 1_000_000, int),
+        "collision_penalty": (0.0, 10_000.0, float),
+        "red_light_penalty": (0.0, 10_000.0, float),
     }
 
     def __post_init__(self) -> None:

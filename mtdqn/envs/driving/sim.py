@@ -86,7 +86,7 @@ class _Consts:
         self.offroad = c(C.OFFROAD_MARGIN)
         self.heading = c(C.HEADING_LIMIT)
         self.w_speed, self.w_lat = c(C.W_SPEEDING), c(C.W_LATERAL)
-        self.pen_off, self.pen_hit, self.pen_red = c(C.PENALTY_OFFROAD), c(C.PENALTY_COLLISION), c(C.PENALTY_RED)
+        self.pen_off, self.pen_hit, self.pen_red = c(C.PENALTY_OFFROAD), c(cfg.collision_penalty), c(cfg.red_light_penalty)
         self.curb = c(C.CURB_OFFSET)
         self.hit_s, self.hit_y = c(C.CAR_HALF_LENGTH + C.PED_RADIUS), c(C.CAR_HALF_WIDTH + C.PED_RADIUS)
         self.behind, self.ped_range, self.light_range = c(-5.0), c(C.PED_RANGE), c(C.LIGHT_RANGE)
