@@ -187,17 +187,15 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.collect_solved_score, self.collect_solved_scale = float(collect_solved_score), float(collect_solved_scale)
         # vector steps per task per round: equal, or the round's env_steps_per_round // num_envs vector steps split
         # by collect_weights (largest remainder)
-        self.round_vec_steps = env_steps_per_round // num_envs
-        self.base_collect_weights = [float(w) for w in collect_weights] if collect_weights is not None else None
         if collect_weights is None:
             self.vec_steps = [max(env_steps_per_round // (num_envs * n_tasks), 1)] * n_tasks
         else:
-            self.vec_steps = batch_counts(self.round_vec_steps, self.base_collect_weights)
+            self.vec_steps = batch_counts(env_steps_per_round // num_envs, [float(w) for w in collect_weights])
             if min(self.vec_steps) < 1:
                 raise ValueError(f"data.collect_weights={list(collect_weights)} gives a task no vector step per round "
                                  f"({self.vec_steps} of env_steps_per_round / num_envs = "
                                  f"{env_steps_per_round // num_envs}); raise its share or data.env_steps_per_round")
-        self.base_vec_steps = list(self.vec_steps)
+        self.base_vec_steps = list(self.vec_steps)  # the configured split; by_score scales it
         self.batch_composition, self.task_weights = batch_composition, weights
         self.obs_width = max(t.obs_dim for t in tasks)
         self.env_steps = 0
@@ -249,9 +247,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
                     steps[max(range(len(steps)), key=steps.__getitem__)] -= 1
                     steps[i] = 1
             self.vec_steps = steps
-        total = sum(self.vec_steps)
         if len(self.tasks) == 1:
             return {}
+        total = sum(self.vec_steps)
         return {f"data/{t.name}/collect_share": v / total for t, v in zip(self.tasks, self.vec_steps, strict=True)}
 
     def shape_reward(self, reward: Tensor) -> Tensor:
