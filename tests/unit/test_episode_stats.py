@@ -93,3 +93,18 @@ def test_episode_stats_of_an_env_without_causes() -> None:
     assert stats.causes == {} and set(stats.rates()) == {"episode_length", "completion_rate"}
     assert stats.rates()["completion_rate"] == 0.0 and 5 < stats.rates()["episode_length"] < 20
     assert torch.equal(stats.returns, stats.lengths.float())  # CartPole: reward 1 per step
+
+
+def test_gymnasium_env_names_the_termination_cause() -> None:
+    from mtdqn.envs.driving import DrivingEnv
+
+    env = DrivingEnv("lane_keep", curvature_range=0.0)
+    env.reset(seed=3)
+    for _ in range(400):
+        _, _, terminated, truncated, info = env.step(1)  # steer left and coast: off the road
+        if terminated or truncated:
+            break
+    assert terminated and info == {"termination_cause": "offroad"}
+    env.reset()
+    _, _, terminated, _, info = env.step(4)
+    assert not terminated and info == {}

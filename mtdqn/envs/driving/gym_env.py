@@ -13,7 +13,7 @@ from gymnasium.vector.utils import batch_space
 
 from mtdqn.envs.driving.config import TASKS, DrivingConfig
 from mtdqn.envs.driving.render import render_env
-from mtdqn.envs.driving.sim import N_ACTIONS, OBS_HIGH, OBS_LOW, DrivingVecEnv
+from mtdqn.envs.driving.sim import N_ACTIONS, OBS_HIGH, OBS_LOW, TERMINATION_CAUSES, DrivingVecEnv
 
 ENV_IDS: dict[str, str] = {
     "mtdqn/LaneKeep-v0": "lane_keep",
@@ -41,6 +41,7 @@ class DrivingEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.task, self.render_mode = task, render_mode
         self.vec = DrivingVecEnv(task, 1, config=_make_config(config, knobs))
+        self.vec.set_track_causes(True)  # info["termination_cause"] of a terminated step
         self.observation_space = Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
         self.action_space = Discrete(N_ACTIONS)
         self._pending: np.ndarray | None = None  # the autoreset observation after an episode ended
@@ -60,11 +61,13 @@ class DrivingEnv(gym.Env):
         return obs, {}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Advance one step (0.1 s)."""
+        """Advance one step (0.1 s); a terminated step's info names why: {"termination_cause": "offroad" |
+        "collision" | "red_light"}."""
         res = self.vec.step(torch.tensor([int(action)], dtype=torch.int64))
         terminated, truncated = bool(res.terminated[0]), bool(res.truncated[0])
         self._pending = res.obs[0].numpy() if (terminated or truncated) else None
-        return res.next_obs[0].numpy(), float(res.reward[0]), terminated, truncated, {}
+        info = {"termination_cause": TERMINATION_CAUSES[int(self.vec.last_termination_cause[0]) - 1]} if terminated else {}
+        return res.next_obs[0].numpy(), float(res.reward[0]), terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
         """A top-down uint8 RGB picture (after an episode end it shows the already started next episode)."""
