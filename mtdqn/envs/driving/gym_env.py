@@ -66,7 +66,9 @@ class DrivingEnv(gym.Env):
         res = self.vec.step(torch.tensor([int(action)], dtype=torch.int64))
         terminated, truncated = bool(res.terminated[0]), bool(res.truncated[0])
         self._pending = res.obs[0].numpy() if (terminated or truncated) else None
-        info = {"termination_cause": TERMINATION_CAUSES[int(self.vec.last_termination_cause[0]) - 1]} if terminated else {}
+        info = {}
+        if terminated:
+            info["termination_cause"] = TERMINATION_CAUSES[int(self.vec.last_termination_cause[0]) - 1]
         return res.next_obs[0].numpy(), float(res.reward[0]), terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
