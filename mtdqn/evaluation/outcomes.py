@@ -70,8 +70,8 @@ def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: S
                    episodes: int = 128, seed: int = 30_000, ckpt: str | Path = CKPT, n_boot: int = 2000,
                    ci: float = 0.95) -> dict[str, Any]:  # fmt: skip
     """Evaluate every run directory at or below `paths` that has config.yaml and `ckpt`; group by the dotted
-    config keys `by` (default: one group per run, labelled parent/name) and summarize each metric per group and task as the mean over
-    runs with a percentile-bootstrap CI."""
+    config keys `by` (default: one group per run, labelled parent/name) and summarize each metric per group and
+    task as the mean over runs with a percentile-bootstrap CI."""
     if episodes < 1:
         raise ValueError(f"--episodes={episodes} must be >= 1")
     dirs = [d for d in find_run_dirs(paths) if (d / "config.yaml").is_file()]
@@ -127,7 +127,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| run | task | policy | return | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 4)]
     for r in report["rows"]:
         cells = [_f(r.get(c), 0 if c == "episode_length" else 3) for c in cols]
-        lines.append(f"| {r['run']} | {r['task']} | {r['policy']} | {_f(r['return'], 1)} | " + " | ".join(cells) + " |")
+        head = f"| {r['run']} | {r['task']} | {r['policy']} | {_f(r['return'], 1)} | "
+        lines.append(head + " | ".join(cells) + " |")
     if report["skipped"]:
         lines += ["", f"Skipped (no checkpoint): {', '.join(report['skipped'])}"]
     return "\n".join(lines) + "\n"
