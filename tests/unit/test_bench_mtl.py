@@ -57,3 +57,23 @@ def test_merge_refuses_an_incomplete_seed(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
                           "--runs", str(mtl)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0 and "incomplete seeds" in res.stderr
+
+
+def test_each_task_once_criterion_differs_from_all_at_once(tmp_path):
+    """The multi-task agent is also measured by the single-task agents' criterion: the evaluation by which every
+    task has reached the threshold once (here 3000 env steps), not the first where all are at once (4000)."""
+    evals = [dict.fromkeys(TASKS, 0.5), {"lane_keep": 0.95, "pedestrian": 0.8, "traffic_light": 0.95},
+             {"lane_keep": 0.85, "pedestrian": 0.92, "traffic_light": 0.7}, dict.fromkeys(TASKS, 0.92)]
+    runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), evals, mtl=True)]
+    for task in TASKS:  # each single agent solves at 1000 env steps: 3000 summed
+        runs.append(run_dir(tmp_path / task, 0, [task], [{task: 0.95}] * 4, mtl=False))
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
+    out = tmp_path / "merged.json"
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
+                          "--runs", *map(str, runs), "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    mtl = json.loads(out.read_text())["runs"][0]["mtl"]
+    assert mtl["solved_steps"] == 4000 and mtl["each_steps"] == 3000
+    assert "| 0 | 4k | 1k | 1k | 1k | 3k | 1.33 | 3k | 1.00 |" in res.stdout
