@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="none", help="the scratch group's value of --by (default: none)")
     p.add_argument("--metric", default="eval/mean_normalized", help="target metric (default: eval/mean_normalized)")
     p.add_argument("--threshold", type=float, default=0.9, help="score for time to threshold (default: 0.9)")
+    p.add_argument("--window", type=int, default=1,
+                   help="evaluations averaged for the final score and held for time to threshold (default: 1)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--ci", type=float, default=0.95, help="confidence-interval coverage (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
@@ -39,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = transfer_report(args.paths, by=args.by, baseline=args.baseline, metric=args.metric,
-                                 threshold=args.threshold, n_boot=args.n_boot, ci=args.ci, seed=args.seed,
-                                 exclude=[args.out])
+                                 threshold=args.threshold, window=args.window, n_boot=args.n_boot, ci=args.ci,
+                                 seed=args.seed, exclude=[args.out])
     except (FileNotFoundError, ValueError) as exc:
         print(f"transfer_report.py: error: {exc}", file=sys.stderr)
         return 2

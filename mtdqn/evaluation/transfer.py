@@ -6,9 +6,11 @@ learning curve is the mean over its runs. Against the baseline group (scratch, `
 
 - jumpstart: first-eval score of transfer minus scratch (first grid point; with `callbacks.eval.at_start=true`
   that is env step 0, before any update).
-- asymptotic gain: final score of transfer minus scratch (last grid point).
-- time-to-threshold ratio: env steps until the mean curve first reaches `threshold` (an eval >= it), transfer /
-  scratch; < 1 is faster. inf when transfer never reaches it, undefined (None) when scratch never does.
+- asymptotic gain: final score of transfer minus scratch (last grid point; with `window` k > 1 the mean of the
+  last k grid points, so one noisy evaluation does not decide it).
+- time-to-threshold ratio: env steps until the mean curve first reaches `threshold` (an eval >= it; with `window`
+  k > 1, the end of the first k consecutive grid points whose mean is >= it), transfer / scratch; < 1 is faster.
+  inf when transfer never reaches it, undefined (None) when scratch never does.
 - area ratio: area under the mean learning curve, transfer / scratch; undefined when the scratch area is <= 0.
 - forgetting (per group, no baseline): source-task score at the first eval minus at the last
   (`eval/source/<task>/normalized`, and their mean `eval/source/mean_normalized`); > 0 is forgetting.
@@ -45,10 +47,20 @@ def common_grid(runs: Sequence[Run], metric: str) -> np.ndarray:
     return union[(union >= lo) & (union <= hi)]
 
 
-def time_to_threshold(grid: np.ndarray, curve: np.ndarray, threshold: float) -> float:
-    """First grid step where `curve` >= `threshold`, inf if never."""
-    hit = np.flatnonzero(curve >= threshold)
-    return float(grid[hit[0]]) if hit.size else math.inf
+def time_to_threshold(grid: np.ndarray, curve: np.ndarray, threshold: float, window: int = 1) -> float:
+    """First grid step where `curve` >= `threshold`, inf if never. With window k > 1: the last step of the first
+    k consecutive grid points whose mean is >= threshold (the step by which the level is held on average)."""
+    k = max(1, int(window))
+    if curve.size < k:
+        return math.inf
+    held = np.convolve(curve, np.ones(k) / k, mode="valid") if k > 1 else curve
+    hit = np.flatnonzero(held >= threshold)
+    return float(grid[hit[0] + k - 1]) if hit.size else math.inf
+
+
+def final_score(curve: np.ndarray, window: int = 1) -> float:
+    """Mean of the last `window` points of `curve` (the last point for window 1)."""
+    return float(curve[-max(1, int(window)):].mean())
 
 
 def curve_area(grid: np.ndarray, curve: np.ndarray) -> float:
@@ -65,16 +77,16 @@ def ratio(a: float, b: float) -> float:
     return a / b
 
 
-def curve_stats(grid: np.ndarray, curve: np.ndarray, threshold: float) -> dict[str, float]:
-    """first, final, area and steps to threshold of one (mean) learning curve."""
-    return {"first": float(curve[0]), "final": float(curve[-1]), "area": curve_area(grid, curve),
-            "steps_to_threshold": time_to_threshold(grid, curve, threshold)}
+def curve_stats(grid: np.ndarray, curve: np.ndarray, threshold: float, window: int = 1) -> dict[str, float]:
+    """first, final, area and steps to threshold of one (mean) learning curve (`window`: see the module doc)."""
+    return {"first": float(curve[0]), "final": final_score(curve, window), "area": curve_area(grid, curve),
+            "steps_to_threshold": time_to_threshold(grid, curve, threshold, window)}
 
 
 def transfer_vs_scratch(grid: np.ndarray, transfer: np.ndarray, scratch: np.ndarray,
-                        threshold: float) -> dict[str, float]:
+                        threshold: float, window: int = 1) -> dict[str, float]:
     """The four Taylor & Stone metrics of two mean learning curves on `grid`."""
-    t, s = curve_stats(grid, transfer, threshold), curve_stats(grid, scratch, threshold)
+    t, s = curve_stats(grid, transfer, threshold, window), curve_stats(grid, scratch, threshold, window)
     return {
         "jumpstart": t["first"] - s["first"],
         "asymptotic_gain": t["final"] - s["final"],
@@ -128,17 +140,17 @@ def _mean(curves: np.ndarray) -> np.ndarray:
 
 
 def group_report(runs: Sequence[Run], baseline: Sequence[Run] | None, metric: str, grid: np.ndarray,
-                 threshold: float, boot: Mapping[str, Any]) -> dict[str, Any]:
+                 threshold: float, boot: Mapping[str, Any], window: int = 1) -> dict[str, Any]:
     """Absolute curve statistics of a group and, with a baseline, the transfer metrics against it."""
     curves = curves_on_grid(runs, metric, grid)
     out: dict[str, Any] = {"n_runs": len(runs), "runs": [str(r.path) for r in runs]}
     for key in ("first", "final", "area", "steps_to_threshold"):
-        out[key] = bootstrap([curves], lambda c, k=key: curve_stats(grid, _mean(c), threshold)[k], **boot)
+        out[key] = bootstrap([curves], lambda c, k=key: curve_stats(grid, _mean(c), threshold, window)[k], **boot)
     if baseline is not None:
         base = curves_on_grid(baseline, metric, grid)
         for key in ("jumpstart", "asymptotic_gain", "time_to_threshold_ratio", "area_ratio"):
             out[key] = bootstrap(
-                [curves, base], lambda c, b, k=key: transfer_vs_scratch(grid, _mean(c), _mean(b), threshold)[k],
+                [curves, base], lambda c, b, k=key: transfer_vs_scratch(grid, _mean(c), _mean(b), threshold, window)[k],
                 **boot)
     out["forgetting"] = source_forgetting(runs, boot)
     out["peak_forgetting"] = source_forgetting(runs, boot, peak=True)
@@ -173,10 +185,13 @@ def source_forgetting(runs: Sequence[Run], boot: Mapping[str, Any], peak: bool =
 
 def transfer_report(paths: Sequence[str | Path], by: str = "transfer.mode", baseline: str = "none",
                     metric: str = "eval/mean_normalized", threshold: float = 0.9, n_boot: int = 2000,
-                    ci: float = 0.95, seed: int = 0, exclude: Sequence[str | Path] = ()) -> dict[str, Any]:
+                    ci: float = 0.95, seed: int = 0, exclude: Sequence[str | Path] = (),
+                    window: int = 1) -> dict[str, Any]:
     """Load the runs below `paths`, group them by config key `by` and compute every group's transfer metrics."""
     from mtdqn.evaluation.compare import get_config_value
 
+    if int(window) < 1:
+        raise ValueError(f"window={window!r} is invalid: expected an integer >= 1 (evaluations averaged)")
     runs = [r for r in load_runs(paths, exclude) if r.status != "failed" and r.series(metric)[0].size]
     if not runs:
         raise ValueError(f"no completed or running run with metric {metric!r} below {[str(p) for p in paths]}")
@@ -189,10 +204,10 @@ def transfer_report(paths: Sequence[str | Path], by: str = "transfer.mode", base
     order = sorted(groups, key=lambda g: (g != baseline, g))
     report = {
         "inputs": [str(p) for p in paths], "group_by": by, "baseline": baseline, "metric": metric,
-        "threshold": threshold, "ci": ci, "n_boot": n_boot, "grid": grid.tolist(),
+        "threshold": threshold, "window": int(window), "ci": ci, "n_boot": n_boot, "grid": grid.tolist(),
         "warnings": [] if base else [f"no baseline group {by}={baseline!r}: transfer metrics skipped"],
-        "groups": {g: group_report(groups[g], base if g != baseline else None, metric, grid, threshold, boot)
-                   for g in order},
+        "groups": {g: group_report(groups[g], base if g != baseline else None, metric, grid, threshold, boot,
+                                   int(window)) for g in order},
     }
     report["curves"] = {g: {"mean": _mean(curves_on_grid(groups[g], metric, grid)).tolist()} for g in order}
     report["source_curves"] = source_curves(groups, order)
@@ -231,6 +246,10 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
         "# Transfer report", "",
         f"Runs grouped by `{report['group_by']}`, baseline `{report['baseline']}`, metric `{report['metric']}`, "
         f"threshold {thr:g}. Values: estimate [{pct}] (bootstrap over runs, {report['n_boot']} resamples). "
+        + (f"Window {report['window']}: final = mean of the last {report['window']} evaluations of the mean curve; "
+           f"env steps to threshold = the end of the first {report['window']} consecutive evaluations whose mean "
+           "is >= the threshold. " if report.get("window", 1) > 1 else "")
+        + 
         "Jumpstart and asymptotic gain are score differences (transfer - scratch); time-to-threshold and area "
         "ratios are transfer / scratch (< 1 time ratio = faster; inf = never reached, - = undefined). Forgetting = "
         "source score at the first eval minus at the last (> 0 = forgotten); peak forgetting = the first eval minus "

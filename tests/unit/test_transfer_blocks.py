@@ -2,6 +2,7 @@
 
 import math
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,13 @@ import yaml
 from torch import nn
 
 from mtdqn.callbacks.checkpoint import atomic_torch_save
-from mtdqn.evaluation.transfer import curve_area, time_to_threshold, transfer_report, transfer_vs_scratch
+from mtdqn.evaluation.transfer import (
+    curve_area,
+    final_score,
+    time_to_threshold,
+    transfer_report,
+    transfer_vs_scratch,
+)
 from mtdqn.losses.distill import distill_kl
 from mtdqn.losses.ewc import ewc_penalty, normalize_fisher
 from mtdqn.models import DQNModule
@@ -358,6 +365,23 @@ def test_transfer_metrics_on_synthetic_curves_equal_hand_computed_values():
     assert never["time_to_threshold_ratio"] == math.inf
     assert math.isnan(transfer_vs_scratch(STEPS, TRANSFER, SCRATCH * 0.5, 0.9)["time_to_threshold_ratio"])
     assert math.isnan(transfer_vs_scratch(STEPS, TRANSFER, SCRATCH - 1.0, 0.9)["area_ratio"])  # scratch area < 0
+
+
+def test_window_averages_the_final_score_and_needs_the_threshold_held():
+    """A noisy curve: one lucky evaluation (0.95 at 1000) crosses 0.9 with window 1; with window 2 the threshold
+    counts only where two consecutive evaluations average >= 0.9 (0.9, 1.0 at 3000-4000) and the final score is
+    the mean of the last two (0.95)."""
+    noisy = np.array([0.1, 0.95, 0.6, 0.9, 1.0])
+    assert time_to_threshold(STEPS, noisy, 0.9) == 1000.0
+    assert time_to_threshold(STEPS, noisy, 0.9, window=2) == 4000.0
+    assert time_to_threshold(STEPS, noisy, 0.9, window=6) == math.inf  # fewer evaluations than the window
+    assert final_score(noisy, 2) == pytest.approx(0.95) and final_score(noisy) == pytest.approx(1.0)
+    # against TRANSFER as the baseline: its window-2 means 0.625, 0.875, 1.0, 1.0 hold 0.9 by 3000, final 1.0
+    m = transfer_vs_scratch(STEPS, noisy, TRANSFER, 0.9, window=2)
+    assert m["asymptotic_gain"] == pytest.approx(0.95 - 1.0)
+    assert m["time_to_threshold_ratio"] == pytest.approx(4000.0 / 3000.0)
+    with pytest.raises(ValueError, match="window=0 is invalid"):
+        transfer_report([Path("/nonexistent")], window=0)
 
 
 def _rows(values, source=None):
