@@ -24,7 +24,7 @@ from mtdqn.envs import check_env_options, env_factory, task_specs
 from mtdqn.models import MultiTaskDQNModule
 from mtdqn.models.adversarial import AdversarialObs
 from mtdqn.replay import PrioritizedReplayBuffer
-from mtdqn.transfer import apply_transfer
+from mtdqn.transfer import TransferConfig, apply_transfer
 
 log = logging.getLogger("mtdqn")
 
@@ -103,10 +103,14 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
             f"{[s.name for s in specs]}; pick one (task_set.tasks=[...]) or use model=mtdqn"
         )
     factories, eval_factories = env_factories(cfg, env_kwargs)
+    transfer = TransferConfig.from_mapping(OmegaConf.to_container(cfg.transfer, resolve=True)
+                                           if cfg.get("transfer") else None)
+    # a loaded policy explores from transfer.epsilon_start (the scratch baseline keeps exploration.start)
+    explore = {"start": transfer.epsilon_start} if transfer.loads_policy and transfer.epsilon_start is not None else {}
     if multi:
         data = MultiTaskDataModule(
             env_factories=factories, eval_env_factories=eval_factories,
-            replay=instantiate(cfg.replay), exploration=instantiate(cfg.exploration), tasks=specs,
+            replay=instantiate(cfg.replay), exploration=instantiate(cfg.exploration, **explore), tasks=specs,
             seed=int(cfg.seed), **cfg.data,
         )
         model = instantiate(cfg.model)(task=specs)
@@ -114,10 +118,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         data = RLDataModule(
             env_factory=factories[0], eval_env_factory=eval_factories[0] if eval_factories else None,
             replay=instantiate(cfg.replay),
-            exploration=instantiate(cfg.exploration), task=specs[0], seed=int(cfg.seed), **cfg.data,
+            exploration=instantiate(cfg.exploration, **explore), task=specs[0], seed=int(cfg.seed), **cfg.data,
         )
         model = instantiate(cfg.model)(task=specs[0])
-    apply_transfer(model, OmegaConf.to_container(cfg.transfer, resolve=True) if cfg.get("transfer") else None)
+    apply_transfer(model, transfer)
     if float((cfg.get("adversarial") or {}).get("epsilon") or 0.0) > 0:
         model.batch_transforms.append(AdversarialObs(model, cfg.adversarial.epsilon, cfg.adversarial.fraction))
     if per:

@@ -97,6 +97,18 @@ def test_distill_run_trains_a_smaller_student_from_the_teacher(tmp_path, source_
     assert not any(k.startswith("teacher") for k in student)  # teachers are not saved with the student
 
 
+def test_a_loaded_policy_explores_from_epsilon_start_and_scratch_ignores_it(tmp_path, source_run):
+    ckpt = source_run / "checkpoints" / "last.ckpt"
+    common = [*TARGET, f"transfer.checkpoint={ckpt}", "transfer.epsilon_start=0.2", "exploration.start=0.9"]
+    _, data, _ = build(compose_cfg([*common, "transfer=finetune"], tmp_path / "ft"))
+    assert data.exploration.start == 0.2 and data.exploration.end == compose_cfg(TARGET, tmp_path).exploration.end
+    _, scratch, _ = build(compose_cfg([*common, "transfer=none"], tmp_path / "none"))
+    assert scratch.exploration.start == 0.9
+    with pytest.raises(ValueError, match=r"transfer.epsilon_start=1.5 is invalid: expected a number in \[0, 1\]"):
+        build(compose_cfg([*TARGET, "transfer=finetune", f"transfer.checkpoint={ckpt}", "transfer.epsilon_start=1.5"],
+                          tmp_path / "bad"))
+
+
 def test_transfer_errors_stop_the_run_at_build_with_the_key(tmp_path, source_run):
     with pytest.raises(ValueError, match="transfer.checkpoint=None: transfer.mode='finetune'"):
         build(compose_cfg([*TARGET, "transfer=finetune"], tmp_path))

@@ -51,11 +51,17 @@ class EWCConfig:
 class TransferConfig:
     """What conf/transfer/<mode>.yaml selects; see that folder for every key's meaning and unit."""
 
+    @property
+    def loads_policy(self) -> bool:
+        """The run starts from `checkpoint` (finetune, freeze, ewc)."""
+        return self.mode in FROM_CHECKPOINT
+
     mode: str = "none"
     checkpoint: str | None = None  # source checkpoint (finetune, freeze, ewc)
     source_config: str | None = None  # source run's config.yaml (default: found next to the checkpoint)
     head_from: str | None = None  # source task whose Q head initializes the target head(s)
     torso_lr_scale: float = 1.0  # learning-rate multiplier of the loaded torso
+    epsilon_start: float | None = None  # exploration.start of runs that load a policy (None: exploration.start)
     torso_prefixes: tuple[str, ...] = DEFAULT_TORSO  # parameter-name prefixes that make up the torso
     freeze_updates: int | None = None  # gradient updates the torso stays frozen (None = for ever)
     teachers: tuple[str, ...] | dict[str, str] = ()  # distill: teacher checkpoints (list, or {task: path})
@@ -80,6 +86,12 @@ class TransferConfig:
         scale = float(node.get("torso_lr_scale", 1.0))
         if not scale > 0:
             raise ValueError(f"transfer.torso_lr_scale={scale} must be > 0 (to stop the torso, use transfer=freeze)")
+        eps = node.get("epsilon_start")
+        if eps is not None:
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= float(eps) <= 1.0:
+                raise ValueError(f"transfer.epsilon_start={eps!r} is invalid: expected a number in [0, 1] (the "
+                                 "exploration epsilon a loaded policy starts from) or null (exploration.start)")
+            eps = float(eps)
         freeze = node.get("freeze_updates")
         freeze = None if freeze is None or int(freeze) == -1 else int(freeze)
         if freeze is not None and freeze < 0:
@@ -99,7 +111,7 @@ class TransferConfig:
             mode=mode, checkpoint=checkpoint,
             source_config=None if _missing(node.get("source_config")) else str(node["source_config"]),
             head_from=None if _missing(node.get("head_from")) else str(node["head_from"]),
-            torso_lr_scale=scale, torso_prefixes=tuple(node.get("torso_prefixes") or DEFAULT_TORSO),
+            torso_lr_scale=scale, epsilon_start=eps, torso_prefixes=tuple(node.get("torso_prefixes") or DEFAULT_TORSO),
             freeze_updates=freeze, teachers=teachers, ewc=EWCConfig.from_mapping(node.get("ewc")),
             eval_source_tasks=tuple(str(t) for t in source_tasks),
         )
