@@ -249,8 +249,7 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
         + (f"Window {report['window']}: final = mean of the last {report['window']} evaluations of the mean curve; "
            f"env steps to threshold = the end of the first {report['window']} consecutive evaluations whose mean "
            "is >= the threshold. " if report.get("window", 1) > 1 else "")
-        + 
-        "Jumpstart and asymptotic gain are score differences (transfer - scratch); time-to-threshold and area "
+        + "Jumpstart and asymptotic gain are score differences (transfer - scratch); time-to-threshold and area "
         "ratios are transfer / scratch (< 1 time ratio = faster; inf = never reached, - = undefined). Forgetting = "
         "source score at the first eval minus at the last (> 0 = forgotten); peak forgetting = the first eval minus "
         "the lowest later one (the worst drop on the way).", "",
