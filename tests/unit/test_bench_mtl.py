@@ -25,6 +25,17 @@ def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float
     return path
 
 
+def merge(tmp_path: Path, runs: list[Path]) -> tuple[subprocess.CompletedProcess, Path]:
+    """bench_mtl.py --merge (from an empty record) --runs <runs> --out merged.json: (the process, the JSON path)."""
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
+    out = tmp_path / "merged.json"
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
+                          "--runs", *map(str, runs), "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return res, out
+
+
 def test_merge_replaces_agents_from_run_dirs_and_reports_ratio_and_minutes(tmp_path):
     runs = []
     for seed in (0, 1):
@@ -35,12 +46,7 @@ def test_merge_replaces_agents_from_run_dirs_and_reports_ratio_and_minutes(tmp_p
         for task, first in zip(TASKS, (1, 2, 3), strict=True):  # single agents solve at 1000 / 2000 / 3000 steps
             evals = [{task: 0.95 if i + 1 >= first else 0.1} for i in range(4)]
             runs.append(run_dir(tmp_path / f"{task}{seed}", seed, [task], evals, mtl=False))
-    empty = tmp_path / "empty.json"
-    empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
-    out = tmp_path / "merged.json"
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
-                          "--runs", *map(str, runs), "--out", str(out)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res, out = merge(tmp_path, runs)
     assert res.returncode == 0, res.stderr
     merged = json.loads(out.read_text())["runs"]
     assert [r["seed"] for r in merged] == [0, 1]
@@ -67,12 +73,7 @@ def test_each_task_once_criterion_differs_from_all_at_once(tmp_path):
     runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), evals, mtl=True)]
     for task in TASKS:  # each single agent solves at 1000 env steps: 3000 summed
         runs.append(run_dir(tmp_path / task, 0, [task], [{task: 0.95}] * 4, mtl=False))
-    empty = tmp_path / "empty.json"
-    empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
-    out = tmp_path / "merged.json"
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
-                          "--runs", *map(str, runs), "--out", str(out)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res, out = merge(tmp_path, runs)
     assert res.returncode == 0, res.stderr
     mtl = json.loads(out.read_text())["runs"][0]["mtl"]
     assert mtl["solved_steps"] == 4000 and mtl["each_steps"] == 3000
