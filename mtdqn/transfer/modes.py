@@ -22,7 +22,7 @@ from torch import nn
 
 from mtdqn.models.dqn import DQNModule
 from mtdqn.models.student import DistillStudentModule
-from mtdqn.transfer.config import FROM_CHECKPOINT, TransferConfig
+from mtdqn.transfer.config import TransferConfig
 from mtdqn.transfer.ewc import ewc_regularizer
 from mtdqn.transfer.loading import LoadReport, head_prefix_map, load_matching, load_source, teachers_for
 
@@ -97,7 +97,7 @@ def apply_transfer(model: DQNModule, transfer: Mapping[str, Any] | TransferConfi
     if cfg.mode == "distill":
         model.set_teachers(teachers_for(model.tasks, cfg.teachers))
         return cfg
-    if cfg.mode not in FROM_CHECKPOINT:
+    if not cfg.loads_policy:
         return cfg
     source, report = load_into_model(model, cfg)
     torso = torso_names(model.q_net, report, cfg.torso_prefixes)
