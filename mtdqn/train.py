@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
-from mtdqn.envs import check_env_options, env_factory, task_specs
+from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
 from mtdqn.models import MultiTaskDQNModule
 from mtdqn.models.adversarial import AdversarialObs
 from mtdqn.replay import PrioritizedReplayBuffer
@@ -108,10 +108,16 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     # a loaded policy explores from transfer.epsilon_start (the scratch baseline keeps exploration.start)
     explore = {"start": transfer.epsilon_start} if transfer.loads_policy and transfer.epsilon_start is not None else {}
     if multi:
+        sharing, fraction = {}, cfg.data.get("share_fraction")
+        if isinstance(fraction, (int, float)) and fraction > 0 and len(specs) > 1:  # else the data module refuses
+            if per:
+                raise ValueError(f"data.share_fraction={cfg.data.share_fraction} needs replay=uniform: a shared "
+                                 "sample's priority would belong to another task's replay")
+            sharing["share_rules"] = share_rules(ts.kind, list(ts.tasks), env_kwargs, env_options(cfg)[1])
         data = MultiTaskDataModule(
             env_factories=factories, eval_env_factories=eval_factories,
             replay=instantiate(cfg.replay), exploration=instantiate(cfg.exploration, **explore), tasks=specs,
-            seed=int(cfg.seed), **cfg.data,
+            seed=int(cfg.seed), **cfg.data, **sharing,
         )
         model = instantiate(cfg.model)(task=specs)
     else:

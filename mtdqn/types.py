@@ -75,3 +75,19 @@ class TaskSpec:
             return None
         return (ret - self.random_return) / (self.reference_return - self.random_return)
 
+
+@dataclass(frozen=True)
+class ShareRule:
+    """How a transition collected on one task serves as a sample of another task with the same dynamics
+    (multi-task data sharing, `data.share_fraction`).
+
+    `obs_mask` multiplies the observation and its successor: 1 keeps a feature, 0 clears one the target task
+    never observes (so it reads as absent there). `terminal_ok`: a transition that ends its episode is a valid
+    sample of the target too; False where the source ends episodes for causes the target does not have (such
+    samples get weight 0). Rewards carry over unchanged, so a rule is only valid where the two tasks' rewards
+    agree on every non-terminal transition.
+    """
+
+    obs_mask: tuple[float, ...]
+    terminal_ok: bool
+

@@ -193,3 +193,61 @@ def test_minatar_task_set_trains_with_per_game_adapters_and_heads(tmp_path):
     assert trainer.global_step > 0
     assert not torch.equal(before, torch.cat([p.detach().flatten() for p in model.q_net.parameters()]))
     assert model.policy_for(0)(torch.zeros(4, 400)).max() < 3 and model.policy_for(2)(torch.zeros(4, 400)).max() < 5
+
+
+def test_shared_samples_are_relabeled_for_the_task_that_samples_them(tmp_path):
+    """data.share_fraction=0.5: half of a task's samples come evenly from the other tasks' replays, with the
+    features the task never observes cleared, its task id, and weight 0 where the source ended the episode for a
+    cause the task does not have."""
+    from mtdqn.envs.driving.sim import OBS_DIM, OBS_NAMES
+    from mtdqn.types import Transition
+
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", "data.share_fraction=0.5"], tmp_path)
+    model, data, trainer = build(cfg)
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    n = data.num_envs
+    for i, buf in enumerate(data.buffers):  # task i's transitions read i + 1 in every feature; odd rows terminal
+        for row in range(40):
+            x = torch.full((n, OBS_DIM), float(i + 1))
+            buf.add(Transition(x, torch.zeros(n, dtype=torch.long), torch.ones(n), x,
+                               torch.full((n,), row % 2 == 1), torch.zeros(n, dtype=torch.bool)))
+    ped = torch.tensor([name.startswith("ped") for name in OBS_NAMES])
+    light = torch.tensor([name.startswith("light") for name in OBS_NAMES])
+    for task, hidden in ((0, ped | light), (1, light), (2, ped)):
+        b = data.sample_task(task, 40, 3)
+        assert b.obs.shape == (3, 40, OBS_DIM) and (b.task_ids == task).all()
+        source = b.obs[..., 0].long() - 1  # the speed feature is never masked
+        assert [int((source[0] == j).sum()) for j in range(3)] == [20 if j == task else 10 for j in range(3)]
+        shared = source != task
+        assert (b.obs[shared][:, hidden] == 0).all() and (b.next_obs[shared][:, hidden] == 0).all()
+        assert (b.obs[shared][:, ~hidden] > 0).all() and (b.obs[~shared] > 0).all()
+        terminal = b.discounts == 0
+        assert terminal[shared].any() and (~terminal[shared]).any()
+        for j in range(3):
+            from_j = source == j
+            ends_ok = j == task or (task, j) in ((1, 0), (2, 0))  # lane_keep's only end (offroad) exists everywhere
+            expected = torch.where(terminal & ~torch.tensor(ends_ok), 0.0, 1.0)
+            assert torch.equal(b.weights[from_j], expected[from_j]), (task, j)
+    data.share_fraction = 0.0  # off: the task's own replay only
+    assert (data.sample_task(1, 40, 2).obs[..., 0] == 2).all()
+
+
+def test_training_with_shared_samples_runs(tmp_path):
+    summary = train(compose_cfg([*MTL, "task_set=driving", "data.share_fraction=0.5"], tmp_path))
+    assert summary["status"] == "completed" and "eval/min_normalized" in summary
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["task_set=driving", "data.share_fraction=1.0"], "data.share_fraction=1.0 must be in"),
+    (["task_set=driving", "data.share_fraction=-0.1"], "data.share_fraction=-0.1 must be in"),
+    (["task_set=driving", "data.share_fraction=0.5", "replay=prioritized"], "needs replay=uniform"),
+    (["task_set=driving", "data.share_fraction=0.5", "+task_set.env_kwargs.obs_noise=0.05"], "noise-free"),
+    (["task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "data.share_fraction=0.5"], "task_set.kind='gym'"),
+    (["task_set=driving", "task_set.tasks=[pedestrian]", "data.share_fraction=0.5"], "has one task"),
+])
+def test_bad_share_settings_are_refused_before_any_env_step(tmp_path, overrides, match):
+    cfg = compose_cfg([*MTL, *overrides], tmp_path)
+    with pytest.raises(ValueError, match=match):
+        build(cfg)

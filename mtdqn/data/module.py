@@ -36,6 +36,7 @@ class RLDataModule(MultiTaskDataModule):
         reward_scale: float = 1.0,  # replay stores clip(reward_scale x r, -reward_clip, reward_clip)
         reward_clip: float | None = None,  # None: no clipping
         eval_env_factory: EnvFactory | None = None,  # evaluation env (default: env_factory)
+        share_fraction: float = 0.0,  # multi-task data sharing; one task has no other task to share with
     ) -> None:
         super().__init__([env_factory], replay, exploration, [task], num_envs, total_env_steps,
                          env_steps_per_round, replay_ratio, batch_size, learning_starts, seed,
@@ -43,7 +44,8 @@ class RLDataModule(MultiTaskDataModule):
                          collect_weights=collect_weights, collect_schedule=collect_schedule,
                          collect_solved_score=collect_solved_score, collect_solved_scale=collect_solved_scale,
                          reward_scale=reward_scale, reward_clip=reward_clip,
-                         eval_env_factories=None if eval_env_factory is None else [eval_env_factory])
+                         eval_env_factories=None if eval_env_factory is None else [eval_env_factory],
+                         share_fraction=share_fraction)
         self.task = task
 
     buffer: ReplayBuffer = property(lambda self: self.buffers[0])  # type: ignore[assignment]

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from mtdqn.collect import Collector, LinearEpsilon
 from mtdqn.envs.base import TensorVecEnv
 from mtdqn.replay import ReplayBuffer
-from mtdqn.types import Batch, Round, TaskSpec
+from mtdqn.types import Batch, Round, ShareRule, TaskSpec
 
 COMPOSITIONS = ("uniform", "proportional", "weighted")
 COLLECT_SCHEDULES = ("fixed", "by_score")
@@ -101,7 +101,7 @@ class MultiTaskStream(IterableDataset):
             if self.env_steps < dm.learning_starts:
                 continue
             counts = dm.composition_counts()
-            parts = [buf.sample(c, dm.updates_per_round) for buf, c in zip(dm.buffers, counts, strict=True) if c > 0]
+            parts = [dm.sample_task(i, c, dm.updates_per_round) for i, c in enumerate(counts) if c > 0]
             obs_stats, self.obs_stats = self.obs_stats, None
             yield Round(concat_batches(parts, dm.obs_width), self.env_steps, eps, returns, tasks, obs_stats)
 
@@ -131,6 +131,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         reward_scale: float = 1.0,  # rewards stored in replay (and so in TD targets) are multiplied by this ...
         reward_clip: float | None = None,  # ... then clipped to [-reward_clip, reward_clip] (None: no clipping)
         eval_env_factories: Sequence[EnvFactory] | None = None,  # evaluation envs (default: env_factories)
+        share_fraction: float = 0.0,  # share of each task's samples drawn from the other tasks' replays ...
+        share_rules: Sequence[Sequence[ShareRule | None]] | None = None,  # ... through rules[source][target]
     ) -> None:
         super().__init__()
         check_positive(**{"data.num_envs": num_envs, "data.total_env_steps": total_env_steps,
@@ -198,9 +200,65 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.base_vec_steps = list(self.vec_steps)  # the configured split; by_score scales it
         self.batch_composition, self.task_weights = batch_composition, weights
         self.obs_width = max(t.obs_dim for t in tasks)
+        self.share_fraction, self.share_rules = self._check_sharing(share_fraction, share_rules)
+        self._share_masks: dict[tuple[int, int], Tensor] = {}
         self.env_steps = 0
         self.stream: MultiTaskStream | None = None
         self.buffers: list[ReplayBuffer] = []
+
+    def _check_sharing(self, fraction: float, rules: Sequence[Sequence[ShareRule | None]] | None
+                       ) -> tuple[float, list[list[ShareRule | None]] | None]:  # fmt: skip
+        """Validate data.share_fraction and the task set's share rules (one per ordered pair of tasks)."""
+        n = len(self.tasks)
+        if not (isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0.0 <= fraction < 1.0):
+            raise ValueError(f"data.share_fraction={fraction!r} must be in [0, 1): the share of each task's "
+                             "samples drawn from the other tasks' replays (0: off)")
+        if fraction == 0:
+            return 0.0, None
+        if n < 2:
+            raise ValueError(f"data.share_fraction={fraction} reuses other tasks' transitions; the task set has one "
+                             f"task ({self.tasks[0].name}): set data.share_fraction=0")
+        if rules is None or len(rules) != n or any(len(row) != n for row in rules):
+            raise ValueError(f"data.share_fraction={fraction} needs a share rule for every ordered pair of the "
+                             f"{n} tasks (from the task set, see mtdqn.envs.factory.share_rules)")
+        for i, row in enumerate(rules):
+            for j, rule in enumerate(row):
+                if i == j or rule is None:
+                    continue
+                a, b = self.tasks[i], self.tasks[j]
+                if len(rule.obs_mask) != self.obs_width or a.n_actions != b.n_actions or a.obs_dim != b.obs_dim:
+                    raise ValueError(f"data.share_fraction: tasks {a.name} and {b.name} differ in observation size "
+                                     f"or action count; only tasks with one observation layout can share")
+        if not any(rules[j][i] is not None for i in range(n) for j in range(n) if i != j):
+            raise ValueError(f"data.share_fraction={fraction}: no pair of tasks has a share rule")
+        return float(fraction), [list(row) for row in rules]
+
+    def sample_task(self, task: int, count: int, n_batches: int) -> Batch:
+        """`n_batches` x `count` samples for `task`: its own replay's, and with data.share_fraction f, round(f x
+        count) of them drawn evenly from the replays of the tasks with a rule into it, relabeled: observations
+        masked by the rule, task id set to `task`, weight 0 where the transition ends its episode for a cause the
+        task does not have (rule.terminal_ok False)."""
+        sources = [j for j in range(len(self.tasks)) if self.share_rules is not None and j != task
+                   and self.share_rules[j][task] is not None]  # fmt: skip
+        n_shared = round(count * self.share_fraction) if sources else 0
+        pieces = [self.buffers[task].sample(count - n_shared, n_batches)] if count > n_shared else []
+        if n_shared:
+            for j, m in zip(sources, batch_counts(n_shared, [1.0] * len(sources)), strict=True):
+                if m > 0:
+                    pieces.append(self._relabel(self.buffers[j].sample(m, n_batches), j, task))
+        return pieces[0] if len(pieces) == 1 else concat_batches(pieces, self.obs_width)
+
+    def _relabel(self, b: Batch, source: int, target: int) -> Batch:
+        """A batch of `source` transitions as samples of `target` (see sample_task)."""
+        rule = self.share_rules[source][target]
+        mask = self._share_masks.get((source, target))
+        if mask is None or mask.device != b.obs.device:
+            mask = torch.tensor(rule.obs_mask, dtype=b.obs.dtype, device=b.obs.device)
+            self._share_masks[(source, target)] = mask
+        width = mask.shape[0]
+        obs, next_obs = pad_obs(b.obs, width) * mask, pad_obs(b.next_obs, width) * mask
+        weights = b.weights if rule.terminal_ok else b.weights * (b.discounts > 0)
+        return b._replace(obs=obs, next_obs=next_obs, weights=weights, task_ids=torch.full_like(b.task_ids, target))
 
     device = property(lambda self: self.trainer.strategy.root_device if self.trainer else torch.device("cpu"))
     rank = property(lambda self: self.trainer.global_rank if self.trainer else 0)

@@ -9,7 +9,7 @@ from typing import Any
 from mtdqn.envs.base import TensorVecEnv
 from mtdqn.envs.gym_adapter import GymVecEnv, check_gym_id
 from mtdqn.envs.wrappers import PerturbedVecEnv, check_perturb, check_ranges
-from mtdqn.types import TaskSpec
+from mtdqn.types import ShareRule, TaskSpec
 
 KINDS = ("gym", "driving")
 EnvFactory = Callable[..., TensorVecEnv]
@@ -38,6 +38,27 @@ def task_specs(kind: str, tasks: Sequence[str], env_kwargs: dict | None = None) 
     if not tasks:
         raise ValueError("task_set.tasks is empty; list at least one task or gymnasium id")
     return [task_spec(kind, t, env_kwargs) for t in tasks]
+
+
+def share_rules(kind: str, tasks: Sequence[str], env_kwargs: Mapping[str, Any] | None = None,
+                randomize: Mapping[str, Sequence[float]] | None = None) -> list[list[ShareRule | None]]:  # fmt: skip
+    """rules[source][target]: how a transition of task `source` serves as a sample of task `target`
+    (`data.share_fraction`; None on the diagonal). Only tasks on one simulator have such rules (driving), and only
+    with noise-free observations (noise on a feature the target never observes would be cleared to an exact 0
+    that the target's own data never shows)."""
+    _check_kind(kind)
+    if kind != "driving":
+        raise ValueError(f"data.share_fraction > 0 reuses transitions across tasks with the same dynamics, which "
+                         f"task_set.kind={kind!r} does not declare; use it with task_set.kind='driving' or set "
+                         "data.share_fraction=0")
+    noise = float((env_kwargs or {}).get("obs_noise", 0.0) or 0.0)
+    if noise > 0 or "obs_noise" in (randomize or {}):
+        raise ValueError(f"data.share_fraction > 0 needs noise-free driving observations; got "
+                         f"task_set.env_kwargs.obs_noise={noise}"
+                         + (" and domain_randomization.obs_noise" if "obs_noise" in (randomize or {}) else ""))
+    from mtdqn.envs.driving import share_rule
+
+    return [[None if i == j else share_rule(a, b) for j, b in enumerate(tasks)] for i, a in enumerate(tasks)]
 
 
 def split_randomization(kind: str, ranges: Mapping[str, Sequence[float]] | None) -> tuple[dict, dict]:
