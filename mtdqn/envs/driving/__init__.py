@@ -2,8 +2,8 @@
 
 from mtdqn.envs.driving.config import TASKS, DrivingConfig
 from mtdqn.envs.driving.controllers import REFERENCE_SCORES, evaluate_policy, reference_policy, task_spec
-from mtdqn.envs.driving.sharing import share_rule
 from mtdqn.envs.driving.gym_env import DrivingEnv, DrivingGymVectorEnv, register_envs
+from mtdqn.envs.driving.sharing import share_rule
 from mtdqn.envs.driving.sim import DrivingVecEnv
 
 register_envs()
