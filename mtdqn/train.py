@@ -15,7 +15,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget
 from mtdqn.data import RLDataModule
@@ -108,8 +108,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     # a loaded policy explores from transfer.epsilon_start (the scratch baseline keeps exploration.start)
     explore = {"start": transfer.epsilon_start} if transfer.loads_policy and transfer.epsilon_start is not None else {}
     if multi:
+        # data sharing needs the task set's relabeling rules (the data module validates the fractions)
         sharing, fraction = {}, cfg.data.get("share_fraction")
-        if isinstance(fraction, (int, float)) and fraction > 0 and len(specs) > 1:  # else the data module refuses
+        values = list(fraction) if isinstance(fraction, ListConfig) else [fraction]
+        if len(specs) > 1 and any(isinstance(v, (int, float)) and v > 0 for v in values):
             if per:
                 raise ValueError(f"data.share_fraction={cfg.data.share_fraction} needs replay=uniform: a shared "
                                  "sample's priority would belong to another task's replay")

@@ -230,18 +230,21 @@ def test_shared_samples_are_relabeled_for_the_task_that_samples_them(tmp_path):
             ends_ok = j == task or (task, j) in ((1, 0), (2, 0))  # lane_keep's only end (offroad) exists everywhere
             expected = torch.where(terminal & ~torch.tensor(ends_ok), 0.0, 1.0)
             assert torch.equal(b.weights[from_j], expected[from_j]), (task, j)
-    data.share_fraction = 0.0  # off: the task's own replay only
+    data.share_fractions = [0.5, 0.0, 0.25]  # one fraction per task: pedestrian's own replay only
     assert (data.sample_task(1, 40, 2).obs[..., 0] == 2).all()
+    assert int((data.sample_task(2, 40, 1).obs[..., 0] != 3).sum()) == 10
 
 
 def test_training_with_shared_samples_runs(tmp_path):
-    summary = train(compose_cfg([*MTL, "task_set=driving", "data.share_fraction=0.5"], tmp_path))
+    summary = train(compose_cfg([*MTL, "task_set=driving", "data.share_fraction=[0.5,0,0.5]"], tmp_path))
     assert summary["status"] == "completed" and "eval/min_normalized" in summary
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
     (["task_set=driving", "data.share_fraction=1.0"], "data.share_fraction=1.0 must be in"),
     (["task_set=driving", "data.share_fraction=-0.1"], "data.share_fraction=-0.1 must be in"),
+    (["task_set=driving", "data.share_fraction=[0.5,0.5]"], "one per task"),
+    (["task_set=driving", "data.share_fraction=[0.5,0,1]"], "must be in"),
     (["task_set=driving", "data.share_fraction=0.5", "replay=prioritized"], "needs replay=uniform"),
     (["task_set=driving", "data.share_fraction=0.5", "+task_set.env_kwargs.obs_noise=0.05"], "noise-free"),
     (["task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "data.share_fraction=0.5"], "task_set.kind='gym'"),

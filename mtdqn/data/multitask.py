@@ -131,7 +131,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         reward_scale: float = 1.0,  # rewards stored in replay (and so in TD targets) are multiplied by this ...
         reward_clip: float | None = None,  # ... then clipped to [-reward_clip, reward_clip] (None: no clipping)
         eval_env_factories: Sequence[EnvFactory] | None = None,  # evaluation envs (default: env_factories)
-        share_fraction: float = 0.0,  # share of each task's samples drawn from the other tasks' replays ...
+        share_fraction: float | Sequence[float] = 0.0,  # share of a task's samples (one number, or one per task)
+        # drawn from the other tasks' replays ...
         share_rules: Sequence[Sequence[ShareRule | None]] | None = None,  # ... through rules[source][target]
     ) -> None:
         super().__init__()
@@ -200,26 +201,34 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.base_vec_steps = list(self.vec_steps)  # the configured split; by_score scales it
         self.batch_composition, self.task_weights = batch_composition, weights
         self.obs_width = max(t.obs_dim for t in tasks)
-        self.share_fraction, self.share_rules = self._check_sharing(share_fraction, share_rules)
+        self.share_fractions, self.share_rules = self._check_sharing(share_fraction, share_rules)
         self._share_masks: dict[tuple[int, int], Tensor] = {}
         self.env_steps = 0
         self.stream: MultiTaskStream | None = None
         self.buffers: list[ReplayBuffer] = []
 
-    def _check_sharing(self, fraction: float, rules: Sequence[Sequence[ShareRule | None]] | None
-                       ) -> tuple[float, list[list[ShareRule | None]] | None]:  # fmt: skip
-        """Validate data.share_fraction and the task set's share rules (one per ordered pair of tasks)."""
+    def _check_sharing(self, fraction: float | Sequence[float], rules: Sequence[Sequence[ShareRule | None]] | None
+                       ) -> tuple[list[float], list[list[ShareRule | None]] | None]:  # fmt: skip
+        """Validate data.share_fraction (one number for every task, or one per task) and the task set's share
+        rules (one per ordered pair of tasks); returns (fraction per task, rules or None when sharing is off)."""
         n = len(self.tasks)
-        if not (isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0.0 <= fraction < 1.0):
-            raise ValueError(f"data.share_fraction={fraction!r} must be in [0, 1): the share of each task's "
-                             "samples drawn from the other tasks' replays (0: off)")
-        if fraction == 0:
-            return 0.0, None
+        many = isinstance(fraction, Sequence) and not isinstance(fraction, str)
+        values = list(fraction) if many else [fraction] * n
+        shown = values if many else fraction
+        if len(values) != n:
+            raise ValueError(f"data.share_fraction={shown} needs one number, or one per task ({n})")
+        for v in values:
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1):
+                raise ValueError(f"data.share_fraction={shown!r} must be in [0, 1) (one number, or one per task): the "
+                                 "share of a task's samples drawn from the other tasks' replays (0: off)")
+        values = [float(v) for v in values]
+        if not any(values):
+            return values, None
         if n < 2:
-            raise ValueError(f"data.share_fraction={fraction} reuses other tasks' transitions; the task set has one "
+            raise ValueError(f"data.share_fraction={shown} reuses other tasks' transitions; the task set has one "
                              f"task ({self.tasks[0].name}): set data.share_fraction=0")
         if rules is None or len(rules) != n or any(len(row) != n for row in rules):
-            raise ValueError(f"data.share_fraction={fraction} needs a share rule for every ordered pair of the "
+            raise ValueError(f"data.share_fraction={shown} needs a share rule for every ordered pair of the "
                              f"{n} tasks (from the task set, see mtdqn.envs.factory.share_rules)")
         for i, row in enumerate(rules):
             for j, rule in enumerate(row):
@@ -230,17 +239,17 @@ class MultiTaskDataModule(pl.LightningDataModule):
                     raise ValueError(f"data.share_fraction: tasks {a.name} and {b.name} differ in observation size "
                                      f"or action count; only tasks with one observation layout can share")
         if not any(rules[j][i] is not None for i in range(n) for j in range(n) if i != j):
-            raise ValueError(f"data.share_fraction={fraction}: no pair of tasks has a share rule")
-        return float(fraction), [list(row) for row in rules]
+            raise ValueError(f"data.share_fraction={shown}: no pair of tasks has a share rule")
+        return values, [list(row) for row in rules]
 
     def sample_task(self, task: int, count: int, n_batches: int) -> Batch:
-        """`n_batches` x `count` samples for `task`: its own replay's, and with data.share_fraction f, round(f x
-        count) of them drawn evenly from the replays of the tasks with a rule into it, relabeled: observations
-        masked by the rule, task id set to `task`, weight 0 where the transition ends its episode for a cause the
-        task does not have (rule.terminal_ok False)."""
+        """`n_batches` x `count` samples for `task`: its own replay's, and with the task's data.share_fraction f,
+        round(f x count) of them drawn evenly from the replays of the tasks with a rule into it, relabeled:
+        observations masked by the rule, task id set to `task`, weight 0 where the transition ends its episode for
+        a cause the task does not have (rule.terminal_ok False)."""
         sources = [j for j in range(len(self.tasks)) if self.share_rules is not None and j != task
                    and self.share_rules[j][task] is not None]  # fmt: skip
-        n_shared = round(count * self.share_fraction) if sources else 0
+        n_shared = round(count * self.share_fractions[task]) if sources else 0
         pieces = [self.buffers[task].sample(count - n_shared, n_batches)] if count > n_shared else []
         if n_shared:
             for j, m in zip(sources, batch_counts(n_shared, [1.0] * len(sources)), strict=True):
