@@ -11,6 +11,10 @@ learning curve is the mean over its runs. Against the baseline group (scratch, `
 - time-to-threshold ratio: env steps until the mean curve first reaches `threshold` (an eval >= it; with `window`
   k > 1, the end of the first k consecutive grid points whose mean is >= it), transfer / scratch; < 1 is faster.
   inf when transfer never reaches it, undefined (None) when scratch never does.
+- per-run time to threshold: each run's own env steps to `threshold` (same rule and window on its own curve), the
+  median over runs, and the ratio of the medians, transfer / scratch. The mean-curve time above asks when the
+  average run is there; this one when the typical run gets there (the median keeps runs that never reach it, inf,
+  without making the estimate inf unless half of them never do).
 - area ratio: area under the mean learning curve, transfer / scratch; undefined when the scratch area is <= 0.
 - forgetting (per group, no baseline): source-task score at the first eval minus at the last
   (`eval/source/<task>/normalized`, and their mean `eval/source/mean_normalized`); > 0 is forgetting.
@@ -96,6 +100,16 @@ def transfer_vs_scratch(grid: np.ndarray, transfer: np.ndarray, scratch: np.ndar
     }
 
 
+def run_times(grid: np.ndarray, curves: np.ndarray, threshold: float, window: int = 1) -> np.ndarray:
+    """Each run's (row's) env steps to `threshold` on its own curve (inf where it never gets there)."""
+    return np.array([time_to_threshold(grid, c, threshold, window) for c in curves])
+
+
+def median_time(grid: np.ndarray, curves: np.ndarray, threshold: float, window: int = 1) -> float:
+    """Median over runs of `run_times` (inf only when at least half of the runs never reach the threshold)."""
+    return float(np.median(run_times(grid, curves, threshold, window)))
+
+
 def forgetting(first: np.ndarray, last: np.ndarray) -> float:
     """Mean over runs of (first-eval score - last-eval score) of a source task."""
     return float(np.mean(first - last)) if first.size else math.nan
@@ -146,12 +160,17 @@ def group_report(runs: Sequence[Run], baseline: Sequence[Run] | None, metric: st
     out: dict[str, Any] = {"n_runs": len(runs), "runs": [str(r.path) for r in runs]}
     for key in ("first", "final", "area", "steps_to_threshold"):
         out[key] = bootstrap([curves], lambda c, k=key: curve_stats(grid, _mean(c), threshold, window)[k], **boot)
+    out["run_steps"] = run_times(grid, curves, threshold, window).tolist()  # in the order of out["runs"]
+    out["run_steps_median"] = bootstrap([curves], lambda c: median_time(grid, c, threshold, window), **boot)
     if baseline is not None:
         base = curves_on_grid(baseline, metric, grid)
         for key in ("jumpstart", "asymptotic_gain", "time_to_threshold_ratio", "area_ratio"):
             out[key] = bootstrap(
                 [curves, base], lambda c, b, k=key: transfer_vs_scratch(grid, _mean(c), _mean(b), threshold, window)[k],
                 **boot)
+        out["run_time_ratio"] = bootstrap(
+            [curves, base], lambda c, b: ratio(median_time(grid, c, threshold, window),
+                                               median_time(grid, b, threshold, window)), **boot)
     out["forgetting"] = source_forgetting(runs, boot)
     out["peak_forgetting"] = source_forgetting(runs, boot, peak=True)
     return out
@@ -263,6 +282,15 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
         cells = [name, str(g["n_runs"])] + [_cell(g[k]) for k in ("first", "final", "area", "steps_to_threshold")]
         cells += [_cell(g.get(k)) for k in ("jumpstart", "asymptotic_gain", "time_to_threshold_ratio", "area_ratio")]
         lines.append("| " + " | ".join([*cells, _cell(forget), _cell(peak)]) + " |")
+    if any("run_steps" in g for g in report["groups"].values()):
+        lines += ["", "## Per-run env steps to threshold", "",
+                  "Each run's own env steps to the threshold (same rule" + (" and window" if report.get("window", 1) > 1
+                  else "") + "), the median over runs, and the ratio of the medians (transfer / scratch).", "",
+                  "| group | each run (ascending) | median | median ratio |", "|---|---|---|---|"]
+        for name, g in report["groups"].items():
+            if "run_steps" in g:
+                each = "; ".join(fmt(v) for v in sorted(g["run_steps"]))
+                lines.append(f"| {name} | {each} | {_cell(g['run_steps_median'])} | {_cell(g.get('run_time_ratio'))} |")
     tasks = sorted({m for g in report["groups"].values() for m in g["forgetting"]})
     if tasks:
         lines += ["", "## Forgetting per source task", "", "| group | " + " | ".join(f"`{t}`" for t in tasks) + " |",

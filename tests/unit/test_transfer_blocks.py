@@ -14,6 +14,8 @@ from mtdqn.callbacks.checkpoint import atomic_torch_save
 from mtdqn.evaluation.transfer import (
     curve_area,
     final_score,
+    median_time,
+    render_markdown,
     time_to_threshold,
     transfer_report,
     transfer_vs_scratch,
@@ -384,6 +386,16 @@ def test_window_averages_the_final_score_and_needs_the_threshold_held():
         transfer_report([Path("/nonexistent")], window=0)
 
 
+def test_per_run_time_to_threshold_is_the_median_of_each_runs_own_time():
+    """Three runs that each touch 0.9 once, at different evaluations: their mean curve (0.6, 0.6, 0.6, ...) never
+    reaches 0.9, each run does (1000, 2000, 3000: median 2000); a run that never does counts as inf."""
+    runs = np.array([[0.0, 0.95, 0.4, 0.4, 0.4], [0.0, 0.4, 0.95, 0.4, 0.4], [0.0, 0.4, 0.4, 0.95, 0.4]])
+    assert time_to_threshold(STEPS, runs.mean(0), 0.9) == math.inf
+    assert median_time(STEPS, runs, 0.9) == 2000.0
+    assert median_time(STEPS, np.vstack([runs[:1], runs[:1] * 0.5, runs[:1] * 0.5]), 0.9) == math.inf
+    assert median_time(STEPS, runs, 0.9, window=2) == math.inf  # none holds it for two evaluations
+
+
 def _rows(values, source=None):
     rows = []
     for i, (s, v) in enumerate(zip(STEPS, values, strict=True)):
@@ -414,7 +426,13 @@ def test_transfer_report_groups_seeds_by_mode_with_bootstrap_cis(tmp_path):
     first = ft["first"]
     assert first.low < first.value < first.high  # seeds differ: a real interval
     assert ft["forgetting"]["eval/source/lane_keep/normalized"].value == pytest.approx(0.4)
-    assert "jumpstart" not in report["groups"]["none"]
+    assert "jumpstart" not in report["groups"]["none"] and "run_time_ratio" not in report["groups"]["none"]
+    # per run: every scratch seed (shifted -0.1 / 0 / +0.1) reaches 0.9 at its last evaluation, every finetune seed
+    # at 2000 (0.9, 1.0, 1.1 there)
+    assert report["groups"]["none"]["run_steps"] == [4000.0] * 3 and ft["run_steps"] == [2000.0] * 3
+    assert ft["run_steps_median"].value == 2000.0 and ft["run_time_ratio"].value == pytest.approx(0.5)
+    assert "| finetune | 2000.000; 2000.000; 2000.000 | 2000.000 [2000.000, 2000.000] | 0.500 [0.500, 0.500] |" \
+        in render_markdown(report)
 
 
 # --- source-task evaluation -----------------------------------------------------------------------------------
