@@ -113,7 +113,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         values = list(fraction) if isinstance(fraction, ListConfig) else [fraction]
         if len(specs) > 1 and any(isinstance(v, (int, float)) and v > 0 for v in values):
             if per:
-                raise ValueError(f"data.share_fraction={cfg.data.share_fraction} needs replay=uniform: a shared "
+                raise ValueError(f"data.share_fraction={fraction} needs replay=uniform: a shared "
                                  "sample's priority would belong to another task's replay")
             sharing["share_rules"] = share_rules(ts.kind, list(ts.tasks), env_kwargs, env_options(cfg)[1])
         data = MultiTaskDataModule(

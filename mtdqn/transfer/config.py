@@ -51,11 +51,6 @@ class EWCConfig:
 class TransferConfig:
     """What conf/transfer/<mode>.yaml selects; see that folder for every key's meaning and unit."""
 
-    @property
-    def loads_policy(self) -> bool:
-        """The run starts from `checkpoint` (finetune, freeze, ewc)."""
-        return self.mode in FROM_CHECKPOINT
-
     mode: str = "none"
     checkpoint: str | None = None  # source checkpoint (finetune, freeze, ewc)
     source_config: str | None = None  # source run's config.yaml (default: found next to the checkpoint)
@@ -67,6 +62,11 @@ class TransferConfig:
     teachers: tuple[str, ...] | dict[str, str] = ()  # distill: teacher checkpoints (list, or {task: path})
     ewc: EWCConfig = field(default_factory=EWCConfig)
     eval_source_tasks: tuple[str, ...] = ()  # read by callbacks.eval.source_tasks (conf/callbacks/default.yaml)
+
+    @property
+    def loads_policy(self) -> bool:
+        """The run starts from `checkpoint` (finetune, freeze, ewc)."""
+        return self.mode in FROM_CHECKPOINT
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None) -> TransferConfig:
