@@ -31,7 +31,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from learning_results import first_reach, run_seed, summarize  # noqa: E402
+from learning_results import bootstrap_ci, first_reach, run_seed, summarize  # noqa: E402
 
 TASKS = ("lane_keep", "pedestrian", "traffic_light")
 
@@ -51,7 +51,41 @@ def each_reached(history: list[dict], threshold: float) -> float | None:
     return None if None in firsts else max(firsts)
 
 
-def mtl_entry(history: list[dict], wall: float, threshold: float) -> dict:
+def own_env_steps(history: list[dict], start_shares: dict[str, float] | None = None) -> list[dict[str, float]] | None:
+    """The multi-task agent's own env steps on each task at each evaluation: logged as time/<task>/env_steps
+    since 2026-11-29; for earlier runs integrated from the logged collection shares (data/<task>/collect_share,
+    the share collected from that evaluation to the next; before the first, `start_shares`, the configured split,
+    or when not given the share logged at the first evaluation). None when neither is logged."""
+    if all(f"time/{t}/env_steps" in m for m in history for t in TASKS):
+        return [{t: m[f"time/{t}/env_steps"] for t in TASKS} for m in history]
+    if not all(f"data/{t}/collect_share" in m for m in history for t in TASKS):
+        return None
+    out, acc, before, share = [], dict.fromkeys(TASKS, 0.0), 0.0, start_shares
+    for m in history:
+        now = {t: m[f"data/{t}/collect_share"] for t in TASKS}
+        share = now if share is None else share
+        acc = {t: acc[t] + share[t] * (m["time/env_steps"] - before) for t in TASKS}
+        out.append(acc)
+        before, share = m["time/env_steps"], now
+    return out
+
+
+def own_steps_to_threshold(history: list[dict], threshold: float,
+                           start_shares: dict[str, float] | None = None) -> dict[str, float | None] | None:
+    """Per task: the multi-task agent's own env steps on that task at the task's first evaluation >= threshold
+    (None: never), the quantity a single-task agent is timed by."""
+    own = own_env_steps(history, start_shares)
+    if own is None:
+        return None
+    out: dict[str, float | None] = {}
+    for t in TASKS:
+        hit = next((i for i, m in enumerate(history) if m.get(f"eval/{t}/normalized", float("-inf")) >= threshold),
+                   None)
+        out[t] = None if hit is None else own[hit][t]
+    return out
+
+
+def mtl_entry(history: list[dict], wall: float, threshold: float, start_shares: dict[str, float] | None = None) -> dict:
     """The multi-task agent's record: env steps and training seconds (evaluations excluded) to solve all (every
     task >= threshold at the same evaluation), env steps until each task has reached it once (`each_steps`),
     final score per task, wall time, and the env steps the run had (a bound when it never solved)."""
@@ -59,6 +93,7 @@ def mtl_entry(history: list[dict], wall: float, threshold: float) -> dict:
     return {"solved_steps": None if m is None else m["time/env_steps"],
             "solved_seconds": None if m is None else m.get("time/train_seconds"),
             "each_steps": each_reached(history, threshold),
+            "own_steps": own_steps_to_threshold(history, threshold, start_shares),
             "budget_steps": history[-1]["time/env_steps"], "wall": wall,
             "final": {t: history[-1][f"eval/{t}/normalized"] for t in TASKS}}
 
@@ -75,9 +110,23 @@ def combine_singles(singles: dict) -> dict:
             "wall": sum(s["wall"] for s in singles.values())}
 
 
-def load_run_dir(path: Path) -> tuple[int, str, list[dict], float]:
-    """(seed, agent: "mtl" or the single task's name, eval history, wall seconds) of a train.py run directory
-    logged with logger=jsonl."""
+def configured_shares(cfg) -> dict[str, float] | None:
+    """The share of each round's env steps every task collects as configured (data.collect_weights split
+    exactly as the data module splits them; None when the config does not say)."""
+    from mtdqn.data.multitask import batch_counts
+
+    data = cfg.get("data") or {}
+    if "num_envs" not in data or "env_steps_per_round" not in data:
+        return None
+    weights = data.get("collect_weights")
+    vec = (batch_counts(data.env_steps_per_round // data.num_envs, [float(w) for w in weights])
+           if weights is not None else [1] * len(TASKS))
+    return {t: v / sum(vec) for t, v in zip(TASKS, vec, strict=True)}
+
+
+def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, float] | None]:
+    """(seed, agent: "mtl" or the single task's name, eval history, wall seconds, configured collection shares
+    of a multi-task run) of a train.py run directory logged with logger=jsonl."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(path / "config.yaml")
@@ -90,17 +139,18 @@ def load_run_dir(path: Path) -> tuple[int, str, list[dict], float]:
     if agent != "mtl" and (len(tasks) != 1 or agent not in TASKS):
         raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of one of {TASKS}, "
                          f"got tasks {tasks}")
-    return int(cfg.seed), agent, history, float(rows[-1].get("time", 0.0))
+    shares = configured_shares(cfg) if agent == "mtl" else None
+    return int(cfg.seed), agent, history, float(rows[-1].get("time", 0.0)), shares
 
 
 def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list[dict]:
     """Replace (or add) each run directory's agent for its seed."""
     by_seed = {r["seed"]: r for r in runs}
     for d in dirs:
-        seed, agent, history, wall = load_run_dir(d)
+        seed, agent, history, wall, shares = load_run_dir(d)
         run = by_seed.setdefault(seed, {"seed": seed, "single": {"tasks": {}}})
         if agent == "mtl":
-            run["mtl"] = mtl_entry(history, wall, threshold) | {"source": str(d)}
+            run["mtl"] = mtl_entry(history, wall, threshold, shares) | {"source": str(d)}
         else:
             run["single"]["tasks"][agent] = single_entry(history, agent, wall, threshold) | {"source": str(d)}
             run["single"] = combine_singles(run["single"]["tasks"])
@@ -187,7 +237,46 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
     if each:
         lines.append(f"Ratio with the single-task agents' criterion (each task's first evaluation >= threshold, "
                      f"not all at once): {summarize(each)} ({len(each)} seeds)")
+    lines += own_steps_report(runs)
     return "\n".join(lines)
+
+
+def _kilo(values: list[float]) -> str:
+    """'median [CI low, CI high]' in thousands (95% percentile-bootstrap CI of the mean)."""
+    if len(values) == 1:
+        return f"{values[0] / 1000:.0f}k"
+    lo, hi = bootstrap_ci(values)
+    return f"{statistics.median(values) / 1000:.0f}k [{lo / 1000:.0f}k, {hi / 1000:.0f}k]"
+
+
+def own_steps_report(runs: list[dict]) -> list[str]:
+    """Markdown: per task, the multi-task agent's own env steps on the task until its first evaluation >=
+    threshold against the single-task agent's, median [95% CI] over seeds and the median per-seed ratio."""
+    runs = [r for r in runs if r["mtl"].get("own_steps") is not None]
+    if not runs:
+        return []
+    lines = ["", "Per task, env steps on that task until its first evaluation >= threshold (the "
+             "multi-task agent's own steps on the task, counted per task; median [95% CI]; runs where both reached "
+             "it):", "",
+             "| task | multi-task agent | single-task agent | ratio (median per seed) | seeds |", "|---|---|---|---|---|"]
+    sums = []
+    for t in TASKS:
+        pairs = [(r["mtl"]["own_steps"][t], r["single"]["tasks"][t]["solved_steps"]) for r in runs]
+        pairs = [(m, s) for m, s in pairs if m is not None and s is not None]
+        if not pairs:
+            lines.append(f"| {t} | - | - | - | 0 |")
+            continue
+        lines.append(f"| {t} | {_kilo([m for m, _ in pairs])} | {_kilo([s for _, s in pairs])} "
+                     f"| {statistics.median(m / s for m, s in pairs):.2f} | {len(pairs)} |")
+    for r in runs:
+        own, single = r["mtl"]["own_steps"], r["single"]["solved_steps"]
+        if single is not None and None not in own.values():
+            sums.append(sum(own.values()) / single)
+    if sums:
+        lines.append(f"\nSummed over tasks (each task's own steps until it first reached the threshold, as if it "
+                     f"had stopped collecting there; not a run that was made): {summarize(sums)} of the single-task "
+                     f"agents' summed steps ({len(sums)} seeds)")
+    return lines
 
 
 def main() -> None:

@@ -104,6 +104,27 @@ def test_fixed_schedule_ignores_scores_and_by_score_is_wired_to_evaluation(tmp_p
         pytest.approx(1.0)
 
 
+def test_each_tasks_own_env_steps_are_counted_logged_and_checkpointed(tmp_path):
+    tasks = ("lane_keep", "pedestrian", "traffic_light")
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.env_steps_per_round=24", "data.collect_weights=[1,2,3]"],
+                      tmp_path / "run")
+    summary = train(cfg)
+    own = [summary[f"time/{t}/env_steps"] for t in tasks]  # 2 envs x 2 / 4 / 6 vector steps per round
+    assert sum(own) == summary["time/env_steps"] and own[0] > 0
+    assert own == [own[0], 2 * own[0], 3 * own[0]]
+
+    model, data, trainer = build(compose_cfg([*MTL, "task_set=driving"], tmp_path / "fresh"))
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    assert data.current_task_env_steps() == [0, 0, 0]
+    state = data.state_dict()
+    data.load_state_dict(state | {"task_env_steps": [4, 8, 12]})  # a resumed run keeps counting from these
+    assert data.current_task_env_steps() == [4, 8, 12]
+    data.load_state_dict({k: v for k, v in state.items() if k != "task_env_steps"})  # a checkpoint from before
+    assert data.current_task_env_steps() is None
+
+
 @pytest.mark.parametrize("override", ["data.collect_schedule=adaptive", "data.collect_solved_scale=0",
                                       "data.collect_solved_scale=1.5"])
 def test_bad_collect_schedule_is_refused_before_any_env_step(tmp_path, override):

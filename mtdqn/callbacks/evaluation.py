@@ -112,6 +112,10 @@ class EvalCallback(pl.Callback):
         observe = getattr(trainer.datamodule, "observe_scores", None)
         if observe is not None:  # the data module may shift collection between tasks (data.collect_schedule)
             metrics.update(observe([metrics.get(f"eval/{t.name}/normalized") for t in pl_module.tasks]))
+        task_steps = getattr(trainer.datamodule, "current_task_env_steps", lambda: None)()
+        if task_steps is not None and len(task_steps) > 1:  # each task's own env steps (multi-task runs)
+            metrics.update({f"time/{t.name}/env_steps": float(v)
+                            for t, v in zip(pl_module.tasks, task_steps, strict=True)})
         self.eval_seconds += time.perf_counter() - t0
         train_seconds = max(time.perf_counter() - self.started - self.eval_seconds, 1e-9)
         metrics.update({

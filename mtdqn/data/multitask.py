@@ -62,9 +62,11 @@ def concat_batches(parts: list[Batch], obs_width: int) -> Batch:
 class MultiTaskStream(IterableDataset):
     """Each round collects from every task in turn, then samples G minibatches composed across tasks."""
 
-    def __init__(self, dm: MultiTaskDataModule, start_env_steps: int) -> None:
+    def __init__(self, dm: MultiTaskDataModule, start_env_steps: int,
+                 start_task_env_steps: list[int] | None = None) -> None:
         super().__init__()
         self.dm, self.env_steps = dm, start_env_steps
+        self.task_env_steps = None if start_task_env_steps is None else list(start_task_env_steps)
         self.obs_stats: Tensor | None = None  # collected-observation moments not yet handed to the model
 
     def track_obs(self, task: int, obs: Tensor) -> None:
@@ -88,6 +90,8 @@ class MultiTaskStream(IterableDataset):
                     transition = transition._replace(reward=dm.shape_reward(transition.reward))
                 buffer.add(transition)
                 self.env_steps += n
+                if self.task_env_steps is not None:
+                    self.task_env_steps[i] += n
                 if episodes is not None:
                     returns.append(episodes.returns)
                     tasks.append(torch.full_like(episodes.lengths, i))
@@ -204,6 +208,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.share_fractions, self.share_rules = self._check_sharing(share_fraction, share_rules)
         self._share_masks: dict[tuple[int, int], Tensor] = {}
         self.env_steps = 0
+        self.task_env_steps: list[int] | None = [0] * n_tasks
         self.stream: MultiTaskStream | None = None
         self.buffers: list[ReplayBuffer] = []
 
@@ -345,17 +350,23 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.track_obs_stats = bool(getattr(module, "wants_obs_stats", False))
         for c in self.collectors:
             c.seed += self.env_steps  # fresh episodes after a resume
-        self.stream = MultiTaskStream(self, start_env_steps=self.env_steps)
+        self.stream = MultiTaskStream(self, start_env_steps=self.env_steps, start_task_env_steps=self.task_env_steps)
         return DataLoader(self.stream, batch_size=None, num_workers=0)
 
     def current_env_steps(self) -> int:
         """Env steps collected so far on this rank, summed over tasks."""
         return self.stream.env_steps if self.stream is not None else self.env_steps
 
+    def current_task_env_steps(self) -> list[int] | None:
+        """Env steps collected so far on this rank per task (task order); None after resuming a checkpoint
+        written before the per-task count was kept."""
+        return self.stream.task_env_steps if self.stream is not None else self.task_env_steps
+
     def state_dict(self) -> dict:
         """Counters, every task's replay and collector RNG."""
         return {
             "env_steps": self.current_env_steps(),
+            "task_env_steps": self.current_task_env_steps(),
             "replays": [b.state_dict() for b in self.buffers],
             "collector_rngs": [c.generator.get_state() for c in self.collectors],
             "collector_seeds": [c.seed for c in self.collectors],
@@ -366,6 +377,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` saved."""
         self.env_steps = int(state["env_steps"])
+        task_steps = state.get("task_env_steps")  # absent in checkpoints from before 2026-11-29
+        self.task_env_steps = None if task_steps is None else [int(v) for v in task_steps]
         for buf, s in zip(self.buffers, state["replays"], strict=True):
             buf.load_state_dict(s)
         for c, rng, seed in zip(self.collectors, state["collector_rngs"], state["collector_seeds"], strict=True):

@@ -7,12 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("lane_keep", "pedestrian", "traffic_light")
 
 
-def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float]], mtl: bool) -> Path:
-    """A run directory as train.py writes it with logger=jsonl: config.yaml + metrics.jsonl."""
+def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float]], mtl: bool,
+            extras: list[dict[str, float]] | None = None) -> Path:
+    """A run directory as train.py writes it with logger=jsonl: config.yaml + metrics.jsonl (`extras`: more
+    metrics of each evaluation row)."""
     path.mkdir(parents=True)
     target = "mtdqn.models.MultiTaskDQNModule" if mtl else "mtdqn.models.DQNModule"
     (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  tasks: [{', '.join(tasks)}]\n"
@@ -20,7 +24,7 @@ def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float
     rows = [{"time": 1.0, "time/env_steps": 1.0}]  # a training row without evaluations
     for i, scores in enumerate(evals, start=1):
         rows.append({"time": 10.0 * i, "time/env_steps": 1000.0 * i, "time/train_seconds": 60.0 * i,
-                     **{f"eval/{t}/normalized": v for t, v in scores.items()}})
+                     **{f"eval/{t}/normalized": v for t, v in scores.items()}, **(extras or [{}] * len(evals))[i - 1]})
     (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return path
 
@@ -78,3 +82,46 @@ def test_each_task_once_criterion_differs_from_all_at_once(tmp_path):
     mtl = json.loads(out.read_text())["runs"][0]["mtl"]
     assert mtl["solved_steps"] == 4000 and mtl["each_steps"] == 3000
     assert "| 0 | 4k | 1k | 1k | 1k | 3k | 1.33 | 3k | 1.00 |" in res.stdout
+
+
+def own_steps_runs(tmp_path: Path, extras: list[dict[str, float]]) -> list[Path]:
+    """One seed: a multi-task run whose tasks first reach 0.9 at evaluations 1 (lane_keep), 2 (pedestrian) and
+    3 (traffic_light), every 1000 env steps summed; single-task agents at 1000 / 2000 / 4000 env steps."""
+    evals = [{"lane_keep": 0.95, "pedestrian": 0.5, "traffic_light": 0.5},
+             {"lane_keep": 0.95, "pedestrian": 0.95, "traffic_light": 0.5}, dict.fromkeys(TASKS, 0.95)]
+    runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), evals, mtl=True, extras=extras)]
+    for task, first in zip(TASKS, (1, 2, 4), strict=True):
+        evals = [{task: 0.95 if i + 1 >= first else 0.1} for i in range(4)]
+        runs.append(run_dir(tmp_path / task, 0, [task], evals, mtl=False))
+    return runs
+
+
+def test_own_env_steps_per_task_from_the_logged_counts(tmp_path):
+    """Each task is timed by the multi-task agent's own env steps on it (time/<task>/env_steps), the way a
+    single-task agent is timed: lane_keep 100 / 1000, pedestrian 600 / 2000, traffic_light 1800 / 4000."""
+    counts = [(100, 300, 600), (200, 600, 1200), (300, 900, 1800)]
+    extras = [{f"time/{t}/env_steps": float(c) for t, c in zip(TASKS, row, strict=True)} for row in counts]
+    res, out = merge(tmp_path, own_steps_runs(tmp_path, extras))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text())["runs"][0]["mtl"]["own_steps"] == {
+        "lane_keep": 100, "pedestrian": 600, "traffic_light": 1800}
+    assert "| lane_keep | 0k | 1k | 0.10 | 1 |" in res.stdout
+    assert "| traffic_light | 2k | 4k | 0.45 | 1 |" in res.stdout
+    assert "not a run that was made): 0.357 of the single-task agents' summed steps" in res.stdout  # 2500 / 7000
+
+
+def test_own_env_steps_integrated_from_collection_shares_when_not_logged(tmp_path):
+    """Runs from before the per-task count: the share logged at an evaluation is collected until the next one,
+    the configured split before the first (here 8 / 8 / 8 vector steps per round, data.collect_weights unset), so
+    lane_keep's share dropping at evaluation 1 (by_score: it was solved there) counts from then on."""
+    shares = [(0.05, 0.55, 0.4), (0.05, 0.15, 0.8), (0.05, 0.15, 0.8)]
+    extras = [{f"data/{t}/collect_share": v for t, v in zip(TASKS, row, strict=True)} for row in shares]
+    runs = own_steps_runs(tmp_path, extras)
+    with (runs[0] / "config.yaml").open("a") as f:
+        f.write("data:\n  num_envs: 16\n  env_steps_per_round: 384\n  collect_weights: null\n")
+    res, out = merge(tmp_path, runs)
+    assert res.returncode == 0, res.stderr
+    own = json.loads(out.read_text())["runs"][0]["mtl"]["own_steps"]
+    assert own["lane_keep"] == pytest.approx(1000 / 3)  # the configured third until evaluation 1
+    assert own["pedestrian"] == pytest.approx(1000 / 3 + 550)  # then 0.55 x 1000 to evaluation 2
+    assert own["traffic_light"] == pytest.approx(1000 / 3 + 400 + 800)
