@@ -130,6 +130,11 @@ def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, flo
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(path / "config.yaml")
+    summary = path / "summary.json"  # written when train.py ends: without it the "final" scores are mid-run
+    status = json.loads(summary.read_text()).get("status") if summary.exists() else "still running or killed"
+    if status != "completed":
+        raise SystemExit(f"--runs {path}: the run has not completed (summary.json status: {status}); its final "
+                         f"scores and budget would be wrong")
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
     history = [r for r in rows if any(k.startswith("eval/") and k.endswith("/normalized") for k in r)]
     if not history:

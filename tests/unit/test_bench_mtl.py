@@ -26,6 +26,7 @@ def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float
         rows.append({"time": 10.0 * i, "time/env_steps": 1000.0 * i, "time/train_seconds": 60.0 * i,
                      **{f"eval/{t}/normalized": v for t, v in scores.items()}, **(extras or [{}] * len(evals))[i - 1]})
     (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (path / "summary.json").write_text(json.dumps({"status": "completed"}))
     return path
 
 
@@ -67,6 +68,18 @@ def test_merge_refuses_an_incomplete_seed(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
                           "--runs", str(mtl)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0 and "incomplete seeds" in res.stderr
+
+
+def test_merge_refuses_a_run_that_has_not_completed(tmp_path):
+    """A run still training (no summary.json yet) or one that failed would give mid-run final scores."""
+    runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True)]
+    runs += [run_dir(tmp_path / t, 0, [t], [{t: 0.95}], mtl=False) for t in TASKS]
+    (runs[0] / "summary.json").unlink()
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode != 0 and "has not completed (summary.json status: still running" in res.stderr
+    (runs[0] / "summary.json").write_text(json.dumps({"status": "failed", "error": "ValueError: x"}))
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode != 0 and "status: failed" in res.stderr
 
 
 def test_each_task_once_criterion_differs_from_all_at_once(tmp_path):
