@@ -360,7 +360,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
     def current_task_env_steps(self) -> list[int] | None:
         """Env steps collected so far on this rank per task (task order); None after resuming a checkpoint
         written before the per-task count was kept."""
-        return self.stream.task_env_steps if self.stream is not None else self.task_env_steps
+        steps = self.stream.task_env_steps if self.stream is not None else self.task_env_steps
+        return None if steps is None else list(steps)
 
     def state_dict(self) -> dict:
         """Counters, every task's replay and collector RNG."""
