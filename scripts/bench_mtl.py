@@ -5,8 +5,9 @@ For each seed: one multi-task agent (+experiment=lane_keep_mtl) on lane_keep, pe
 three single-task agents (+experiment=lane_keep_dqn task_set=<task>) with the same network size and
 hyperparameters and the same env steps per task. Reports the env steps (summed over tasks) until every task
 reaches normalized >= threshold (multi-task: the first evaluation where all three are; single-task: the sum of each
-agent's own time to threshold), the final normalized score per task with 95% bootstrap CIs over seeds, and wall
-time. Prints markdown; --out writes JSON.
+agent's own time to threshold), the final normalized score per task with 95% bootstrap CIs over seeds, wall
+time, and per task the multi-task agent's own env steps on that task until the task first reaches the threshold
+(time/<task>/env_steps), the way its single-task agent is timed. Prints markdown; --out writes JSON.
 
     python scripts/bench_mtl.py --seeds 0 1 2
 
@@ -118,10 +119,11 @@ def configured_shares(cfg) -> dict[str, float] | None:
     data = cfg.get("data") or {}
     if "num_envs" not in data or "env_steps_per_round" not in data:
         return None
+    tasks = list(cfg.task_set.tasks)
     weights = data.get("collect_weights")
     vec = (batch_counts(data.env_steps_per_round // data.num_envs, [float(w) for w in weights])
-           if weights is not None else [1] * len(TASKS))
-    return {t: v / sum(vec) for t, v in zip(TASKS, vec, strict=True)}
+           if weights is not None else [1] * len(tasks))
+    return {t: v / sum(vec) for t, v in zip(tasks, vec, strict=True)}
 
 
 def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, float] | None]:
