@@ -126,9 +126,23 @@ def configured_shares(cfg) -> dict[str, float] | None:
     return {t: v / sum(vec) for t, v in zip(tasks, vec, strict=True)}
 
 
-def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, float] | None]:
+def eval_standard_errors(history: list[dict], episodes: int | None) -> dict[str, float]:
+    """Per task: the standard error of one evaluation's normalized score, return_std / sqrt(episodes) on the
+    normalized scale, median over the run's evaluations (tasks whose return_std is not logged are left out)."""
+    from mtdqn.envs import task_spec
+
+    out = {}
+    for t in TASKS:
+        stds = [m[f"eval/{t}/return_std"] for m in history if f"eval/{t}/return_std" in m]
+        if stds and episodes:
+            spec = task_spec("driving", t)
+            out[t] = statistics.median(stds) / episodes**0.5 / (spec.reference_return - spec.random_return)
+    return out
+
+
+def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, float] | None, int | None]:
     """(seed, agent: "mtl" or the single task's name, eval history, wall seconds, configured collection shares
-    of a multi-task run) of a train.py run directory logged with logger=jsonl."""
+    of a multi-task run, episodes per evaluation) of a train.py run directory logged with logger=jsonl."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(path / "config.yaml")
@@ -147,19 +161,26 @@ def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, flo
         raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of one of {TASKS}, "
                          f"got tasks {tasks}")
     shares = configured_shares(cfg) if agent == "mtl" else None
-    return int(cfg.seed), agent, history, float(rows[-1].get("time", 0.0)), shares
+    episodes = OmegaConf.select(cfg, "callbacks.eval.episodes")
+    return int(cfg.seed), agent, history, float(rows[-1].get("time", 0.0)), shares, episodes
 
 
 def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list[dict]:
-    """Replace (or add) each run directory's agent for its seed."""
+    """Replace (or add) each run directory's agent for its seed. Runs evaluated with different numbers of
+    episodes are refused: the threshold would not be measured alike (fewer episodes, noisier first crossings)."""
     by_seed = {r["seed"]: r for r in runs}
-    for d in dirs:
-        seed, agent, history, wall, shares = load_run_dir(d)
+    loaded = [(d, *load_run_dir(d)) for d in dirs]
+    sizes = {str(d): n for d, *_, n in loaded if n is not None}
+    if len(set(sizes.values())) > 1:
+        raise SystemExit(f"--runs evaluate with different numbers of episodes (callbacks.eval.episodes): {sizes}; "
+                         "compare agents evaluated alike")
+    for d, seed, agent, history, wall, shares, episodes in loaded:
         run = by_seed.setdefault(seed, {"seed": seed, "single": {"tasks": {}}})
+        noise = {"eval_episodes": episodes, "eval_se": eval_standard_errors(history, episodes), "source": str(d)}
         if agent == "mtl":
-            run["mtl"] = mtl_entry(history, wall, threshold, shares) | {"source": str(d)}
+            run["mtl"] = mtl_entry(history, wall, threshold, shares) | noise
         else:
-            run["single"]["tasks"][agent] = single_entry(history, agent, wall, threshold) | {"source": str(d)}
+            run["single"]["tasks"][agent] = single_entry(history, agent, wall, threshold) | noise
             run["single"] = combine_singles(run["single"]["tasks"])
     missing = [(s, k) for s, r in by_seed.items() for k in ("mtl", *TASKS)
                if (k == "mtl" and "mtl" not in r) or (k != "mtl" and k not in r["single"]["tasks"])]
@@ -245,7 +266,28 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"Ratio with the single-task agents' criterion (each task's first evaluation >= threshold, "
                      f"not all at once): {summarize(each)} ({len(each)} seeds)")
     lines += own_steps_report(runs)
+    lines += eval_noise_report(runs)
     return "\n".join(lines)
+
+
+def eval_noise_report(runs: list[dict]) -> list[str]:
+    """Markdown: per task, the standard error of one evaluation's normalized score (median over seeds of each
+    run's median), for the multi-task and the single-task agents: how far a first crossing of the threshold can
+    be luck. Empty for records without return_std."""
+    rows = []
+    for name, label in (("mtl", "multi-task"), ("single", "single-task")):
+        entries = [r["mtl"] for r in runs] if name == "mtl" else [r["single"]["tasks"][t] for r in runs for t in TASKS]
+        per_task = {t: [e["eval_se"][t] for e in entries if t in e.get("eval_se", {})] for t in TASKS}
+        if any(per_task.values()):
+            episodes = sorted({e["eval_episodes"] for e in entries if e.get("eval_episodes")})
+            rows.append(f"| {label} | {', '.join(map(str, episodes))} | "
+                        + " | ".join(f"{statistics.median(v):.3f}" if v else "-" for v in per_task.values()) + " |")
+    if not rows:
+        return []
+    return ["", "Evaluation noise: standard error of one evaluation's normalized score (return_std / sqrt(episodes); "
+            "median over evaluations, then seeds):", "",
+            "| agent | episodes per evaluation | " + " | ".join(TASKS) + " |", "|---|---|" + "---|" * len(TASKS),
+            *rows]
 
 
 def _kilo(values: list[float]) -> str:

@@ -14,13 +14,14 @@ TASKS = ("lane_keep", "pedestrian", "traffic_light")
 
 
 def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float]], mtl: bool,
-            extras: list[dict[str, float]] | None = None) -> Path:
+            extras: list[dict[str, float]] | None = None, episodes: int | None = None) -> Path:
     """A run directory as train.py writes it with logger=jsonl: config.yaml + metrics.jsonl (`extras`: more
-    metrics of each evaluation row)."""
+    metrics of each evaluation row; `episodes`: callbacks.eval.episodes)."""
     path.mkdir(parents=True)
     target = "mtdqn.models.MultiTaskDQNModule" if mtl else "mtdqn.models.DQNModule"
     (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  tasks: [{', '.join(tasks)}]\n"
-                                      f"model:\n  _target_: {target}\n")
+                                      f"model:\n  _target_: {target}\n"
+                                      + (f"callbacks:\n  eval:\n    episodes: {episodes}\n" if episodes else ""))
     rows = [{"time": 1.0, "time/env_steps": 1.0}]  # a training row without evaluations
     for i, scores in enumerate(evals, start=1):
         rows.append({"time": 10.0 * i, "time/env_steps": 1000.0 * i, "time/train_seconds": 60.0 * i,
@@ -138,3 +139,34 @@ def test_own_env_steps_integrated_from_collection_shares_when_not_logged(tmp_pat
     assert own["lane_keep"] == pytest.approx(1000 / 3)  # the configured third until evaluation 1
     assert own["pedestrian"] == pytest.approx(1000 / 3 + 550)  # then 0.55 x 1000 to evaluation 2
     assert own["traffic_light"] == pytest.approx(1000 / 3 + 400 + 800)
+
+
+def test_merge_refuses_agents_evaluated_with_different_episode_counts(tmp_path):
+    """16-episode single-task agents against a 64-episode multi-task agent would not measure the threshold alike."""
+    runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True, episodes=64)]
+    runs += [run_dir(tmp_path / t, 0, [t], [{t: 0.95}], mtl=False, episodes=16) for t in TASKS]
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode != 0 and "different numbers of episodes" in res.stderr
+    assert str(runs[0]) in res.stderr and str(runs[1]) in res.stderr
+
+
+def test_eval_noise_is_the_standard_error_of_the_normalized_score(tmp_path):
+    """return_std / sqrt(episodes) on the normalized scale (driving reference and random returns), median over
+    the run's evaluations, reported per agent and task."""
+    from mtdqn.envs import task_spec
+
+    scale = {t: task_spec("driving", t).reference_return - task_spec("driving", t).random_return for t in TASKS}
+    evals = [dict.fromkeys(TASKS, 0.95)] * 3
+    stds = [10.0, 40.0, 400.0]  # median 40
+    extras = [{f"eval/{t}/return_std": sd for t in TASKS} for sd in stds]
+    runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), evals, mtl=True, extras=extras, episodes=64)]
+    runs += [run_dir(tmp_path / t, 0, [t], [{t: 0.95}], mtl=False, episodes=64,
+                     extras=[{f"eval/{t}/return_std": 80.0}]) for t in TASKS]
+    res, out = merge(tmp_path, runs)
+    assert res.returncode == 0, res.stderr
+    merged = json.loads(out.read_text())["runs"][0]
+    for t in TASKS:
+        assert merged["mtl"]["eval_se"][t] == pytest.approx(40.0 / 8 / scale[t])
+        assert merged["single"]["tasks"][t]["eval_se"][t] == pytest.approx(80.0 / 8 / scale[t])
+    mtl_row = "| multi-task | 64 | " + " | ".join(f"{40.0 / 8 / scale[t]:.3f}" for t in TASKS) + " |"
+    assert mtl_row in res.stdout
