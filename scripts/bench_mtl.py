@@ -176,7 +176,7 @@ def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list
                          "compare agents evaluated alike")
     for d, seed, agent, history, wall, shares, episodes in loaded:
         run = by_seed.setdefault(seed, {"seed": seed, "single": {"tasks": {}}})
-        noise = {"eval_episodes": episodes, "eval_se": eval_standard_errors(history, episodes), "source": str(d)}
+        noise = noise_entry({"history": history, "eval_episodes": episodes}) | {"source": str(d)}
         if agent == "mtl":
             run["mtl"] = mtl_entry(history, wall, threshold, shares) | noise
         else:
@@ -189,17 +189,24 @@ def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list
     return [by_seed[s] for s in sorted(by_seed)]
 
 
+def noise_entry(result: dict) -> dict:
+    """The evaluation size and per-task standard errors of a run_seed result (see eval_standard_errors)."""
+    return {"eval_episodes": result["eval_episodes"],
+            "eval_se": eval_standard_errors(result["history"], result["eval_episodes"])}
+
+
 def run(seed: int, args: argparse.Namespace) -> dict:
     """One seed: the multi-task agent and the three single-task agents."""
     per_task_evals = args.eval_every
+    both = [] if args.eval_episodes is None else [f"callbacks.eval.episodes={args.eval_episodes}"]
     mtl = run_seed(["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={per_task_evals * len(TASKS)}",
-                    *args.mtl], seed)
-    out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], args.threshold)}
+                    *both, *args.mtl], seed)
+    out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], args.threshold) | noise_entry(mtl)}
     singles = {}
     for task in TASKS:
         r = run_seed(["+experiment=lane_keep_dqn", f"task_set={task}",
-                      f"callbacks.eval.every_env_steps={per_task_evals}", *args.single], seed)
-        singles[task] = single_entry(r["history"], task, r["wall"], args.threshold)
+                      f"callbacks.eval.every_env_steps={per_task_evals}", *both, *args.single], seed)
+        singles[task] = single_entry(r["history"], task, r["wall"], args.threshold) | noise_entry(r)
     out["single"] = combine_singles(singles)
     print(f"seed {seed}: {json.dumps(out)}", flush=True)
     return out
@@ -333,6 +340,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--eval-every", type=int, default=10_000, help="env steps per task between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=None,
+                   help="episodes per evaluation for every agent (default: the presets' 16)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--mtl", nargs="*", default=[], help="extra overrides for the multi-task agent")
     p.add_argument("--single", nargs="*", default=[], help="extra overrides for the single-task agents")

@@ -44,7 +44,8 @@ def run_seed(overrides: list[str], seed: int) -> dict:
         trainer.fit(model, datamodule=data)
         wall = time.perf_counter() - t0
     cb = next(c for c in trainer.callbacks if hasattr(c, "history"))
-    return {"task": model.task.name, "history": cb.history, "wall": wall, "eval_seconds": cb.eval_seconds}
+    return {"task": model.task.name, "history": cb.history, "wall": wall, "eval_seconds": cb.eval_seconds,
+            "eval_episodes": cb.episodes}
 
 
 def first_reach(history: list[dict], key: str, threshold: float) -> tuple[float | None, float | None]:
