@@ -7,13 +7,16 @@ hyperparameters and the same env steps per task. Reports the env steps (summed o
 reaches normalized >= threshold (multi-task: the first evaluation where all three are; single-task: the sum of each
 agent's own time to threshold), the final normalized score per task with 95% bootstrap CIs over seeds, wall
 time, and per task the multi-task agent's own env steps on that task until the task first reaches the threshold
-(time/<task>/env_steps), the way its single-task agent is timed. Prints markdown; --out writes JSON.
+(time/<task>/env_steps), the way its single-task agent is timed, and how noisy one evaluation is (the standard
+error of its normalized score per task; a first crossing of the threshold is partly luck). Prints markdown; --out
+writes JSON.
 
-    python scripts/bench_mtl.py --seeds 0 1 2
+    python scripts/bench_mtl.py --seeds 0 1 2 [--eval-episodes 64]
 
 Runs made separately with train.py (logger=jsonl; e.g. one agent per core, or a single-task agent given a longer
 budget than the multi-task one) are reported with --merge: each --runs directory (metrics.jsonl + config.yaml)
-replaces, for its seed, the multi-task agent (model=mtdqn) or the single-task agent of its task:
+replaces, for its seed, the multi-task agent (model=mtdqn) or the single-task agent of its task; runs evaluated
+with different numbers of episodes (callbacks.eval.episodes) are refused:
 
     python scripts/bench_mtl.py --merge bench_s0.json bench_s1.json --runs outputs/mtl_s0 outputs/ped_1M_s0
 """
