@@ -169,15 +169,10 @@ def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, flo
 
 
 def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list[dict]:
-    """Replace (or add) each run directory's agent for its seed. Runs evaluated with different numbers of
-    episodes are refused: the threshold would not be measured alike (fewer episodes, noisier first crossings)."""
+    """Replace (or add) each run directory's agent for its seed."""
     by_seed = {r["seed"]: r for r in runs}
-    loaded = [(d, *load_run_dir(d)) for d in dirs]
-    sizes = {str(d): n for d, *_, n in loaded if n is not None}
-    if len(set(sizes.values())) > 1:
-        raise SystemExit(f"--runs evaluate with different numbers of episodes (callbacks.eval.episodes): {sizes}; "
-                         "compare agents evaluated alike")
-    for d, seed, agent, history, wall, shares, episodes in loaded:
+    for d in dirs:
+        seed, agent, history, wall, shares, episodes = load_run_dir(d)
         run = by_seed.setdefault(seed, {"seed": seed, "single": {"tasks": {}}})
         noise = noise_entry({"history": history, "eval_episodes": episodes}) | {"source": str(d)}
         if agent == "mtl":
@@ -190,6 +185,19 @@ def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list
     if missing:
         raise SystemExit(f"incomplete seeds after merging (seed, agent): {missing}")
     return [by_seed[s] for s in sorted(by_seed)]
+
+
+def check_eval_sizes(runs: list[dict]) -> None:
+    """Refuse agents evaluated with different numbers of episodes: the threshold would not be measured alike (fewer
+    episodes, noisier and earlier first crossings). Agents of records from before the size was kept are not checked."""
+    sizes = {}
+    for r in runs:
+        for name, entry in [("multi-task", r["mtl"]), *r["single"]["tasks"].items()]:
+            if entry.get("eval_episodes") is not None:
+                sizes[entry.get("source") or f"seed {r['seed']} {name}"] = entry["eval_episodes"]
+    if len(set(sizes.values())) > 1:
+        raise SystemExit(f"agents evaluated with different numbers of episodes (callbacks.eval.episodes): {sizes}; "
+                         "compare agents evaluated alike")
 
 
 def noise_entry(result: dict) -> dict:
@@ -357,15 +365,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.merge is not None:
         loaded = [json.loads(f.read_text()) for f in args.merge]
-        runs = [r | {"seed": r.get("seed", seed)} for d in loaded for seed, r in zip(d["args"]["seeds"], d["runs"],
-                                                                                     strict=True)]
+        # runs carry their seed; the oldest records only list them in args.seeds, in run order
+        runs = [r if "seed" in r else r | {"seed": d["args"]["seeds"][i]}
+                for d in loaded for i, r in enumerate(d["runs"])]
         runs = [r for r in runs if r["seed"] in args.seeds]  # --seeds picks the seeds to report
         runs = apply_run_dirs(runs, args.runs, args.threshold) if args.runs else runs
+        check_eval_sizes(runs)
         text = report(runs, args)
         print(text)
         if args.out:
-            args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs,
-                                            "table": text}, indent=1, default=str))
+            record_args = vars(args) | {"out": str(args.out), "seeds": [r["seed"] for r in runs]}  # the seeds it holds
+            args.out.write_text(json.dumps({"args": record_args, "runs": runs, "table": text}, indent=1, default=str))
         return
     runs = []
     for seed in args.seeds:

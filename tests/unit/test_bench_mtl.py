@@ -146,8 +146,18 @@ def test_merge_refuses_agents_evaluated_with_different_episode_counts(tmp_path):
     runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True, episodes=64)]
     runs += [run_dir(tmp_path / t, 0, [t], [{t: 0.95}], mtl=False, episodes=16) for t in TASKS]
     res, _ = merge(tmp_path, runs)
-    assert res.returncode != 0 and "different numbers of episodes" in res.stderr
+    assert res.returncode != 0 and "evaluated with different numbers of episodes" in res.stderr
     assert str(runs[0]) in res.stderr and str(runs[1]) in res.stderr
+    # a record of 16-episode agents (seed 0) merged with 64-episode runs of another seed: refused as well
+    (runs[0] / "config.yaml").write_text((runs[0] / "config.yaml").read_text().replace("episodes: 64", "episodes: 16"))
+    res, record = merge(tmp_path, runs)
+    assert res.returncode == 0, res.stderr
+    later = [run_dir(tmp_path / "mtl1", 1, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True, episodes=64)]
+    later += [run_dir(tmp_path / f"{t}1", 1, [t], [{t: 0.95}], mtl=False, episodes=64) for t in TASKS]
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "1", "--merge",
+                          str(record), "--runs", *map(str, later)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert res.returncode != 0 and "evaluated with different numbers of episodes" in res.stderr
 
 
 def test_eval_noise_is_the_standard_error_of_the_normalized_score(tmp_path):
