@@ -35,9 +35,36 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from learning_results import bootstrap_ci, first_reach, run_seed, summarize  # noqa: E402
+from learning_results import ROOT, bootstrap_ci, first_reach, run_seed, summarize  # noqa: E402
 
 TASKS = ("lane_keep", "pedestrian", "traffic_light")
+# what "the same hyperparameters" means here: the multi-task and the single-task agents must agree on these (budgets,
+# warm-up, target sync and evaluation cadence are per agent: the multi-task agent's are summed over its tasks)
+SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", "gamma", "net.hidden",
+          "data.replay_ratio", "data.batch_size", "replay.n_step", "exploration.end", "callbacks.eval.episodes")
+
+
+def shared_settings(cfg) -> dict:
+    """The SHARED settings of a composed or saved train.py config (keys it does not have are left out)."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for key in SHARED:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return out
+
+
+def check_alike(agents: dict[str, dict]) -> None:
+    """Refuse agents ({label: shared settings}) that differ in a SHARED setting: a multi-task agent with the MSE loss
+    against Huber single-task agents, or evaluated on 64 episodes against 16 (fewer episodes, noisier and earlier
+    first crossings), would not be compared alike."""
+    for key in SHARED:
+        values = {label: s[key] for label, s in agents.items() if key in s}
+        if len({json.dumps(v) for v in values.values()}) > 1:
+            raise SystemExit(f"the agents differ in {key}: {values}; compare agents with the same {key} "
+                             "(e.g. --single / --mtl overrides)")
 
 
 def first_all_solved(history: list[dict], threshold: float) -> dict | None:
@@ -143,9 +170,9 @@ def eval_standard_errors(history: list[dict], episodes: int | None) -> dict[str,
     return out
 
 
-def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, float] | None, int | None]:
+def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, float] | None, dict]:
     """(seed, agent: "mtl" or the single task's name, eval history, wall seconds, configured collection shares
-    of a multi-task run, episodes per evaluation) of a train.py run directory logged with logger=jsonl."""
+    of a multi-task run, its SHARED settings) of a train.py run directory logged with logger=jsonl."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(path / "config.yaml")
@@ -164,17 +191,17 @@ def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, flo
         raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of one of {TASKS}, "
                          f"got tasks {tasks}")
     shares = configured_shares(cfg) if agent == "mtl" else None
-    episodes = OmegaConf.select(cfg, "callbacks.eval.episodes")
-    return int(cfg.seed), agent, history, float(rows[-1].get("time", 0.0)), shares, episodes
+    return int(cfg.seed), agent, history, float(rows[-1].get("time", 0.0)), shares, shared_settings(cfg)
 
 
 def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list[dict]:
     """Replace (or add) each run directory's agent for its seed."""
     by_seed = {r["seed"]: r for r in runs}
     for d in dirs:
-        seed, agent, history, wall, shares, episodes = load_run_dir(d)
+        seed, agent, history, wall, shares, settings = load_run_dir(d)
         run = by_seed.setdefault(seed, {"seed": seed, "single": {"tasks": {}}})
-        noise = noise_entry({"history": history, "eval_episodes": episodes}) | {"source": str(d)}
+        noise = noise_entry({"history": history, "eval_episodes": settings.get("callbacks.eval.episodes")})
+        noise |= {"settings": settings, "source": str(d)}
         if agent == "mtl":
             run["mtl"] = mtl_entry(history, wall, threshold, shares) | noise
         else:
@@ -187,17 +214,16 @@ def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list
     return [by_seed[s] for s in sorted(by_seed)]
 
 
-def check_eval_sizes(runs: list[dict]) -> None:
-    """Refuse agents evaluated with different numbers of episodes: the threshold would not be measured alike (fewer
-    episodes, noisier and earlier first crossings). Agents of records from before the size was kept are not checked."""
-    sizes = {}
+def check_runs_alike(runs: list[dict]) -> None:
+    """check_alike over every agent of the merged runs: its SHARED settings where the record kept them (run
+    directories), else its evaluation size (records from before the settings were kept are not checked)."""
+    agents = {}
     for r in runs:
         for name, entry in [("multi-task", r["mtl"]), *r["single"]["tasks"].items()]:
-            if entry.get("eval_episodes") is not None:
-                sizes[entry.get("source") or f"seed {r['seed']} {name}"] = entry["eval_episodes"]
-    if len(set(sizes.values())) > 1:
-        raise SystemExit(f"agents evaluated with different numbers of episodes (callbacks.eval.episodes): {sizes}; "
-                         "compare agents evaluated alike")
+            settings = entry.get("settings") or ({"callbacks.eval.episodes": entry["eval_episodes"]}
+                                                 if entry.get("eval_episodes") is not None else {})
+            agents[entry.get("source") or f"seed {r['seed']} {name}"] = settings
+    check_alike(agents)
 
 
 def noise_entry(result: dict) -> dict:
@@ -206,17 +232,33 @@ def noise_entry(result: dict) -> dict:
             "eval_se": eval_standard_errors(result["history"], result["eval_episodes"])}
 
 
+def agent_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
+    """train.py overrides of the multi-task agent ("mtl") and of each task's single-task agent."""
+    both = [] if args.eval_episodes is None else [f"callbacks.eval.episodes={args.eval_episodes}"]
+    out = {"mtl": ["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={args.eval_every * len(TASKS)}",
+                   *both, *args.mtl]}
+    for task in TASKS:
+        out[task] = ["+experiment=lane_keep_dqn", f"task_set={task}",
+                     f"callbacks.eval.every_env_steps={args.eval_every}", *both, *args.single]
+    return out
+
+
+def check_overrides(args: argparse.Namespace) -> None:
+    """Compose every agent's config and refuse a mismatch in a SHARED setting before anything trains."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        check_alike({name: shared_settings(compose("train", overrides=o)) for name, o in agent_overrides(args).items()})
+
+
 def run(seed: int, args: argparse.Namespace) -> dict:
     """One seed: the multi-task agent and the three single-task agents."""
-    per_task_evals = args.eval_every
-    both = [] if args.eval_episodes is None else [f"callbacks.eval.episodes={args.eval_episodes}"]
-    mtl = run_seed(["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={per_task_evals * len(TASKS)}",
-                    *both, *args.mtl], seed)
+    overrides = agent_overrides(args)
+    mtl = run_seed(overrides["mtl"], seed)
     out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], args.threshold) | noise_entry(mtl)}
     singles = {}
     for task in TASKS:
-        r = run_seed(["+experiment=lane_keep_dqn", f"task_set={task}",
-                      f"callbacks.eval.every_env_steps={per_task_evals}", *both, *args.single], seed)
+        r = run_seed(overrides[task], seed)
         singles[task] = single_entry(r["history"], task, r["wall"], args.threshold) | noise_entry(r)
     out["single"] = combine_singles(singles)
     print(f"seed {seed}: {json.dumps(out)}", flush=True)
@@ -370,13 +412,14 @@ def main() -> None:
                 for d in loaded for i, r in enumerate(d["runs"])]
         runs = [r for r in runs if r["seed"] in args.seeds]  # --seeds picks the seeds to report
         runs = apply_run_dirs(runs, args.runs, args.threshold) if args.runs else runs
-        check_eval_sizes(runs)
+        check_runs_alike(runs)
         text = report(runs, args)
         print(text)
         if args.out:
             record_args = vars(args) | {"out": str(args.out), "seeds": [r["seed"] for r in runs]}  # the seeds it holds
             args.out.write_text(json.dumps({"args": record_args, "runs": runs, "table": text}, indent=1, default=str))
         return
+    check_overrides(args)
     runs = []
     for seed in args.seeds:
         runs.append(run(seed, args))

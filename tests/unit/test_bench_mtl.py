@@ -141,12 +141,28 @@ def test_own_env_steps_integrated_from_collection_shares_when_not_logged(tmp_pat
     assert own["traffic_light"] == pytest.approx(1000 / 3 + 400 + 800)
 
 
+def test_agents_with_different_shared_settings_are_refused(tmp_path):
+    """--runs whose configs differ in the TD loss are refused; so is a bench run whose composed agents differ, before
+    any training (the single-task preset alone is Huber with replay ratio 0.125, the multi-task one MSE with 0.25)."""
+    runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True)]
+    runs += [run_dir(tmp_path / t, 0, [t], [{t: 0.95}], mtl=False) for t in TASKS]
+    for r in runs:
+        loss = "mse" if r.name != "pedestrian" else "huber"
+        (r / "config.yaml").write_text((r / "config.yaml").read_text().replace("model:\n", f"model:\n  loss: {loss}\n"))
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode != 0 and "differ in model.loss" in res.stderr and str(runs[2]) in res.stderr
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and "the agents differ in model.loss" in res.stderr
+    assert "'mtl': 'mse'" in res.stderr and "'lane_keep': 'huber'" in res.stderr
+
+
 def test_merge_refuses_agents_evaluated_with_different_episode_counts(tmp_path):
     """16-episode single-task agents against a 64-episode multi-task agent would not measure the threshold alike."""
     runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True, episodes=64)]
     runs += [run_dir(tmp_path / t, 0, [t], [{t: 0.95}], mtl=False, episodes=16) for t in TASKS]
     res, _ = merge(tmp_path, runs)
-    assert res.returncode != 0 and "evaluated with different numbers of episodes" in res.stderr
+    assert res.returncode != 0 and "differ in callbacks.eval.episodes" in res.stderr
     assert str(runs[0]) in res.stderr and str(runs[1]) in res.stderr
     # a record of 16-episode agents (seed 0) merged with 64-episode runs of another seed: refused as well
     (runs[0] / "config.yaml").write_text((runs[0] / "config.yaml").read_text().replace("episodes: 64", "episodes: 16"))
@@ -157,7 +173,7 @@ def test_merge_refuses_agents_evaluated_with_different_episode_counts(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "1", "--merge",
                           str(record), "--runs", *map(str, later)], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)
-    assert res.returncode != 0 and "evaluated with different numbers of episodes" in res.stderr
+    assert res.returncode != 0 and "differ in callbacks.eval.episodes" in res.stderr
 
 
 def test_eval_noise_is_the_standard_error_of_the_normalized_score(tmp_path):
