@@ -15,8 +15,9 @@ writes JSON.
 
 Runs made separately with train.py (logger=jsonl; e.g. one agent per core, or a single-task agent given a longer
 budget than the multi-task one) are reported with --merge: each --runs directory (metrics.jsonl + config.yaml)
-replaces, for its seed, the multi-task agent (model=mtdqn) or the single-task agent of its task; runs evaluated
-with different numbers of episodes (callbacks.eval.episodes) are refused:
+replaces, for its seed, the multi-task agent (model=mtdqn) or the single-task agent of its task; agents that differ
+in a SHARED setting (loss, learning rate, replay ratio, evaluation episodes, ...) are refused, here and before a
+bench trains anything:
 
     python scripts/bench_mtl.py --merge bench_s0.json bench_s1.json --runs outputs/mtl_s0 outputs/ped_1M_s0
 """
@@ -215,15 +216,10 @@ def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list
 
 
 def check_runs_alike(runs: list[dict]) -> None:
-    """check_alike over every agent of the merged runs: its SHARED settings where the record kept them (run
-    directories), else its evaluation size (records from before the settings were kept are not checked)."""
-    agents = {}
-    for r in runs:
-        for name, entry in [("multi-task", r["mtl"]), *r["single"]["tasks"].items()]:
-            settings = entry.get("settings") or ({"callbacks.eval.episodes": entry["eval_episodes"]}
-                                                 if entry.get("eval_episodes") is not None else {})
-            agents[entry.get("source") or f"seed {r['seed']} {name}"] = settings
-    check_alike(agents)
+    """check_alike over every agent of the merged runs that kept its SHARED settings (those read from run
+    directories; records from before 2026-11-29 did not keep them and are not checked)."""
+    check_alike({entry.get("source") or f"seed {r['seed']} {name}": entry.get("settings", {})
+                 for r in runs for name, entry in [("multi-task", r["mtl"]), *r["single"]["tasks"].items()]})
 
 
 def noise_entry(result: dict) -> dict:
