@@ -86,6 +86,30 @@ def test_by_score_schedule_shifts_collection_away_from_solved_tasks(tmp_path):
     assert data.vec_steps == [5, 1, 6]
 
 
+def test_by_score_hysteresis_keeps_a_solved_task_solved_through_a_small_dip(tmp_path):
+    """data.collect_unsolved_score: a solved task collects its reduced share until it scores below this lower
+    threshold, and an unsolved one needs collect_solved_score again; the solved flags survive a checkpoint."""
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
+                       "data.learning_starts=40", "data.batch_size=30", "data.collect_schedule=by_score",
+                       "data.collect_solved_scale=0.5", "data.collect_unsolved_score=0.8"], tmp_path)
+    model, data, trainer = build(cfg)
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    data.observe_scores([0.95, 0.3, 0.3])
+    assert data.vec_steps == [2, 5, 5]
+    data.observe_scores([0.85, 0.3, 0.3])  # a dip above 0.8: still solved (without hysteresis [4, 4, 4])
+    assert data.vec_steps == [2, 5, 5]
+    state = data.state_dict()
+    data.observe_scores([0.79, 0.3, 0.3])  # below 0.8: unsolved, full share back
+    assert data.vec_steps == [4, 4, 4]
+    data.observe_scores([0.85, 0.3, 0.3])  # once unsolved, 0.85 is not enough: it needs 0.9 again
+    assert data.vec_steps == [4, 4, 4]
+    data.load_state_dict(state)  # the checkpoint remembers lane_keep as solved
+    data.observe_scores([0.85, 0.3, 0.3])
+    assert data.vec_steps == [2, 5, 5]
+
+
 def test_fixed_schedule_ignores_scores_and_by_score_is_wired_to_evaluation(tmp_path, monkeypatch):
     from mtdqn.data.multitask import MultiTaskDataModule
 
@@ -126,7 +150,7 @@ def test_each_tasks_own_env_steps_are_counted_logged_and_checkpointed(tmp_path):
 
 
 @pytest.mark.parametrize("override", ["data.collect_schedule=adaptive", "data.collect_solved_scale=0",
-                                      "data.collect_solved_scale=1.5"])
+                                      "data.collect_solved_scale=1.5", "data.collect_unsolved_score=0.95"])
 def test_bad_collect_schedule_is_refused_before_any_env_step(tmp_path, override):
     cfg = compose_cfg([*MTL, "task_set=driving", override], tmp_path)
     with pytest.raises(ValueError, match=override.split("=")[0]):

@@ -131,7 +131,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         collect_weights: Sequence[float] | None = None,  # per-task shares of each round's env steps (None: equal)
         collect_schedule: str = "fixed",  # fixed | by_score: solved tasks' shares shrink after every evaluation
         collect_solved_score: float = 0.9,  # by_score: a task whose last eval normalized score is >= this ...
-        collect_solved_scale: float = 0.1,  # ... collects with its share multiplied by this (back to 1 if it drops)
+        collect_solved_scale: float = 0.1,  # ... collects with its share multiplied by this (back to 1 if it drops
+        collect_unsolved_score: float | None = None,  # ... below this; None: collect_solved_score (no hysteresis))
         reward_scale: float = 1.0,  # rewards stored in replay (and so in TD targets) are multiplied by this ...
         reward_clip: float | None = None,  # ... then clipped to [-reward_clip, reward_clip] (None: no clipping)
         eval_env_factories: Sequence[EnvFactory] | None = None,  # evaluation envs (default: env_factories)
@@ -187,11 +188,18 @@ class MultiTaskDataModule(pl.LightningDataModule):
             raise ValueError(f"data.collect_solved_scale={collect_solved_scale} must be in (0, 1]")
         if not math.isfinite(collect_solved_score):
             raise ValueError(f"data.collect_solved_score={collect_solved_score} must be a finite normalized score")
+        unsolved = collect_solved_score if collect_unsolved_score is None else collect_unsolved_score
+        if not (math.isfinite(unsolved) and unsolved <= collect_solved_score):
+            raise ValueError(f"data.collect_unsolved_score={collect_unsolved_score} must be null (the same as "
+                             f"data.collect_solved_score) or a finite score <= collect_solved_score="
+                             f"{collect_solved_score}")
         if collect_schedule == "by_score" and any(t.normalize(0.0) is None for t in tasks):
             raise ValueError("data.collect_schedule=by_score needs a normalized score for every task (reference and "
                              f"random returns); {[t.name for t in tasks if t.normalize(0.0) is None]} have none")
         self.collect_schedule = collect_schedule
         self.collect_solved_score, self.collect_solved_scale = float(collect_solved_score), float(collect_solved_scale)
+        self.collect_unsolved_score = float(unsolved)
+        self.solved = [False] * n_tasks  # by_score: which tasks collect the reduced share
         # vector steps per task per round: equal, or the round's env_steps_per_round // num_envs vector steps split
         # by collect_weights (largest remainder)
         if collect_weights is None:
@@ -306,13 +314,16 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
     def observe_scores(self, scores: Sequence[float | None]) -> dict[str, float]:
         """Called with each evaluation's per-task normalized scores (task order). With collect_schedule=by_score
-        a task at or above collect_solved_score collects collect_solved_scale x its share from the next round on
-        (every task keeps >= 1 vector step; a task that drops below gets its full share back); the round's total
-        is unchanged. Returns {"data/<task>/collect_share": share of the round's env steps} to log."""
+        a task counts as solved once it scores >= collect_solved_score, and again unsolved only when it scores
+        < collect_unsolved_score (hysteresis: a solved task that dips within evaluation noise keeps its reduced
+        share; without it, its full share comes back and the unsolved tasks collect less). A solved task collects
+        collect_solved_scale x its share from the next round on (every task keeps >= 1 vector step); the round's
+        total is unchanged. Returns {"data/<task>/collect_share": share of the round's env steps} to log."""
         if self.collect_schedule == "by_score":
+            self.solved = [x is not None and x >= (self.collect_unsolved_score if was else self.collect_solved_score)
+                           for was, x in zip(self.solved, scores, strict=True)]
             base = [float(v) for v in self.base_vec_steps]
-            weights = [w * (self.collect_solved_scale if x is not None and x >= self.collect_solved_score else 1.0)
-                       for w, x in zip(base, scores, strict=True)]
+            weights = [w * (self.collect_solved_scale if solved else 1.0) for w, solved in zip(base, self.solved, strict=True)]
             steps = batch_counts(sum(self.base_vec_steps), weights)
             for i in range(len(steps)):  # every task keeps collecting: take a step from the largest share
                 if steps[i] < 1:
@@ -373,6 +384,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
             "collector_seeds": [c.seed for c in self.collectors],
             "torch_rng": torch.get_rng_state(),
             "vec_steps": list(self.vec_steps),
+            "collect_solved": list(self.solved),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -388,6 +400,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         torch.set_rng_state(state["torch_rng"])
         if "vec_steps" in state and self.collect_schedule == "by_score":
             self.vec_steps = [int(v) for v in state["vec_steps"]]
+        if "collect_solved" in state:  # absent in checkpoints from before 2026-11-29: solved again at the next eval
+            self.solved = [bool(v) for v in state["collect_solved"]]
 
     def teardown(self, stage: str | None = None) -> None:
         for env in getattr(self, "envs", []):
