@@ -110,6 +110,35 @@ def test_by_score_hysteresis_keeps_a_solved_task_solved_through_a_small_dip(tmp_
     assert data.vec_steps == [2, 5, 5]
 
 
+@pytest.mark.parametrize("clock", ["summed", "task"])
+def test_exploration_clock_decays_epsilon_on_summed_or_own_env_steps(tmp_path, clock):
+    """data.exploration_clock=task: each task's epsilon follows its own env steps (random actions until the summed
+    warm-up); summed: every task's epsilon follows the env steps summed over tasks."""
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
+                       "data.learning_starts=40", "data.batch_size=30", "data.collect_weights=[1,2,3]",
+                       "exploration.duration=200", "exploration.start=1.0", "exploration.end=0.0",
+                       f"data.exploration_clock={clock}"], tmp_path)
+    model, data, trainer = build(cfg)
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    stream = data.train_dataloader().dataset
+    seen = []  # (task, epsilon, summed steps before the step, own steps before the step)
+    for i, collector in enumerate(data.collectors):
+        def step(eps, _i=i, _step=collector.step):
+            seen.append((_i, eps, stream.env_steps, stream.task_env_steps[_i]))
+            return _step(eps)
+        collector.step = step
+    for _ in range(6):  # 144 summed env steps: 24 / 48 / 72 per task
+        stream.collect_round()
+    assert stream.task_env_steps == [24, 48, 72]
+    for _task, eps, summed, own in seen:
+        steps = own if clock == "task" else summed
+        expected = 1.0 if summed < 40 else 1.0 - steps / 200
+        assert eps == pytest.approx(expected)
+    assert any(summed >= 40 and own != summed for _, _, summed, own in seen)  # the clocks do differ here
+
+
 def test_fixed_schedule_ignores_scores_and_by_score_is_wired_to_evaluation(tmp_path, monkeypatch):
     from mtdqn.data.multitask import MultiTaskDataModule
 
@@ -150,7 +179,8 @@ def test_each_tasks_own_env_steps_are_counted_logged_and_checkpointed(tmp_path):
 
 
 @pytest.mark.parametrize("override", ["data.collect_schedule=adaptive", "data.collect_solved_scale=0",
-                                      "data.collect_solved_scale=1.5", "data.collect_unsolved_score=0.95"])
+                                      "data.collect_solved_scale=1.5", "data.collect_unsolved_score=0.95",
+                                      "data.exploration_clock=own"])
 def test_bad_collect_schedule_is_refused_before_any_env_step(tmp_path, override):
     cfg = compose_cfg([*MTL, "task_set=driving", override], tmp_path)
     with pytest.raises(ValueError, match=override.split("=")[0]):

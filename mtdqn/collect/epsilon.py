@@ -30,6 +30,11 @@ class LinearEpsilon:
         """Epsilon after `env_steps` environment steps."""
         if env_steps < self.warmup:
             return 1.0
+        return self.decay(env_steps)
+
+    def decay(self, env_steps: int) -> float:
+        """The linear schedule alone, without the warm-up (a multi-task run with data.exploration_clock=task
+        checks the warm-up on the summed env steps and decays each task on its own)."""
         if self.duration == 0 or env_steps >= self.duration:
             return self.end
         return self.start + (self.end - self.start) * env_steps / self.duration

@@ -19,6 +19,7 @@ from mtdqn.types import Batch, Round, ShareRule, TaskSpec
 
 COMPOSITIONS = ("uniform", "proportional", "weighted")
 COLLECT_SCHEDULES = ("fixed", "by_score")
+EXPLORATION_CLOCKS = ("summed", "task")
 EnvFactory = Callable[..., TensorVecEnv]  # (num_envs=..., device=...) -> TensorVecEnv
 ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=) -> ReplayBuffer
 
@@ -79,10 +80,17 @@ class MultiTaskStream(IterableDataset):
 
     def collect_round(self) -> tuple[float, Tensor, Tensor]:
         dm, eps, returns, tasks = self.dm, 1.0, [], []
+        per_task = dm.exploration_clock == "task" and self.task_env_steps is not None
+        eps_sum, eps_count = 0.0, 0
         for i, (collector, buffer) in enumerate(zip(dm.collectors, dm.buffers, strict=True)):
             n = collector.env.num_envs
             for _ in range(dm.vec_steps[i]):
-                eps = dm.exploration(self.env_steps)
+                if per_task:  # warm-up on the summed steps (when updates start), decay on the task's own
+                    eps = 1.0 if self.env_steps < dm.exploration.warmup else \
+                        dm.exploration.decay(self.task_env_steps[i])
+                    eps_sum, eps_count = eps_sum + eps, eps_count + 1
+                else:
+                    eps = dm.exploration(self.env_steps)
                 transition, episodes = collector.step(eps)
                 if dm.track_obs_stats:
                     self.track_obs(i, transition.obs)
@@ -96,6 +104,8 @@ class MultiTaskStream(IterableDataset):
                     returns.append(episodes.returns)
                     tasks.append(torch.full_like(episodes.lengths, i))
         empty = torch.zeros(0, device=dm.device)
+        if eps_count:  # per-task clocks: log the mean epsilon over the round's env steps
+            eps = eps_sum / eps_count
         return eps, torch.cat(returns) if returns else empty, torch.cat(tasks) if tasks else empty.long()
 
     def __iter__(self):
@@ -133,6 +143,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         collect_solved_score: float = 0.9,  # by_score: a task whose last eval normalized score is >= this ...
         collect_solved_scale: float = 0.1,  # ... collects with its share multiplied by this (back to 1 if it drops
         collect_unsolved_score: float | None = None,  # ... below this; None: collect_solved_score (no hysteresis))
+        exploration_clock: str = "summed",  # summed: epsilon follows the env steps summed over tasks | task: each
+        # task's epsilon follows its own env steps (as a single-task agent's would; warm-up still on the sum)
         reward_scale: float = 1.0,  # rewards stored in replay (and so in TD targets) are multiplied by this ...
         reward_clip: float | None = None,  # ... then clipped to [-reward_clip, reward_clip] (None: no clipping)
         eval_env_factories: Sequence[EnvFactory] | None = None,  # evaluation envs (default: env_factories)
@@ -182,6 +194,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
                 not (math.isfinite(w) and w > 0) for w in collect_weights)):
             raise ValueError(f"data.collect_weights={list(collect_weights)} needs one share > 0 per task ({n_tasks}) "
                              "(null: equal shares)")
+        if exploration_clock not in EXPLORATION_CLOCKS:
+            raise ValueError(f"data.exploration_clock={exploration_clock!r} is not one of {EXPLORATION_CLOCKS}")
+        self.exploration_clock = exploration_clock
         if collect_schedule not in COLLECT_SCHEDULES:
             raise ValueError(f"data.collect_schedule={collect_schedule!r} is not one of {COLLECT_SCHEDULES}")
         if not (math.isfinite(collect_solved_scale) and 0 < collect_solved_scale <= 1):
