@@ -16,8 +16,9 @@ writes JSON.
 Runs made separately with train.py (logger=jsonl; e.g. one agent per core, or a single-task agent given a longer
 budget than the multi-task one) are reported with --merge: each --runs directory (metrics.jsonl + config.yaml)
 replaces, for its seed, the multi-task agent (model=mtdqn) or the single-task agent of its task; agents that differ
-in a SHARED setting (loss, learning rate, replay ratio, evaluation episodes, ...) are refused, here and before a
-bench trains anything:
+in a SHARED setting (loss, learning rate, replay ratio, evaluation episodes, ...), or in epsilon's decay where it
+runs on each task's own env steps (single-task agents; multi-task with data.exploration_clock=task), are refused,
+here and before a bench trains anything:
 
     python scripts/bench_mtl.py --merge bench_s0.json bench_s1.json --runs outputs/mtl_s0 outputs/ped_1M_s0
 """
@@ -43,6 +44,7 @@ TASKS = ("lane_keep", "pedestrian", "traffic_light")
 # warm-up, target sync and evaluation cadence are per agent: the multi-task agent's are summed over its tasks)
 SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", "gamma", "net.hidden",
           "data.replay_ratio", "data.batch_size", "replay.n_step", "exploration.end", "callbacks.eval.episodes")
+PER_TASK_DURATION = "exploration.duration (per task)"  # compared only where epsilon decays per task (shared_settings)
 
 
 def shared_settings(cfg) -> dict:
@@ -54,6 +56,12 @@ def shared_settings(cfg) -> dict:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    # epsilon's decay is comparable when it runs on each task's own env steps: always for a single-task agent, for a
+    # multi-task one with data.exploration_clock=task (with the default summed clock it is a budget over all tasks)
+    multi = str(OmegaConf.select(cfg, "model._target_", default="")).endswith("MultiTaskDQNModule")
+    duration = OmegaConf.select(cfg, "exploration.duration", default=None)
+    if duration is not None and (not multi or OmegaConf.select(cfg, "data.exploration_clock") == "task"):
+        out[PER_TASK_DURATION] = duration
     return out
 
 
@@ -61,7 +69,7 @@ def check_alike(agents: dict[str, dict]) -> None:
     """Refuse agents ({label: shared settings}) that differ in a SHARED setting: a multi-task agent with the MSE loss
     against Huber single-task agents, or evaluated on 64 episodes against 16 (fewer episodes, noisier and earlier
     first crossings), would not be compared alike."""
-    for key in SHARED:
+    for key in (*SHARED, PER_TASK_DURATION):
         values = {label: s[key] for label, s in agents.items() if key in s}
         if len({json.dumps(v) for v in values.values()}) > 1:
             raise SystemExit(f"the agents differ in {key}: {values}; compare agents with the same {key} "

@@ -157,6 +157,29 @@ def test_agents_with_different_shared_settings_are_refused(tmp_path):
     assert "'mtl': 'mse'" in res.stderr and "'lane_keep': 'huber'" in res.stderr
 
 
+def with_exploration(path: Path, duration: int, clock: str | None = None) -> None:
+    """Add exploration.duration (and data.exploration_clock) to a run_dir's config.yaml."""
+    text = (path / "config.yaml").read_text() + f"exploration:\n  duration: {duration}\n"
+    (path / "config.yaml").write_text(text + (f"data:\n  exploration_clock: {clock}\n" if clock else ""))
+
+
+def test_epsilon_decay_is_compared_only_where_it_runs_per_task(tmp_path):
+    """A multi-task agent whose epsilon decays on each task's own env steps (data.exploration_clock=task) must decay
+    over as many steps as the single-task agents; with the summed clock its duration is a budget over all tasks."""
+    runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True)]
+    runs += [run_dir(tmp_path / t, 0, [t], [{t: 0.95}], mtl=False) for t in TASKS]
+    with_exploration(runs[0], 120000, "summed")
+    for r in runs[1:]:
+        with_exploration(r, 40000)
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode == 0, res.stderr
+    config = runs[0] / "config.yaml"
+    config.write_text(config.read_text().replace("exploration_clock: summed", "exploration_clock: task"))
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode != 0 and "differ in exploration.duration (per task)" in res.stderr
+    assert str(runs[0]) in res.stderr
+
+
 def test_merge_refuses_agents_evaluated_with_different_episode_counts(tmp_path):
     """16-episode single-task agents against a 64-episode multi-task agent would not measure the threshold alike."""
     runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True, episodes=64)]
