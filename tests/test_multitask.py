@@ -110,6 +110,28 @@ def test_by_score_hysteresis_keeps_a_solved_task_solved_through_a_small_dip(tmp_
     assert data.vec_steps == [2, 5, 5]
 
 
+def test_batch_solved_scale_shrinks_solved_tasks_share_of_each_minibatch(tmp_path):
+    """data.batch_solved_scale: under by_score, a solved task's minibatch weight is multiplied by it (hysteresis
+    included), and the unsolved tasks get the rest; 1 (the default) leaves composition alone."""
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
+                       "data.learning_starts=40", "data.batch_size=30", "data.collect_schedule=by_score",
+                       "data.batch_composition=weighted", "data.task_weights=[1,2,2]",
+                       "data.batch_solved_scale=0.25", "data.collect_unsolved_score=0.8"], tmp_path)
+    model, data, trainer = build(cfg)
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    assert data.composition_counts() == [6, 12, 12]
+    data.observe_scores([0.95, 0.3, 0.3])  # lane_keep solved: weights 0.25, 2, 2
+    assert data.composition_counts() == [2, 14, 14]
+    data.observe_scores([0.85, 0.95, 0.3])  # lane_keep still solved (hysteresis), pedestrian solved too
+    assert data.composition_counts() == [3, 5, 22]  # 30 x (0.25, 0.5, 2) / 2.75
+    round_ = next(iter(data.train_dataloader()))
+    assert torch.bincount(round_.batch.task_ids[0], minlength=3).tolist() == [3, 5, 22]
+    data.batch_solved_scale = 1.0
+    assert data.composition_counts() == [6, 12, 12]
+
+
 @pytest.mark.parametrize("clock", ["summed", "task"])
 def test_exploration_clock_decays_epsilon_on_summed_or_own_env_steps(tmp_path, clock):
     """data.exploration_clock=task: each task's epsilon follows its own env steps (random actions until the summed
@@ -180,7 +202,8 @@ def test_each_tasks_own_env_steps_are_counted_logged_and_checkpointed(tmp_path):
 
 @pytest.mark.parametrize("override", ["data.collect_schedule=adaptive", "data.collect_solved_scale=0",
                                       "data.collect_solved_scale=1.5", "data.collect_unsolved_score=0.95",
-                                      "data.exploration_clock=own"])
+                                      "data.exploration_clock=own", "data.batch_solved_scale=0",
+                                      "data.batch_solved_scale=0.5"])
 def test_bad_collect_schedule_is_refused_before_any_env_step(tmp_path, override):
     cfg = compose_cfg([*MTL, "task_set=driving", override], tmp_path)
     with pytest.raises(ValueError, match=override.split("=")[0]):

@@ -34,6 +34,7 @@ class RLDataModule(MultiTaskDataModule):
         collect_solved_score: float = 0.9,
         collect_solved_scale: float = 0.1,
         collect_unsolved_score: float | None = None,
+        batch_solved_scale: float = 1.0,
         exploration_clock: str = "summed",  # one task: its own steps are the summed steps (validated all the same)
         reward_scale: float = 1.0,  # replay stores clip(reward_scale x r, -reward_clip, reward_clip)
         reward_clip: float | None = None,  # None: no clipping
@@ -45,7 +46,8 @@ class RLDataModule(MultiTaskDataModule):
                          batch_composition=batch_composition, task_weights=task_weights,
                          collect_weights=collect_weights, collect_schedule=collect_schedule,
                          collect_solved_score=collect_solved_score, collect_solved_scale=collect_solved_scale,
-                         collect_unsolved_score=collect_unsolved_score, exploration_clock=exploration_clock,
+                         collect_unsolved_score=collect_unsolved_score, batch_solved_scale=batch_solved_scale,
+                         exploration_clock=exploration_clock,
                          reward_scale=reward_scale, reward_clip=reward_clip,
                          eval_env_factories=None if eval_env_factory is None else [eval_env_factory],
                          share_fraction=share_fraction)

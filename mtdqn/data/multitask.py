@@ -143,6 +143,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         collect_solved_score: float = 0.9,  # by_score: a task whose last eval normalized score is >= this ...
         collect_solved_scale: float = 0.1,  # ... collects with its share multiplied by this (back to 1 if it drops
         collect_unsolved_score: float | None = None,  # ... below this; None: collect_solved_score (no hysteresis))
+        batch_solved_scale: float = 1.0,  # by_score: a solved task's share of each minibatch is multiplied by this
         exploration_clock: str = "summed",  # summed: epsilon follows the env steps summed over tasks | task: each
         # task's epsilon follows its own env steps (as a single-task agent's would; warm-up still on the sum)
         reward_scale: float = 1.0,  # rewards stored in replay (and so in TD targets) are multiplied by this ...
@@ -214,6 +215,13 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.collect_schedule = collect_schedule
         self.collect_solved_score, self.collect_solved_scale = float(collect_solved_score), float(collect_solved_scale)
         self.collect_unsolved_score = float(unsolved)
+        if not (math.isfinite(batch_solved_scale) and 0 < batch_solved_scale <= 1):
+            raise ValueError(f"data.batch_solved_scale={batch_solved_scale} must be in (0, 1] (1: solved tasks keep "
+                             "their share of each minibatch)")
+        if batch_solved_scale != 1 and collect_schedule != "by_score":
+            raise ValueError(f"data.batch_solved_scale={batch_solved_scale} acts on the tasks that "
+                             "data.collect_schedule=by_score marks solved; set collect_schedule=by_score or leave it 1")
+        self.batch_solved_scale = float(batch_solved_scale)
         self.solved = [False] * n_tasks  # by_score: which tasks collect the reduced share
         # vector steps per task per round: equal, or the round's env_steps_per_round // num_envs vector steps split
         # by collect_weights (largest remainder)
@@ -320,12 +328,18 @@ class MultiTaskDataModule(pl.LightningDataModule):
             self.collectors.append(Collector(env, partial(self.policy, i), seed=seed))
 
     def composition_counts(self) -> list[int]:
-        """Samples per task in each minibatch, as configured by data.batch_composition."""
+        """Samples per task in each minibatch, as configured by data.batch_composition (a solved task's weight x
+        data.batch_solved_scale under collect_schedule=by_score)."""
         if self.batch_composition == "uniform":
-            return batch_counts(self.batch_size, [1.0] * len(self.tasks))
-        if self.batch_composition == "proportional":
-            return batch_counts(self.batch_size, [float(len(b)) for b in self.buffers])
-        return batch_counts(self.batch_size, self.task_weights)
+            weights = [1.0] * len(self.tasks)
+        elif self.batch_composition == "proportional":
+            weights = [float(len(b)) for b in self.buffers]
+        else:
+            weights = [float(w) for w in self.task_weights]
+        if self.batch_solved_scale != 1.0:
+            weights = [w * (self.batch_solved_scale if solved else 1.0)
+                       for w, solved in zip(weights, self.solved, strict=True)]
+        return batch_counts(self.batch_size, weights)
 
     def observe_scores(self, scores: Sequence[float | None]) -> dict[str, float]:
         """Called with each evaluation's per-task normalized scores (task order). With collect_schedule=by_score
