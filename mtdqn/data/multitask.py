@@ -80,6 +80,7 @@ class MultiTaskStream(IterableDataset):
 
     def collect_round(self) -> tuple[float, Tensor, Tensor]:
         dm, eps, returns, tasks = self.dm, 1.0, [], []
+        # per-task clocks need the per-task counts (a checkpoint from before they were kept resumes on the sum)
         per_task = dm.exploration_clock == "task" and self.task_env_steps is not None
         eps_sum, eps_count = 0.0, 0
         for i, (collector, buffer) in enumerate(zip(dm.collectors, dm.buffers, strict=True)):
@@ -352,7 +353,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
             self.solved = [x is not None and x >= (self.collect_unsolved_score if was else self.collect_solved_score)
                            for was, x in zip(self.solved, scores, strict=True)]
             base = [float(v) for v in self.base_vec_steps]
-            weights = [w * (self.collect_solved_scale if solved else 1.0) for w, solved in zip(base, self.solved, strict=True)]
+            weights = [w * (self.collect_solved_scale if solved else 1.0)
+                       for w, solved in zip(base, self.solved, strict=True)]
             steps = batch_counts(sum(self.base_vec_steps), weights)
             for i in range(len(steps)):  # every task keeps collecting: take a step from the largest share
                 if steps[i] < 1:
