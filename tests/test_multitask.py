@@ -151,9 +151,14 @@ def test_exploration_clock_decays_epsilon_on_summed_or_own_env_steps(tmp_path, c
             seen.append((_i, eps, stream.env_steps, stream.task_env_steps[_i]))
             return _step(eps)
         collector.step = step
+    logged = []  # (train/epsilon of the round, the epsilons its vector steps acted with)
     for _ in range(6):  # 144 summed env steps: 24 / 48 / 72 per task
-        stream.collect_round()
+        before = len(seen)
+        logged.append((stream.collect_round()[0], [eps for _, eps, _, _ in seen[before:]]))
     assert stream.task_env_steps == [24, 48, 72]
+    for round_eps, acted in logged:  # task clock: the round's mean over its vector steps; summed: the last one's
+        assert round_eps == pytest.approx(sum(acted) / len(acted) if clock == "task" else acted[-1])
+    assert any(len(set(acted)) > 1 for _, acted in logged)
     for _task, eps, summed, own in seen:
         steps = own if clock == "task" else summed
         expected = 1.0 if summed < 40 else 1.0 - steps / 200
