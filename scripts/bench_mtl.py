@@ -21,6 +21,11 @@ runs on each task's own env steps (single-task agents; multi-task with data.expl
 here and before a bench trains anything:
 
     python scripts/bench_mtl.py --merge bench_s0.json bench_s1.json --runs outputs/mtl_s0 outputs/ped_1M_s0
+
+Records that repeat a seed (one setting run on two machines: their float rounding differs, so each run is its own
+draw) are pooled, every run counted and labelled with its record:
+
+    python scripts/bench_mtl.py --seeds 0 1 2 --merge machine_a.json machine_b.json
 """
 
 from __future__ import annotations
@@ -230,6 +235,20 @@ def check_runs_alike(runs: list[dict]) -> None:
                  for r in runs for name, entry in [("multi-task", r["mtl"]), *r["single"]["tasks"].items()]})
 
 
+def pool_repeated_seeds(runs: list[dict], replacing: bool) -> None:
+    """Records that repeat a seed (e.g. the same settings run on two machines, whose float rounding differs, so each
+    is its own draw) are pooled: every run counts, labelled "seed (record)" in the per-seed table. --runs replaces
+    a seed's agent and cannot tell such runs apart, so it is refused with them."""
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) == len(seeds):
+        return
+    if replacing:
+        raise SystemExit(f"--runs with --merge records that repeat a seed ({sorted(seeds)}) is ambiguous: merge the "
+                         "run directories into one record first (--merge <record> --runs ... --out)")
+    for r in runs:
+        r["label"] = f"{r['seed']} ({r['record']})"
+
+
 def noise_entry(result: dict) -> dict:
     """The evaluation size and per-task standard errors of a run_seed result (see eval_standard_errors)."""
     return {"eval_episodes": result["eval_episodes"],
@@ -310,7 +329,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         m, s, e = r["mtl"]["solved_steps"], r["single"]["solved_steps"], r["mtl"].get("each_steps")
         ratio = f"{m / s:.2f}" if m is not None and s is not None else "-"
         each_ratio = f"{e / s:.2f}" if e is not None and s is not None else "-"
-        lines.append(f"| {r.get('seed')} | {_fmt_steps(r['mtl'])} | "
+        lines.append(f"| {r.get('label', r.get('seed'))} | {_fmt_steps(r['mtl'])} | "
                      + " | ".join(_fmt_steps(r["single"]["tasks"][t]) for t in TASKS)
                      + f" | {'-' if s is None else f'{s / 1000:.0f}k'} | {ratio} | "
                      f"{_fmt_each(r['mtl'])} | {each_ratio} |")
@@ -412,9 +431,10 @@ def main() -> None:
     if args.merge is not None:
         loaded = [json.loads(f.read_text()) for f in args.merge]
         # runs carry their seed; the oldest records only list them in args.seeds, in run order
-        runs = [r if "seed" in r else r | {"seed": d["args"]["seeds"][i]}
-                for d in loaded for i, r in enumerate(d["runs"])]
+        runs = [(r if "seed" in r else r | {"seed": d["args"]["seeds"][i]}) | {"record": f.name}
+                for d, f in zip(loaded, args.merge, strict=True) for i, r in enumerate(d["runs"])]
         runs = [r for r in runs if r["seed"] in args.seeds]  # --seeds picks the seeds to report
+        pool_repeated_seeds(runs, replacing=bool(args.runs))
         runs = apply_run_dirs(runs, args.runs, args.threshold) if args.runs else runs
         check_runs_alike(runs)
         text = report(runs, args)

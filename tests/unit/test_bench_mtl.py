@@ -219,3 +219,26 @@ def test_eval_noise_is_the_standard_error_of_the_normalized_score(tmp_path):
         assert merged["single"]["tasks"][t]["eval_se"][t] == pytest.approx(80.0 / 8 / scale[t])
     mtl_row = "| multi-task | 64 | " + " | ".join(f"{40.0 / 8 / scale[t]:.3f}" for t in TASKS) + " |"
     assert mtl_row in res.stdout
+
+
+def test_records_that_repeat_a_seed_are_pooled_as_separate_draws(tmp_path):
+    """The same seed from two records (e.g. one setting run on two machines): both runs count in the medians, each
+    labelled with its record; --runs with such records is refused (which run would it replace?)."""
+    records = []
+    for name, mtl_first in (("machine_a", 3), ("machine_b", 6)):  # all three >= 0.9 at 3000 / 6000 env steps
+        runs = [run_dir(tmp_path / name / "mtl", 0, list(TASKS),
+                        [dict.fromkeys(TASKS, 0.95 if i + 1 >= mtl_first else 0.5) for i in range(6)], mtl=True)]
+        for task in TASKS:  # single agents solve at 1000 env steps each: 3000 summed
+            runs.append(run_dir(tmp_path / name / task, 0, [task], [{task: 0.95}] * 6, mtl=False))
+        res, out = merge(tmp_path / name, runs)
+        assert res.returncode == 0, res.stderr
+        records.append(out.rename(tmp_path / f"{name}.json"))
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "--merge", *map(str, records)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "| 0 (machine_a.json) | 3k |" in res.stdout and "| 0 (machine_b.json) | 6k |" in res.stdout
+    assert "Ratio multi-task / single-task env steps to solve all: 1.500" in res.stdout  # median of 1.0 and 2.0
+    assert "(2 seeds where both solved" in res.stdout
+    res = subprocess.run([*cmd, "--runs", str(tmp_path / "machine_a" / "mtl")], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and "repeat a seed" in res.stderr
