@@ -149,3 +149,31 @@ def test_bootstrap_diff_ci_hand_computed() -> None:
     assert 0.0 < lo < 0.2 < hi < 0.3  # disjoint samples: the difference's CI excludes 0
     with pytest.raises(ValueError, match="ci="):
         stats.bootstrap_diff_ci([1.0], [1.0], ci=1.5)
+
+
+def test_probability_of_improvement_hand_computed() -> None:
+    inf = float("inf")
+    assert stats.probability_of_improvement([1.0, 2.0], [3.0, 4.0]) == 1.0
+    assert stats.probability_of_improvement([3.0, 4.0], [1.0, 2.0]) == 0.0
+    # pairs (1,2) win, (1,3) win, (3,2) lose, (3,3) tie -> (2 + 0.5) / 4
+    assert stats.probability_of_improvement([1.0, 3.0], [2.0, 3.0]) == 0.625
+    # never-solved runs (inf) lose to every solved run and tie with each other: (1,inf) win, (1,2) win,
+    # (inf,inf) tie, (inf,2) lose -> 2.5 / 4
+    assert stats.probability_of_improvement([1.0, inf], [inf, 2.0]) == 0.625
+    with pytest.raises(ValueError, match="NaN"):
+        stats.probability_of_improvement([1.0, float("nan")], [2.0])
+    with pytest.raises(ValueError, match="empty"):
+        stats.probability_of_improvement([], [2.0])
+
+
+def test_probability_of_improvement_ci_and_permutation_pvalue() -> None:
+    # identical single values: every resample gives 0.5
+    assert stats.probability_of_improvement_ci([5.0], [5.0]) == (0.5, 0.5)
+    lo, hi = stats.probability_of_improvement_ci([1.0, 2.0, 3.0], [2.0, 3.0, 4.0], n_boot=4000)
+    assert lo < stats.probability_of_improvement([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) < hi
+    # 5 vs 5 completely separated: the exact two-sided p is 2 / C(10, 5) = 0.0079
+    p = stats.permutation_pvalue([1, 2, 3, 4, 5], [6, 7, 8, 9, 10], n_perm=20000)
+    assert abs(p - 2 / 252) < 0.003
+    assert stats.permutation_pvalue([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    with pytest.raises(ValueError, match="n_perm"):
+        stats.permutation_pvalue([1.0], [2.0], n_perm=0)

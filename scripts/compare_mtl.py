@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Is one multi-task setting faster than another? Compares settings from bench_mtl.py records.
+
+bench_mtl.py answers "multi-task vs single-task"; this answers "option vs baseline", which its per-setting CIs
+cannot: with few seeds the CIs of two settings overlap even when one is better, and they can look apart when
+the seeds merely drew well. For each setting (one or more records, pooled: every run counts, including a seed
+repeated on another machine) it prints the runs, how many solved, and the median env steps (summed over tasks)
+to the criterion with a bootstrap CI; then each setting against the first: the probability of improvement
+(the chance that one random run of the setting needs fewer env steps than one random run of the baseline; 0.5 =
+no difference; runs that never got there count as slower than any that did), its bootstrap CI, and a two-sided
+permutation p-value. The multi-task env steps are compared directly, not through ratios to single-task agents:
+both settings would share that denominator.
+
+    python scripts/compare_mtl.py preset=docs/results/mtl/a.json,docs/results/mtl/b.json eps80k=docs/results/mtl/c.json
+
+Criteria (--criterion): `all` (every task >= threshold at one evaluation; bench_mtl's main criterion), `each`
+(every task has reached it once), `own` (each task's own env steps until it first reached it, summed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mtdqn.evaluation import stats  # noqa: E402
+
+CRITERIA = ("all", "each", "own")
+
+
+def run_cost(mtl: dict, criterion: str) -> float:
+    """Env steps (summed over tasks) a multi-task run needed by `criterion`; inf when it never got there."""
+    if criterion == "all":
+        v = mtl.get("solved_steps")
+    elif criterion == "each":
+        v = mtl.get("each_steps")
+    elif criterion == "own":
+        own = mtl.get("own_steps")
+        v = None if not own or any(x is None for x in own.values()) else sum(own.values())
+    else:
+        raise ValueError(f"criterion={criterion!r}: allowed {', '.join(CRITERIA)}")
+    return math.inf if v is None else float(v)
+
+
+def parse_setting(text: str) -> tuple[str, list[Path]]:
+    """'LABEL=record.json[,record.json...]' -> (label, paths)."""
+    label, sep, paths = text.partition("=")
+    if not sep or not label or not paths:
+        raise SystemExit(f"setting {text!r}: expected LABEL=record.json[,record.json...]")
+    return label, [Path(p) for p in paths.split(",") if p]
+
+
+def load_setting(paths: list[Path], criterion: str) -> list[dict]:
+    """The multi-task runs of the records: [{'seed', 'record', 'cost', 'budget'}]."""
+    runs = []
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"record {path}: no such file (write one with scripts/bench_mtl.py --out)")
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+            raise SystemExit(f"record {path}: not a bench_mtl.py record (no 'runs' list)")
+        for r in data["runs"]:
+            mtl = r.get("mtl")
+            if not mtl:
+                continue
+            runs.append({"seed": r.get("seed"), "record": path.name, "cost": run_cost(mtl, criterion),
+                         "budget": mtl.get("budget_steps")})
+    if not runs:
+        raise SystemExit(f"records {', '.join(map(str, paths))}: no multi-task runs")
+    return runs
+
+
+def _kilo(v: float) -> str:
+    return "never" if math.isinf(v) else f"{v / 1000:.0f}k"
+
+
+def _median(costs: np.ndarray) -> float:
+    # the lower middle value for even counts, so a median is always a run's own value (or inf: never)
+    return float(np.sort(costs)[(costs.size - 1) // 2])
+
+
+def _median_ci(costs: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    boot = np.sort(costs[rng.integers(0, costs.size, size=(n_boot, costs.size))], axis=1)[:, (costs.size - 1) // 2]
+    return float(np.percentile(boot, 2.5, method="lower")), float(np.percentile(boot, 97.5, method="higher"))
+
+
+def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 10000, seed: int = 0) -> dict:
+    """Per setting: runs, solved, median [CI]; each later setting against the first: probability of
+    improvement [CI] and the permutation p-value."""
+    out: dict = {"settings": {}, "versus": {}}
+    costs = {k: np.array([r["cost"] for r in v], dtype=float) for k, v in settings.items()}
+    for label, c in costs.items():
+        lo, hi = _median_ci(c, n_boot, seed)
+        out["settings"][label] = {"runs": int(c.size), "solved": int(np.isfinite(c).sum()),
+                                  "median": _median(c), "median_ci": [lo, hi], "costs": c.tolist()}
+    labels = list(costs)
+    base = labels[0]
+    for label in labels[1:]:
+        a, b = costs[label], costs[base]
+        out["versus"][label] = {
+            "baseline": base,
+            "probability_of_improvement": stats.probability_of_improvement(a, b),
+            "ci": list(stats.probability_of_improvement_ci(a, b, n_boot=n_boot, seed=seed)),
+            "p_value": stats.permutation_pvalue(a, b, n_perm=n_perm, seed=seed),
+        }
+    return out
+
+
+def report(result: dict, criterion: str) -> str:
+    lines = [f"Multi-task settings compared by env steps (summed over tasks) to solve, criterion `{criterion}`",
+             "", "| setting | runs | solved | median [95% bootstrap CI] | per run |", "|---|---|---|---|---|"]
+    for label, s in result["settings"].items():
+        lo, hi = s["median_ci"]
+        per_run = " / ".join(_kilo(v) for v in s["costs"])
+        lines.append(f"| {label} | {s['runs']} | {s['solved']} | {_kilo(s['median'])} [{_kilo(lo)}, {_kilo(hi)}] "
+                     f"| {per_run} |")
+    if result["versus"]:
+        lines += ["", "| setting vs baseline | P(a run of it needs fewer env steps) [95% CI] | permutation p "
+                  "(two-sided) |", "|---|---|---|"]
+        for label, v in result["versus"].items():
+            lo, hi = v["ci"]
+            lines.append(f"| {label} vs {v['baseline']} | {v['probability_of_improvement']:.2f} [{lo:.2f}, {hi:.2f}] "
+                         f"| {v['p_value']:.3f} |")
+        lines += ["", "0.5 = no difference; never-solved runs count as slower than any solved run and tie with "
+                  "each other."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("settings", nargs="+", help="LABEL=record.json[,record.json...]; the first is the baseline")
+    p.add_argument("--criterion", default="all", help=f"one of {', '.join(CRITERIA)}")
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--n-perm", type=int, default=10000)
+    p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON")
+    args = p.parse_args()
+    if args.criterion not in CRITERIA:
+        raise SystemExit(f"--criterion={args.criterion!r}: allowed {', '.join(CRITERIA)}")
+    if len(args.settings) < 2:
+        raise SystemExit("give at least two settings: the baseline first, then the options to compare with it")
+    parsed = [parse_setting(s) for s in args.settings]
+    labels = [label for label, _ in parsed]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"setting labels must differ: {labels}")
+    settings = {label: load_setting(paths, args.criterion) for label, paths in parsed}
+    result = compare(settings, n_boot=args.n_boot, n_perm=args.n_perm)
+    print(report(result, args.criterion))
+    if args.out:
+        result["args"] = {"settings": args.settings, "criterion": args.criterion}
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
