@@ -11,7 +11,12 @@ time, and per task the multi-task agent's own env steps on that task until the t
 error of its normalized score per task; a first crossing of the threshold is partly luck). Prints markdown; --out
 writes JSON.
 
-    python scripts/bench_mtl.py --seeds 0 1 2 [--eval-episodes 64]
+    python scripts/bench_mtl.py --seeds 0 1 2 [--eval-episodes 64] [--mtl experiment=lane_keep_mtl_share]
+
+The single-task agents are given the multi-task agent's shared settings (SHARED below: loss, learning rate,
+replay ratio, evaluation episodes, ...; lane_keep_dqn alone is Huber at replay ratio 0.125, lane_keep_mtl MSE at
+0.25) and --single-steps env steps each; the two commands it trains are printed first. --single overrides win,
+and agents that still differ in a shared setting are refused (--no-align: no alignment).
 
 Runs made separately with train.py (logger=jsonl; e.g. one agent per core, or a single-task agent given a longer
 budget than the multi-task one) are reported with --merge: each --runs directory (metrics.jsonl + config.yaml)
@@ -255,28 +260,60 @@ def noise_entry(result: dict) -> dict:
             "eval_se": eval_standard_errors(result["history"], result["eval_episodes"])}
 
 
-def agent_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
-    """train.py overrides of the multi-task agent ("mtl") and of each task's single-task agent."""
+def _override_keys(overrides: list[str]) -> set[str]:
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+
+
+def base_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
+    """train.py overrides of the multi-task agent ("mtl") and of each task's single-task agent, as given."""
     both = [] if args.eval_episodes is None else [f"callbacks.eval.episodes={args.eval_episodes}"]
     out = {"mtl": ["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={args.eval_every * len(TASKS)}",
                    *both, *args.mtl]}
+    budget = [] if "data.total_env_steps" in _override_keys(args.single) else [
+        f"data.total_env_steps={args.single_steps}"]
     for task in TASKS:
         out[task] = ["+experiment=lane_keep_dqn", f"task_set={task}",
-                     f"callbacks.eval.every_env_steps={args.eval_every}", *both, *args.single]
+                     f"callbacks.eval.every_env_steps={args.eval_every}", *budget, *both, *args.single]
     return out
 
 
-def check_overrides(args: argparse.Namespace) -> None:
-    """Compose every agent's config and refuse a mismatch in a SHARED setting before anything trains."""
+def alignment(base: dict[str, list[str]], explicit: set[str]) -> list[str]:
+    """Overrides that give the single-task agents the multi-task agent's SHARED settings ("the same
+    hyperparameters" by construction: e.g. lane_keep_mtl's MSE loss and replay ratio 0.25 where lane_keep_dqn has
+    Huber and 0.125), leaving out the keys set explicitly with --single (check_alike then judges those)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        check_alike({name: shared_settings(compose("train", overrides=o)) for name, o in agent_overrides(args).items()})
+        mtl = shared_settings(compose("train", overrides=base["mtl"]))
+        single = shared_settings(compose("train", overrides=base[TASKS[0]]))
+    return [f"{key}={json.dumps(value) if isinstance(value, list) else value}" for key, value in mtl.items()
+            if key in SHARED and key not in explicit and json.dumps(single.get(key)) != json.dumps(value)]
 
 
-def run(seed: int, args: argparse.Namespace) -> dict:
-    """One seed: the multi-task agent and the three single-task agents."""
+def agent_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The overrides each agent trains with: as given, plus (unless --no-align) the single-task agents aligned with
+    the multi-task agent's SHARED settings."""
+    base = base_overrides(args)
+    if not args.align:
+        return base
+    aligned = alignment(base, _override_keys(args.single))
+    n = len(args.single)  # the single-task overrides end with --single's: the alignment goes just before them
+    return {name: (o if name == "mtl" else [*o[:len(o) - n], *aligned, *o[len(o) - n:]]) for name, o in base.items()}
+
+
+def check_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Compose every agent's config and refuse a mismatch in a SHARED setting before anything trains; returns the
+    overrides."""
+    from hydra import compose, initialize_config_dir
+
     overrides = agent_overrides(args)
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        check_alike({name: shared_settings(compose("train", overrides=o)) for name, o in overrides.items()})
+    return overrides
+
+
+def run(seed: int, args: argparse.Namespace, overrides: dict[str, list[str]]) -> dict:
+    """One seed: the multi-task agent and the three single-task agents."""
     mtl = run_seed(overrides["mtl"], seed)
     out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], args.threshold) | noise_entry(mtl)}
     singles = {}
@@ -421,6 +458,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--mtl", nargs="*", default=[], help="extra overrides for the multi-task agent")
     p.add_argument("--single", nargs="*", default=[], help="extra overrides for the single-task agents")
+    p.add_argument("--single-steps", type=int, default=300_000,
+                   help="env steps per single-task agent (unless --single sets data.total_env_steps)")
+    p.add_argument("--no-align", dest="align", action="store_false",
+                   help="do not give the single-task agents the multi-task agent's shared settings (loss, lr, "
+                        "replay ratio, ...); a mismatch is then refused")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--merge", type=Path, nargs="*", default=None,
                    help="only report: merge the runs of earlier --out files (e.g. seeds run in parallel)")
@@ -443,10 +485,12 @@ def main() -> None:
             record_args = vars(args) | {"out": str(args.out), "seeds": [r["seed"] for r in runs]}  # the seeds it holds
             args.out.write_text(json.dumps({"args": record_args, "runs": runs, "table": text}, indent=1, default=str))
         return
-    check_overrides(args)
+    overrides = check_overrides(args)
+    for name in ("mtl", TASKS[0]):
+        print(f"{name}: python train.py {' '.join(overrides[name])}", flush=True)
     runs = []
     for seed in args.seeds:
-        runs.append(run(seed, args))
+        runs.append(run(seed, args, overrides))
         if args.out:
             args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1))
     text = report(runs, args)

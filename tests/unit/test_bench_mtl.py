@@ -143,7 +143,8 @@ def test_own_env_steps_integrated_from_collection_shares_when_not_logged(tmp_pat
 
 def test_agents_with_different_shared_settings_are_refused(tmp_path):
     """--runs whose configs differ in the TD loss are refused; so is a bench run whose composed agents differ, before
-    any training (the single-task preset alone is Huber with replay ratio 0.125, the multi-task one MSE with 0.25)."""
+    any training (the single-task preset alone is Huber with replay ratio 0.125, the multi-task one MSE with 0.25;
+    --no-align keeps it so)."""
     runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True)]
     runs += [run_dir(tmp_path / t, 0, [t], [{t: 0.95}], mtl=False) for t in TASKS]
     for r in runs:
@@ -151,10 +152,35 @@ def test_agents_with_different_shared_settings_are_refused(tmp_path):
         (r / "config.yaml").write_text((r / "config.yaml").read_text().replace("model:\n", f"model:\n  loss: {loss}\n"))
     res, _ = merge(tmp_path, runs)
     assert res.returncode != 0 and "differ in model.loss" in res.stderr and str(runs[2]) in res.stderr
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0"],
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "--no-align"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0 and "the agents differ in model.loss" in res.stderr
     assert "'mtl': 'mse'" in res.stderr and "'lane_keep': 'huber'" in res.stderr
+
+
+def test_single_task_agents_get_the_multi_task_agents_shared_settings():
+    """By default the single-task agents are given the multi-task preset's SHARED settings (MSE loss, replay ratio
+    0.25, and its evaluation episodes) and 300k env steps each: the same hyperparameters by construction, so the
+    default bench passes the check that refuses mismatched agents; an explicit --single setting is kept (and then
+    judged by that check)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import argparse
+
+    import bench_mtl
+
+    args = argparse.Namespace(eval_episodes=None, eval_every=10_000, mtl=[], single=[], single_steps=300_000,
+                              align=True)
+    overrides = bench_mtl.check_overrides(args)  # would raise SystemExit on a mismatch
+    for task in TASKS:
+        assert {"model.loss=mse", "data.replay_ratio=0.25", "data.total_env_steps=300000"} <= set(overrides[task])
+    assert overrides["mtl"] == ["+experiment=lane_keep_mtl", "callbacks.eval.every_env_steps=30000"]
+    args.mtl = ["experiment=lane_keep_mtl_share"]  # evaluated on 64 episodes: so are the single-task agents
+    assert "callbacks.eval.episodes=64" in bench_mtl.check_overrides(args)["pedestrian"]
+    args.mtl, args.single = [], ["model.loss=huber", "data.total_env_steps=100000"]
+    assert bench_mtl.agent_overrides(args)["lane_keep"][-2:] == args.single
+    assert "data.total_env_steps=300000" not in bench_mtl.agent_overrides(args)["lane_keep"]
+    with pytest.raises(SystemExit, match="differ in model.loss"):
+        bench_mtl.check_overrides(args)
 
 
 def with_exploration(path: Path, duration: int, clock: str | None = None) -> None:
