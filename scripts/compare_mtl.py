@@ -11,7 +11,11 @@ no difference; runs that never got there count as slower than any that did), its
 permutation p-value. The multi-task env steps are compared directly, not through ratios to single-task agents:
 both settings would share that denominator.
 
-    python scripts/compare_mtl.py preset=docs/results/mtl/a.json,docs/results/mtl/b.json eps80k=docs/results/mtl/c.json
+    python scripts/compare_mtl.py --setting preset docs/results/mtl/a.json docs/results/mtl/b.json \
+        --setting eps80k outputs/multirun/eps80k/<time>/*
+
+Each --setting takes a label and its runs: bench_mtl.py records (--out files) and/or multi-task train.py run
+directories (logger=jsonl; e.g. a multirun over seeds), timed here at --threshold.
 
 Criteria (--criterion): `all` (every task >= threshold at one evaluation; bench_mtl's main criterion), `each`
 (every task has reached it once), `own` (each task's own env steps until it first reached it, summed).
@@ -49,31 +53,40 @@ def run_cost(mtl: dict, criterion: str) -> float:
     return math.inf if v is None else float(v)
 
 
-def parse_setting(text: str) -> tuple[str, list[Path]]:
-    """'LABEL=record.json[,record.json...]' -> (label, paths)."""
-    label, sep, paths = text.partition("=")
-    if not sep or not label or not paths:
-        raise SystemExit(f"setting {text!r}: expected LABEL=record.json[,record.json...]")
-    return label, [Path(p) for p in paths.split(",") if p]
+def _record_runs(path: Path, threshold: float) -> list[dict]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise SystemExit(f"{path}: not a bench_mtl.py record (no 'runs' list)")
+    recorded = (data.get("args") or {}).get("threshold", threshold)
+    if recorded != threshold:
+        raise SystemExit(f"{path}: timed at threshold {recorded}, not --threshold {threshold}; compare runs "
+                         "timed alike")
+    return [{"seed": r.get("seed"), "source": path.name, "mtl": r["mtl"]} for r in data["runs"] if r.get("mtl")]
 
 
-def load_setting(paths: list[Path], criterion: str) -> list[dict]:
-    """The multi-task runs of the records: [{'seed', 'record', 'cost', 'budget'}]."""
+def _run_dir(path: Path, threshold: float) -> dict:
+    import bench_mtl  # the same timing as bench_mtl's --runs (imports torch: only when a run directory is given)
+
+    seed, agent, history, wall, shares, _ = bench_mtl.load_run_dir(path)
+    if agent != "mtl":
+        raise SystemExit(f"{path}: a single-task run ({agent}); compare_mtl compares multi-task runs")
+    return {"seed": seed, "source": str(path), "mtl": bench_mtl.mtl_entry(history, wall, threshold, shares)}
+
+
+def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9) -> list[dict]:
+    """The multi-task runs of the records and run directories: [{'seed', 'source', 'cost', 'budget'}]."""
     runs = []
     for path in paths:
-        if not path.is_file():
-            raise SystemExit(f"record {path}: no such file (write one with scripts/bench_mtl.py --out)")
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-            raise SystemExit(f"record {path}: not a bench_mtl.py record (no 'runs' list)")
-        for r in data["runs"]:
-            mtl = r.get("mtl")
-            if not mtl:
-                continue
-            runs.append({"seed": r.get("seed"), "record": path.name, "cost": run_cost(mtl, criterion),
-                         "budget": mtl.get("budget_steps")})
+        if path.is_dir():
+            found = [_run_dir(path, threshold)]
+        elif path.is_file():
+            found = _record_runs(path, threshold)
+        else:
+            raise SystemExit(f"{path}: no such record or run directory")
+        runs += [{"seed": r["seed"], "source": r["source"], "cost": run_cost(r["mtl"], criterion),
+                  "budget": r["mtl"].get("budget_steps")} for r in found]
     if not runs:
-        raise SystemExit(f"records {', '.join(map(str, paths))}: no multi-task runs")
+        raise SystemExit(f"{', '.join(map(str, paths))}: no multi-task runs")
     return runs
 
 
@@ -136,25 +149,31 @@ def report(result: dict, criterion: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("settings", nargs="+", help="LABEL=record.json[,record.json...]; the first is the baseline")
+    p.add_argument("--setting", nargs="+", action="append", default=[], metavar=("LABEL", "PATH"),
+                   help="a label, then bench_mtl.py records and/or multi-task run directories; the first setting is "
+                        "the baseline")
     p.add_argument("--criterion", default="all", help=f"one of {', '.join(CRITERIA)}")
+    p.add_argument("--threshold", type=float, default=0.9, help="normalized score that counts as solved")
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--n-perm", type=int, default=10000)
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON")
     args = p.parse_args()
     if args.criterion not in CRITERIA:
         raise SystemExit(f"--criterion={args.criterion!r}: allowed {', '.join(CRITERIA)}")
-    if len(args.settings) < 2:
-        raise SystemExit("give at least two settings: the baseline first, then the options to compare with it")
-    parsed = [parse_setting(s) for s in args.settings]
-    labels = [label for label, _ in parsed]
+    if len(args.setting) < 2:
+        raise SystemExit("give at least two --setting LABEL PATH...: the baseline first, then the options")
+    for group in args.setting:
+        if len(group) < 2:
+            raise SystemExit(f"--setting {group[0]}: give the label, then at least one record or run directory")
+    labels = [group[0] for group in args.setting]
     if len(set(labels)) != len(labels):
         raise SystemExit(f"setting labels must differ: {labels}")
-    settings = {label: load_setting(paths, args.criterion) for label, paths in parsed}
+    settings = {g[0]: load_setting([Path(x) for x in g[1:]], args.criterion, args.threshold) for g in args.setting}
     result = compare(settings, n_boot=args.n_boot, n_perm=args.n_perm)
     print(report(result, args.criterion))
     if args.out:
-        result["args"] = {"settings": args.settings, "criterion": args.criterion}
+        result["args"] = {"setting": args.setting, "criterion": args.criterion, "threshold": args.threshold}
+        result["sources"] = {k: [(r["seed"], r["source"]) for r in v] for k, v in settings.items()}
         args.out.write_text(json.dumps(result, indent=1))
 
 

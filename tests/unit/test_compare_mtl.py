@@ -44,7 +44,7 @@ def test_compare_pools_records_and_scores_the_option_against_the_baseline(tmp_pa
     option = record(tmp_path / "option.json", [150e3, 180e3, 240e3, None])
     settings = {"base": compare_mtl.load_setting([base_a, base_b], "all"),
                 "option": compare_mtl.load_setting([option], "all")}
-    assert [r["record"] for r in settings["base"]] == ["base_a.json"] * 3 + ["base_b.json"]
+    assert [r["source"] for r in settings["base"]] == ["base_a.json"] * 3 + ["base_b.json"]
     out = compare_mtl.compare(settings, n_boot=500, n_perm=2000)
     base, opt = out["settings"]["base"], out["settings"]["option"]
     assert (base["runs"], base["solved"], opt["runs"], opt["solved"]) == (4, 3, 4, 3)
@@ -56,19 +56,49 @@ def test_compare_pools_records_and_scores_the_option_against_the_baseline(tmp_pa
     assert 0 < v["p_value"] <= 1
 
 
-def test_cli_prints_the_tables_and_refuses_bad_input(tmp_path: Path) -> None:
+def mtl_run_dir(path: Path, seed: int, first_all: int) -> Path:
+    """A multi-task train.py run directory (logger=jsonl) whose tasks are all >= 0.9 first at evaluation
+    `first_all` (1-based; 30k env steps apart)."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  tasks: [lane_keep, pedestrian, traffic_light]\n"
+                                      "model:\n  _target_: mtdqn.models.MultiTaskDQNModule\n")
+    rows = [{"time": 10.0 * i, "time/env_steps": 30_000.0 * i, "time/train_seconds": 9.0 * i,
+             **{f"eval/{t}/normalized": (0.95 if i >= first_all else 0.5)
+                for t in ("lane_keep", "pedestrian", "traffic_light")}} for i in range(1, 5)]
+    (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (path / "summary.json").write_text(json.dumps({"status": "completed"}))
+    return path
+
+
+def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_path: Path) -> None:
     a = record(tmp_path / "a.json", [300e3, 270e3, 330e3])
-    b = record(tmp_path / "b.json", [150e3, 180e3, 210e3])
+    dirs = [mtl_run_dir(tmp_path / f"opt_{s}", s, first) for s, first in enumerate((2, 3, 3))]  # 60k, 90k, 90k
     script = str(ROOT / "scripts" / "compare_mtl.py")
     out = tmp_path / "cmp.json"
-    res = subprocess.run([sys.executable, script, f"preset={a}", f"option={b}", "--out", str(out)],
-                         capture_output=True, text=True, check=True)
-    assert "| option vs preset | 1.00" in res.stdout
-    assert json.loads(out.read_text())["versus"]["option"]["probability_of_improvement"] == 1.0
-    for argv, msg in [([f"preset={a}"], "at least two settings"),
-                      ([f"preset={a}", f"preset={b}"], "labels must differ"),
-                      ([f"preset={a}", str(b)], "expected LABEL=record.json"),
-                      ([f"preset={a}", f"option={tmp_path / 'none.json'}"], "no such file"),
-                      ([f"preset={a}", f"option={b}", "--criterion", "first"], "allowed all, each, own")]:
+    res = subprocess.run([sys.executable, script, "--setting", "preset", str(a), "--setting", "option",
+                          *map(str, dirs), "--out", str(out)], capture_output=True, text=True, check=True)
+    assert "| option vs preset | 1.00" in res.stdout and "60k / 90k / 90k" in res.stdout
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["option"]["costs"] == [60e3, 90e3, 90e3]
+    assert saved["versus"]["option"]["probability_of_improvement"] == 1.0
+    # the threshold times run directories; a record timed at another threshold is refused
+    res = subprocess.run([sys.executable, script, "--setting", "preset", str(dirs[0]), "--setting", "option",
+                          str(dirs[1]), "--threshold", "0.96"], capture_output=True, text=True, check=True)
+    assert "| preset | 1 | 0 | never" in res.stdout
+    bad = tmp_path / "bad_threshold.json"
+    bad.write_text(json.dumps({"args": {"threshold": 0.8}, "runs": []}))
+    single = tmp_path / "single"
+    mtl_run_dir(single, 0, 1)
+    (single / "config.yaml").write_text("seed: 0\ntask_set:\n  tasks: [pedestrian]\n"
+                                        "model:\n  _target_: mtdqn.models.DQNModule\n")
+    for argv, msg in [(["--setting", "preset", str(a)], "at least two --setting"),
+                      (["--setting", "preset", str(a), "--setting", "preset", str(a)], "labels must differ"),
+                      (["--setting", "preset", str(a), "--setting", "option"], "at least one record"),
+                      (["--setting", "preset", str(a), "--setting", "option", str(tmp_path / "none.json")],
+                       "no such record or run directory"),
+                      (["--setting", "preset", str(a), "--setting", "option", str(bad)], "not --threshold 0.9"),
+                      (["--setting", "preset", str(a), "--setting", "option", str(single)], "a single-task run"),
+                      (["--setting", "preset", str(a), "--setting", "o", str(a), "--criterion", "first"],
+                       "allowed all, each, own")]:
         res = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
         assert res.returncode != 0 and msg in res.stderr, (argv, res.stderr)
