@@ -380,6 +380,13 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
     if ratios:
         lines.append(f"\nRatio multi-task / single-task env steps to solve all: {summarize(ratios)} "
                      f"({len(ratios)} seeds where both solved; target <= 0.6)")
+    never = sum(1 for m, s in pairs if m is None and s is not None)
+    if ratios and never:
+        # a multi-task run that never solved needs more than any ratio: leaving it out flatters the median
+        censored = statistics.median([*ratios, *[float("inf")] * never])
+        lines.append(f"Counting the {never} multi-task run(s) that never solved as slower than any: median ratio "
+                     + (f"{censored:.3f}" if censored != float("inf") else "not reached (over half never solved)")
+                     + f" over {len(ratios) + never} seeds")
     each = [r["mtl"].get("each_steps") / r["single"]["solved_steps"] for r in runs
             if r["mtl"].get("each_steps") is not None and r["single"]["solved_steps"] is not None]
     if each:

@@ -268,3 +268,20 @@ def test_records_that_repeat_a_seed_are_pooled_as_separate_draws(tmp_path):
     res = subprocess.run([*cmd, "--runs", str(tmp_path / "machine_a" / "mtl")], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert res.returncode != 0 and "repeat a seed" in res.stderr
+
+
+def test_never_solved_multi_task_runs_are_counted_in_a_censored_median(tmp_path):
+    """The ratio over seeds where both solved leaves out a multi-task run that never solved, which flatters it;
+    the report adds the median with such runs counted as slower than any."""
+    runs = []
+    for seed, first in ((0, 1), (1, 2), (2, None)):  # multi-task all >= 0.9 at 1000, 2000 env steps, never
+        evals = [dict.fromkeys(TASKS, 0.95 if first is not None and i + 1 >= first else 0.5) for i in range(4)]
+        runs.append(run_dir(tmp_path / f"mtl{seed}", seed, list(TASKS), evals, mtl=True))
+        for task in TASKS:  # every single-task agent solves at 1000 env steps: 3000 summed
+            runs.append(run_dir(tmp_path / f"{task}{seed}", seed, [task], [{task: 0.95}] * 4, mtl=False))
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode == 0, res.stderr
+    assert "(2 seeds where both solved; target <= 0.6)" in res.stdout
+    # ratios 0.333, 0.667 and never: the median of the three is 0.667
+    assert "Counting the 1 multi-task run(s) that never solved as slower than any: median ratio 0.667 over 3 seeds" \
+        in res.stdout
