@@ -110,6 +110,14 @@ def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 1
     improvement [CI] and the permutation p-value."""
     out: dict = {"settings": {}, "versus": {}}
     costs = {k: np.array([r["cost"] for r in v], dtype=float) for k, v in settings.items()}
+    # runs with different budgets are compared up to the shortest: a run that solved after it would have been a
+    # never-solved run with that budget
+    budgets = [r["budget"] for v in settings.values() for r in v if r.get("budget") is not None]
+    horizon = min(budgets) if budgets else math.inf
+    cut = {k: int(np.sum(np.isfinite(c) & (c > horizon))) for k, c in costs.items()}
+    costs = {k: np.where(c > horizon, math.inf, c) for k, c in costs.items()}
+    out["horizon"] = None if math.isinf(horizon) else horizon
+    out["beyond_horizon"] = cut
     for label, c in costs.items():
         lo, hi = _median_ci(c, n_boot, seed)
         out["settings"][label] = {"runs": int(c.size), "solved": int(np.isfinite(c).sum()),
@@ -128,8 +136,12 @@ def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 1
 
 
 def report(result: dict, criterion: str) -> str:
-    lines = [f"Multi-task settings compared by env steps (summed over tasks) to solve, criterion `{criterion}`",
-             "", "| setting | runs | solved | median [95% bootstrap CI] | per run |", "|---|---|---|---|---|"]
+    lines = [f"Multi-task settings compared by env steps (summed over tasks) to solve, criterion `{criterion}`"]
+    if result.get("horizon") is not None:
+        lines.append(f"Compared up to {_kilo(result['horizon'])} env steps, the shortest run's budget"
+                     + "".join(f"; {label}: {n} run(s) solved later, counted as never" for label, n in
+                               result["beyond_horizon"].items() if n))
+    lines += ["", "| setting | runs | solved | median [95% bootstrap CI] | per run |", "|---|---|---|---|---|"]
     for label, s in result["settings"].items():
         lo, hi = s["median_ci"]
         per_run = " / ".join(_kilo(v) for v in s["costs"])

@@ -16,13 +16,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import compare_mtl  # noqa: E402
 
 
-def record(path: Path, solved: list[float | None], own: list[dict | None] | None = None) -> Path:
+def record(path: Path, solved: list[float | None], own: list[dict | None] | None = None,
+           budget: float = 330_000.0) -> Path:
     runs = []
     for seed, steps in enumerate(solved):
         runs.append({"seed": seed, "mtl": {"solved_steps": steps, "each_steps": steps,
                                             "own_steps": (own or [None] * len(solved))[seed] or
                                             {"lane_keep": None, "pedestrian": None, "traffic_light": None},
-                                            "budget_steps": 330_000.0}, "single": {}})
+                                            "budget_steps": budget}, "single": {}})
     path.write_text(json.dumps({"args": {}, "runs": runs}))
     return path
 
@@ -57,17 +58,31 @@ def test_compare_pools_records_and_scores_the_option_against_the_baseline(tmp_pa
 
 
 def mtl_run_dir(path: Path, seed: int, first_all: int) -> Path:
-    """A multi-task train.py run directory (logger=jsonl) whose tasks are all >= 0.9 first at evaluation
-    `first_all` (1-based; 30k env steps apart)."""
+    """A multi-task train.py run directory (logger=jsonl), 330k env steps, whose tasks are all >= 0.9 first at
+    evaluation `first_all` (1-based; 30k env steps apart)."""
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  tasks: [lane_keep, pedestrian, traffic_light]\n"
                                       "model:\n  _target_: mtdqn.models.MultiTaskDQNModule\n")
     rows = [{"time": 10.0 * i, "time/env_steps": 30_000.0 * i, "time/train_seconds": 9.0 * i,
              **{f"eval/{t}/normalized": (0.95 if i >= first_all else 0.5)
-                for t in ("lane_keep", "pedestrian", "traffic_light")}} for i in range(1, 5)]
+                for t in ("lane_keep", "pedestrian", "traffic_light")}} for i in range(1, 12)]
     (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (path / "summary.json").write_text(json.dumps({"status": "completed"}))
     return path
+
+
+def test_runs_with_a_longer_budget_are_compared_up_to_the_shortest(tmp_path: Path) -> None:
+    """A 450k run that solved at 400k would have been a never-solved run with the other setting's 330k budget."""
+    short = record(tmp_path / "short.json", [300e3, None], budget=330e3)
+    long = record(tmp_path / "long.json", [200e3, 400e3], budget=450e3)
+    settings = {"short": compare_mtl.load_setting([short], "all"), "long": compare_mtl.load_setting([long], "all")}
+    out = compare_mtl.compare(settings, n_boot=200, n_perm=200)
+    assert out["horizon"] == 330e3 and out["beyond_horizon"] == {"short": 0, "long": 1}
+    assert out["settings"]["long"]["costs"] == [200e3, math.inf]
+    # long (200k, never) vs short (300k, never): 200k beats both (2), never loses to 300k (0), ties never (0.5)
+    assert out["versus"]["long"]["probability_of_improvement"] == pytest.approx(2.5 / 4)
+    text = compare_mtl.report(out, "all")
+    assert "Compared up to 330k env steps, the shortest run's budget; long: 1 run(s) solved later" in text
 
 
 def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_path: Path) -> None:
@@ -78,6 +93,7 @@ def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_pat
     res = subprocess.run([sys.executable, script, "--setting", "preset", str(a), "--setting", "option",
                           *map(str, dirs), "--out", str(out)], capture_output=True, text=True, check=True)
     assert "| option vs preset | 1.00" in res.stdout and "60k / 90k / 90k" in res.stdout
+    assert "| preset | 3 | 3 | 300k" in res.stdout and "solved later" not in res.stdout  # same 330k budgets
     saved = json.loads(out.read_text())
     assert saved["settings"]["option"]["costs"] == [60e3, 90e3, 90e3]
     assert saved["versus"]["option"]["probability_of_improvement"] == 1.0
