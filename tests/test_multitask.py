@@ -338,8 +338,13 @@ def test_shared_samples_are_relabeled_for_the_task_that_samples_them(tmp_path):
     assert int((data.sample_task(2, 40, 1).obs[..., 0] != 3).sum()) == 10
 
 
-def test_training_with_shared_samples_runs(tmp_path):
-    summary = train(compose_cfg([*MTL, "task_set=driving", "data.share_fraction=[0.5,0,0.5]"], tmp_path))
+@pytest.mark.parametrize("stop_feature", [False, True])
+def test_training_with_shared_samples_runs(tmp_path, stop_feature):
+    extra = ["+task_set.env_kwargs.stop_feature=true"] if stop_feature else []
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.share_fraction=[0.5,0,0.5]", *extra], tmp_path)
+    model, _, _ = build(cfg)
+    assert model.q_net.max_obs_dim == (28 if stop_feature else 26)  # the stop point reaches the network
+    summary = train(cfg)
     assert summary["status"] == "completed" and "eval/min_normalized" in summary
 
 

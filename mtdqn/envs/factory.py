@@ -29,8 +29,7 @@ def task_spec(kind: str, task: str, env_kwargs: dict | None = None) -> TaskSpec:
 
     if task not in driving.TASKS:
         raise ValueError(f"task_set.tasks: {task!r} is not a driving task; choose from {list(driving.TASKS)}")
-    driving.DrivingConfig(**(env_kwargs or {}))  # validates the knobs
-    return driving.task_spec(task)
+    return driving.task_spec(task, driving.DrivingConfig(**(env_kwargs or {})))  # validates the knobs
 
 
 def task_specs(kind: str, tasks: Sequence[str], env_kwargs: dict | None = None) -> list[TaskSpec]:
@@ -58,7 +57,8 @@ def share_rules(kind: str, tasks: Sequence[str], env_kwargs: Mapping[str, Any] |
                          + (" and domain_randomization.obs_noise" if "obs_noise" in (randomize or {}) else ""))
     from mtdqn.envs.driving import share_rule
 
-    return [[None if i == j else share_rule(a, b) for j, b in enumerate(tasks)] for i, a in enumerate(tasks)]
+    stop = bool((env_kwargs or {}).get("stop_feature", False))
+    return [[None if i == j else share_rule(a, b, stop) for j, b in enumerate(tasks)] for i, a in enumerate(tasks)]
 
 
 def split_randomization(kind: str, ranges: Mapping[str, Sequence[float]] | None) -> tuple[dict, dict]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtdqn.envs import share_rules
-from mtdqn.envs.driving import TASKS, DrivingVecEnv, reference_policy, share_rule
+from mtdqn.envs.driving import TASKS, DrivingConfig, DrivingVecEnv, reference_policy, share_rule
 from mtdqn.envs.driving.sim import OBS_NAMES
 
 
@@ -25,22 +25,37 @@ def test_rules_clear_the_features_a_task_never_observes_and_keep_its_own():
     assert rules[0][0] is None and rules[1][1] is None and rules[1][0] == share_rule("pedestrian", "lane_keep")
 
 
-def test_a_relabeled_transition_is_what_the_target_task_would_produce():
+def test_stop_feature_rules_keep_the_stop_point_only_where_it_comes_from_hazards_the_target_sees():
+    assert share_rule("pedestrian", "urban", True).obs_mask[-2:] == (1.0, 1.0)
+    assert share_rule("lane_keep", "traffic_light", True).obs_mask[-2:] == (1.0, 1.0)  # always 0 in lane_keep
+    assert share_rule("pedestrian", "traffic_light", True).obs_mask[-2:] == (0.0, 0.0)  # a pedestrian's stop
+    assert share_rule("urban", "lane_keep", True).obs_mask[-2:] == (0.0, 0.0)
+    assert share_rule("urban", "pedestrian", True) is None  # could be the light's or the pedestrian's
+    assert share_rule("pedestrian", "traffic_light", False).obs_mask == share_rule("pedestrian", "traffic_light").obs_mask
+    rules = share_rules("driving", ["urban", "pedestrian", "lane_keep"], {"stop_feature": True})
+    assert rules[0][1] is None and rules[0][2] is not None and len(rules[1][0].obs_mask) == len(OBS_NAMES) + 2
+
+
+@pytest.mark.parametrize("stop_feature", [False, True])
+def test_a_relabeled_transition_is_what_the_target_task_would_produce(stop_feature):
     """Every pair of driving tasks, stepped from one seed with the same actions: wherever neither episode has
     ended and the target shows no hazard the source lacks, the source's observation masked by the rule equals the
-    target's observation and the rewards are equal; so a shared sample is a real transition of the target."""
+    target's observation and the rewards are equal; so a shared sample is a real transition of the target (with
+    the stop point too, for every pair that has a rule)."""
     n, steps = 8, 300
-    envs = {t: DrivingVecEnv(t, n) for t in TASKS}
+    envs = {t: DrivingVecEnv(t, n, config=DrivingConfig(stop_feature=stop_feature)) for t in TASKS}
     obs = {t: e.reset(seed=11) for t, e in envs.items()}
     alive = {t: torch.ones(n, dtype=torch.bool) for t in TASKS}
     drive = reference_policy("urban")  # slows for hazards where they exist, so episodes run long
-    compared = dict.fromkeys(itertools.permutations(TASKS, 2), 0)
+    compared = {p: 0 for p in itertools.permutations(TASKS, 2) if share_rule(*p, stop_feature) is not None}
+    assert len(compared) == (10 if stop_feature else 12)  # urban -> pedestrian / traffic_light have none with it
     for _ in range(steps):
         actions = drive(obs["urban"])
         out = {t: e.step(actions) for t, e in envs.items()}
         for a, b in compared:
-            mask = torch.tensor(share_rule(a, b).obs_mask)
-            extra = (mask == 1) & (torch.tensor(share_rule(b, a).obs_mask) == 0)  # seen by b only
+            mask = torch.tensor(share_rule(a, b, stop_feature).obs_mask)
+            extra = (mask == 1) & (torch.tensor(share_rule(b, a).obs_mask + (1.0,) * (len(mask) - len(OBS_NAMES)))
+                                   == 0)  # seen by b only (hazard slots)
             ok = alive[a] & alive[b] & ~(out[a].terminated | out[a].truncated | out[b].terminated | out[b].truncated)
             ok &= (out[b].next_obs[:, extra] == 0).all(-1)
             if ok.any():

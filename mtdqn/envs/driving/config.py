@@ -54,7 +54,8 @@ def _check(name: str, value, lo: float, hi: float, kind: type) -> None:
 
 @dataclass(frozen=True)
 class DrivingConfig:
-    """Difficulty / perturbation knobs; every field changes the dynamics (see docs/driving.md)."""
+    """Difficulty / perturbation knobs (every one changes the dynamics) and the observation option `stop_feature`
+    (see docs/driving.md)."""
 
     obs_noise: float = 0.0  # std of Gaussian noise added to the normalized observation
     steer_delay: int = 0  # steps between a steering command and its effect
@@ -65,6 +66,7 @@ class DrivingConfig:
     max_episode_steps: int | None = None  # None: the task's default length
     collision_penalty: float = PENALTY_COLLISION  # reward lost when hitting a pedestrian (the episode ends)
     red_light_penalty: float = PENALTY_RED  # reward lost when crossing a stop line on red (the episode ends)
+    stop_feature: bool = False  # append [stop_present, stop_distance] to the observation (hazards.py)
 
     _RANGES = {
         "obs_noise": (0.0, 1.0, float),
@@ -81,6 +83,10 @@ class DrivingConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "stop_feature":
+                if not isinstance(value, bool):
+                    raise ValueError(f"DrivingConfig.stop_feature={value!r} is invalid: expected true or false")
+                continue
             if f.name == "max_episode_steps" and value is None:
                 continue
             lo, hi, kind = self._RANGES[f.name]

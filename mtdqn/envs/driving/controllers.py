@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from mtdqn.envs.driving import config as C
+from mtdqn.envs.driving import hazards
 from mtdqn.envs.driving.config import TASKS, DrivingConfig
 from mtdqn.envs.driving.sim import KAPPA_SCALE, N_ACTIONS, OBS_DIM, DrivingVecEnv
 from mtdqn.types import TaskSpec
@@ -32,12 +33,14 @@ SOLVED_NORMALIZED_SCORE = 0.9
 COMFORT_DECEL = 3.5  # m/s^2 the reference plans its stops with (the car can brake at 6)
 
 
-def task_spec(task: str) -> TaskSpec:
-    """The TaskSpec (obs_dim, n_actions, reference / random returns) of a driving task."""
+def task_spec(task: str, config: DrivingConfig | None = None) -> TaskSpec:
+    """The TaskSpec (obs_dim, n_actions, reference / random returns) of a driving task under `config` (its
+    observation has len(hazards.STOP_NAMES) more features with `stop_feature`)."""
     if task not in TASKS:
         raise ValueError(f"unknown driving task {task!r}; valid tasks: {', '.join(TASKS)}")
     ref, rnd = REFERENCE_SCORES[task]
-    return TaskSpec(name=task, obs_dim=OBS_DIM, n_actions=N_ACTIONS, reference_return=ref, random_return=rnd)
+    obs_dim = OBS_DIM + (len(hazards.STOP_NAMES) if config is not None and config.stop_feature else 0)
+    return TaskSpec(name=task, obs_dim=obs_dim, n_actions=N_ACTIONS, reference_return=ref, random_return=rnd)
 
 
 def _steer_command(obs: Tensor) -> Tensor:
@@ -61,13 +64,9 @@ def _pedestrian_speed_cap(obs: Tensor) -> Tensor:
     """Speed cap (m/s) from the pedestrian slots: stop before a crossing or in-lane pedestrian."""
     cap = torch.full_like(obs[:, 0], C.V_MAX)
     for k in range(C.PED_SLOTS):
-        f = obs[:, 10 + 5 * k : 15 + 5 * k]
-        present, ds, dy, vy = f[:, 0] > 0.5, f[:, 1] * C.PED_RANGE, f[:, 2] * 5.0, f[:, 4] * 2.0
-        ahead = present & (ds > -C.CAR_HALF_LENGTH - 1.0)
-        walking = vy.abs() > 1e-3
-        not_cleared = dy * torch.sign(vy) < C.CAR_HALF_WIDTH + 1.0  # still to cross (or in) our path
-        danger = ahead & ((walking & not_cleared) | (dy.abs() < C.CAR_HALF_WIDTH + 0.8))
-        waiting = ahead & ~walking & ~danger & (ds < 40.0)
+        present, ds, dy, vy = hazards.pedestrian(obs, k)
+        danger, walking = hazards.pedestrian_danger(present, ds, dy, vy)
+        waiting = present & (ds > hazards.PED_AHEAD) & ~walking & ~danger & (ds < 40.0)
         cap = torch.where(danger, torch.minimum(cap, _stop_speed(ds - 4.5)), cap)
         cap = torch.where(waiting, torch.minimum(cap, torch.full_like(cap, 7.0)), cap)
     return cap
@@ -76,8 +75,7 @@ def _pedestrian_speed_cap(obs: Tensor) -> Tensor:
 def _light_speed_cap(obs: Tensor) -> Tensor:
     """Speed cap (m/s) from the next light: stop for red, and for amber when a comfortable stop is possible."""
     v = obs[:, 0] * C.V_MAX
-    present, dist = obs[:, 20] > 0.5, obs[:, 21] * C.LIGHT_RANGE
-    red, amber = obs[:, 22] > 0.5, obs[:, 23] > 0.5
+    present, dist, red, amber = hazards.light(obs)
     can_stop = v**2 / (2 * 5.0) < dist - 1.0
     stop = present & (red | (amber & can_stop))
     return torch.where(stop, _stop_speed(dist - 3.0), torch.full_like(v, C.V_MAX))

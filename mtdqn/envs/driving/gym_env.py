@@ -13,7 +13,7 @@ from gymnasium.vector.utils import batch_space
 
 from mtdqn.envs.driving.config import TASKS, DrivingConfig
 from mtdqn.envs.driving.render import render_env
-from mtdqn.envs.driving.sim import N_ACTIONS, OBS_HIGH, OBS_LOW, TERMINATION_CAUSES, DrivingVecEnv
+from mtdqn.envs.driving.sim import N_ACTIONS, TERMINATION_CAUSES, DrivingVecEnv
 
 ENV_IDS: dict[str, str] = {
     "mtdqn/LaneKeep-v0": "lane_keep",
@@ -42,7 +42,7 @@ class DrivingEnv(gym.Env):
         self.task, self.render_mode = task, render_mode
         self.vec = DrivingVecEnv(task, 1, config=_make_config(config, knobs))
         self.vec.set_track_causes(True)  # info["termination_cause"] of a terminated step
-        self.observation_space = Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
+        self.observation_space = Box(self.vec.observation_low, self.vec.observation_high, dtype=np.float32)
         self.action_space = Discrete(N_ACTIONS)
         self._pending: np.ndarray | None = None  # the autoreset observation after an episode ended
 
@@ -85,7 +85,7 @@ class DrivingGymVectorEnv(gym.vector.VectorEnv):
                  device: str = "cpu", render_mode: str | None = None, **knobs: Any) -> None:  # fmt: skip
         self.vec = DrivingVecEnv(task, num_envs, device=device, config=_make_config(config, knobs))
         self.num_envs, self.task, self.render_mode = num_envs, task, render_mode
-        self.single_observation_space = Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
+        self.single_observation_space = Box(self.vec.observation_low, self.vec.observation_high, dtype=np.float32)
         self.single_action_space = Discrete(N_ACTIONS)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)

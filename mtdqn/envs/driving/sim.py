@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mtdqn.envs.driving import config as C
 from mtdqn.envs.driving.config import RANDOMIZABLE, TASK_FEATURES, TASKS, DrivingConfig, check_randomization
+from mtdqn.envs.driving.hazards import LIGHT0, PED0, STOP_HIGH, STOP_LOW, STOP_NAMES, stop_point
 from mtdqn.envs.driving.rng import normals, seed_keys, uniforms
 from mtdqn.types import StepResult
 
@@ -50,6 +51,17 @@ OBS_LOW = np.array(
 OBS_HIGH = np.array(
     [1.0, 1.0, 3.0, 1.0, 1.5] + [1.0] * 5 + [1.0, 1.0, 2.0, 1.0, 1.0] * C.PED_SLOTS + [1.0] * 6, dtype=np.float32
 )
+assert OBS_NAMES.index("ped0_present") == PED0 and OBS_NAMES.index("light_present") == LIGHT0  # hazards.py
+
+
+def obs_bounds(config: DrivingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of the observation under `config` (with the stop-point features when it has them)."""
+    if not config.stop_feature:
+        return OBS_LOW, OBS_HIGH
+    return (np.concatenate([OBS_LOW, np.array(STOP_LOW, dtype=np.float32)]),
+            np.concatenate([OBS_HIGH, np.array(STOP_HIGH, dtype=np.float32)]))  # fmt: skip
+
+
 # continuous measurements get observation noise; presence flags and light one-hots do not
 NOISE_MASK = np.array(
     [not (n.endswith("present") or n in ("light_red", "light_amber", "light_green")) for n in OBS_NAMES],
@@ -114,7 +126,9 @@ class DrivingVecEnv:
         self.config = config if config is not None else DrivingConfig()
         if not isinstance(self.config, DrivingConfig):
             raise ValueError(f"config must be a DrivingConfig, got {type(self.config).__name__}")
-        self.obs_dim, self.n_actions = OBS_DIM, N_ACTIONS
+        self._stop = self.config.stop_feature  # append stop_point(obs) to every observation
+        self.obs_dim, self.n_actions = OBS_DIM + (len(STOP_NAMES) if self._stop else 0), N_ACTIONS
+        self.obs_names = OBS_NAMES + (STOP_NAMES if self._stop else ())
         self.has_peds, self.has_lights, _ = TASK_FEATURES[task]
         self.max_episode_steps = self.config.episode_steps(task)
         # "subset": rebuild only the rows that need it (index_copy_; cheapest on CPU, syncs on CUDA);
@@ -124,6 +138,7 @@ class DrivingVecEnv:
             raise ValueError(f"reset_mode must be 'subset' or 'masked', got {self.reset_mode!r}")
         dev = self.device
         self.obs_low, self.obs_high = torch.as_tensor(OBS_LOW, device=dev), torch.as_tensor(OBS_HIGH, device=dev)
+        self.observation_low, self.observation_high = obs_bounds(self.config)  # of the full observation (numpy)
         self._scale = torch.as_tensor(OBS_SCALE, device=dev)
         self._scale_mat = torch.diag(self._scale)
         self._eye = torch.eye(OBS_DIM, device=dev)
@@ -633,7 +648,8 @@ class DrivingVecEnv:
         """(R, OBS_DIM) observation from the (OBS_DIM, R) matrix of _observe_pre (one BLAS call: transpose, and
         scale where the noise-free path left it unscaled)."""
         noisy = "k_obs_noise" in self._frows or self.config.obs_noise != 0
-        return torch.mm(pre.t(), self._eye if noisy else self._scale_mat)
+        obs = torch.mm(pre.t(), self._eye if noisy else self._scale_mat)
+        return torch.cat([obs, stop_point(obs)], 1) if self._stop else obs
 
     def _observe_peds(self, st: dict[str, Tensor], s: Tensor, d: Tensor, psi: Tensor, v: Tensor,
                       out: Tensor) -> None:  # fmt: skip
