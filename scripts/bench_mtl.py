@@ -53,7 +53,8 @@ TASKS = ("lane_keep", "pedestrian", "traffic_light")
 # what "the same hyperparameters" means here: the multi-task and the single-task agents must agree on these (budgets,
 # warm-up, target sync and evaluation cadence are per agent: the multi-task agent's are summed over its tasks)
 SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", "gamma", "net.hidden",
-          "data.replay_ratio", "data.batch_size", "replay.n_step", "exploration.end", "callbacks.eval.episodes")
+          "data.replay_ratio", "data.batch_size", "replay.n_step", "exploration.end", "callbacks.eval.episodes",
+          "task_set.env_kwargs")  # the simulator's knobs and observation options (e.g. stop_feature)
 PER_TASK_DURATION = "exploration.duration (per task)"  # compared only where epsilon decays per task (shared_settings)
 
 
@@ -286,8 +287,23 @@ def alignment(base: dict[str, list[str]], explicit: set[str]) -> list[str]:
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         mtl = shared_settings(compose("train", overrides=base["mtl"]))
         single = shared_settings(compose("train", overrides=base[TASKS[0]]))
-    return [f"{key}={json.dumps(value) if isinstance(value, list) else value}" for key, value in mtl.items()
-            if key in SHARED and key not in explicit and json.dumps(single.get(key)) != json.dumps(value)]
+    out = []
+    for key, value in mtl.items():
+        if key not in SHARED or key in explicit or json.dumps(single.get(key)) == json.dumps(value):
+            continue
+        if isinstance(value, dict):  # e.g. task_set.env_kwargs: set (or add) and remove key by key
+            have = single.get(key) or {}
+            out += [f"++{key}.{k}={_hydra_value(v)}" for k, v in value.items()
+                    if json.dumps(have.get(k)) != json.dumps(v) and f"{key}.{k}" not in explicit]
+            out += [f"~{key}.{k}" for k in have if k not in value and f"{key}.{k}" not in explicit]
+        else:
+            out.append(f"{key}={_hydra_value(value)}")
+    return out
+
+
+def _hydra_value(value) -> str:
+    """`value` written as a Hydra override value: [256, 256], true, 0.25."""
+    return json.dumps(value) if isinstance(value, list | bool) else str(value)
 
 
 def agent_overrides(args: argparse.Namespace) -> dict[str, list[str]]:

@@ -152,6 +152,12 @@ def test_agents_with_different_shared_settings_are_refused(tmp_path):
         (r / "config.yaml").write_text((r / "config.yaml").read_text().replace("model:\n", f"model:\n  loss: {loss}\n"))
     res, _ = merge(tmp_path, runs)
     assert res.returncode != 0 and "differ in model.loss" in res.stderr and str(runs[2]) in res.stderr
+    for r in runs:  # the same loss, but the multi-task agent sees the stop point and the single-task agents do not
+        kwargs = "{stop_feature: true}" if r == runs[0] else "{}"
+        text = (r / "config.yaml").read_text().replace("loss: huber", "loss: mse")
+        (r / "config.yaml").write_text(text.replace("task_set:\n", f"task_set:\n  env_kwargs: {kwargs}\n"))
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode != 0 and "differ in task_set.env_kwargs" in res.stderr
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "--no-align"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0 and "the agents differ in model.loss" in res.stderr
@@ -176,6 +182,9 @@ def test_single_task_agents_get_the_multi_task_agents_shared_settings():
     assert overrides["mtl"] == ["+experiment=lane_keep_mtl", "callbacks.eval.every_env_steps=30000"]
     args.mtl = ["experiment=lane_keep_mtl_share"]  # evaluated on 64 episodes: so are the single-task agents
     assert "callbacks.eval.episodes=64" in bench_mtl.check_overrides(args)["pedestrian"]
+    args.mtl = ["experiment=lane_keep_mtl_share", "+task_set.env_kwargs.stop_feature=true"]  # same observation
+    aligned = bench_mtl.check_overrides(args)["traffic_light"]
+    assert "++task_set.env_kwargs.stop_feature=true" in aligned and "task_set=traffic_light" in aligned
     args.mtl, args.single = [], ["model.loss=huber", "data.total_env_steps=100000"]
     assert bench_mtl.agent_overrides(args)["lane_keep"][-2:] == args.single
     assert "data.total_env_steps=300000" not in bench_mtl.agent_overrides(args)["lane_keep"]
