@@ -9,7 +9,9 @@ to the criterion with a bootstrap CI; then each setting against the first: the p
 (the chance that one random run of the setting needs fewer env steps than one random run of the baseline; 0.5 =
 no difference; runs that never got there count as slower than any that did), its bootstrap CI, and a two-sided
 permutation p-value. The multi-task env steps are compared directly, not through ratios to single-task agents:
-both settings would share that denominator.
+both settings would share that denominator; unless the option changes the single-task agents too (an observation
+option such as the stop point), where `--vs-single` compares each run's ratio to its own seed's single-task agents
+(summed env steps; from bench_mtl.py records, which hold both).
 
     python scripts/compare_mtl.py --setting preset docs/results/mtl/a.json docs/results/mtl/b.json \
         --setting eps80k outputs/multirun/eps80k/<time>/*
@@ -61,7 +63,8 @@ def _record_runs(path: Path, threshold: float) -> list[dict]:
     if recorded != threshold:
         raise SystemExit(f"{path}: timed at threshold {recorded}, not --threshold {threshold}; compare runs "
                          "timed alike")
-    return [{"seed": r.get("seed"), "source": path.name, "mtl": r["mtl"]} for r in data["runs"] if r.get("mtl")]
+    return [{"seed": r.get("seed"), "source": path.name, "mtl": r["mtl"],
+             "single": (r.get("single") or {}).get("solved_steps")} for r in data["runs"] if r.get("mtl")]
 
 
 def _run_dir(path: Path, threshold: float) -> dict:
@@ -73,25 +76,31 @@ def _run_dir(path: Path, threshold: float) -> dict:
     return {"seed": seed, "source": str(path), "mtl": bench_mtl.mtl_entry(history, wall, threshold, shares)}
 
 
-def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9) -> list[dict]:
-    """The multi-task runs of the records and run directories: [{'seed', 'source', 'cost', 'budget'}]."""
+def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_single: bool = False) -> list[dict]:
+    """The multi-task runs of the records and run directories: [{'seed', 'source', 'cost', 'budget', 'single'}]
+    ('single': the seed's single-task agents' summed env steps to solve, or None; with `vs_single` only records,
+    and only runs whose single-task agents all solved)."""
     runs = []
     for path in paths:
         if path.is_dir():
+            if vs_single:
+                raise SystemExit(f"{path}: --vs-single needs bench_mtl.py records (a run directory has no single-task "
+                                 "agents)")
             found = [_run_dir(path, threshold)]
         elif path.is_file():
             found = _record_runs(path, threshold)
         else:
             raise SystemExit(f"{path}: no such record or run directory")
         runs += [{"seed": r["seed"], "source": r["source"], "cost": run_cost(r["mtl"], criterion),
-                  "budget": r["mtl"].get("budget_steps")} for r in found]
+                  "budget": r["mtl"].get("budget_steps"), "single": r.get("single")} for r in found
+                 if not vs_single or r.get("single") is not None]
     if not runs:
         raise SystemExit(f"{', '.join(map(str, paths))}: no multi-task runs")
     return runs
 
 
-def _kilo(v: float) -> str:
-    return "never" if math.isinf(v) else f"{v / 1000:.0f}k"
+def _kilo(v: float, ratio: bool = False) -> str:
+    return "never" if math.isinf(v) else f"{v:.2f}" if ratio else f"{v / 1000:.0f}k"
 
 
 def _median(costs: np.ndarray) -> float:
@@ -105,9 +114,11 @@ def _median_ci(costs: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]
     return float(np.percentile(boot, 2.5, method="lower")), float(np.percentile(boot, 97.5, method="higher"))
 
 
-def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 10000, seed: int = 0) -> dict:
+def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 10000, seed: int = 0,
+            vs_single: bool = False) -> dict:
     """Per setting: runs, solved, median [CI]; each later setting against the first: probability of
-    improvement [CI] and the permutation p-value."""
+    improvement [CI] and the permutation p-value. `vs_single`: of each run's env steps divided by its seed's
+    single-task agents' summed env steps."""
     out: dict = {"settings": {}, "versus": {}}
     costs = {k: np.array([r["cost"] for r in v], dtype=float) for k, v in settings.items()}
     # runs with different budgets are compared up to the shortest: a run that solved after it would have been a
@@ -116,6 +127,9 @@ def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 1
     horizon = min(budgets) if budgets else math.inf
     cut = {k: int(np.sum(np.isfinite(c) & (c > horizon))) for k, c in costs.items()}
     costs = {k: np.where(c > horizon, math.inf, c) for k, c in costs.items()}
+    if vs_single:
+        costs = {k: c / np.array([r["single"] for r in settings[k]], dtype=float) for k, c in costs.items()}
+    out["vs_single"] = vs_single
     out["horizon"] = None if math.isinf(horizon) else horizon
     out["beyond_horizon"] = cut
     for label, c in costs.items():
@@ -136,7 +150,9 @@ def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 1
 
 
 def report(result: dict, criterion: str) -> str:
-    lines = [f"Multi-task settings compared by env steps (summed over tasks) to solve, criterion `{criterion}`"]
+    ratio = bool(result.get("vs_single"))
+    lines = [f"Multi-task settings compared by env steps (summed over tasks) to solve, criterion `{criterion}`"
+             + (", each divided by its seed's single-task agents' summed env steps" if ratio else "")]
     if result.get("horizon") is not None:
         lines.append(f"Compared up to {_kilo(result['horizon'])} env steps, the shortest run's budget"
                      + "".join(f"; {label}: {n} run(s) solved later, counted as never" for label, n in
@@ -144,11 +160,12 @@ def report(result: dict, criterion: str) -> str:
     lines += ["", "| setting | runs | solved | median [95% bootstrap CI] | per run |", "|---|---|---|---|---|"]
     for label, s in result["settings"].items():
         lo, hi = s["median_ci"]
-        per_run = " / ".join(_kilo(v) for v in s["costs"])
-        lines.append(f"| {label} | {s['runs']} | {s['solved']} | {_kilo(s['median'])} [{_kilo(lo)}, {_kilo(hi)}] "
-                     f"| {per_run} |")
+        per_run = " / ".join(_kilo(v, ratio) for v in s["costs"])
+        lines.append(f"| {label} | {s['runs']} | {s['solved']} | {_kilo(s['median'], ratio)} [{_kilo(lo, ratio)}, "
+                     f"{_kilo(hi, ratio)}] | {per_run} |")
     if result["versus"]:
-        lines += ["", "| setting vs baseline | P(a run of it needs fewer env steps) [95% CI] | permutation p "
+        what = "a lower ratio" if ratio else "fewer env steps"
+        lines += ["", f"| setting vs baseline | P(a run of it needs {what}) [95% CI] | permutation p "
                   "(two-sided) |", "|---|---|---|"]
         for label, v in result["versus"].items():
             lo, hi = v["ci"]
@@ -166,6 +183,9 @@ def main() -> None:
                         "the baseline")
     p.add_argument("--criterion", default="all", help=f"one of {', '.join(CRITERIA)}")
     p.add_argument("--threshold", type=float, default=0.9, help="normalized score that counts as solved")
+    p.add_argument("--vs-single", action="store_true",
+                   help="compare each run's env steps divided by its seed's single-task agents' summed env steps "
+                        "(for options that change the single-task agents too; bench_mtl.py records only)")
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--n-perm", type=int, default=10000)
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON")
@@ -180,11 +200,13 @@ def main() -> None:
     labels = [group[0] for group in args.setting]
     if len(set(labels)) != len(labels):
         raise SystemExit(f"setting labels must differ: {labels}")
-    settings = {g[0]: load_setting([Path(x) for x in g[1:]], args.criterion, args.threshold) for g in args.setting}
-    result = compare(settings, n_boot=args.n_boot, n_perm=args.n_perm)
+    settings = {g[0]: load_setting([Path(x) for x in g[1:]], args.criterion, args.threshold, args.vs_single)
+                for g in args.setting}
+    result = compare(settings, n_boot=args.n_boot, n_perm=args.n_perm, vs_single=args.vs_single)
     print(report(result, args.criterion))
     if args.out:
-        result["args"] = {"setting": args.setting, "criterion": args.criterion, "threshold": args.threshold}
+        result["args"] = {"setting": args.setting, "criterion": args.criterion, "threshold": args.threshold,
+                          "vs_single": args.vs_single}
         result["sources"] = {k: [(r["seed"], r["source"]) for r in v] for k, v in settings.items()}
         args.out.write_text(json.dumps(result, indent=1))
 

@@ -17,13 +17,14 @@ import compare_mtl  # noqa: E402
 
 
 def record(path: Path, solved: list[float | None], own: list[dict | None] | None = None,
-           budget: float = 330_000.0) -> Path:
+           budget: float = 330_000.0, single: list[float | None] | None = None) -> Path:
     runs = []
     for seed, steps in enumerate(solved):
         runs.append({"seed": seed, "mtl": {"solved_steps": steps, "each_steps": steps,
                                             "own_steps": (own or [None] * len(solved))[seed] or
                                             {"lane_keep": None, "pedestrian": None, "traffic_light": None},
-                                            "budget_steps": budget}, "single": {}})
+                                            "budget_steps": budget},
+                     "single": {"solved_steps": single[seed]} if single else {}})
     path.write_text(json.dumps({"args": {}, "runs": runs}))
     return path
 
@@ -118,3 +119,28 @@ def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_pat
                        "allowed all, each, own")]:
         res = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
         assert res.returncode != 0 and msg in res.stderr, (argv, res.stderr)
+
+
+def test_vs_single_compares_ratios_to_each_seeds_own_single_task_agents(tmp_path: Path) -> None:
+    """An option that also speeds up the single-task agents (an observation option) is judged by ratios: here the
+    option's multi-task runs need fewer env steps, but its single-task agents need fewer still."""
+    base = record(tmp_path / "base.json", [300e3, 240e3, 270e3], single=[300e3, 300e3, 300e3])
+    option = record(tmp_path / "option.json", [200e3, 180e3, None, 150e3], single=[200e3, 150e3, 200e3, None])
+    steps = compare_mtl.compare({"base": compare_mtl.load_setting([base], "all"),
+                                 "option": compare_mtl.load_setting([option], "all")}, n_boot=200, n_perm=200)
+    assert steps["versus"]["option"]["probability_of_improvement"] > 0.5  # fewer env steps
+    settings = {"base": compare_mtl.load_setting([base], "all", vs_single=True),
+                "option": compare_mtl.load_setting([option], "all", vs_single=True)}
+    assert len(settings["option"]) == 3  # the seed whose single-task agents never solved has no ratio
+    out = compare_mtl.compare(settings, n_boot=200, n_perm=200, vs_single=True)
+    assert out["settings"]["base"]["costs"] == pytest.approx([1.0, 0.8, 0.9])
+    assert out["settings"]["option"]["costs"] == [1.0, 1.2, math.inf]
+    # option (1.0, 1.2, never) vs base (0.8, 0.9, 1.0): 1.0 ties 1.0 (0.5), nothing else wins
+    assert out["versus"]["option"]["probability_of_improvement"] == pytest.approx(0.5 / 9)
+    text = compare_mtl.report(out, "all")
+    assert "each divided by its seed's single-task agents' summed env steps" in text
+    assert "| option | 3 | 2 | 1.20 [" in text and "1.00 / 1.20 / never" in text and "needs a lower ratio" in text
+    script = str(ROOT / "scripts" / "compare_mtl.py")
+    res = subprocess.run([sys.executable, script, "--setting", "base", str(base), "--setting", "option",
+                          str(mtl_run_dir(tmp_path / "run", 0, 2)), "--vs-single"], capture_output=True, text=True)
+    assert res.returncode != 0 and "--vs-single needs bench_mtl.py records" in res.stderr
