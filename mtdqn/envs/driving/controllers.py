@@ -63,8 +63,9 @@ def _stop_speed(dist: Tensor) -> Tensor:
 def _pedestrian_speed_cap(obs: Tensor) -> Tensor:
     """Speed cap (m/s) from the pedestrian slots: stop before a crossing or in-lane pedestrian."""
     cap = torch.full_like(obs[:, 0], C.V_MAX)
+    slots = hazards.pedestrians(obs)
     for k in range(C.PED_SLOTS):
-        present, ds, dy, vy = hazards.pedestrian(obs, k)
+        present, ds, dy, vy = (x[:, k] for x in slots)
         danger, walking = hazards.pedestrian_danger(present, ds, dy, vy)
         waiting = present & (ds > hazards.PED_AHEAD) & ~walking & ~danger & (ds < 40.0)
         cap = torch.where(danger, torch.minimum(cap, _stop_speed(ds - 4.5)), cap)

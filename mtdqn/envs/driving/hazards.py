@@ -10,6 +10,8 @@ the other; in the shared slot it can (docs/multitask.md measures whether that pa
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -23,10 +25,11 @@ STOP_LOW, STOP_HIGH = (0.0, -0.1), (1.0, 1.0)
 PED_AHEAD = -C.CAR_HALF_LENGTH - 1.0  # m: a pedestrian further behind the car's centre no longer matters
 
 
-def pedestrian(obs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Pedestrian slot k of normalized observations (N, >= 26): (present, ds (m), dy (m), lateral speed (m/s))."""
-    f = obs[:, PED0 + 5 * k : PED0 + 5 * k + 5]
-    return f[:, 0] > 0.5, f[:, 1] * C.PED_RANGE, f[:, 2] * 5.0, f[:, 4] * 2.0
+def pedestrians(obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The pedestrian slots of normalized observations (N, >= 26), each (N, PED_SLOTS): (present, ds (m), dy (m),
+    lateral speed (m/s))."""
+    f = obs[:, PED0 : PED0 + 5 * C.PED_SLOTS].unflatten(1, (C.PED_SLOTS, 5))
+    return f[..., 0] > 0.5, f[..., 1] * C.PED_RANGE, f[..., 2] * 5.0, f[..., 4] * 2.0
 
 
 def pedestrian_danger(present: Tensor, ds: Tensor, dy: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
@@ -44,19 +47,18 @@ def light(obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             obs[:, LIGHT0 + 3] > 0.5)  # fmt: skip
 
 
-def stop_point(obs: Tensor) -> Tensor:
+def stop_point(obs: Tensor, out: Tensor | None = None) -> Tensor:
     """(N, 2) [stop_present, stop_distance] of normalized observations (N, >= 26): the distance (m * STOP_SCALE)
     to the nearest dangerous pedestrian or red / amber light ahead; both 0 where there is none (the simulator's
-    convention for absent objects)."""
-    far = torch.full_like(obs[:, 0], float("inf"))
-    dist = far
-    for k in range(C.PED_SLOTS):
-        present, ds, dy, vy = pedestrian(obs, k)
-        danger, _ = pedestrian_danger(present, ds, dy, vy)
-        dist = torch.where(danger, torch.minimum(dist, ds), dist)
-    present, ldist, red, amber = light(obs)
-    dist = torch.where(present & (red | amber), torch.minimum(dist, ldist), dist)
-    found = dist < far
-    out = torch.stack([found.to(obs.dtype), torch.where(found, dist * STOP_SCALE, torch.zeros_like(dist))], 1)
-    return out.clamp_(min=torch.tensor(STOP_LOW, dtype=obs.dtype, device=obs.device),
-                      max=torch.tensor(STOP_HIGH, dtype=obs.dtype, device=obs.device))  # fmt: skip
+    convention for absent objects). Written into `out` (N, 2) when given."""
+    present, ds, dy, vy = pedestrians(obs)
+    danger, _ = pedestrian_danger(present, ds, dy, vy)
+    dist = torch.where(danger, ds, math.inf).amin(1)
+    lit, ldist, red, amber = light(obs)
+    dist = torch.where(lit & (red | amber), torch.minimum(dist, ldist), dist)
+    found = dist < math.inf
+    if out is None:
+        out = torch.empty(obs.shape[0], len(STOP_NAMES), dtype=obs.dtype, device=obs.device)
+    out[:, 0].copy_(found)
+    out[:, 1].copy_(dist.mul_(STOP_SCALE).clamp_(STOP_LOW[1], STOP_HIGH[1]).masked_fill_(~found, 0.0))
+    return out

@@ -140,8 +140,11 @@ class DrivingVecEnv:
         self.obs_low, self.obs_high = torch.as_tensor(OBS_LOW, device=dev), torch.as_tensor(OBS_HIGH, device=dev)
         self.observation_low, self.observation_high = obs_bounds(self.config)  # of the full observation (numpy)
         self._scale = torch.as_tensor(OBS_SCALE, device=dev)
+        # (OBS_DIM, obs_dim): the stop point's columns (if any) come out of the matmul as 0 and are filled after it
         self._scale_mat = torch.diag(self._scale)
-        self._eye = torch.eye(OBS_DIM, device=dev)
+        if self._stop:
+            self._scale_mat = torch.cat([self._scale_mat, torch.zeros(OBS_DIM, len(STOP_NAMES), device=dev)], 1)
+        self._eye = torch.eye(OBS_DIM, self.obs_dim, device=dev)
         self._noise_col = (torch.as_tensor(NOISE_MASK, device=dev) * self.config.obs_noise).unsqueeze(1)
         steer = torch.tensor([C.STEER_CURVATURE, 0.0, -C.STEER_CURVATURE]).repeat_interleave(3)
         action_table = torch.stack([steer, torch.tensor(C.ACCEL).repeat(3)]).to(dev)  # (2, 9)
@@ -649,7 +652,9 @@ class DrivingVecEnv:
         scale where the noise-free path left it unscaled)."""
         noisy = "k_obs_noise" in self._frows or self.config.obs_noise != 0
         obs = torch.mm(pre.t(), self._eye if noisy else self._scale_mat)
-        return torch.cat([obs, stop_point(obs)], 1) if self._stop else obs
+        if self._stop:
+            stop_point(obs, out=obs[:, OBS_DIM:])
+        return obs
 
     def _observe_peds(self, st: dict[str, Tensor], s: Tensor, d: Tensor, psi: Tensor, v: Tensor,
                       out: Tensor) -> None:  # fmt: skip
