@@ -17,7 +17,7 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mtdqn.envs.driving import TASKS, DrivingVecEnv  # noqa: E402
+from mtdqn.envs.driving import TASKS, DrivingConfig, DrivingVecEnv  # noqa: E402
 
 
 def _sync() -> None:
@@ -42,9 +42,10 @@ def _stepping_rate(step: Callable, acts, n: int, repeats: int, warmup: int = 10)
     return statistics.median(run() for _ in range(repeats))
 
 
-def bench_driving(task: str, n: int, steps: int, repeats: int, device: str = "cpu") -> float:
-    """Env steps/s of DrivingVecEnv(task, n) on `device` under uniform random actions."""
-    env = DrivingVecEnv(task, n, device=device)
+def bench_driving(task: str, n: int, steps: int, repeats: int, device: str = "cpu", stop_feature: bool = False) -> float:
+    """Env steps/s of DrivingVecEnv(task, n) on `device` under uniform random actions (`stop_feature`: with the
+    stop-point observation)."""
+    env = DrivingVecEnv(task, n, device=device, config=DrivingConfig(stop_feature=stop_feature))
     env.reset(0)
     acts = torch.randint(0, env.n_actions, (steps, n), generator=torch.Generator().manual_seed(0)).to(device)
     return _stepping_rate(env.step, acts, n, repeats)
@@ -86,6 +87,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="device of the driving simulator (cpu, cuda)")
     p.add_argument("--no-cartpole", action="store_true")
     p.add_argument("--no-highway", action="store_true")
+    p.add_argument("--stop-feature", action="store_true",
+                   help="also time every driving task with the stop-point observation (DrivingConfig.stop_feature)")
     args = p.parse_args()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{now}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); torch {torch.__version__}, device {args.device}"
@@ -100,6 +103,11 @@ def main() -> None:
         for task in args.tasks:
             ours[task, th] = {n: bench_driving(task, n, args.steps, args.repeats, args.device) for n in counts}
             print(f"| mtdqn driving/{task} | {th} | " + " | ".join(_fmt(ours[task, th][n]) for n in counts) + " |", flush=True)
+            if args.stop_feature:
+                rates = {n: bench_driving(task, n, args.steps, args.repeats, args.device, True) for n in counts}
+                print(f"| mtdqn driving/{task} + stop point | {th} | "
+                      + " | ".join(f"{_fmt(rates[n])} ({rates[n] / ours[task, th][n]:.2f}x)" for n in counts) + " |",
+                      flush=True)  # fmt: skip
     if not args.no_cartpole:
         cp = {n: bench_gym_vec("CartPole-v1", n, args.steps, args.repeats, "vector_entry_point") for n in counts}
         print("| gymnasium CartPole-v1 (vector_entry_point) | - | " + " | ".join(_fmt(cp[n]) for n in counts) + " |")
