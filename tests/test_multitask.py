@@ -357,6 +357,8 @@ def test_training_with_shared_samples_runs(tmp_path, stop_feature):
     (["task_set=driving", "data.share_fraction=0.5", "+task_set.env_kwargs.obs_noise=0.05"], "noise-free"),
     (["task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "data.share_fraction=0.5"], "task_set.kind='gym'"),
     (["task_set=driving", "task_set.tasks=[pedestrian]", "data.share_fraction=0.5"], "has one task"),
+    (["task_set=driving", "task_set.tasks=[urban,pedestrian]", "+task_set.env_kwargs.stop_feature=true",
+      "data.share_fraction=[0,0.5]"], "pedestrian would draw 0.5 of its samples .* none of them has a share rule"),
 ])
 def test_bad_share_settings_are_refused_before_any_env_step(tmp_path, overrides, match):
     cfg = compose_cfg([*MTL, *overrides], tmp_path)

@@ -277,6 +277,11 @@ class MultiTaskDataModule(pl.LightningDataModule):
                                      f"or action count; only tasks with one observation layout can share")
         if not any(rules[j][i] is not None for i in range(n) for j in range(n) if i != j):
             raise ValueError(f"data.share_fraction={shown}: no pair of tasks has a share rule")
+        for i, v in enumerate(values):
+            if v > 0 and not any(rules[j][i] is not None for j in range(n) if j != i):
+                raise ValueError(f"data.share_fraction={shown}: {self.tasks[i].name} would draw {v} of its samples from "
+                                 f"the other tasks' replays, but none of them has a share rule into it (see "
+                                 f"mtdqn.envs.factory.share_rules); set its fraction to 0")
         return values, [list(row) for row in rules]
 
     def sample_task(self, task: int, count: int, n_batches: int) -> Batch:
