@@ -78,8 +78,8 @@ def _run_dir(path: Path, threshold: float) -> dict:
 
 def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_single: bool = False) -> list[dict]:
     """The multi-task runs of the records and run directories: [{'seed', 'source', 'cost', 'budget', 'single'}]
-    ('single': the seed's single-task agents' summed env steps to solve, or None; with `vs_single` only records,
-    and only runs whose single-task agents all solved)."""
+    ('single': the seed's single-task agents' summed env steps to solve, or None: one of them never solved; with
+    `vs_single` only records)."""
     runs = []
     for path in paths:
         if path.is_dir():
@@ -92,8 +92,7 @@ def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_s
         else:
             raise SystemExit(f"{path}: no such record or run directory")
         runs += [{"seed": r["seed"], "source": r["source"], "cost": run_cost(r["mtl"], criterion),
-                  "budget": r["mtl"].get("budget_steps"), "single": r.get("single")} for r in found
-                 if not vs_single or r.get("single") is not None]
+                  "budget": r["mtl"].get("budget_steps"), "single": r.get("single")} for r in found]
     if not runs:
         raise SystemExit(f"{', '.join(map(str, paths))}: no multi-task runs")
     return runs
@@ -118,8 +117,15 @@ def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 1
             vs_single: bool = False) -> dict:
     """Per setting: runs, solved, median [CI]; each later setting against the first: probability of
     improvement [CI] and the permutation p-value. `vs_single`: of each run's env steps divided by its seed's
-    single-task agents' summed env steps."""
+    single-task agents' summed env steps (runs whose single-task agents never all solved have no ratio and are
+    left out, counted in `no_single`)."""
     out: dict = {"settings": {}, "versus": {}}
+    if vs_single:
+        out["no_single"] = {k: sum(r.get("single") is None for r in v) for k, v in settings.items()}
+        settings = {k: [r for r in v if r.get("single") is not None] for k, v in settings.items()}
+        empty = [k for k, v in settings.items() if not v]
+        if empty:
+            raise SystemExit(f"--vs-single: {', '.join(empty)} has no run whose single-task agents all solved")
     costs = {k: np.array([r["cost"] for r in v], dtype=float) for k, v in settings.items()}
     # runs with different budgets are compared up to the shortest: a run that solved after it would have been a
     # never-solved run with that budget
@@ -153,6 +159,10 @@ def report(result: dict, criterion: str) -> str:
     ratio = bool(result.get("vs_single"))
     lines = [f"Multi-task settings compared by env steps (summed over tasks) to solve, criterion `{criterion}`"
              + (", each divided by its seed's single-task agents' summed env steps" if ratio else "")]
+    left = {k: n for k, n in (result.get("no_single") or {}).items() if n}
+    if left:
+        lines.append("Left out (their seed's single-task agents did not all solve, so there is no ratio): "
+                     + ", ".join(f"{k}: {n} run(s)" for k, n in left.items()))
     if result.get("horizon") is not None:
         lines.append(f"Compared up to {_kilo(result['horizon'])} env steps, the shortest run's budget"
                      + "".join(f"; {label}: {n} run(s) solved later, counted as never" for label, n in

@@ -131,14 +131,15 @@ def test_vs_single_compares_ratios_to_each_seeds_own_single_task_agents(tmp_path
     assert steps["versus"]["option"]["probability_of_improvement"] > 0.5  # fewer env steps
     settings = {"base": compare_mtl.load_setting([base], "all", vs_single=True),
                 "option": compare_mtl.load_setting([option], "all", vs_single=True)}
-    assert len(settings["option"]) == 3  # the seed whose single-task agents never solved has no ratio
     out = compare_mtl.compare(settings, n_boot=200, n_perm=200, vs_single=True)
+    assert out["no_single"] == {"base": 0, "option": 1}  # the seed whose single-task agents never solved: no ratio
     assert out["settings"]["base"]["costs"] == pytest.approx([1.0, 0.8, 0.9])
     assert out["settings"]["option"]["costs"] == [1.0, 1.2, math.inf]
     # option (1.0, 1.2, never) vs base (0.8, 0.9, 1.0): 1.0 ties 1.0 (0.5), nothing else wins
     assert out["versus"]["option"]["probability_of_improvement"] == pytest.approx(0.5 / 9)
     text = compare_mtl.report(out, "all")
     assert "each divided by its seed's single-task agents' summed env steps" in text
+    assert "Left out (their seed's single-task agents did not all solve, so there is no ratio): option: 1 run(s)" in text
     assert "| option | 3 | 2 | 1.20 [" in text and "1.00 / 1.20 / never" in text and "needs a lower ratio" in text
     script = str(ROOT / "scripts" / "compare_mtl.py")
     res = subprocess.run([sys.executable, script, "--setting", "base", str(base), "--setting", "option",

@@ -648,8 +648,8 @@ class DrivingVecEnv:
         return torch.maximum(torch.minimum(obs, self.obs_high.unsqueeze(1)), self.obs_low.unsqueeze(1))
 
     def _finish_obs(self, pre: Tensor) -> Tensor:
-        """(R, OBS_DIM) observation from the (OBS_DIM, R) matrix of _observe_pre (one BLAS call: transpose, and
-        scale where the noise-free path left it unscaled)."""
+        """(R, obs_dim) observation from the (OBS_DIM, R) matrix of _observe_pre (one BLAS call: transpose, and
+        scale where the noise-free path left it unscaled; then the stop point, with stop_feature)."""
         noisy = "k_obs_noise" in self._frows or self.config.obs_noise != 0
         obs = torch.mm(pre.t(), self._eye if noisy else self._scale_mat)
         if self._stop:
