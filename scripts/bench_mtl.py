@@ -56,6 +56,9 @@ SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", 
           "data.replay_ratio", "data.batch_size", "replay.n_step", "exploration.end", "callbacks.eval.episodes",
           "task_set.env_kwargs")  # the simulator's knobs and observation options (e.g. stop_feature)
 PER_TASK_DURATION = "exploration.duration (per task)"  # compared only where epsilon decays per task (shared_settings)
+BATCH_UNIT = "data.batch_size_unit"  # multi-task agents only: whether data.batch_size is split across tasks (total:
+# the same samples per summed env step as a single-task agent) or drawn per task (per_task: the same batch per task);
+# recorded with every run and compared among the multi-task agents
 
 
 def shared_settings(cfg) -> dict:
@@ -73,6 +76,8 @@ def shared_settings(cfg) -> dict:
     duration = OmegaConf.select(cfg, "exploration.duration", default=None)
     if duration is not None and (not multi or OmegaConf.select(cfg, "data.exploration_clock") == "task"):
         out[PER_TASK_DURATION] = duration
+    if multi:  # runs from before the option drew data.batch_size in all
+        out[BATCH_UNIT] = OmegaConf.select(cfg, BATCH_UNIT, default=None) or "total"
     return out
 
 
@@ -80,7 +85,7 @@ def check_alike(agents: dict[str, dict]) -> None:
     """Refuse agents ({label: shared settings}) that differ in a SHARED setting: a multi-task agent with the MSE loss
     against Huber single-task agents, or evaluated on 64 episodes against 16 (fewer episodes, noisier and earlier
     first crossings), would not be compared alike."""
-    for key in (*SHARED, PER_TASK_DURATION):
+    for key in (*SHARED, PER_TASK_DURATION, BATCH_UNIT):
         values = {label: s[key] for label, s in agents.items() if key in s}
         if len({json.dumps(v) for v in values.values()}) > 1:
             raise SystemExit(f"the agents differ in {key}: {values}; compare agents with the same {key} "

@@ -22,13 +22,18 @@ def test_batch_counts_split_exactly():
         batch_counts(8, [0, 0])
 
 
-@pytest.mark.parametrize(("composition", "weights", "expected"),
-                         [("uniform", None, [10, 10, 10]), ("weighted", [3, 1, 1], [18, 6, 6])])
-def test_round_batches_are_composed_per_task_as_configured(tmp_path, composition, weights, expected):
-    extra = [f"data.batch_composition={composition}"]
+@pytest.mark.parametrize(("composition", "weights", "unit", "expected"),
+                         [("uniform", None, "total", [10, 10, 10]), ("weighted", [3, 1, 1], "total", [18, 6, 6]),
+                          ("uniform", None, "per_task", [30, 30, 30]),
+                          ("weighted", [3, 1, 1], "per_task", [54, 18, 18])])
+def test_round_batches_are_composed_per_task_as_configured(tmp_path, composition, weights, unit, expected):
+    """data.batch_size is split across tasks (batch_size_unit=total) or drawn per task (per_task: batch_size x
+    tasks in all, split by the same composition)."""
+    extra = [f"data.batch_composition={composition}", f"data.batch_size_unit={unit}"]
     if weights:
         extra.append(f"data.task_weights=[{','.join(map(str, weights))}]")
-    cfg = compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", *extra], tmp_path)
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", "data.learning_starts=100", *extra],
+                      tmp_path)
     model, data, trainer = build(cfg)
     data.trainer = trainer
     trainer.strategy._lightning_module = model
@@ -36,7 +41,7 @@ def test_round_batches_are_composed_per_task_as_configured(tmp_path, composition
     round_ = next(iter(data.train_dataloader()))
     counts = torch.bincount(round_.batch.task_ids[0], minlength=3).tolist()
     assert counts == expected
-    assert round_.batch.obs.shape[1] == 30
+    assert round_.batch.obs.shape[1] == sum(expected)
 
 
 @pytest.mark.parametrize(("weights", "expected"), [(None, [4, 4, 4]), ([1, 2, 3], [2, 4, 6])])
@@ -213,6 +218,16 @@ def test_bad_collect_schedule_is_refused_before_any_env_step(tmp_path, override)
     cfg = compose_cfg([*MTL, "task_set=driving", override], tmp_path)
     with pytest.raises(ValueError, match=override.split("=")[0]):
         build(cfg)
+
+
+def test_bad_batch_size_unit_is_refused_before_any_env_step(tmp_path):
+    with pytest.raises(ValueError, match=r"data.batch_size_unit='sum' is not one of \('total', 'per_task'\)"):
+        build(compose_cfg([*MTL, "task_set=driving", "data.batch_size_unit=sum"], tmp_path / "a"))
+    # per task, the warm-up must hold batch_size x tasks: 30 x 3 > 60 (30 alone would fit)
+    with pytest.raises(ValueError, match=r"data.batch_size=30 x 3 tasks \(data.batch_size_unit=per_task\) is larger "
+                                         "than the warm-up data.learning_starts=60"):
+        build(compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", "data.learning_starts=60",
+                           "data.batch_size_unit=per_task"], tmp_path / "b"))
 
 
 def test_by_score_needs_normalized_scores(tmp_path):

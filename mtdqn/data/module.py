@@ -40,6 +40,7 @@ class RLDataModule(MultiTaskDataModule):
         reward_clip: float | None = None,  # None: no clipping
         eval_env_factory: EnvFactory | None = None,  # evaluation env (default: env_factory)
         share_fraction: float = 0.0,  # multi-task data sharing; one task has no other task to share with
+        batch_size_unit: str = "total",  # one task: total and per_task are the same (validated all the same)
     ) -> None:
         super().__init__([env_factory], replay, exploration, [task], num_envs, total_env_steps,
                          env_steps_per_round, replay_ratio, batch_size, learning_starts, seed,
@@ -50,7 +51,7 @@ class RLDataModule(MultiTaskDataModule):
                          exploration_clock=exploration_clock,
                          reward_scale=reward_scale, reward_clip=reward_clip,
                          eval_env_factories=None if eval_env_factory is None else [eval_env_factory],
-                         share_fraction=share_fraction)
+                         share_fraction=share_fraction, batch_size_unit=batch_size_unit)
         self.task = task
 
     buffer: ReplayBuffer = property(lambda self: self.buffers[0])  # type: ignore[assignment]

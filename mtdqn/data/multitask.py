@@ -20,6 +20,7 @@ from mtdqn.types import Batch, Round, ShareRule, TaskSpec
 COMPOSITIONS = ("uniform", "proportional", "weighted")
 COLLECT_SCHEDULES = ("fixed", "by_score")
 EXPLORATION_CLOCKS = ("summed", "task")
+BATCH_SIZE_UNITS = ("total", "per_task")
 EnvFactory = Callable[..., TensorVecEnv]  # (num_envs=..., device=...) -> TensorVecEnv
 ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=) -> ReplayBuffer
 
@@ -134,7 +135,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         total_env_steps: int = 300_000,  # env steps summed over tasks
         env_steps_per_round: int = 768,  # env steps per round, summed over tasks (split by collect_weights)
         replay_ratio: float = 0.125,  # gradient updates per env step (summed over tasks)
-        batch_size: int = 192,  # transitions per update, summed over tasks
+        batch_size: int = 192,  # transitions per update: summed over tasks, or per task (batch_size_unit)
         learning_starts: int = 3_000,  # env steps (summed) of random actions before the first update
         seed: int = 0,
         batch_composition: str = "uniform",  # uniform | proportional (to replay sizes) | weighted
@@ -153,12 +154,21 @@ class MultiTaskDataModule(pl.LightningDataModule):
         share_fraction: float | Sequence[float] = 0.0,  # share of a task's samples (one number, or one per task)
         # drawn from the other tasks' replays ...
         share_rules: Sequence[Sequence[ShareRule | None]] | None = None,  # ... through rules[source][target]
+        batch_size_unit: str = "total",  # total: batch_size is split across tasks | per_task: each update draws
+        # batch_size x tasks (mtrl's convention: every task keeps a single-task agent's batch on average)
     ) -> None:
         super().__init__()
         check_positive(**{"data.num_envs": num_envs, "data.total_env_steps": total_env_steps,
                           "data.env_steps_per_round": env_steps_per_round, "data.replay_ratio": replay_ratio,
                           "data.batch_size": batch_size})
         n_tasks = len(tasks)
+        if batch_size_unit not in BATCH_SIZE_UNITS:
+            raise ValueError(f"data.batch_size_unit={batch_size_unit!r} is not one of {BATCH_SIZE_UNITS}")
+        self.batch_size_unit = batch_size_unit
+        given_batch = f"data.batch_size={batch_size}"
+        if batch_size_unit == "per_task":
+            batch_size *= n_tasks
+            given_batch += f" x {n_tasks} tasks (data.batch_size_unit=per_task)"
         if batch_composition not in COMPOSITIONS:
             raise ValueError(f"data.batch_composition={batch_composition!r} is not one of {COMPOSITIONS}")
         weights = list(task_weights) if task_weights is not None else [1.0] * n_tasks
@@ -170,7 +180,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
                              f"= {num_envs * n_tasks}")
         if batch_size > learning_starts:
             raise ValueError(
-                f"data.batch_size={batch_size} is larger than the warm-up data.learning_starts={learning_starts}: "
+                f"{given_batch} is larger than the warm-up data.learning_starts={learning_starts}: "
                 "the first update would sample more transitions than replay holds"
             )
         if total_env_steps <= learning_starts:

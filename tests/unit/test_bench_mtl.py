@@ -294,3 +294,23 @@ def test_never_solved_multi_task_runs_are_counted_in_a_censored_median(tmp_path)
     # ratios 0.333, 0.667 and never: the median of the three is 0.667
     assert "Counting the 1 multi-task run(s) that never solved as slower than any: median ratio 0.667 over 3 seeds" \
         in res.stdout
+
+
+def test_batch_size_unit_is_recorded_and_compared_among_multi_task_agents(tmp_path):
+    """data.batch_size_unit=per_task (the same batch per task as a single-task agent) is recorded with the
+    multi-task run, runs from before the option count as total, and multi-task runs that differ in it are refused
+    (the single-task agents have one task: both units are the same for them)."""
+    runs = []
+    for seed, unit in ((0, "per_task"), (1, None)):
+        mtl = run_dir(tmp_path / f"mtl{seed}", seed, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True)
+        if unit:
+            (mtl / "config.yaml").write_text((mtl / "config.yaml").read_text()
+                                             + f"data:\n  batch_size: 128\n  batch_size_unit: {unit}\n")
+        runs += [mtl, *(run_dir(tmp_path / f"{t}{seed}", seed, [t], [{t: 0.95}], mtl=False) for t in TASKS)]
+    res, out = merge(tmp_path, runs[:4])
+    assert res.returncode == 0, res.stderr
+    mtl_entry = json.loads(out.read_text())["runs"][0]["mtl"]
+    assert mtl_entry["source"] == str(runs[0]) and mtl_entry["settings"]["data.batch_size_unit"] == "per_task"
+    res, _ = merge(tmp_path, runs)
+    assert res.returncode != 0 and "differ in data.batch_size_unit" in res.stderr
+    assert "'per_task'" in res.stderr and "'total'" in res.stderr
