@@ -185,6 +185,8 @@ def test_single_task_agents_get_the_multi_task_agents_shared_settings():
     args.mtl = ["experiment=lane_keep_mtl_share", "+task_set.env_kwargs.stop_feature=true"]  # same observation
     aligned = bench_mtl.check_overrides(args)["traffic_light"]
     assert "++task_set.env_kwargs.stop_feature=true" in aligned and "task_set=traffic_light" in aligned
+    args.mtl = ["experiment=lane_keep_mtl_share", "data.batch_size_unit=per_task"]  # 128 per task: the singles' 128
+    assert not any(o.startswith("data.batch_size") for o in bench_mtl.check_overrides(args)["lane_keep"])
     args.mtl, args.single = [], ["model.loss=huber", "data.total_env_steps=100000"]
     assert bench_mtl.agent_overrides(args)["lane_keep"][-2:] == args.single
     assert "data.total_env_steps=300000" not in bench_mtl.agent_overrides(args)["lane_keep"]
