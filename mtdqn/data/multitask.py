@@ -164,7 +164,6 @@ class MultiTaskDataModule(pl.LightningDataModule):
         n_tasks = len(tasks)
         if batch_size_unit not in BATCH_SIZE_UNITS:
             raise ValueError(f"data.batch_size_unit={batch_size_unit!r} is not one of {BATCH_SIZE_UNITS}")
-        self.batch_size_unit = batch_size_unit
         given_batch = f"data.batch_size={batch_size}"
         if batch_size_unit == "per_task":
             batch_size *= n_tasks
