@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -235,7 +236,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--total-steps", type=int, default=50_000, help="env steps per run")
@@ -249,7 +251,11 @@ def main() -> None:
                    help="also flush denormal floats for SB3 (its default, like torch's, is not to)")
     p.add_argument("--device", default="cpu", help="cpu or cuda: networks, replay and updates of all three runs")
     p.add_argument("--out", type=Path, default=None, help="write raw results as JSON")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     results: dict[str, list[dict]] = {"mtdqn": [], "sb3": [], "floor": [], "mtdqn-fast": []}
     for seed in args.seeds:

@@ -8,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
@@ -74,8 +74,8 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
 
-def main() -> None:
-    """Run the benchmark and print a markdown table (steps/s; median of --repeats)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--counts", type=int, nargs="+", default=[1, 64, 1024, 4096], help="parallel env counts")
     p.add_argument("--steps", type=int, default=200, help="timed steps per repeat for vectorized envs")
@@ -89,7 +89,12 @@ def main() -> None:
     p.add_argument("--no-highway", action="store_true")
     p.add_argument("--stop-feature", action="store_true",
                    help="also time every driving task with the stop-point observation (DrivingConfig.stop_feature)")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark and print a markdown table (steps/s; median of --repeats)."""
+    args = build_parser().parse_args(argv)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{now}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); torch {torch.__version__}, device {args.device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}, "

@@ -40,6 +40,7 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -476,7 +477,8 @@ def own_steps_report(runs: list[dict]) -> list[str]:
     return lines
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threshold", type=float, default=0.9)
@@ -496,7 +498,11 @@ def main() -> None:
                    help="only report: merge the runs of earlier --out files (e.g. seeds run in parallel)")
     p.add_argument("--runs", type=Path, nargs="*", default=[],
                    help="with --merge: train.py run directories (logger=jsonl) replacing their seed's agent")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.merge is not None:
         loaded = [json.loads(f.read_text()) for f in args.merge]

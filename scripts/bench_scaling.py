@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def run(preset: str, env_steps: int, devices: int, extra: list[str], accelerator
             "eval": {k: v for k, v in summary.items() if k.startswith("eval/") and k.endswith("normalized")}}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="lane_keep_dqn")
     p.add_argument("--env-steps", type=int, default=60_000, help="env steps per process")
@@ -55,7 +57,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="cpu processes or GPUs")
     p.add_argument("extra", nargs="*", help="more Hydra overrides")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     results: dict[int, list[dict]] = {d: [] for d in args.devices}
     for _ in range(args.repeats):
         for d in args.devices:

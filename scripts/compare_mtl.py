@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,8 @@ def report(result: dict, criterion: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setting", nargs="+", action="append", default=[], metavar=("LABEL", "PATH"),
                    help="a label, then bench_mtl.py records and/or multi-task run directories; the first setting is "
@@ -199,7 +201,11 @@ def main() -> None:
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--n-perm", type=int, default=10000)
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.criterion not in CRITERIA:
         raise SystemExit(f"--criterion={args.criterion!r}: allowed {', '.join(CRITERIA)}")
     if len(args.setting) < 2:

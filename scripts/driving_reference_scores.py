@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 import torch
 
@@ -21,14 +22,19 @@ def compute(episodes: int, seed: int) -> dict[str, tuple[float, float]]:
     return scores
 
 
-def main() -> int:
-    """Print the table as a Python literal; with --check compare to the constants in controllers.py."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--episodes", type=int, default=100, help="episodes per policy and task (default 100)")
     p.add_argument("--seed", type=int, default=12345, help="base seed; episode i uses seed + i (default 12345)")
     p.add_argument("--check", action="store_true", help="exit 1 unless the stored REFERENCE_SCORES match")
     p.add_argument("--tol", type=float, default=0.05, help="absolute tolerance for --check (default 0.05)")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the table as a Python literal; with --check compare to the constants in controllers.py."""
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     scores = compute(args.episodes, args.seed)
     print("REFERENCE_SCORES: dict[str, tuple[float, float]] = {")

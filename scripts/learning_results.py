@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,14 +67,19 @@ def summarize(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=lane_keep_dqn")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threshold", type=float, default=0.9, help="normalized score counted as solved")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args()
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     runs = []
     for seed in args.seeds:

@@ -87,7 +87,7 @@ def check_env_options(kind: str, perturb: Mapping[str, Any] | None, randomize: M
     perturb = check_perturb(perturb)
     if kind == "driving" and "obs_noise" in perturb:
         raise ValueError("perturb.obs_noise: driving tasks have their own observation noise; use "
-                         "task_set.env_kwargs.obs_noise (noise on the normalized observation, clipped to its bounds)")
+                         "+task_set.env_kwargs.obs_noise=<std> (noise on the normalized observation, clipped to its bounds)")
     split_randomization(kind, randomize)
 
 
