@@ -366,6 +366,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         f"Driving suite, multi-task vs single-task DQN, seeds {[r.get('seed') for r in runs]}, threshold "
         f"{args.threshold}, {datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs, torch threads "
         f"{args.threads}",
+        *settings_lines(runs),
         "",
         "| agent | thousand env steps to solve all (summed over tasks) | " + " | ".join(f"final {t}" for t in TASKS)
         + " | wall s |",
@@ -417,6 +418,31 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
     lines += own_steps_report(runs)
     lines += eval_noise_report(runs)
     return "\n".join(lines)
+
+
+def load_record(path: Path) -> dict:
+    """A bench_mtl.py --out record; a missing file, broken JSON or another script's record is refused by name."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"--merge {path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--merge {path}: not JSON ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise SystemExit(f"--merge {path}: not a bench_mtl.py record (no 'runs' list; it has {keys}); "
+                         "compare_mtl.py records are read by compare_mtl.py")
+    return record
+
+
+def settings_lines(runs: list[dict]) -> list[str]:
+    """The settings the table was measured with, as recorded with the multi-task runs (check_runs_alike has made
+    them one set); none for records from before 2026-11-29, which did not keep them."""
+    settings = next((r["mtl"]["settings"] for r in runs if r["mtl"].get("settings")), None)
+    if not settings:
+        return []
+    shared = ", ".join(f"{k}={json.dumps(settings[k])}" for k in SHARED if k in settings)
+    return ["", f"Settings of every agent: {shared}; multi-task `{BATCH_UNIT}={settings.get(BATCH_UNIT, 'total')}`"]
 
 
 def eval_noise_report(runs: list[dict]) -> list[str]:
@@ -505,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.merge is not None:
-        loaded = [json.loads(f.read_text()) for f in args.merge]
+        loaded = [load_record(f) for f in args.merge]
         # runs carry their seed; the oldest records only list them in args.seeds, in run order
         runs = [(r if "seed" in r else r | {"seed": d["args"]["seeds"][i]}) | {"record": f.name}
                 for d, f in zip(loaded, args.merge, strict=True) for i, r in enumerate(d["runs"])]

@@ -57,7 +57,10 @@ def run_cost(mtl: dict, criterion: str) -> float:
 
 
 def _record_runs(path: Path, threshold: float) -> list[dict]:
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{path}: not JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise SystemExit(f"{path}: not a bench_mtl.py record (no 'runs' list)")
     recorded = (data.get("args") or {}).get("threshold", threshold)

@@ -313,6 +313,20 @@ def test_batch_size_unit_is_recorded_and_compared_among_multi_task_agents(tmp_pa
     assert res.returncode == 0, res.stderr
     mtl_entry = json.loads(out.read_text())["runs"][0]["mtl"]
     assert mtl_entry["source"] == str(runs[0]) and mtl_entry["settings"]["data.batch_size_unit"] == "per_task"
+    assert "multi-task `data.batch_size_unit=per_task`" in res.stdout  # the table says what it measured
     res, _ = merge(tmp_path, runs)
     assert res.returncode != 0 and "differ in data.batch_size_unit" in res.stderr
     assert "'per_task'" in res.stderr and "'total'" in res.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "no such file"), ("{", "not JSON"),
+                                                  ('{"args": {}, "versus": {}}', "not a bench_mtl.py record")])
+def test_merge_refuses_what_is_not_a_bench_record_by_name(tmp_path, content, message):
+    """A missing file, broken JSON or another script's record (compare_mtl.py's) is named, not a traceback."""
+    record = tmp_path / "record.json"
+    if content is not None:
+        record.write_text(content)
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(record)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and f"--merge {record}: {message}" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

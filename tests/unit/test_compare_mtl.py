@@ -102,6 +102,8 @@ def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_pat
     res = subprocess.run([sys.executable, script, "--setting", "preset", str(dirs[0]), "--setting", "option",
                           str(dirs[1]), "--threshold", "0.96"], capture_output=True, text=True, check=True)
     assert "| preset | 1 | 0 | never" in res.stdout
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
     bad = tmp_path / "bad_threshold.json"
     bad.write_text(json.dumps({"args": {"threshold": 0.8}, "runs": []}))
     single = tmp_path / "single"
@@ -113,6 +115,7 @@ def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_pat
                       (["--setting", "preset", str(a), "--setting", "option"], "at least one record"),
                       (["--setting", "preset", str(a), "--setting", "option", str(tmp_path / "none.json")],
                        "no such record or run directory"),
+                      (["--setting", "preset", str(a), "--setting", "option", str(broken)], "not JSON"),
                       (["--setting", "preset", str(a), "--setting", "option", str(bad)], "not --threshold 0.9"),
                       (["--setting", "preset", str(a), "--setting", "option", str(single)], "a single-task run"),
                       (["--setting", "preset", str(a), "--setting", "o", str(a), "--criterion", "first"],
