@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--setting", nargs="+", action="append", default=[], metavar=("LABEL", "PATH"),
                    help="a label, then bench_mtl.py records and/or multi-task run directories; the first setting is "
                         "the baseline")
-    p.add_argument("--criterion", default="all", help=f"one of {', '.join(CRITERIA)}")
+    p.add_argument("--criterion", default="all", choices=CRITERIA,
+                   help="all: every task >= threshold at one evaluation; each: every task once; own: each task's "
+                        "own env steps to its first >= threshold, summed")
     p.add_argument("--threshold", type=float, default=0.9, help="normalized score that counts as solved")
     p.add_argument("--vs-single", action="store_true",
                    help="compare each run's env steps divided by its seed's single-task agents' summed env steps "
@@ -209,8 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.criterion not in CRITERIA:
-        raise SystemExit(f"--criterion={args.criterion!r}: allowed {', '.join(CRITERIA)}")
     if len(args.setting) < 2:
         raise SystemExit("give at least two --setting LABEL PATH...: the baseline first, then the options")
     for group in args.setting:

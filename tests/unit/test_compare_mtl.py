@@ -119,7 +119,7 @@ def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_pat
                       (["--setting", "preset", str(a), "--setting", "option", str(bad)], "not --threshold 0.9"),
                       (["--setting", "preset", str(a), "--setting", "option", str(single)], "a single-task run"),
                       (["--setting", "preset", str(a), "--setting", "o", str(a), "--criterion", "first"],
-                       "allowed all, each, own")]:
+                       "invalid choice: 'first' (choose from 'all', 'each', 'own')")]:
         res = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
         assert res.returncode != 0 and msg in res.stderr, (argv, res.stderr)
 
