@@ -1,4 +1,4 @@
-"""Every command the README and docs/ show works as written.
+"""Every command the README and docs/ show works as written, and every link in them resolves.
 
 `python train.py ...` commands compose (a multirun's first job), and those that name no placeholder path also
 build: validation, model, data module and trainer, no env step. `python scripts/<x>.py ...` commands parse with
@@ -121,3 +121,27 @@ def test_script_command(where, command, tmp_path):
         compose_cfg(args.overrides, tmp_path)
     elif name == "bench_scaling":
         compose_cfg([f"+experiment={args.preset}", *args.extra], tmp_path)
+
+
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's anchors for a markdown file's headings (lower case, punctuation dropped, spaces to hyphens)."""
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def test_links_resolve():
+    """Every relative link in the README and docs/*.md names a file in the repository, and a #section in a
+    markdown file names one of its headings."""
+    broken = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]*)\)", doc.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path) if path else doc
+            if not file.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, broken
+    assert "multi-task-dqn" in _anchors(ROOT / "README.md")
