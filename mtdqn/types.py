@@ -68,6 +68,12 @@ class TaskSpec:
     n_actions: int
     reference_return: float | None = None  # scripted reference controller's mean return (normalized score = 1)
     random_return: float | None = None  # uniform random policy's mean return (normalized score = 0)
+    obs_shape: tuple[int, ...] | None = None  # an image observation's shape before flattening (None: a vector);
+    # what a convolutional encoder (net.conv) reshapes the flat observation to
+
+    def net_kwargs(self) -> dict:
+        """What a single-task network is built from: obs_dim, n_actions and obs_shape."""
+        return {"obs_dim": self.obs_dim, "n_actions": self.n_actions, "obs_shape": self.obs_shape}
 
     def normalize(self, ret: float) -> float | None:
         """(R - R_random) / (R_reference - R_random), or None when the task has no reference scores."""

@@ -45,7 +45,7 @@ def net_builder(net_factory: Callable[..., nn.Module], tasks: Sequence[TaskSpec]
         widths = [int(h) for h in hidden]
         if multitask:
             return net_factory(tasks=tasks, hidden=widths)
-        return net_factory(obs_dim=tasks[0].obs_dim, n_actions=tasks[0].n_actions, hidden=widths)
+        return net_factory(**tasks[0].net_kwargs(), hidden=widths)
 
     return build
 

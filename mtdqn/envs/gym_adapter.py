@@ -59,7 +59,9 @@ def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
             "(or a Dict/Tuple of Boxes, which it flattens)"
         )
     obs_dim = int(gym.spaces.flatdim(obs_space))
-    return TaskSpec(name=env_id.replace("/", "-"), obs_dim=obs_dim, n_actions=int(act_space.n))
+    image = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) in (2, 3)  # (H, W) or with channels
+    return TaskSpec(name=env_id.replace("/", "-"), obs_dim=obs_dim, n_actions=int(act_space.n),
+                    obs_shape=tuple(int(d) for d in obs_space.shape) if image else None)
 
 
 def _flattenable(space: gym.Space) -> bool:

@@ -153,7 +153,7 @@ def load_trained(run_dir: str | Path, ckpt: str | Path = CKPT) -> TrainedRun:
     cls = _net_class(str(net_cfg.get("_target_", "")))
     kwargs = {k: v for k, v in net_cfg.items() if not k.startswith("_")}
     multitask = "tasks" in inspect.signature(cls).parameters
-    net = cls(tasks=specs, **kwargs) if multitask else cls(obs_dim=specs[0].obs_dim, n_actions=specs[0].n_actions, **kwargs)
+    net = cls(tasks=specs, **kwargs) if multitask else cls(**specs[0].net_kwargs(), **kwargs)
     state = load_checkpoint(ckpt_path)["state_dict"]
     weights = {k.removeprefix("q_net."): v for k, v in state.items() if k.startswith("q_net.")}
     if not weights:

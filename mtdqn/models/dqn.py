@@ -15,7 +15,7 @@ from mtdqn.models.mlp_grads import ExplicitMLPGrads
 from mtdqn.models.schedule import LRSchedule
 from mtdqn.types import Batch, Round, TaskSpec
 
-NetFactory = Callable[..., nn.Module]  # (obs_dim=, n_actions=) -> nn.Module
+NetFactory = Callable[..., nn.Module]  # (obs_dim=, n_actions=, obs_shape=) -> nn.Module
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 TARGET_UNITS = ("env_steps", "updates")
 
@@ -73,7 +73,7 @@ class DQNModule(pl.LightningModule):
         """The online Q-network for the single task."""
         if len(self.tasks) != 1:
             raise ValueError(f"DQNModule trains one task, got {[t.name for t in self.tasks]}: use model=mtdqn")
-        return net(obs_dim=self.task.obs_dim, n_actions=self.task.n_actions)
+        return net(**self.task.net_kwargs())
 
     def param_groups(self) -> list[dict]:
         """The online network's parameters in optimizer groups: one per `lr_scale` prefix (first match wins,

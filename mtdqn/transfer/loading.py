@@ -198,7 +198,7 @@ def build_net(config: Mapping[str, Any], key: str) -> tuple[nn.Module, list[Task
     specs = task_specs(str(ts.get("kind")), list(ts.get("tasks") or []), dict(ts.get("env_kwargs") or {}))
     kwargs = {k: v for k, v in net_cfg.items() if not k.startswith("_")}
     if cls is QNetwork or not issubclass(cls, MultiTaskQNetwork):
-        return cls(obs_dim=specs[0].obs_dim, n_actions=specs[0].n_actions, **kwargs), specs
+        return cls(**specs[0].net_kwargs(), **kwargs), specs
     return cls(tasks=specs, **kwargs), specs
 
 
