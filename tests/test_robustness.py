@@ -191,3 +191,26 @@ def test_episode_report_script_counts_how_episodes_end(normalized_run, tmp_path,
     assert "| net.obs_norm=True | urban | 1 |" in (out / "outcomes.md").read_text()
     assert script.main([str(normalized_run[0]), "--episodes", "0", "--out", str(out)]) == 2
     assert "--episodes" in capsys.readouterr().err
+
+
+def test_an_image_run_with_a_slashed_gym_id_is_reported_and_reloaded(tmp_path):
+    """A tiny `+experiment=minatar_dqn` run (convolutional encoder, id 'MinAtar/Breakout-v1' whose spec name is
+    'MinAtar-Breakout-v1'): reloaded with its encoder, it plays the same greedy actions, and both reports find its
+    environment by the configured id."""
+    pytest.importorskip("minatar", reason="MinAtar ids need the optional extra .[minatar]")
+    from mtdqn.evaluation.outcomes import outcome_report
+
+    run_dir = tmp_path / "run"
+    tiny = [t for t in TINY if not t.startswith(("+experiment", "model.target"))]
+    summary = train(compose_cfg(["+experiment=minatar_dqn", *tiny], run_dir))
+    assert summary["status"] == "completed"
+    run = load_trained(run_dir)
+    assert run.net.encoder is not None and run.task_ids == ["MinAtar/Breakout-v1"]
+    live = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    obs = torch.rand(16, 400).round()
+    assert run.net.encoder.convs[0].weight.equal(live["q_net.encoder.convs.0.weight"])
+    assert run.q_function(0)(obs).shape == (16, 3)
+    rows = outcome_report([run_dir], episodes=4, n_boot=100)["rows"]
+    assert [(r["task"], r["policy"]) for r in rows] == [("MinAtar/Breakout-v1", "MinAtar-Breakout-v1")]
+    curves = robustness_report([run_dir], {"fgsm": [0.0, 0.05]}, episodes=2)["runs"][0]["curves"]["fgsm"]
+    assert list(curves) == ["MinAtar-Breakout-v1"] and len(curves["MinAtar-Breakout-v1"]["return"]) == 2

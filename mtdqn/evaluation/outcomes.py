@@ -28,7 +28,7 @@ RATE_ORDER = ("completion_rate", "collision_rate", "red_light_rate", "offroad_ra
 def policy_tasks(run: TrainedRun, tasks: Sequence[str]) -> list[tuple[str, int]]:
     """(task to evaluate, index of the run's policy that plays it): the run's own tasks, or `tasks`; a task the
     run did not train is played by its only policy (single-task runs on tasks with the same spaces)."""
-    own = [s.name for s in run.specs]
+    own = run.task_ids
     if not tasks:
         return [(name, i) for i, name in enumerate(own)]
     out = []

@@ -110,6 +110,12 @@ class TrainedRun:
         return dict(self.config["task_set"].get("env_kwargs") or {})
 
     @property
+    def task_ids(self) -> list[str]:
+        """The tasks as the run configured them (what env_factory takes; a gymnasium id like
+        'MinAtar/Breakout-v1' differs from its spec name 'MinAtar-Breakout-v1'), in `specs` order."""
+        return [str(t) for t in self.config["task_set"]["tasks"]]
+
+    @property
     def perturb(self) -> dict[str, Any]:
         return dict(self.config.get("perturb") or {})
 
@@ -199,7 +205,7 @@ def sweep_axis(run: TrainedRun, axis: str, levels: Sequence[float], episodes: in
     for t, spec in enumerate(run.specs):
         returns, stds, scores = [], [], []
         for level in levels:
-            env = level_env(run, spec.name, axis, level, episodes)
+            env = level_env(run, run.task_ids[t], axis, level, episodes)
             try:
                 r = run_episodes(policy_at(run, t, axis, level), env, seed=seed)
             finally:
