@@ -313,6 +313,20 @@ def test_minatar_task_set_trains_with_per_game_adapters_and_heads(tmp_path):
     assert model.policy_for(0)(torch.zeros(4, 400)).max() < 3 and model.policy_for(2)(torch.zeros(4, 400)).max() < 5
 
 
+def test_minatar_task_set_trains_with_per_game_conv_encoders(tmp_path):
+    """net.conv on task_set=minatar: each game's 10x10xC image (C = 4, 7, 4) through its own convolution, one
+    shared torso; the encoders train."""
+    pytest.importorskip("minatar", reason="task_set=minatar needs the optional extra .[minatar]")
+    cfg = compose_cfg([*MTL, "task_set=minatar", "net.conv=[[8,3,1]]"], tmp_path)
+    model, data, trainer = build(cfg)
+    assert [t.obs_shape for t in model.tasks] == [(10, 10, 4), (10, 10, 7), (10, 10, 4)]
+    assert [e.image_shape for e in model.q_net.encoders] == [(4, 10, 10), (7, 10, 10), (4, 10, 10)]
+    before = [e.convs[0].weight.detach().clone() for e in model.q_net.encoders]
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step > 0
+    assert all(not torch.equal(b, e.convs[0].weight) for b, e in zip(before, model.q_net.encoders, strict=True))
+
+
 def test_shared_samples_are_relabeled_for_the_task_that_samples_them(tmp_path):
     """data.share_fraction=0.5: half of a task's samples come evenly from the other tasks' replays, with the
     features the task never observes cleared, its task id, and weight 0 where the source ended the episode for a

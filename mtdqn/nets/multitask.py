@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtdqn.nets.normalize import RunningObsNorm
-from mtdqn.nets.q import ACTIVATIONS, DuelingHead, mlp
+from mtdqn.nets.q import ACTIVATIONS, ConvEncoder, DuelingHead, mlp
 from mtdqn.types import TaskSpec
 
 if TYPE_CHECKING:
@@ -56,6 +56,9 @@ class MultiTaskQNetwork(nn.Module):
     `forward` still returns Q in return units (sigma_t * head_t + mu_t), `normalized_q` the head's normalized
     output that PopArt's TD loss is computed on.
     `obs_norm` adds a per-task RunningObsNorm (`self.obs_norm`, mtdqn.nets.normalize) in front of the torso.
+    `conv` ([out_channels, kernel, stride] per layer) reads image observations through ConvEncoders before the
+    torso: one shared encoder when every task's image has one shape, else one per task (each reading its own
+    image, as the input adapters do for vectors); their features must have one size (the same height and width).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class MultiTaskQNetwork(nn.Module):
         layer_norm: bool = False,
         popart_beta: float | None = None,  # PopArt statistics step size per update (None = plain heads)
         obs_norm: bool = False,  # running per-task observation normalization (RunningObsNorm, updated by the module)
+        conv: Sequence[Sequence[int]] | None = None,  # [out_channels, kernel, stride] per conv layer (images)
     ) -> None:
         super().__init__()
         tasks = list(tasks)
@@ -98,6 +102,7 @@ class MultiTaskQNetwork(nn.Module):
         if self.conditioning == "embedding" and embedding_dim <= 0:
             raise ValueError(f"net.embedding_dim={embedding_dim} must be a positive integer")
         self.obs_norm = RunningObsNorm(self.max_obs_dim, self.n_tasks) if obs_norm else None
+        self.encoders = self._build_encoders(tasks, conv, activation) if conv else None
         self._build_body(list(hidden), embedding_dim, activation, layer_norm)
         self._build_heads(int(hidden[-1]), dueling, popart_beta)
         valid = torch.arange(self.max_n_actions)[None, :] < torch.tensor(self.n_actions)[:, None]
@@ -113,10 +118,11 @@ class MultiTaskQNetwork(nn.Module):
             nn.Embedding(self.n_tasks, embedding_dim) if self.conditioning == "embedding" else None
         )
         # Same layout as QNetwork.torso (Linear, [LayerNorm], act per layer); mlp() validates hidden/activation.
-        self.torso = mlp(self.max_obs_dim + cond_dim, hidden, activation, layer_norm)
+        in_dim = self.encoders[0].out_dim if self.encoders is not None else self.max_obs_dim
+        self.torso = mlp(in_dim + cond_dim, hidden, activation, layer_norm)
         self._act_type = ACTIVATIONS[activation]
         self.adapters: nn.ModuleList | None = None
-        if len(set(self.obs_dims)) > 1:  # per-task input adapters replace the shared first Linear
+        if self.encoders is None and len(set(self.obs_dims)) > 1:  # per-task input adapters: the first Linear
             self.torso[0] = nn.Identity()
             self.adapters = nn.ModuleList(nn.Linear(d + cond_dim, int(hidden[0])) for d in self.obs_dims)
         self.film_scale: nn.ParameterList | None = None
@@ -126,6 +132,17 @@ class MultiTaskQNetwork(nn.Module):
             self.film_shift = nn.ParameterList(
                 nn.Parameter(torch.zeros(self.n_tasks, int(w))) for w in hidden
             )
+
+    @staticmethod
+    def _build_encoders(tasks: Sequence[TaskSpec], conv: Sequence[Sequence[int]], activation: str) -> nn.ModuleList:
+        shapes = [t.obs_shape for t in tasks]
+        encoders = [ConvEncoder(s, conv, activation) for s in (shapes[:1] if len(set(shapes)) == 1 else shapes)]
+        sizes = {t.name: e.out_dim for t, e in zip(tasks, encoders, strict=False)}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"net.conv={[list(x) for x in conv]} gives features of different sizes {sizes} for "
+                             f"observation shapes {dict(zip([t.name for t in tasks], shapes, strict=True))}: the "
+                             "tasks' images need one height and width")
+        return nn.ModuleList(encoders)
 
     def _build_heads(self, width: int, dueling: bool, popart_beta: float | None) -> None:
         def make(n: int) -> nn.Module:
@@ -151,6 +168,13 @@ class MultiTaskQNetwork(nn.Module):
         return x
 
     def _first_layer(self, obs: Tensor, task_ids: Tensor) -> Tensor:
+        if self.encoders is not None:
+            if len(self.encoders) == 1:
+                image = self.encoders[0](obs)
+            else:  # every task's encoder on the whole batch (its own image's features), then each sample's own
+                outs = [e(obs[:, :d]) for e, d in zip(self.encoders, self.obs_dims, strict=True)]
+                image = select_task(torch.stack(outs, dim=1), task_ids)
+            return self.torso[0](self._condition(image, task_ids))
         if self.adapters is None:
             return self.torso[0](self._condition(obs, task_ids))
         # every adapter on the whole batch (reading only its task's features), then each sample's own
@@ -209,14 +233,17 @@ class MultiTaskQNetwork(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss flows through: the shared torso (and the shared head if conditioned)."""
-        params = list(self.torso.parameters())
+        params = list(self.encoders.parameters()) if self.encoders is not None and len(self.encoders) == 1 else []
+        params += list(self.torso.parameters())
         return params + (list(self.head.parameters()) if self.head is not None else [])
 
     def task_parameters(self, t: int) -> list[nn.Parameter]:
-        """Parameters only task t's loss flows through: its input adapter and its Q head (if any)."""
+        """Parameters only task t's loss flows through: its input adapter or encoder and its Q head (if any)."""
         if not 0 <= t < self.n_tasks:
             raise IndexError(f"task index {t} out of range for {self.n_tasks} tasks")
         params = list(self.adapters[t].parameters()) if self.adapters is not None else []
+        if self.encoders is not None and len(self.encoders) > 1:
+            params += list(self.encoders[t].parameters())
         return params + (list(self.heads[t].parameters()) if self.heads is not None else [])
 
     def conditioning_parameters(self) -> list[nn.Parameter]:

@@ -244,3 +244,44 @@ def test_pcgrad_step_on_network_shared_parameters():
     assert grad_cosine_matrix(grads).shape == (2, 2)
     assign_flat_grad(shared, pcgrad(grads, generator=torch.Generator().manual_seed(0)))
     assert all(p.grad is not None and p.grad.shape == p.shape for p in shared)
+
+
+IMAGES = [TaskSpec("four", 400, 3, obs_shape=(10, 10, 4)), TaskSpec("seven", 700, 5, obs_shape=(10, 10, 7))]
+SAME_IMAGES = [TaskSpec("a", 400, 3, obs_shape=(10, 10, 4)), TaskSpec("b", 400, 3, obs_shape=(10, 10, 4))]
+
+
+def test_conv_encoders_per_task_image_and_each_loss_reaches_only_its_own():
+    """net.conv on images with different channel counts (MinAtar): one encoder per task, each reading its own
+    image; a task's loss reaches its own encoder and head, never the other task's; the groups partition the net."""
+    net = MultiTaskQNetwork(IMAGES, hidden=(16,), conv=[[8, 3, 1]])
+    assert len(net.encoders) == 2 and net.adapters is None and net.torso[0].in_features == 8 * 8 * 8
+    ids = torch.tensor([0, 1, 0, 1])
+    obs = _padded_obs(IMAGES, ids)
+    q = net(obs, ids)
+    from mtdqn.nets.q import ConvEncoder
+
+    assert isinstance(net.encoders[1], ConvEncoder) and net.encoders[1].image_shape == (7, 10, 10)
+    expected = net.heads[1](net.torso(net.encoders[1](obs[1:2])))
+    torch.testing.assert_close(q[1:2, :5], expected)  # the second sample: its own encoder, torso and head
+    q[ids == 0, 0].sum().backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in net.task_parameters(1))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.task_parameters(0))
+    assert {id(p) for p in net.encoders[0].parameters()} <= {id(p) for p in net.task_parameters(0)}
+    groups = net.shared_parameters() + [p for t in range(2) for p in net.task_parameters(t)]
+    assert len(groups) == len({id(p) for p in groups}) == len(list(net.parameters()))
+
+
+def test_conv_encoder_is_shared_when_the_images_have_one_shape():
+    net = MultiTaskQNetwork(SAME_IMAGES, hidden=(16,), conv=[[8, 3, 1]], architecture="conditioned",
+                            conditioning="film")
+    assert len(net.encoders) == 1
+    assert {id(p) for p in net.encoders.parameters()} <= {id(p) for p in net.shared_parameters()}
+    assert net(torch.rand(3, 400), torch.tensor([0, 1, 1])).shape == (3, 3)
+
+
+def test_conv_needs_images_of_one_height_and_width():
+    tasks = [TaskSpec("small", 64, 2, obs_shape=(8, 8)), TaskSpec("big", 100, 2, obs_shape=(10, 10))]
+    with pytest.raises(ValueError, match=r"net.conv=\[\[8, 3, 1\]\] gives features of different sizes"):
+        MultiTaskQNetwork(tasks, hidden=(16,), conv=[[8, 3, 1]])
+    with pytest.raises(ValueError, match="net.conv needs image observations"):
+        MultiTaskQNetwork(SAME, hidden=(16,), conv=[[8, 3, 1]])
