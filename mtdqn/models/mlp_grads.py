@@ -173,12 +173,13 @@ class ExplicitMultiHeadGrads:
     @staticmethod
     def supports(q_net: nn.Module) -> bool:
         """True for a multi-head MultiTaskQNetwork with a (Linear, ReLU)* torso, nn.Linear heads of one width and
-        nothing else (no adapters, conditioning, FiLM, PopArt, observation normalizer)."""
+        nothing else (no adapters, conv encoders, conditioning, FiLM, PopArt, observation normalizer)."""
         from mtdqn.nets.multitask import MultiTaskQNetwork
 
         if type(q_net) is not MultiTaskQNetwork or q_net.architecture != "multihead" or q_net.heads is None:
             return False
-        if any(getattr(q_net, k) is not None for k in ("obs_norm", "adapters", "embedding", "film_scale", "popart")):
+        extras = ("obs_norm", "adapters", "encoders", "embedding", "film_scale", "popart")
+        if any(getattr(q_net, k, None) is not None for k in extras):
             return False
         torso = relu_torso_names(q_net.torso)
         heads = list(q_net.heads)

@@ -269,6 +269,9 @@ def test_conv_encoders_per_task_image_and_each_loss_reaches_only_its_own():
     assert {id(p) for p in net.encoders[0].parameters()} <= {id(p) for p in net.task_parameters(0)}
     groups = net.shared_parameters() + [p for t in range(2) for p in net.task_parameters(t)]
     assert len(groups) == len({id(p) for p in groups}) == len(list(net.parameters()))
+    from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
+
+    assert not ExplicitMultiHeadGrads.supports(net)  # hand-written gradients cover plain ReLU MLP torsos only
 
 
 def test_conv_encoder_is_shared_when_the_images_have_one_shape():
