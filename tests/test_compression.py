@@ -169,3 +169,23 @@ def test_report_numbers_go_to_the_wandb_summary(tmp_path):
     assert run.summary["compression/distill/retention"] == 0.97
     assert run.summary["compression/distill/latency_ms_torchscript_b1"] == 0.05
     assert {"compression/report", "compression/table"} <= set(run.logged)
+
+
+def test_compress_a_convolutional_policy(tmp_path):
+    """A tiny `+experiment=minatar_dqn` run (ConvEncoder + MLP): every method keeps the encoder and compresses
+    the MLP; the reported multiply-adds include the convolution's (weight size x output positions)."""
+    pytest.importorskip("minatar", reason="MinAtar ids need the optional extra .[minatar]")
+    run = tmp_path / "run"
+    tiny = ["data.total_env_steps=600", "data.learning_starts=200", "data.env_steps_per_round=64",
+            "callbacks.eval.every_env_steps=300", "callbacks.eval.episodes=2", "callbacks.checkpoint.every_env_steps=300",
+            "logger=jsonl", "callbacks.progress=null", "print_config=false", "net.hidden=[32]"]
+    assert train(compose_cfg(["+experiment=minatar_dqn", *tiny], run))["status"] == "completed"
+    out = tmp_path / "report"
+    report = _compress_script().main([str(run), "--methods", "distill", "quantize", "--methods", "prune",
+                                      "--methods", "structured", "--methods", "fp16", "--out", str(out),
+                                      *TINY_COMPRESSION, "eval.episodes=2"])
+    _check_report(report, out, ["original", "distill", "distill+quantize", "prune", "structured", "fp16"])
+    conv_macs = 16 * 4 * 3 * 3 * 8 * 8  # 16 channels of 3x3x4 weights at 8x8 output positions
+    by_name = {e["name"]: e for e in report["policies"]}
+    assert by_name["original"]["macs"] == conv_macs + 16 * 8 * 8 * 32 + 32 * 3
+    assert by_name["distill"]["macs"] == conv_macs + 16 * 8 * 8 * 8 + 8 * 8 + 8 * 3  # distill.hidden=[8,8]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from mtdqn.callbacks.checkpoint import atomic_torch_save
 from mtdqn.nets.popart import PopArtHead
+from mtdqn.nets.q import ConvEncoder
 
 
 def _quantized_linears() -> tuple[type, ...]:
@@ -52,11 +53,17 @@ def count_params(module: nn.Module) -> tuple[int, int]:
 
 def count_macs(module: nn.Module) -> tuple[int, int]:
     """Multiply-adds per forward of one state, over every Linear layer the forward runs (a multi-head net runs
-    every head and every input adapter): (dense, non-zero weights only = what a sparse kernel would do)."""
+    every head and every input adapter) and every convolution of a ConvEncoder (weight size x output positions):
+    (dense, non-zero weights only = what a sparse kernel would do)."""
     dense = nonzero = 0
     for w, _ in _linear_weights(module):
         dense += w.numel()
         nonzero += int(torch.count_nonzero(w))
+    for m in module.modules():
+        if isinstance(m, ConvEncoder):
+            for w, positions in m.conv_macs():
+                dense += w.numel() * positions
+                nonzero += int(torch.count_nonzero(w)) * positions
     return dense, nonzero
 
 

@@ -67,6 +67,5 @@ def cast(policy: QPolicy, method: str) -> tuple[QPolicy, dict]:
 
 def _probe(policy: QPolicy) -> tuple[torch.Tensor, torch.Tensor]:
     """A one-state input for `policy` (zero observation, task 0)."""
-    width = next(m.in_features for m in policy.net.modules() if isinstance(m, nn.Linear))
-    obs_width = getattr(policy.net, "max_obs_dim", width)
-    return torch.zeros(1, obs_width), torch.zeros(1, dtype=torch.int64)
+    net = policy.net
+    return torch.zeros(1, getattr(net, "max_obs_dim", None) or net.obs_dim), torch.zeros(1, dtype=torch.int64)

@@ -56,14 +56,22 @@ class ConvEncoder(nn.Module):
         c, h, w = (1, *shape) if len(shape) == 2 else ((shape[2], *shape[:2]) if self.channels_last else shape)
         self.image_shape = (c, h, w)  # what the convolutions see
         convs: list[nn.Module] = []
+        sizes: list[tuple[int, int]] = []
         for out, kernel, stride in ((int(a), int(b), int(s)) for a, b, s in layers):
             if kernel > min(h, w):
                 raise ValueError(f"net.conv={[list(x) for x in layers]}: a {kernel}x{kernel} kernel does not fit the "
                                  f"{h}x{w} feature map it meets (observation {shape})")
             convs += [nn.Conv2d(c, out, kernel, stride), ACTIVATIONS[activation]()]
             c, h, w = out, (h - kernel) // stride + 1, (w - kernel) // stride + 1
+            sizes.append((h, w))
         self.convs = nn.Sequential(*convs)
         self.out_dim = c * h * w
+        self.out_sizes = sizes  # (height, width) each convolution outputs
+
+    def conv_macs(self) -> list[tuple[Tensor, int]]:
+        """(weight, output positions) per convolution: weight.numel() x positions multiply-adds per image."""
+        convs = [m for m in self.convs if isinstance(m, nn.Conv2d)]
+        return [(m.weight.detach(), h * w) for m, (h, w) in zip(convs, self.out_sizes, strict=True)]
 
     def forward(self, obs: Tensor) -> Tensor:
         """(..., H*W*C) -> (..., out_dim): any leading dimensions (a round's (G, B, D) batches)."""
@@ -109,6 +117,7 @@ class QNetwork(nn.Module):
         super().__init__()
         if obs_dim <= 0 or n_actions <= 0:
             raise ValueError(f"QNetwork needs obs_dim > 0 and n_actions > 0, got {obs_dim}, {n_actions}")
+        self.obs_dim = int(obs_dim)  # the flat observation's width (a conv encoder's torso reads other widths)
         self.obs_norm = RunningObsNorm(obs_dim) if obs_norm else None
         self.encoder = ConvEncoder(obs_shape, conv, activation) if conv else None
         self.torso = mlp(self.encoder.out_dim if self.encoder else obs_dim, hidden, activation, layer_norm)
