@@ -117,3 +117,24 @@ def test_transfer_errors_stop_the_run_at_build_with_the_key(tmp_path, source_run
                            f"transfer.teachers=[{source_run / 'checkpoints' / 'last.ckpt'}]"], tmp_path))
     with pytest.raises(ValueError, match="transfer.eval_source_tasks: 'nowhere' is not a driving task"):
         build(compose_cfg([*TARGET, "transfer.eval_source_tasks=[nowhere]"], tmp_path))
+
+
+def test_freeze_a_convolutional_source_on_another_game(tmp_path):
+    """A MinAtar Breakout run with a conv encoder, frozen onto Asterix (same 10x10x4 image, 5 actions, not 3): the
+    encoder counts as torso (transfer.torso_prefixes), is loaded bit for bit and never moves; the head is new."""
+    pytest.importorskip("minatar", reason="MinAtar ids need the optional extra .[minatar]")
+    tiny = ["data.total_env_steps=600", "data.learning_starts=200", "data.env_steps_per_round=64",
+            "callbacks.eval.every_env_steps=300", "callbacks.eval.episodes=2", "logger=jsonl",
+            "callbacks.progress=null", "print_config=false", "net.hidden=[32]"]
+    source = tmp_path / "source"
+    assert train(compose_cfg(["+experiment=minatar_dqn", *tiny], source))["status"] == "completed"
+    cfg = compose_cfg(["+experiment=minatar_dqn", *tiny, "task_set.tasks=[MinAtar/Asterix-v1]", "transfer=freeze",
+                       f"transfer.checkpoint={source / 'checkpoints' / 'last.ckpt'}", "callbacks.checkpoint=null"],
+                      tmp_path / "target")
+    model, data, trainer = build(cfg)
+    loaded = source_tensors(source, "encoder.")
+    assert set(loaded) == {"encoder.convs.0.weight", "encoder.convs.0.bias"}
+    trainer.fit(model, datamodule=data)
+    current = dict(model.q_net.named_parameters())
+    assert all(torch.equal(current[n], t) and not current[n].requires_grad for n, t in loaded.items())
+    assert model.q_net.head.out_features == 5

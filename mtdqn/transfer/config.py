@@ -10,7 +10,7 @@ MODES = ("none", "finetune", "freeze", "ewc", "distill")
 FROM_CHECKPOINT = ("finetune", "freeze", "ewc")  # modes that start from transfer.checkpoint
 EWC_NORMALIZE = ("mean", "none")
 MISSING = "???"  # OmegaConf's mandatory marker, as left by to_container(..., throw_on_missing=False)
-DEFAULT_TORSO = ("torso.", "adapters.", "embedding.", "film_")
+DEFAULT_TORSO = ("encoder.", "encoders.", "torso.", "adapters.", "embedding.", "film_")  # conv encoders too
 
 
 def _missing(value: Any) -> bool:
