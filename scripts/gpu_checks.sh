@@ -5,6 +5,7 @@
 #   3. end-to-end lane_keep_dqn on the GPU (envs, replay, updates all on the device): env steps/s, updates/s,
 #      final normalized score; and a wide throughput config (1,024 envs, batch 2,048)
 #   4. scripts/bench_dqn.py --device cuda: mtdqn vs SB3 vs bare torch on CartPole-v1, all on the GPU
+# (tests/test_gpu.py includes the conv encoder on MinAtar, since 2026-11-30: not run on a GPU yet)
 # Usage: OUT=gpu_out bash scripts/gpu_checks.sh   (a .whl/ folder of wheels, if present, is installed first, for
 # machines without network that lack hydra-core/gymnasium/stable-baselines3)
 set -u

@@ -79,3 +79,17 @@ def test_multitask_on_gpu(tmp_path):
     ], tmp_path))
     assert summary["status"] == "completed"
     assert "eval/mean_normalized" in summary
+
+
+def test_minatar_conv_trains_on_gpu(tmp_path):
+    """+experiment=minatar_dqn trainer=gpu: MinAtar's numpy env feeds the device's replay; the conv encoder's
+    weights live and train on the GPU."""
+    pytest.importorskip("minatar", reason="MinAtar ids need the optional extra .[minatar]")
+    cfg = compose_cfg(["+experiment=minatar_dqn", "trainer=gpu", "logger=jsonl", "callbacks.progress=null",
+                       "data.total_env_steps=4000", "data.learning_starts=1000", "callbacks.eval.every_env_steps=2000",
+                       "callbacks.eval.episodes=4", "callbacks.checkpoint=null"], tmp_path)
+    model, data, trainer = build(cfg)
+    before = model.q_net.encoder.convs[0].weight.detach().clone()
+    trainer.fit(model, datamodule=data)
+    weight = model.q_net.encoder.convs[0].weight
+    assert weight.is_cuda and trainer.global_step > 0 and not torch.equal(before.to(weight.device), weight)
