@@ -24,6 +24,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 STEP_KEY = "env_steps"
+TRAIN_SECONDS = "time/train_seconds"  # logged with every evaluation (EvalCallback): seconds of training so far
 MISSING = "<missing>"
 _TASK_RE = re.compile(r"^eval/(?P<task>.+)/(?P<kind>normalized|return)$")
 
@@ -322,6 +323,8 @@ def score_row(
     row["min"], row["max"] = float(per_run.min()), float(per_run.max())
     aucs = [stats.area_under_curve(*r.series(m)) for r in kept for m in metrics if r.series(m)[0].size]
     row["auc"] = float(np.mean(aucs)) if aucs else None
+    seconds = [s for s in (r.final(TRAIN_SECONDS) for r in kept) if s is not None]
+    row["train_minutes"] = float(np.median(seconds)) / 60 if seconds else None  # evaluation time excluded
     if threshold is not None and len(metrics) == 1:
         row.update(threshold_summary(kept, metrics[0], threshold))
     row["final_scores"] = scores.tolist()
@@ -522,12 +525,14 @@ def _table_markdown(table: Mapping[str, Any], threshold: float, ci: float) -> li
     header = ["group", "runs", f"IQM [{pct}]", f"mean [{pct}]", f"median [{pct}]", "std [min, max] over runs", "AUC"]
     with_threshold = table["kind"] != "aggregate"
     header += [f"env steps to {threshold:g}"] if with_threshold else []
+    header += ["train min"]
     lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in table["rows"].items():
         n = f"{row['n_runs']}" + (f" ({row['n_incomplete']} incomplete)" if row["n_incomplete"] else "")
         cells = [_md_cell(label), n, _fmt_ci(row, "iqm"), _fmt_ci(row, "mean"), _fmt_ci(row, "median")]
         cells += [f"{_fmt(row.get('std'))} [{_fmt(row.get('min'))}, {_fmt(row.get('max'))}]"]
         cells += [_fmt(row["auc"])] + ([_threshold_cell(row)] if with_threshold else [])
+        cells += ["-" if row.get("train_minutes") is None else f"{row['train_minutes']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if not table["rows"]:
         lines.append("| (no run has this metric) |" + " |" * (len(header) - 1))
@@ -548,7 +553,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"stratified-bootstrap CIs ({s['n_boot']} resamples, {s['stats_backend']}). AUC = mean over runs of "
         f"the area under the eval curve divided by its env-step span. std [min, max] over runs: spread across "
         f"runs (seeds) of each run's final score (mean over tasks). Env steps to {s['threshold']:g}: median "
-        "over runs of the first eval at or above the threshold (runs that reached it / runs).",
+        "over runs of the first eval at or above the threshold (runs that reached it / runs). Train min: median "
+        "over runs of the minutes spent training (`time/train_seconds`, evaluation excluded; a shared machine's "
+        "load moves it).",
         "",
     ]
     for table in s["tables"]:

@@ -326,3 +326,23 @@ def test_script_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
         script.main(["--help"])
     assert exc.value.code == 0 and "--by" in capsys.readouterr().out
+
+
+def test_train_minutes_are_the_median_of_each_runs_last_train_seconds(tmp_path: Path) -> None:
+    """The table's `train min`: per group, the median over runs of the last logged `time/train_seconds` (the
+    evaluation callback logs training seconds with every evaluation); '-' for runs that never logged it."""
+    for i, secs in enumerate((120.0, 300.0, 600.0)):
+        rows = ramp_rows({"lane_keep": 0.9})
+        evals = [r for r in rows if "eval/lane_keep/normalized" in r]
+        for k, r in enumerate(evals, start=1):  # training seconds grow with every evaluation, to `secs`
+            r["time/train_seconds"] = secs * k / len(evals)
+        write_run(tmp_path / "timed" / str(i), base_config(seed=i, experiment_name="timed"), rows,
+                  {"status": "completed"})
+    write_run(tmp_path / "untimed" / "0", base_config(experiment_name="untimed"), ramp_rows({"lane_keep": 0.9}),
+              {"status": "completed"})
+    comparison = cmp.compare_runs([tmp_path], **BOOT)
+    rows = _table(comparison.summary, "lane_keep")["rows"]
+    assert rows["experiment_name=timed"]["train_minutes"] == pytest.approx(5.0)  # 120, 300, 600 s: median 300 s
+    assert rows["experiment_name=untimed"]["train_minutes"] is None
+    md = cmp.render_markdown(comparison.summary)
+    assert "| 5.0 |" in md and "train min |" in md
