@@ -8,29 +8,26 @@ from mtdqn.train import train
 from tests.helpers.config import compose_cfg
 
 
+def evaluations(tmp_path, overrides: list[str], metric: str) -> list[float]:
+    """Train seed 0 with `overrides` (metrics to jsonl, no checkpoints) and return `metric` at every evaluation."""
+    train(compose_cfg([*overrides, "logger=jsonl", "callbacks.progress=null", "callbacks.checkpoint=null", "seed=0"],
+                      tmp_path))
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return [r[metric] for r in rows if metric in r]
+
+
 @pytest.mark.slow
 def test_cartpole_dqn_reaches_195_within_20k_env_steps(tmp_path):
-    cfg = compose_cfg([
-        "+experiment=cartpole_dqn", "data.total_env_steps=20000", "logger=jsonl", "callbacks.progress=null",
-        "callbacks.checkpoint=null", "callbacks.eval.every_env_steps=2000", "seed=0",
-    ], tmp_path)
-    train(cfg)
-
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    evals = [r["eval/CartPole-v1/return"] for r in rows if "eval/CartPole-v1/return" in r]
+    evals = evaluations(tmp_path, ["+experiment=cartpole_dqn", "data.total_env_steps=20000",
+                                   "callbacks.eval.every_env_steps=2000"], "eval/CartPole-v1/return")
     assert max(evals) >= 195, evals  # a random policy scores about 22
 
 
 @pytest.mark.slow
 def test_lane_keep_dqn_solves_lane_keep(tmp_path):
     """+experiment=lane_keep_dqn reaches normalized >= 0.9 (solved) within 100k env steps."""
-    cfg = compose_cfg([
-        "+experiment=lane_keep_dqn", "data.total_env_steps=100000", "logger=jsonl", "callbacks.progress=null",
-        "callbacks.checkpoint=null", "seed=0",
-    ], tmp_path)
-    train(cfg)
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    scores = [r["eval/lane_keep/normalized"] for r in rows if "eval/lane_keep/normalized" in r]
+    scores = evaluations(tmp_path, ["+experiment=lane_keep_dqn", "data.total_env_steps=100000"],
+                         "eval/lane_keep/normalized")
     assert scores[0] < 0.5 and max(scores) >= 0.9, scores
 
 
@@ -39,11 +36,6 @@ def test_minatar_dqn_conv_learns_breakout(tmp_path):
     """+experiment=minatar_dqn (convolutional encoder) scores over 4x a random policy on MinAtar Breakout within
     50k env steps (uniform random actions: 0.46 over 100 episodes)."""
     pytest.importorskip("minatar", reason="MinAtar ids need the optional extra .[minatar]")
-    cfg = compose_cfg([
-        "+experiment=minatar_dqn", "data.total_env_steps=50000", "logger=jsonl", "callbacks.progress=null",
-        "callbacks.checkpoint=null", "callbacks.eval.episodes=32", "seed=0",
-    ], tmp_path)
-    train(cfg)
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    returns = [r["eval/MinAtar-Breakout-v1/return"] for r in rows if "eval/MinAtar-Breakout-v1/return" in r]
+    returns = evaluations(tmp_path, ["+experiment=minatar_dqn", "data.total_env_steps=50000",
+                                     "callbacks.eval.episodes=32"], "eval/MinAtar-Breakout-v1/return")
     assert max(returns) >= 2.0, returns
