@@ -21,10 +21,13 @@ from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
 from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
+from mtdqn.envs.wrappers import check_perturb
 from mtdqn.models import MultiTaskDQNModule
 from mtdqn.models.adversarial import AdversarialObs
 from mtdqn.replay import PrioritizedReplayBuffer
+from mtdqn.replay.buffer import check_obs_storage
 from mtdqn.transfer import TransferConfig, apply_transfer
+from mtdqn.types import TaskSpec
 
 log = logging.getLogger("mtdqn")
 
@@ -71,6 +74,17 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"adversarial.epsilon={adv.get('epsilon')} must be >= 0 (0 = off)")
 
 
+def check_storage(cfg: DictConfig, specs: list[TaskSpec]) -> None:
+    """replay.obs_storage against each task's observations (uint8 needs them on a 0-255 grid, noise-free)."""
+    perturb, randomize = env_options(cfg)
+    noisy = "obs_noise" in check_perturb(perturb) or "obs_noise" in (randomize or {})
+    for spec in specs:
+        try:
+            check_obs_storage(str(cfg.replay.get("obs_storage", "auto")), None if noisy else spec.obs_quantum)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (task {spec.name}{', with obs_noise' if noisy else ''})") from None
+
+
 def env_options(cfg: DictConfig) -> tuple[dict, dict]:
     """(perturb, domain_randomization) as plain dicts (empty when absent)."""
     def plain(node: Any) -> dict:
@@ -95,6 +109,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     ts = cfg.task_set
     env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
     specs = task_specs(ts.kind, list(ts.tasks), env_kwargs)
+    check_storage(cfg, specs)
     multi = issubclass(get_class(cfg.model._target_), MultiTaskDQNModule)
     per = cfg.replay._target_.endswith(PrioritizedReplayBuffer.__name__)
     if len(specs) != 1 and not multi:

@@ -57,6 +57,9 @@ class Round(NamedTuple):
     # (T, 1 + 2 D) float64 [count, sum, sum of squares] per task of the observations collected since the last
     # round (D = widest task's obs size); only when the Q-network normalizes observations (net.obs_norm), else None
     obs_stats: Tensor | None = None
+    # not None: batch.obs / next_obs are uint8 as replay stored them, float observations = uint8 x obs_quantum
+    # (mtdqn.replay.dequantize), turned into floats one minibatch at a time by training_step
+    obs_quantum: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class TaskSpec:
     random_return: float | None = None  # uniform random policy's mean return (normalized score = 0)
     obs_shape: tuple[int, ...] | None = None  # an image observation's shape before flattening (None: a vector);
     # what a convolutional encoder (net.conv) reshapes the flat observation to
+    obs_quantum: float | None = None  # observations are integer multiples (0-255) of this: 1/255 for uint8 frames
+    # (scaled to [0, 1]), 1 for boolean images; None: continuous. replay.obs_storage=auto stores such obs as uint8
 
     def net_kwargs(self) -> dict:
         """What a single-task network is built from: obs_dim, n_actions and obs_shape."""

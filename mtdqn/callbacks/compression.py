@@ -42,7 +42,7 @@ class CompressionCallback(pl.Callback):
 
         policy = wrap(copy.deepcopy(pl_module.q_net).cpu().float())
         dm = trainer.datamodule
-        replay_obs = [b.obs[: b.size].cpu() for b in dm.buffers]
+        replay_obs = [b.observations().cpu() for b in dm.buffers]
         builder = net_builder(trained_net_factory(self.net_factory, pl_module.q_net), pl_module.tasks,
                               policy.multitask)
         log.info("compression: %s -> %s", self.settings.methods, self.output_dir)

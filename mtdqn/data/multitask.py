@@ -22,7 +22,7 @@ COLLECT_SCHEDULES = ("fixed", "by_score")
 EXPLORATION_CLOCKS = ("summed", "task")
 BATCH_SIZE_UNITS = ("total", "per_task")
 EnvFactory = Callable[..., TensorVecEnv]  # (num_envs=..., device=...) -> TensorVecEnv
-ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=) -> ReplayBuffer
+ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=, obs_quantum=) -> ReplayBuffer
 
 
 def check_positive(**values: float) -> None:
@@ -52,6 +52,8 @@ def pad_obs(obs: Tensor, width: int) -> Tensor:
 
 def concat_batches(parts: list[Batch], obs_width: int) -> Batch:
     """Concatenate per-task stacked batches (G, B_t, ...) along the batch dim, padding observations."""
+    if len(parts) == 1 and parts[0].obs.shape[-1] == obs_width:
+        return parts[0]  # one task: nothing to join (a copy of an Atari round's observations costs ~0.2 s)
     fields = {}
     for name in Batch._fields:
         tensors = [getattr(b, name) for b in parts]
@@ -119,7 +121,8 @@ class MultiTaskStream(IterableDataset):
             counts = dm.composition_counts()
             parts = [dm.sample_task(i, c, dm.updates_per_round) for i, c in enumerate(counts) if c > 0]
             obs_stats, self.obs_stats = self.obs_stats, None
-            yield Round(concat_batches(parts, dm.obs_width), self.env_steps, eps, returns, tasks, obs_stats)
+            yield Round(concat_batches(parts, dm.obs_width), self.env_steps, eps, returns, tasks, obs_stats,
+                        dm.round_obs_quantum)
 
 
 class MultiTaskDataModule(pl.LightningDataModule):
@@ -252,6 +255,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.task_env_steps: list[int] | None = [0] * n_tasks
         self.stream: MultiTaskStream | None = None
         self.buffers: list[ReplayBuffer] = []
+        self.round_obs_quantum: float | None = None  # set in setup: rounds carry uint8 observations on this grid
 
     def _check_sharing(self, fraction: float | Sequence[float], rules: Sequence[Sequence[ShareRule | None]] | None
                        ) -> tuple[list[float], list[list[ShareRule | None]] | None]:  # fmt: skip
@@ -339,8 +343,14 @@ class MultiTaskDataModule(pl.LightningDataModule):
             env = factory(num_envs=self.num_envs, device=self.device)
             self.envs.append(env)
             self.buffers.append(self.replay_factory(num_envs=self.num_envs, obs_dim=task.obs_dim,
-                                                    device=self.device, seed=seed, task_id=i))
+                                                    device=self.device, seed=seed, task_id=i,
+                                                    obs_quantum=getattr(env, "obs_quantum", None)))
             self.collectors.append(Collector(env, partial(self.policy, i), seed=seed))
+        # every replay stores uint8 on one grid: rounds carry the uint8 observations (see ReplayBuffer.raw_obs)
+        quanta = {b.obs_quantum for b in self.buffers}
+        self.round_obs_quantum = quanta.pop() if len(quanta) == 1 and None not in quanta else None
+        for b in self.buffers:
+            b.raw_obs = self.round_obs_quantum is not None
 
     def composition_counts(self) -> list[int]:
         """Samples per task in each minibatch, as configured by data.batch_composition (a solved task's weight x

@@ -29,6 +29,9 @@ def task_spec(kind: str, task: str, env_kwargs: dict | None = None) -> TaskSpec:
 
     if task not in driving.TASKS:
         raise ValueError(f"task_set.tasks: {task!r} is not a driving task; choose from {list(driving.TASKS)}")
+    if "wrappers" in (env_kwargs or {}):
+        raise ValueError("task_set.env_kwargs.wrappers: gymnasium wrappers apply to task_set.kind='gym' tasks; the "
+                         "driving simulator is configured by its own knobs (docs/driving.md)")
     return driving.task_spec(task, driving.DrivingConfig(**(env_kwargs or {})))  # validates the knobs
 
 

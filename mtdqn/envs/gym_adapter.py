@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +14,8 @@ from torch import Tensor
 from mtdqn.types import StepResult, TaskSpec
 
 # Optional packages whose import registers extra gymnasium ids: (module, extra that installs it).
-_REGISTERING_MODULES = (("highway_env", "highway"), ("minatar", "minatar"))
+_REGISTERING_MODULES = (("highway_env", "highway"), ("minatar", "minatar"), ("ale_py", "atari"))
+WRAPPERS_KEY = "wrappers"  # task_set.env_kwargs.wrappers: mtdqn's own key, never passed to gymnasium.make
 
 
 def _import_registrations(env_id: str) -> None:
@@ -33,8 +36,52 @@ def _import_registrations(env_id: str) -> None:
             register()
 
 
+def split_env_kwargs(env_kwargs: Mapping[str, Any] | None) -> tuple[dict, list[tuple[Callable, dict]]]:
+    """(kwargs for gymnasium.make, [(wrapper class, its kwargs), ...]) from task_set.env_kwargs.
+
+    `env_kwargs.wrappers` is a list of {wrapper: <import path of a gymnasium wrapper>, kwargs: {...}}, applied in
+    order to every env (training, evaluation, reports), e.g. AtariPreprocessing then FrameStackObservation. (Not
+    Hydra's `_target_`: configs that interpolate env_kwargs would have Hydra build the wrappers without an env.)
+    """
+    kwargs = dict(env_kwargs or {})
+    raw = kwargs.pop(WRAPPERS_KEY, None) or []
+    key = f"task_set.env_kwargs.{WRAPPERS_KEY}"
+    usage = "{wrapper: <import path, e.g. gymnasium.wrappers.FrameStackObservation>, kwargs: {...}}"
+    if isinstance(raw, str | bytes | Mapping) or not isinstance(raw, Sequence):
+        raise ValueError(f"{key}={raw!r} is invalid: expected a list of {usage}")
+    wrappers = []
+    for i, item in enumerate(raw):
+        target = item.get("wrapper") if isinstance(item, Mapping) else None
+        extra = sorted(set(item) - {"wrapper", "kwargs"}) if isinstance(item, Mapping) else []
+        wrapper_kwargs = item.get("kwargs") or {} if isinstance(item, Mapping) else None
+        if not isinstance(target, str) or "." not in target or extra or not isinstance(wrapper_kwargs, Mapping):
+            raise ValueError(f"{key}[{i}]={item!r} is invalid: expected {usage}")
+        module, _, name = target.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"{key}[{i}].wrapper={target!r} cannot be imported: {exc}") from None
+        if not callable(cls):
+            raise ValueError(f"{key}[{i}].wrapper={target!r} is not callable")
+        wrappers.append((cls, dict(wrapper_kwargs)))
+    return kwargs, wrappers
+
+
+def _quantization(space: gym.Space) -> tuple[float | None, float | None]:
+    """(scale the adapter multiplies observations by, grid they then lie on) for a Box observation space:
+    uint8 images are scaled to [0, 1] on a 1/255 grid (as SB3 and CleanRL feed Atari frames to their CNNs), boolean
+    ones (MinAtar) stay 0/1; anything else is continuous (None, None). Replay stores gridded observations as uint8
+    (`replay.obs_storage=auto`)."""
+    if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8:
+        return 1.0 / 255.0, 1.0 / 255.0
+    if isinstance(space, gym.spaces.Box) and space.dtype == np.bool_:
+        return None, 1.0
+    return None, None
+
+
 def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
-    """Validate a gymnasium id (registered, Box observation, Discrete actions); return its TaskSpec."""
+    """Validate a gymnasium id (registered, Box observation, Discrete actions) with its wrappers; return its
+    TaskSpec."""
     _import_registrations(env_id)
     if env_id not in gym.registry:
         close = [k for k in gym.registry if k.split("-")[0].lower() == env_id.split("-")[0].lower()]
@@ -44,7 +91,7 @@ def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
             f"task_set.tasks: {env_id!r} is not a registered gymnasium id{hint}; ids from optional packages need "
             f"their extra installed ({extras})"
         )
-    env = gym.make(env_id, **(env_kwargs or {}))
+    env = make_single(env_id, env_kwargs, flatten=False)
     try:
         obs_space, act_space = env.observation_space, env.action_space
     finally:
@@ -61,7 +108,8 @@ def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
     obs_dim = int(gym.spaces.flatdim(obs_space))
     image = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) in (2, 3)  # (H, W) or with channels
     return TaskSpec(name=env_id.replace("/", "-"), obs_dim=obs_dim, n_actions=int(act_space.n),
-                    obs_shape=tuple(int(d) for d in obs_space.shape) if image else None)
+                    obs_shape=tuple(int(d) for d in obs_space.shape) if image else None,
+                    obs_quantum=_quantization(obs_space)[1])
 
 
 def _flattenable(space: gym.Space) -> bool:
@@ -75,10 +123,19 @@ def _flattenable(space: gym.Space) -> bool:
     return False
 
 
-def make_single(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
-    """gymnasium.make, flattening Dict / Tuple observations into one vector."""
-    env = gym.make(env_id, **(env_kwargs or {}))
-    if not isinstance(env.observation_space, gym.spaces.Box):
+def make_single(env_id: str, env_kwargs: dict | None = None, flatten: bool = True) -> gym.Env:
+    """gymnasium.make with task_set.env_kwargs, then its `wrappers` in order, then (`flatten`) Dict / Tuple
+    observations flattened into one vector."""
+    kwargs, wrappers = split_env_kwargs(env_kwargs)
+    env = gym.make(env_id, **kwargs)
+    for i, (cls, wrapper_kwargs) in enumerate(wrappers):
+        try:
+            env = cls(env, **wrapper_kwargs)
+        except Exception as exc:  # the wrapper's own complaint, with the config key it came from
+            env.close()
+            raise ValueError(f"task_set.env_kwargs.{WRAPPERS_KEY}[{i}] ({cls.__name__}{wrapper_kwargs}) on "
+                             f"{env_id!r}: {exc}") from exc
+    if flatten and not isinstance(env.observation_space, gym.spaces.Box):
         env = gym.wrappers.FlattenObservation(env)
     return env
 
@@ -88,7 +145,8 @@ class GymVecEnv:
 
     Lighter than gymnasium's SyncVectorEnv (no info merging, no deep copies): for CartPole this is the difference
     between ~70 us and ~250 us per vector step. Env i is seeded with seed + i at `reset`; later episodes continue
-    each env's own RNG, exactly as gymnasium's vector envs do.
+    each env's own RNG, exactly as gymnasium's vector envs do. uint8 observations (Atari frames) come out as
+    float32 in [0, 1] (x / 255); `obs_quantum` says which grid observations lie on (None: continuous).
     """
 
     def __init__(
@@ -98,6 +156,7 @@ class GymVecEnv:
         self.env_id, self.num_envs, self.obs_dim, self.n_actions = env_id, num_envs, spec.obs_dim, spec.n_actions
         self.device = torch.device(device)
         self.envs = [make_single(env_id, env_kwargs) for _ in range(num_envs)]
+        self.obs_scale, self.obs_quantum = _quantization(self.envs[0].observation_space)
         self._next_obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._reward = np.zeros(num_envs, dtype=np.float32)
@@ -112,6 +171,8 @@ class GymVecEnv:
         for i, env in enumerate(self.envs):
             obs, _ = env.reset(seed=None if seed is None else seed + i)
             self._obs[i] = np.asarray(obs, dtype=np.float32).reshape(-1)
+        if self.obs_scale is not None:
+            self._obs *= self.obs_scale
         return self._tensor(self._obs)
 
     def step(self, actions: Tensor) -> StepResult:
@@ -123,6 +184,9 @@ class GymVecEnv:
             if terminated or truncated:
                 obs, _ = env.reset()
             self._obs[i] = np.asarray(obs, dtype=np.float32).reshape(-1)
+        if self.obs_scale is not None:
+            self._next_obs *= self.obs_scale
+            self._obs *= self.obs_scale
         return StepResult(
             next_obs=self._tensor(self._next_obs),
             reward=self._tensor(self._reward),

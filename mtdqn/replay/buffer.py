@@ -8,6 +8,28 @@ from torch import Tensor
 from mtdqn.replay.sumtree import SumTree
 from mtdqn.types import Batch, Transition
 
+OBS_STORAGES = ("auto", "float32", "uint8")
+
+
+def check_obs_storage(storage: str, quantum: float | None) -> torch.dtype:
+    """The dtype replay stores observations in (`replay.obs_storage`).
+
+    `uint8` keeps each observation as integer multiples of the task's `obs_quantum` (1/255 for uint8 images the
+    env adapter scales to [0, 1], 1 for boolean ones such as MinAtar's): a quarter of float32's memory, read back
+    exactly. `auto` picks uint8 where the task declares a quantum, float32 elsewhere.
+    """
+    if storage not in OBS_STORAGES:
+        raise ValueError(f"replay.obs_storage={storage!r} is not one of {OBS_STORAGES}")
+    if storage == "uint8" and quantum is None:
+        raise ValueError("replay.obs_storage='uint8' needs observations on a 0-255 grid (a uint8 or boolean Box "
+                         "observation space); this task's are continuous: use 'auto' or 'float32'")
+    return torch.uint8 if storage == "uint8" or (storage == "auto" and quantum is not None) else torch.float32
+
+
+def dequantize(obs: Tensor, quantum: float | None) -> Tensor:
+    """uint8 observations as float32 multiples of `quantum` (one kernel); float ones (or quantum None) unchanged."""
+    return obs if quantum is None or obs.dtype != torch.uint8 else torch.mul(obs, quantum)
+
 
 class ReplayBuffer:
     """Uniform replay laid out as (rows, num_envs): one row per vector step, inserted without Python loops.
@@ -26,17 +48,27 @@ class ReplayBuffer:
         device: torch.device | str = "cpu",
         seed: int = 0,
         task_id: int = 0,
+        obs_storage: str = "auto",  # auto | float32 | uint8 (see check_obs_storage)
+        obs_quantum: float | None = None,  # the task's observations are integer multiples of this (TaskSpec)
     ) -> None:
         if capacity <= 0 or num_envs <= 0 or obs_dim <= 0 or n_step <= 0:
             raise ValueError(f"replay: capacity={capacity}, num_envs={num_envs}, n_step={n_step} must be > 0")
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma={gamma} must lie in (0, 1]")
+        self.obs_dtype = check_obs_storage(obs_storage, obs_quantum)
+        self.obs_quantum = float(obs_quantum) if self.obs_dtype == torch.uint8 else None
+        # True: samples keep uint8 observations (Batch.obs as stored) for the consumer to turn into floats one
+        # minibatch at a time (the data stream sets it, Round.obs_quantum tells training_step); a round of Atari
+        # minibatches is then 115 MB of uint8 rather than 460 MB of float32
+        self.raw_obs = False
         self.rows = max(capacity // num_envs, n_step + 1)
         self.num_envs, self.obs_dim, self.gamma, self.n_step = num_envs, obs_dim, gamma, n_step
         self.device, self.task_id = torch.device(device), task_id
         shape = (self.rows, num_envs)
-        self.obs = torch.zeros(*shape, obs_dim, device=self.device)
-        self.next_obs = torch.zeros(*shape, obs_dim, device=self.device)
+        # uninitialized: only written rows are ever read (sampling, state_dict), so the OS commits memory as the
+        # buffer fills (a 100k Atari replay is 5.6 GB once full, not at the start)
+        self.obs = torch.empty(*shape, obs_dim, dtype=self.obs_dtype, device=self.device)
+        self.next_obs = torch.empty(*shape, obs_dim, dtype=self.obs_dtype, device=self.device)
         self.actions = torch.zeros(shape, dtype=torch.int64, device=self.device)
         self.rewards = torch.zeros(shape, device=self.device)
         self.terminated = torch.zeros(shape, dtype=torch.bool, device=self.device)
@@ -57,14 +89,33 @@ class ReplayBuffer:
     def add(self, t: Transition) -> None:
         """Write one row: a transition from each env."""
         p = self.pos
-        self.obs[p] = t.obs
-        self.next_obs[p] = t.next_obs
+        self.obs[p] = self._store(t.obs)
+        self.next_obs[p] = self._store(t.next_obs)
         self.actions[p] = t.action
         self.rewards[p] = t.reward
         self.terminated[p] = t.terminated
         self.done[p] = t.terminated | t.truncated
         self.pos = (p + 1) % self.rows
         self.size = min(self.size + 1, self.rows)
+
+    def _store(self, obs: Tensor) -> Tensor:
+        """Observations as stored: unchanged, or as uint8 multiples of obs_quantum (exact for quantized obs)."""
+        if self.obs_quantum is None:
+            return obs
+        return (obs / self.obs_quantum).round_().clamp_(0, 255).to(torch.uint8)
+
+    def _load(self, stored: Tensor) -> Tensor:
+        """Stored observations back as float32 (stored * obs_quantum for uint8 storage)."""
+        return dequantize(stored, self.obs_quantum)
+
+    def observations(self) -> Tensor:
+        """Every filled row's observations, (rows filled, num_envs, obs_dim) float32."""
+        return self._load(self.obs[: self.size])
+
+    @property
+    def bytes_per_transition(self) -> int:
+        """Memory one stored transition takes (obs, next_obs, action, reward, two flags)."""
+        return 2 * self.obs_dim * self.obs.element_size() + 8 + 4 + 2
 
     def _check(self, batch_size: int) -> None:
         if self.sampleable == 0 or batch_size <= 0:
@@ -92,11 +143,12 @@ class ReplayBuffer:
             end = ahead.gather(-1, (n_eff - 1).unsqueeze(-1)).squeeze(-1)
         terminated = self.terminated[end, envs]
         discounts = torch.where(terminated, 0.0, self.gamma ** n_eff.to(torch.float32))
+        load = (lambda x: x) if self.raw_obs else self._load
         return Batch(
-            obs=self.obs[rows, envs],
+            obs=load(self.obs[rows, envs]),
             actions=self.actions[rows, envs],
             rewards=rewards,
-            next_obs=self.next_obs[end, envs],
+            next_obs=load(self.next_obs[end, envs]),
             discounts=discounts,
             weights=weights,
             indices=rows * self.num_envs + envs,
@@ -120,6 +172,9 @@ class ReplayBuffer:
         n = state["obs"].shape[0]
         if state["obs"].shape[1:] != self.obs.shape[1:] or n > self.rows:
             raise ValueError(f"replay state of shape {tuple(state['obs'].shape)} does not fit {tuple(self.obs.shape)}")
+        if state["obs"].dtype != self.obs.dtype:
+            raise ValueError(f"replay state stores observations as {state['obs'].dtype}, this buffer as "
+                             f"{self.obs.dtype} (replay.obs_storage differs from the checkpoint's run)")
         for k in self._TENSORS:
             getattr(self, k)[:n] = state[k].to(self.device)
         self.pos, self.size = int(state["pos"]), int(state["size"])

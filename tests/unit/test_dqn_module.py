@@ -154,7 +154,7 @@ def test_round_batched_target_values_equal_per_update_ones(tmp_path, model, monk
         cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=2", *extra], tmp_path / str(precompute))
         m, data, trainer = build(cfg)
         if not precompute:
-            monkeypatch.setattr(type(m), "round_target_values", lambda self, batch: None)
+            monkeypatch.setattr(type(m), "round_target_values", lambda self, batch, obs_quantum=None: None)
         trainer.fit(m, datamodule=data)
         monkeypatch.undo()
         results.append(params_vector(m.q_net))

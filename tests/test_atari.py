@@ -1,0 +1,198 @@
+"""Atari (optional extra .[atari]) and what it rests on: gymnasium wrappers from task_set.env_kwargs.wrappers,
+uint8 frames scaled to [0, 1], and replay that stores gridded observations as uint8."""
+
+import numpy as np
+import pytest
+import torch
+
+from mtdqn.envs import GymVecEnv, check_gym_id, env_factory, task_spec
+from mtdqn.envs.gym_adapter import split_env_kwargs
+from mtdqn.replay import PrioritizedReplayBuffer, ReplayBuffer
+from mtdqn.replay.buffer import check_obs_storage
+from mtdqn.train import build
+from mtdqn.types import Transition
+from tests.helpers.config import compose_cfg
+
+STACK = [{"wrapper": "gymnasium.wrappers.FrameStackObservation", "kwargs": {"stack_size": 3}}]
+SMOKE = ["debug=smoke", "logger=jsonl", "callbacks.progress=null"]
+QUIET = ["debug=smoke", "logger=jsonl", "callbacks=none"]  # no evaluation, checkpoints or progress bar
+# the preset at a size a test can train: 2 Pong envs, small replay, a few updates, one short evaluation
+ATARI_DATA = ["+experiment=atari_dqn", "data.num_envs=2", "data.total_env_steps=160", "data.env_steps_per_round=40",
+              "data.learning_starts=80", "replay.capacity=400"]
+ATARI = [*SMOKE, *ATARI_DATA, "callbacks.eval.every_env_steps=100000", "callbacks.eval.episodes=1",
+         "callbacks.checkpoint.every_env_steps=160"]
+
+
+def _frames(n_envs: int, values: torch.Tensor) -> Transition:
+    z = torch.zeros(n_envs, dtype=torch.bool)
+    return Transition(obs=values, action=torch.zeros(n_envs, dtype=torch.int64), reward=torch.ones(n_envs),
+                      next_obs=values.flip(-1), terminated=z, truncated=z)
+
+
+# --- wrappers from the config -------------------------------------------------------------------------------------
+
+def test_wrappers_apply_in_order_to_every_env_and_shape_the_spec():
+    spec = check_gym_id("CartPole-v1", {"wrappers": STACK})
+    assert spec.obs_dim == 12 and spec.obs_shape == (3, 4)  # a (3, 4) stack is 2-D: conv nets may read it as an image
+    env = GymVecEnv("CartPole-v1", num_envs=2, env_kwargs={"wrappers": STACK})
+    obs = env.reset(seed=0)
+    assert obs.shape == (2, 12)
+    res = env.step(torch.zeros(2, dtype=torch.int64))
+    # the newest frame is last in the stack; the previous one (the reset frame) moved up by one slot
+    assert torch.equal(res.next_obs.reshape(2, 3, 4)[:, 1], obs.reshape(2, 3, 4)[:, 2])
+
+
+@pytest.mark.parametrize("wrappers, match", [
+    ("gymnasium.wrappers.FrameStackObservation", "expected a list"),
+    ([{"kwargs": {"stack_size": 2}}], r"wrappers\[0\].*expected \{wrapper"),
+    ([{"wrapper": "gymnasium.wrappers.FrameStackObservation", "stack_size": 2}], r"wrappers\[0\].*expected"),
+    ([{"wrapper": "gymnasium.wrappers.NoSuchWrapper"}], r"wrappers\[0\]\.wrapper='gymnasium.wrappers.NoSuchWrapper' cannot be imported"),
+    ([*STACK, {"wrapper": "no_such_package.Wrapper"}], r"wrappers\[1\]\.wrapper='no_such_package.Wrapper' cannot be imported"),
+    ([{"wrapper": "gymnasium.wrappers.FrameStackObservation", "kwargs": {"stack_size": 0}}],
+     r"wrappers\[0\] \(FrameStackObservation\{'stack_size': 0\}\) on 'CartPole-v1'"),
+])
+def test_bad_wrappers_are_refused_with_their_key(wrappers, match):
+    with pytest.raises(ValueError, match=match):
+        check_gym_id("CartPole-v1", {"wrappers": wrappers})
+
+
+def test_wrappers_are_not_passed_to_gymnasium_make_and_driving_refuses_them():
+    kwargs, wrappers = split_env_kwargs({"max_episode_steps": 50, "wrappers": STACK})
+    assert kwargs == {"max_episode_steps": 50} and [cls.__name__ for cls, _ in wrappers] == ["FrameStackObservation"]
+    with pytest.raises(ValueError, match="task_set.env_kwargs.wrappers: gymnasium wrappers apply to task_set.kind='gym'"):
+        task_spec("driving", "lane_keep", {"wrappers": STACK})
+
+
+# --- uint8 replay ----------------------------------------------------------------------------------------------------
+
+def test_uint8_storage_reads_gridded_observations_back_exactly_in_a_quarter_of_the_memory():
+    levels = torch.randint(0, 256, (3, 4, 6), generator=torch.Generator().manual_seed(0))
+    levels[0, 0] = torch.tensor([0, 1, 127, 128, 254, 255])
+    frames = torch.from_numpy(levels.numpy().astype(np.float32) * np.float32(1 / 255))  # as the env adapter scales
+    small = ReplayBuffer(capacity=12, num_envs=4, obs_dim=6, gamma=0.9, obs_quantum=1 / 255)
+    full = ReplayBuffer(capacity=12, num_envs=4, obs_dim=6, gamma=0.9, obs_storage="float32", obs_quantum=1 / 255)
+    for t in range(3):
+        small.add(_frames(4, frames[t]))
+        full.add(_frames(4, frames[t]))
+    assert small.obs.dtype == torch.uint8 and full.obs.dtype == torch.float32
+    assert torch.equal(small.obs[:3], levels.to(torch.uint8))
+    assert torch.equal(small.observations(), frames) and torch.equal(full.observations(), frames)
+    a, b = small.sample(16, n_batches=2), full.sample(16, n_batches=2)  # same seed, same draws
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.next_obs, b.next_obs) and a.obs.dtype == torch.float32
+    assert small.bytes_per_transition == 2 * 6 + 14 and full.bytes_per_transition == 2 * 6 * 4 + 14
+
+
+def test_boolean_images_are_stored_as_uint8_and_continuous_observations_as_float32():
+    assert ReplayBuffer(8, 2, 3, 0.9, obs_quantum=1.0).obs.dtype == torch.uint8  # MinAtar's 0/1 images
+    assert ReplayBuffer(8, 2, 3, 0.9).obs.dtype == torch.float32  # no grid declared: continuous
+    assert PrioritizedReplayBuffer(8, 2, 3, 0.9, obs_quantum=1.0).obs.dtype == torch.uint8
+    assert check_obs_storage("float32", 1.0) == torch.float32
+    with pytest.raises(ValueError, match="replay.obs_storage='uint8' needs observations on a 0-255 grid"):
+        ReplayBuffer(8, 2, 3, 0.9, obs_storage="uint8")
+    with pytest.raises(ValueError, match=r"replay.obs_storage='half' is not one of \('auto', 'float32', 'uint8'\)"):
+        ReplayBuffer(8, 2, 3, 0.9, obs_storage="half", obs_quantum=1.0)
+
+
+def test_replay_state_with_other_storage_is_refused():
+    small = ReplayBuffer(8, 2, 3, 0.9, obs_quantum=1.0)
+    small.add(_frames(2, torch.ones(2, 3)))
+    with pytest.raises(ValueError, match="replay.obs_storage differs"):
+        ReplayBuffer(8, 2, 3, 0.9).load_state_dict(small.state_dict())
+
+
+def test_observation_noise_takes_frames_off_the_grid(tmp_path):
+    """A perturbed env declares no grid (replay keeps float32); asking for uint8 then fails before any env step."""
+    pytest.importorskip("minatar", reason="needs the optional extra .[minatar] (boolean images)")
+    plain = env_factory("gym", "MinAtar/Breakout-v1")(num_envs=2)
+    noisy = env_factory("gym", "MinAtar/Breakout-v1", perturb={"obs_noise": 0.1})(num_envs=2)
+    assert plain.obs_quantum == 1.0 and noisy.obs_quantum is None
+    cfg = compose_cfg([*SMOKE, "+experiment=minatar_dqn", "replay.obs_storage=uint8", "perturb.obs_noise=0.1"], tmp_path)
+    with pytest.raises(ValueError, match=r"needs observations on a 0-255 grid.*task MinAtar-Breakout-v1, with obs_noise"):
+        build(cfg)
+    cfg = compose_cfg([*SMOKE, "task_set=cartpole", "replay.obs_storage=uint8"], tmp_path)
+    with pytest.raises(ValueError, match=r"replay.obs_storage='uint8'.*continuous.*task CartPole-v1"):
+        build(cfg)
+
+
+def test_minatar_run_stores_uint8_and_learns_the_same_as_with_float32(tmp_path):
+    """The storage is exact: a MinAtar run with uint8 replay ends with the very weights of one with float32."""
+    pytest.importorskip("minatar", reason="needs the optional extra .[minatar]")
+    weights = []
+    for storage in ("auto", "float32"):
+        cfg = compose_cfg([*QUIET, "+experiment=minatar_dqn", f"replay.obs_storage={storage}", "net.hidden=[16]",
+                           "data.total_env_steps=800", "data.learning_starts=200"], tmp_path / storage)
+        model, data, trainer = build(cfg)
+        trainer.fit(model, datamodule=data)
+        assert data.buffer.obs.dtype == (torch.uint8 if storage == "auto" else torch.float32)
+        weights.append(torch.cat([p.detach().flatten() for p in model.q_net.parameters()]))
+    assert trainer.global_step > 0 and torch.equal(weights[0], weights[1])
+
+
+# --- Atari -----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def ale():
+    return pytest.importorskip("ale_py", reason="Atari needs the optional extra .[atari]")
+
+
+def test_atari_task_set_gives_stacked_uint8_frames_scaled_to_unit_range(ale, tmp_path):
+    cfg = compose_cfg(ATARI, tmp_path)
+    env_kwargs = dict(cfg.task_set.env_kwargs)
+    spec = task_spec("gym", "ALE/Pong-v5", env_kwargs)
+    assert (spec.obs_shape, spec.obs_dim, spec.n_actions, spec.obs_quantum) == ((4, 84, 84), 4 * 84 * 84, 6, 1 / 255)
+    env = GymVecEnv("ALE/Pong-v5", num_envs=2, env_kwargs=env_kwargs)
+    obs = env.reset(seed=0)
+    for _ in range(5):
+        res = env.step(torch.ones(2, dtype=torch.int64))
+    levels = res.next_obs * 255
+    assert obs.dtype == torch.float32 and 0 <= float(res.next_obs.min()) and float(res.next_obs.max()) <= 1
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and float(levels.max()) > 50  # frames, not blanks
+    raw = np.asarray(env.envs[0].unwrapped.ale.getScreenGrayscale())  # the emulator's own screen: the frames are real
+    assert raw.shape == (210, 160)
+    env.close()
+
+
+def test_atari_preset_trains_with_uint8_replay_and_the_nature_network(ale, tmp_path):
+    model, data, trainer = build(compose_cfg(ATARI, tmp_path))
+    enc = model.q_net.encoder
+    assert [c.out_channels for c in enc.convs if isinstance(c, torch.nn.Conv2d)] == [32, 64, 64]
+    assert enc.out_sizes == [(20, 20), (9, 9), (7, 7)] and enc.out_dim == 64 * 7 * 7
+    before = enc.convs[0].weight.detach().clone()
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step > 0 and not torch.equal(before, enc.convs[0].weight)
+    buf = data.buffer
+    assert buf.obs.dtype == torch.uint8 and buf.bytes_per_transition == 2 * 4 * 84 * 84 + 14
+    stored = buf.observations()
+    assert torch.allclose(stored * 255, (stored * 255).round(), atol=1e-4)  # on the grid, read back as floats
+    assert torch.equal(buf.obs[: buf.size], (stored * 255).round().to(torch.uint8))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert any('"eval/ALE-Pong-v5/return"' in r for r in rows)
+
+
+def test_atari_games_train_together_on_one_shared_encoder(ale, tmp_path):
+    """Pong (6 actions) and Breakout (4) with model=mtdqn: one encoder for both (same frame shape), one head each,
+    Breakout's missing actions masked."""
+    cfg = compose_cfg([*QUIET, *ATARI_DATA, "model=mtdqn", "net=multihead",
+                       "task_set.tasks=[ALE/Pong-v5,ALE/Breakout-v5]"], tmp_path)
+    model, data, trainer = build(cfg)
+    assert [t.n_actions for t in model.tasks] == [6, 4] and len(model.q_net.encoders) == 1
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step > 0 and all(b.obs.dtype == torch.uint8 for b in data.buffers)
+    assert int(model.policy_for(1)(data.buffers[1].observations()[0]).max()) < 4
+
+
+def test_rounds_carry_uint8_frames_and_targets_are_computed_chunk_by_chunk(ale, tmp_path):
+    """The data stream hands uint8 rounds (a quarter of the memory) with their grid; the round's target values,
+    computed in cache-sized chunks, are the per-minibatch forwards of the dequantized frames."""
+    from mtdqn.replay.buffer import dequantize
+
+    model, data, trainer = build(compose_cfg([*QUIET, *ATARI_DATA, "data.total_env_steps=400"], tmp_path))
+    trainer.fit(model, datamodule=data)
+    assert data.round_obs_quantum == pytest.approx(1 / 255) and data.buffer.raw_obs
+    batch = data.buffer.sample(32, n_batches=6)
+    assert batch.obs.dtype == torch.uint8 and batch.next_obs.shape == (6, 32, 4 * 84 * 84)
+    chunked = model.round_target_values(batch, data.round_obs_quantum)
+    with torch.no_grad():
+        each = torch.stack([model.target_net(dequantize(batch.next_obs[g], 1 / 255)) for g in range(6)])
+    assert chunked.shape == (6, 32, 6) and torch.allclose(chunked, each, atol=1e-6)
