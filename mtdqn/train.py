@@ -47,6 +47,33 @@ if not OmegaConf.has_resolver("mtdqn.wandb_offline"):
     OmegaConf.register_new_resolver("mtdqn.wandb_offline", _wandb_offline)
 
 
+def run_name(experiment: str, seed: Any, job_overrides: list[str] | None) -> str:
+    """W&B run name: `<experiment>-seed<s>`; in a multirun, `<experiment>-<the job's overrides>` (sorted, the
+    experiment preset left out), so the arms of a sweep (optimizer=adam,adabelief x seeds) get distinct names."""
+    if not job_overrides:
+        return f"{experiment}-seed{seed}"
+    keep = sorted(o for o in job_overrides if o.lstrip("+~").split("=", 1)[0] not in ("experiment", "hydra")
+                  and not o.startswith("hydra."))
+    return f"{experiment}-{','.join(keep)}" if keep else f"{experiment}-seed{seed}"
+
+
+def _run_name(experiment: str, seed: Any) -> str:
+    """The `mtdqn.run_name` resolver: the job's overrides when Hydra runs a multirun job, else none."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    overrides = None
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            overrides = list(hc.overrides.task)
+    return run_name(experiment, seed, overrides)
+
+
+if not OmegaConf.has_resolver("mtdqn.run_name"):
+    OmegaConf.register_new_resolver("mtdqn.run_name", _run_name)
+
+
 def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
     """hydra.utils.instantiate, re-raising our own ValueErrors (key, value, allowed) unwrapped."""
     try:

@@ -131,3 +131,23 @@ def test_optuna_search_averages_seeds_per_trial_and_survives_a_failing_trial(tmp
         assert all((p / f"seed_{s}" / "metrics.jsonl").is_file() for s in (0, 1))
     best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
     assert "best_value" in best and "gamma: 0.99" in best
+
+
+def test_wandb_run_names_tell_the_arms_of_a_multirun_apart():
+    """`<experiment>-seed<s>` alone would name optimizer=adam and optimizer=adabelief runs of one seed alike."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mtdqn.train import run_name
+
+    assert run_name("lane", 3, None) == "lane-seed3"
+    assert run_name("lane", 0, ["+experiment=lane", "seed=0", "optimizer=adam"]) == "lane-optimizer=adam,seed=0"
+    assert run_name("lane", 0, ["+experiment=lane"]) == "lane-seed0"
+    cfg = compose_with_hydra(["logger=wandb", "seed=1", "optimizer=adabelief"])
+    assert cfg.logger.wandb.name == "default-seed1"  # no Hydra job running: a plain run's name
+    cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert cfg.logger.wandb.name == "default-logger=wandb,optimizer=adabelief,seed=1"
+    finally:
+        HydraConfig.instance().cfg = None
