@@ -130,10 +130,10 @@ def _anchors(doc: Path) -> set[str]:
 
 
 def test_links_resolve():
-    """Every relative link in the README and docs/*.md names a file in the repository, and a #section in a
-    markdown file names one of its headings."""
+    """Every relative link in the README, docs/*.md and the reports kept in docs/results names a file in the
+    repository, and a #section in a markdown file names one of its headings."""
     broken = []
-    for doc in DOCS:
+    for doc in [*DOCS, *sorted((ROOT / "docs" / "results").rglob("*.md"))]:
         for target in re.findall(r"\]\(([^)\s]*)\)", doc.read_text()):
             if target.startswith(("http://", "https://", "mailto:")):
                 continue
