@@ -5,6 +5,8 @@
 #   3. end-to-end lane_keep_dqn on the GPU (envs, replay, updates all on the device): env steps/s, updates/s,
 #      final normalized score; and a wide throughput config (1,024 envs, batch 2,048)
 #   4. scripts/bench_dqn.py --device cuda: mtdqn vs SB3 vs bare torch on CartPole-v1, all on the GPU
+#   5. scripts/bench_atari.py --device cuda: Atari Pong throughput, mtdqn vs SB3 (needs ale-py + OpenCV: .[atari];
+#      skipped without them)
 # (tests/test_gpu.py includes the conv encoder on MinAtar, since 2026-11-30: not run on a GPU yet)
 # Usage: OUT=gpu_out bash scripts/gpu_checks.sh   (a .whl/ folder of wheels, if present, is installed first, for
 # machines without network that lack hydra-core/gymnasium/stable-baselines3)
@@ -38,3 +40,8 @@ step train_wide 80 python3 scripts/bench_scaling.py --accelerator gpu --devices 
   --env-steps 2000000 -- data.num_envs=1024 data.env_steps_per_round=32768 data.batch_size=2048 \
   data.replay_ratio=0.0078125 replay.capacity=1000000 exploration.duration=400000 data.learning_starts=32768
 step dqn 190 python3 scripts/bench_dqn.py --device cuda --seeds 0 1 2 --skip-fast --out "$OUT/bench_dqn_gpu.json"
+if python3 -c "import ale_py, cv2" 2>/dev/null; then
+  step atari 200 python3 scripts/bench_atari.py --device cuda --seeds 0 1 2 --out "$OUT/bench_atari_gpu.json"
+else
+  echo "== atari skipped: ale_py / cv2 not installed (.[atari])"
+fi
