@@ -8,7 +8,7 @@ import torch
 from mtdqn.envs import GymVecEnv, check_gym_id, env_factory, task_spec
 from mtdqn.envs.gym_adapter import split_env_kwargs
 from mtdqn.replay import PrioritizedReplayBuffer, ReplayBuffer
-from mtdqn.replay.buffer import check_obs_storage
+from mtdqn.replay.buffer import check_frame_stack, check_obs_storage
 from mtdqn.train import build
 from mtdqn.types import Transition
 from tests.helpers.config import compose_cfg
@@ -128,6 +128,64 @@ def test_minatar_run_stores_uint8_and_learns_the_same_as_with_float32(tmp_path):
     assert trainer.global_step > 0 and torch.equal(weights[0], weights[1])
 
 
+def _drive(buffers: list[ReplayBuffer], env: GymVecEnv, steps: int, seed: int = 0) -> None:
+    """Random actions in `env`, every transition added to every buffer."""
+    gen = torch.Generator().manual_seed(seed)
+    obs = env.reset(seed=seed)
+    for _ in range(steps):
+        res = env.step(torch.randint(0, env.n_actions, (env.num_envs,), generator=gen))
+        for b in buffers:
+            b.add(Transition(obs, torch.zeros(env.num_envs, dtype=torch.int64), res.reward, res.next_obs,
+                             res.terminated, res.truncated))
+        obs = res.obs
+
+
+def test_frame_stacks_stored_frame_by_frame_give_back_the_very_same_samples():
+    """3-frame CartPole stacks (episodes end every ~20 steps, the ring wraps twice): every sampleable transition,
+    with 3-step returns across episode ends, reads back exactly as from a buffer of whole stacks."""
+    env = GymVecEnv("CartPole-v1", num_envs=4, env_kwargs={"wrappers": STACK})
+    assert env.obs_frames == 3
+    framed = ReplayBuffer(200, 4, 12, 0.9, n_step=3, frame_stack=3, obs_frames=3)
+    whole = ReplayBuffer(200, 4, 12, 0.9, n_step=3, frame_stack=1, obs_frames=3)
+    assert framed.frames == 3 and framed.obs.shape == (50, 4, 4) and whole.obs.shape == (50, 4, 12)
+    _drive([framed, whole], env, 130)
+    assert framed.size == framed.rows and bool(framed.done.any())
+    skip = framed.frames - 1  # once the ring wraps, the oldest rows' stacks may reach into overwritten ones
+    logical = torch.arange(skip, framed.size - (framed.n_step - 1))
+    rows = ((framed.pos + logical) % framed.rows).unsqueeze(1).expand(-1, 4)
+    envs = torch.arange(4).expand(len(logical), -1)
+    a, b = framed.gather(rows, envs, torch.ones(rows.shape)), whole.gather(rows, envs, torch.ones(rows.shape))
+    for name in ("obs", "next_obs", "rewards", "discounts"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert framed.sampleable == len(logical) * 4 and int(framed.sample(64).obs.shape[-1]) == 12
+    state = framed.state_dict()
+    again = ReplayBuffer(200, 4, 12, 0.9, n_step=3, frame_stack=3, obs_frames=3)
+    again.load_state_dict(state)
+    assert torch.equal(again.gather(rows, envs, torch.ones(rows.shape)).next_obs, b.next_obs)
+    with pytest.raises(ValueError, match="replay state and this buffer store frame stacks differently"):
+        whole.load_state_dict(state)
+
+
+def test_frame_stack_settings_are_checked():
+    assert check_frame_stack("auto", 4, 16, torch.uint8) == 4 and check_frame_stack("auto", 4, 16, torch.float32) == 1
+    assert check_frame_stack("auto", None, 16, torch.uint8) == 1 and check_frame_stack(1, 4, 16, torch.uint8) == 1
+    with pytest.raises(ValueError, match="replay.frame_stack=4 needs observations that are 4-frame stacks"):
+        check_frame_stack(4, None, 16, torch.uint8)
+    with pytest.raises(ValueError, match="replay.frame_stack='two' is invalid"):
+        check_frame_stack("two", 4, 16, torch.uint8)
+    with pytest.raises(ValueError, match="replay.frame_stack=4 is not supported with replay=prioritized"):
+        PrioritizedReplayBuffer(8, 2, 16, 0.9, frame_stack=4, obs_frames=4)
+    buf = ReplayBuffer(16, 2, 6, 0.9, frame_stack=3, obs_frames=3)
+    frames = torch.arange(8, dtype=torch.float32).reshape(1, 4, 2).expand(2, -1, -1)  # 4 distinct frames
+    z = torch.zeros(2, dtype=torch.bool)
+    first = Transition(frames[:, :3].reshape(2, 6), torch.zeros(2, dtype=torch.int64), torch.ones(2),
+                       frames[:, 1:].reshape(2, 6), z, z)  # a successor shifted right, but no episode start
+    with pytest.raises(ValueError, match="neither continues the previous step's nor starts an episode"):
+        buf.add(first)
+    with pytest.raises(ValueError, match="a successor observation is not its observation's 3-frame stack"):
+        buf.add(first._replace(next_obs=first.obs))
+
+
 # --- Atari -----------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -161,10 +219,11 @@ def test_atari_preset_trains_with_uint8_replay_and_the_nature_network(ale, tmp_p
     trainer.fit(model, datamodule=data)
     assert trainer.global_step > 0 and not torch.equal(before, enc.convs[0].weight)
     buf = data.buffer
-    assert buf.obs.dtype == torch.uint8 and buf.bytes_per_transition == 2 * 4 * 84 * 84 + 14
+    # uint8, and each frame of the 4-frame stacks stored once: 14 KB a transition, not 56 KB
+    assert buf.obs.dtype == torch.uint8 and buf.frames == 4 and buf.bytes_per_transition == 2 * 84 * 84 + 15
     stored = buf.observations()
+    assert stored.shape == (buf.size, 2, 4 * 84 * 84)
     assert torch.allclose(stored * 255, (stored * 255).round(), atol=1e-4)  # on the grid, read back as floats
-    assert torch.equal(buf.obs[: buf.size], (stored * 255).round().to(torch.uint8))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert any('"eval/ALE-Pong-v5/return"' in r for r in rows)

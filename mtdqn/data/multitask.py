@@ -22,7 +22,8 @@ COLLECT_SCHEDULES = ("fixed", "by_score")
 EXPLORATION_CLOCKS = ("summed", "task")
 BATCH_SIZE_UNITS = ("total", "per_task")
 EnvFactory = Callable[..., TensorVecEnv]  # (num_envs=..., device=...) -> TensorVecEnv
-ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=, obs_quantum=) -> ReplayBuffer
+ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=, obs_quantum=,
+# obs_frames=) -> ReplayBuffer
 
 
 def check_positive(**values: float) -> None:
@@ -344,7 +345,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
             self.envs.append(env)
             self.buffers.append(self.replay_factory(num_envs=self.num_envs, obs_dim=task.obs_dim,
                                                     device=self.device, seed=seed, task_id=i,
-                                                    obs_quantum=getattr(env, "obs_quantum", None)))
+                                                    obs_quantum=getattr(env, "obs_quantum", None),
+                                                    obs_frames=getattr(env, "obs_frames", None)))
             self.collectors.append(Collector(env, partial(self.policy, i), seed=seed))
         # every replay stores uint8 on one grid: rounds carry the uint8 observations (see ReplayBuffer.raw_obs)
         quanta = {b.obs_quantum for b in self.buffers}

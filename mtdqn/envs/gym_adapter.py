@@ -79,6 +79,16 @@ def _quantization(space: gym.Space) -> tuple[float | None, float | None]:
     return None, None
 
 
+def _frame_stack(env: gym.Env) -> int | None:
+    """k when the env's observations are k-frame stacks laid out frame after frame (FrameStackObservation as the
+    last wrapper, padding an episode's start with its first frame), else None: replay can then store each frame
+    once (`replay.frame_stack=auto`)."""
+    if isinstance(env, gym.wrappers.FrameStackObservation) and isinstance(env.padding_type, str) \
+            and env.padding_type == "reset":  # fmt: skip
+        return int(env.stack_size)
+    return None
+
+
 def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
     """Validate a gymnasium id (registered, Box observation, Discrete actions) with its wrappers; return its
     TaskSpec."""
@@ -146,7 +156,8 @@ class GymVecEnv:
     Lighter than gymnasium's SyncVectorEnv (no info merging, no deep copies): for CartPole this is the difference
     between ~70 us and ~250 us per vector step. Env i is seeded with seed + i at `reset`; later episodes continue
     each env's own RNG, exactly as gymnasium's vector envs do. uint8 observations (Atari frames) come out as
-    float32 in [0, 1] (x / 255); `obs_quantum` says which grid observations lie on (None: continuous).
+    float32 in [0, 1] (x / 255); `obs_quantum` says which grid observations lie on (None: continuous), and
+    `obs_frames` how many frames each observation stacks (None: not a frame stack).
     """
 
     def __init__(
@@ -157,6 +168,7 @@ class GymVecEnv:
         self.device = torch.device(device)
         self.envs = [make_single(env_id, env_kwargs) for _ in range(num_envs)]
         self.obs_scale, self.obs_quantum = _quantization(self.envs[0].observation_space)
+        self.obs_frames = _frame_stack(self.envs[0])
         self._next_obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._reward = np.zeros(num_envs, dtype=np.float32)

@@ -75,6 +75,7 @@ class PerturbedVecEnv:
         self.num_envs, self.obs_dim, self.n_actions, self.device = env.num_envs, env.obs_dim, env.n_actions, env.device
         noisy = "obs_noise" in fixed or "obs_noise" in self.randomize  # noise takes observations off their grid
         self.obs_quantum = None if noisy else getattr(env, "obs_quantum", None)
+        self.obs_frames = None if noisy else getattr(env, "obs_frames", None)  # noisy frames no longer repeat
         n, dev = self.num_envs, self.device
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))

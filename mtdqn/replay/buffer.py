@@ -31,6 +31,27 @@ def dequantize(obs: Tensor, quantum: float | None) -> Tensor:
     return obs if quantum is None or obs.dtype != torch.uint8 else torch.mul(obs, quantum)
 
 
+def check_frame_stack(frame_stack: int | str, obs_frames: int | None, obs_dim: int, dtype: torch.dtype) -> int:
+    """How many frames each stored observation stack holds once (`replay.frame_stack`; 1 = store whole stacks).
+
+    With frame stacks (Atari's FrameStackObservation) consecutive observations share all but one frame; storing
+    each frame once takes a quarter of the memory of 4-frame stacks (Dopamine and DQN Zoo do the same). `auto`
+    does it where the env declares its stacks (`obs_frames`) and replay stores uint8; an explicit k needs the env
+    to declare k-frame stacks.
+    """
+    if frame_stack == "auto":
+        return obs_frames if obs_frames and obs_frames > 1 and dtype == torch.uint8 else 1
+    if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
+        raise ValueError(f"replay.frame_stack={frame_stack!r} is invalid: expected 'auto' or a positive integer")
+    if frame_stack > 1 and obs_frames != frame_stack:
+        raise ValueError(f"replay.frame_stack={frame_stack} needs observations that are {frame_stack}-frame stacks "
+                         f"(a FrameStackObservation wrapper, padding_type='reset'); this env's "
+                         f"{'are ' + str(obs_frames) + '-frame stacks' if obs_frames else 'are not stacks'}")
+    if frame_stack > 1 and obs_dim % frame_stack:
+        raise ValueError(f"replay.frame_stack={frame_stack} does not divide the observation size {obs_dim}")
+    return frame_stack
+
+
 class ReplayBuffer:
     """Uniform replay laid out as (rows, num_envs): one row per vector step, inserted without Python loops.
 
@@ -50,6 +71,8 @@ class ReplayBuffer:
         task_id: int = 0,
         obs_storage: str = "auto",  # auto | float32 | uint8 (see check_obs_storage)
         obs_quantum: float | None = None,  # the task's observations are integer multiples of this (TaskSpec)
+        frame_stack: int | str = "auto",  # auto | 1 | k: store each frame of a k-frame stack once (see below)
+        obs_frames: int | None = None,  # the env's observations are stacks of this many frames (GymVecEnv)
     ) -> None:
         if capacity <= 0 or num_envs <= 0 or obs_dim <= 0 or n_step <= 0:
             raise ValueError(f"replay: capacity={capacity}, num_envs={num_envs}, n_step={n_step} must be > 0")
@@ -61,14 +84,22 @@ class ReplayBuffer:
         # minibatch at a time (the data stream sets it, Round.obs_quantum tells training_step); a round of Atari
         # minibatches is then 115 MB of uint8 rather than 460 MB of float32
         self.raw_obs = False
-        self.rows = max(capacity // num_envs, n_step + 1)
+        self.frames = check_frame_stack(frame_stack, obs_frames, obs_dim, self.obs_dtype)
+        self.frame_dim = obs_dim // self.frames
+        self.rows = max(capacity // num_envs, n_step + self.frames)
         self.num_envs, self.obs_dim, self.gamma, self.n_step = num_envs, obs_dim, gamma, n_step
         self.device, self.task_id = torch.device(device), task_id
         shape = (self.rows, num_envs)
         # uninitialized: only written rows are ever read (sampling, state_dict), so the OS commits memory as the
-        # buffer fills (a 100k Atari replay is 5.6 GB once full, not at the start)
-        self.obs = torch.empty(*shape, obs_dim, dtype=self.obs_dtype, device=self.device)
-        self.next_obs = torch.empty(*shape, obs_dim, dtype=self.obs_dtype, device=self.device)
+        # buffer fills (a 100k Atari replay is 1.4 GB once full with frame stacks stored once, not at the start).
+        # With frames > 1, obs / next_obs hold only each stack's newest frame; `offset` counts the earlier rows of
+        # the same episode a stack reaches back to (0 at an episode's first observation, whose stack repeats it)
+        self.obs = torch.empty(*shape, self.frame_dim, dtype=self.obs_dtype, device=self.device)
+        self.next_obs = torch.empty(*shape, self.frame_dim, dtype=self.obs_dtype, device=self.device)
+        if self.frames > 1:
+            self.offset = torch.zeros(shape, dtype=torch.int8, device=self.device)
+            self._last_next: Tensor | None = None  # the last row's stored next observations (N, obs_dim)
+            self._stack_pos = torch.arange(self.frames, device=self.device)
         self.actions = torch.zeros(shape, dtype=torch.int64, device=self.device)
         self.rewards = torch.zeros(shape, device=self.device)
         self.terminated = torch.zeros(shape, dtype=torch.bool, device=self.device)
@@ -82,21 +113,68 @@ class ReplayBuffer:
         return self.size * self.num_envs
 
     @property
+    def _skip(self) -> int:
+        """Oldest rows never sampled: once the ring wraps, the first frames - 1 rows' stacks may reach back to
+        overwritten rows."""
+        return self.frames - 1 if self.size == self.rows else 0
+
+    @property
     def sampleable(self) -> int:
         """Number of transitions that can be sampled (their n-step look-ahead is written)."""
-        return max(self.size - (self.n_step - 1), 0) * self.num_envs
+        return max(self.size - (self.n_step - 1) - self._skip, 0) * self.num_envs
 
     def add(self, t: Transition) -> None:
         """Write one row: a transition from each env."""
         p = self.pos
-        self.obs[p] = self._store(t.obs)
-        self.next_obs[p] = self._store(t.next_obs)
+        if self.frames > 1:
+            self._add_frames(p, self._store(t.obs), self._store(t.next_obs))
+        else:
+            self.obs[p] = self._store(t.obs)
+            self.next_obs[p] = self._store(t.next_obs)
         self.actions[p] = t.action
         self.rewards[p] = t.reward
         self.terminated[p] = t.terminated
         self.done[p] = t.terminated | t.truncated
         self.pos = (p + 1) % self.rows
         self.size = min(self.size + 1, self.rows)
+
+    def _add_frames(self, p: int, obs: Tensor, next_obs: Tensor) -> None:
+        """Store the newest frame of each stack, checking that the stacks are what frame_stack assumes: the
+        successor shifts the stack by one frame, an observation either continues the last row's successor or
+        starts an episode (a stack of one repeated frame, FrameStackObservation's padding_type='reset')."""
+        n, k, f = self.num_envs, self.frames, self.frame_dim
+        stack = obs.view(n, k, f)
+        if not torch.equal(next_obs.view(n, k, f)[:, :-1], stack[:, 1:]):
+            raise ValueError(f"replay.frame_stack={k}: a successor observation is not its observation's {k}-frame "
+                             "stack shifted by one frame; set replay.frame_stack=1")
+        cont = ((obs == self._last_next).all(-1) if self._last_next is not None
+                else torch.zeros(n, dtype=torch.bool, device=obs.device))
+        fresh = (stack == stack[:, -1:]).all(-1).all(-1)
+        if not bool((cont | fresh).all()):
+            raise ValueError(f"replay.frame_stack={k}: an observation neither continues the previous step's nor "
+                             "starts an episode with one repeated frame (FrameStackObservation with "
+                             "padding_type='reset'); set replay.frame_stack=1")
+        prev = self.offset[(p - 1) % self.rows].to(torch.int64) if self.size else torch.zeros_like(cont, dtype=torch.int64)
+        self.offset[p] = torch.where(cont, (prev + 1).clamp(max=k - 1), 0).to(torch.int8)
+        self.obs[p] = stack[:, -1]
+        self.next_obs[p] = next_obs[:, -f:]
+        self._last_next = next_obs.clone()
+
+    def _stacks(self, rows: Tensor, envs: Tensor) -> Tensor:
+        """The stored observations of `rows` x `envs` (same shape S): (*S, obs_dim), frames rebuilt from the rows
+        of their episode (the episode's first frame repeated where the stack reaches before it)."""
+        if self.frames == 1:
+            return self.obs[rows, envs]
+        back = (self.frames - 1 - self._stack_pos).minimum(self.offset[rows, envs].to(torch.int64).unsqueeze(-1))
+        src = (rows.unsqueeze(-1) - back) % self.rows
+        return self.obs[src, envs.unsqueeze(-1)].reshape(*rows.shape, self.obs_dim)
+
+    def _next_stacks(self, rows: Tensor, envs: Tensor) -> Tensor:
+        """The stored successor observations of `rows` x `envs`: the observation's stack shifted by one frame."""
+        if self.frames == 1:
+            return self.next_obs[rows, envs]
+        stack = self._stacks(rows, envs)
+        return torch.cat([stack[..., self.frame_dim :], self.next_obs[rows, envs]], dim=-1)
 
     def _store(self, obs: Tensor) -> Tensor:
         """Observations as stored: unchanged, or as uint8 multiples of obs_quantum (exact for quantized obs)."""
@@ -110,12 +188,17 @@ class ReplayBuffer:
 
     def observations(self) -> Tensor:
         """Every filled row's observations, (rows filled, num_envs, obs_dim) float32."""
-        return self._load(self.obs[: self.size])
+        if self.frames == 1:
+            return self._load(self.obs[: self.size])
+        rows = torch.arange(self.size, device=self.device).unsqueeze(1).expand(-1, self.num_envs)
+        envs = torch.arange(self.num_envs, device=self.device).expand(self.size, -1)
+        return self._load(self._stacks(rows, envs))
 
     @property
     def bytes_per_transition(self) -> int:
-        """Memory one stored transition takes (obs, next_obs, action, reward, two flags)."""
-        return 2 * self.obs_dim * self.obs.element_size() + 8 + 4 + 2
+        """Memory one stored transition takes (obs, next_obs or their newest frames, action, reward, two flags,
+        and with frame stacks the offset)."""
+        return 2 * self.frame_dim * self.obs.element_size() + 8 + 4 + 2 + (self.frames > 1)
 
     def _check(self, batch_size: int) -> None:
         if self.sampleable == 0 or batch_size <= 0:
@@ -125,7 +208,7 @@ class ReplayBuffer:
         """Uniformly sample `n_batches` minibatches at once, stacked as (n_batches, batch_size)."""
         self._check(batch_size)
         flat = torch.randint(0, self.sampleable, (n_batches, batch_size), generator=self.generator, device=self.device)
-        rows = (self.pos - self.size + flat // self.num_envs) % self.rows
+        rows = (self.pos - self.size + self._skip + flat // self.num_envs) % self.rows
         return self.gather(rows, flat % self.num_envs, torch.ones(flat.shape, device=self.device))
 
     def gather(self, rows: Tensor, envs: Tensor, weights: Tensor) -> Batch:
@@ -145,10 +228,10 @@ class ReplayBuffer:
         discounts = torch.where(terminated, 0.0, self.gamma ** n_eff.to(torch.float32))
         load = (lambda x: x) if self.raw_obs else self._load
         return Batch(
-            obs=load(self.obs[rows, envs]),
+            obs=load(self._stacks(rows, envs)),
             actions=self.actions[rows, envs],
             rewards=rewards,
-            next_obs=load(self.next_obs[end, envs]),
+            next_obs=load(self._next_stacks(end, envs)),
             discounts=discounts,
             weights=weights,
             indices=rows * self.num_envs + envs,
@@ -158,7 +241,10 @@ class ReplayBuffer:
     def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
         """Uniform replay ignores priorities."""
 
-    _TENSORS = ("obs", "next_obs", "actions", "rewards", "terminated", "done")
+    @property
+    def _TENSORS(self) -> tuple[str, ...]:  # noqa: N802 (was a class constant; frame stacks add `offset`)
+        base = ("obs", "next_obs", "actions", "rewards", "terminated", "done")
+        return (*base, "offset") if self.frames > 1 else base
 
     def state_dict(self) -> dict:
         """Filled rows, counters and RNG state (tensors and ints only: loadable weights-only)."""
@@ -170,6 +256,9 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` saved into a buffer of the same shape."""
         n = state["obs"].shape[0]
+        if ("offset" in state) != (self.frames > 1):
+            raise ValueError("replay state and this buffer store frame stacks differently (replay.frame_stack "
+                             "differs from the checkpoint's run)")
         if state["obs"].shape[1:] != self.obs.shape[1:] or n > self.rows:
             raise ValueError(f"replay state of shape {tuple(state['obs'].shape)} does not fit {tuple(self.obs.shape)}")
         if state["obs"].dtype != self.obs.dtype:
@@ -179,12 +268,18 @@ class ReplayBuffer:
             getattr(self, k)[:n] = state[k].to(self.device)
         self.pos, self.size = int(state["pos"]), int(state["size"])
         self.generator.set_state(state["rng"])
+        if self.frames > 1:
+            self._last_next = None  # collection restarts with reset envs: their stacks start episodes
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
     """Proportional prioritized replay (Schaul et al. 2016): P(i) ~ p_i^alpha, IS weights (N P(i))^-beta / max."""
 
     def __init__(self, *args, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, **kwargs) -> None:
+        if kwargs.get("frame_stack", "auto") not in ("auto", 1):
+            raise ValueError(f"replay.frame_stack={kwargs['frame_stack']} is not supported with replay=prioritized "
+                             "(the oldest rows' stacks would need their priorities cleared); use 1")
+        kwargs["frame_stack"] = 1
         super().__init__(*args, **kwargs)
         if not 0.0 <= alpha <= 1.0 or not 0.0 <= beta <= 1.0:
             raise ValueError(f"replay.alpha={alpha} and replay.beta={beta} must lie in [0, 1]")
