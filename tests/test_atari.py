@@ -205,7 +205,7 @@ def test_atari_task_set_gives_stacked_uint8_frames_scaled_to_unit_range(ale, tmp
     levels = res.next_obs * 255
     assert obs.dtype == torch.float32 and 0 <= float(res.next_obs.min()) and float(res.next_obs.max()) <= 1
     assert torch.allclose(levels, levels.round(), atol=1e-4) and float(levels.max()) > 50  # frames, not blanks
-    raw = np.asarray(env.envs[0].unwrapped.ale.getScreenGrayscale())  # the emulator's own screen: the frames are real
+    raw = np.asarray(env.envs[0].unwrapped.ale.getScreenGrayscale())  # the ALE emulator runs behind the wrappers
     assert raw.shape == (210, 160)
     env.close()
 
@@ -255,3 +255,22 @@ def test_rounds_carry_uint8_frames_and_targets_are_computed_chunk_by_chunk(ale, 
     with torch.no_grad():
         each = torch.stack([model.target_net(dequantize(batch.next_obs[g], 1 / 255)) for g in range(6)])
     assert chunked.shape == (6, 32, 6) and torch.allclose(chunked, each, atol=1e-6)
+
+
+def test_saved_replay_states_read_back_as_float_frame_stacks(ale, tmp_path):
+    """A checkpoint's replay state (uint8, frame by frame) gives compression the observations the env produced:
+    floats on the 1/255 grid, whole 4-frame stacks; drawn down to a cap before they become floats."""
+    from mtdqn.compression.data import replay_observations
+    from mtdqn.replay.buffer import stored_observations
+
+    model, data, trainer = build(compose_cfg([*QUIET, *ATARI_DATA], tmp_path))
+    trainer.fit(model, datamodule=data)
+    buf = data.buffer
+    state = buf.state_dict()
+    assert state["frames"] == 4 and state["obs_quantum"] == pytest.approx(1 / 255)
+    assert torch.equal(stored_observations(state), buf.observations())
+    assert buf.observations().shape == (buf.size, 2, 4 * 84 * 84) and float(buf.observations().max()) <= 1.0
+    capped = replay_observations([state], max_states=50)
+    assert capped[0].shape == (50, 4 * 84 * 84)
+    rows = {tuple(r.tolist()) for r in (buf.observations().reshape(-1, 4 * 84 * 84) * 255).round().to(torch.uint8)}
+    assert all(tuple(r.tolist()) in rows for r in (capped[0] * 255).round().to(torch.uint8))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import nn
 
 log = logging.getLogger("mtdqn")
@@ -42,7 +43,11 @@ class CompressionCallback(pl.Callback):
 
         policy = wrap(copy.deepcopy(pl_module.q_net).cpu().float())
         dm = trainer.datamodule
-        replay_obs = [b.observations().cpu() for b in dm.buffers]
+        # image replays (uint8) drawn down to the states compression keeps before they become floats (a full
+        # Atari replay would be 11 GB); float replays whole, drawn by the pool as before
+        per_task = max(self.settings.data.max_states // len(dm.buffers), 1)
+        g = torch.Generator().manual_seed(self.settings.seed)
+        replay_obs = [b.observations(per_task if b.obs_quantum is not None else None, g).cpu() for b in dm.buffers]
         builder = net_builder(trained_net_factory(self.net_factory, pl_module.q_net), pl_module.tasks,
                               policy.multitask)
         log.info("compression: %s -> %s", self.settings.methods, self.output_dir)

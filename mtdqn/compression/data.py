@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from mtdqn.collect import Collector
 from mtdqn.compression.policy import task_policy
 from mtdqn.envs.base import TensorVecEnv
+from mtdqn.replay.buffer import stored_observations
 
 EnvFactory = Callable[..., TensorVecEnv]
 
@@ -26,10 +27,14 @@ class StatePool(NamedTuple):
         return int(self.task_ids.shape[0])
 
 
-def replay_observations(replays: Sequence[dict]) -> list[Tensor]:
-    """Per task, the stored observations (rows, envs, obs_dim) of a checkpoint's replay states
-    (`MultiTaskDataModule.state_dict()["replays"]`, i.e. `ReplayBuffer.state_dict()` per task)."""
-    return [r["obs"][: int(r["size"])] for r in replays]
+def replay_observations(replays: Sequence[dict], max_states: int | None = None, seed: int = 0) -> list[Tensor]:
+    """Per task, the stored observations of a checkpoint's replay states (`MultiTaskDataModule.state_dict()
+    ["replays"]`, i.e. `ReplayBuffer.state_dict()` per task) as float32, uint8 storage and frame stacks read back.
+    With `max_states`, a uint8 (image) replay gives at most max_states / tasks of them, drawn uniformly, before they
+    become floats (a full Atari replay would be 11 GB); float replays come whole (pool_from_observations draws)."""
+    per_task = None if max_states is None else max(max_states // max(len(replays), 1), 1)
+    g = torch.Generator().manual_seed(seed)
+    return [stored_observations(r, per_task if r["obs"].dtype == torch.uint8 else None, g) for r in replays]
 
 
 def pool_from_observations(

@@ -186,12 +186,19 @@ class ReplayBuffer:
         """Stored observations back as float32 (stored * obs_quantum for uint8 storage)."""
         return dequantize(stored, self.obs_quantum)
 
-    def observations(self) -> Tensor:
-        """Every filled row's observations, (rows filled, num_envs, obs_dim) float32."""
+    def observations(self, max_count: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Every filled row's observations, (rows filled, num_envs, obs_dim) float32 (with frame stacks in a
+        wrapped ring, the rows whose stacks exist, as sampled); with `max_count`, at most that many of them drawn
+        uniformly without replacement, (k, obs_dim) (a full Atari replay as floats would be 11 GB)."""
+        first, count = self.pos - self.size + self._skip, self.size - self._skip  # logical rows whose stacks exist
+        n = count * self.num_envs
+        if max_count is not None and n > max_count:
+            flat = torch.randperm(n, generator=generator)[:max_count].to(self.device)
+            return self._load(self._stacks((first + flat // self.num_envs) % self.rows, flat % self.num_envs))
         if self.frames == 1:
             return self._load(self.obs[: self.size])
-        rows = torch.arange(self.size, device=self.device).unsqueeze(1).expand(-1, self.num_envs)
-        envs = torch.arange(self.num_envs, device=self.device).expand(self.size, -1)
+        rows = ((first + torch.arange(count, device=self.device)) % self.rows).unsqueeze(1).expand(-1, self.num_envs)
+        envs = torch.arange(self.num_envs, device=self.device).expand(count, -1)
         return self._load(self._stacks(rows, envs))
 
     @property
@@ -250,7 +257,8 @@ class ReplayBuffer:
         """Filled rows, counters and RNG state (tensors and ints only: loadable weights-only)."""
         n = self.rows if self.size == self.rows else self.size
         state = {k: getattr(self, k)[:n].clone() for k in self._TENSORS}
-        state.update(pos=self.pos, size=self.size, rng=self.generator.get_state())
+        state.update(pos=self.pos, size=self.size, rng=self.generator.get_state(), obs_quantum=self.obs_quantum,
+                     frames=self.frames, rows=self.rows)  # how to read `obs` back (stored_observations)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -270,6 +278,21 @@ class ReplayBuffer:
         self.generator.set_state(state["rng"])
         if self.frames > 1:
             self._last_next = None  # collection restarts with reset envs: their stacks start episodes
+
+
+def stored_observations(state: dict, max_count: int | None = None,
+                        generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """The observations a saved replay state holds (`ReplayBuffer.state_dict()`, e.g. from a checkpoint), as
+    `ReplayBuffer.observations` gives them: float32, frame stacks rebuilt."""
+    obs, quantum, frames = state["obs"], state.get("obs_quantum"), int(state.get("frames", 1))
+    filled, num_envs, width = obs.shape
+    rows = int(state.get("rows", filled + 1))  # the saved ring's size (older states: one row more than filled)
+    buf = ReplayBuffer(rows * num_envs, num_envs, width * frames, 1.0, device=obs.device,
+                       obs_storage="uint8" if obs.dtype == torch.uint8 else "float32",
+                       obs_quantum=1.0 if quantum is None and obs.dtype == torch.uint8 else quantum,
+                       frame_stack=frames, obs_frames=frames)
+    buf.load_state_dict(state)
+    return buf.observations(max_count, generator)
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
