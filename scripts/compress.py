@@ -76,8 +76,9 @@ def _settings_only(node: DictConfig) -> DictConfig:
     return OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=False).items() if k not in WIRING})
 
 
-def load_run(run_dir: Path, ckpt: Path | None = None):
-    """(policy, builder, tasks, env factories, replay observations) of a finished run, on CPU."""
+def load_run(run_dir: Path, ckpt: Path | None = None, max_states: int | None = None, seed: int = 0):
+    """(policy, builder, tasks, env factories, replay observations) of a finished run, on CPU; image (uint8)
+    replays drawn down to max_states over tasks before they become floats."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     ts = cfg.task_set
     env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
@@ -93,7 +94,7 @@ def load_run(run_dir: Path, ckpt: Path | None = None):
     weights = {k.removeprefix("q_net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("q_net.")}
     net.load_state_dict(weights)
     data_state = next((v for v in checkpoint.values() if isinstance(v, dict) and "replays" in v), None)
-    replay_obs = replay_observations(data_state["replays"]) if data_state else []
+    replay_obs = replay_observations(data_state["replays"], max_states, seed) if data_state else []
     return QPolicy(net.float().eval(), multitask), builder, tasks, factories, replay_obs, cfg
 
 
@@ -118,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not settings.methods:
         raise ValueError("compression.methods is empty: pass --methods (e.g. --methods distill quantize)")
     torch.set_num_threads(1)
-    policy, builder, tasks, factories, replay_obs, _ = load_run(args.run_dir, args.ckpt)
+    policy, builder, tasks, factories, replay_obs, _ = load_run(args.run_dir, args.ckpt, settings.data.max_states,
+                                                                settings.seed)
     report = run_compression(policy, builder, tasks, factories, replay_obs, settings,
                              args.out or args.run_dir / "compression")
     print(markdown(report))
