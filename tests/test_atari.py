@@ -274,3 +274,23 @@ def test_saved_replay_states_read_back_as_float_frame_stacks(ale, tmp_path):
     assert capped[0].shape == (50, 4 * 84 * 84)
     rows = {tuple(r.tolist()) for r in (buf.observations().reshape(-1, 4 * 84 * 84) * 255).round().to(torch.uint8)}
     assert all(tuple(r.tolist()) in rows for r in (capped[0] * 255).round().to(torch.uint8))
+
+
+def test_atari_run_resumes_with_its_frame_by_frame_replay(ale, tmp_path):
+    """Resume from a checkpoint: the restored rows read back as saved, and collection (reset envs: their stacks
+    start episodes) continues through the frame checks to the new budget."""
+    first = compose_cfg([*SMOKE, *ATARI_DATA, "callbacks.eval=null", "callbacks.checkpoint.every_env_steps=160"],
+                        tmp_path / "first")
+    model, data, trainer = build(first)
+    trainer.fit(model, datamodule=data)
+    saved = data.buffer.observations()
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    second = compose_cfg([*SMOKE, *ATARI_DATA, "callbacks.eval=null", "data.total_env_steps=320",
+                          f"ckpt_path={ckpt}"], tmp_path / "second")
+    model2, data2, trainer2 = build(second)
+    trainer2.fit(model2, datamodule=data2, ckpt_path=str(ckpt))
+    buf = data2.buffer
+    assert data2.current_env_steps() == 320 and buf.frames == 4 and buf.size == 160
+    assert torch.equal(buf.observations()[: saved.shape[0]], saved)
+    assert int(buf.offset[saved.shape[0]].max()) == 0  # the first row after the resume starts episodes
+    assert trainer2.global_step > trainer.global_step
