@@ -294,3 +294,22 @@ def test_atari_run_resumes_with_its_frame_by_frame_replay(ale, tmp_path):
     assert torch.equal(buf.observations()[: saved.shape[0]], saved)
     assert int(buf.offset[saved.shape[0]].max()) == 0  # the first row after the resume starts episodes
     assert trainer2.global_step > trainer.global_step
+
+
+def test_evaluation_epsilon_takes_random_actions_reproducibly(tmp_path):
+    """callbacks.eval.epsilon: that share of evaluation actions is uniformly random, the same draws at every
+    evaluation of one policy; 0 is greedy; out of range fails with the key."""
+    from mtdqn.callbacks import EvalCallback
+
+    greedy = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    obs = torch.zeros(20_000, 4)
+    cb = EvalCallback(epsilon=0.05)
+    first, again = cb.eval_policy(greedy, 3, 0)(obs), cb.eval_policy(greedy, 3, 0)(obs)
+    assert torch.equal(first, again)  # seeded anew at every evaluation
+    share = float((first != 0).float().mean())  # random actions that are not the greedy one: 0.05 x 2/3
+    assert abs(share - 0.05 * 2 / 3) < 0.006
+    assert EvalCallback().eval_policy(greedy, 3, 0) is greedy
+    with pytest.raises(ValueError, match=r"callbacks.eval.epsilon=1.5 must lie in \[0, 1\]"):
+        EvalCallback(epsilon=1.5)
+    cfg = compose_cfg(ATARI, tmp_path)
+    assert cfg.callbacks.eval.epsilon == 0.05

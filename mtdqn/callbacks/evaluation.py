@@ -15,11 +15,13 @@ without a task of that name, or mismatched spaces, is refused at train start.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from torch import Tensor
 
 from mtdqn.envs import env_factory, task_spec
 from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
@@ -50,9 +52,13 @@ class EvalCallback(pl.Callback):
         task_kind: str = "driving",  # task_set.kind of the source tasks
         env_kwargs: Mapping[str, Any] | None = None,  # env knobs of the source tasks (the target's task_set's)
         perturb: Mapping[str, Any] | None = None,  # fixed perturbations of the source tasks (the run's `perturb`)
+        epsilon: float = 0.0,  # evaluation actions: uniformly random with this probability (Mnih et al. 2015: 0.05)
     ) -> None:
         if every_env_steps <= 0 or episodes <= 0:
             raise ValueError(f"callbacks.eval: every_env_steps={every_env_steps} and episodes={episodes} must be > 0")
+        if not 0.0 <= float(epsilon) <= 1.0:
+            raise ValueError(f"callbacks.eval.epsilon={epsilon} must lie in [0, 1] (0 = greedy)")
+        self.epsilon = float(epsilon)
         if video not in VIDEO_MODES:
             raise ValueError(f"callbacks.eval.video={video!r} is not one of {VIDEO_MODES}")
         self.video, self.video_dir = video, Path(video_dir)
@@ -144,7 +150,8 @@ class EvalCallback(pl.Callback):
         metrics: dict[str, float] = {}
         normalized = []
         for spec, env, index in entries:
-            stats = run_episode_stats(pl_module.policy_for(index), env, seed=self.seed)
+            stats = run_episode_stats(self.eval_policy(pl_module.policy_for(index), spec.n_actions, index), env,
+                                      seed=self.seed)
             returns = stats.returns
             mean = float(returns.mean())
             metrics[f"{prefix}{spec.name}/return"] = mean
@@ -158,6 +165,26 @@ class EvalCallback(pl.Callback):
             metrics[f"{prefix}mean_normalized"] = sum(normalized) / len(normalized)
             metrics[f"{prefix}min_normalized"] = min(normalized)
         return metrics
+
+    def eval_policy(self, greedy: Callable[[Tensor], Tensor], n_actions: int, index: int) -> Callable[[Tensor], Tensor]:
+        """The policy evaluated: greedy, or epsilon-greedy (callbacks.eval.epsilon) with a generator seeded anew at
+        every evaluation, so evaluations of one policy repeat exactly (Atari's evaluation protocol: a greedy policy
+        that never presses FIRE would stall Breakout until the 27k-step time limit)."""
+        if self.epsilon == 0.0:
+            return greedy
+        gen: torch.Generator | None = None
+
+        def act(obs: Tensor) -> Tensor:
+            nonlocal gen
+            if gen is None or gen.device != obs.device:
+                gen = torch.Generator(device=obs.device)
+                gen.manual_seed(self.seed + 7_919 * index)
+            actions = greedy(obs)
+            explore = torch.rand(obs.shape[0], generator=gen, device=obs.device) < self.epsilon
+            random = torch.randint(0, n_actions, (obs.shape[0],), generator=gen, device=obs.device)
+            return torch.where(explore, random, actions)
+
+        return act
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> list[Path]:
         """Record eval episode 0 of each task as a GIF in the run folder and, with a W&B logger, a W&B video."""
