@@ -18,6 +18,10 @@ class TensorVecEnv(Protocol):
     successor observation (`next_obs`, the final observation of a finished episode) and the observation to act
     on next (`obs`, the reset observation of a finished episode). Nothing else in the project sees gymnasium's
     autoreset mode.
+
+    Optional attributes, read with getattr by the data module: `obs_quantum` (observations are integer multiples
+    0-255 of it, so replay may store them as uint8) and `obs_frames` (observations are stacks of that many frames,
+    so replay may store each frame once); absent or None means neither.
     """
 
     num_envs: int
