@@ -48,7 +48,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from learning_results import ROOT, bootstrap_ci, first_reach, run_seed, summarize  # noqa: E402
+from learning_results import ROOT, bootstrap_ci, first_reach, median, run_seed, summarize  # noqa: E402
 
 TASKS = ("lane_keep", "pedestrian", "traffic_light")
 # what "the same hyperparameters" means here: the multi-task and the single-task agents must agree on these (budgets,
@@ -466,10 +466,10 @@ def eval_noise_report(runs: list[dict]) -> list[str]:
 
 
 def _kilo(values: list[float]) -> str:
-    """'median [CI low, CI high]' in thousands (95% percentile-bootstrap CI of the mean)."""
+    """'median [CI low, CI high]' in thousands (95% percentile-bootstrap CI of the median)."""
     if len(values) == 1:
         return f"{values[0] / 1000:.0f}k"
-    lo, hi = bootstrap_ci(values)
+    lo, hi = bootstrap_ci(values, median)
     return f"{statistics.median(values) / 1000:.0f}k [{lo / 1000:.0f}k, {hi / 1000:.0f}k]"
 
 

@@ -2,8 +2,8 @@
 """Train an experiment preset for several seeds and report learning results with bootstrap CIs.
 
 For each seed: final greedy eval return / normalized score, and the env steps and training seconds (evaluation
-excluded) at which the eval first reaches the threshold. Prints a markdown table (median and 95% bootstrap CI of
-the mean over seeds) and writes JSON with --out.
+excluded) at which the eval first reaches the threshold. Prints a markdown table (median and its 95% bootstrap CI
+over seeds) and writes JSON with --out.
 
     python scripts/learning_results.py +experiment=lane_keep_dqn --seeds 0 1 2 --threshold 0.9
     python scripts/learning_results.py +experiment=lane_keep_dqn task_set=pedestrian --seeds 0 1 2
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from mtdqn.evaluation.stats import bootstrap_ci  # noqa: E402
+from mtdqn.evaluation.stats import bootstrap_ci, median  # noqa: E402
 from mtdqn.train import build  # noqa: E402
 
 
@@ -58,12 +58,14 @@ def first_reach(history: list[dict], key: str, threshold: float) -> tuple[float 
 
 
 def summarize(values: list[float]) -> str:
-    """'median [CI low, CI high]' with a 95% percentile-bootstrap CI of the mean."""
+    """'median [CI low, CI high]' with a 95% percentile-bootstrap CI of that median: the interval is about the
+    statistic shown (until 2026-11-30 it was the CI of the mean beside the median, which with a skewed spread of
+    seeds sat to one side of the point)."""
     if not values:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    lo, hi = bootstrap_ci(values)
+    lo, hi = bootstrap_ci(values, median)
     return f"{statistics.median(values):.3f} [{lo:.3f}, {hi:.3f}]"
 
 

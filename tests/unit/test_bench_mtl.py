@@ -330,3 +330,19 @@ def test_merge_refuses_what_is_not_a_bench_record_by_name(tmp_path, content, mes
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0 and f"--merge {record}: {message}" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_summaries_give_the_ci_of_the_median_they_show():
+    """The bracket beside a median is that median's bootstrap CI, not the mean's: nine runs at 1 and two at 10
+    have median 1 and a CI of the median of [1, 1] (six or more 10s in a resample of eleven is under 2.5% likely),
+    where the mean's CI reaches far above 1."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_mtl import _kilo
+    from learning_results import summarize
+
+    from mtdqn.evaluation.stats import bootstrap_ci
+
+    values = [1.0] * 9 + [10.0] * 2
+    assert bootstrap_ci(values)[1] > 5.0  # the mean's CI: what the bracket used to show
+    assert summarize(values) == "1.000 [1.000, 1.000]"
+    assert _kilo([v * 1000 for v in values]) == "1k [1k, 1k]"
