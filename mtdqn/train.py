@@ -17,7 +17,7 @@ from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget
+from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
 from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
@@ -177,6 +177,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     if per:
         model.priority_sink = data.update_priorities
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    for cb in callbacks:
+        if isinstance(cb, EvalCallback):
+            cb.check_tasks(specs)
     compression = cfg.get("compression")
     if compression and compression.get("_target_") and compression.get("methods"):
         callbacks.append(instantiate(compression))  # after eval and checkpoint: compresses the final network

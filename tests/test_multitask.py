@@ -393,3 +393,18 @@ def test_bad_share_settings_are_refused_before_any_env_step(tmp_path, overrides,
     cfg = compose_cfg([*MTL, *overrides], tmp_path)
     with pytest.raises(ValueError, match=match):
         build(cfg)
+
+
+@pytest.mark.parametrize(("extra", "stops"), [
+    (["callbacks.eval.stop_at_normalized=-1000"], True),
+    (["callbacks.eval.stop_at_normalized=-1000", "callbacks.eval.stop_at_return=[-1e9,-1e9,1e9]"], False),
+    (["callbacks.eval.stop_at_return=[-1e9,-1e9,-1e9]"], True),
+])
+def test_a_multitask_run_stops_only_when_every_task_reaches_its_bar(tmp_path, extra, stops):
+    """callbacks.eval.stop_at_normalized / stop_at_return on three tasks: the run ends at the first evaluation
+    where every task clears its bar (both settings when both are given); one task short keeps it training."""
+    summary = train(compose_cfg([*MTL, "task_set=driving", "data.env_steps_per_round=24", "data.learning_starts=48",
+                                 "data.batch_size=30", *extra], tmp_path))
+    assert summary["status"] == "completed"
+    assert summary["time/env_steps"] < 600 if stops else summary["time/env_steps"] >= 600
+    assert summary.get("time/stopped_solved") == (1.0 if stops else None)

@@ -45,6 +45,9 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("net.hidden=[0]", "net.hidden"),
         ("model.loss=l1", "model.loss"),
         ("exploration.end=2", "exploration.end"),
+        ("callbacks.eval.stop_at_normalized=0.9", "no reference return"),
+        ("callbacks.eval.stop_at_return=many", "callbacks.eval.stop_at_return='many' must be a finite"),
+        ("callbacks.eval.stop_at_return=[100,200]", "2 values for 1 tasks"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
@@ -190,3 +193,15 @@ def test_flush_denormal_setting_is_applied(tmp_path, flush):
         assert (tiny.item() == 0.0) == flush
     finally:
         torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize(("bar", "stops"), [(-1e9, True), (1e9, False)])
+def test_stop_at_return_ends_the_run_at_the_first_evaluation_that_reaches_it(tmp_path, bar, stops):
+    """callbacks.eval.stop_at_return: a bar every evaluation clears stops the run at the first one (300 of 600 env
+    steps, summary says so); one no evaluation clears trains the whole budget."""
+    summary = train(compose_cfg([*SMOKE, f"callbacks.eval.stop_at_return={bar}"], tmp_path))
+    assert summary["status"] == "completed"
+    evals = [r for r in read_metrics(tmp_path) if "eval/CartPole-v1/return" in r]
+    assert [r["time/env_steps"] for r in evals] == ([300.0] if stops else [300.0, 600.0])
+    assert summary["time/env_steps"] == (300.0 if stops else 600.0)
+    assert summary.get("time/stopped_solved") == (1.0 if stops else None)

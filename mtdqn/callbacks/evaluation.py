@@ -14,6 +14,7 @@ without a task of that name, or mismatched spaces, is refused at train start.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,11 @@ from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gi
 from mtdqn.types import TaskSpec
 
 VIDEO_MODES = ("none", "final", "every")
+
+
+def _finite(value: Any) -> bool:
+    """A real number (not a bool) that is finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def log_to_loggers(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -53,12 +59,23 @@ class EvalCallback(pl.Callback):
         env_kwargs: Mapping[str, Any] | None = None,  # env knobs of the source tasks (the target's task_set's)
         perturb: Mapping[str, Any] | None = None,  # fixed perturbations of the source tasks (the run's `perturb`)
         epsilon: float = 0.0,  # evaluation actions: uniformly random with this probability (Mnih et al. 2015: 0.05)
+        stop_at_normalized: float | None = None,  # stop training at the first evaluation where every task scores >= it
+        stop_at_return: float | Sequence[float] | None = None,  # the same on mean eval return (one, or one per task)
     ) -> None:
         if every_env_steps <= 0 or episodes <= 0:
             raise ValueError(f"callbacks.eval: every_env_steps={every_env_steps} and episodes={episodes} must be > 0")
         if not 0.0 <= float(epsilon) <= 1.0:
             raise ValueError(f"callbacks.eval.epsilon={epsilon} must lie in [0, 1] (0 = greedy)")
         self.epsilon = float(epsilon)
+        if stop_at_normalized is not None and not _finite(stop_at_normalized):
+            raise ValueError(f"callbacks.eval.stop_at_normalized={stop_at_normalized!r} must be a finite number "
+                             "(a normalized score: 1 = the task's reference return) or null (train the whole budget)")
+        self.stop_at = None if stop_at_normalized is None else float(stop_at_normalized)
+        returns = stop_at_return if isinstance(stop_at_return, Sequence) else [stop_at_return]
+        if stop_at_return is not None and (not returns or not all(_finite(v) for v in returns)):
+            raise ValueError(f"callbacks.eval.stop_at_return={stop_at_return!r} must be a finite mean eval return, a "
+                             "list of one per task, or null (train the whole budget)")
+        self.stop_returns = None if stop_at_return is None else [float(v) for v in returns]
         if video not in VIDEO_MODES:
             raise ValueError(f"callbacks.eval.video={video!r} is not one of {VIDEO_MODES}")
         self.video, self.video_dir = video, Path(video_dir)
@@ -79,6 +96,18 @@ class EvalCallback(pl.Callback):
         self.source_factories = [env_factory(task_kind, s.name, kwargs, perturb) for s in self.source_specs]
         self.source_envs: list = []
         self.source_policy: list[int] = []
+
+    def check_tasks(self, tasks: Sequence[TaskSpec]) -> None:
+        """Refuse stop_at_normalized for a task without reference scores (its normalized score is never logged), at
+        build time, before any env step."""
+        missing = [t.name for t in tasks if t.normalize(0.0) is None]
+        if self.stop_at is not None and missing:
+            raise ValueError(f"callbacks.eval.stop_at_normalized={self.stop_at:g} needs a normalized score for every "
+                             f"task, and {missing} have no reference return (the driving tasks have one); use "
+                             "callbacks.eval.stop_at_return, or leave it null to train the whole budget")
+        if self.stop_returns is not None and len(self.stop_returns) not in (1, len(tasks)):
+            raise ValueError(f"callbacks.eval.stop_at_return has {len(self.stop_returns)} values for "
+                             f"{len(tasks)} tasks {[t.name for t in tasks]}: give one for all or one per task")
 
     @property
     def latest(self) -> dict[str, float]:
@@ -130,6 +159,16 @@ class EvalCallback(pl.Callback):
             "time/sps": (steps - self.start_steps) / train_seconds,  # this run's env steps (not those resumed)
             "time/train_seconds": train_seconds,
         })
+        if self.stop_at is not None or self.stop_returns is not None:
+            tasks = pl_module.tasks
+            solved = self.stop_at is None or all(metrics[f"eval/{t.name}/normalized"] >= self.stop_at for t in tasks)
+            if self.stop_returns is not None:
+                bars = self.stop_returns * len(tasks) if len(self.stop_returns) == 1 else self.stop_returns
+                solved = solved and all(metrics[f"eval/{t.name}/return"] >= b for t, b in zip(tasks, bars, strict=True))
+            # every process stops together (a collective at each evaluation under DDP, a no-op on one process)
+            if trainer.strategy.reduce_boolean_decision(solved, all=True):
+                trainer.should_stop = True
+                metrics["time/stopped_solved"] = 1.0  # the run ended here: every task reached the stop_at_* bars
         self.last_eval_steps = steps
         self.history.append(metrics)
         log_to_loggers(trainer, metrics)
