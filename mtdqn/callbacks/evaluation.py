@@ -71,7 +71,8 @@ class EvalCallback(pl.Callback):
             raise ValueError(f"callbacks.eval.stop_at_normalized={stop_at_normalized!r} must be a finite number "
                              "(a normalized score: 1 = the task's reference return) or null (train the whole budget)")
         self.stop_at = None if stop_at_normalized is None else float(stop_at_normalized)
-        returns = stop_at_return if isinstance(stop_at_return, Sequence) else [stop_at_return]
+        returns = stop_at_return if isinstance(stop_at_return, Sequence) and not isinstance(stop_at_return, str) \
+            else [stop_at_return]
         if stop_at_return is not None and (not returns or not all(_finite(v) for v in returns)):
             raise ValueError(f"callbacks.eval.stop_at_return={stop_at_return!r} must be a finite mean eval return, a "
                              "list of one per task, or null (train the whole budget)")
@@ -161,7 +162,8 @@ class EvalCallback(pl.Callback):
         })
         if self.stop_at is not None or self.stop_returns is not None:
             tasks = pl_module.tasks
-            solved = self.stop_at is None or all(metrics[f"eval/{t.name}/normalized"] >= self.stop_at for t in tasks)
+            solved = self.stop_at is None or all(metrics.get(f"eval/{t.name}/normalized", -math.inf) >= self.stop_at
+                                                for t in tasks)
             if self.stop_returns is not None:
                 bars = self.stop_returns * len(tasks) if len(self.stop_returns) == 1 else self.stop_returns
                 solved = solved and all(metrics[f"eval/{t.name}/return"] >= b for t, b in zip(tasks, bars, strict=True))
