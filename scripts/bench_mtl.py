@@ -152,13 +152,19 @@ def mtl_entry(history: list[dict], wall: float, threshold: float, start_shares: 
             "each_steps": each_reached(history, threshold),
             "own_steps": own_steps_to_threshold(history, threshold, start_shares),
             "budget_steps": history[-1]["time/env_steps"], "wall": wall,
-            "final": {t: history[-1][f"eval/{t}/normalized"] for t in TASKS}}
+            "final": {t: history[-1][f"eval/{t}/normalized"] for t in TASKS}, **_stopped(history)}
+
+
+def _stopped(history: list[dict]) -> dict:
+    """{"stopped_solved": True} for a run that callbacks.eval.stop_at_* ended once solved (its "final" scores are
+    that evaluation's, its budget and wall time cut short); nothing for a run that trained its whole budget."""
+    return {"stopped_solved": True} if history[-1].get("time/stopped_solved") else {}
 
 
 def single_entry(history: list[dict], task: str, wall: float, threshold: float) -> dict:
     steps, seconds = first_reach(history, f"eval/{task}/normalized", threshold)
     return {"solved_steps": steps, "solved_seconds": seconds, "budget_steps": history[-1]["time/env_steps"],
-            "wall": wall, "final": history[-1][f"eval/{task}/normalized"]}
+            "wall": wall, "final": history[-1][f"eval/{task}/normalized"], **_stopped(history)}
 
 
 def combine_singles(singles: dict) -> dict:
@@ -381,6 +387,13 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
                      f"{summarize([x / 1000 for x in reached])} ({len(reached)}/{len(runs)} seeds) | "
                      + " | ".join(summarize(f) for f in finals)
                      + f" | {statistics.median(r[name]['wall'] for r in runs):.0f} |")
+    stopped = [label for name, label in (("mtl", "multi-task"), ("single", "single-task"))
+               if any((r[name] if name == "mtl" else r[name]["tasks"][t]).get("stopped_solved")
+                      for r in runs for t in TASKS)]
+    if stopped:
+        lines += ["", f"Stopped once solved (callbacks.eval.stop_at_normalized / stop_at_return): some "
+                      f"{' and '.join(stopped)} runs; their final scores are those of the evaluation that stopped "
+                      "them and their wall times end there, so compare env steps to solve, not finals or wall time."]
     lines += ["", "Per seed: env steps to normalized >= threshold (budget when never reached)", "",
               "| seed | multi-task (all three) | " + " | ".join(f"single {t}" for t in TASKS)
               + " | singles summed | ratio | multi-task (each task once) | ratio (each once) |",

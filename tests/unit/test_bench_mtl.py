@@ -346,3 +346,21 @@ def test_summaries_give_the_ci_of_the_median_they_show():
     assert bootstrap_ci(values)[1] > 5.0  # the mean's CI: what the bracket used to show
     assert summarize(values) == "1.000 [1.000, 1.000]"
     assert _kilo([v * 1000 for v in values]) == "1k [1k, 1k]"
+
+
+def test_single_task_agents_stopped_once_solved_are_marked_and_still_timed(tmp_path):
+    """Single-task runs ended by callbacks.eval.stop_at_normalized (their last evaluation logs
+    time/stopped_solved) are timed as any other, and the report says their finals and wall times end there."""
+    runs = [run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.5), dict.fromkeys(TASKS, 0.95)],
+                    mtl=True)]
+    for task, first in zip(TASKS, (1, 2, 3), strict=True):
+        evals = [{task: 0.95 if i + 1 >= first else 0.1} for i in range(first)]
+        extras = [{} for _ in range(first - 1)] + [{"time/stopped_solved": 1.0}]
+        runs.append(run_dir(tmp_path / task, 0, [task], evals, mtl=False, extras=extras))
+    res, out = merge(tmp_path, runs)
+    assert res.returncode == 0, res.stderr
+    single = json.loads(out.read_text())["runs"][0]["single"]
+    assert single["solved_steps"] == 1000 + 2000 + 3000
+    assert all(single["tasks"][t]["stopped_solved"] for t in TASKS)
+    assert "Stopped once solved" in res.stdout and "some single-task runs" in res.stdout
+    assert "multi-task and" not in res.stdout  # the multi-task run trained its whole budget
