@@ -75,6 +75,8 @@ class TaskSpec:
     # what a convolutional encoder (net.conv) reshapes the flat observation to
     obs_quantum: float | None = None  # observations are integer multiples (0-255) of this: 1/255 for uint8 frames
     # (scaled to [0, 1]), 1 for boolean images; None: continuous. replay.obs_storage=auto stores such obs as uint8
+    reward_threshold: float | None = None  # gymnasium's EnvSpec.reward_threshold: the mean return at which the task
+    # counts as solved (CartPole-v1: 475); callbacks.eval.stop_at_return=reward_threshold stops there
 
     def net_kwargs(self) -> dict:
         """What a single-task network is built from: obs_dim, n_actions and obs_shape."""

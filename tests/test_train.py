@@ -205,3 +205,21 @@ def test_stop_at_return_ends_the_run_at_the_first_evaluation_that_reaches_it(tmp
     assert [r["time/env_steps"] for r in evals] == ([300.0] if stops else [300.0, 600.0])
     assert summary["time/env_steps"] == (300.0 if stops else 600.0)
     assert summary.get("time/stopped_solved") == (1.0 if stops else None)
+
+
+def test_stop_at_return_reward_threshold_takes_each_gym_tasks_registered_one(tmp_path, monkeypatch):
+    """callbacks.eval.stop_at_return=reward_threshold: CartPole-v1 stops at gymnasium's 475; a task without a
+    registered threshold (the driving tasks) is refused at build time, before any env step."""
+    from mtdqn.callbacks import EvalCallback
+    from mtdqn.envs import gym_adapter
+
+    _, _, trainer = build(compose_cfg([*SMOKE, "callbacks.eval.stop_at_return=reward_threshold"], tmp_path))
+    assert next(c for c in trainer.callbacks if isinstance(c, EvalCallback)).stop_returns == [475.0]
+
+    def no_vector_env(*args, **kwargs):
+        raise AssertionError("an environment was created before validation finished")
+
+    monkeypatch.setattr(gym_adapter.gym, "make_vec", no_vector_env)
+    cfg = compose_cfg([*SMOKE, "task_set=lane_keep", "callbacks.eval.stop_at_return=reward_threshold"], tmp_path)
+    with pytest.raises(ValueError, match=r"\['lane_keep'\] have none registered"):
+        build(cfg)

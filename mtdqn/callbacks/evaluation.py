@@ -29,6 +29,7 @@ from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gi
 from mtdqn.types import TaskSpec
 
 VIDEO_MODES = ("none", "final", "every")
+REWARD_THRESHOLD = "reward_threshold"  # callbacks.eval.stop_at_return: each task's registered gymnasium threshold
 
 
 def _finite(value: Any) -> bool:
@@ -73,10 +74,13 @@ class EvalCallback(pl.Callback):
         self.stop_at = None if stop_at_normalized is None else float(stop_at_normalized)
         returns = stop_at_return if isinstance(stop_at_return, Sequence) and not isinstance(stop_at_return, str) \
             else [stop_at_return]
-        if stop_at_return is not None and (not returns or not all(_finite(v) for v in returns)):
+        self.stop_at_threshold = stop_at_return == REWARD_THRESHOLD  # each task's gymnasium reward_threshold
+        if stop_at_return is not None and not self.stop_at_threshold and (
+                not returns or not all(_finite(v) for v in returns)):
             raise ValueError(f"callbacks.eval.stop_at_return={stop_at_return!r} must be a finite mean eval return, a "
-                             "list of one per task, or null (train the whole budget)")
-        self.stop_returns = None if stop_at_return is None else [float(v) for v in returns]
+                             f"list of one per task, {REWARD_THRESHOLD!r} (each gymnasium task's registered one) or "
+                             "null (train the whole budget)")
+        self.stop_returns = None if stop_at_return is None or self.stop_at_threshold else [float(v) for v in returns]
         if video not in VIDEO_MODES:
             raise ValueError(f"callbacks.eval.video={video!r} is not one of {VIDEO_MODES}")
         self.video, self.video_dir = video, Path(video_dir)
@@ -106,6 +110,13 @@ class EvalCallback(pl.Callback):
             raise ValueError(f"callbacks.eval.stop_at_normalized={self.stop_at:g} needs a normalized score for every "
                              f"task, and {missing} have no reference return (the driving tasks have one); use "
                              "callbacks.eval.stop_at_return, or leave it null to train the whole budget")
+        if self.stop_at_threshold:
+            missing = [t.name for t in tasks if t.reward_threshold is None]
+            if missing:
+                raise ValueError(f"callbacks.eval.stop_at_return={REWARD_THRESHOLD} needs gymnasium's reward_threshold "
+                                 f"for every task, and {missing} have none registered; give the returns instead "
+                                 "(one for all or one per task), or leave it null to train the whole budget")
+            self.stop_returns = [float(t.reward_threshold) for t in tasks]
         if self.stop_returns is not None and len(self.stop_returns) not in (1, len(tasks)):
             raise ValueError(f"callbacks.eval.stop_at_return has {len(self.stop_returns)} values for "
                              f"{len(tasks)} tasks {[t.name for t in tasks]}: give one for all or one per task")

@@ -119,7 +119,13 @@ def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
     image = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) in (2, 3)  # (H, W) or with channels
     return TaskSpec(name=env_id.replace("/", "-"), obs_dim=obs_dim, n_actions=int(act_space.n),
                     obs_shape=tuple(int(d) for d in obs_space.shape) if image else None,
-                    obs_quantum=_quantization(obs_space)[1])
+                    obs_quantum=_quantization(obs_space)[1], reward_threshold=_reward_threshold(env_id))
+
+
+def _reward_threshold(env_id: str) -> float | None:
+    """The registered EnvSpec.reward_threshold (None where gymnasium names none)."""
+    threshold = gym.spec(env_id).reward_threshold
+    return None if threshold is None else float(threshold)
 
 
 def _flattenable(space: gym.Space) -> bool:
