@@ -61,7 +61,8 @@ class EvalCallback(pl.Callback):
         perturb: Mapping[str, Any] | None = None,  # fixed perturbations of the source tasks (the run's `perturb`)
         epsilon: float = 0.0,  # evaluation actions: uniformly random with this probability (Mnih et al. 2015: 0.05)
         stop_at_normalized: float | None = None,  # stop training at the first evaluation where every task scores >= it
-        stop_at_return: float | Sequence[float] | None = None,  # the same on mean eval return (one, or one per task)
+        stop_at_return: float | Sequence[float] | str | None = None,  # the same on mean eval return: one, one per
+        # task, or "reward_threshold" (each task's registered gymnasium threshold; resolved by check_tasks)
     ) -> None:
         if every_env_steps <= 0 or episodes <= 0:
             raise ValueError(f"callbacks.eval: every_env_steps={every_env_steps} and episodes={episodes} must be > 0")
@@ -103,8 +104,9 @@ class EvalCallback(pl.Callback):
         self.source_policy: list[int] = []
 
     def check_tasks(self, tasks: Sequence[TaskSpec]) -> None:
-        """Refuse stop_at_normalized for a task without reference scores (its normalized score is never logged), at
-        build time, before any env step."""
+        """At build time, before any env step (the composition root calls it): refuse stop_at_normalized for a task
+        without reference scores (its normalized score is never logged), resolve stop_at_return=reward_threshold to
+        each task's registered threshold (refused where one has none), and check a per-task list's length."""
         missing = [t.name for t in tasks if t.normalize(0.0) is None]
         if self.stop_at is not None and missing:
             raise ValueError(f"callbacks.eval.stop_at_normalized={self.stop_at:g} needs a normalized score for every "
