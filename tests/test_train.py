@@ -223,3 +223,10 @@ def test_stop_at_return_reward_threshold_takes_each_gym_tasks_registered_one(tmp
     cfg = compose_cfg([*SMOKE, "task_set=lane_keep", "callbacks.eval.stop_at_return=reward_threshold"], tmp_path)
     with pytest.raises(ValueError, match=r"\['lane_keep'\] have none registered"):
         build(cfg)
+
+
+def test_the_closing_line_says_a_run_stopped_once_solved(tmp_path, capsys):
+    """The progress callback's closing line tells the user the run ended early because every task was solved."""
+    train(compose_cfg(["debug=smoke", "logger=jsonl", "callbacks.eval.stop_at_return=-1e9"], tmp_path))
+    out = capsys.readouterr().out
+    assert "mtdqn: 300 env steps" in out and "stopped once solved" in out

@@ -61,5 +61,7 @@ class EnvStepProgressBar(ProgressBar):
             f"mtdqn: {steps:,} env steps ({done:,} this run) and {trainer.global_step:,} updates in {seconds:.1f} s "
             f"({done / max(seconds, 1e-9):,.0f} env steps/s); last eval: {self._eval_return(trainer)}"
         )
+        if any((getattr(cb, "latest", None) or {}).get("time/stopped_solved") for cb in trainer.callbacks):
+            self.summary += "; stopped once solved (callbacks.eval.stop_at_normalized / stop_at_return)"
         if trainer.is_global_zero:
             print(self.summary, flush=True)
