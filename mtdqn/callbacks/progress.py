@@ -26,13 +26,15 @@ class EnvStepProgressBar(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    @staticmethod
+    def _latest_eval(trainer: pl.Trainer) -> dict:
+        """The evaluation callback's most recent metrics (empty before the first evaluation)."""
+        return next((cb.latest for cb in trainer.callbacks if getattr(cb, "latest", None)), {})
+
     def _eval_return(self, trainer: pl.Trainer) -> str:
-        for cb in trainer.callbacks:
-            latest = getattr(cb, "latest", None)
-            if latest:
-                keys = [k for k in latest if k.startswith("eval/") and k.endswith("/return")]
-                return ", ".join(f"{k.split('/')[1]}={latest[k]:.1f}" for k in keys)
-        return "-"
+        latest = self._latest_eval(trainer)
+        keys = [k for k in latest if k.startswith("eval/") and k.endswith("/return")]
+        return ", ".join(f"{k.split('/')[1]}={latest[k]:.1f}" for k in keys) or "-"
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
@@ -61,7 +63,7 @@ class EnvStepProgressBar(ProgressBar):
             f"mtdqn: {steps:,} env steps ({done:,} this run) and {trainer.global_step:,} updates in {seconds:.1f} s "
             f"({done / max(seconds, 1e-9):,.0f} env steps/s); last eval: {self._eval_return(trainer)}"
         )
-        if any((getattr(cb, "latest", None) or {}).get("time/stopped_solved") for cb in trainer.callbacks):
+        if self._latest_eval(trainer).get("time/stopped_solved"):
             self.summary += "; stopped once solved (callbacks.eval.stop_at_normalized / stop_at_return)"
         if trainer.is_global_zero:
             print(self.summary, flush=True)
