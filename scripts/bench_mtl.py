@@ -429,6 +429,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"Ratio with the single-task agents' criterion (each task's first evaluation >= threshold, "
                      f"not all at once): {summarize(each)} ({len(each)} seeds)")
     lines += own_steps_report(runs)
+    lines += free_task_report(runs)
     lines += eval_noise_report(runs)
     return "\n".join(lines)
 
@@ -514,6 +515,22 @@ def own_steps_report(runs: list[dict]) -> list[str]:
                      f"had stopped collecting there; not a run that was made): {summarize(sums)} of the single-task "
                      f"agents' summed steps ({len(sums)} seeds)")
     return lines
+
+
+def free_task_report(runs: list[dict]) -> list[str]:
+    """Markdown: what the ratio would be if the multi-task agent learned one task for nothing and every other
+    task in exactly its single-task agent's env steps (1 - the task's share of the single-task agents' summed
+    steps; median per seed over seeds where every single-task agent reached the threshold): how far sharing can
+    get on the easy tasks alone, and so how much the others must gain from each other to reach a target."""
+    per_seed = [{t: r["single"]["tasks"][t]["solved_steps"] for t in TASKS} for r in runs]
+    per_seed = [steps for steps in per_seed if None not in steps.values()]
+    if not per_seed:
+        return []
+    free = {t: statistics.median(1 - steps[t] / sum(steps.values()) for steps in per_seed) for t in TASKS}
+    return ["", "Were one task learned for nothing and the others in exactly their single-task agents' env steps, the "
+            "ratio would be " + ", ".join(f"{v:.2f} with {t} free" for t, v in free.items())
+            + f" (1 - the task's share of the single-task agents' summed steps; median per seed, {len(per_seed)} "
+            "seeds)"]
 
 
 def build_parser() -> argparse.ArgumentParser:

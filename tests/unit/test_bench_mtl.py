@@ -122,6 +122,9 @@ def test_own_env_steps_per_task_from_the_logged_counts(tmp_path):
     assert "| lane_keep | 0k | 1k | 0.10 | 1 |" in res.stdout
     assert "| traffic_light | 2k | 4k | 0.45 | 1 |" in res.stdout
     assert "not a run that was made): 0.357 of the single-task agents' summed steps" in res.stdout  # 2500 / 7000
+    # single-task agents at 1000 / 2000 / 4000 of 7000: with one task free, the rest cost 6/7, 5/7, 3/7
+    assert ("the ratio would be 0.86 with lane_keep free, 0.71 with pedestrian free, 0.43 with traffic_light free"
+            in res.stdout)
 
 
 def test_own_env_steps_integrated_from_collection_shares_when_not_logged(tmp_path):
