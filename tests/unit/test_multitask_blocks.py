@@ -288,3 +288,37 @@ def test_conv_needs_images_of_one_height_and_width():
         MultiTaskQNetwork(tasks, hidden=(16,), conv=[[8, 3, 1]])
     with pytest.raises(ValueError, match="net.conv needs image observations"):
         MultiTaskQNetwork(SAME, hidden=(16,), conv=[[8, 3, 1]])
+
+
+THREE = [TaskSpec("b", 40, 3), TaskSpec("f", 70, 3), TaskSpec("a", 40, 5)]
+
+
+@pytest.mark.parametrize("kind", ["adapters", "encoders"])
+@pytest.mark.parametrize("ids", [[0, 0, 1, 1, 1, 2], [2, 0, 1, 0, 2, 1, 1], [1, 0, 1, 0], [2]],
+                         ids=["grouped", "shuffled", "a-task-missing", "one-row"])
+def test_per_task_modules_run_on_their_own_rows_only(kind, ids):
+    """On the CPU each task's input adapter (or image encoder) runs on its own task's rows only, not on the whole
+    batch (T times the compute), and the Q-values are those of the whole-batch form (each sample reading its own
+    task's output), in batch order, however the batch is ordered."""
+    from mtdqn.nets.multitask import select_task
+
+    tasks = THREE if kind == "adapters" else [TaskSpec(t.name, t.obs_dim * 10, t.n_actions,
+                                                       obs_shape=(10, 10, t.obs_dim // 10)) for t in THREE]
+    net = MultiTaskQNetwork(tasks, hidden=(16, 16), conv=[[4, 3, 1]] if kind == "encoders" else None)
+    modules = net.adapters if kind == "adapters" else net.encoders
+    rows = [0] * len(tasks)
+    for t, m in enumerate(modules):
+        m.register_forward_hook(lambda mod, inp, out, t=t: rows.__setitem__(t, rows[t] + inp[0].shape[0]))
+    ids = torch.tensor(ids)
+    obs = _padded_obs(tasks, ids)
+    q = net(obs, ids)
+    assert rows == torch.bincount(ids, minlength=len(tasks)).tolist()
+    with torch.no_grad():
+        firsts = [m(obs[:, :t.obs_dim]) for m, t in zip(modules, tasks, strict=True)]
+        first = select_task(torch.stack(firsts, dim=1), ids)
+        x = net.torso(first)  # with adapters its first layer is the identity: the adapters are that layer
+        whole = torch.stack([torch.nn.functional.pad(h(x), (0, 5 - t.n_actions), value=0.0)
+                             for h, t in zip(net.heads, tasks, strict=True)], dim=1)
+    expected = select_task(whole, ids)
+    valid = q != INVALID_Q  # actions a task does not have
+    torch.testing.assert_close(q[valid], expected[valid])
