@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-incomplete", action="store_true", help="leave out runs without a completed summary.json"
     )
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument(
+        "--task-steps",
+        action="store_true",
+        help="each task's curves, AUC and env steps to threshold over the run's env steps on that task "
+        "(time/<task>/env_steps, logged by multi-task runs), not summed over its tasks: a multi-task agent "
+        "against single-task agents",
+    )
     return p
 
 
@@ -86,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_points=args.points,
             exclude=[args.out],
             skip_incomplete=args.skip_incomplete,
+            task_steps=args.task_steps,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"compare.py: error: {exc}", file=sys.stderr)

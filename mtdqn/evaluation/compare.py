@@ -27,6 +27,7 @@ STEP_KEY = "env_steps"
 TRAIN_SECONDS = "time/train_seconds"  # logged with every evaluation (EvalCallback): seconds of training so far
 MISSING = "<missing>"
 _TASK_RE = re.compile(r"^eval/(?P<task>.+)/(?P<kind>normalized|return)$")
+_TASK_METRIC_RE = re.compile(r"^eval/(?P<task>.+)/[^/]+$")  # any per-task evaluation metric
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Run:
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    task_steps: bool = False  # x of eval/<task>/... metrics: the run's env steps on that task where logged
 
     @property
     def status(self) -> str:
@@ -56,10 +58,18 @@ class Run:
         return {k for row in self.rows for k in row}
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(env_steps, values) of `metric`, sorted by env_steps, finite values only, last value per step."""
+        """(env_steps, values) of `metric`, sorted by env_steps, finite values only, last value per step.
+
+        With `task_steps`, a task's metric (`eval/<task>/...`) is placed at the run's env steps on that task
+        (`time/<task>/env_steps`, which multi-task runs log with every evaluation) instead of the env steps summed
+        over its tasks, so a multi-task agent's curve of a task lines up with that task's single-task agent's
+        (whose env steps are all on the task); rows without it keep `env_steps`."""
+        match = _TASK_METRIC_RE.match(metric) if self.task_steps else None
+        task_key = f"time/{match['task']}/env_steps" if match else None
         by_step: dict[float, float] = {}
         for row in self.rows:
-            x, y = _number(row.get(STEP_KEY)), _number(row.get(metric))
+            x = _number(row.get(task_key)) if task_key in row else _number(row.get(STEP_KEY))
+            y = _number(row.get(metric))
             if x is not None and y is not None:
                 by_step[x] = y
         xs = np.array(sorted(by_step), dtype=float)
@@ -391,9 +401,14 @@ def compare_runs(
     exclude: Iterable[str | Path] = (),
     skip_incomplete: bool = False,
     backend: str = "auto",
+    task_steps: bool = False,
 ) -> Comparison:
-    """Load the runs below `paths`, group them by config `by` keys and compute curves, tables and profiles."""
+    """Load the runs below `paths`, group them by config `by` keys and compute curves, tables and profiles.
+    `task_steps`: each task's curves, AUC and env steps to threshold over the run's env steps on that task
+    (Run.series), for a multi-task agent against single-task agents."""
     runs = load_runs(paths, exclude)
+    for run in runs:
+        run.task_steps = task_steps
     failed = [r for r in runs if r.status == "failed"]
     usable = [r for r in runs if r.status != "failed" and (r.status == "completed" or not skip_incomplete)]
     groups = group_runs(usable, by)
@@ -416,6 +431,7 @@ def compare_runs(
         "seed": seed,
         "stats_backend": _backend_name(backend),
         "n_runs": len(runs),
+        "task_steps": task_steps,
         "groups": [_group_info(label, members, by) for label, members in groups.items()],
         "tasks": task_map,
         "tables": tables,
@@ -555,7 +571,10 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"runs (seeds) of each run's final score (mean over tasks). Env steps to {s['threshold']:g}: median "
         "over runs of the first eval at or above the threshold (runs that reached it / runs). Train min: median "
         "over runs of the minutes spent training (`time/train_seconds`, evaluation excluded; a shared machine's "
-        "load moves it).",
+        "load moves it)."
+        + (" Env steps of a task (curves, AUC, env steps to threshold): the run's env steps on that task "
+           "(`time/<task>/env_steps` where a multi-task run logs it), not summed over its tasks."
+           if s.get("task_steps") else ""),
         "",
     ]
     for table in s["tables"]:

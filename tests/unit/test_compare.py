@@ -346,3 +346,35 @@ def test_train_minutes_are_the_median_of_each_runs_last_train_seconds(tmp_path: 
     assert rows["experiment_name=untimed"]["train_minutes"] is None
     md = cmp.render_markdown(comparison.summary)
     assert "| 5.0 |" in md and "train min |" in md
+
+
+def test_task_steps_place_a_multi_task_runs_task_metrics_at_its_env_steps_on_that_task(tmp_path: Path) -> None:
+    """With task_steps (`--task-steps`), a multi-task run's eval/<task>/... is placed at time/<task>/env_steps,
+    its env steps on that task (here a quarter of the summed steps for `a`, three quarters for `b`), so env steps to
+    threshold, AUC and curves line up with single-task runs; without it, at the summed env steps; single-task runs
+    (no per-task count) keep env_steps; the report says which."""
+    rows = ramp_rows({"a": 1.0, "b": 1.0})
+    for r in rows:
+        if "eval/a/normalized" in r:
+            r["time/a/env_steps"], r["time/b/env_steps"] = r["env_steps"] / 4, r["env_steps"] * 3 / 4
+    write_run(tmp_path / "mtl", base_config(experiment_name="mtl"), rows, {"status": "completed"})
+    write_run(tmp_path / "single", base_config(experiment_name="single"), ramp_rows({"a": 1.0}),
+              {"status": "completed"})
+    summed = {r.path.name: r for r in cmp.load_runs([tmp_path])}
+    per_task = {r.path.name: r for r in cmp.load_runs([tmp_path])}
+    for r in per_task.values():
+        r.task_steps = True
+    first = cmp.steps_to_threshold(summed["mtl"], "eval/a/normalized", 0.5)
+    assert cmp.steps_to_threshold(per_task["mtl"], "eval/a/normalized", 0.5) == first / 4
+    assert cmp.steps_to_threshold(per_task["mtl"], "eval/b/normalized", 0.5) == first * 3 / 4
+    assert np.array_equal(per_task["single"].series("eval/a/normalized")[0], summed["single"].series(
+        "eval/a/normalized")[0])
+    comparison = cmp.compare_runs([tmp_path], task_steps=True, **BOOT)
+    row = _table(comparison.summary, "a")["rows"]["experiment_name=mtl"]
+    assert row["steps_to_threshold"] == cmp.steps_to_threshold(per_task["mtl"], "eval/a/normalized", 0.9)
+    assert "the run's env steps on that task" in cmp.render_markdown(comparison.summary)
+    assert "the run's env steps on that task" not in cmp.render_markdown(cmp.compare_runs([tmp_path],
+                                                                                           **BOOT).summary)
+    out = tmp_path.parent / f"{tmp_path.name}_report"
+    assert _script().main([str(tmp_path), "--task-steps", "--no-plots", "--n-boot", "100", "--out", str(out)]) == 0
+    assert "the run's env steps on that task" in (out / "summary.md").read_text()
