@@ -101,14 +101,19 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README's commands are parsed with it in a test)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="minatar", choices=["minatar", "driving"])
     parser.add_argument("--env-steps", type=int, default=60000, help="summed over tasks for the multi-task agent")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the rows and the report as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.env_steps <= 0 or args.repeats <= 0:
         raise SystemExit(f"--env-steps and --repeats must be positive, got {args.env_steps} and {args.repeats}")
     rows = measure(suite_overrides(args.suite), args.env_steps, args.repeats, args.seed)
