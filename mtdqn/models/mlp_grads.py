@@ -150,6 +150,30 @@ class ExplicitMLPGrads:
         return loss, td_abs, q_taken.mean(), grads
 
 
+def task_loss_terms(
+    q_taken: Tensor, target: Tensor, task_ids: Tensor, n_tasks: int, weights: Tensor | None,
+    task_weights: Tensor | None, kind: str, need_td_abs: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """`task_weighted_loss` of the (importance-weighted) Huber / MSE TD errors and its derivative by hand: (total,
+    per-task mean losses (T,), |td| or None, per-task mean Q of the taken actions (T,), d total / d q_taken (B,))."""
+    loss_fn = F.huber_loss if kind == "huber" else F.mse_loss
+    per_sample = loss_fn(q_taken, target, reduction="none")
+    if weights is not None:
+        per_sample = per_sample.mul_(weights)
+    counts = torch.bincount(task_ids, minlength=n_tasks).to(per_sample.dtype).clamp_(min=1.0)
+    per_task = per_sample.new_zeros(n_tasks).index_add_(0, task_ids, per_sample).div_(counts)
+    q_per_task = per_sample.new_zeros(n_tasks).index_add_(0, task_ids, q_taken).div_(counts)
+    scale = counts.reciprocal() if task_weights is None else task_weights.to(counts.dtype) / counts
+    total = per_task.sum() if task_weights is None else (task_weights.to(per_task.dtype) * per_task).sum()
+    diff = q_taken - target
+    td_abs = diff.abs() if need_td_abs else None
+    dloss = diff.clamp_(-1.0, 1.0) if kind == "huber" else diff.mul_(2.0)
+    if weights is not None:
+        dloss.mul_(weights)
+    dloss.mul_(scale[task_ids])  # d total / d q_taken: w_t / n_t per sample of task t
+    return total, per_task, td_abs, q_per_task, dloss
+
+
 class ExplicitMultiHeadGrads:
     """Forward + per-task TD loss + gradients of a multi-head MultiTaskQNetwork without autograd.
 
@@ -237,21 +261,8 @@ class ExplicitMultiHeadGrads:
         q_all = torch.addmm(b_heads, acts[-1], w_heads.t())  # (B, T*A)
         idx = self._own_columns(task_ids, self.n_actions, actions).unsqueeze(1)
         q_taken = q_all.gather(1, idx).squeeze(1)
-        loss_fn = F.huber_loss if kind == "huber" else F.mse_loss
-        per_sample = loss_fn(q_taken, target, reduction="none")
-        if weights is not None:
-            per_sample = per_sample.mul_(weights)
-        counts = torch.bincount(task_ids, minlength=self.n_tasks).to(per_sample.dtype).clamp_(min=1.0)
-        per_task = per_sample.new_zeros(self.n_tasks).index_add_(0, task_ids, per_sample).div_(counts)
-        q_per_task = per_sample.new_zeros(self.n_tasks).index_add_(0, task_ids, q_taken).div_(counts)
-        scale = counts.reciprocal() if task_weights is None else task_weights.to(counts.dtype) / counts
-        total = per_task.sum() if task_weights is None else (task_weights.to(per_task.dtype) * per_task).sum()
-        diff = q_taken - target
-        td_abs = diff.abs() if need_td_abs else None
-        dloss = diff.clamp_(-1.0, 1.0) if kind == "huber" else diff.mul_(2.0)
-        if weights is not None:
-            dloss.mul_(weights)
-        dloss.mul_(scale[task_ids])  # d total / d q_taken: w_t / n_t per sample of task t
+        total, per_task, td_abs, q_per_task, dloss = task_loss_terms(
+            q_taken, target, task_ids, self.n_tasks, weights, task_weights, kind, need_td_abs)
         g = torch.zeros_like(q_all).scatter_(1, idx, dloss.unsqueeze(1))
         d_w_heads, d_b_heads = torch.mm(g.t(), acts[-1]), g.sum(0)
         g = _relu_backward(torch.mm(g, w_heads), acts[-1], 0.0)
@@ -265,3 +276,112 @@ class ExplicitMultiHeadGrads:
         a = self.n_actions
         head_grads = [x for t in range(self.n_tasks) for x in (d_w_heads[t * a:(t + 1) * a], d_b_heads[t * a:(t + 1) * a])]
         return total, per_task, td_abs, q_per_task, torso_grads + head_grads
+
+
+class ExplicitFiLMGrads:
+    """Forward + per-task TD loss + gradients of a FiLM-conditioned MultiTaskQNetwork without autograd.
+
+    For `MultiTaskQNetwork(architecture="conditioned", conditioning="film")` with a plain ReLU torso and one linear
+    head (no input adapters, conv encoders, dueling head, PopArt, layer norm or observation normalizer): hidden
+    layer l computes relu((h W_l^T + b_l) * scale_l[t] + shift_l[t]) for a sample of task t, the head reads the last
+    one. The FiLM gradients are per-task sums (`index_add_`) of the samples' terms, so a task absent from the batch
+    gets exactly zero. Same math as `MultiTaskDQNModule`'s autograd update (tested to float32 rounding in
+    tests/unit/test_lean_step.py); gradients in `q_net.parameters()` order.
+    """
+
+    def __init__(self, q_net: nn.Module) -> None:
+        if not self.supports(q_net):
+            raise ValueError(f"ExplicitFiLMGrads needs a plain FiLM-conditioned MultiTaskQNetwork, got {q_net}")
+        self.torso: list[nn.Linear] = [m for m in q_net.torso if isinstance(m, nn.Linear)]
+        self.head: nn.Linear = q_net.head
+        self.scale, self.shift = list(q_net.film_scale), list(q_net.film_shift)
+        self.n_tasks = q_net.n_tasks
+        self.transposed = TransposedWeights([*self.torso, self.head])
+        names = [n for n, _ in q_net.named_parameters()]
+        layers = range(len(self.torso))
+        produced = [*(f"torso.{2 * i}.{k}" for i in layers for k in ("weight", "bias")),
+                    *(f"film_scale.{i}" for i in layers), *(f"film_shift.{i}" for i in layers),
+                    "head.weight", "head.bias"]
+        self.order = [produced.index(n) for n in names]  # loss_and_grads' list -> parameters() order
+
+    @staticmethod
+    def supports(q_net: nn.Module) -> bool:
+        """True for a FiLM-conditioned MultiTaskQNetwork with a (Linear, ReLU)* torso, one nn.Linear head and
+        nothing else (no adapters, conv encoders, embedding, PopArt, observation normalizer)."""
+        from mtdqn.nets.multitask import MultiTaskQNetwork
+
+        if type(q_net) is not MultiTaskQNetwork or q_net.architecture != "conditioned":
+            return False
+        if q_net.conditioning != "film" or type(q_net.head) is not nn.Linear or q_net.film_scale is None:
+            return False
+        if any(getattr(q_net, k, None) is not None for k in ("obs_norm", "adapters", "encoders", "embedding", "popart")):
+            return False
+        torso = relu_torso_names(q_net.torso)
+        if torso is None:
+            return False
+        layers = range(len(torso) // 2)
+        expected = {*torso, *(f"film_scale.{i}" for i in layers), *(f"film_shift.{i}" for i in layers),
+                    "head.weight", "head.bias"}
+        names = [n for n, _ in q_net.named_parameters()]
+        return len(names) == len(expected) and set(names) == expected
+
+    def _forward(self, obs: Tensor, task_ids: Tensor | int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """([obs, h_1, ..., h_L], [z_1, ..., z_L] before FiLM, [scale_1[t], ...] per sample): `task_ids` a (B,)
+        tensor or one task index for every row."""
+        acts, pre, scales = [obs], [], []
+        for lin, w, scale, shift in zip(self.torso, self.transposed(), self.scale, self.shift, strict=False):
+            z = torch.addmm(lin.bias, acts[-1], w)
+            if isinstance(task_ids, int):
+                s, c = scale[task_ids], shift[task_ids]
+            else:
+                s, c = scale.index_select(0, task_ids), shift.index_select(0, task_ids)
+            acts.append((z * s + c).clamp_(min=0.0))
+            pre.append(z)
+            scales.append(s)
+        return acts, pre, scales
+
+    @no_grad
+    def q_values(self, obs: Tensor, task_ids: Tensor) -> Tensor:
+        """Q(obs, .) of each sample's task, (B, A); same values as `q_net(obs, task_ids)`."""
+        return torch.addmm(self.head.bias, self._forward(obs, task_ids)[0][-1], self.transposed()[-1])
+
+    def batched_q_values(self, obs: Tensor, task_ids: Tensor) -> Tensor:
+        """Each sample's Q(obs, .) for any leading shape (a round's (G, B, D) next observations), in cache-sized
+        chunks."""
+        return chunked_rows(self.q_values, obs, task_ids)
+
+    @no_grad
+    def greedy(self, obs: Tensor, task_idx: int) -> Tensor:
+        """argmax_a Q(obs, a) for task `task_idx` (the collector calls this every step)."""
+        h = self._forward(obs, task_idx)[0][-1]
+        return torch.addmm(self.head.bias, h, self.transposed()[-1]).argmax(dim=-1)
+
+    @no_grad
+    def loss_and_grads(
+        self, obs: Tensor, actions: Tensor, task_ids: Tensor, target: Tensor, weights: Tensor | None,
+        task_weights: Tensor | None, kind: str, need_td_abs: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, list[Tensor]]:
+        """As ExplicitMultiHeadGrads.loss_and_grads: (total loss, per-task mean losses (T,), |td| or None, per-task
+        mean Q of the taken actions (T,), gradients in `q_net.parameters()` order)."""
+        acts, pre, scales = self._forward(obs, task_ids)
+        wt = self.transposed()
+        q = torch.addmm(self.head.bias, acts[-1], wt[-1])
+        idx = actions.unsqueeze(1)
+        q_taken = q.gather(1, idx).squeeze(1)
+        total, per_task, td_abs, q_per_task, dloss = task_loss_terms(
+            q_taken, target, task_ids, self.n_tasks, weights, task_weights, kind, need_td_abs)
+        g = torch.zeros_like(q).scatter_(1, idx, dloss.unsqueeze(1))
+        head = [torch.mm(g.t(), acts[-1]), g.sum(0)]
+        g = _relu_backward(torch.mm(g, self.head.weight), acts[-1], 0.0)  # d / d (z * scale + shift), last layer
+        n_layers = len(self.torso)
+        linear, d_scale, d_shift = [None] * (2 * n_layers), [None] * n_layers, [None] * n_layers
+        for layer in range(n_layers - 1, -1, -1):
+            z = pre[layer]
+            d_scale[layer] = z.new_zeros(self.n_tasks, z.shape[1]).index_add_(0, task_ids, g * z)
+            d_shift[layer] = z.new_zeros(self.n_tasks, z.shape[1]).index_add_(0, task_ids, g)
+            g = g * scales[layer]  # d / d z
+            linear[2 * layer], linear[2 * layer + 1] = torch.mm(g.t(), acts[layer]), g.sum(0)
+            if layer > 0:
+                g = _relu_backward(torch.mm(g, self.torso[layer].weight), acts[layer], 0.0)
+        produced = [*linear, *d_scale, *d_shift, *head]
+        return total, per_task, td_abs, q_per_task, [produced[i] for i in self.order]

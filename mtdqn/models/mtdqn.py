@@ -14,7 +14,7 @@ from mtdqn.losses import td_target
 from mtdqn.losses.multitask import flat_grads, grad_cosine_matrix, pcgrad, task_weighted_loss
 from mtdqn.models.dqn import DQNModule, NetFactory
 from mtdqn.models.lean_step import no_grad
-from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
+from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
 from mtdqn.types import Batch, Round, TaskSpec
 
 BALANCES = ("sum", "weighted", "pcgrad")
@@ -74,12 +74,14 @@ class MultiTaskDQNModule(DQNModule):
     def build_net(self, net: NetFactory) -> nn.Module:
         return net(tasks=self.tasks)
 
-    def build_explicit(self) -> ExplicitMultiHeadGrads | None:
-        """Hand-written gradients on the lean path for a plain multi-head network with `sum` / `weighted`
-        balancing (PCGrad and PopArt need autograd; subclasses with their own update keep it too)."""
+    def build_explicit(self) -> ExplicitMultiHeadGrads | ExplicitFiLMGrads | None:
+        """Hand-written gradients on the lean path for a plain multi-head or FiLM-conditioned network with `sum` /
+        `weighted` balancing (PCGrad and PopArt need autograd; subclasses with their own update keep it too)."""
         plain = type(self).update is MultiTaskDQNModule.update and not self.use_popart
-        if plain and self.loss_balance != "pcgrad" and ExplicitMultiHeadGrads.supports(self.q_net):
-            return ExplicitMultiHeadGrads(self.q_net)
+        if plain and self.loss_balance != "pcgrad":
+            for cls in (ExplicitMultiHeadGrads, ExplicitFiLMGrads):
+                if cls.supports(self.q_net):
+                    return cls(self.q_net)
         return None
 
     @no_grad

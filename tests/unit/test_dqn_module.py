@@ -127,6 +127,11 @@ MTL_EXPLICIT = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=
      "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
     ([*MTL_EXPLICIT, "model.double_q=false", "data.batch_composition=weighted", "data.task_weights=[0.2,0.4,0.4]"],
      "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
+    # FiLM conditioning (the driving preset lane_keep_mtl_share's network), with its data sharing and MSE
+    ([*MTL_EXPLICIT, "net=conditioned", "net.conditioning=film", "net.hidden=[16,8]", "model.loss=mse",
+      "model.double_q=true", "data.share_fraction=[0.5,0,0.5]"], "mtdqn.models.mtdqn.ExplicitFiLMGrads.supports"),
+    ([*MTL_EXPLICIT, "net=conditioned", "net.conditioning=film", "model.loss_balance=weighted",
+      "model.task_weights=[0.5,1.0,2.0]", "replay=prioritized"], "mtdqn.models.mtdqn.ExplicitFiLMGrads.supports"),
 ])
 def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, supports, monkeypatch):
     """The lean path with hand-written gradients trains the same weights as the autograd path."""

@@ -230,3 +230,84 @@ def test_batched_target_values_in_chunks_equal_one_forward(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(mlp_grads.ExplicitMLPGrads(single).batched_q_values(obs, ids), single(obs))
         torch.testing.assert_close(mlp_grads.ExplicitMultiHeadGrads(multi).batched_q_values(obs, ids), multi(obs, ids))
+
+
+def _film_net(seed=6, hidden=(16, 8)):
+    """A FiLM-conditioned network with non-trivial per-task scales and shifts (identity at init otherwise)."""
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    torch.manual_seed(seed)
+    net = MultiTaskQNetwork(_tasks(), hidden=hidden, architecture="conditioned", conditioning="film")
+    with torch.no_grad():
+        for p in [*net.film_scale, *net.film_shift]:
+            p.add_(0.3 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("kind", ["huber", "mse"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("task_weights", [None, (0.2, 0.5, 1.3)])
+def test_explicit_film_grads_equal_autograd(kind, weighted, task_weights):
+    """FiLM-conditioned network: per-task weighted TD loss and its gradients by hand equal autograd through the
+    module, in parameters() order; a task absent from the batch gets exactly zero FiLM gradients."""
+    from mtdqn.losses.multitask import task_weighted_loss
+    from mtdqn.models.mlp_grads import ExplicitFiLMGrads
+    from mtdqn.models.mtdqn import task_means
+
+    net = _film_net()
+    n = 64
+    obs, actions = torch.randn(n, 5), torch.randint(0, 3, (n,))
+    task_ids = torch.randint(0, 2, (n,))  # task 2 absent
+    target = 3 * torch.randn(n)
+    weights = torch.rand(n) if weighted else None
+    tw = None if task_weights is None else torch.tensor(task_weights)
+    total, per_task, td_abs, q_per_task, grads = ExplicitFiLMGrads(net).loss_and_grads(
+        obs, actions, task_ids, target, weights, tw, kind)
+    ref_q = net(obs, task_ids).gather(1, actions.unsqueeze(1)).squeeze(1)
+    loss_fn = torch.nn.functional.smooth_l1_loss if kind == "huber" else torch.nn.functional.mse_loss
+    per_sample = loss_fn(ref_q, target, reduction="none") * (weights if weighted else 1.0)
+    ref_total, ref_per_task = task_weighted_loss(per_sample, task_ids, tw, 3)
+    ref_grads = torch.autograd.grad(ref_total, list(net.parameters()))
+    torch.testing.assert_close(total, ref_total)
+    torch.testing.assert_close(per_task, ref_per_task)
+    torch.testing.assert_close(q_per_task, task_means(ref_q.detach(), task_ids, 3))
+    torch.testing.assert_close(td_abs, (ref_q - target).abs())
+    assert [g.shape for g in grads] == [p.shape for p in net.parameters()]
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    names = [name for name, _ in net.named_parameters()]
+    for name, g in zip(names, grads, strict=True):
+        if name.startswith("film_"):
+            assert not g[2].any() and g[:2].abs().sum() > 0  # the absent task's row
+
+
+def test_explicit_film_values_and_greedy_equal_module():
+    from mtdqn.models.mlp_grads import ExplicitFiLMGrads
+
+    net = _film_net(7, hidden=(16, 16))
+    obs, task_ids = torch.randn(300, 5), torch.randint(0, 3, (300,))
+    explicit = ExplicitFiLMGrads(net)
+    with torch.no_grad():
+        torch.testing.assert_close(explicit.q_values(obs, task_ids), net(obs, task_ids))
+        torch.testing.assert_close(explicit.batched_q_values(obs.view(3, 100, 5), task_ids.view(3, 100)),
+                                   net(obs, task_ids).view(3, 100, 3))
+        for t in range(3):
+            assert torch.equal(explicit.greedy(obs, t), net(obs, torch.full((300,), t)).argmax(-1))
+
+
+def test_explicit_film_only_for_plain_film_nets_and_picked_by_the_module():
+    from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    def film(**kw):
+        return MultiTaskQNetwork(kw.pop("tasks", _tasks()), architecture="conditioned", conditioning="film", **kw)
+
+    assert ExplicitFiLMGrads.supports(film()) and not ExplicitMultiHeadGrads.supports(film())
+    assert not ExplicitFiLMGrads.supports(MultiTaskQNetwork(_tasks()))  # multi-head
+    assert not ExplicitFiLMGrads.supports(MultiTaskQNetwork(_tasks(), architecture="conditioned",
+                                                            conditioning="onehot"))
+    assert not ExplicitFiLMGrads.supports(film(dueling=True))
+    assert not ExplicitFiLMGrads.supports(film(layer_norm=True))
+    assert not ExplicitFiLMGrads.supports(film(obs_norm=True))
+    assert not ExplicitFiLMGrads.supports(film(tasks=_tasks(obs_dims=(5, 4, 5))))  # adapters
+    assert not ExplicitFiLMGrads.supports(film(activation="tanh"))
