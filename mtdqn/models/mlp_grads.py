@@ -294,7 +294,8 @@ class ExplicitFiLMGrads:
             raise ValueError(f"ExplicitFiLMGrads needs a plain FiLM-conditioned MultiTaskQNetwork, got {q_net}")
         self.torso: list[nn.Linear] = [m for m in q_net.torso if isinstance(m, nn.Linear)]
         self.head: nn.Linear = q_net.head
-        self.scale, self.shift = list(q_net.film_scale), list(q_net.film_shift)
+        self.film_scale, self.film_shift = q_net.film_scale, q_net.film_shift  # read per call (a replaced
+        # Parameter is followed, as TransposedWeights follows the Linear weights)
         self.n_tasks = q_net.n_tasks
         self.transposed = TransposedWeights([*self.torso, self.head])
         names = [n for n, _ in q_net.named_parameters()]
@@ -329,7 +330,8 @@ class ExplicitFiLMGrads:
         """([obs, h_1, ..., h_L], [z_1, ..., z_L] before FiLM, [scale_1[t], ...] per sample): `task_ids` a (B,)
         tensor or one task index for every row."""
         acts, pre, scales = [obs], [], []
-        for lin, w, scale, shift in zip(self.torso, self.transposed(), self.scale, self.shift, strict=False):
+        for lin, w, scale, shift in zip(self.torso, self.transposed(), self.film_scale, self.film_shift,
+                                        strict=False):  # transposed() ends with the head's
             z = torch.addmm(lin.bias, acts[-1], w)
             if isinstance(task_ids, int):
                 s, c = scale[task_ids], shift[task_ids]

@@ -152,22 +152,25 @@ def _tasks(obs_dims=(5, 5, 5), n_actions=(3, 3, 3)):
 @pytest.mark.parametrize("kind", ["huber", "mse"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("task_weights", [None, (0.2, 0.5, 1.3)])
-def test_explicit_multihead_grads_equal_autograd(kind, weighted, task_weights):
-    """Per-task weighted TD loss and its gradients, by hand, equal autograd through the module; each sample's
-    gradient reaches only its own head (a task absent from the batch gets exactly zero head gradients)."""
+@pytest.mark.parametrize("net_kind", ["multihead", "film"])
+def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, net_kind):
+    """Per-task weighted TD loss and its gradients, by hand, equal autograd through the module, in parameters()
+    order; a task absent from the batch gets exactly zero gradients in its own parameters (multi-head: its head;
+    FiLM: its rows of every scale and shift)."""
     from mtdqn.losses.multitask import task_weighted_loss
-    from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
+    from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
     from mtdqn.nets.multitask import MultiTaskQNetwork
 
     torch.manual_seed(4)
-    net = MultiTaskQNetwork(_tasks(), hidden=(16, 8))
+    net = MultiTaskQNetwork(_tasks(), hidden=(16, 8)) if net_kind == "multihead" else _film_net()
+    explicit_cls = ExplicitMultiHeadGrads if net_kind == "multihead" else ExplicitFiLMGrads
     n = 64
     obs, actions = torch.randn(n, 5), torch.randint(0, 3, (n,))
     task_ids = torch.randint(0, 2, (n,))  # task 2 absent
     target = 3 * torch.randn(n)
     weights = torch.rand(n) if weighted else None
     tw = None if task_weights is None else torch.tensor(task_weights)
-    total, per_task, td_abs, q_per_task, grads = ExplicitMultiHeadGrads(net).loss_and_grads(
+    total, per_task, td_abs, q_per_task, grads = explicit_cls(net).loss_and_grads(
         obs, actions, task_ids, target, weights, tw, kind)
     ref_q = net(obs, task_ids).gather(1, actions.unsqueeze(1)).squeeze(1)
     loss_fn = torch.nn.functional.smooth_l1_loss if kind == "huber" else torch.nn.functional.mse_loss
@@ -183,7 +186,12 @@ def test_explicit_multihead_grads_equal_autograd(kind, weighted, task_weights):
     assert [g.shape for g in grads] == [p.shape for p in net.parameters()]
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
-    assert not grads[-1].any() and not grads[-2].any()  # the absent task's head
+    if net_kind == "multihead":
+        assert not grads[-1].any() and not grads[-2].any()  # the absent task's head
+    else:
+        for name, g in zip([n for n, _ in net.named_parameters()], grads, strict=True):
+            if name.startswith("film_"):
+                assert not g[2].any() and g[:2].abs().sum() > 0  # the absent task's rows
 
 
 def test_explicit_multihead_values_and_greedy_equal_module():
@@ -244,43 +252,6 @@ def _film_net(seed=6, hidden=(16, 8)):
     return net
 
 
-@pytest.mark.parametrize("kind", ["huber", "mse"])
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("task_weights", [None, (0.2, 0.5, 1.3)])
-def test_explicit_film_grads_equal_autograd(kind, weighted, task_weights):
-    """FiLM-conditioned network: per-task weighted TD loss and its gradients by hand equal autograd through the
-    module, in parameters() order; a task absent from the batch gets exactly zero FiLM gradients."""
-    from mtdqn.losses.multitask import task_weighted_loss
-    from mtdqn.models.mlp_grads import ExplicitFiLMGrads
-    from mtdqn.models.mtdqn import task_means
-
-    net = _film_net()
-    n = 64
-    obs, actions = torch.randn(n, 5), torch.randint(0, 3, (n,))
-    task_ids = torch.randint(0, 2, (n,))  # task 2 absent
-    target = 3 * torch.randn(n)
-    weights = torch.rand(n) if weighted else None
-    tw = None if task_weights is None else torch.tensor(task_weights)
-    total, per_task, td_abs, q_per_task, grads = ExplicitFiLMGrads(net).loss_and_grads(
-        obs, actions, task_ids, target, weights, tw, kind)
-    ref_q = net(obs, task_ids).gather(1, actions.unsqueeze(1)).squeeze(1)
-    loss_fn = torch.nn.functional.smooth_l1_loss if kind == "huber" else torch.nn.functional.mse_loss
-    per_sample = loss_fn(ref_q, target, reduction="none") * (weights if weighted else 1.0)
-    ref_total, ref_per_task = task_weighted_loss(per_sample, task_ids, tw, 3)
-    ref_grads = torch.autograd.grad(ref_total, list(net.parameters()))
-    torch.testing.assert_close(total, ref_total)
-    torch.testing.assert_close(per_task, ref_per_task)
-    torch.testing.assert_close(q_per_task, task_means(ref_q.detach(), task_ids, 3))
-    torch.testing.assert_close(td_abs, (ref_q - target).abs())
-    assert [g.shape for g in grads] == [p.shape for p in net.parameters()]
-    for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
-    names = [name for name, _ in net.named_parameters()]
-    for name, g in zip(names, grads, strict=True):
-        if name.startswith("film_"):
-            assert not g[2].any() and g[:2].abs().sum() > 0  # the absent task's row
-
-
 def test_explicit_film_values_and_greedy_equal_module():
     from mtdqn.models.mlp_grads import ExplicitFiLMGrads
 
@@ -293,6 +264,8 @@ def test_explicit_film_values_and_greedy_equal_module():
                                    net(obs, task_ids).view(3, 100, 3))
         for t in range(3):
             assert torch.equal(explicit.greedy(obs, t), net(obs, torch.full((300,), t)).argmax(-1))
+        net.film_scale[1] = torch.nn.Parameter(torch.rand_like(net.film_scale[1]))  # replaced: followed
+        torch.testing.assert_close(explicit.q_values(obs, task_ids), net(obs, task_ids))
 
 
 def test_explicit_film_only_for_plain_film_nets_and_picked_by_the_module():
