@@ -298,12 +298,15 @@ class ExplicitFiLMGrads:
         # Parameter is followed, as TransposedWeights follows the Linear weights)
         self.n_tasks = q_net.n_tasks
         self.transposed = TransposedWeights([*self.torso, self.head])
-        names = [n for n, _ in q_net.named_parameters()]
-        layers = range(len(self.torso))
-        produced = [*(f"torso.{2 * i}.{k}" for i in layers for k in ("weight", "bias")),
-                    *(f"film_scale.{i}" for i in layers), *(f"film_shift.{i}" for i in layers),
-                    "head.weight", "head.bias"]
-        self.order = [produced.index(n) for n in names]  # loss_and_grads' list -> parameters() order
+        produced = self._names(len(self.torso))  # loss_and_grads' list -> parameters() order
+        self.order = [produced.index(n) for n, _ in q_net.named_parameters()]
+
+    @staticmethod
+    def _names(n_layers: int) -> list[str]:
+        """Parameter names in the order loss_and_grads computes their gradients."""
+        layers = range(n_layers)
+        return [*(f"torso.{2 * i}.{k}" for i in layers for k in ("weight", "bias")),
+                *(f"film_scale.{i}" for i in layers), *(f"film_shift.{i}" for i in layers), "head.weight", "head.bias"]
 
     @staticmethod
     def supports(q_net: nn.Module) -> bool:
@@ -320,11 +323,8 @@ class ExplicitFiLMGrads:
         torso = relu_torso_names(q_net.torso)
         if torso is None:
             return False
-        layers = range(len(torso) // 2)
-        expected = {*torso, *(f"film_scale.{i}" for i in layers), *(f"film_shift.{i}" for i in layers),
-                    "head.weight", "head.bias"}
         names = [n for n, _ in q_net.named_parameters()]
-        return len(names) == len(expected) and set(names) == expected
+        return sorted(names) == sorted(ExplicitFiLMGrads._names(len(torso) // 2))
 
     def _forward(self, obs: Tensor, task_ids: Tensor | int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """([obs, h_1, ..., h_L], [z_1, ..., z_L] before FiLM, [scale_1[t], ...] per sample): `task_ids` a (B,)
