@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtdqn.models.lean_step import no_grad
+from mtdqn.nets.multitask import invalid_fill
 
 # grad where the ReLU's output is > 0, else 0: one kernel instead of a comparison and a multiply
 _relu_backward = torch.ops.aten.threshold_backward.default
@@ -178,12 +179,17 @@ class ExplicitMultiHeadGrads:
     """Forward + per-task TD loss + gradients of a multi-head MultiTaskQNetwork without autograd.
 
     For `MultiTaskQNetwork(architecture="multihead")` with a plain ReLU torso shared by every task and one linear
-    head per task (no input adapters, conditioning, dueling heads, PopArt or observation normalizer; every task has
-    the same action count): the heads are evaluated as one `addmm` against their concatenated weights (B, T*A) and
-    each sample reads its own task's block, so a sample's gradient reaches only the torso and its own head (the
-    other heads' rows of the gradient are exactly zero, as with autograd through `select_task`). The loss is
-    `task_weighted_loss`: sum_t w_t * mean over task t's samples of the (importance-weighted) Huber / MSE TD error.
-    Same math as `MultiTaskDQNModule`'s autograd update (tested to float32 rounding in tests/unit/test_lean_step.py).
+    head per task (no conditioning, conv encoders, dueling heads, PopArt or observation normalizer): the heads are
+    evaluated as one `addmm` against their concatenated weights (B, sum_t A_t) and each sample reads its own task's
+    block, so a sample's gradient reaches only the torso and its own head (the other heads' rows of the gradient are
+    exactly zero, as with autograd through `select_task`). Heads may differ in action count (Q of actions a task
+    does not have is INVALID_Q, as in the module). Tasks whose observation sizes differ have per-task input adapters
+    (Linear(obs_dim_t, hidden[0]) reading the first obs_dim_t features, then the shared ReLU): on the CPU each
+    adapter runs on its own task's rows only, as the module's `_per_task` does (a batch grouped by task, as replay
+    batches come, uses slices; any other order index lists). The loss is `task_weighted_loss`: sum_t w_t * mean
+    over task t's samples of the (importance-weighted) Huber / MSE TD error. Same math as `MultiTaskDQNModule`'s
+    autograd update (tested to float32 rounding in tests/unit/test_lean_step.py); gradients in
+    `q_net.parameters()` order.
     """
 
     def __init__(self, q_net: nn.Module) -> None:
@@ -191,51 +197,117 @@ class ExplicitMultiHeadGrads:
             raise ValueError(f"ExplicitMultiHeadGrads needs a plain multi-head MultiTaskQNetwork, got {q_net}")
         self.torso: list[nn.Linear] = [m for m in q_net.torso if isinstance(m, nn.Linear)]
         self.heads: list[nn.Linear] = list(q_net.heads)
-        self.n_tasks, self.n_actions = len(self.heads), self.heads[0].out_features
+        self.adapters: list[nn.Linear] | None = list(q_net.adapters) if q_net.adapters is not None else None
+        self.obs_dims = list(q_net.obs_dims)
+        self.n_tasks = len(self.heads)
+        self.widths = [h.out_features for h in self.heads]
+        self.n_actions = max(self.widths)
+        self.equal_widths = len(set(self.widths)) == 1
+        device = self.heads[0].weight.device
+        starts = torch.tensor([0, *self.widths[:-1]], device=device).cumsum(0)
+        self.starts = starts  # (T,): first column of task t's block in the concatenated head outputs
+        action = torch.arange(self.n_actions, device=device)
+        width = torch.tensor(self.widths, device=device)[:, None]
+        self.valid = action[None, :] < width  # (T, A): the actions task t has
+        self.columns = starts[:, None] + torch.minimum(action[None, :], width - 1)  # (T, A), invalid ones clamped
         self.transposed = TransposedWeights(self.torso)  # torso only: the heads are concatenated per call
+        produced = self._names(len(self.torso), self.n_tasks, self.adapters is not None)
+        self.order = [produced.index(n) for n, _ in q_net.named_parameters()]
+
+    @staticmethod
+    def _names(n_torso: int, n_tasks: int, adapters: bool) -> list[str]:
+        """Parameter names in the order loss_and_grads computes their gradients (with adapters the torso's first
+        Linear is replaced by them: its Linears sit at positions 2, 4, ...)."""
+        skip = 2 if adapters else 0
+        per_task = [(f"adapters.{t}.{k}" if adapters else None) for t in range(n_tasks) for k in ("weight", "bias")]
+        return [*(f"torso.{skip + 2 * i}.{k}" for i in range(n_torso) for k in ("weight", "bias")),
+                *(n for n in per_task if n is not None),
+                *(f"heads.{t}.{k}" for t in range(n_tasks) for k in ("weight", "bias"))]
 
     @staticmethod
     def supports(q_net: nn.Module) -> bool:
-        """True for a multi-head MultiTaskQNetwork with a (Linear, ReLU)* torso, nn.Linear heads of one width and
-        nothing else (no adapters, conv encoders, conditioning, FiLM, PopArt, observation normalizer)."""
+        """True for a multi-head MultiTaskQNetwork with a (Linear, ReLU)* torso (or, with per-task input adapters
+        on the CPU, adapters + ReLU + (Linear, ReLU)*) and nn.Linear heads, and nothing else (no conv encoders,
+        conditioning, FiLM, PopArt, observation normalizer)."""
         from mtdqn.nets.multitask import MultiTaskQNetwork
 
         if type(q_net) is not MultiTaskQNetwork or q_net.architecture != "multihead" or q_net.heads is None:
             return False
-        extras = ("obs_norm", "adapters", "encoders", "embedding", "film_scale", "popart")
+        extras = ("obs_norm", "encoders", "embedding", "film_scale", "popart")
         if any(getattr(q_net, k, None) is not None for k in extras):
             return False
-        torso = relu_torso_names(q_net.torso)
-        heads = list(q_net.heads)
-        plain_heads = all(type(h) is nn.Linear for h in heads) and len({h.out_features for h in heads}) == 1
+        layers, adapters = list(q_net.torso), q_net.adapters
+        if adapters is not None:  # the adapters replace the first Linear; CPU only (row routing syncs the host)
+            if not (all(type(a) is nn.Linear for a in adapters) and type(layers[0]) is nn.Identity
+                    and type(layers[1]) is nn.ReLU and adapters[0].weight.device.type == "cpu"):
+                return False
+            layers = layers[2:]
+        torso = relu_torso_names(nn.Sequential(*layers))
+        if torso is None or not all(type(h) is nn.Linear for h in q_net.heads):
+            return False
         names = [n for n, _ in q_net.named_parameters()]
-        expected = [f"heads.{t}.{k}" for t in range(len(heads)) for k in ("weight", "bias")]
-        return torso is not None and plain_heads and names == [*torso, *expected]
+        expected = ExplicitMultiHeadGrads._names(len(torso) // 2, len(q_net.heads), adapters is not None)
+        return sorted(names) == sorted(expected)
 
-    def _torso(self, obs: Tensor) -> list[Tensor]:
-        """[obs, h1, ..., h_L]: the input and every ReLU layer's output."""
-        acts = [obs]
-        for lin, w in zip(self.torso, self.transposed(), strict=True):
-            acts.append(torch.addmm(lin.bias, acts[-1], w).clamp_(min=0.0))
-        return acts
-
-    def _heads(self) -> tuple[Tensor, Tensor]:
-        """The heads' weights (T*A, H) and biases (T*A,) stacked in task order (copies of the current values)."""
-        return torch.cat([h.weight for h in self.heads]), torch.cat([h.bias for h in self.heads])
+    def _rows(self, task_ids: Tensor) -> tuple[list[slice | Tensor | None], bool]:
+        """Each task's rows of the batch (None for an absent task) and whether they are slices (a batch grouped by
+        task, as replay batches and rollouts come) rather than index lists."""
+        counts = torch.bincount(task_ids, minlength=self.n_tasks).tolist()
+        if bool((task_ids[1:] >= task_ids[:-1]).all()):
+            rows, start = [], 0
+            for n in counts:
+                rows.append(slice(start, start + n) if n else None)
+                start += n
+            return rows, True
+        return [(task_ids == t).nonzero().squeeze(1) if n else None for t, n in enumerate(counts)], False
 
     @staticmethod
-    def _own_columns(task_ids: Tensor, n_actions: int, actions: Tensor | None = None) -> Tensor:
-        """Column of (B, T*A) head outputs that sample i reads: its task's block (+ its action if given)."""
-        base = task_ids * n_actions
-        return base if actions is None else base + actions
+    def _take(x: Tensor, rows: slice | Tensor) -> Tensor:
+        return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+
+    def _first(self, obs: Tensor, task_ids: Tensor | int) -> tuple[Tensor, list | None]:
+        """The first hidden layer (after its ReLU) and, with adapters, each task's rows (None without adapters)."""
+        if self.adapters is None:
+            lin = self.torso[0]
+            return torch.addmm(lin.bias, obs, self.transposed()[0]).clamp_(min=0.0), None
+        if isinstance(task_ids, int):  # every row of one task (acting)
+            a = self.adapters[task_ids]
+            return torch.addmm(a.bias, obs[:, :self.obs_dims[task_ids]], a.weight.t()).clamp_(min=0.0), None
+        rows, grouped = self._rows(task_ids)
+        parts = [(r, torch.addmm(a.bias, self._take(obs, r)[:, :d], a.weight.t()))
+                 for a, d, r in zip(self.adapters, self.obs_dims, rows, strict=True) if r is not None]
+        if grouped:
+            h = torch.cat([p for _, p in parts]) if len(parts) > 1 else parts[0][1]
+        else:
+            h = obs.new_empty(obs.shape[0], self.adapters[0].out_features)
+            for r, p in parts:
+                h.index_copy_(0, r, p)
+        return h.clamp_(min=0.0), rows
+
+    def _torso(self, obs: Tensor, task_ids: Tensor | int) -> tuple[list[Tensor], list | None]:
+        """([obs, h1, ..., h_L]: the input and every ReLU layer's output, each task's rows with adapters)."""
+        h, rows = self._first(obs, task_ids)
+        acts = [obs, h]
+        skip = 0 if self.adapters is not None else 1  # without adapters torso[0] made h1
+        for lin, w in zip(self.torso[skip:], self.transposed()[skip:], strict=True):
+            acts.append(torch.addmm(lin.bias, acts[-1], w).clamp_(min=0.0))
+        return acts, rows
+
+    def _heads(self) -> tuple[Tensor, Tensor]:
+        """The heads' weights (sum_t A_t, H) and biases stacked in task order (copies of the current values)."""
+        return torch.cat([h.weight for h in self.heads]), torch.cat([h.bias for h in self.heads])
 
     @no_grad
     def q_values(self, obs: Tensor, task_ids: Tensor) -> Tensor:
-        """Q(obs, .) of each sample's own task, (B, A); same values as `q_net(obs, task_ids)`."""
-        h = self._torso(obs)[-1]
+        """Q(obs, .) of each sample's own task, (B, max A); same values as `q_net(obs, task_ids)`."""
+        h = self._torso(obs, task_ids)[0][-1]
         w, b = self._heads()
-        q_all = torch.addmm(b, h, w.t()).view(-1, self.n_tasks, self.n_actions)
-        return q_all[torch.arange(q_all.shape[0], device=q_all.device), task_ids]
+        q_all = torch.addmm(b, h, w.t())
+        if self.equal_widths:
+            q_all = q_all.view(-1, self.n_tasks, self.n_actions)
+            return q_all[torch.arange(q_all.shape[0], device=q_all.device), task_ids]
+        q = q_all.gather(1, self.columns.index_select(0, task_ids))
+        return q.masked_fill_(~self.valid.index_select(0, task_ids), invalid_fill(q.dtype))
 
     def batched_q_values(self, obs: Tensor, task_ids: Tensor) -> Tensor:
         """Each sample's own-task Q(obs, .) for any leading shape (a round's (G, B, D) next observations), in
@@ -244,9 +316,10 @@ class ExplicitMultiHeadGrads:
 
     @no_grad
     def greedy(self, obs: Tensor, task_idx: int) -> Tensor:
-        """argmax_a Q(obs, a) for task `task_idx`: only that task's head (the collector calls this every step)."""
+        """argmax_a Q(obs, a) for task `task_idx`: only that task's adapter and head (the collector calls this every
+        step; `obs` may be the task's own width or zero-padded)."""
         head = self.heads[task_idx]
-        return torch.addmm(head.bias, self._torso(obs)[-1], head.weight.t()).argmax(dim=-1)
+        return torch.addmm(head.bias, self._torso(obs, task_idx)[0][-1], head.weight.t()).argmax(dim=-1)
 
     @no_grad
     def loss_and_grads(
@@ -254,28 +327,37 @@ class ExplicitMultiHeadGrads:
         task_weights: Tensor | None, kind: str, need_td_abs: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, list[Tensor]]:
         """(total loss, per-task mean losses (T,), |td| per sample or None, per-task mean Q of the taken actions
-        (T,), gradients in `q_net.parameters()` order); a task absent from the batch has mean loss and Q 0.
-        `task_weights=None` is the plain sum over tasks."""
-        acts = self._torso(obs)
+        (T,), gradients in `q_net.parameters()` order); a task absent from the batch has mean loss and Q 0 and
+        exactly zero gradients in its own adapter and head. `task_weights=None` is the plain sum over tasks."""
+        acts, rows = self._torso(obs, task_ids)
         w_heads, b_heads = self._heads()
-        q_all = torch.addmm(b_heads, acts[-1], w_heads.t())  # (B, T*A)
-        idx = self._own_columns(task_ids, self.n_actions, actions).unsqueeze(1)
+        q_all = torch.addmm(b_heads, acts[-1], w_heads.t())  # (B, sum_t A_t)
+        idx = (self.starts.index_select(0, task_ids) + actions).unsqueeze(1)
         q_taken = q_all.gather(1, idx).squeeze(1)
         total, per_task, td_abs, q_per_task, dloss = task_loss_terms(
             q_taken, target, task_ids, self.n_tasks, weights, task_weights, kind, need_td_abs)
         g = torch.zeros_like(q_all).scatter_(1, idx, dloss.unsqueeze(1))
         d_w_heads, d_b_heads = torch.mm(g.t(), acts[-1]), g.sum(0)
         g = _relu_backward(torch.mm(g, w_heads), acts[-1], 0.0)
+        first = 0 if self.adapters is None else 1  # index in acts of the torso Linears' first input
         torso_grads: list[Tensor] = []
         for layer in range(len(self.torso) - 1, -1, -1):
-            inp = acts[layer]
+            inp = acts[first + layer]
             torso_grads += [g.sum(0), torch.mm(g.t(), inp)]  # bias, weight (reversed below)
-            if layer > 0:
+            if first + layer > 0:
                 g = _relu_backward(torch.mm(g, self.torso[layer].weight), inp, 0.0)
         torso_grads.reverse()
-        a = self.n_actions
-        head_grads = [x for t in range(self.n_tasks) for x in (d_w_heads[t * a:(t + 1) * a], d_b_heads[t * a:(t + 1) * a])]
-        return total, per_task, td_abs, q_per_task, torso_grads + head_grads
+        adapter_grads: list[Tensor] = []
+        for a, d, r in zip(self.adapters or [], self.obs_dims, rows or [], strict=False):
+            if r is None:
+                adapter_grads += [torch.zeros_like(a.weight), torch.zeros_like(a.bias)]
+            else:
+                g_t = self._take(g, r)
+                adapter_grads += [torch.mm(g_t.t(), self._take(obs, r)[:, :d]), g_t.sum(0)]
+        head_grads = [x for w, b in zip(d_w_heads.split(self.widths), d_b_heads.split(self.widths), strict=True)
+                      for x in (w, b)]
+        produced = [*torso_grads, *adapter_grads, *head_grads]
+        return total, per_task, td_abs, q_per_task, [produced[i] for i in self.order]
 
 
 class ExplicitFiLMGrads:

@@ -87,7 +87,7 @@ class MultiTaskDQNModule(DQNModule):
     @no_grad
     def task_greedy_action(self, task_idx: int, obs: Tensor) -> Tensor:
         """Greedy actions of task `task_idx` (observations zero-padded to the widest task)."""
-        if self._explicit is not None and obs.dim() == 2:  # equal obs widths: only this task's head, no module call
+        if self._explicit is not None and obs.dim() == 2:  # only this task's adapter and head, no module call
             return self._explicit.greedy(obs, task_idx)
         if obs.shape[-1] < self.obs_width:
             obs = F.pad(obs, (0, self.obs_width - obs.shape[-1]))
@@ -161,7 +161,7 @@ class MultiTaskDQNModule(DQNModule):
     def explicit_update(
         self, b: Batch, next_q_target: Tensor | None, target: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """The lean path's update (ExplicitMultiHeadGrads): TD target unless given, per-task loss and hand-written
+        """The lean path's update (ExplicitMultiHeadGrads / ExplicitFiLMGrads): TD target unless given, per-task loss and hand-written
         gradients, clip + fused Adam; the same math as the autograd branch of `update`."""
         if target is None:
             next_online = self._explicit.q_values(b.next_obs, b.task_ids) if self.double_q else None

@@ -127,6 +127,10 @@ MTL_EXPLICIT = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=
      "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
     ([*MTL_EXPLICIT, "model.double_q=false", "data.batch_composition=weighted", "data.task_weights=[0.2,0.4,0.4]"],
      "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
+    # observation sizes 4 / 6 and action counts 2 / 3: per-task input adapters and heads (the MinAtar preset's form)
+    (["model=mtdqn", "net=multihead", "task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "net.hidden=[16,16]",
+      "model.grad_diagnostics_every=3", "model.double_q=true", "replay=prioritized"],
+     "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
     # FiLM conditioning (the driving preset lane_keep_mtl_share's network), with its data sharing and MSE
     ([*MTL_EXPLICIT, "net=conditioned", "net.conditioning=film", "net.hidden=[16,8]", "model.loss=mse",
       "model.double_q=true", "data.share_fraction=[0.5,0,0.5]"], "mtdqn.models.mtdqn.ExplicitFiLMGrads.supports"),

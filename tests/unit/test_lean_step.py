@@ -152,21 +152,29 @@ def _tasks(obs_dims=(5, 5, 5), n_actions=(3, 3, 3)):
 @pytest.mark.parametrize("kind", ["huber", "mse"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("task_weights", [None, (0.2, 0.5, 1.3)])
-@pytest.mark.parametrize("net_kind", ["multihead", "film"])
+@pytest.mark.parametrize("net_kind", ["multihead", "film", "adapters", "adapters-grouped"])
 def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, net_kind):
     """Per-task weighted TD loss and its gradients, by hand, equal autograd through the module, in parameters()
-    order; a task absent from the batch gets exactly zero gradients in its own parameters (multi-head: its head;
-    FiLM: its rows of every scale and shift)."""
+    order; a task absent from the batch gets exactly zero gradients in its own parameters (multi-head: its head,
+    and its input adapter where observation sizes differ; FiLM: its rows of every scale and shift). "adapters":
+    observation sizes 5 / 4 / 6 and action counts 3 / 2 / 4 (MinAtar-like), the batch in random task order or
+    grouped by task (as replay batches come)."""
     from mtdqn.losses.multitask import task_weighted_loss
     from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
     from mtdqn.nets.multitask import MultiTaskQNetwork
 
     torch.manual_seed(4)
-    net = MultiTaskQNetwork(_tasks(), hidden=(16, 8)) if net_kind == "multihead" else _film_net()
-    explicit_cls = ExplicitMultiHeadGrads if net_kind == "multihead" else ExplicitFiLMGrads
+    adapters = net_kind.startswith("adapters")
+    tasks = _tasks(obs_dims=(5, 4, 6), n_actions=(3, 2, 4)) if adapters else _tasks()
+    net = _film_net() if net_kind == "film" else MultiTaskQNetwork(tasks, hidden=(16, 8))
+    explicit_cls = ExplicitFiLMGrads if net_kind == "film" else ExplicitMultiHeadGrads
     n = 64
-    obs, actions = torch.randn(n, 5), torch.randint(0, 3, (n,))
     task_ids = torch.randint(0, 2, (n,))  # task 2 absent
+    if net_kind == "adapters-grouped":
+        task_ids = task_ids.sort().values
+    width = 6 if adapters else 5
+    obs = torch.randn(n, width) * (torch.arange(width) < torch.tensor([t.obs_dim for t in tasks])[task_ids, None])
+    actions = (torch.rand(n) * torch.tensor([t.n_actions for t in tasks])[task_ids]).long()
     target = 3 * torch.randn(n)
     weights = torch.rand(n) if weighted else None
     tw = None if task_weights is None else torch.tensor(task_weights)
@@ -176,7 +184,8 @@ def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, n
     loss_fn = torch.nn.functional.smooth_l1_loss if kind == "huber" else torch.nn.functional.mse_loss
     per_sample = loss_fn(ref_q, target, reduction="none") * (weights if weighted else 1.0)
     ref_total, ref_per_task = task_weighted_loss(per_sample, task_ids, tw, 3)
-    ref_grads = torch.autograd.grad(ref_total, list(net.parameters()))
+    # the absent task's adapter never sees a row (routed per task): zero, as the hand-written gradient
+    ref_grads = torch.autograd.grad(ref_total, list(net.parameters()), materialize_grads=True)
     torch.testing.assert_close(total, ref_total)
     torch.testing.assert_close(per_task, ref_per_task)
     from mtdqn.models.mtdqn import task_means
@@ -186,28 +195,40 @@ def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, n
     assert [g.shape for g in grads] == [p.shape for p in net.parameters()]
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
-    if net_kind == "multihead":
-        assert not grads[-1].any() and not grads[-2].any()  # the absent task's head
+    if net_kind != "film":
+        names = [n for n, _ in net.named_parameters()]
+        own = [g for name, g in zip(names, grads, strict=True) if name.startswith(("heads.2.", "adapters.2."))]
+        assert len(own) == (4 if adapters else 2) and not any(g.any() for g in own)  # the absent task's
     else:
         for name, g in zip([n for n, _ in net.named_parameters()], grads, strict=True):
             if name.startswith("film_"):
                 assert not g[2].any() and g[:2].abs().sum() > 0  # the absent task's rows
 
 
-def test_explicit_multihead_values_and_greedy_equal_module():
+@pytest.mark.parametrize("spaces", [((5, 5, 5), (3, 3, 3)), ((5, 4, 6), (3, 2, 4))])
+def test_explicit_multihead_values_and_greedy_equal_module(spaces):
+    """Q-values (INVALID_Q where a task lacks the action), a round's batched values and each task's greedy actions
+    (from zero-padded or own-width observations) equal the module's; replaced Parameters are followed."""
     from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
     from mtdqn.nets.multitask import MultiTaskQNetwork
 
     torch.manual_seed(5)
-    net = MultiTaskQNetwork(_tasks(), hidden=(16, 16))
-    obs, task_ids = torch.randn(300, 5), torch.randint(0, 3, (300,))
+    net = MultiTaskQNetwork(_tasks(*spaces), hidden=(16, 16))
+    width, a_max = max(spaces[0]), max(spaces[1])
+    obs, task_ids = torch.randn(300, width), torch.randint(0, 3, (300,))
     explicit = ExplicitMultiHeadGrads(net)
     with torch.no_grad():
         torch.testing.assert_close(explicit.q_values(obs, task_ids), net(obs, task_ids))
-        for t in range(3):
+        torch.testing.assert_close(explicit.batched_q_values(obs.view(3, 100, width), task_ids.view(3, 100)),
+                                   net(obs, task_ids).view(3, 100, a_max))
+        for t, d in enumerate(spaces[0]):
             ids = torch.full((300,), t)
-            assert torch.equal(explicit.greedy(obs, t), net(obs, ids).argmax(-1))
-        net.torso[0].weight = torch.nn.Parameter(torch.randn_like(net.torso[0].weight))  # replaced: followed
+            own_width = obs[:, :d]
+            expected = net(torch.nn.functional.pad(own_width, (0, width - d)), ids).argmax(-1)
+            assert torch.equal(explicit.greedy(own_width, t), expected)
+            assert torch.equal(explicit.greedy(torch.nn.functional.pad(own_width, (0, width - d)), t), expected)
+        for lin in [m for m in net.torso if isinstance(m, torch.nn.Linear)] + list(net.adapters or []):
+            lin.weight = torch.nn.Parameter(torch.randn_like(lin.weight))  # replaced: followed
         torch.testing.assert_close(explicit.q_values(obs, task_ids), net(obs, task_ids))
 
 
@@ -221,8 +242,10 @@ def test_explicit_multihead_only_for_plain_multihead_nets():
     assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(), layer_norm=True))
     assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(), popart_beta=1e-3))
     assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(), obs_norm=True))
-    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(obs_dims=(5, 4, 5))))  # adapters
-    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(n_actions=(3, 2, 3))))
+    assert ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(obs_dims=(5, 4, 5))))  # adapters
+    assert ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(n_actions=(3, 2, 3))))
+    assert ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(obs_dims=(5, 4, 5)), hidden=(8,)))
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(obs_dims=(5, 4, 5)), activation="tanh"))
 
 
 def test_batched_target_values_in_chunks_equal_one_forward(monkeypatch):
