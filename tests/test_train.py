@@ -225,6 +225,22 @@ def test_stop_at_return_reward_threshold_takes_each_gym_tasks_registered_one(tmp
         build(cfg)
 
 
+@pytest.mark.parametrize(("resume_bar", "env_steps"), [("-1e9", 300.0), ("-1e8", 600.0), ("null", 900.0)])
+def test_resuming_a_run_that_stopped_solved_trains_nothing_under_the_same_bars(tmp_path, resume_bar, env_steps):
+    """A relaunched sweep resumes every run: one that stopped solved stays stopped (same weights, no update), one
+    resumed under other stop bars trains on to its next evaluation, one without them to its budget."""
+    first = compose_cfg([*SMOKE, "callbacks.eval.stop_at_return=-1e9"], tmp_path / "first")
+    assert train(first)["time/env_steps"] == 300.0
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    updates = torch.load(ckpt, weights_only=True)["global_step"]
+    second = compose_cfg([*SMOKE, "data.total_env_steps=900", f"callbacks.eval.stop_at_return={resume_bar}",
+                          f"ckpt_path={ckpt}"], tmp_path / "second")
+    summary = train(second)
+    assert summary["time/env_steps"] == env_steps
+    assert (summary["time/updates"] == updates) == (env_steps == 300.0)
+    assert summary.get("time/stopped_solved") == (None if resume_bar == "null" else 1.0)
+
+
 def test_the_closing_line_says_a_run_stopped_once_solved(tmp_path, capsys):
     """The progress callback's closing line tells the user the run ended early because every task was solved."""
     train(compose_cfg(["debug=smoke", "logger=jsonl", "callbacks.eval.stop_at_return=-1e9"], tmp_path))

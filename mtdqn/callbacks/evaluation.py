@@ -102,6 +102,8 @@ class EvalCallback(pl.Callback):
         self.source_factories = [env_factory(task_kind, s.name, kwargs, perturb) for s in self.source_specs]
         self.source_envs: list = []
         self.source_policy: list[int] = []
+        self.stopped_solved = False  # this run (or the checkpoint it resumed) ended at the stop_at_* bars
+        self.loaded: dict[str, Any] = {}  # the state of a resumed checkpoint (load_state_dict)
 
     def check_tasks(self, tasks: Sequence[TaskSpec]) -> None:
         """At build time, before any env step (the composition root calls it): refuse stop_at_normalized for a task
@@ -123,6 +125,17 @@ class EvalCallback(pl.Callback):
             raise ValueError(f"callbacks.eval.stop_at_return has {len(self.stop_returns)} values for "
                              f"{len(tasks)} tasks {[t.name for t in tasks]}: give one for all or one per task")
 
+    def stop_bars(self) -> list:
+        """The stop rule as configured (normalized bar, resolved return bars): a checkpoint that stopped solved
+        under other bars does not count as solved under these."""
+        return [self.stop_at, self.stop_returns]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stopped_solved": self.stopped_solved, "stop_bars": self.stop_bars()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.loaded = dict(state_dict)
+
     @property
     def latest(self) -> dict[str, float]:
         """The most recent evaluation's metrics (empty before the first)."""
@@ -135,6 +148,16 @@ class EvalCallback(pl.Callback):
         self.source_envs = [f(num_envs=self.episodes, device=dm.device) for f in self.source_factories]
         self.last_eval_steps = self.start_steps = trainer.datamodule.current_env_steps()
         self.started = time.perf_counter()
+        if self.loaded.get("stopped_solved") and self.loaded.get("stop_bars") == self.stop_bars() and (
+                self.stop_at is not None or self.stop_returns is not None):
+            # the resumed run already ended at these bars (a relaunched sweep, say): nothing to train, the
+            # weights stay as they were; one evaluation at its env step (on_train_end) for the summary
+            self.stopped_solved = trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"mtdqn: the checkpoint's run already stopped solved at {self.start_steps:,} env steps "
+                      "(callbacks.eval.stop_at_normalized / stop_at_return); nothing to train. Set them to null "
+                      "to train on.", flush=True)
+            return
         if self.at_start and self.start_steps == 0:
             self.evaluate(trainer, pl_module, 0)
 
@@ -181,8 +204,8 @@ class EvalCallback(pl.Callback):
                 bars = self.stop_returns * len(tasks) if len(self.stop_returns) == 1 else self.stop_returns
                 solved = solved and all(metrics[f"eval/{t.name}/return"] >= b for t, b in zip(tasks, bars, strict=True))
             # every process stops together (a collective at each evaluation under DDP, a no-op on one process)
-            if trainer.strategy.reduce_boolean_decision(solved, all=True):
-                trainer.should_stop = True
+            if trainer.strategy.reduce_boolean_decision(solved, all=True) or self.stopped_solved:
+                self.stopped_solved = trainer.should_stop = True
                 metrics["time/stopped_solved"] = 1.0  # the run ended here: every task reached the stop_at_* bars
         self.last_eval_steps = steps
         self.history.append(metrics)
