@@ -218,11 +218,10 @@ class ExplicitMultiHeadGrads:
     def _names(n_torso: int, n_tasks: int, adapters: bool) -> list[str]:
         """Parameter names in the order loss_and_grads computes their gradients (with adapters the torso's first
         Linear is replaced by them: its Linears sit at positions 2, 4, ...)."""
-        skip = 2 if adapters else 0
-        per_task = [(f"adapters.{t}.{k}" if adapters else None) for t in range(n_tasks) for k in ("weight", "bias")]
-        return [*(f"torso.{skip + 2 * i}.{k}" for i in range(n_torso) for k in ("weight", "bias")),
-                *(n for n in per_task if n is not None),
-                *(f"heads.{t}.{k}" for t in range(n_tasks) for k in ("weight", "bias"))]
+        skip, pair = (2 if adapters else 0), ("weight", "bias")
+        adapter = [f"adapters.{t}.{k}" for t in range(n_tasks) for k in pair] if adapters else []
+        return [*(f"torso.{skip + 2 * i}.{k}" for i in range(n_torso) for k in pair), *adapter,
+                *(f"heads.{t}.{k}" for t in range(n_tasks) for k in pair)]
 
     @staticmethod
     def supports(q_net: nn.Module) -> bool:
