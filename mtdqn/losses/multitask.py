@@ -19,6 +19,15 @@ def flat_grads(loss: Tensor, params: Sequence[nn.Parameter], retain_graph: bool 
     )
 
 
+def split_flat(flat: Tensor, params: Sequence[nn.Parameter]) -> list[Tensor]:
+    """A flat (P,) vector cut back into one view per parameter, shaped like it (the inverse of flattening)."""
+    out, offset = [], 0
+    for p in params:
+        out.append(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return out
+
+
 @torch.no_grad()
 def assign_flat_grad(params: Iterable[nn.Parameter], flat: Tensor, accumulate: bool = False) -> None:
     """Write a flat (P,) gradient back into `p.grad` of each parameter (added to it when `accumulate`)."""

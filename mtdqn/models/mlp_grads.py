@@ -175,7 +175,48 @@ def task_loss_terms(
     return total, per_task, td_abs, q_per_task, dloss
 
 
-class ExplicitMultiHeadGrads:
+class _MultiTaskExplicit:
+    """What the multi-task classes below share: the loss and its gradients from their `_taken` (forward to the taken
+    actions' Q, with what the backward needs) and `_backward` (gradients in `q_net.parameters()` order from
+    d loss / d q_taken)."""
+
+    n_tasks: int
+
+    def _taken(self, obs: Tensor, actions: Tensor, task_ids: Tensor) -> tuple[tuple, Tensor]:
+        raise NotImplementedError
+
+    def _backward(self, cache: tuple, dloss: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    @no_grad
+    def loss_and_grads(
+        self, obs: Tensor, actions: Tensor, task_ids: Tensor, target: Tensor, weights: Tensor | None,
+        task_weights: Tensor | None, kind: str, need_td_abs: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, list[Tensor]]:
+        """(total loss, per-task mean losses (T,), |td| per sample or None, per-task mean Q of the taken actions
+        (T,), gradients in `q_net.parameters()` order); a task absent from the batch has mean loss and Q 0 and
+        exactly zero gradients in its own parameters. `task_weights=None` is the plain sum over tasks."""
+        cache, q_taken = self._taken(obs, actions, task_ids)
+        total, per_task, td_abs, q_per_task, dloss = task_loss_terms(
+            q_taken, target, task_ids, self.n_tasks, weights, task_weights, kind, need_td_abs)
+        return total, per_task, td_abs, q_per_task, self._backward(cache, dloss)
+
+    @no_grad
+    def task_loss_and_grads(
+        self, obs: Tensor, actions: Tensor, task_ids: Tensor, target: Tensor, weights: Tensor | None, kind: str,
+        need_td_abs: bool = True,
+    ) -> tuple[Tensor, Tensor | None, Tensor, list[list[Tensor]]]:
+        """Each task's gradient on its own (PCGrad): (per-task mean losses (T,), |td| or None, per-task mean Q (T,),
+        for every task t the gradients of its mean loss in `q_net.parameters()` order). One forward; task t's
+        backward carries only its own samples' loss derivatives (all zero for a task absent from the batch)."""
+        cache, q_taken = self._taken(obs, actions, task_ids)
+        _, per_task, td_abs, q_per_task, dloss = task_loss_terms(
+            q_taken, target, task_ids, self.n_tasks, weights, None, kind, need_td_abs)
+        grads = [self._backward(cache, dloss * (task_ids == t)) for t in range(self.n_tasks)]
+        return per_task, td_abs, q_per_task, grads
+
+
+class ExplicitMultiHeadGrads(_MultiTaskExplicit):
     """Forward + per-task TD loss + gradients of a multi-head MultiTaskQNetwork without autograd.
 
     For `MultiTaskQNetwork(architecture="multihead")` with a plain ReLU torso shared by every task and one linear
@@ -320,21 +361,15 @@ class ExplicitMultiHeadGrads:
         head = self.heads[task_idx]
         return torch.addmm(head.bias, self._torso(obs, task_idx)[0][-1], head.weight.t()).argmax(dim=-1)
 
-    @no_grad
-    def loss_and_grads(
-        self, obs: Tensor, actions: Tensor, task_ids: Tensor, target: Tensor, weights: Tensor | None,
-        task_weights: Tensor | None, kind: str, need_td_abs: bool = True,
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, list[Tensor]]:
-        """(total loss, per-task mean losses (T,), |td| per sample or None, per-task mean Q of the taken actions
-        (T,), gradients in `q_net.parameters()` order); a task absent from the batch has mean loss and Q 0 and
-        exactly zero gradients in its own adapter and head. `task_weights=None` is the plain sum over tasks."""
+    def _taken(self, obs: Tensor, actions: Tensor, task_ids: Tensor) -> tuple[tuple, Tensor]:
         acts, rows = self._torso(obs, task_ids)
         w_heads, b_heads = self._heads()
         q_all = torch.addmm(b_heads, acts[-1], w_heads.t())  # (B, sum_t A_t)
         idx = (self.starts.index_select(0, task_ids) + actions).unsqueeze(1)
-        q_taken = q_all.gather(1, idx).squeeze(1)
-        total, per_task, td_abs, q_per_task, dloss = task_loss_terms(
-            q_taken, target, task_ids, self.n_tasks, weights, task_weights, kind, need_td_abs)
+        return (obs, acts, rows, w_heads, q_all, idx), q_all.gather(1, idx).squeeze(1)
+
+    def _backward(self, cache: tuple, dloss: Tensor) -> list[Tensor]:
+        obs, acts, rows, w_heads, q_all, idx = cache
         g = torch.zeros_like(q_all).scatter_(1, idx, dloss.unsqueeze(1))
         d_w_heads, d_b_heads = torch.mm(g.t(), acts[-1]), g.sum(0)
         g = _relu_backward(torch.mm(g, w_heads), acts[-1], 0.0)
@@ -356,10 +391,10 @@ class ExplicitMultiHeadGrads:
         head_grads = [x for w, b in zip(d_w_heads.split(self.widths), d_b_heads.split(self.widths), strict=True)
                       for x in (w, b)]
         produced = [*torso_grads, *adapter_grads, *head_grads]
-        return total, per_task, td_abs, q_per_task, [produced[i] for i in self.order]
+        return [produced[i] for i in self.order]
 
 
-class ExplicitFiLMGrads:
+class ExplicitFiLMGrads(_MultiTaskExplicit):
     """Forward + per-task TD loss + gradients of a FiLM-conditioned MultiTaskQNetwork without autograd.
 
     For `MultiTaskQNetwork(architecture="conditioned", conditioning="film")` with a plain ReLU torso and one linear
@@ -439,20 +474,14 @@ class ExplicitFiLMGrads:
         h = self._forward(obs, task_idx)[0][-1]
         return torch.addmm(self.head.bias, h, self.transposed()[-1]).argmax(dim=-1)
 
-    @no_grad
-    def loss_and_grads(
-        self, obs: Tensor, actions: Tensor, task_ids: Tensor, target: Tensor, weights: Tensor | None,
-        task_weights: Tensor | None, kind: str, need_td_abs: bool = True,
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, list[Tensor]]:
-        """As ExplicitMultiHeadGrads.loss_and_grads: (total loss, per-task mean losses (T,), |td| or None, per-task
-        mean Q of the taken actions (T,), gradients in `q_net.parameters()` order)."""
+    def _taken(self, obs: Tensor, actions: Tensor, task_ids: Tensor) -> tuple[tuple, Tensor]:
         acts, pre, scales = self._forward(obs, task_ids)
-        wt = self.transposed()
-        q = torch.addmm(self.head.bias, acts[-1], wt[-1])
+        q = torch.addmm(self.head.bias, acts[-1], self.transposed()[-1])
         idx = actions.unsqueeze(1)
-        q_taken = q.gather(1, idx).squeeze(1)
-        total, per_task, td_abs, q_per_task, dloss = task_loss_terms(
-            q_taken, target, task_ids, self.n_tasks, weights, task_weights, kind, need_td_abs)
+        return (acts, pre, scales, task_ids, q, idx), q.gather(1, idx).squeeze(1)
+
+    def _backward(self, cache: tuple, dloss: Tensor) -> list[Tensor]:
+        acts, pre, scales, task_ids, q, idx = cache
         g = torch.zeros_like(q).scatter_(1, idx, dloss.unsqueeze(1))
         head = [torch.mm(g.t(), acts[-1]), g.sum(0)]
         g = _relu_backward(torch.mm(g, self.head.weight), acts[-1], 0.0)  # d / d (z * scale + shift), last layer
@@ -467,4 +496,4 @@ class ExplicitFiLMGrads:
             if layer > 0:
                 g = _relu_backward(torch.mm(g, self.torso[layer].weight), acts[layer], 0.0)
         produced = [*linear, *d_scale, *d_shift, *head]
-        return total, per_task, td_abs, q_per_task, [produced[i] for i in self.order]
+        return [produced[i] for i in self.order]

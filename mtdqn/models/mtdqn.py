@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtdqn.losses import td_target
-from mtdqn.losses.multitask import flat_grads, grad_cosine_matrix, pcgrad, task_weighted_loss
+from mtdqn.losses.multitask import flat_grads, grad_cosine_matrix, pcgrad, split_flat, task_weighted_loss
 from mtdqn.models.dqn import DQNModule, NetFactory
 from mtdqn.models.lean_step import no_grad
 from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
@@ -75,10 +75,11 @@ class MultiTaskDQNModule(DQNModule):
         return net(tasks=self.tasks)
 
     def build_explicit(self) -> ExplicitMultiHeadGrads | ExplicitFiLMGrads | None:
-        """Hand-written gradients on the lean path for a plain multi-head or FiLM-conditioned network with `sum` /
-        `weighted` balancing (PCGrad and PopArt need autograd; subclasses with their own update keep it too)."""
+        """Hand-written gradients on the lean path for a plain multi-head or FiLM-conditioned network (any loss
+        balance; PCGrad from per-task hand-written gradients). PopArt needs autograd; subclasses with their own
+        update keep it too."""
         plain = type(self).update is MultiTaskDQNModule.update and not self.use_popart
-        if plain and self.loss_balance != "pcgrad":
+        if plain:
             for cls in (ExplicitMultiHeadGrads, ExplicitFiLMGrads):
                 if cls.supports(self.q_net):
                     return cls(self.q_net)
@@ -161,17 +162,24 @@ class MultiTaskDQNModule(DQNModule):
     def explicit_update(
         self, b: Batch, next_q_target: Tensor | None, target: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """The lean path's update (ExplicitMultiHeadGrads / ExplicitFiLMGrads): TD target unless given, per-task loss and hand-written
-        gradients, clip + fused Adam; the same math as the autograd branch of `update`."""
+        """The lean path's update (ExplicitMultiHeadGrads / ExplicitFiLMGrads): TD target unless given, per-task loss
+        and hand-written gradients (PCGrad: each task's, projected), clip + fused Adam; the same math as the autograd
+        branch of `update`."""
         if target is None:
             next_online = self._explicit.q_values(b.next_obs, b.task_ids) if self.double_q else None
             if next_q_target is None:
                 next_q_target = self._explicit_target.q_values(b.next_obs, b.task_ids)
             target = td_target(b.rewards, b.discounts, next_q_target, next_online)
-        weights = self.task_weights if self.loss_balance == "weighted" else None
-        _, per_task, td_abs, q_means, grads = self._explicit.loss_and_grads(
-            b.obs, b.actions, b.task_ids, target, b.weights, weights, self.loss_kind,
-            need_td_abs=self.priority_sink is not None)
+        need_td_abs = self.priority_sink is not None
+        if self.loss_balance == "pcgrad":  # each task's gradient by hand, projected as in pcgrad_step
+            per_task, td_abs, q_means, task_grads = self._explicit.task_loss_and_grads(
+                b.obs, b.actions, b.task_ids, target, b.weights, self.loss_kind, need_td_abs=need_td_abs)
+            combined = pcgrad([torch.cat([g.reshape(-1) for g in grads]) for grads in task_grads])
+            grads = split_flat(combined, self._trainable)
+        else:
+            weights = self.task_weights if self.loss_balance == "weighted" else None
+            _, per_task, td_abs, q_means, grads = self._explicit.loss_and_grads(
+                b.obs, b.actions, b.task_ids, target, b.weights, weights, self.loss_kind, need_td_abs=need_td_abs)
         self.apply_grads(grads)
         if self.priority_sink is not None:
             self.priority_sink(b.indices, td_abs, b.task_ids)
@@ -187,15 +195,14 @@ class MultiTaskDQNModule(DQNModule):
         reg = self.regularization()
         if isinstance(reg, Tensor):  # shared regularizers (EWC, distillation) are added after the projection
             combined = combined + flat_grads(reg, params, retain_graph=True)
-        out, offset = [], 0
-        for p in params:
-            out.append(combined[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        self.apply_grads(out)
+        self.apply_grads(split_flat(combined, params))
 
-    def gradient_cosines(self, per_task: Tensor) -> Tensor:
-        """(T, T) cosine similarity of the task gradients on the shared parameters."""
+    def gradient_cosines(self, per_task: Tensor) -> Tensor | None:
+        """(T, T) cosine similarity of the task gradients on the shared parameters; None where the tasks share none
+        (per-task input adapters and heads around a single hidden layer: nothing to compare, nothing logged)."""
         shared = [p for p in self.q_net.shared_parameters() if p.requires_grad]
+        if not shared:
+            return None
         grads = [flat_grads(per_task[t], shared, retain_graph=True) for t in range(len(self.tasks))]
         return grad_cosine_matrix(grads)
 

@@ -136,6 +136,14 @@ MTL_EXPLICIT = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=
       "model.double_q=true", "data.share_fraction=[0.5,0,0.5]"], "mtdqn.models.mtdqn.ExplicitFiLMGrads.supports"),
     ([*MTL_EXPLICIT, "net=conditioned", "net.conditioning=film", "model.loss_balance=weighted",
       "model.task_weights=[0.5,1.0,2.0]", "replay=prioritized"], "mtdqn.models.mtdqn.ExplicitFiLMGrads.supports"),
+    # PCGrad from per-task hand-written gradients (the same random projection order: one global RNG draw per task)
+    ([*MTL_EXPLICIT, "net=conditioned", "net.conditioning=film", "net.hidden=[16,8]", "model.loss_balance=pcgrad",
+      "model.loss=mse", "data.share_fraction=[0.5,0,0.5]"], "mtdqn.models.mtdqn.ExplicitFiLMGrads.supports"),
+    # (adapters and heads around one hidden layer: the tasks share no parameter, so no gradient cosines are logged;
+    # computing them crashed before)
+    (["model=mtdqn", "net=multihead", "task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "net.hidden=[16]",
+      "model.loss_balance=pcgrad", "replay=prioritized", "model.grad_diagnostics_every=3"],
+     "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
 ])
 def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, supports, monkeypatch):
     """The lean path with hand-written gradients trains the same weights as the autograd path."""

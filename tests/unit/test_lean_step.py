@@ -205,6 +205,39 @@ def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, n
                 assert not g[2].any() and g[:2].abs().sum() > 0  # the absent task's rows
 
 
+@pytest.mark.parametrize("net_kind", ["multihead", "film", "adapters"])
+def test_explicit_per_task_grads_equal_autograd_of_each_tasks_loss(net_kind):
+    """PCGrad's input by hand: task t's gradients equal autograd's of its mean loss alone (zero for the absent task
+    2), and the tasks' gradients sum to the plain-sum loss's."""
+    from mtdqn.losses.multitask import task_weighted_loss
+    from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    torch.manual_seed(8)
+    tasks = _tasks(obs_dims=(5, 4, 6), n_actions=(3, 2, 4)) if net_kind == "adapters" else _tasks()
+    net = _film_net() if net_kind == "film" else MultiTaskQNetwork(tasks, hidden=(16, 8))
+    explicit = (ExplicitFiLMGrads if net_kind == "film" else ExplicitMultiHeadGrads)(net)
+    n, width = 48, max(t.obs_dim for t in tasks)
+    task_ids = torch.randint(0, 2, (n,)).sort().values
+    obs, target, weights = torch.randn(n, width), torch.randn(n), torch.rand(n)
+    actions = (torch.rand(n) * torch.tensor([t.n_actions for t in tasks])[task_ids]).long()
+    per_task, td_abs, _, task_grads = explicit.task_loss_and_grads(obs, actions, task_ids, target, weights, "huber")
+    ref_q = net(obs, task_ids).gather(1, actions.unsqueeze(1)).squeeze(1)
+    per_sample = torch.nn.functional.smooth_l1_loss(ref_q, target, reduction="none") * weights
+    _, ref_per_task = task_weighted_loss(per_sample, task_ids, None, 3)
+    torch.testing.assert_close(per_task, ref_per_task)
+    torch.testing.assert_close(td_abs, (ref_q - target).abs())
+    params = list(net.parameters())
+    for t in range(3):
+        ref = torch.autograd.grad(ref_per_task[t], params, retain_graph=True, materialize_grads=True)
+        for g, r in zip(task_grads[t], ref, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    assert not any(g.any() for g in task_grads[2])
+    whole = explicit.loss_and_grads(obs, actions, task_ids, target, weights, None, "huber")[-1]
+    for parts, g in zip(zip(*task_grads, strict=True), whole, strict=True):
+        torch.testing.assert_close(sum(parts), g, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("spaces", [((5, 5, 5), (3, 3, 3)), ((5, 4, 6), (3, 2, 4))])
 def test_explicit_multihead_values_and_greedy_equal_module(spaces):
     """Q-values (INVALID_Q where a task lacks the action), a round's batched values and each task's greedy actions
