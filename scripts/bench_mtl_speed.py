@@ -16,6 +16,7 @@ Suites:
            shared settings, checked before anything runs)
 
     python scripts/bench_mtl_speed.py --suite minatar --env-steps 60000 --repeats 3
+    python scripts/bench_mtl_speed.py --suite driving --mtl model.loss_balance=pcgrad
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def measure(overrides: dict[str, list[str]], env_steps: int, repeats: int, seed:
 def report(rows: list[dict], args: argparse.Namespace) -> str:
     """Markdown: one line per repeat and the medians."""
     med = statistics.median
-    lines = [f"Suite {args.suite}: {args.env_steps} env steps summed over tasks (single-task agents: their share each), "
+    extra = f" (multi-task agent: {' '.join(args.mtl)})" if args.mtl else ""
+    lines = [f"Suite {args.suite}{extra}: {args.env_steps} env steps summed over tasks (single-task agents: their share each), "
              f"seed {args.seed}, {len(rows)} repeats, {datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs",
              "", "| repeat | multi-task s | single-task agents s (summed) | ratio | multi-task env steps/s | "
              "single-task env steps/s (summed steps / summed s) |", "|---|---|---|---|---|---|"]
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the rows and the report as JSON")
+    parser.add_argument("--mtl", nargs="*", default=[], metavar="OVERRIDE",
+                        help="extra train.py overrides of the multi-task agent only, e.g. model.loss_balance=pcgrad")
     return parser
 
 
@@ -116,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.env_steps <= 0 or args.repeats <= 0:
         raise SystemExit(f"--env-steps and --repeats must be positive, got {args.env_steps} and {args.repeats}")
-    rows = measure(suite_overrides(args.suite), args.env_steps, args.repeats, args.seed)
+    overrides = suite_overrides(args.suite)
+    overrides["mtl"] = [*overrides["mtl"], *args.mtl]
+    rows = measure(overrides, args.env_steps, args.repeats, args.seed)
     text = report(rows, args)
     print(text)
     if args.out:

@@ -43,7 +43,7 @@ def test_each_single_task_agent_trains_its_share_of_the_env_steps(monkeypatch):
     rows = bench_mtl_speed.measure({"mtl": ["m"], "a": ["a"], "b": ["b"], "c": ["c"]}, 90, 2, 0)
     assert calls == [("m", 90), ("a", 30), ("b", 30), ("c", 30)] * 2
     assert rows[0]["singles_seconds"] == 30.0 and rows[0]["ratio"] == 1.0
-    text = bench_mtl_speed.report(rows, argparse.Namespace(suite="minatar", env_steps=90, seed=0))
+    text = bench_mtl_speed.report(rows, argparse.Namespace(suite="minatar", env_steps=90, seed=0, mtl=[]))
     assert "| **median** | 30.0 | 30.0 | **1.000** | | |" in text
     assert "| 0 | 30.0 | 30.0 | 1.000 | 3 | 3 |" in text  # env steps per second of each
 
@@ -52,3 +52,19 @@ def test_each_single_task_agent_trains_its_share_of_the_env_steps(monkeypatch):
 def test_non_positive_budgets_are_refused(argv):
     with pytest.raises(SystemExit, match="must be positive"):
         bench_mtl_speed.main(argv)
+
+
+def test_mtl_overrides_reach_only_the_multi_task_agent(monkeypatch, capsys):
+    """--mtl model.loss_balance=pcgrad: the multi-task agent's command gets it, no single-task agent's does."""
+    calls = []
+
+    def fake_train(overrides, env_steps, seed):
+        calls.append(overrides)
+        return {"time/train_seconds": 1.0, "time/env_steps": float(env_steps)}
+
+    monkeypatch.setattr(bench_mtl_speed, "train", fake_train)
+    bench_mtl_speed.main(["--suite", "minatar", "--env-steps", "90", "--repeats", "1", "--mtl",
+                          "model.loss_balance=pcgrad"])
+    assert calls[0][-1] == "model.loss_balance=pcgrad" and "+experiment=minatar_mtl" in calls[0]
+    assert len(calls) == 4 and not any("model.loss_balance=pcgrad" in c for c in calls[1:])
+    assert "Suite minatar (multi-task agent: model.loss_balance=pcgrad)" in capsys.readouterr().out
