@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor
+
+
+def finite_number(value: Any) -> bool:
+    """A real number from a config (int or float, not a bool) that is finite: what numeric config checks accept."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class StepResult(NamedTuple):

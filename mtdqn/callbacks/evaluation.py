@@ -26,15 +26,10 @@ from torch import Tensor
 
 from mtdqn.envs import env_factory, task_spec
 from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
-from mtdqn.types import TaskSpec
+from mtdqn.types import TaskSpec, finite_number
 
 VIDEO_MODES = ("none", "final", "every")
 REWARD_THRESHOLD = "reward_threshold"  # callbacks.eval.stop_at_return: each task's registered gymnasium threshold
-
-
-def _finite(value: Any) -> bool:
-    """A real number (not a bool) that is finite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def log_to_loggers(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -69,7 +64,7 @@ class EvalCallback(pl.Callback):
         if not 0.0 <= float(epsilon) <= 1.0:
             raise ValueError(f"callbacks.eval.epsilon={epsilon} must lie in [0, 1] (0 = greedy)")
         self.epsilon = float(epsilon)
-        if stop_at_normalized is not None and not _finite(stop_at_normalized):
+        if stop_at_normalized is not None and not finite_number(stop_at_normalized):
             raise ValueError(f"callbacks.eval.stop_at_normalized={stop_at_normalized!r} must be a finite number "
                              "(a normalized score: 1 = the task's reference return) or null (train the whole budget)")
         self.stop_at = None if stop_at_normalized is None else float(stop_at_normalized)
@@ -77,7 +72,7 @@ class EvalCallback(pl.Callback):
             else [stop_at_return]
         self.stop_at_threshold = stop_at_return == REWARD_THRESHOLD  # each task's gymnasium reward_threshold
         if stop_at_return is not None and not self.stop_at_threshold and (
-                not returns or not all(_finite(v) for v in returns)):
+                not returns or not all(finite_number(v) for v in returns)):
             raise ValueError(f"callbacks.eval.stop_at_return={stop_at_return!r} must be a finite mean eval return, a "
                              f"list of one per task, {REWARD_THRESHOLD!r} (each gymnasium task's registered one) or "
                              "null (train the whole budget)")

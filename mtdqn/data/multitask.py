@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from mtdqn.collect import Collector, LinearEpsilon
 from mtdqn.envs.base import TensorVecEnv
 from mtdqn.replay import ReplayBuffer
-from mtdqn.types import Batch, Round, ShareRule, TaskSpec
+from mtdqn.types import Batch, Round, ShareRule, TaskSpec, finite_number
 
 COMPOSITIONS = ("uniform", "proportional", "weighted")
 COLLECT_SCHEDULES = ("fixed", "by_score")
@@ -269,7 +269,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if len(values) != n:
             raise ValueError(f"data.share_fraction={shown} needs one number, or one per task ({n})")
         for v in values:
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1):
+            if not (finite_number(v) and 0 <= v < 1):
                 raise ValueError(f"data.share_fraction={shown!r} must be in [0, 1) (one number, or one per task): the "
                                  "share of a task's samples drawn from the other tasks' replays (0: off)")
         values = [float(v) for v in values]

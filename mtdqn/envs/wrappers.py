@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mtdqn.envs.base import TensorVecEnv
-from mtdqn.types import StepResult
+from mtdqn.types import StepResult, finite_number
 
 # knob -> (lowest, highest) allowed value
 PERTURB_KNOBS: dict[str, tuple[float, float]] = {"obs_noise": (0.0, math.inf), "sticky_actions": (0.0, 1.0)}
@@ -25,8 +25,7 @@ _SEED_OFFSET = 0x5DEECE66D  # decorrelates the wrapper's generator from the env'
 def check_knob(key: str, value: Any, name: str) -> float:
     """`value` as a float within PERTURB_KNOBS[name]; ValueError naming `key` otherwise."""
     lo, hi = PERTURB_KNOBS[name]
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi
-    if not ok:
+    if not (finite_number(value) and lo <= value <= hi):
         raise ValueError(f"{key}={value!r} is invalid: expected a number in [{lo}, {hi}]")
     return float(value)
 
