@@ -247,10 +247,10 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         device = self.heads[0].weight.device
         starts = torch.tensor([0, *self.widths[:-1]], device=device).cumsum(0)
         self.starts = starts  # (T,): first column of task t's block in the concatenated head outputs
-        action = torch.arange(self.n_actions, device=device)
+        self.valid = q_net.valid_actions  # (T, A): the actions task t has
         width = torch.tensor(self.widths, device=device)[:, None]
-        self.valid = action[None, :] < width  # (T, A): the actions task t has
-        self.columns = starts[:, None] + torch.minimum(action[None, :], width - 1)  # (T, A), invalid ones clamped
+        action = torch.arange(self.n_actions, device=device)[None, :]
+        self.columns = starts[:, None] + torch.minimum(action, width - 1)  # (T, A), invalid ones clamped
         self.transposed = TransposedWeights(self.torso)  # torso only: the heads are concatenated per call
         produced = self._names(len(self.torso), self.n_tasks, self.adapters is not None)
         self.order = [produced.index(n) for n, _ in q_net.named_parameters()]
