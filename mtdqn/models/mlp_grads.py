@@ -10,6 +10,8 @@ Same math as `td_loss` + `torch.autograd.grad` (tested to float32 rounding in te
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -175,18 +177,20 @@ def task_loss_terms(
     return total, per_task, td_abs, q_per_task, dloss
 
 
-class _MultiTaskExplicit:
+class _MultiTaskExplicit(ABC):
     """What the multi-task classes below share: the loss and its gradients from their `_taken` (forward to the taken
     actions' Q, with what the backward needs) and `_backward` (gradients in `q_net.parameters()` order from
     d loss / d q_taken)."""
 
     n_tasks: int
 
+    @abstractmethod
     def _taken(self, obs: Tensor, actions: Tensor, task_ids: Tensor) -> tuple[tuple, Tensor]:
-        raise NotImplementedError
+        """(what `_backward` needs, Q of the taken actions (B,))."""
 
+    @abstractmethod
     def _backward(self, cache: tuple, dloss: Tensor) -> list[Tensor]:
-        raise NotImplementedError
+        """Gradients in `q_net.parameters()` order from d loss / d q_taken (B,)."""
 
     @no_grad
     def loss_and_grads(
