@@ -21,6 +21,9 @@ def flat_grads(loss: Tensor, params: Sequence[nn.Parameter], retain_graph: bool 
 
 def split_flat(flat: Tensor, params: Sequence[nn.Parameter]) -> list[Tensor]:
     """A flat (P,) vector cut back into one view per parameter, shaped like it (the inverse of flattening)."""
+    total = sum(p.numel() for p in params)
+    if flat.numel() != total:
+        raise ValueError(f"flat gradient has {flat.numel()} entries, the parameters have {total}")
     out, offset = [], 0
     for p in params:
         out.append(flat[offset : offset + p.numel()].view_as(p))
@@ -32,13 +35,8 @@ def split_flat(flat: Tensor, params: Sequence[nn.Parameter]) -> list[Tensor]:
 def assign_flat_grad(params: Iterable[nn.Parameter], flat: Tensor, accumulate: bool = False) -> None:
     """Write a flat (P,) gradient back into `p.grad` of each parameter (added to it when `accumulate`)."""
     params = list(params)
-    total = sum(p.numel() for p in params)
-    if flat.numel() != total:
-        raise ValueError(f"flat gradient has {flat.numel()} entries, the parameters have {total}")
-    offset = 0
-    for p in params:
-        chunk = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
-        offset += p.numel()
+    for p, chunk in zip(params, split_flat(flat, params), strict=True):
+        chunk = chunk.to(p.dtype)
         if accumulate and p.grad is not None:
             p.grad.add_(chunk)
         else:
