@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Multi-task vs single-task DQN on the driving suite: does sharing one network make the three tasks cheaper?
+"""Multi-task vs single-task DQN on the driving suite: does sharing one network make the tasks cheaper?
 
-For each seed: one multi-task agent (+experiment=lane_keep_mtl) on lane_keep, pedestrian and traffic_light, and
-three single-task agents (+experiment=lane_keep_dqn task_set=<task>) with the same network size and
+For each seed: one multi-task agent (+experiment=lane_keep_mtl: lane_keep, pedestrian and traffic_light; another
+set of driving tasks with --mtl 'task_set.tasks=[pedestrian,traffic_light,urban]') and one single-task agent per
+task (+experiment=lane_keep_dqn task_set=<task>) with the same network size and
 hyperparameters and the same env steps per task. Reports the env steps (summed over tasks) until every task
-reaches normalized >= threshold (multi-task: the first evaluation where all three are; single-task: the sum of each
+reaches normalized >= threshold (multi-task: the first evaluation where all are; single-task: the sum of each
 agent's own time to threshold), the final normalized score per task with 95% bootstrap CIs over seeds, wall
 time, and per task the multi-task agent's own env steps on that task until the task first reaches the threshold
 (time/<task>/env_steps), the way its single-task agent is timed, and how noisy one evaluation is (the standard
@@ -43,6 +44,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +52,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from learning_results import ROOT, bootstrap_ci, first_reach, median, run_seed, summarize  # noqa: E402
 
-TASKS = ("lane_keep", "pedestrian", "traffic_light")
 # what "the same hyperparameters" means here: the multi-task and the single-task agents must agree on these (budgets,
 # warm-up, target sync and evaluation cadence are per agent: the multi-task agent's are summed over its tasks)
 SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", "gamma", "net.hidden",
@@ -93,66 +94,68 @@ def check_alike(agents: dict[str, dict]) -> None:
                              "(e.g. --single / --mtl overrides)")
 
 
-def first_all_solved(history: list[dict], threshold: float) -> dict | None:
+def first_all_solved(history: list[dict], threshold: float, tasks: Sequence[str]) -> dict | None:
     """The first evaluation where every task's normalized score is >= threshold (None: never)."""
     for m in history:
-        if all(m.get(f"eval/{t}/normalized", float("-inf")) >= threshold for t in TASKS):
+        if all(m.get(f"eval/{t}/normalized", float("-inf")) >= threshold for t in tasks):
             return m
     return None
 
 
-def each_reached(history: list[dict], threshold: float) -> float | None:
+def each_reached(history: list[dict], threshold: float, tasks: Sequence[str]) -> float | None:
     """Env steps by which every task has reached threshold at some evaluation (not necessarily the same one):
     the criterion the single-task agents are measured by, each at its own first crossing (None: a task never)."""
-    firsts = [first_reach(history, f"eval/{t}/normalized", threshold)[0] for t in TASKS]
+    firsts = [first_reach(history, f"eval/{t}/normalized", threshold)[0] for t in tasks]
     return None if None in firsts else max(firsts)
 
 
-def own_env_steps(history: list[dict], start_shares: dict[str, float] | None = None) -> list[dict[str, float]] | None:
+def own_env_steps(history: list[dict], tasks: Sequence[str],
+                  start_shares: dict[str, float] | None = None) -> list[dict[str, float]] | None:
     """The multi-task agent's own env steps on each task at each evaluation: logged as time/<task>/env_steps
     since 2026-11-29; for earlier runs integrated from the logged collection shares (data/<task>/collect_share,
     the share collected from that evaluation to the next; before the first, `start_shares`, the configured split,
     or when not given the share logged at the first evaluation). None when neither is logged."""
-    if all(f"time/{t}/env_steps" in m for m in history for t in TASKS):
-        return [{t: m[f"time/{t}/env_steps"] for t in TASKS} for m in history]
-    if not all(f"data/{t}/collect_share" in m for m in history for t in TASKS):
+    if all(f"time/{t}/env_steps" in m for m in history for t in tasks):
+        return [{t: m[f"time/{t}/env_steps"] for t in tasks} for m in history]
+    if not all(f"data/{t}/collect_share" in m for m in history for t in tasks):
         return None
-    out, acc, before, share = [], dict.fromkeys(TASKS, 0.0), 0.0, start_shares
+    out, acc, before, share = [], dict.fromkeys(tasks, 0.0), 0.0, start_shares
     for m in history:
-        now = {t: m[f"data/{t}/collect_share"] for t in TASKS}
+        now = {t: m[f"data/{t}/collect_share"] for t in tasks}
         share = now if share is None else share
-        acc = {t: acc[t] + share[t] * (m["time/env_steps"] - before) for t in TASKS}
+        acc = {t: acc[t] + share[t] * (m["time/env_steps"] - before) for t in tasks}
         out.append(acc)
         before, share = m["time/env_steps"], now
     return out
 
 
-def own_steps_to_threshold(history: list[dict], threshold: float,
+def own_steps_to_threshold(history: list[dict], threshold: float, tasks: Sequence[str],
                            start_shares: dict[str, float] | None = None) -> dict[str, float | None] | None:
     """Per task: the multi-task agent's own env steps on that task at the task's first evaluation >= threshold
     (None: never), the quantity a single-task agent is timed by."""
-    own = own_env_steps(history, start_shares)
+    own = own_env_steps(history, tasks, start_shares)
     if own is None:
         return None
     out: dict[str, float | None] = {}
-    for t in TASKS:
+    for t in tasks:
         hit = next((i for i, m in enumerate(history) if m.get(f"eval/{t}/normalized", float("-inf")) >= threshold),
                    None)
         out[t] = None if hit is None else own[hit][t]
     return out
 
 
-def mtl_entry(history: list[dict], wall: float, threshold: float, start_shares: dict[str, float] | None = None) -> dict:
+def mtl_entry(history: list[dict], wall: float, threshold: float, tasks: Sequence[str],
+              start_shares: dict[str, float] | None = None) -> dict:
     """The multi-task agent's record: env steps and training seconds (evaluations excluded) to solve all (every
     task >= threshold at the same evaluation), env steps until each task has reached it once (`each_steps`),
     final score per task, wall time, and the env steps the run had (a bound when it never solved)."""
-    m = first_all_solved(history, threshold)
+    m = first_all_solved(history, threshold, tasks)
     return {"solved_steps": None if m is None else m["time/env_steps"],
             "solved_seconds": None if m is None else m.get("time/train_seconds"),
-            "each_steps": each_reached(history, threshold),
-            "own_steps": own_steps_to_threshold(history, threshold, start_shares),
+            "each_steps": each_reached(history, threshold, tasks),
+            "own_steps": own_steps_to_threshold(history, threshold, tasks, start_shares),
             "budget_steps": history[-1]["time/env_steps"], "wall": wall,
-            "final": {t: history[-1][f"eval/{t}/normalized"] for t in TASKS}, **_stopped(history)}
+            "final": {t: history[-1][f"eval/{t}/normalized"] for t in tasks}, **_stopped(history)}
 
 
 def _stopped(history: list[dict]) -> dict:
@@ -188,13 +191,13 @@ def configured_shares(cfg) -> dict[str, float] | None:
     return {t: v / sum(vec) for t, v in zip(tasks, vec, strict=True)}
 
 
-def eval_standard_errors(history: list[dict], episodes: int | None) -> dict[str, float]:
+def eval_standard_errors(history: list[dict], episodes: int | None, tasks: Sequence[str]) -> dict[str, float]:
     """Per task: the standard error of one evaluation's normalized score, return_std / sqrt(episodes) on the
     normalized scale, median over the run's evaluations (tasks whose return_std is not logged are left out)."""
     from mtdqn.envs import task_spec
 
     out = {}
-    for t in TASKS:
+    for t in tasks:
         stds = [m[f"eval/{t}/return_std"] for m in history if f"eval/{t}/return_std" in m]
         if stds and episodes:
             spec = task_spec("driving", t)
@@ -202,9 +205,20 @@ def eval_standard_errors(history: list[dict], episodes: int | None) -> dict[str,
     return out
 
 
-def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, float] | None, dict]:
-    """(seed, agent: "mtl" or the single task's name, eval history, wall seconds, configured collection shares
-    of a multi-task run, its SHARED settings) of a train.py run directory logged with logger=jsonl."""
+class RunDir(NamedTuple):
+    """A train.py run directory logged with logger=jsonl, as the bench reads it."""
+
+    seed: int
+    agent: str  # "mtl" or the single task's name
+    tasks: list[str]  # the run's task set (one task for a single-task agent)
+    history: list[dict]  # its evaluations
+    wall: float  # wall seconds
+    shares: dict[str, float] | None  # configured collection shares of a multi-task run
+    settings: dict  # its SHARED settings
+
+
+def load_run_dir(path: Path) -> RunDir:
+    """Read a run directory; one that has not completed, has no evaluations or is no driving agent is refused."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(path / "config.yaml")
@@ -217,33 +231,50 @@ def load_run_dir(path: Path) -> tuple[int, str, list[dict], float, dict[str, flo
     history = [r for r in rows if any(k.startswith("eval/") and k.endswith("/normalized") for k in r)]
     if not history:
         raise SystemExit(f"--runs {path}: metrics.jsonl has no evaluations")
-    tasks = list(cfg.task_set.tasks)
+    tasks = [str(t) for t in cfg.task_set.tasks]
     agent = "mtl" if str(cfg.model._target_).endswith("MultiTaskDQNModule") else tasks[0]
-    if agent != "mtl" and (len(tasks) != 1 or agent not in TASKS):
-        raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of one of {TASKS}, "
-                         f"got tasks {tasks}")
+    if cfg.task_set.kind != "driving" or (agent != "mtl" and len(tasks) != 1):
+        raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of driving tasks (their "
+                         f"normalized scores are compared), got task_set.kind={cfg.task_set.kind} tasks {tasks}")
     shares = configured_shares(cfg) if agent == "mtl" else None
-    return int(cfg.seed), agent, history, float(rows[-1].get("time", 0.0)), shares, shared_settings(cfg)
+    return RunDir(int(cfg.seed), agent, tasks, history, float(rows[-1].get("time", 0.0)), shares,
+                  shared_settings(cfg))
 
 
 def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list[dict]:
     """Replace (or add) each run directory's agent for its seed."""
     by_seed = {r["seed"]: r for r in runs}
     for d in dirs:
-        seed, agent, history, wall, shares, settings = load_run_dir(d)
-        run = by_seed.setdefault(seed, {"seed": seed, "single": {"tasks": {}}})
-        noise = noise_entry({"history": history, "eval_episodes": settings.get("callbacks.eval.episodes")})
-        noise |= {"settings": settings, "source": str(d)}
-        if agent == "mtl":
-            run["mtl"] = mtl_entry(history, wall, threshold, shares) | noise
+        rd = load_run_dir(d)
+        run = by_seed.setdefault(rd.seed, {"seed": rd.seed, "single": {"tasks": {}}})
+        noise = noise_entry({"history": rd.history, "eval_episodes": rd.settings.get("callbacks.eval.episodes")},
+                            rd.tasks)
+        noise |= {"settings": rd.settings, "source": str(d)}
+        if rd.agent == "mtl":
+            run["mtl"] = mtl_entry(rd.history, rd.wall, threshold, rd.tasks, rd.shares) | noise
         else:
-            run["single"]["tasks"][agent] = single_entry(history, agent, wall, threshold) | noise
-            run["single"] = combine_singles(run["single"]["tasks"])
-    missing = [(s, k) for s, r in by_seed.items() for k in ("mtl", *TASKS)
-               if (k == "mtl" and "mtl" not in r) or (k != "mtl" and k not in r["single"]["tasks"])]
+            run["single"]["tasks"][rd.agent] = single_entry(rd.history, rd.agent, rd.wall, threshold) | noise
+    missing = [(s, "mtl") for s, r in by_seed.items() if "mtl" not in r]
+    missing += [(s, t) for s, r in by_seed.items() if "mtl" in r for t in r["mtl"]["final"]
+                if t not in r["single"]["tasks"]]
     if missing:
         raise SystemExit(f"incomplete seeds after merging (seed, agent): {missing}")
+    for r in by_seed.values():
+        extra = sorted(set(r["single"]["tasks"]) - set(r["mtl"]["final"]))
+        if extra:
+            raise SystemExit(f"seed {r['seed']}: single-task agents of {extra}, a task the multi-task agent "
+                             f"({list(r['mtl']['final'])}) does not train")
+        r["single"] = combine_singles(r["single"]["tasks"])
     return [by_seed[s] for s in sorted(by_seed)]
+
+
+def run_tasks(runs: list[dict]) -> list[str]:
+    """The task set every run's multi-task agent trained (its final scores' keys); runs of different task sets
+    are refused."""
+    sets = {tuple(r["mtl"]["final"]) for r in runs}
+    if len(sets) != 1:
+        raise SystemExit(f"the runs' multi-task agents trained different task sets: {sorted(sets)}")
+    return list(sets.pop())
 
 
 def check_runs_alike(runs: list[dict]) -> None:
@@ -267,24 +298,39 @@ def pool_repeated_seeds(runs: list[dict], replacing: bool) -> None:
         r["label"] = f"{r['seed']} ({r['record']})"
 
 
-def noise_entry(result: dict) -> dict:
+def noise_entry(result: dict, tasks: Sequence[str]) -> dict:
     """The evaluation size and per-task standard errors of a run_seed result (see eval_standard_errors)."""
     return {"eval_episodes": result["eval_episodes"],
-            "eval_se": eval_standard_errors(result["history"], result["eval_episodes"])}
+            "eval_se": eval_standard_errors(result["history"], result["eval_episodes"], tasks)}
 
 
 def _override_keys(overrides: list[str]) -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
 
 
-def base_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
+def mtl_tasks(args: argparse.Namespace) -> list[str]:
+    """The multi-task agent's task set (task_set=driving unless --mtl sets another, e.g.
+    'task_set.tasks=[pedestrian,traffic_light,urban]'); refused unless its tasks are driving tasks, whose
+    normalized scores the bench compares."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=["+experiment=lane_keep_mtl", *args.mtl])
+    tasks = [str(t) for t in cfg.task_set.tasks]
+    if cfg.task_set.kind != "driving" or len(tasks) < 2 or len(set(tasks)) != len(tasks):
+        raise SystemExit(f"--mtl: the bench compares normalized scores of two or more distinct driving tasks; got "
+                         f"task_set.kind={cfg.task_set.kind} task_set.tasks={tasks}")
+    return tasks
+
+
+def base_overrides(args: argparse.Namespace, tasks: Sequence[str]) -> dict[str, list[str]]:
     """train.py overrides of the multi-task agent ("mtl") and of each task's single-task agent, as given."""
     both = [] if args.eval_episodes is None else [f"callbacks.eval.episodes={args.eval_episodes}"]
-    out = {"mtl": ["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={args.eval_every * len(TASKS)}",
+    out = {"mtl": ["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={args.eval_every * len(tasks)}",
                    *both, *args.mtl]}
     budget = [] if "data.total_env_steps" in _override_keys(args.single) else [
         f"data.total_env_steps={args.single_steps}"]
-    for task in TASKS:
+    for task in tasks:
         out[task] = ["+experiment=lane_keep_dqn", f"task_set={task}",
                      f"callbacks.eval.every_env_steps={args.eval_every}", *budget, *both, *args.single]
     return out
@@ -298,7 +344,7 @@ def alignment(base: dict[str, list[str]], explicit: set[str]) -> list[str]:
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         mtl = shared_settings(compose("train", overrides=base["mtl"]))
-        single = shared_settings(compose("train", overrides=base[TASKS[0]]))
+        single = shared_settings(compose("train", overrides=next(o for name, o in base.items() if name != "mtl")))
     out = []
     for key, value in mtl.items():
         if key not in SHARED or key in explicit or json.dumps(single.get(key)) == json.dumps(value):
@@ -321,7 +367,7 @@ def _hydra_value(value) -> str:
 def agent_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
     """The overrides each agent trains with: as given, plus (unless --no-align) the single-task agents aligned with
     the multi-task agent's SHARED settings."""
-    base = base_overrides(args)
+    base = base_overrides(args, mtl_tasks(args))
     if not args.align:
         return base
     aligned = alignment(base, _override_keys(args.single))
@@ -341,13 +387,14 @@ def check_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def run(seed: int, args: argparse.Namespace, overrides: dict[str, list[str]]) -> dict:
-    """One seed: the multi-task agent and the three single-task agents."""
+    """One seed: the multi-task agent and one single-task agent per task."""
+    tasks = [name for name in overrides if name != "mtl"]
     mtl = run_seed(overrides["mtl"], seed)
-    out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], args.threshold) | noise_entry(mtl)}
+    out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], args.threshold, tasks) | noise_entry(mtl, tasks)}
     singles = {}
-    for task in TASKS:
+    for task in tasks:
         r = run_seed(overrides[task], seed)
-        singles[task] = single_entry(r["history"], task, r["wall"], args.threshold) | noise_entry(r)
+        singles[task] = single_entry(r["history"], task, r["wall"], args.threshold) | noise_entry(r, [task])
     out["single"] = combine_singles(singles)
     print(f"seed {seed}: {json.dumps(out)}", flush=True)
     return out
@@ -368,42 +415,43 @@ def _fmt_each(entry: dict) -> str:
 def report(runs: list[dict], args: argparse.Namespace) -> str:
     """Markdown: steps to solve all and final normalized score per task (median [95% CI]), wall time, the
     per-seed steps of every agent, the multi-task agent's training minutes to solve all, and the ratio."""
+    tasks = run_tasks(runs)
     lines = [
-        f"Driving suite, multi-task vs single-task DQN, seeds {[r.get('seed') for r in runs]}, threshold "
+        f"Driving tasks {', '.join(tasks)}, multi-task vs single-task DQN, seeds {[r.get('seed') for r in runs]}, threshold "
         f"{args.threshold}, {datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs, torch threads "
         f"{args.threads}",
         *settings_lines(runs),
         "",
-        "| agent | thousand env steps to solve all (summed over tasks) | " + " | ".join(f"final {t}" for t in TASKS)
+        "| agent | thousand env steps to solve all (summed over tasks) | " + " | ".join(f"final {t}" for t in tasks)
         + " | wall s |",
-        "|---|---|" + "---|" * len(TASKS) + "---|",
+        "|---|---|" + "---|" * len(tasks) + "---|",
     ]
     for name in ("mtl", "single"):
         solved = [r[name]["solved_steps"] for r in runs]
         reached = [s for s in solved if s is not None]
         finals = [[r[name]["final"][t] if name == "mtl" else r[name]["tasks"][t]["final"] for r in runs]
-                  for t in TASKS]
-        lines.append(f"| {'multi-task' if name == 'mtl' else '3 x single-task'} | "
+                  for t in tasks]
+        lines.append(f"| {'multi-task' if name == 'mtl' else f'{len(tasks)} x single-task'} | "
                      f"{summarize([x / 1000 for x in reached])} ({len(reached)}/{len(runs)} seeds) | "
                      + " | ".join(summarize(f) for f in finals)
                      + f" | {statistics.median(r[name]['wall'] for r in runs):.0f} |")
     stopped = [label for name, label in (("mtl", "multi-task"), ("single", "single-task"))
                if any((r[name] if name == "mtl" else r[name]["tasks"][t]).get("stopped_solved")
-                      for r in runs for t in TASKS)]
+                      for r in runs for t in tasks)]
     if stopped:
         lines += ["", f"Stopped once solved (callbacks.eval.stop_at_normalized / stop_at_return): some "
                       f"{' and '.join(stopped)} runs; their final scores are those of the evaluation that stopped "
                       "them and their wall times end there, so compare env steps to solve, not finals or wall time."]
     lines += ["", "Per seed: env steps to normalized >= threshold (budget when never reached)", "",
-              "| seed | multi-task (all three) | " + " | ".join(f"single {t}" for t in TASKS)
+              "| seed | multi-task (all at once) | " + " | ".join(f"single {t}" for t in tasks)
               + " | singles summed | ratio | multi-task (each task once) | ratio (each once) |",
-              "|---|---|" + "---|" * len(TASKS) + "---|---|---|---|"]
+              "|---|---|" + "---|" * len(tasks) + "---|---|---|---|"]
     for r in runs:
         m, s, e = r["mtl"]["solved_steps"], r["single"]["solved_steps"], r["mtl"].get("each_steps")
         ratio = f"{m / s:.2f}" if m is not None and s is not None else "-"
         each_ratio = f"{e / s:.2f}" if e is not None and s is not None else "-"
         lines.append(f"| {r.get('label', r.get('seed'))} | {_fmt_steps(r['mtl'])} | "
-                     + " | ".join(_fmt_steps(r["single"]["tasks"][t]) for t in TASKS)
+                     + " | ".join(_fmt_steps(r["single"]["tasks"][t]) for t in tasks)
                      + f" | {'-' if s is None else f'{s / 1000:.0f}k'} | {ratio} | "
                      f"{_fmt_each(r['mtl'])} | {each_ratio} |")
     minutes = [r["mtl"]["solved_seconds"] / 60 for r in runs if r["mtl"].get("solved_seconds") is not None]
@@ -428,9 +476,9 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
     if each:
         lines.append(f"Ratio with the single-task agents' criterion (each task's first evaluation >= threshold, "
                      f"not all at once): {summarize(each)} ({len(each)} seeds)")
-    lines += own_steps_report(runs)
-    lines += free_task_report(runs)
-    lines += eval_noise_report(runs)
+    lines += own_steps_report(runs, tasks)
+    lines += free_task_report(runs, tasks)
+    lines += eval_noise_report(runs, tasks)
     return "\n".join(lines)
 
 
@@ -459,14 +507,14 @@ def settings_lines(runs: list[dict]) -> list[str]:
     return ["", f"Settings of every agent: {shared}; multi-task `{BATCH_UNIT}={settings.get(BATCH_UNIT, 'total')}`"]
 
 
-def eval_noise_report(runs: list[dict]) -> list[str]:
+def eval_noise_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
     """Markdown: per task, the standard error of one evaluation's normalized score (median over seeds of each
     run's median), for the multi-task and the single-task agents: how far a first crossing of the threshold can
     be luck. Empty for records without return_std."""
     rows = []
     for name, label in (("mtl", "multi-task"), ("single", "single-task")):
-        entries = [r["mtl"] for r in runs] if name == "mtl" else [r["single"]["tasks"][t] for r in runs for t in TASKS]
-        per_task = {t: [e["eval_se"][t] for e in entries if t in e.get("eval_se", {})] for t in TASKS}
+        entries = [r["mtl"] for r in runs] if name == "mtl" else [r["single"]["tasks"][t] for r in runs for t in tasks]
+        per_task = {t: [e["eval_se"][t] for e in entries if t in e.get("eval_se", {})] for t in tasks}
         if any(per_task.values()):
             episodes = sorted({e["eval_episodes"] for e in entries if e.get("eval_episodes")})
             rows.append(f"| {label} | {', '.join(map(str, episodes))} | "
@@ -475,7 +523,7 @@ def eval_noise_report(runs: list[dict]) -> list[str]:
         return []
     return ["", "Evaluation noise: standard error of one evaluation's normalized score (return_std / sqrt(episodes); "
             "median over evaluations, then seeds):", "",
-            "| agent | episodes per evaluation | " + " | ".join(TASKS) + " |", "|---|---|" + "---|" * len(TASKS),
+            "| agent | episodes per evaluation | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks),
             *rows]
 
 
@@ -487,7 +535,7 @@ def _kilo(values: list[float]) -> str:
     return f"{statistics.median(values) / 1000:.0f}k [{lo / 1000:.0f}k, {hi / 1000:.0f}k]"
 
 
-def own_steps_report(runs: list[dict]) -> list[str]:
+def own_steps_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
     """Markdown: per task, the multi-task agent's own env steps on the task until its first evaluation >=
     threshold against the single-task agent's, median [95% CI] over seeds and the median per-seed ratio."""
     runs = [r for r in runs if r["mtl"].get("own_steps") is not None]
@@ -498,7 +546,7 @@ def own_steps_report(runs: list[dict]) -> list[str]:
              "it):", "",
              "| task | multi-task agent | single-task agent | ratio (median per seed) | seeds |", "|---|---|---|---|---|"]
     sums = []
-    for t in TASKS:
+    for t in tasks:
         pairs = [(r["mtl"]["own_steps"][t], r["single"]["tasks"][t]["solved_steps"]) for r in runs]
         pairs = [(m, s) for m, s in pairs if m is not None and s is not None]
         if not pairs:
@@ -517,16 +565,16 @@ def own_steps_report(runs: list[dict]) -> list[str]:
     return lines
 
 
-def free_task_report(runs: list[dict]) -> list[str]:
+def free_task_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
     """Markdown: what the ratio would be if the multi-task agent learned one task for nothing and every other
     task in exactly its single-task agent's env steps (1 - the task's share of the single-task agents' summed
     steps; median per seed over seeds where every single-task agent reached the threshold): how far sharing can
     get on the easy tasks alone, and so how much the others must gain from each other to reach a target."""
-    per_seed = [{t: r["single"]["tasks"][t]["solved_steps"] for t in TASKS} for r in runs]
+    per_seed = [{t: r["single"]["tasks"][t]["solved_steps"] for t in tasks} for r in runs]
     per_seed = [steps for steps in per_seed if None not in steps.values()]
     if not per_seed:
         return []
-    free = {t: statistics.median(1 - steps[t] / sum(steps.values()) for steps in per_seed) for t in TASKS}
+    free = {t: statistics.median(1 - steps[t] / sum(steps.values()) for steps in per_seed) for t in tasks}
     return ["", "Were one task learned for nothing and the others in exactly their single-task agents' env steps, the "
             "ratio would be " + ", ".join(f"{v:.2f} with {t} free" for t, v in free.items())
             + f" (1 - the task's share of the single-task agents' summed steps; median per seed, {len(per_seed)} "
@@ -576,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.out.write_text(json.dumps({"args": record_args, "runs": runs, "table": text}, indent=1, default=str))
         return
     overrides = check_overrides(args)
-    for name in ("mtl", TASKS[0]):
+    for name in list(overrides)[:2]:  # the multi-task agent's and the first single-task agent's
         print(f"{name}: python train.py {' '.join(overrides[name])}", flush=True)
     runs = []
     for seed in args.seeds:

@@ -74,10 +74,11 @@ def _record_runs(path: Path, threshold: float) -> list[dict]:
 def _run_dir(path: Path, threshold: float) -> dict:
     import bench_mtl  # the same timing as bench_mtl's --runs (imports torch: only when a run directory is given)
 
-    seed, agent, history, wall, shares, _ = bench_mtl.load_run_dir(path)
-    if agent != "mtl":
-        raise SystemExit(f"{path}: a single-task run ({agent}); compare_mtl compares multi-task runs")
-    return {"seed": seed, "source": str(path), "mtl": bench_mtl.mtl_entry(history, wall, threshold, shares)}
+    rd = bench_mtl.load_run_dir(path)
+    if rd.agent != "mtl":
+        raise SystemExit(f"{path}: a single-task run ({rd.agent}); compare_mtl compares multi-task runs")
+    return {"seed": rd.seed, "source": str(path),
+            "mtl": bench_mtl.mtl_entry(rd.history, rd.wall, threshold, rd.tasks, rd.shares)}
 
 
 def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_single: bool = False) -> list[dict]:

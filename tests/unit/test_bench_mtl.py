@@ -19,7 +19,7 @@ def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float
     metrics of each evaluation row; `episodes`: callbacks.eval.episodes)."""
     path.mkdir(parents=True)
     target = "mtdqn.models.MultiTaskDQNModule" if mtl else "mtdqn.models.DQNModule"
-    (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  tasks: [{', '.join(tasks)}]\n"
+    (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  kind: driving\n  tasks: [{', '.join(tasks)}]\n"
                                       f"model:\n  _target_: {target}\n"
                                       + (f"callbacks:\n  eval:\n    episodes: {episodes}\n" if episodes else ""))
     rows = [{"time": 1.0, "time/env_steps": 1.0}]  # a training row without evaluations
@@ -367,3 +367,51 @@ def test_single_task_agents_stopped_once_solved_are_marked_and_still_timed(tmp_p
     assert all(single["tasks"][t]["stopped_solved"] for t in TASKS)
     assert "Stopped once solved" in res.stdout and "some single-task runs" in res.stdout
     assert "multi-task and" not in res.stdout  # the multi-task run trained its whole budget
+
+
+def test_another_set_of_driving_tasks_is_benched_by_its_own_tasks(tmp_path):
+    """A multi-task agent on other driving tasks (--mtl 'task_set.tasks=[pedestrian,traffic_light,urban]') is
+    timed and reported over its own tasks, each against its single-task agent; a single-task agent of a task it does
+    not train, and records of different task sets, are refused."""
+    tasks = ["pedestrian", "traffic_light", "urban"]
+    runs = [run_dir(tmp_path / "a" / "mtl", 0, tasks, [dict.fromkeys(tasks, 0.5), dict.fromkeys(tasks, 0.95)],
+                    mtl=True)]
+    for task, first in zip(tasks, (1, 2, 5), strict=True):  # singles solve at 1000 / 2000 / 5000 env steps
+        runs.append(run_dir(tmp_path / "a" / task, 0, [task], [{task: 0.95 if i + 1 >= first else 0.1}
+                                                                for i in range(5)], mtl=False))
+    res, out = merge(tmp_path / "a", runs)
+    assert res.returncode == 0, res.stderr
+    assert "Driving tasks pedestrian, traffic_light, urban, multi-task vs single-task" in res.stdout
+    assert "| 0 | 2k | 1k | 2k | 5k | 8k | 0.25 |" in res.stdout and "final urban" in res.stdout
+    extra = run_dir(tmp_path / "b" / "lane_keep", 0, ["lane_keep"], [{"lane_keep": 0.95}], mtl=False)
+    res, _ = merge(tmp_path / "b", [*runs, extra])
+    assert res.returncode != 0 and "single-task agents of ['lane_keep']" in res.stderr
+    other = [run_dir(tmp_path / "c" / "mtl", 1, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True)]
+    other += [run_dir(tmp_path / "c" / t, 1, [t], [{t: 0.95}], mtl=False) for t in TASKS]
+    res, other_out = merge(tmp_path / "c", other)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "1", "--merge",
+                          str(out), str(other_out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and "trained different task sets" in res.stderr
+
+
+def test_the_multi_task_agents_task_set_decides_the_single_task_agents():
+    """--mtl 'task_set.tasks=[...]' gives one aligned single-task agent per task of that set and scales the
+    multi-task agent's evaluation cadence with the task count; a task set without normalized scores is refused
+    before anything trains."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import argparse
+
+    import bench_mtl
+
+    args = argparse.Namespace(eval_episodes=None, eval_every=10_000, single=[], single_steps=300_000, align=True,
+                              mtl=["experiment=lane_keep_mtl_share", "task_set.tasks=[pedestrian,urban]",
+                                   "data.share_fraction=0", "data.collect_weights=[0.5,0.5]",
+                                   "data.task_weights=[0.5,0.5]", "model.task_weights=[1.0,1.0]"])
+    overrides = bench_mtl.check_overrides(args)
+    assert list(overrides) == ["mtl", "pedestrian", "urban"]
+    assert "callbacks.eval.every_env_steps=20000" in overrides["mtl"]
+    assert {"task_set=urban", "callbacks.eval.episodes=64", "model.loss=mse"} <= set(overrides["urban"])
+    args.mtl = ["task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]"]
+    with pytest.raises(SystemExit, match="normalized scores of two or more distinct driving tasks"):
+        bench_mtl.check_overrides(args)

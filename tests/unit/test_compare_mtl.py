@@ -62,7 +62,7 @@ def mtl_run_dir(path: Path, seed: int, first_all: int) -> Path:
     """A multi-task train.py run directory (logger=jsonl), 330k env steps, whose tasks are all >= 0.9 first at
     evaluation `first_all` (1-based; 30k env steps apart)."""
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  tasks: [lane_keep, pedestrian, traffic_light]\n"
+    (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  kind: driving\n  tasks: [lane_keep, pedestrian, traffic_light]\n"
                                       "model:\n  _target_: mtdqn.models.MultiTaskDQNModule\n")
     rows = [{"time": 10.0 * i, "time/env_steps": 30_000.0 * i, "time/train_seconds": 9.0 * i,
              **{f"eval/{t}/normalized": (0.95 if i >= first_all else 0.5)
@@ -108,7 +108,7 @@ def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_pat
     bad.write_text(json.dumps({"args": {"threshold": 0.8}, "runs": []}))
     single = tmp_path / "single"
     mtl_run_dir(single, 0, 1)
-    (single / "config.yaml").write_text("seed: 0\ntask_set:\n  tasks: [pedestrian]\n"
+    (single / "config.yaml").write_text("seed: 0\ntask_set:\n  kind: driving\n  tasks: [pedestrian]\n"
                                         "model:\n  _target_: mtdqn.models.DQNModule\n")
     for argv, msg in [(["--setting", "preset", str(a)], "at least two --setting"),
                       (["--setting", "preset", str(a), "--setting", "preset", str(a)], "labels must differ"),
