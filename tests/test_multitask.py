@@ -408,3 +408,20 @@ def test_a_multitask_run_stops_only_when_every_task_reaches_its_bar(tmp_path, ex
     assert summary["status"] == "completed"
     assert summary["time/env_steps"] < 600 if stops else summary["time/env_steps"] >= 600
     assert summary.get("time/stopped_solved") == (1.0 if stops else None)
+
+
+def test_updates_wait_until_every_tasks_replay_can_be_sampled(tmp_path):
+    """Warm-up ends at data.learning_starts summed env steps, but a task collecting a small share may then hold no
+    transition whose n-step look-ahead is written (here 3 steps per env, n_step 5): the first update waits for it
+    instead of failing on an unsampleable replay."""
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=4", "data.env_steps_per_round=60",
+                       "data.collect_weights=[1,1,3]", "data.learning_starts=48", "data.batch_size=12",
+                       "replay.n_step=5"], tmp_path)
+    model, data, trainer = build(cfg)
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    assert data.vec_steps == [3, 3, 9]  # lane_keep and pedestrian: 3 steps per env and round
+    round_ = next(iter(data.train_dataloader()))
+    assert round_.env_steps == 120  # not the first round (60 env steps >= learning_starts): lane_keep had 3 < 5 rows
+    assert all(b.sampleable > 0 for b in data.buffers)

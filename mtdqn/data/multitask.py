@@ -120,6 +120,8 @@ class MultiTaskStream(IterableDataset):
             if self.env_steps < dm.learning_starts:
                 continue
             counts = dm.composition_counts()
+            if not all(dm.buffers[j].sampleable for i, c in enumerate(counts) for j, _ in dm.sample_plan(i, c)):
+                continue  # a task collecting a small share may not have n_step steps per env yet: wait for it
             parts = [dm.sample_task(i, c, dm.updates_per_round) for i, c in enumerate(counts) if c > 0]
             obs_stats, self.obs_stats = self.obs_stats, None
             yield Round(concat_batches(parts, dm.obs_width), self.env_steps, eps, returns, tasks, obs_stats,
@@ -303,15 +305,21 @@ class MultiTaskDataModule(pl.LightningDataModule):
         round(f x count) of them drawn evenly from the replays of the tasks with a rule into it, relabeled:
         observations masked by the rule, task id set to `task`, weight 0 where the transition ends its episode for
         a cause the task does not have (rule.terminal_ok False)."""
+        pieces = [self.buffers[j].sample(m, n_batches) if j == task
+                  else self._relabel(self.buffers[j].sample(m, n_batches), j, task)
+                  for j, m in self.sample_plan(task, count)]
+        return pieces[0] if len(pieces) == 1 else concat_batches(pieces, self.obs_width)
+
+    def sample_plan(self, task: int, count: int) -> list[tuple[int, int]]:
+        """[(replay index, samples)] that `count` samples for `task` are drawn from (see sample_task): its own
+        replay first, then the shared sources'; empty for count 0."""
         sources = [j for j in range(len(self.tasks)) if self.share_rules is not None and j != task
                    and self.share_rules[j][task] is not None]  # fmt: skip
         n_shared = round(count * self.share_fractions[task]) if sources else 0
-        pieces = [self.buffers[task].sample(count - n_shared, n_batches)] if count > n_shared else []
+        plan = [(task, count - n_shared)] if count > n_shared else []
         if n_shared:
-            for j, m in zip(sources, batch_counts(n_shared, [1.0] * len(sources)), strict=True):
-                if m > 0:
-                    pieces.append(self._relabel(self.buffers[j].sample(m, n_batches), j, task))
-        return pieces[0] if len(pieces) == 1 else concat_batches(pieces, self.obs_width)
+            plan += [(j, m) for j, m in zip(sources, batch_counts(n_shared, [1.0] * len(sources)), strict=True) if m > 0]
+        return plan
 
     def _relabel(self, b: Batch, source: int, target: int) -> Batch:
         """A batch of `source` transitions as samples of `target` (see sample_task)."""
