@@ -13,6 +13,15 @@ MTL = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "model=mtdqn", 
        "net.hidden=[32,32]", "data.num_envs=2"]
 
 
+def set_up(built: tuple) -> tuple:
+    """build()'s (model, data, trainer) with the data module attached and set up, as trainer.fit would (no env step)."""
+    model, data, trainer = built
+    data.trainer = trainer
+    trainer.strategy._lightning_module = model
+    data.setup()
+    return model, data, trainer
+
+
 def test_batch_counts_split_exactly():
     assert batch_counts(12, [1, 1, 1]) == [4, 4, 4]
     assert batch_counts(10, [1, 1, 1]) == [4, 3, 3]
@@ -34,10 +43,7 @@ def test_round_batches_are_composed_per_task_as_configured(tmp_path, composition
         extra.append(f"data.task_weights=[{','.join(map(str, weights))}]")
     cfg = compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", "data.learning_starts=100", *extra],
                       tmp_path)
-    model, data, trainer = build(cfg)
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(cfg))
     round_ = next(iter(data.train_dataloader()))
     counts = torch.bincount(round_.batch.task_ids[0], minlength=3).tolist()
     assert counts == expected
@@ -50,10 +56,7 @@ def test_rounds_collect_per_task_as_configured(tmp_path, weights, expected):
     extra = [] if weights is None else [f"data.collect_weights=[{','.join(map(str, weights))}]"]
     cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
                        "data.learning_starts=40", "data.batch_size=30", *extra], tmp_path)
-    model, data, trainer = build(cfg)
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(cfg))
     assert data.vec_steps == expected
     data.train_dataloader().dataset.collect_round()
     assert [len(b) for b in data.buffers] == [2 * n for n in expected]  # rows x num_envs
@@ -65,10 +68,7 @@ def test_by_score_schedule_shifts_collection_away_from_solved_tasks(tmp_path):
     cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
                        "data.learning_starts=40", "data.batch_size=30", "data.collect_schedule=by_score",
                        "data.collect_solved_scale=0.5"], tmp_path)
-    model, data, trainer = build(cfg)
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(cfg))
     assert data.vec_steps == [4, 4, 4]
     shares = data.observe_scores([0.95, 0.3, 0.89])  # lane_keep solved: weights 2, 4, 4 of 12 vector steps
     assert data.vec_steps == [2, 5, 5]  # 12 x (0.2, 0.4, 0.4), largest remainder
@@ -97,10 +97,7 @@ def test_by_score_hysteresis_keeps_a_solved_task_solved_through_a_small_dip(tmp_
     cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
                        "data.learning_starts=40", "data.batch_size=30", "data.collect_schedule=by_score",
                        "data.collect_solved_scale=0.5", "data.collect_unsolved_score=0.8"], tmp_path)
-    model, data, trainer = build(cfg)
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(cfg))
     data.observe_scores([0.95, 0.3, 0.3])
     assert data.vec_steps == [2, 5, 5]
     data.observe_scores([0.85, 0.3, 0.3])  # a dip above 0.8: still solved (without hysteresis [4, 4, 4])
@@ -122,10 +119,7 @@ def test_batch_solved_scale_shrinks_solved_tasks_share_of_each_minibatch(tmp_pat
                        "data.learning_starts=40", "data.batch_size=30", "data.collect_schedule=by_score",
                        "data.batch_composition=weighted", "data.task_weights=[1,2,2]",
                        "data.batch_solved_scale=0.25", "data.collect_unsolved_score=0.8"], tmp_path)
-    model, data, trainer = build(cfg)
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(cfg))
     assert data.composition_counts() == [6, 12, 12]
     data.observe_scores([0.95, 0.3, 0.3])  # lane_keep solved: weights 0.25, 2, 2
     assert data.composition_counts() == [2, 14, 14]
@@ -145,10 +139,7 @@ def test_exploration_clock_decays_epsilon_on_summed_or_own_env_steps(tmp_path, c
                        "data.learning_starts=40", "data.batch_size=30", "data.collect_weights=[1,2,3]",
                        "exploration.duration=200", "exploration.start=1.0", "exploration.end=0.0",
                        f"data.exploration_clock={clock}"], tmp_path)
-    model, data, trainer = build(cfg)
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(cfg))
     stream = data.train_dataloader().dataset
     seen = []  # (task, epsilon, summed steps before the step, own steps before the step)
     for i, collector in enumerate(data.collectors):
@@ -198,10 +189,7 @@ def test_each_tasks_own_env_steps_are_counted_logged_and_checkpointed(tmp_path):
     assert sum(own) == summary["time/env_steps"] and own[0] > 0
     assert own == [own[0], 2 * own[0], 3 * own[0]]
 
-    model, data, trainer = build(compose_cfg([*MTL, "task_set=driving"], tmp_path / "fresh"))
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(compose_cfg([*MTL, "task_set=driving"], tmp_path / "fresh")))
     assert data.current_task_env_steps() == [0, 0, 0]
     state = data.state_dict()
     data.load_state_dict(state | {"task_env_steps": [4, 8, 12]})  # a resumed run keeps counting from these
@@ -335,10 +323,7 @@ def test_shared_samples_are_relabeled_for_the_task_that_samples_them(tmp_path):
     from mtdqn.types import Transition
 
     cfg = compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", "data.share_fraction=0.5"], tmp_path)
-    model, data, trainer = build(cfg)
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(cfg))
     n = data.num_envs
     for i, buf in enumerate(data.buffers):  # task i's transitions read i + 1 in every feature; odd rows terminal
         for row in range(40):
@@ -417,10 +402,7 @@ def test_updates_wait_until_every_tasks_replay_can_be_sampled(tmp_path):
     cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=4", "data.env_steps_per_round=60",
                        "data.collect_weights=[1,1,3]", "data.learning_starts=48", "data.batch_size=12",
                        "replay.n_step=5"], tmp_path)
-    model, data, trainer = build(cfg)
-    data.trainer = trainer
-    trainer.strategy._lightning_module = model
-    data.setup()
+    model, data, trainer = set_up(build(cfg))
     assert data.vec_steps == [3, 3, 9]  # lane_keep and pedestrian: 3 steps per env and round
     round_ = next(iter(data.train_dataloader()))
     assert round_.env_steps == 120  # not the first round (60 env steps >= learning_starts): lane_keep had 3 < 5 rows
