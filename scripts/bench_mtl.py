@@ -1,18 +1,23 @@
 #!/usr/bin/env python
-"""Multi-task vs single-task DQN on the driving suite: does sharing one network make the tasks cheaper?
+"""Multi-task vs single-task DQN: does sharing one network make the tasks cheaper?
 
 For each seed: one multi-task agent (+experiment=lane_keep_mtl: lane_keep, pedestrian and traffic_light; another
-set of driving tasks with --mtl 'task_set.tasks=[pedestrian,traffic_light,urban]') and one single-task agent per
-task (+experiment=lane_keep_dqn task_set=<task>) with the same network size and
-hyperparameters and the same env steps per task. Reports the env steps (summed over tasks) until every task
-reaches normalized >= threshold (multi-task: the first evaluation where all are; single-task: the sum of each
-agent's own time to threshold), the final normalized score per task with 95% bootstrap CIs over seeds, wall
-time, and per task the multi-task agent's own env steps on that task until the task first reaches the threshold
-(time/<task>/env_steps), the way its single-task agent is timed, and how noisy one evaluation is (the standard
-error of its normalized score per task; a first crossing of the threshold is partly luck). Prints markdown; --out
-writes JSON.
+set of driving tasks with --mtl 'task_set.tasks=[pedestrian,traffic_light,urban]', gymnasium ids with e.g. --mtl
+experiment=classic_mtl) and one single-task agent per task (+experiment=lane_keep_dqn task_set=<task>; a gymnasium
+id's agent composes the multi-task agent's task_set group with that one id, --single experiment=cartpole_dqn picks
+its preset) with the same network size and hyperparameters and the same env steps per task. Each task counts as
+solved at its bar: normalized >= --threshold for the driving tasks (which have reference scores), the mean eval
+return of --solve-return TASK=RETURN, else gymnasium's registered reward_threshold (CartPole-v1 475, Acrobot-v1
+-100; a task with none is refused before anything trains). Reports the env steps (summed over tasks) until every
+task is at its bar (multi-task: the first evaluation where all are; single-task: the sum of each agent's own time
+to its bar), the final score per task with 95% bootstrap CIs over seeds, wall time, and per task the multi-task
+agent's own env steps on that task until the task first reaches its bar (time/<task>/env_steps), the way its
+single-task agent is timed, and how noisy one evaluation is (the standard error of its score per task; a first
+crossing of a bar is partly luck). Prints markdown; --out writes JSON.
 
     python scripts/bench_mtl.py --seeds 0 1 2 [--eval-episodes 64] [--mtl experiment=lane_keep_mtl_share]
+    python scripts/bench_mtl.py --seeds 0 1 2 --mtl experiment=classic_mtl --single experiment=cartpole_dqn \
+        --eval-every 5000 --single-steps 100000
 
 The single-task agents are given the multi-task agent's shared settings (SHARED below: loss, learning rate,
 replay ratio, evaluation episodes, ...; lane_keep_dqn alone is Huber at replay ratio 0.125, lane_keep_mtl MSE at
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 from collections.abc import Sequence
@@ -54,9 +60,10 @@ from learning_results import ROOT, bootstrap_ci, first_reach, median, run_seed, 
 
 # what "the same hyperparameters" means here: the multi-task and the single-task agents must agree on these (budgets,
 # warm-up, target sync and evaluation cadence are per agent: the multi-task agent's are summed over its tasks)
-SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", "gamma", "net.hidden",
+SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", "gamma", "net.hidden", "net.conv",
           "data.replay_ratio", "data.batch_size", "replay.n_step", "exploration.end", "callbacks.eval.episodes",
           "task_set.env_kwargs")  # the simulator's knobs and observation options (e.g. stop_feature)
+KEEP_NULL = ("net.conv",)  # recorded when null too: a convolutional encoder against none is another network
 PER_TASK_DURATION = "exploration.duration (per task)"  # compared only where epsilon decays per task (shared_settings)
 BATCH_UNIT = "data.batch_size_unit"  # multi-task agents only: whether data.batch_size is split across tasks (total:
 # the same samples per summed env step as a single-task agent) or drawn per task (per_task: the same batch per task);
@@ -70,7 +77,7 @@ def shared_settings(cfg) -> dict:
     out = {}
     for key in SHARED:
         value = OmegaConf.select(cfg, key, default=None)
-        if value is not None:
+        if value is not None or (key in KEEP_NULL and OmegaConf.select(cfg, key.rsplit(".", 1)[0]) is not None):
             out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     # epsilon's decay is comparable when it runs on each task's own env steps: always for a single-task agent, for a
     # multi-task one with data.exploration_clock=task (with the default summed clock it is a budget over all tasks)
@@ -94,18 +101,69 @@ def check_alike(agents: dict[str, dict]) -> None:
                              "(e.g. --single / --mtl overrides)")
 
 
-def first_all_solved(history: list[dict], threshold: float, tasks: Sequence[str]) -> dict | None:
-    """The first evaluation where every task's normalized score is >= threshold (None: never)."""
+class Bar(NamedTuple):
+    """When one task counts as solved: an evaluation's `metric` >= `value`."""
+
+    metric: str  # "normalized" (driving tasks: 0 = uniform random, 1 = the scripted reference) or "return"
+    value: float
+
+    def key(self, task: str) -> str:
+        return f"eval/{task}/{self.metric}"
+
+    def reached(self, m: dict, task: str) -> bool:
+        return m.get(self.key(task), float("-inf")) >= self.value
+
+
+Bars = dict[str, Bar]  # per task, in task-set order
+
+
+def task_bars(kind: str, tasks: Sequence[str], env_kwargs: dict | None, threshold: float,
+              solve_returns: dict[str, float]) -> Bars:
+    """Each task's bar: --solve-return's mean eval return where given, else normalized >= threshold for tasks with
+    reference scores (the driving tasks), else gymnasium's registered reward_threshold (CartPole-v1: 475,
+    Acrobot-v1: -100); a task with none of them is refused by name (MinAtar games register no threshold)."""
+    from mtdqn.envs import task_spec
+
+    unknown = [t for t in solve_returns if t not in tasks]
+    if unknown:
+        raise SystemExit(f"--solve-return names {unknown}, not tasks of the multi-task agent's task set {list(tasks)}")
+    bars, missing = {}, []
+    for t in tasks:
+        spec = task_spec(kind, t, env_kwargs)
+        if t in solve_returns:
+            bars[t] = Bar("return", solve_returns[t])
+        elif spec.normalize(0.0) is not None:
+            bars[t] = Bar("normalized", threshold)
+        elif spec.reward_threshold is not None:
+            bars[t] = Bar("return", float(spec.reward_threshold))
+        else:
+            missing.append(t)
+    if missing:
+        raise SystemExit(f"{missing}: no normalized score and no gymnasium reward_threshold registered, so the bench "
+                         f"cannot tell when the task is solved; give the mean eval return that counts as solved, "
+                         f"e.g. --solve-return {missing[0]}=<return>")
+    return bars
+
+
+def bars_text(bars: Bars) -> str:
+    """'threshold 0.9' (every task by normalized score at one bar, as before) or each task's bar."""
+    if {b.metric for b in bars.values()} == {"normalized"} and len({b.value for b in bars.values()}) == 1:
+        return f"threshold {next(iter(bars.values())).value:g}"
+    return "solved at " + ", ".join(f"{t} {b.metric} >= {b.value:g}" for t, b in bars.items())
+
+
+def first_all_solved(history: list[dict], bars: Bars) -> dict | None:
+    """The first evaluation where every task is at its bar (None: never)."""
     for m in history:
-        if all(m.get(f"eval/{t}/normalized", float("-inf")) >= threshold for t in tasks):
+        if all(b.reached(m, t) for t, b in bars.items()):
             return m
     return None
 
 
-def each_reached(history: list[dict], threshold: float, tasks: Sequence[str]) -> float | None:
-    """Env steps by which every task has reached threshold at some evaluation (not necessarily the same one):
+def each_reached(history: list[dict], bars: Bars) -> float | None:
+    """Env steps by which every task has reached its bar at some evaluation (not necessarily the same one):
     the criterion the single-task agents are measured by, each at its own first crossing (None: a task never)."""
-    firsts = [first_reach(history, f"eval/{t}/normalized", threshold)[0] for t in tasks]
+    firsts = [first_reach(history, b.key(t), b.value)[0] for t, b in bars.items()]
     return None if None in firsts else max(firsts)
 
 
@@ -129,33 +187,32 @@ def own_env_steps(history: list[dict], tasks: Sequence[str],
     return out
 
 
-def own_steps_to_threshold(history: list[dict], threshold: float, tasks: Sequence[str],
+def own_steps_to_threshold(history: list[dict], bars: Bars,
                            start_shares: dict[str, float] | None = None) -> dict[str, float | None] | None:
-    """Per task: the multi-task agent's own env steps on that task at the task's first evaluation >= threshold
+    """Per task: the multi-task agent's own env steps on that task at the task's first evaluation at its bar
     (None: never), the quantity a single-task agent is timed by."""
-    own = own_env_steps(history, tasks, start_shares)
+    own = own_env_steps(history, list(bars), start_shares)
     if own is None:
         return None
     out: dict[str, float | None] = {}
-    for t in tasks:
-        hit = next((i for i, m in enumerate(history) if m.get(f"eval/{t}/normalized", float("-inf")) >= threshold),
-                   None)
+    for t, b in bars.items():
+        hit = next((i for i, m in enumerate(history) if b.reached(m, t)), None)
         out[t] = None if hit is None else own[hit][t]
     return out
 
 
-def mtl_entry(history: list[dict], wall: float, threshold: float, tasks: Sequence[str],
-              start_shares: dict[str, float] | None = None) -> dict:
+def mtl_entry(history: list[dict], wall: float, bars: Bars, start_shares: dict[str, float] | None = None) -> dict:
     """The multi-task agent's record: env steps and training seconds (evaluations excluded) to solve all (every
-    task >= threshold at the same evaluation), env steps until each task has reached it once (`each_steps`),
-    final score per task, wall time, and the env steps the run had (a bound when it never solved)."""
-    m = first_all_solved(history, threshold, tasks)
+    task at its bar at the same evaluation), env steps until each task has reached it once (`each_steps`),
+    final score per task (on its bar's scale), wall time, the env steps the run had (a bound when it never
+    solved) and the bars."""
+    m = first_all_solved(history, bars)
     return {"solved_steps": None if m is None else m["time/env_steps"],
             "solved_seconds": None if m is None else m.get("time/train_seconds"),
-            "each_steps": each_reached(history, threshold, tasks),
-            "own_steps": own_steps_to_threshold(history, threshold, tasks, start_shares),
+            "each_steps": each_reached(history, bars),
+            "own_steps": own_steps_to_threshold(history, bars, start_shares),
             "budget_steps": history[-1]["time/env_steps"], "wall": wall,
-            "final": {t: history[-1][f"eval/{t}/normalized"] for t in tasks}, **_stopped(history)}
+            "final": {t: history[-1][b.key(t)] for t, b in bars.items()}, "bars": bars, **_stopped(history)}
 
 
 def _stopped(history: list[dict]) -> dict:
@@ -164,10 +221,10 @@ def _stopped(history: list[dict]) -> dict:
     return {"stopped_solved": True} if history[-1].get("time/stopped_solved") else {}
 
 
-def single_entry(history: list[dict], task: str, wall: float, threshold: float) -> dict:
-    steps, seconds = first_reach(history, f"eval/{task}/normalized", threshold)
+def single_entry(history: list[dict], task: str, wall: float, bar: Bar) -> dict:
+    steps, seconds = first_reach(history, bar.key(task), bar.value)
     return {"solved_steps": steps, "solved_seconds": seconds, "budget_steps": history[-1]["time/env_steps"],
-            "wall": wall, "final": history[-1][f"eval/{task}/normalized"], **_stopped(history)}
+            "wall": wall, "final": history[-1][bar.key(task)], "bar": bar, **_stopped(history)}
 
 
 def combine_singles(singles: dict) -> dict:
@@ -191,17 +248,21 @@ def configured_shares(cfg) -> dict[str, float] | None:
     return {t: v / sum(vec) for t, v in zip(tasks, vec, strict=True)}
 
 
-def eval_standard_errors(history: list[dict], episodes: int | None, tasks: Sequence[str]) -> dict[str, float]:
-    """Per task: the standard error of one evaluation's normalized score, return_std / sqrt(episodes) on the
-    normalized scale, median over the run's evaluations (tasks whose return_std is not logged are left out)."""
+def eval_standard_errors(history: list[dict], episodes: int | None, bars: Bars) -> dict[str, float]:
+    """Per task: the standard error of one evaluation's score on its bar's scale, return_std / sqrt(episodes)
+    (divided by the reference - random return span for a normalized bar), median over the run's evaluations
+    (tasks whose return_std is not logged are left out)."""
     from mtdqn.envs import task_spec
 
     out = {}
-    for t in tasks:
+    for t, b in bars.items():
         stds = [m[f"eval/{t}/return_std"] for m in history if f"eval/{t}/return_std" in m]
         if stds and episodes:
-            spec = task_spec("driving", t)
-            out[t] = statistics.median(stds) / episodes**0.5 / (spec.reference_return - spec.random_return)
+            span = 1.0
+            if b.metric == "normalized":
+                spec = task_spec("driving", t)
+                span = spec.reference_return - spec.random_return
+            out[t] = statistics.median(stds) / episodes**0.5 / span
     return out
 
 
@@ -215,10 +276,13 @@ class RunDir(NamedTuple):
     wall: float  # wall seconds
     shares: dict[str, float] | None  # configured collection shares of a multi-task run
     settings: dict  # its SHARED settings
+    bars: Bars  # when each of its tasks counts as solved
 
 
-def load_run_dir(path: Path) -> RunDir:
-    """Read a run directory; one that has not completed, has no evaluations or is no driving agent is refused."""
+def load_run_dir(path: Path, threshold: float = 0.9, solve_returns: dict[str, float] | None = None) -> RunDir:
+    """Read a run directory; one that has not completed, has no evaluations, or is a single-task agent of several
+    tasks is refused. Its tasks' bars: task_bars (--solve-return's entries for tasks the run does not have are
+    left to the caller to check)."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(path / "config.yaml")
@@ -227,33 +291,38 @@ def load_run_dir(path: Path) -> RunDir:
     if status != "completed":
         raise SystemExit(f"--runs {path}: the run has not completed (summary.json status: {status}); its final "
                          f"scores and budget would be wrong")
+    tasks = [str(t) for t in cfg.task_set.tasks]
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    history = [r for r in rows if any(k.startswith("eval/") and k.endswith("/normalized") for k in r)]
+    history = [r for r in rows if all(f"eval/{t}/return" in r or f"eval/{t}/normalized" in r for t in tasks)]
     if not history:
         raise SystemExit(f"--runs {path}: metrics.jsonl has no evaluations")
-    tasks = [str(t) for t in cfg.task_set.tasks]
     agent = "mtl" if str(cfg.model._target_).endswith("MultiTaskDQNModule") else tasks[0]
-    if cfg.task_set.kind != "driving" or (agent != "mtl" and len(tasks) != 1):
-        raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of driving tasks (their "
-                         f"normalized scores are compared), got task_set.kind={cfg.task_set.kind} tasks {tasks}")
+    if agent != "mtl" and len(tasks) != 1:
+        raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of one task, got "
+                         f"model {cfg.model._target_} with tasks {tasks}")
+    env_kwargs = OmegaConf.select(cfg, "task_set.env_kwargs", default=None)
+    env_kwargs = OmegaConf.to_container(env_kwargs) if env_kwargs is not None else None
+    bars = task_bars(str(cfg.task_set.kind), tasks, env_kwargs, threshold,
+                     {t: v for t, v in (solve_returns or {}).items() if t in tasks})
     shares = configured_shares(cfg) if agent == "mtl" else None
     return RunDir(int(cfg.seed), agent, tasks, history, float(rows[-1].get("time", 0.0)), shares,
-                  shared_settings(cfg))
+                  shared_settings(cfg), bars)
 
 
-def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float) -> list[dict]:
+def apply_run_dirs(runs: list[dict], dirs: list[Path], threshold: float,
+                   solve_returns: dict[str, float] | None = None) -> list[dict]:
     """Replace (or add) each run directory's agent for its seed."""
     by_seed = {r["seed"]: r for r in runs}
     for d in dirs:
-        rd = load_run_dir(d)
+        rd = load_run_dir(d, threshold, solve_returns)
         run = by_seed.setdefault(rd.seed, {"seed": rd.seed, "single": {"tasks": {}}})
         noise = noise_entry({"history": rd.history, "eval_episodes": rd.settings.get("callbacks.eval.episodes")},
-                            rd.tasks)
+                            rd.bars)
         noise |= {"settings": rd.settings, "source": str(d)}
         if rd.agent == "mtl":
-            run["mtl"] = mtl_entry(rd.history, rd.wall, threshold, rd.tasks, rd.shares) | noise
+            run["mtl"] = mtl_entry(rd.history, rd.wall, rd.bars, rd.shares) | noise
         else:
-            run["single"]["tasks"][rd.agent] = single_entry(rd.history, rd.agent, rd.wall, threshold) | noise
+            run["single"]["tasks"][rd.agent] = single_entry(rd.history, rd.agent, rd.wall, rd.bars[rd.agent]) | noise
     missing = [(s, "mtl") for s, r in by_seed.items() if "mtl" not in r]
     missing += [(s, t) for s, r in by_seed.items() if "mtl" in r for t in r["mtl"]["final"]
                 if t not in r["single"]["tasks"]]
@@ -277,6 +346,26 @@ def run_tasks(runs: list[dict]) -> list[str]:
     return list(sets.pop())
 
 
+def run_bars(runs: list[dict], threshold: float) -> Bars:
+    """The bars every agent of the runs was timed at (kept with each entry since 2026-11-30; older records timed
+    normalized >= `threshold`); agents timed at different bars are refused by name."""
+    tasks = run_tasks(runs)
+    legacy = {t: Bar("normalized", threshold) for t in tasks}
+    timed: dict[str, dict[str, Bar]] = {t: {} for t in tasks}
+    for r in runs:
+        label = r.get("label", r["seed"])
+        for t, b in (r["mtl"].get("bars") or legacy).items():
+            timed[t][f"seed {label} multi-task"] = Bar(*b)
+        for t, entry in r["single"]["tasks"].items():
+            timed[t][f"seed {label} single-task"] = Bar(*entry.get("bar") or legacy[t])
+    for t, agents in timed.items():
+        if len(set(agents.values())) > 1:
+            raise SystemExit(f"{t} was timed at different bars: "
+                             + "; ".join(f"{a}: {b.metric} >= {b.value:g}" for a, b in agents.items())
+                             + "; merge runs timed alike (--threshold, --solve-return)")
+    return {t: next(iter(agents.values()), legacy[t]) for t, agents in timed.items()}
+
+
 def check_runs_alike(runs: list[dict]) -> None:
     """check_alike over every agent of the merged runs that kept its SHARED settings (those read from run
     directories; records from before 2026-11-29 did not keep them and are not checked)."""
@@ -298,41 +387,80 @@ def pool_repeated_seeds(runs: list[dict], replacing: bool) -> None:
         r["label"] = f"{r['seed']} ({r['record']})"
 
 
-def noise_entry(result: dict, tasks: Sequence[str]) -> dict:
+def noise_entry(result: dict, bars: Bars) -> dict:
     """The evaluation size and per-task standard errors of a run_seed result (see eval_standard_errors)."""
     return {"eval_episodes": result["eval_episodes"],
-            "eval_se": eval_standard_errors(result["history"], result["eval_episodes"], tasks)}
+            "eval_se": eval_standard_errors(result["history"], result["eval_episodes"], bars)}
 
 
 def _override_keys(overrides: list[str]) -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
 
 
-def mtl_tasks(args: argparse.Namespace) -> list[str]:
-    """The multi-task agent's task set (task_set=driving unless --mtl sets another, e.g.
-    'task_set.tasks=[pedestrian,traffic_light,urban]'); refused unless its tasks are driving tasks, whose
-    normalized scores the bench compares."""
+class TaskSet(NamedTuple):
+    """The multi-task agent's tasks, as the bench needs them."""
+
+    kind: str  # task_set.kind: driving or gym
+    group: str  # the task_set config group it composes (driving, gym, minatar, ...)
+    bars: Bars  # its tasks, in order, and when each counts as solved
+
+
+def parse_solve_return(text: str) -> tuple[str, float]:
+    """--solve-return's TASK=RETURN (the task may contain '=' and '/': the value follows the last '=')."""
+    task, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or not task or number != number or abs(number) == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TASK=RETURN with a finite mean eval return, e.g. "
+                                         "MinAtar/Breakout-v1=10")
+    return task, number
+
+
+def solve_returns(args: argparse.Namespace) -> dict[str, float]:
+    """--solve-return as {task: return}; a task named twice is refused."""
+    pairs = args.solve_return or []
+    tasks = [t for t, _ in pairs]
+    twice = sorted({t for t in tasks if tasks.count(t) > 1})
+    if twice:
+        raise SystemExit(f"--solve-return names {twice} more than once")
+    return dict(pairs)
+
+
+def mtl_task_set(args: argparse.Namespace) -> TaskSet:
+    """The multi-task agent's task set (task_set=driving unless --mtl sets another: other driving tasks, e.g.
+    'task_set.tasks=[pedestrian,traffic_light,urban]', or gymnasium ids, e.g. experiment=classic_mtl) and each
+    task's bar; refused unless it has two or more distinct tasks, each with a bar (task_bars)."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=["+experiment=lane_keep_mtl", *args.mtl])
+        cfg = compose("train", overrides=["+experiment=lane_keep_mtl", *args.mtl], return_hydra_config=True)
     tasks = [str(t) for t in cfg.task_set.tasks]
-    if cfg.task_set.kind != "driving" or len(tasks) < 2 or len(set(tasks)) != len(tasks):
-        raise SystemExit(f"--mtl: the bench compares normalized scores of two or more distinct driving tasks; got "
-                         f"task_set.kind={cfg.task_set.kind} task_set.tasks={tasks}")
-    return tasks
+    if len(tasks) < 2 or len(set(tasks)) != len(tasks):
+        raise SystemExit(f"--mtl: the bench compares a multi-task agent on two or more distinct tasks with one "
+                         f"single-task agent per task; got task_set.tasks={tasks}")
+    env_kwargs = OmegaConf.to_container(cfg.task_set.env_kwargs) if cfg.task_set.get("env_kwargs") else None
+    bars = task_bars(str(cfg.task_set.kind), tasks, env_kwargs, args.threshold, solve_returns(args))
+    return TaskSet(str(cfg.task_set.kind), str(cfg.hydra.runtime.choices.task_set), bars)
 
 
-def base_overrides(args: argparse.Namespace, tasks: Sequence[str]) -> dict[str, list[str]]:
-    """train.py overrides of the multi-task agent ("mtl") and of each task's single-task agent, as given."""
+def base_overrides(args: argparse.Namespace, task_set: TaskSet) -> dict[str, list[str]]:
+    """train.py overrides of the multi-task agent ("mtl") and of each task's single-task agent, as given (a driving
+    task's agent composes the task's own task_set group; a gymnasium id's the multi-task agent's group, with that
+    one id)."""
+    tasks = list(task_set.bars)
     both = [] if args.eval_episodes is None else [f"callbacks.eval.episodes={args.eval_episodes}"]
     out = {"mtl": ["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={args.eval_every * len(tasks)}",
                    *both, *args.mtl]}
     budget = [] if "data.total_env_steps" in _override_keys(args.single) else [
         f"data.total_env_steps={args.single_steps}"]
     for task in tasks:
-        out[task] = ["+experiment=lane_keep_dqn", f"task_set={task}",
-                     f"callbacks.eval.every_env_steps={args.eval_every}", *budget, *both, *args.single]
+        own = [f"task_set={task}"] if task_set.kind == "driving" else [
+            f"task_set={task_set.group}", f"task_set.tasks=[{json.dumps(task)}]"]
+        out[task] = ["+experiment=lane_keep_dqn", *own, f"callbacks.eval.every_env_steps={args.eval_every}",
+                     *budget, *both, *args.single]
     return out
 
 
@@ -360,14 +488,14 @@ def alignment(base: dict[str, list[str]], explicit: set[str]) -> list[str]:
 
 
 def _hydra_value(value) -> str:
-    """`value` written as a Hydra override value: [256, 256], true, 0.25."""
-    return json.dumps(value) if isinstance(value, list | bool) else str(value)
+    """`value` written as a Hydra override value: [256, 256], true, 0.25, null."""
+    return json.dumps(value) if isinstance(value, list | bool) or value is None else str(value)
 
 
 def agent_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
     """The overrides each agent trains with: as given, plus (unless --no-align) the single-task agents aligned with
     the multi-task agent's SHARED settings."""
-    base = base_overrides(args, mtl_tasks(args))
+    base = base_overrides(args, mtl_task_set(args))
     if not args.align:
         return base
     aligned = alignment(base, _override_keys(args.single))
@@ -386,15 +514,14 @@ def check_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
     return overrides
 
 
-def run(seed: int, args: argparse.Namespace, overrides: dict[str, list[str]]) -> dict:
+def run(seed: int, bars: Bars, overrides: dict[str, list[str]]) -> dict:
     """One seed: the multi-task agent and one single-task agent per task."""
-    tasks = [name for name in overrides if name != "mtl"]
     mtl = run_seed(overrides["mtl"], seed)
-    out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], args.threshold, tasks) | noise_entry(mtl, tasks)}
+    out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], bars) | noise_entry(mtl, bars)}
     singles = {}
-    for task in tasks:
+    for task, bar in bars.items():
         r = run_seed(overrides[task], seed)
-        singles[task] = single_entry(r["history"], task, r["wall"], args.threshold) | noise_entry(r, [task])
+        singles[task] = single_entry(r["history"], task, r["wall"], bar) | noise_entry(r, {task: bar})
     out["single"] = combine_singles(singles)
     print(f"seed {seed}: {json.dumps(out)}", flush=True)
     return out
@@ -413,16 +540,20 @@ def _fmt_each(entry: dict) -> str:
 
 
 def report(runs: list[dict], args: argparse.Namespace) -> str:
-    """Markdown: steps to solve all and final normalized score per task (median [95% CI]), wall time, the
-    per-seed steps of every agent, the multi-task agent's training minutes to solve all, and the ratio."""
-    tasks = run_tasks(runs)
+    """Markdown: steps to solve all and final score per task (median [95% CI]), wall time, the per-seed steps of
+    every agent, the multi-task agent's training minutes to solve all, and the ratio (with the issue's targets
+    on driving task sets)."""
+    bars = run_bars(runs, args.threshold)
+    tasks = list(bars)
+    driving = all(b.metric == "normalized" for b in bars.values())  # the driving suite, timed as the issue asks
     lines = [
-        f"Driving tasks {', '.join(tasks)}, multi-task vs single-task DQN, seeds {[r.get('seed') for r in runs]}, threshold "
-        f"{args.threshold}, {datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs, torch threads "
-        f"{args.threads}",
+        f"{'Driving tasks' if driving else 'Tasks'} {', '.join(tasks)}, multi-task vs single-task DQN, seeds "
+        f"{[r.get('seed') for r in runs]}, {bars_text(bars)}, {datetime.now(timezone.utc):%Y-%m-%d}, "
+        f"{os.cpu_count()} CPUs, torch threads {args.threads}",
         *settings_lines(runs),
         "",
-        "| agent | thousand env steps to solve all (summed over tasks) | " + " | ".join(f"final {t}" for t in tasks)
+        "| agent | thousand env steps to solve all (summed over tasks) | "
+        + " | ".join(f"final {t}" + ("" if b.metric == "normalized" else f" ({b.metric})") for t, b in bars.items())
         + " | wall s |",
         "|---|---|" + "---|" * len(tasks) + "---|",
     ]
@@ -432,7 +563,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         finals = [[r[name]["final"][t] if name == "mtl" else r[name]["tasks"][t]["final"] for r in runs]
                   for t in tasks]
         lines.append(f"| {'multi-task' if name == 'mtl' else f'{len(tasks)} x single-task'} | "
-                     f"{summarize([x / 1000 for x in reached])} ({len(reached)}/{len(runs)} seeds) | "
+                     f"{summarize([x / 1000 for x in reached], digits=1)} ({len(reached)}/{len(runs)} seeds) | "
                      + " | ".join(summarize(f) for f in finals)
                      + f" | {statistics.median(r[name]['wall'] for r in runs):.0f} |")
     stopped = [label for name, label in (("mtl", "multi-task"), ("single", "single-task"))
@@ -442,7 +573,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
         lines += ["", f"Stopped once solved (callbacks.eval.stop_at_normalized / stop_at_return): some "
                       f"{' and '.join(stopped)} runs; their final scores are those of the evaluation that stopped "
                       "them and their wall times end there, so compare env steps to solve, not finals or wall time."]
-    lines += ["", "Per seed: env steps to normalized >= threshold (budget when never reached)", "",
+    lines += ["", "Per seed: env steps until each task is at its bar (budget when never reached)", "",
               "| seed | multi-task (all at once) | " + " | ".join(f"single {t}" for t in tasks)
               + " | singles summed | ratio | multi-task (each task once) | ratio (each once) |",
               "|---|---|" + "---|" * len(tasks) + "---|---|---|---|"]
@@ -458,12 +589,12 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
     if minutes:
         lines.append(f"\nMulti-task training minutes (evaluations excluded) to solve all: "
                      f"{', '.join(f'{x:.1f}' for x in minutes)}; median {statistics.median(minutes):.1f} "
-                     f"({len(minutes)}/{len(runs)} seeds solved; target <= 15)")
+                     f"({len(minutes)}/{len(runs)} seeds solved{'; target <= 15' if driving else ''})")
     pairs = [(r["mtl"]["solved_steps"], r["single"]["solved_steps"]) for r in runs]
     ratios = [m / s for m, s in pairs if m is not None and s is not None]
     if ratios:
         lines.append(f"\nRatio multi-task / single-task env steps to solve all: {summarize(ratios)} "
-                     f"({len(ratios)} seeds where both solved; target <= 0.6)")
+                     f"({len(ratios)} seeds where both solved{'; target <= 0.6' if driving else ''})")
     never = sum(1 for m, s in pairs if m is None and s is not None)
     if ratios and never:
         # a multi-task run that never solved needs more than any ratio: leaving it out flatters the median
@@ -474,7 +605,7 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
     each = [r["mtl"].get("each_steps") / r["single"]["solved_steps"] for r in runs
             if r["mtl"].get("each_steps") is not None and r["single"]["solved_steps"] is not None]
     if each:
-        lines.append(f"Ratio with the single-task agents' criterion (each task's first evaluation >= threshold, "
+        lines.append(f"Ratio with the single-task agents' criterion (each task's first evaluation at its bar, "
                      f"not all at once): {summarize(each)} ({len(each)} seeds)")
     lines += own_steps_report(runs, tasks)
     lines += free_task_report(runs, tasks)
@@ -509,7 +640,7 @@ def settings_lines(runs: list[dict]) -> list[str]:
 
 def eval_noise_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
     """Markdown: per task, the standard error of one evaluation's normalized score (median over seeds of each
-    run's median), for the multi-task and the single-task agents: how far a first crossing of the threshold can
+    run's median), for the multi-task and the single-task agents: how far a first crossing of a bar can
     be luck. Empty for records without return_std."""
     rows = []
     for name, label in (("mtl", "multi-task"), ("single", "single-task")):
@@ -521,8 +652,8 @@ def eval_noise_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
                         + " | ".join(f"{statistics.median(v):.3f}" if v else "-" for v in per_task.values()) + " |")
     if not rows:
         return []
-    return ["", "Evaluation noise: standard error of one evaluation's normalized score (return_std / sqrt(episodes); "
-            "median over evaluations, then seeds):", "",
+    return ["", "Evaluation noise: standard error of one evaluation's score on each task's bar's scale (normalized "
+            "or return; return_std / sqrt(episodes); median over evaluations, then seeds):", "",
             "| agent | episodes per evaluation | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks),
             *rows]
 
@@ -537,11 +668,11 @@ def _kilo(values: list[float]) -> str:
 
 def own_steps_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
     """Markdown: per task, the multi-task agent's own env steps on the task until its first evaluation >=
-    threshold against the single-task agent's, median [95% CI] over seeds and the median per-seed ratio."""
+    its bar against the single-task agent's, median [95% CI] over seeds and the median per-seed ratio."""
     runs = [r for r in runs if r["mtl"].get("own_steps") is not None]
     if not runs:
         return []
-    lines = ["", "Per task, env steps on that task until its first evaluation >= threshold (the "
+    lines = ["", "Per task, env steps on that task until its first evaluation at its bar (the "
              "multi-task agent's own steps on the task, counted per task; median [95% CI]; runs where both reached "
              "it):", "",
              "| task | multi-task agent | single-task agent | ratio (median per seed) | seeds |", "|---|---|---|---|---|"]
@@ -559,7 +690,7 @@ def own_steps_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
         if single is not None and None not in own.values():
             sums.append(sum(own.values()) / single)
     if sums:
-        lines.append(f"\nSummed over tasks (each task's own steps until it first reached the threshold, as if it "
+        lines.append(f"\nSummed over tasks (each task's own steps until it first reached its bar, as if it "
                      f"had stopped collecting there; not a run that was made): {summarize(sums)} of the single-task "
                      f"agents' summed steps ({len(sums)} seeds)")
     return lines
@@ -568,7 +699,7 @@ def own_steps_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
 def free_task_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
     """Markdown: what the ratio would be if the multi-task agent learned one task for nothing and every other
     task in exactly its single-task agent's env steps (1 - the task's share of the single-task agents' summed
-    steps; median per seed over seeds where every single-task agent reached the threshold): how far sharing can
+    steps; median per seed over seeds where every single-task agent reached its bar): how far sharing can
     get on the easy tasks alone, and so how much the others must gain from each other to reach a target."""
     per_seed = [{t: r["single"]["tasks"][t]["solved_steps"] for t in tasks} for r in runs]
     per_seed = [steps for steps in per_seed if None not in steps.values()]
@@ -585,7 +716,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--threshold", type=float, default=0.9,
+                   help="normalized score at which a task with reference scores (the driving tasks) counts as solved")
+    p.add_argument("--solve-return", type=parse_solve_return, nargs="*", default=[], metavar="TASK=RETURN",
+                   help="mean eval return at which a task counts as solved (default: normalized >= --threshold for "
+                        "driving tasks, gymnasium's reward_threshold for gymnasium ids)")
     p.add_argument("--eval-every", type=int, default=10_000, help="env steps per task between evaluations")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="episodes per evaluation for every agent (default: the presets' 16)")
@@ -613,9 +748,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         # runs carry their seed; the oldest records only list them in args.seeds, in run order
         runs = [(r if "seed" in r else r | {"seed": d["args"]["seeds"][i]}) | {"record": f.name}
                 for d, f in zip(loaded, args.merge, strict=True) for i, r in enumerate(d["runs"])]
-        runs = [r for r in runs if r["seed"] in args.seeds]  # --seeds picks the seeds to report
+        runs = sorted((r for r in runs if r["seed"] in args.seeds), key=lambda r: r["seed"])  # --seeds picks them
         pool_repeated_seeds(runs, replacing=bool(args.runs))
-        runs = apply_run_dirs(runs, args.runs, args.threshold) if args.runs else runs
+        runs = apply_run_dirs(runs, args.runs, args.threshold, solve_returns(args)) if args.runs else runs
+        unknown = [t for t in solve_returns(args) if t not in run_tasks(runs)]
+        if unknown:
+            raise SystemExit(f"--solve-return names {unknown}, not tasks of the runs ({run_tasks(runs)})")
         check_runs_alike(runs)
         text = report(runs, args)
         print(text)
@@ -624,11 +762,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.out.write_text(json.dumps({"args": record_args, "runs": runs, "table": text}, indent=1, default=str))
         return
     overrides = check_overrides(args)
+    bars = mtl_task_set(args).bars
     for name in list(overrides)[:2]:  # the multi-task agent's and the first single-task agent's
-        print(f"{name}: python train.py {' '.join(overrides[name])}", flush=True)
+        print(f"{name}: python train.py {shlex.join(overrides[name])}", flush=True)
     runs = []
     for seed in args.seeds:
-        runs.append(run(seed, args, overrides))
+        runs.append(run(seed, bars, overrides))
         if args.out:
             args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1))
     text = report(runs, args)

@@ -17,9 +17,11 @@ option such as the stop point), where `--vs-single` compares each run's ratio to
         --setting eps80k outputs/multirun/eps80k/<time>/*
 
 Each --setting takes a label and its runs: bench_mtl.py records (--out files) and/or multi-task train.py run
-directories (logger=jsonl; e.g. a multirun over seeds), timed here at --threshold.
+directories (logger=jsonl; e.g. a multirun over seeds), timed here as bench_mtl.py times them: each task at its
+bar (normalized >= --threshold for the driving tasks; a gymnasium id's reward_threshold or --solve-return's mean eval
+return). Runs timed at different bars are refused.
 
-Criteria (--criterion): `all` (every task >= threshold at one evaluation; bench_mtl's main criterion), `each`
+Criteria (--criterion): `all` (every task at its bar at one evaluation; bench_mtl's main criterion), `each`
 (every task has reached it once), `own` (each task's own env steps until it first reached it, summed).
 """
 
@@ -71,33 +73,42 @@ def _record_runs(path: Path, threshold: float) -> list[dict]:
              "single": (r.get("single") or {}).get("solved_steps")} for r in data["runs"] if r.get("mtl")]
 
 
-def _run_dir(path: Path, threshold: float) -> dict:
+def _run_dir(path: Path, threshold: float, solve_return: Sequence[str] = ()) -> dict:
     import bench_mtl  # the same timing as bench_mtl's --runs (imports torch: only when a run directory is given)
 
-    rd = bench_mtl.load_run_dir(path)
+    returns = dict(bench_mtl.parse_solve_return(x) for x in solve_return)
+    rd = bench_mtl.load_run_dir(path, threshold, returns)
     if rd.agent != "mtl":
         raise SystemExit(f"{path}: a single-task run ({rd.agent}); compare_mtl compares multi-task runs")
-    return {"seed": rd.seed, "source": str(path),
-            "mtl": bench_mtl.mtl_entry(rd.history, rd.wall, threshold, rd.tasks, rd.shares)}
+    return {"seed": rd.seed, "source": str(path), "mtl": bench_mtl.mtl_entry(rd.history, rd.wall, rd.bars, rd.shares)}
 
 
-def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_single: bool = False) -> list[dict]:
-    """The multi-task runs of the records and run directories: [{'seed', 'source', 'cost', 'budget', 'single'}]
-    ('single': the seed's single-task agents' summed env steps to solve, or None: one of them never solved; with
-    `vs_single` only records)."""
+def _bars(mtl: dict, threshold: float) -> str:
+    """A run's bars as text (records from before 2026-11-30 timed every task at normalized >= threshold)."""
+    tasks = mtl.get("final") or mtl.get("own_steps") or {}
+    bars = mtl.get("bars") or {t: ["normalized", threshold] for t in tasks}
+    return ", ".join(f"{t} {m} >= {v:g}" for t, (m, v) in bars.items())
+
+
+def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_single: bool = False,
+                 solve_return: Sequence[str] = ()) -> list[dict]:
+    """The multi-task runs of the records and run directories: [{'seed', 'source', 'cost', 'budget', 'single',
+    'bars'}] ('single': the seed's single-task agents' summed env steps to solve, or None: one of them never solved;
+    with `vs_single` only records)."""
     runs = []
     for path in paths:
         if path.is_dir():
             if vs_single:
                 raise SystemExit(f"{path}: --vs-single needs bench_mtl.py records (a run directory has no single-task "
                                  "agents)")
-            found = [_run_dir(path, threshold)]
+            found = [_run_dir(path, threshold, solve_return)]
         elif path.is_file():
             found = _record_runs(path, threshold)
         else:
             raise SystemExit(f"{path}: no such record or run directory")
         runs += [{"seed": r["seed"], "source": r["source"], "cost": run_cost(r["mtl"], criterion),
-                  "budget": r["mtl"].get("budget_steps"), "single": r.get("single")} for r in found]
+                  "budget": r["mtl"].get("budget_steps"), "single": r.get("single"),
+                  "bars": _bars(r["mtl"], threshold)} for r in found]
     if not runs:
         raise SystemExit(f"{', '.join(map(str, paths))}: no multi-task runs")
     return runs
@@ -200,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", default="all", choices=CRITERIA,
                    help="all: every task >= threshold at one evaluation; each: every task once; own: each task's "
                         "own env steps to its first >= threshold, summed")
-    p.add_argument("--threshold", type=float, default=0.9, help="normalized score that counts as solved")
+    p.add_argument("--threshold", type=float, default=0.9,
+                   help="normalized score at which a driving task counts as solved")
+    p.add_argument("--solve-return", nargs="*", default=[], metavar="TASK=RETURN",
+                   help="run directories: mean eval return at which a task counts as solved (default: a gymnasium "
+                        "id's reward_threshold), as bench_mtl.py --solve-return")
     p.add_argument("--vs-single", action="store_true",
                    help="compare each run's env steps divided by its seed's single-task agents' summed env steps "
                         "(for options that change the single-task agents too; bench_mtl.py records only)")
@@ -220,8 +235,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     labels = [group[0] for group in args.setting]
     if len(set(labels)) != len(labels):
         raise SystemExit(f"setting labels must differ: {labels}")
-    settings = {g[0]: load_setting([Path(x) for x in g[1:]], args.criterion, args.threshold, args.vs_single)
-                for g in args.setting}
+    settings = {g[0]: load_setting([Path(x) for x in g[1:]], args.criterion, args.threshold, args.vs_single,
+                                   args.solve_return) for g in args.setting}
+    timed = {r["bars"]: f"{label}: {r['source']}" for label, runs in settings.items() for r in runs}
+    if len(timed) > 1:
+        raise SystemExit("the runs were timed at different bars: " + "; ".join(f"{where} at {bars}"
+                                                                              for bars, where in timed.items()))
     result = compare(settings, n_boot=args.n_boot, n_perm=args.n_perm, vs_single=args.vs_single)
     print(report(result, args.criterion))
     if args.out:

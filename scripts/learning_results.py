@@ -57,16 +57,16 @@ def first_reach(history: list[dict], key: str, threshold: float) -> tuple[float 
     return None, None
 
 
-def summarize(values: list[float]) -> str:
+def summarize(values: list[float], digits: int = 3) -> str:
     """'median [CI low, CI high]' with a 95% percentile-bootstrap CI of that median: the interval is about the
     statistic shown (until 2026-11-30 it was the CI of the mean beside the median, which with a skewed spread of
     seeds sat to one side of the point)."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
+        return f"{values[0]:.{digits}f}"
     lo, hi = bootstrap_ci(values, median)
-    return f"{statistics.median(values):.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{statistics.median(values):.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def build_parser() -> argparse.ArgumentParser:

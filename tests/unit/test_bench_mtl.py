@@ -14,30 +14,34 @@ TASKS = ("lane_keep", "pedestrian", "traffic_light")
 
 
 def run_dir(path: Path, seed: int, tasks: list[str], evals: list[dict[str, float]], mtl: bool,
-            extras: list[dict[str, float]] | None = None, episodes: int | None = None) -> Path:
-    """A run directory as train.py writes it with logger=jsonl: config.yaml + metrics.jsonl (`extras`: more
-    metrics of each evaluation row; `episodes`: callbacks.eval.episodes)."""
+            extras: list[dict[str, float]] | None = None, episodes: int | None = None, kind: str = "driving") -> Path:
+    """A run directory as train.py writes it with logger=jsonl: config.yaml + metrics.jsonl (`evals`: each
+    evaluation's normalized score per task, or its mean return for kind="gym"; `extras`: more metrics of each
+    evaluation row; `episodes`: callbacks.eval.episodes)."""
     path.mkdir(parents=True)
     target = "mtdqn.models.MultiTaskDQNModule" if mtl else "mtdqn.models.DQNModule"
-    (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  kind: driving\n  tasks: [{', '.join(tasks)}]\n"
+    (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  kind: {kind}\n  tasks: [{', '.join(tasks)}]\n"
                                       f"model:\n  _target_: {target}\n"
                                       + (f"callbacks:\n  eval:\n    episodes: {episodes}\n" if episodes else ""))
+    metric = "normalized" if kind == "driving" else "return"
     rows = [{"time": 1.0, "time/env_steps": 1.0}]  # a training row without evaluations
     for i, scores in enumerate(evals, start=1):
         rows.append({"time": 10.0 * i, "time/env_steps": 1000.0 * i, "time/train_seconds": 60.0 * i,
-                     **{f"eval/{t}/normalized": v for t, v in scores.items()}, **(extras or [{}] * len(evals))[i - 1]})
+                     **{f"eval/{t}/return": v for t, v in scores.items()},  # driving: any value, read is normalized
+                     **{f"eval/{t}/{metric}": v for t, v in scores.items()}, **(extras or [{}] * len(evals))[i - 1]})
     (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (path / "summary.json").write_text(json.dumps({"status": "completed"}))
     return path
 
 
-def merge(tmp_path: Path, runs: list[Path]) -> tuple[subprocess.CompletedProcess, Path]:
-    """bench_mtl.py --merge (from an empty record) --runs <runs> --out merged.json: (the process, the JSON path)."""
+def merge(tmp_path: Path, runs: list[Path], *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """bench_mtl.py --merge (from an empty record) --runs <runs> --out merged.json [extra arguments]: (the process,
+    the JSON path)."""
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
     out = tmp_path / "merged.json"
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
-                          "--runs", *map(str, runs), "--out", str(out)],
+                          "--runs", *map(str, runs), "--out", str(out), *extra],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     return res, out
 
@@ -173,12 +177,9 @@ def test_single_task_agents_get_the_multi_task_agents_shared_settings():
     default bench passes the check that refuses mismatched agents; an explicit --single setting is kept (and then
     judged by that check)."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    import argparse
-
     import bench_mtl
 
-    args = argparse.Namespace(eval_episodes=None, eval_every=10_000, mtl=[], single=[], single_steps=300_000,
-                              align=True)
+    args = bench_mtl.build_parser().parse_args([])
     overrides = bench_mtl.check_overrides(args)  # would raise SystemExit on a mismatch
     for task in TASKS:
         assert {"model.loss=mse", "data.replay_ratio=0.25", "data.total_env_steps=300000"} <= set(overrides[task])
@@ -397,21 +398,110 @@ def test_another_set_of_driving_tasks_is_benched_by_its_own_tasks(tmp_path):
 
 def test_the_multi_task_agents_task_set_decides_the_single_task_agents():
     """--mtl 'task_set.tasks=[...]' gives one aligned single-task agent per task of that set and scales the
-    multi-task agent's evaluation cadence with the task count; a task set without normalized scores is refused
-    before anything trains."""
+    multi-task agent's evaluation cadence with the task count; a task set of one task is refused before anything
+    trains."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    import argparse
-
     import bench_mtl
 
-    args = argparse.Namespace(eval_episodes=None, eval_every=10_000, single=[], single_steps=300_000, align=True,
-                              mtl=["experiment=lane_keep_mtl_share", "task_set.tasks=[pedestrian,urban]",
-                                   "data.share_fraction=0", "data.collect_weights=[0.5,0.5]",
-                                   "data.task_weights=[0.5,0.5]", "model.task_weights=[1.0,1.0]"])
+    args = bench_mtl.build_parser().parse_args([])
+    args.mtl = ["experiment=lane_keep_mtl_share", "task_set.tasks=[pedestrian,urban]", "data.share_fraction=0",
+                "data.collect_weights=[0.5,0.5]", "data.task_weights=[0.5,0.5]", "model.task_weights=[1.0,1.0]"]
     overrides = bench_mtl.check_overrides(args)
     assert list(overrides) == ["mtl", "pedestrian", "urban"]
     assert "callbacks.eval.every_env_steps=20000" in overrides["mtl"]
     assert {"task_set=urban", "callbacks.eval.episodes=64", "model.loss=mse"} <= set(overrides["urban"])
-    args.mtl = ["task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]"]
-    with pytest.raises(SystemExit, match="normalized scores of two or more distinct driving tasks"):
+    args.mtl = ["task_set.tasks=[pedestrian,pedestrian]"]
+    with pytest.raises(SystemExit, match="two or more distinct tasks"):
         bench_mtl.check_overrides(args)
+
+
+CLASSIC = ["CartPole-v1", "Acrobot-v1"]
+
+
+def classic_runs(tmp_path: Path) -> list[Path]:
+    """One seed on gymnasium ids: the multi-task agent has CartPole-v1 at 475+ from evaluation 2 and Acrobot-v1 at
+    -120 at evaluation 2, -90 at 3; the single-task agents reach 475 at evaluation 2 and -140, -90 at 1, 2."""
+    runs = [run_dir(tmp_path / "mtl", 0, CLASSIC, [{"CartPole-v1": 100.0, "Acrobot-v1": -500.0},
+                                                   {"CartPole-v1": 480.0, "Acrobot-v1": -120.0},
+                                                   {"CartPole-v1": 500.0, "Acrobot-v1": -90.0}], mtl=True, kind="gym")]
+    runs.append(run_dir(tmp_path / "cart", 0, ["CartPole-v1"], [{"CartPole-v1": v} for v in (200.0, 490.0, 500.0)],
+                        mtl=False, kind="gym"))
+    runs.append(run_dir(tmp_path / "acro", 0, ["Acrobot-v1"], [{"Acrobot-v1": v} for v in (-140.0, -90.0, -80.0)],
+                        mtl=False, kind="gym"))
+    return runs
+
+
+def test_gymnasium_tasks_are_solved_at_their_reward_threshold_or_the_given_return(tmp_path):
+    """Tasks without normalized scores (gymnasium ids) count as solved at their registered reward_threshold
+    (CartPole-v1 475, Acrobot-v1 -100) or at --solve-return's mean eval return; the bars are recorded, and runs
+    timed at other bars are refused when merged."""
+    runs = classic_runs(tmp_path / "a")
+    res, out = merge(tmp_path / "a", runs)
+    assert res.returncode == 0, res.stderr
+    assert "Tasks CartPole-v1, Acrobot-v1, multi-task vs single-task DQN" in res.stdout
+    assert "solved at CartPole-v1 return >= 475, Acrobot-v1 return >= -100" in res.stdout
+    assert "final CartPole-v1 (return)" in res.stdout and "target <=" not in res.stdout  # the issue's driving targets
+    assert "| 0 | 3k | 2k | 2k | 4k | 0.75 |" in res.stdout  # multi-task 3000 vs 2000 + 2000
+    record = json.loads(out.read_text())["runs"][0]
+    assert record["mtl"]["final"] == {"CartPole-v1": 500.0, "Acrobot-v1": -90.0}
+    assert record["mtl"]["bars"]["Acrobot-v1"] == ["return", -100.0]
+    out = out.rename(tmp_path / "default_bars.json")
+    res, _ = merge(tmp_path / "a", runs, "--solve-return", "Acrobot-v1=-150")  # Acrobot-v1 solved one evaluation earlier
+    assert res.returncode == 0, res.stderr
+    assert "| 0 | 2k | 2k | 1k | 3k | 0.67 |" in res.stdout and "Acrobot-v1 return >= -150" in res.stdout
+    later = classic_runs(tmp_path / "b")
+    config = later[0] / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: 1"))
+    for r in later[1:]:
+        (r / "config.yaml").write_text((r / "config.yaml").read_text().replace("seed: 0", "seed: 1"))
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "1", "--merge",
+                          str(out), "--runs", *map(str, later), "--solve-return", "Acrobot-v1=-150"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and "Acrobot-v1 was timed at different bars" in res.stderr
+    assert "seed 0 multi-task: return >= -100" in res.stderr and "seed 1 multi-task: return >= -150" in res.stderr
+    res, _ = merge(tmp_path / "a", runs, "--solve-return", "Pendulum-v1=-200")
+    assert res.returncode != 0 and "--solve-return names ['Pendulum-v1'], not tasks of the runs" in res.stderr
+
+
+def test_a_gymnasium_task_set_gets_single_task_agents_of_its_own_group_and_bars():
+    """--mtl experiment=classic_mtl: one single-task agent per gymnasium id, composed from the multi-task agent's
+    task_set group with that one id; a task with no reward_threshold registered needs --solve-return (refused by
+    name before anything trains), and a malformed --solve-return is refused by argparse."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_mtl
+    import gymnasium
+
+    parser = bench_mtl.build_parser()
+    args = parser.parse_args(["--mtl", "experiment=classic_mtl", "--single", "experiment=cartpole_dqn",
+                              "--eval-every", "5000"])
+    overrides = bench_mtl.check_overrides(args)  # composes every agent; refuses a mismatch in a SHARED setting
+    assert list(overrides) == ["mtl", *CLASSIC]
+    assert {"task_set=gym", 'task_set.tasks=["Acrobot-v1"]', "callbacks.eval.every_env_steps=5000"} <= set(
+        overrides["Acrobot-v1"])
+    assert "callbacks.eval.every_env_steps=10000" in overrides["mtl"]
+    assert bench_mtl.mtl_task_set(args).bars == {"CartPole-v1": bench_mtl.Bar("return", 475.0),
+                                                  "Acrobot-v1": bench_mtl.Bar("return", -100.0)}
+    gymnasium.register("NoThresholdCartPole-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv",
+                       max_episode_steps=200)
+    try:
+        with pytest.raises(SystemExit, match=r"\['NoThresholdCartPole-v0'\]: no normalized score and no gymnasium "
+                                             r"reward_threshold.*--solve-return NoThresholdCartPole-v0=<return>"):
+            bench_mtl.task_bars("gym", ["CartPole-v1", "NoThresholdCartPole-v0"], None, 0.9, {})
+        bars = bench_mtl.task_bars("gym", ["CartPole-v1", "NoThresholdCartPole-v0"], None, 0.9,
+                                   {"NoThresholdCartPole-v0": 150.0})
+        assert bars["NoThresholdCartPole-v0"] == bench_mtl.Bar("return", 150.0)
+    finally:
+        gymnasium.registry.pop("NoThresholdCartPole-v0")
+    args.solve_return = [("Acrobot-v1", -80.0)]
+    assert bench_mtl.mtl_task_set(args).bars["Acrobot-v1"] == bench_mtl.Bar("return", -80.0)
+    args.solve_return = [("Acrobot-v1", -80.0), ("Acrobot-v1", -90.0)]
+    with pytest.raises(SystemExit, match=r"names \['Acrobot-v1'\] more than once"):
+        bench_mtl.mtl_task_set(args)
+    # the same network: minatar_dqn's convolutional encoder is cleared for the MLP-adapter minatar_mtl (composed only)
+    aligned = bench_mtl.alignment({"mtl": ["+experiment=minatar_mtl"], "MinAtar/Breakout-v1": [
+        "+experiment=minatar_dqn"]}, set())
+    assert {"net.conv=null", "net.hidden=[256, 256]"} <= set(aligned)
+    assert bench_mtl.parse_solve_return("MinAtar/Breakout-v1=10") == ("MinAtar/Breakout-v1", 10.0)
+    for bad in ("Acrobot-v1", "Acrobot-v1=nan", "=5", "Acrobot-v1=x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--solve-return", bad])

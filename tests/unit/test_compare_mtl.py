@@ -148,3 +148,36 @@ def test_vs_single_compares_ratios_to_each_seeds_own_single_task_agents(tmp_path
     res = subprocess.run([sys.executable, script, "--setting", "base", str(base), "--setting", "option",
                           str(mtl_run_dir(tmp_path / "run", 0, 2)), "--vs-single"], capture_output=True, text=True)
     assert res.returncode != 0 and "--vs-single needs bench_mtl.py records" in res.stderr
+
+
+def test_gymnasium_run_directories_are_timed_at_their_bars_and_other_bars_refused(tmp_path: Path) -> None:
+    """Multi-task runs on gymnasium ids are timed at each task's reward_threshold (CartPole-v1 475, Acrobot-v1 -100)
+    or --solve-return, as bench_mtl.py times them; a record timed at other bars is refused."""
+    def gym_dir(path: Path, seed: int, acrobot: list[float]) -> Path:
+        path.mkdir(parents=True)
+        (path / "config.yaml").write_text(f"seed: {seed}\ntask_set:\n  kind: gym\n  tasks: [CartPole-v1, Acrobot-v1]\n"
+                                          "model:\n  _target_: mtdqn.models.MultiTaskDQNModule\n")
+        rows = [{"time": 10.0 * i, "time/env_steps": 10_000.0 * i, "time/train_seconds": 9.0 * i,
+                 "eval/CartPole-v1/return": 500.0, "eval/Acrobot-v1/return": a} for i, a in enumerate(acrobot, 1)]
+        (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        (path / "summary.json").write_text(json.dumps({"status": "completed"}))
+        return path
+
+    a = gym_dir(tmp_path / "a", 0, [-300.0, -120.0, -90.0])  # at -100 from 30k, at -150 from 20k
+    b = gym_dir(tmp_path / "b", 0, [-90.0, -90.0, -90.0])  # 10k
+    script = str(ROOT / "scripts" / "compare_mtl.py")
+    res = subprocess.run([sys.executable, script, "--setting", "a", str(a), "--setting", "b", str(b)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "| a | 1 | 1 | 30k" in res.stdout
+    res = subprocess.run([sys.executable, script, "--setting", "a", str(a), "--setting", "b", str(b),
+                          "--solve-return", "Acrobot-v1=-150"], capture_output=True, text=True)
+    assert res.returncode == 0 and "| a | 1 | 1 | 20k" in res.stdout, res.stderr
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps({"args": {}, "runs": [{"seed": 0, "mtl": {
+        "solved_steps": 20e3, "each_steps": 20e3, "budget_steps": 30e3, "final": {"CartPole-v1": 500.0,
+                                                                                "Acrobot-v1": -90.0},
+        "bars": {"CartPole-v1": ["return", 475.0], "Acrobot-v1": ["return", -150.0]}}}]}))
+    res = subprocess.run([sys.executable, script, "--setting", "rec", str(rec), "--setting", "b", str(b)],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "timed at different bars" in res.stderr and "Acrobot-v1 return >= -150" in res.stderr
