@@ -15,7 +15,7 @@ agent's own env steps on that task until the task first reaches its bar (time/<t
 single-task agent is timed, and how noisy one evaluation is (the standard error of its score per task; a first
 crossing of a bar is partly luck). Prints markdown; --out writes JSON.
 
-    python scripts/bench_mtl.py --seeds 0 1 2 [--eval-episodes 64] [--mtl experiment=lane_keep_mtl_share]
+    python scripts/bench_mtl.py --seeds 0 1 2 [--eval-episodes 64] [--mtl experiment=lane_keep_mtl_share] [--jobs 2]
     python scripts/bench_mtl.py --seeds 0 1 2 --mtl experiment=classic_mtl --single experiment=cartpole_dqn \
         --eval-every 5000 --single-steps 100000
 
@@ -514,17 +514,52 @@ def check_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
     return overrides
 
 
-def run(seed: int, bars: Bars, overrides: dict[str, list[str]]) -> dict:
-    """One seed: the multi-task agent and one single-task agent per task."""
-    mtl = run_seed(overrides["mtl"], seed)
+def seed_entry(seed: int, bars: Bars, trained: dict[str, dict]) -> dict:
+    """One seed's record from its agents' run_seed results ({"mtl": ..., <task>: ...})."""
+    mtl = trained["mtl"]
     out = {"seed": seed, "mtl": mtl_entry(mtl["history"], mtl["wall"], bars) | noise_entry(mtl, bars)}
-    singles = {}
-    for task, bar in bars.items():
-        r = run_seed(overrides[task], seed)
-        singles[task] = single_entry(r["history"], task, r["wall"], bar) | noise_entry(r, {task: bar})
+    singles = {task: single_entry(trained[task]["history"], task, trained[task]["wall"], bar)
+               | noise_entry(trained[task], {task: bar}) for task, bar in bars.items()}
     out["single"] = combine_singles(singles)
     print(f"seed {seed}: {json.dumps(out)}", flush=True)
     return out
+
+
+def train_agent(overrides: list[str], seed: int, threads: int) -> dict:
+    """One agent's run_seed in a worker process of --jobs (torch threads set there: they are per process)."""
+    torch.set_num_threads(threads)
+    return run_seed(overrides, seed)
+
+
+def train_all(args: argparse.Namespace, bars: Bars, overrides: dict[str, list[str]]) -> list[dict]:
+    """Every seed's agents, --jobs at a time (one: in this process, in order), each seed's record written to --out
+    as soon as its last agent ends; returns the records in seed order. An agent's results do not depend on what
+    runs beside it (its seed fixes every draw), only its wall time does."""
+    jobs = [(seed, name) for seed in args.seeds for name in overrides]
+    trained: dict[int, dict[str, dict]] = {seed: {} for seed in args.seeds}
+    runs: list[dict] = []
+
+    def done(seed: int, name: str, result: dict) -> None:
+        trained[seed][name] = result
+        if len(trained[seed]) == len(overrides):
+            runs.append(seed_entry(seed, bars, trained[seed]))
+            runs.sort(key=lambda r: args.seeds.index(r["seed"]))
+            if args.out:
+                args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1))
+
+    if args.jobs <= 1:
+        for seed, name in jobs:
+            done(seed, name, run_seed(overrides[name], seed))
+        return runs
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: a forked child would inherit this process's torch thread pools
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(train_agent, overrides[name], seed, args.threads): (seed, name) for seed, name in jobs}
+        for future in as_completed(futures):
+            done(*futures[future], future.result())
+    return runs
 
 
 def _fmt_steps(entry: dict) -> str:
@@ -549,7 +584,8 @@ def report(runs: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"{'Driving tasks' if driving else 'Tasks'} {', '.join(tasks)}, multi-task vs single-task DQN, seeds "
         f"{[r.get('seed') for r in runs]}, {bars_text(bars)}, {datetime.now(timezone.utc):%Y-%m-%d}, "
-        f"{os.cpu_count()} CPUs, torch threads {args.threads}",
+        f"{os.cpu_count()} CPUs, torch threads {args.threads}"
+        + (f", {args.jobs} agents at a time" if getattr(args, "jobs", 1) > 1 and args.merge is None else ""),
         *settings_lines(runs),
         "",
         "| agent | thousand env steps to solve all (summed over tasks) | "
@@ -724,7 +760,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=10_000, help="env steps per task between evaluations")
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="episodes per evaluation for every agent (default: the presets' 16)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per agent")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="agents trained at once, each in its own process (its results do not depend on it; its wall "
+                        "time does)")
     p.add_argument("--mtl", nargs="*", default=[], help="extra overrides for the multi-task agent")
     p.add_argument("--single", nargs="*", default=[], help="extra overrides for the single-task agents")
     p.add_argument("--single-steps", type=int, default=300_000,
@@ -761,15 +800,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             record_args = vars(args) | {"out": str(args.out), "seeds": [r["seed"] for r in runs]}  # the seeds it holds
             args.out.write_text(json.dumps({"args": record_args, "runs": runs, "table": text}, indent=1, default=str))
         return
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: give the number of agents to train at once, 1 or more")
     overrides = check_overrides(args)
     bars = mtl_task_set(args).bars
     for name in list(overrides)[:2]:  # the multi-task agent's and the first single-task agent's
         print(f"{name}: python train.py {shlex.join(overrides[name])}", flush=True)
-    runs = []
-    for seed in args.seeds:
-        runs.append(run(seed, bars, overrides))
-        if args.out:
-            args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1))
+    runs = train_all(args, bars, overrides)
     text = report(runs, args)
     print(text)
     if args.out:

@@ -505,3 +505,32 @@ def test_a_gymnasium_task_set_gets_single_task_agents_of_its_own_group_and_bars(
     for bad in ("Acrobot-v1", "Acrobot-v1=nan", "=5", "Acrobot-v1=x"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--solve-return", bad])
+
+
+@pytest.mark.slow
+def test_jobs_train_agents_side_by_side_with_the_same_results(tmp_path):
+    """--jobs 3 trains a seed's agents in three worker processes: every record but the wall times is the one a
+    sequential bench writes (each agent's seed fixes its draws), in seed order."""
+    tiny = ["data.total_env_steps=1200", "data.learning_starts=400", "data.env_steps_per_round=128",
+            "callbacks.eval.episodes=2"]
+    base = [sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "1", "0", "--mtl",
+            "experiment=classic_mtl", *tiny, "--single", "experiment=cartpole_dqn", "data.learning_starts=200",
+            "data.env_steps_per_round=64", "--single-steps", "600", "--eval-every", "300"]
+    records = {}
+    for jobs in (1, 3):
+        out = tmp_path / f"jobs{jobs}.json"
+        res = subprocess.run([*base, "--jobs", str(jobs), "--out", str(out)], capture_output=True, text=True,
+                             cwd=ROOT, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        records[jobs] = json.loads(out.read_text())["runs"]
+    assert "3 agents at a time" in res.stdout
+
+    def without_wall(entry):
+        if isinstance(entry, dict):
+            return {k: without_wall(v) for k, v in entry.items() if k != "wall" and "seconds" not in k}
+        return entry
+
+    assert [r["seed"] for r in records[3]] == [1, 0]
+    assert [without_wall(r) for r in records[3]] == [without_wall(r) for r in records[1]]
+    assert records[1][0]["mtl"]["budget_steps"] >= 1200 and set(records[1][0]["single"]["tasks"]) == {
+        "CartPole-v1", "Acrobot-v1"}
