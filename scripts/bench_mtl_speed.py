@@ -46,10 +46,9 @@ def suite_overrides(suite: str) -> dict[str, list[str]]:
                 **{task: [*single, f"task_set.tasks=[{task}]"] for task in MINATAR}}
     if suite == "driving":
         sys.path.insert(0, str(ROOT / "scripts"))
-        from bench_mtl import check_overrides
+        from bench_mtl import build_parser, check_overrides
 
-        args = argparse.Namespace(eval_episodes=None, eval_every=30000, mtl=["experiment=lane_keep_mtl_share"],
-                                  single=[], single_steps=300000, align=True)
+        args = build_parser().parse_args(["--eval-every", "30000", "--mtl", "experiment=lane_keep_mtl_share"])
         return {name: [o for o in overrides if not o.startswith(("data.total_env_steps=", "callbacks.eval."))]
                 for name, overrides in check_overrides(args).items()}
     raise SystemExit(f"--suite {suite!r} is not one of ['minatar', 'driving']")

@@ -76,7 +76,10 @@ def _record_runs(path: Path, threshold: float) -> list[dict]:
 def _run_dir(path: Path, threshold: float, solve_return: Sequence[str] = ()) -> dict:
     import bench_mtl  # the same timing as bench_mtl's --runs (imports torch: only when a run directory is given)
 
-    returns = dict(bench_mtl.parse_solve_return(x) for x in solve_return)
+    try:
+        returns = dict(bench_mtl.parse_solve_return(x) for x in solve_return)
+    except bench_mtl.argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"--solve-return {exc}") from None
     rd = bench_mtl.load_run_dir(path, threshold, returns)
     if rd.agent != "mtl":
         raise SystemExit(f"{path}: a single-task run ({rd.agent}); compare_mtl compares multi-task runs")
