@@ -110,7 +110,9 @@ def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_s
         else:
             raise SystemExit(f"{path}: no such record or run directory")
         runs += [{"seed": r["seed"], "source": r["source"], "cost": run_cost(r["mtl"], criterion),
-                  "budget": r["mtl"].get("budget_steps"), "single": r.get("single"),
+                  # a run stopped once solved (callbacks.eval.stop_at_*) ended at its cost, not at a budget
+                  "budget": None if r["mtl"].get("stopped_solved") else r["mtl"].get("budget_steps"),
+                  "single": r.get("single"),
                   "bars": _bars(r["mtl"], threshold)} for r in found]
     if not runs:
         raise SystemExit(f"{', '.join(map(str, paths))}: no multi-task runs")
@@ -147,7 +149,8 @@ def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 1
             raise SystemExit(f"--vs-single: {', '.join(empty)} has no run whose single-task agents all solved")
     costs = {k: np.array([r["cost"] for r in v], dtype=float) for k, v in settings.items()}
     # runs with different budgets are compared up to the shortest: a run that solved after it would have been a
-    # never-solved run with that budget
+    # never-solved run with that budget (runs stopped once solved have none: their configured budget is not recorded,
+    # and the end of the run is no limit on the others)
     budgets = [r["budget"] for v in settings.values() for r in v if r.get("budget") is not None]
     horizon = min(budgets) if budgets else math.inf
     cut = {k: int(np.sum(np.isfinite(c) & (c > horizon))) for k, c in costs.items()}

@@ -181,3 +181,17 @@ def test_gymnasium_run_directories_are_timed_at_their_bars_and_other_bars_refuse
     res = subprocess.run([sys.executable, script, "--setting", "rec", str(rec), "--setting", "b", str(b)],
                          capture_output=True, text=True)
     assert res.returncode != 0 and "timed at different bars" in res.stderr and "Acrobot-v1 return >= -150" in res.stderr
+
+
+def test_runs_stopped_once_solved_do_not_cut_the_others_short(tmp_path: Path) -> None:
+    """A run that callbacks.eval.stop_at_* ended at 40k (solved) has no budget there: the others are compared up to
+    the shortest real budget (here 200k), not cut at 40k."""
+    rec = tmp_path / "stopped.json"
+    runs = [{"seed": s, "mtl": {"solved_steps": v, "each_steps": v, "budget_steps": v or 200e3,
+                                **({"stopped_solved": True} if v else {})}} for s, v in enumerate([40e3, 150e3, None])]
+    rec.write_text(json.dumps({"args": {}, "runs": runs}))
+    other = record(tmp_path / "other.json", [60e3, 70e3, 180e3], budget=200e3)
+    out = compare_mtl.compare({"a": compare_mtl.load_setting([rec], "all"),
+                               "b": compare_mtl.load_setting([other], "all")}, n_boot=200, n_perm=200)
+    assert out["horizon"] == 200e3 and out["beyond_horizon"] == {"a": 0, "b": 0}
+    assert out["settings"]["a"]["costs"] == [40e3, 150e3, math.inf]
