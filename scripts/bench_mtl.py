@@ -675,7 +675,7 @@ def settings_lines(runs: list[dict]) -> list[str]:
 
 
 def eval_noise_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
-    """Markdown: per task, the standard error of one evaluation's normalized score (median over seeds of each
+    """Markdown: per task, the standard error of one evaluation's score on its bar's scale (median over seeds of each
     run's median), for the multi-task and the single-task agents: how far a first crossing of a bar can
     be luck. Empty for records without return_std."""
     rows = []
@@ -703,8 +703,8 @@ def _kilo(values: list[float]) -> str:
 
 
 def own_steps_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
-    """Markdown: per task, the multi-task agent's own env steps on the task until its first evaluation >=
-    its bar against the single-task agent's, median [95% CI] over seeds and the median per-seed ratio."""
+    """Markdown: per task, the multi-task agent's own env steps on the task until its first evaluation at its bar
+    against the single-task agent's, median [95% CI] over seeds and the median per-seed ratio."""
     runs = [r for r in runs if r["mtl"].get("own_steps") is not None]
     if not runs:
         return []
@@ -802,6 +802,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.jobs < 1:
         raise SystemExit(f"--jobs {args.jobs}: give the number of agents to train at once, 1 or more")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds {args.seeds} repeats a seed: one run would train the same draws twice")
     overrides = check_overrides(args)
     bars = mtl_task_set(args).bars
     for name in list(overrides)[:2]:  # the multi-task agent's and the first single-task agent's

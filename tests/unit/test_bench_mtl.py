@@ -534,3 +534,11 @@ def test_jobs_train_agents_side_by_side_with_the_same_results(tmp_path):
     assert [without_wall(r) for r in records[3]] == [without_wall(r) for r in records[1]]
     assert records[1][0]["mtl"]["budget_steps"] >= 1200 and set(records[1][0]["single"]["tasks"]) == {
         "CartPole-v1", "Acrobot-v1"}
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--seeds", "0", "0"], "repeats a seed"),
+                                               (["--jobs", "0"], "--jobs 0: give the number of agents")])
+def test_a_bench_refuses_repeated_seeds_and_no_jobs_before_training(argv, message):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), *argv], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and message in res.stderr, res.stderr
