@@ -492,10 +492,10 @@ def _hydra_value(value) -> str:
     return json.dumps(value) if isinstance(value, list | bool) or value is None else str(value)
 
 
-def agent_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
+def agent_overrides(args: argparse.Namespace, task_set: TaskSet | None = None) -> dict[str, list[str]]:
     """The overrides each agent trains with: as given, plus (unless --no-align) the single-task agents aligned with
     the multi-task agent's SHARED settings."""
-    base = base_overrides(args, mtl_task_set(args))
+    base = base_overrides(args, task_set or mtl_task_set(args))
     if not args.align:
         return base
     aligned = alignment(base, _override_keys(args.single))
@@ -503,12 +503,12 @@ def agent_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
     return {name: (o if name == "mtl" else [*o[:len(o) - n], *aligned, *o[len(o) - n:]]) for name, o in base.items()}
 
 
-def check_overrides(args: argparse.Namespace) -> dict[str, list[str]]:
+def check_overrides(args: argparse.Namespace, task_set: TaskSet | None = None) -> dict[str, list[str]]:
     """Compose every agent's config and refuse a mismatch in a SHARED setting before anything trains; returns the
     overrides."""
     from hydra import compose, initialize_config_dir
 
-    overrides = agent_overrides(args)
+    overrides = agent_overrides(args, task_set)
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         check_alike({name: shared_settings(compose("train", overrides=o)) for name, o in overrides.items()})
     return overrides
@@ -804,8 +804,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"--jobs {args.jobs}: give the number of agents to train at once, 1 or more")
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"--seeds {args.seeds} repeats a seed: one run would train the same draws twice")
-    overrides = check_overrides(args)
-    bars = mtl_task_set(args).bars
+    task_set = mtl_task_set(args)  # composed (and its gymnasium ids made) once
+    overrides = check_overrides(args, task_set)
+    bars = task_set.bars
     for name in list(overrides)[:2]:  # the multi-task agent's and the first single-task agent's
         print(f"{name}: python train.py {shlex.join(overrides[name])}", flush=True)
     runs = train_all(args, bars, overrides)

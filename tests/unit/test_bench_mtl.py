@@ -542,3 +542,51 @@ def test_a_bench_refuses_repeated_seeds_and_no_jobs_before_training(argv, messag
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), *argv], capture_output=True,
                          text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0 and message in res.stderr, res.stderr
+
+
+def test_jobs_go_through_a_process_pool_and_records_come_back_in_seed_order(monkeypatch):
+    """--jobs > 1 submits every agent to the process pool (here a stand-in that finishes them in reverse order)
+    and assembles each seed's record once its last agent is in, in --seeds order; --jobs 1 submits nothing."""
+    import concurrent.futures
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_mtl
+
+    submitted = []
+
+    class ReversePool:
+        def __init__(self, workers, mp_context=None):
+            assert workers == 3 and mp_context.get_start_method() == "spawn"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            submitted.append(args[:2])
+            future = concurrent.futures.Future()
+            future.set_result(fn(*args))
+            return future
+
+    def fake_run_seed(overrides, seed):  # every agent reaches its bar at its first evaluation
+        task = overrides[0]
+        keys = ["CartPole-v1", "Acrobot-v1"] if task == "mtl" else [task]
+        history = [{"time/env_steps": 1000.0 * (seed + 1), "time/train_seconds": 1.0,
+                    **{f"eval/{t}/return": 1e3 for t in keys}}]
+        return {"history": history, "wall": 1.0, "eval_episodes": 2}
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", ReversePool)
+    monkeypatch.setattr(concurrent.futures, "as_completed", lambda futures: list(futures)[::-1])
+    monkeypatch.setattr(bench_mtl, "run_seed", fake_run_seed)
+    bars = {"CartPole-v1": bench_mtl.Bar("return", 475.0), "Acrobot-v1": bench_mtl.Bar("return", -100.0)}
+    overrides = {name: [name] for name in ("mtl", *bars)}
+    args = bench_mtl.build_parser().parse_args(["--seeds", "2", "0", "--jobs", "3"])
+    runs = bench_mtl.train_all(args, bars, overrides)
+    assert sorted(submitted) == sorted((o, s) for s in (2, 0) for o in overrides.values())
+    assert [r["seed"] for r in runs] == [2, 0]
+    assert runs[0]["mtl"]["solved_steps"] == 3000 and runs[0]["single"]["solved_steps"] == 6000
+    submitted.clear()
+    args.jobs = 1
+    assert [r["seed"] for r in bench_mtl.train_all(args, bars, overrides)] == [2, 0] and not submitted
