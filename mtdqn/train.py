@@ -179,7 +179,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     for cb in callbacks:
         if isinstance(cb, EvalCallback):
-            cb.check_tasks(specs)
+            cb.check_tasks(specs, list(cfg.task_set.tasks))
     compression = cfg.get("compression")
     if compression and compression.get("_target_") and compression.get("methods"):
         callbacks.append(instantiate(compression))  # after eval and checkpoint: compresses the final network

@@ -5,9 +5,12 @@ Examples:
     python scripts/episode_report.py outputs/lane_keep_mtl/<time>                 # every task of the run
     python scripts/episode_report.py outputs/multirun/<date>/<time> --by transfer.mode --out urban_outcomes
     python scripts/episode_report.py <pedestrian run> --tasks pedestrian urban    # a single-task policy elsewhere
+    python scripts/episode_report.py outputs/cartpole_dqn/<time> --video videos    # and watch it: one GIF per task
 
 Each RUN_DIR needs config.yaml and checkpoints/last.ckpt (weights-only). Writes outcomes.json and outcomes.md to
---out (default: ./outcomes_out) and prints the markdown.
+--out (default: ./outcomes_out) and prints the markdown. `--video DIR` also records each run's episode 0 of every
+task it plays as a GIF, `DIR/<run parent>/<run>/<task>.gif` (any task that can draw frames: driving, gymnasium
+ids with an rgb_array render mode; classic control needs the optional extra '.[render]').
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", type=Path, default=CKPT, help=f"checkpoint inside each run dir (default: {CKPT})")
     p.add_argument("--out", type=Path, default=Path("outcomes_out"), help="output directory")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the CIs over runs")
+    p.add_argument("--video", type=Path, default=None, metavar="DIR", help="also record episode 0 (seed --seed) of "
+                   "every run and task as DIR/<run parent>/<run>/<task>.gif")
     return p
 
 
@@ -45,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     try:
-        report = outcome_report(args.paths, args.tasks, by, args.episodes, args.seed, args.ckpt, args.n_boot)
+        report = outcome_report(args.paths, args.tasks, by, args.episodes, args.seed, args.ckpt, args.n_boot,
+                                video_dir=args.video)
     except (ValueError, FileNotFoundError) as exc:
         print(f"episode_report.py: error: {exc}", file=sys.stderr)
         return 2
@@ -54,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render_markdown(report)
     (args.out / "outcomes.md").write_text(text)
     print(text)
+    for path in report["videos"]:
+        print(f"video: {path}")
     return 0
 
 

@@ -193,6 +193,33 @@ def test_episode_report_script_counts_how_episodes_end(normalized_run, tmp_path,
     assert "--episodes" in capsys.readouterr().err
 
 
+def test_episode_report_records_each_runs_episode_0_of_every_task_as_a_gif(normalized_run, tmp_path, capsys):
+    import importlib.util
+
+    from PIL import Image
+
+    from mtdqn.envs.driving import DrivingVecEnv as Env
+    from mtdqn.evaluation.episodes import run_episode_stats
+
+    spec = importlib.util.spec_from_file_location("episode_report", ROOT / "scripts" / "episode_report.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run_dir, videos = normalized_run[0], tmp_path / "videos"
+    assert script.main([str(run_dir), "--tasks", "lane_keep", "urban", "--episodes", "2", "--seed", "7",
+                        "--out", str(tmp_path / "outcomes"), "--n-boot", "50", "--video", str(videos)]) == 0  # fmt: skip
+    gifs = {p.stem: p for p in (videos / run_dir.parent.name / run_dir.name).glob("*.gif")}
+    assert sorted(gifs) == ["lane_keep", "urban"]
+    assert f"video: {gifs['urban']}" in capsys.readouterr().out
+    q = load_trained(run_dir).q_function(0)
+    played = run_episode_stats(lambda obs: q(obs).argmax(-1), Env("urban", 1), seed=7)  # the report's episode 0
+    with Image.open(gifs["urban"]) as im:  # a frame per step at 10 fps (identical neighbours merged by Pillow)
+        total = 0
+        for i in range(im.n_frames):
+            im.seek(i)
+            total += im.info["duration"]
+    assert total == int(played.lengths[0]) * 100
+
+
 def test_an_image_run_with_a_slashed_gym_id_is_reported_and_reloaded(tmp_path):
     """A tiny `+experiment=minatar_dqn` run (convolutional encoder, id 'MinAtar/Breakout-v1' whose spec name is
     'MinAtar-Breakout-v1'): reloaded with its encoder, it plays the same greedy actions, and both reports find its
@@ -210,7 +237,13 @@ def test_an_image_run_with_a_slashed_gym_id_is_reported_and_reloaded(tmp_path):
     obs = torch.rand(16, 400).round()
     assert run.net.encoder.convs[0].weight.equal(live["q_net.encoder.convs.0.weight"])
     assert run.q_function(0)(obs).shape == (16, 3)
-    rows = outcome_report([run_dir], episodes=4, n_boot=100)["rows"]
+    report = outcome_report([run_dir], episodes=4, n_boot=100, video_dir=tmp_path / "videos")
+    rows = report["rows"]
     assert [(r["task"], r["policy"]) for r in rows] == [("MinAtar/Breakout-v1", "MinAtar-Breakout-v1")]
+    assert report["videos"] == [str(tmp_path / "videos" / tmp_path.name / "run" / "MinAtar-Breakout-v1.gif")]
+    from PIL import Image
+
+    with Image.open(report["videos"][0]) as im:
+        assert im.size == (160, 160)  # MinAtar's 10 x 10 board enlarged 16x
     curves = robustness_report([run_dir], {"fgsm": [0.0, 0.05]}, episodes=2)["runs"][0]["curves"]["fgsm"]
     assert list(curves) == ["MinAtar-Breakout-v1"] and len(curves["MinAtar-Breakout-v1"]["return"]) == 2

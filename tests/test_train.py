@@ -159,6 +159,43 @@ def test_eval_records_a_gif_of_a_driving_episode(tmp_path):
         assert im.n_frames > 1 and im.size == (160, 160)
 
 
+def test_eval_records_a_gif_of_a_gym_episode_the_same_as_evaluation_episode_0(tmp_path):
+    """A gymnasium task's video (CartPole draws with pygame): one GIF, a frame per step of the greedy episode
+    that evaluation plays on its env 0 (same seed), so it lasts that episode's length at CartPole's 50 fps."""
+    pytest.importorskip("pygame", reason="classic-control frames need pygame (the optional extra .[render])")
+    from PIL import Image
+
+    from mtdqn.envs import GymVecEnv
+    from mtdqn.evaluation.episodes import run_episode_stats
+    from mtdqn.evaluation.robustness import load_trained
+
+    cfg = compose_cfg([*SMOKE, "callbacks.eval.video=final", "callbacks.eval.seed=123"], tmp_path)
+    train(cfg)
+    gifs = list((tmp_path / "videos").glob("CartPole-v1_*.gif"))
+    assert len(gifs) == 1
+    run = load_trained(tmp_path)
+    q = run.q_function(0)
+    played = run_episode_stats(lambda obs: q(obs).argmax(-1), GymVecEnv("CartPole-v1", 1), seed=123)
+    with Image.open(gifs[0]) as im:  # Pillow merges identical consecutive frames, adding up their durations
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+        assert im.size == (600, 400) and sum(durations) == int(played.lengths[0]) * 1000 // 50  # 50 fps (capped)
+
+
+def test_a_video_of_a_task_that_cannot_draw_is_refused_before_training(tmp_path):
+    import gymnasium as gym
+
+    from tests.unit.test_render import _NoRenderEnv  # noqa: F401 (registers mtdqn-test/NoRender-v0)
+
+    assert "mtdqn-test/NoRender-v0" in gym.registry
+    cfg = compose_cfg([*SMOKE, "task_set.tasks=[mtdqn-test/NoRender-v0]", "callbacks.eval.video=final"], tmp_path)
+    with pytest.raises(ValueError, match=r"callbacks.eval.video=final: 'mtdqn-test/NoRender-v0' cannot draw frames"):
+        build(cfg)
+    build(compose_cfg([*SMOKE, "task_set.tasks=[mtdqn-test/NoRender-v0]"], tmp_path))  # without a video: fine
+
+
 def test_debug_profile_writes_a_profiler_report_and_config_tree_prints(tmp_path, capsys):
     train(compose_cfg(["debug=profile", "data.total_env_steps=600", "data.learning_starts=200",
                        "data.batch_size=32", "logger=jsonl", "callbacks.progress=null"], tmp_path))

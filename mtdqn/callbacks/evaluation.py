@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from mtdqn.envs import env_factory, task_spec
+from mtdqn.envs import check_render, env_factory, task_spec
 from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
 from mtdqn.types import TaskSpec, finite_number
 
@@ -47,7 +47,7 @@ class EvalCallback(pl.Callback):
         every_env_steps: int = 5_000,
         episodes: int = 10,
         seed: int = 10_000,
-        video: str = "none",  # none | final | every: record one greedy episode (envs that can render)
+        video: str = "none",  # none | final | every: record one greedy episode per task as a GIF
         video_dir: str = "videos",
         at_start: bool = False,  # also evaluate once before the first update (fresh runs: env step 0)
         source_tasks: Sequence[str] | None = None,  # extra tasks evaluated with the model's policy (eval/source/...)
@@ -87,6 +87,7 @@ class EvalCallback(pl.Callback):
         self.started = time.perf_counter()
         self.at_start = at_start
         kwargs = dict(env_kwargs or {})
+        self.task_kind, self.env_kwargs = task_kind, kwargs
         self.source_specs: list[TaskSpec] = []
         for name in list(source_tasks or []):
             try:
@@ -100,10 +101,18 @@ class EvalCallback(pl.Callback):
         self.stopped_solved = False  # this run (or the checkpoint it resumed) ended at the stop_at_* bars
         self.loaded: dict[str, Any] = {}  # the state of a resumed checkpoint (load_state_dict)
 
-    def check_tasks(self, tasks: Sequence[TaskSpec]) -> None:
+    def check_tasks(self, tasks: Sequence[TaskSpec], task_ids: Sequence[str] | None = None) -> None:
         """At build time, before any env step (the composition root calls it): refuse stop_at_normalized for a task
         without reference scores (its normalized score is never logged), resolve stop_at_return=reward_threshold to
-        each task's registered threshold (refused where one has none), and check a per-task list's length."""
+        each task's registered threshold (refused where one has none), check a per-task list's length, and with a
+        video asked for, refuse tasks (`task_ids`, as configured) that cannot draw frames."""
+        if self.video != "none":
+            for task in task_ids or ():
+                try:
+                    check_render(self.task_kind, str(task), self.env_kwargs)
+                except ValueError as exc:
+                    raise ValueError(f"callbacks.eval.video={self.video}: {exc}; set callbacks.eval.video=none to "
+                                     "train without videos") from None
         missing = [t.name for t in tasks if t.normalize(0.0) is None]
         if self.stop_at is not None and missing:
             raise ValueError(f"callbacks.eval.stop_at_normalized={self.stop_at:g} needs a normalized score for every "
@@ -259,18 +268,22 @@ class EvalCallback(pl.Callback):
         return act
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> list[Path]:
-        """Record eval episode 0 of each task as a GIF in the run folder and, with a W&B logger, a W&B video."""
+        """Record eval episode 0 of each task (its seed, on an env that draws frames) as a GIF in the run folder and,
+        with a W&B logger, a W&B video."""
         if not trainer.is_global_zero:
             return []
         t0 = time.perf_counter()
         paths = []
-        for i, (task, env) in enumerate(zip(pl_module.tasks, self.envs, strict=True)):
-            if not hasattr(env, "render"):
-                continue
-            frames = record_episode(pl_module.policy_for(i), env, seed=self.seed)
+        dm = trainer.datamodule
+        for i, task in enumerate(pl_module.tasks):
+            env = dm.make_eval_env(1, task=i, render=True)  # env 0 of an evaluation: the same seed, one episode
+            try:
+                frames = record_episode(pl_module.policy_for(i), env, seed=self.seed)
+            finally:
+                env.close()
             self.video_dir.mkdir(parents=True, exist_ok=True)
             path = self.video_dir / f"{task.name}_{steps}.gif"
-            save_gif(frames, path)
+            save_gif(frames, path, fps=getattr(env, "render_fps", 10))
             paths.append(path)
             for logger in trainer.loggers:
                 if type(logger).__name__ == "WandbLogger":

@@ -409,10 +409,12 @@ class MultiTaskDataModule(pl.LightningDataModule):
             reward = reward.clamp(-self.reward_clip, self.reward_clip)
         return reward
 
-    def make_eval_env(self, num_envs: int, task: int = 0) -> TensorVecEnv:
-        """A separate env instance of task `task` for evaluation (nominal, without domain randomization)."""
+    def make_eval_env(self, num_envs: int, task: int = 0, render: bool = False) -> TensorVecEnv:
+        """A separate env instance of task `task` for evaluation (nominal, without domain randomization); `render`:
+        one that draws frames (`render(i)`, for videos)."""
         factories = self.eval_env_factories or self.env_factories
-        return factories[task](num_envs=num_envs, device=self.device)
+        extra = {"render_mode": "rgb_array"} if render else {}
+        return factories[task](num_envs=num_envs, device=self.device, **extra)
 
     def update_priorities(self, indices: Tensor, td_errors: Tensor, task_ids: Tensor) -> None:
         """Route TD errors to each task's (prioritized) replay."""

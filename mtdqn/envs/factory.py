@@ -8,6 +8,7 @@ from typing import Any
 
 from mtdqn.envs.base import TensorVecEnv
 from mtdqn.envs.gym_adapter import GymVecEnv, check_gym_id
+from mtdqn.envs.gym_adapter import check_render as check_gym_render
 from mtdqn.envs.wrappers import PerturbedVecEnv, check_perturb, check_ranges
 from mtdqn.types import ShareRule, TaskSpec
 
@@ -33,6 +34,14 @@ def task_spec(kind: str, task: str, env_kwargs: dict | None = None) -> TaskSpec:
         raise ValueError("task_set.env_kwargs.wrappers: gymnasium wrappers apply to task_set.kind='gym' tasks; the "
                          "driving simulator is configured by its own knobs (docs/driving.md)")
     return driving.task_spec(task, driving.DrivingConfig(**(env_kwargs or {})))  # validates the knobs
+
+
+def check_render(kind: str, task: str, env_kwargs: dict | None = None) -> None:
+    """Refuse a task that cannot draw rgb_array frames (videos), before training: driving tasks always can; a
+    gymnasium id needs the 'rgb_array' render mode and its renderer (see gym_adapter.check_render)."""
+    _check_kind(kind)
+    if kind == "gym":
+        check_gym_render(task, env_kwargs)
 
 
 def task_specs(kind: str, tasks: Sequence[str], env_kwargs: dict | None = None) -> list[TaskSpec]:
@@ -101,7 +110,7 @@ def make_perturbed(base: EnvFactory, perturb: dict[str, float], randomize: dict,
 
 def env_factory(kind: str, task: str, env_kwargs: dict | None = None, perturb: Mapping[str, Any] | None = None,
                 randomize: Mapping[str, Sequence[float]] | None = None) -> EnvFactory:  # fmt: skip
-    """A callable (num_envs=, device=) -> TensorVecEnv for one task.
+    """A callable (num_envs=, device=[, render_mode='rgb_array']) -> TensorVecEnv for one task.
 
     `perturb` ({obs_noise, sticky_actions}) and `randomize` ({knob: [lo, hi]}, domain randomization per episode per
     env) are optional; without them the factory builds exactly the plain env.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -139,10 +140,14 @@ def _flattenable(space: gym.Space) -> bool:
     return False
 
 
-def make_single(env_id: str, env_kwargs: dict | None = None, flatten: bool = True) -> gym.Env:
-    """gymnasium.make with task_set.env_kwargs, then its `wrappers` in order, then (`flatten`) Dict / Tuple
-    observations flattened into one vector."""
+def make_single(env_id: str, env_kwargs: dict | None = None, flatten: bool = True,
+                render_mode: str | None = None) -> gym.Env:
+    """gymnasium.make with task_set.env_kwargs (and `render_mode` where given), then its `wrappers` in order, then
+    (`flatten`) Dict / Tuple observations flattened into one vector."""
     kwargs, wrappers = split_env_kwargs(env_kwargs)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws rgb_array frames off-screen: no display
     env = gym.make(env_id, **kwargs)
     for i, (cls, wrapper_kwargs) in enumerate(wrappers):
         try:
@@ -156,6 +161,74 @@ def make_single(env_id: str, env_kwargs: dict | None = None, flatten: bool = Tru
     return env
 
 
+RENDER_MODES = (None, "rgb_array")
+MIN_FRAME_SIDE = 160  # smaller frames (MinAtar's 10 x 10) are enlarged by whole pixels to at least this
+
+
+def rgb_frame(frame: Any) -> np.ndarray:
+    """An env's rgb_array frame as uint8 (H, W, 3): floats in [0, 1] (MinAtar) scaled to 0-255, gray images
+    repeated into three channels, and small images enlarged by a whole factor (nearest neighbour) so that the
+    shorter side is at least MIN_FRAME_SIDE pixels."""
+    a = np.asarray(frame)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        raise ValueError(f"an rgb_array frame must be (H, W, 3), (H, W, 4) or (H, W); got shape {a.shape}")
+    a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        a = np.clip(a * 255.0 if a.size and a.max() <= 1.0 else a, 0.0, 255.0).round().astype(np.uint8)
+    k = -(-MIN_FRAME_SIDE // max(min(a.shape[:2]), 1))
+    if k > 1:
+        a = a.repeat(k, axis=0).repeat(k, axis=1)
+    return np.ascontiguousarray(a)
+
+
+def check_render(env_id: str, env_kwargs: dict | None = None) -> None:
+    """Refuse, before training, a gymnasium task that cannot draw rgb_array frames (no such render mode, or its
+    renderer missing: classic control needs pygame, the optional extra '.[render]'); builds one env, resets it
+    and draws its first frame."""
+    check_gym_id(env_id, env_kwargs)  # registered (optional packages imported), usable spaces
+    env = make_single(env_id, env_kwargs)
+    modes = list(env.metadata.get("render_modes") or [])
+    env.close()
+    if "rgb_array" not in modes:
+        raise ValueError(f"{env_id!r} cannot draw frames: its render modes are {modes}, and a video needs "
+                         "'rgb_array'")
+    try:
+        env = make_single(env_id, env_kwargs, render_mode="rgb_array")
+    except Exception as exc:  # the env's own complaint, e.g. a missing renderer package
+        raise ValueError(f"{env_id!r} cannot draw frames: {type(exc).__name__}: {exc}") from exc
+    try:
+        env.reset(seed=0)
+        rgb_frame(env.render())
+    except Exception as exc:
+        hint = " (mtdqn's optional extra installs it: pip install -c constraints.txt -e '.[render]')" \
+            if "pygame" in str(exc) else ""
+        raise ValueError(f"{env_id!r} cannot draw frames: {type(exc).__name__}: {exc}{hint}") from exc
+    finally:
+        env.close()
+
+
+def _steps_per_second(env: gym.Env) -> int:
+    """Env steps per second of game time, for a video with one frame per step: the env's render_fps over the
+    frames each step skips (AtariPreprocessing's frame_skip, ALE's own frameskip), at most 50 (GIF players hold a
+    frame at least 20 ms); 10 where the env declares no fps (MinAtar)."""
+    fps = env.metadata.get("render_fps")
+    if not fps:
+        return 10
+    skip, layer = 1, env
+    while layer is not None:
+        for name in ("frame_skip", "_frameskip"):
+            value = getattr(layer, name, None) if name in vars(layer) else None
+            if isinstance(value, int) and value > 1:
+                skip *= value
+        layer = vars(layer).get("env")
+    return max(1, min(50, round(float(fps) / skip)))
+
+
 class GymVecEnv:
     """N gymnasium envs stepped in a plain loop with same-step autoreset, writing into preallocated arrays.
 
@@ -163,16 +236,21 @@ class GymVecEnv:
     between ~70 us and ~250 us per vector step. Env i is seeded with seed + i at `reset`; later episodes continue
     each env's own RNG, exactly as gymnasium's vector envs do. uint8 observations (Atari frames) come out as
     float32 in [0, 1] (x / 255); `obs_quantum` says which grid observations lie on (None: continuous), and
-    `obs_frames` how many frames each observation stacks (None: not a frame stack).
+    `obs_frames` how many frames each observation stacks (None: not a frame stack). With
+    `render_mode="rgb_array"`, `render(i)` draws env i (evaluation videos).
     """
 
     def __init__(
-        self, env_id: str, num_envs: int, device: str | torch.device = "cpu", env_kwargs: dict | None = None
+        self, env_id: str, num_envs: int, device: str | torch.device = "cpu", env_kwargs: dict | None = None,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode not in RENDER_MODES:
+            raise ValueError(f"render_mode={render_mode!r} is not one of {RENDER_MODES}")
         spec = check_gym_id(env_id, env_kwargs)
         self.env_id, self.num_envs, self.obs_dim, self.n_actions = env_id, num_envs, spec.obs_dim, spec.n_actions
-        self.device = torch.device(device)
-        self.envs = [make_single(env_id, env_kwargs) for _ in range(num_envs)]
+        self.device, self.render_mode = torch.device(device), render_mode
+        self.envs = [make_single(env_id, env_kwargs, render_mode=render_mode) for _ in range(num_envs)]
+        self.render_fps = _steps_per_second(self.envs[0])
         self.obs_scale, self.obs_quantum = _quantization(self.envs[0].observation_space)
         self.obs_frames = _frame_stack(self.envs[0])
         self._next_obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
@@ -212,6 +290,13 @@ class GymVecEnv:
             truncated=self._tensor(self._truncated),
             obs=self._tensor(self._obs),
         )
+
+    def render(self, i: int = 0) -> np.ndarray:
+        """env i's current frame, uint8 (H, W, 3) (see `rgb_frame`); needs render_mode='rgb_array'."""
+        if self.render_mode is None:
+            raise ValueError(f"GymVecEnv({self.env_id!r}) was built without render_mode='rgb_array': it cannot "
+                             "draw frames")
+        return rgb_frame(self.envs[i].render())
 
     def close(self) -> None:
         """Close every env."""

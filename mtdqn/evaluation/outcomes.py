@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from mtdqn.envs import env_factory, task_spec
+from mtdqn.envs import check_render, env_factory, task_spec
 from mtdqn.evaluation import stats
 from mtdqn.evaluation.compare import find_run_dirs, get_config_value, group_label
-from mtdqn.evaluation.episodes import run_episode_stats
+from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
 from mtdqn.evaluation.robustness import CKPT, TrainedRun, load_trained
 
 RATE_ORDER = ("completion_rate", "collision_rate", "red_light_rate", "offroad_rate")
@@ -66,23 +66,51 @@ def evaluate_outcomes(run: TrainedRun, tasks: Sequence[str] = (), episodes: int 
     return rows
 
 
+def record_videos(run: TrainedRun, out_dir: str | Path, tasks: Sequence[str] = (), seed: int = 30_000) -> list[Path]:
+    """One greedy episode per task (the report's episode 0: seed `seed`) as `<out_dir>/<task>.gif` ('/' in a
+    gymnasium id becomes '-'); the same tasks and policies as `evaluate_outcomes`."""
+    out_dir = Path(out_dir)
+    paths = []
+    for name, index in policy_tasks(run, tasks):
+        env = env_factory(run.kind, name, run.env_kwargs, run.perturb or None)(
+            num_envs=1, device="cpu", render_mode="rgb_array")
+        q = run.q_function(index)
+        try:
+            frames = record_episode(lambda obs, q=q: q(obs).argmax(dim=-1), env, seed=seed)
+        finally:
+            env.close()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{name.replace('/', '-')}.gif"
+        save_gif(frames, path, fps=getattr(env, "render_fps", 10))
+        paths.append(path)
+    return paths
+
+
 def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: Sequence[str] = (),
                    episodes: int = 128, seed: int = 30_000, ckpt: str | Path = CKPT, n_boot: int = 2000,
-                   ci: float = 0.95) -> dict[str, Any]:  # fmt: skip
+                   ci: float = 0.95, video_dir: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Evaluate every run directory at or below `paths` that has config.yaml and `ckpt`; group by the dotted
     config keys `by` (default: one group per run, labelled parent/name) and summarize each metric per group and
-    task as the mean over runs with a percentile-bootstrap CI."""
+    task as the mean over runs with a percentile-bootstrap CI. With `video_dir`, also record each run's episode 0
+    of every task as `<video_dir>/<run parent>/<run>/<task>.gif` (every task checked to draw frames before any
+    episode is played)."""
     if episodes < 1:
         raise ValueError(f"--episodes={episodes} must be >= 1")
     dirs = [d for d in find_run_dirs(paths) if (d / "config.yaml").is_file()]
     usable = [d for d in dirs if (d / ckpt).is_file()]
     if not usable:
         raise ValueError(f"no run directory with config.yaml and {ckpt} below {[str(p) for p in paths]}")
-    rows = []
-    for d in usable:
-        run = load_trained(d, ckpt)
+    runs = [load_trained(d, ckpt) for d in usable]
+    if video_dir is not None:
+        for run in runs:
+            for name, _ in policy_tasks(run, tasks):
+                check_render(run.kind, name, run.env_kwargs)
+    rows, videos = [], []
+    for d, run in zip(usable, runs, strict=True):
         label = group_label(by, [get_config_value(run.config, k) for k in by]) if by else f"{d.parent.name}/{d.name}"
         rows += [{"group": label, **r} for r in evaluate_outcomes(run, tasks, episodes, seed)]
+        if video_dir is not None:
+            videos += [str(v) for v in record_videos(run, Path(video_dir) / d.parent.name / d.name, tasks, seed)]
     groups: dict[str, dict[str, Any]] = {}
     for (label, task) in dict.fromkeys((r["group"], r["task"]) for r in rows):
         members = [r for r in rows if r["group"] == label and r["task"] == task]
@@ -95,7 +123,7 @@ def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: S
         groups.setdefault(label, {})[task] = summary
     return {"inputs": [str(p) for p in paths], "episodes": episodes, "seed": seed, "checkpoint": str(ckpt),
             "group_by": list(by), "ci": ci, "rows": rows, "groups": groups,
-            "skipped": [str(d) for d in dirs if d not in usable]}  # fmt: skip
+            "skipped": [str(d) for d in dirs if d not in usable], "videos": videos}  # fmt: skip
 
 
 def metric_keys(rows: Sequence[dict[str, Any]]) -> list[str]:

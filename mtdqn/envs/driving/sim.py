@@ -117,7 +117,10 @@ class DrivingVecEnv:
 
     def __init__(self, task: str, num_envs: int, device: str | torch.device = "cpu",
                  config: DrivingConfig | None = None, reset_mode: str | None = None,
-                 randomize: dict[str, tuple[float, float]] | None = None) -> None:  # fmt: skip
+                 randomize: dict[str, tuple[float, float]] | None = None,
+                 render_mode: str | None = None) -> None:  # fmt: skip
+        if render_mode not in (None, "rgb_array"):  # it always draws (render(i)); the argument is the protocol's
+            raise ValueError(f"render_mode={render_mode!r} is not one of (None, 'rgb_array')")
         if task not in TASKS:
             raise ValueError(f"unknown driving task {task!r}; valid tasks: {', '.join(TASKS)}")
         if int(num_envs) < 1:
