@@ -88,3 +88,30 @@ def test_task_specs_gym_spaces_and_validation_follow_the_option():
     vec = DrivingVecEnv("urban", 2, config=STOP)
     vec.reset(0)
     assert vec.step(constant_actions(2, STRAIGHT_COAST)).obs.shape == (2, OBS_DIM + 2)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_stop_only_hides_the_hazard_slots_and_changes_nothing_else(noise):
+    """Same seed, same actions: with stop_only the pedestrian and light slots read 0 and every other feature, the
+    stop point (computed before the slots are cleared), rewards and terminations are those of stop_feature alone."""
+    from mtdqn.envs.driving.hazards import PED0
+
+    for task in ("pedestrian", "traffic_light", "urban"):
+        shown = DrivingVecEnv(task, 16, config=DrivingConfig(obs_noise=noise, stop_feature=True))
+        hidden = DrivingVecEnv(task, 16, config=DrivingConfig(obs_noise=noise, stop_feature=True, stop_only=True))
+        shown.reset(9), hidden.reset(9)
+        gen = torch.Generator().manual_seed(0)
+        stops = 0.0
+        for _ in range(150):
+            act = torch.randint(0, 9, (16,), generator=gen)
+            ra, rb = shown.step(act), hidden.step(act)
+            for x, y in ((ra.next_obs, rb.next_obs), (ra.obs, rb.obs)):
+                assert (y[:, PED0:OBS_DIM] == 0).all(), task
+                assert torch.equal(x[:, :PED0], y[:, :PED0]) and torch.equal(x[:, OBS_DIM:], y[:, OBS_DIM:]), task
+            assert torch.equal(ra.reward, rb.reward) and torch.equal(ra.terminated, rb.terminated)
+            stops += float(rb.obs[:, OBS_DIM].sum())
+        assert stops > 0, task  # the hazards still show, through the stop point
+    with pytest.raises(ValueError, match=r"stop_only=true .* needs stop_feature=true"):
+        task_spec("driving", "urban", {"stop_only": True})
+    with pytest.raises(ValueError, match=r"DrivingConfig.stop_only=1 is invalid: expected true or false"):
+        task_spec("driving", "urban", {"stop_feature": True, "stop_only": 1})

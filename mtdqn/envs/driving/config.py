@@ -54,8 +54,8 @@ def _check(name: str, value, lo: float, hi: float, kind: type) -> None:
 
 @dataclass(frozen=True)
 class DrivingConfig:
-    """Difficulty / perturbation knobs (every one changes the dynamics) and the observation option `stop_feature`
-    (see docs/driving.md)."""
+    """Difficulty / perturbation knobs (every one changes the dynamics) and the observation options `stop_feature`
+    and `stop_only` (see docs/driving.md)."""
 
     obs_noise: float = 0.0  # std of Gaussian noise added to the normalized observation
     steer_delay: int = 0  # steps between a steering command and its effect
@@ -67,6 +67,7 @@ class DrivingConfig:
     collision_penalty: float = PENALTY_COLLISION  # reward lost when hitting a pedestrian (the episode ends)
     red_light_penalty: float = PENALTY_RED  # reward lost when crossing a stop line on red (the episode ends)
     stop_feature: bool = False  # append [stop_present, stop_distance] to the observation (hazards.py)
+    stop_only: bool = False  # with stop_feature: the pedestrian and light slots read 0, the stop point alone shows them
 
     _RANGES = {
         "obs_noise": (0.0, 1.0, float),
@@ -83,14 +84,18 @@ class DrivingConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "stop_feature":
+            if f.name in ("stop_feature", "stop_only"):
                 if not isinstance(value, bool):
-                    raise ValueError(f"DrivingConfig.stop_feature={value!r} is invalid: expected true or false")
+                    raise ValueError(f"DrivingConfig.{f.name}={value!r} is invalid: expected true or false")
                 continue
             if f.name == "max_episode_steps" and value is None:
                 continue
             lo, hi, kind = self._RANGES[f.name]
             _check(f.name, value, lo, hi, kind)
+
+        if self.stop_only and not self.stop_feature:
+            raise ValueError("DrivingConfig.stop_only=true hides the pedestrian and light slots behind the stop point, "
+                             "which needs stop_feature=true (in a config: +task_set.env_kwargs.stop_feature=true)")
 
     def episode_steps(self, task: str) -> int:
         """Episode length (time limit) in steps for `task` under this config."""

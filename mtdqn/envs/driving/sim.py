@@ -130,6 +130,7 @@ class DrivingVecEnv:
         if not isinstance(self.config, DrivingConfig):
             raise ValueError(f"config must be a DrivingConfig, got {type(self.config).__name__}")
         self._stop = self.config.stop_feature  # append stop_point(obs) to every observation
+        self._stop_only = self.config.stop_only  # ... and zero the hazards' own slots after computing it
         self.obs_dim, self.n_actions = OBS_DIM + (len(STOP_NAMES) if self._stop else 0), N_ACTIONS
         self.obs_names = OBS_NAMES + (STOP_NAMES if self._stop else ())
         self.has_peds, self.has_lights, _ = TASK_FEATURES[task]
@@ -657,6 +658,8 @@ class DrivingVecEnv:
         obs = torch.mm(pre.t(), self._eye if noisy else self._scale_mat)
         if self._stop:
             stop_point(obs, out=obs[:, OBS_DIM:])
+            if self._stop_only:
+                obs[:, PED0:OBS_DIM].zero_()
         return obs
 
     def _observe_peds(self, st: dict[str, Tensor], s: Tensor, d: Tensor, psi: Tensor, v: Tensor,
