@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.scripts import run_script
+
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("lane_keep", "pedestrian", "traffic_light")
 
@@ -40,9 +42,7 @@ def merge(tmp_path: Path, runs: list[Path], *extra: str) -> tuple[subprocess.Com
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
     out = tmp_path / "merged.json"
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
-                          "--runs", *map(str, runs), "--out", str(out), *extra],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = run_script("bench_mtl", "--merge", str(empty), "--runs", *map(str, runs), "--out", str(out), *extra)
     return res, out
 
 
@@ -70,8 +70,8 @@ def test_merge_refuses_an_incomplete_seed(tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
     mtl = run_dir(tmp_path / "mtl", 0, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True)
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(empty),
-                          "--runs", str(mtl)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = run_script("bench_mtl", "--merge", str(empty),
+                     "--runs", str(mtl))
     assert res.returncode != 0 and "incomplete seeds" in res.stderr
 
 
@@ -165,8 +165,7 @@ def test_agents_with_different_shared_settings_are_refused(tmp_path):
         (r / "config.yaml").write_text(text.replace("task_set:\n", f"task_set:\n  env_kwargs: {kwargs}\n"))
     res, _ = merge(tmp_path, runs)
     assert res.returncode != 0 and "differ in task_set.env_kwargs" in res.stderr
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "--no-align"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = run_script("bench_mtl", "--seeds", "0", "--no-align")
     assert res.returncode != 0 and "the agents differ in model.loss" in res.stderr
     assert "'mtl': 'mse'" in res.stderr and "'lane_keep': 'huber'" in res.stderr
 
@@ -234,9 +233,8 @@ def test_merge_refuses_agents_evaluated_with_different_episode_counts(tmp_path):
     assert res.returncode == 0, res.stderr
     later = [run_dir(tmp_path / "mtl1", 1, list(TASKS), [dict.fromkeys(TASKS, 0.95)], mtl=True, episodes=64)]
     later += [run_dir(tmp_path / f"{t}1", 1, [t], [{t: 0.95}], mtl=False, episodes=64) for t in TASKS]
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "1", "--merge",
-                          str(record), "--runs", *map(str, later)], capture_output=True, text=True, cwd=ROOT,
-                         timeout=120)
+    res = run_script("bench_mtl", "--seeds", "0", "1", "--merge",
+                     str(record), "--runs", *map(str, later))
     assert res.returncode != 0 and "differ in callbacks.eval.episodes" in res.stderr
 
 
@@ -274,14 +272,13 @@ def test_records_that_repeat_a_seed_are_pooled_as_separate_draws(tmp_path):
         res, out = merge(tmp_path / name, runs)
         assert res.returncode == 0, res.stderr
         records.append(out.rename(tmp_path / f"{name}.json"))
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "--merge", *map(str, records)]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    cmd = ["--seeds", "0", "--merge", *map(str, records)]
+    res = run_script("bench_mtl", *cmd)
     assert res.returncode == 0, res.stderr
     assert "| 0 (machine_a.json) | 3k |" in res.stdout and "| 0 (machine_b.json) | 6k |" in res.stdout
     assert "Ratio multi-task / single-task env steps to solve all: 1.500" in res.stdout  # median of 1.0 and 2.0
     assert "(2 seeds where both solved" in res.stdout
-    res = subprocess.run([*cmd, "--runs", str(tmp_path / "machine_a" / "mtl")], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    res = run_script("bench_mtl", *cmd, "--runs", str(tmp_path / "machine_a" / "mtl"))
     assert res.returncode != 0 and "repeat a seed" in res.stderr
 
 
@@ -330,8 +327,7 @@ def test_merge_refuses_what_is_not_a_bench_record_by_name(tmp_path, content, mes
     record = tmp_path / "record.json"
     if content is not None:
         record.write_text(content)
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--merge", str(record)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = run_script("bench_mtl", "--merge", str(record))
     assert res.returncode != 0 and f"--merge {record}: {message}" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
 
@@ -391,8 +387,8 @@ def test_another_set_of_driving_tasks_is_benched_by_its_own_tasks(tmp_path):
     other += [run_dir(tmp_path / "c" / t, 1, [t], [{t: 0.95}], mtl=False) for t in TASKS]
     res, other_out = merge(tmp_path / "c", other)
     assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "1", "--merge",
-                          str(out), str(other_out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = run_script("bench_mtl", "--seeds", "0", "1", "--merge",
+                     str(out), str(other_out))
     assert res.returncode != 0 and "trained different task sets" in res.stderr
 
 
@@ -454,9 +450,8 @@ def test_gymnasium_tasks_are_solved_at_their_reward_threshold_or_the_given_retur
     config.write_text(config.read_text().replace("seed: 0", "seed: 1"))
     for r in later[1:]:
         (r / "config.yaml").write_text((r / "config.yaml").read_text().replace("seed: 0", "seed: 1"))
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), "--seeds", "0", "1", "--merge",
-                          str(out), "--runs", *map(str, later), "--solve-return", "Acrobot-v1=-150"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = run_script("bench_mtl", "--seeds", "0", "1", "--merge",
+                     str(out), "--runs", *map(str, later), "--solve-return", "Acrobot-v1=-150")
     assert res.returncode != 0 and "Acrobot-v1 was timed at different bars" in res.stderr
     assert "seed 0 multi-task: return >= -100" in res.stderr and "seed 1 multi-task: return >= -150" in res.stderr
     res, _ = merge(tmp_path / "a", runs, "--solve-return", "Pendulum-v1=-200")
@@ -539,8 +534,7 @@ def test_jobs_train_agents_side_by_side_with_the_same_results(tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [(["--seeds", "0", "0"], "repeats a seed"),
                                                (["--jobs", "0"], "--jobs 0: give the number of agents")])
 def test_a_bench_refuses_repeated_seeds_and_no_jobs_before_training(argv, message):
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_mtl.py"), *argv], capture_output=True,
-                         text=True, cwd=ROOT, timeout=120)
+    res = run_script("bench_mtl", *argv)
     assert res.returncode != 0 and message in res.stderr, res.stderr
 
 

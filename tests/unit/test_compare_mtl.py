@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import compare_mtl  # noqa: E402
+
+from tests.helpers.scripts import run_script  # noqa: E402
 
 
 def record(path: Path, solved: list[float | None], own: list[dict | None] | None = None,
@@ -89,18 +90,19 @@ def test_runs_with_a_longer_budget_are_compared_up_to_the_shortest(tmp_path: Pat
 def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_path: Path) -> None:
     a = record(tmp_path / "a.json", [300e3, 270e3, 330e3])
     dirs = [mtl_run_dir(tmp_path / f"opt_{s}", s, first) for s, first in enumerate((2, 3, 3))]  # 60k, 90k, 90k
-    script = str(ROOT / "scripts" / "compare_mtl.py")
     out = tmp_path / "cmp.json"
-    res = subprocess.run([sys.executable, script, "--setting", "preset", str(a), "--setting", "option",
-                          *map(str, dirs), "--out", str(out)], capture_output=True, text=True, check=True)
+    res = run_script("compare_mtl", "--setting", "preset", str(a), "--setting", "option",
+                     *map(str, dirs), "--out", str(out))
+    assert res.returncode == 0, res.stderr
     assert "| option vs preset | 1.00" in res.stdout and "60k / 90k / 90k" in res.stdout
     assert "| preset | 3 | 3 | 300k" in res.stdout and "solved later" not in res.stdout  # same 330k budgets
     saved = json.loads(out.read_text())
     assert saved["settings"]["option"]["costs"] == [60e3, 90e3, 90e3]
     assert saved["versus"]["option"]["probability_of_improvement"] == 1.0
     # the threshold times run directories; a record timed at another threshold is refused
-    res = subprocess.run([sys.executable, script, "--setting", "preset", str(dirs[0]), "--setting", "option",
-                          str(dirs[1]), "--threshold", "0.96"], capture_output=True, text=True, check=True)
+    res = run_script("compare_mtl", "--setting", "preset", str(dirs[0]), "--setting", "option",
+                     str(dirs[1]), "--threshold", "0.96")
+    assert res.returncode == 0, res.stderr
     assert "| preset | 1 | 0 | never" in res.stdout
     broken = tmp_path / "broken.json"
     broken.write_text("{")
@@ -120,7 +122,7 @@ def test_cli_compares_records_with_run_directories_and_refuses_bad_input(tmp_pat
                       (["--setting", "preset", str(a), "--setting", "option", str(single)], "a single-task run"),
                       (["--setting", "preset", str(a), "--setting", "o", str(a), "--criterion", "first"],
                        "invalid choice: 'first' (choose from 'all', 'each', 'own')")]:
-        res = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True)
+        res = run_script("compare_mtl", *argv)
         assert res.returncode != 0 and msg in res.stderr, (argv, res.stderr)
 
 
@@ -144,9 +146,8 @@ def test_vs_single_compares_ratios_to_each_seeds_own_single_task_agents(tmp_path
     assert "each divided by its seed's single-task agents' summed env steps" in text
     assert "Left out (their seed's single-task agents did not all solve, so there is no ratio): option: 1 run(s)" in text
     assert "| option | 3 | 2 | 1.20 [" in text and "1.00 / 1.20 / never" in text and "needs a lower ratio" in text
-    script = str(ROOT / "scripts" / "compare_mtl.py")
-    res = subprocess.run([sys.executable, script, "--setting", "base", str(base), "--setting", "option",
-                          str(mtl_run_dir(tmp_path / "run", 0, 2)), "--vs-single"], capture_output=True, text=True)
+    res = run_script("compare_mtl", "--setting", "base", str(base), "--setting", "option",
+                     str(mtl_run_dir(tmp_path / "run", 0, 2)), "--vs-single")
     assert res.returncode != 0 and "--vs-single needs bench_mtl.py records" in res.stderr
 
 
@@ -165,21 +166,18 @@ def test_gymnasium_run_directories_are_timed_at_their_bars_and_other_bars_refuse
 
     a = gym_dir(tmp_path / "a", 0, [-300.0, -120.0, -90.0])  # at -100 from 30k, at -150 from 20k
     b = gym_dir(tmp_path / "b", 0, [-90.0, -90.0, -90.0])  # 10k
-    script = str(ROOT / "scripts" / "compare_mtl.py")
-    res = subprocess.run([sys.executable, script, "--setting", "a", str(a), "--setting", "b", str(b)],
-                         capture_output=True, text=True)
+    res = run_script("compare_mtl", "--setting", "a", str(a), "--setting", "b", str(b))
     assert res.returncode == 0, res.stderr
     assert "| a | 1 | 1 | 30k" in res.stdout
-    res = subprocess.run([sys.executable, script, "--setting", "a", str(a), "--setting", "b", str(b),
-                          "--solve-return", "Acrobot-v1=-150"], capture_output=True, text=True)
+    res = run_script("compare_mtl", "--setting", "a", str(a), "--setting", "b", str(b),
+                     "--solve-return", "Acrobot-v1=-150")
     assert res.returncode == 0 and "| a | 1 | 1 | 20k" in res.stdout, res.stderr
     rec = tmp_path / "rec.json"
     rec.write_text(json.dumps({"args": {}, "runs": [{"seed": 0, "mtl": {
         "solved_steps": 20e3, "each_steps": 20e3, "budget_steps": 30e3, "final": {"CartPole-v1": 500.0,
                                                                                 "Acrobot-v1": -90.0},
         "bars": {"CartPole-v1": ["return", 475.0], "Acrobot-v1": ["return", -150.0]}}}]}))
-    res = subprocess.run([sys.executable, script, "--setting", "rec", str(rec), "--setting", "b", str(b)],
-                         capture_output=True, text=True)
+    res = run_script("compare_mtl", "--setting", "rec", str(rec), "--setting", "b", str(b))
     assert res.returncode != 0 and "timed at different bars" in res.stderr and "Acrobot-v1 return >= -150" in res.stderr
 
 
