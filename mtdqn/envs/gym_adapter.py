@@ -221,11 +221,11 @@ def _steps_per_second(env: gym.Env) -> int:
         return 10
     skip, layer = 1, env
     while layer is not None:
+        own = vars(layer)  # this layer's attributes only (a wrapper's getattr would repeat an inner one's)
         for name in ("frame_skip", "_frameskip"):
-            value = getattr(layer, name, None) if name in vars(layer) else None
-            if isinstance(value, int) and value > 1:
-                skip *= value
-        layer = vars(layer).get("env")
+            if isinstance(own.get(name), int) and own[name] > 1:
+                skip *= own[name]
+        layer = own.get("env")
     return max(1, min(50, round(float(fps) / skip)))
 
 
