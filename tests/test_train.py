@@ -184,6 +184,37 @@ def test_eval_records_a_gif_of_a_gym_episode_the_same_as_evaluation_episode_0(tm
         assert im.size == (600, 400) and sum(durations) == int(played.lengths[0]) * 1000 // 50  # 50 fps (capped)
 
 
+def test_an_epsilon_greedy_evaluation_is_filmed_as_evaluation_episode_0_with_its_random_actions(tmp_path):
+    """With callbacks.eval.epsilon > 0 the video plays the evaluated policy, exploration included: its 1-env
+    recording draws the random numbers of the evaluation's N envs, so it is exactly evaluation episode 0 (a greedy
+    video, or one with its own draws, would last another length at epsilon 0.5)."""
+    pytest.importorskip("pygame", reason="classic-control frames need pygame (the optional extra .[render])")
+    from PIL import Image
+
+    from mtdqn.callbacks.evaluation import EvalCallback
+    from mtdqn.envs import GymVecEnv
+    from mtdqn.evaluation.episodes import run_episode_stats
+    from mtdqn.evaluation.robustness import load_trained
+
+    over = ["callbacks.eval.video=final", "callbacks.eval.seed=321", "callbacks.eval.epsilon=0.5",
+            "callbacks.eval.episodes=6"]
+    train(compose_cfg([*SMOKE, *over], tmp_path))
+    run = load_trained(tmp_path)
+    q = run.q_function(0)
+    greedy = lambda obs: q(obs).argmax(-1)  # noqa: E731
+    evaluated = EvalCallback(episodes=6, seed=321, epsilon=0.5).eval_policy(greedy, 2, 0)
+    lengths = run_episode_stats(evaluated, GymVecEnv("CartPole-v1", 6), seed=321).lengths
+    own_draws = EvalCallback(episodes=6, seed=321, epsilon=0.5).eval_policy(greedy, 2, 0)
+    alone = int(run_episode_stats(own_draws, GymVecEnv("CartPole-v1", 1), seed=321).lengths[0])
+    assert alone != int(lengths[0])  # the seed is chosen so that drawing for one env alone plays another episode
+    with Image.open(next((tmp_path / "videos").glob("CartPole-v1_*.gif"))) as im:
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+    assert sum(durations) == int(lengths[0]) * 1000 // 50
+
+
 def test_a_video_of_a_task_that_cannot_draw_is_refused_before_training(tmp_path):
     import gymnasium as gym
 

@@ -47,7 +47,7 @@ class EvalCallback(pl.Callback):
         every_env_steps: int = 5_000,
         episodes: int = 10,
         seed: int = 10_000,
-        video: str = "none",  # none | final | every: record one greedy episode per task as a GIF
+        video: str = "none",  # none | final | every: record evaluation episode 0 per task as a GIF
         video_dir: str = "videos",
         at_start: bool = False,  # also evaluate once before the first update (fresh runs: env step 0)
         source_tasks: Sequence[str] | None = None,  # extra tasks evaluated with the model's policy (eval/source/...)
@@ -247,10 +247,13 @@ class EvalCallback(pl.Callback):
             metrics[f"{prefix}min_normalized"] = min(normalized)
         return metrics
 
-    def eval_policy(self, greedy: Callable[[Tensor], Tensor], n_actions: int, index: int) -> Callable[[Tensor], Tensor]:
+    def eval_policy(self, greedy: Callable[[Tensor], Tensor], n_actions: int, index: int,
+                    draws: int | None = None) -> Callable[[Tensor], Tensor]:
         """The policy evaluated: greedy, or epsilon-greedy (callbacks.eval.epsilon) with a generator seeded anew at
         every evaluation, so evaluations of one policy repeat exactly (Atari's evaluation protocol: a greedy policy
-        that never presses FIRE would stall Breakout until the 27k-step time limit)."""
+        that never presses FIRE would stall Breakout until the 27k-step time limit). `draws` (default: the batch
+        size) random numbers are drawn per step and the first ones used: a 1-env recording that draws as many as
+        the evaluation's `episodes` envs plays exactly the evaluation's episode 0, exploration included."""
         if self.epsilon == 0.0:
             return greedy
         gen: torch.Generator | None = None
@@ -260,16 +263,18 @@ class EvalCallback(pl.Callback):
             if gen is None or gen.device != obs.device:
                 gen = torch.Generator(device=obs.device)
                 gen.manual_seed(self.seed + 7_919 * index)
+            n = obs.shape[0]
+            size = max(n, draws or 0)
             actions = greedy(obs)
-            explore = torch.rand(obs.shape[0], generator=gen, device=obs.device) < self.epsilon
-            random = torch.randint(0, n_actions, (obs.shape[0],), generator=gen, device=obs.device)
+            explore = torch.rand(size, generator=gen, device=obs.device)[:n] < self.epsilon
+            random = torch.randint(0, n_actions, (size,), generator=gen, device=obs.device)[:n]
             return torch.where(explore, random, actions)
 
         return act
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> list[Path]:
-        """Record eval episode 0 of each task (its seed, on an env that draws frames) as a GIF in the run folder and,
-        with a W&B logger, a W&B video."""
+        """Record eval episode 0 of each task (its seed and, with callbacks.eval.epsilon > 0, its exploration draws,
+        on an env that draws frames) as a GIF in the run folder and, with a W&B logger, a W&B video."""
         if not trainer.is_global_zero:
             return []
         t0 = time.perf_counter()
@@ -278,7 +283,8 @@ class EvalCallback(pl.Callback):
         for i, task in enumerate(pl_module.tasks):
             env = dm.make_eval_env(1, task=i, render=True)  # env 0 of an evaluation: the same seed, one episode
             try:
-                frames = record_episode(pl_module.policy_for(i), env, seed=self.seed)
+                policy = self.eval_policy(pl_module.policy_for(i), task.n_actions, i, draws=self.episodes)
+                frames = record_episode(policy, env, seed=self.seed)
             finally:
                 env.close()
             self.video_dir.mkdir(parents=True, exist_ok=True)
