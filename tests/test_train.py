@@ -156,7 +156,7 @@ def test_eval_records_a_gif_of_a_driving_episode(tmp_path):
     gifs = list((tmp_path / "videos").glob("lane_keep_*.gif"))
     assert len(gifs) == 1
     with Image.open(gifs[0]) as im:
-        assert im.n_frames > 1 and im.size == (160, 160)
+        assert im.n_frames > 1 and im.size == (320, 320)
 
 
 def test_eval_records_a_gif_of_a_gym_episode_the_same_as_evaluation_episode_0(tmp_path):

@@ -411,6 +411,22 @@ def test_render_shape_and_changes_when_moving(task: str) -> None:
     assert (img0 != img1).any(axis=-1).sum() > 50
 
 
+def test_render_paints_the_road_without_holes_between_its_edges() -> None:
+    """At 6 px per metre the painted road points are under a pixel apart: every row between the edge lines is road
+    (no grass showing through)."""
+    from mtdqn.envs.driving.render import EDGE, GRASS, PX_PER_M
+
+    env = DrivingVecEnv("lane_keep", 1, config=DrivingConfig(curvature_range=0.0))
+    env.reset(4)
+    img = render_env(env, 0)
+    assert PX_PER_M == 6.0
+    for row in range(0, SIZE, 7):
+        edge = np.flatnonzero((img[row] == EDGE).all(-1))
+        assert len(edge) >= 2, row
+        between = img[row, edge.min() : edge.max() + 1]
+        assert not (between == GRASS).all(-1).any(), row
+
+
 # ---------------------------------------------------------------- controllers
 @pytest.mark.parametrize("task", TASKS)
 def test_reference_beats_random(task: str) -> None:

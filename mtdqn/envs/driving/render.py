@@ -7,8 +7,10 @@ import numpy as np
 from mtdqn.envs.driving import config as C
 from mtdqn.envs.driving.sim import DrivingVecEnv
 
-SIZE = 160  # px (square image)
-PX_PER_M = 3.0
+SCALE = 2  # pixels per metre and image size over the first renderer's (160 px at 3 px/m: stop lines were 3 px thin)
+SIZE = 160 * SCALE  # px (square image)
+PX_PER_M = 3.0 * SCALE
+STEP_M = 0.25 / SCALE  # spacing of painted road points (m): under a pixel apart, so the road has no holes
 BACK_M, FWD_M = 12.0, 42.0  # metres of road drawn behind / ahead of the car
 GRASS, ROAD, EDGE, CAR = (46, 110, 46), (90, 90, 90), (235, 235, 235), (40, 90, 230)
 PED_WAIT, PED_WALK = (250, 200, 40), (250, 120, 20)
@@ -51,13 +53,13 @@ def render_env(env: DrivingVecEnv, i: int = 0) -> np.ndarray:
     st = {k: v[..., i].detach().cpu().numpy().astype(np.float64) for k, v in env.get_state().items()}
     img = np.empty((SIZE, SIZE, 3), dtype=np.uint8)
     img[:] = GRASS
-    sigma = np.arange(-BACK_M - 8.0, FWD_M + 8.0, 0.25)
+    sigma = np.arange(-BACK_M - 8.0, FWD_M + 8.0, STEP_M)
     x, y, th = _centerline(st, sigma)
     hw = float(st["half_w"])
-    for lat in np.arange(-hw - 0.6, hw + 0.61, 0.25):
+    for lat in np.arange(-hw - 0.6, hw + 0.6 + STEP_M, STEP_M):
         _paint(img, *_to_pixels(st, x - np.sin(th) * lat, y + np.cos(th) * lat), ROAD)
     for lat in (-hw, hw):
-        _paint(img, *_to_pixels(st, x - np.sin(th) * lat, y + np.cos(th) * lat), EDGE)
+        _paint(img, *_to_pixels(st, x - np.sin(th) * lat, y + np.cos(th) * lat), EDGE, SCALE // 2)
     if "ls" in st:
         _draw_light(env, i, st, img, sigma, (x, y, th), hw)
     if "ps" in st:
@@ -66,11 +68,12 @@ def render_env(env: DrivingVecEnv, i: int = 0) -> np.ndarray:
             if abs(sigma[j] - (st["ps"][k] - st["s"])) < 1.0:
                 lat = st["py"][k]
                 rgb = PED_WALK if st["pphase"][k] == 1 else PED_WAIT
-                _paint(img, *_to_pixels(st, x[j : j + 1] - np.sin(th[j]) * lat, y[j : j + 1] + np.cos(th[j]) * lat), rgb, 1)
+                _paint(img, *_to_pixels(st, x[j : j + 1] - np.sin(th[j]) * lat, y[j : j + 1] + np.cos(th[j]) * lat), rgb,
+                       SCALE)
     r0, c0 = int(SIZE - BACK_M * PX_PER_M), SIZE // 2
     hl, hw_px = int(C.CAR_HALF_LENGTH * PX_PER_M), max(1, int(C.CAR_HALF_WIDTH * PX_PER_M))
     img[r0 - hl : r0 + hl + 1, c0 - hw_px : c0 + hw_px + 1] = CAR
-    img[r0 - hl : r0 - hl + 2, c0 - hw_px : c0 + hw_px + 1] = EDGE  # windscreen marks the front
+    img[r0 - hl : r0 - hl + 2 * SCALE, c0 - hw_px : c0 + hw_px + 1] = EDGE  # windscreen marks the front
     return img
 
 
@@ -83,5 +86,5 @@ def _draw_light(env: DrivingVecEnv, i: int, st: dict, img: np.ndarray, sigma: np
     x, y, th = line
     _, red, amber, _ = env.light_phase()
     state = "red" if bool(red[i]) else "amber" if bool(amber[i]) else "green"
-    lat = np.arange(-hw, hw + 0.01, 0.2)
-    _paint(img, *_to_pixels(st, x[j] - np.sin(th[j]) * lat, y[j] + np.cos(th[j]) * lat), LIGHT_RGB[state], 1)
+    lat = np.arange(-hw, hw + 0.01, STEP_M)
+    _paint(img, *_to_pixels(st, x[j] - np.sin(th[j]) * lat, y[j] + np.cos(th[j]) * lat), LIGHT_RGB[state], SCALE)
