@@ -33,7 +33,6 @@ import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from mtdqn.envs import GymVecEnv  # noqa: E402
-from mtdqn.evaluation.episodes import run_episodes  # noqa: E402
 from mtdqn.models.lean_step import clip_grads_  # noqa: E402
 
 ZOO = dict(  # rl-baselines3-zoo hyperparams/dqn.yml, CartPole-v1
@@ -78,39 +77,13 @@ def run_ours(seed: int, args: argparse.Namespace, overrides: list[str]) -> dict:
 
 def run_sb3(seed: int, args: argparse.Namespace) -> dict:
     """Train Stable-Baselines3's DQN with the same hyperparameters and the same evaluation."""
+    from sb3_eval import sb3_eval_callback
     from stable_baselines3 import DQN
-    from stable_baselines3.common.callbacks import BaseCallback
 
     eval_env = GymVecEnv("CartPole-v1", num_envs=args.eval_episodes, device=args.device)
-
-    class Eval(BaseCallback):
-        """Evaluates when a rollout starts (right after the previous round of updates), like mtdqn's callback."""
-
-        def _on_training_start(self) -> None:
-            self.t0, self.eval_seconds, self.last, self.history = time.perf_counter(), 0.0, 0, []
-
-        def evaluate(self) -> None:
-            t = time.perf_counter()
-            q_net = self.model.q_net
-            returns = run_episodes(lambda obs: q_net(obs).argmax(-1), eval_env, seed=10_000)
-            self.eval_seconds += time.perf_counter() - t
-            seconds = time.perf_counter() - self.t0 - self.eval_seconds
-            self.history.append((self.num_timesteps, seconds, float(returns.mean())))
-            self.last = self.num_timesteps
-
-        def _on_rollout_start(self) -> None:
-            if self.num_timesteps // args.eval_every > self.last // args.eval_every:
-                self.evaluate()
-
-        def _on_step(self) -> bool:
-            return True
-
-        def _on_training_end(self) -> None:
-            self.evaluate()
-
     torch.set_flush_denormal(args.sb3_flush_denormal)  # SB3 as shipped leaves denormal floats on
     model = DQN("MlpPolicy", "CartPole-v1", seed=seed, device=args.device, verbose=0, **ZOO)
-    cb = Eval()
+    cb = sb3_eval_callback(eval_env, args.eval_every, seed=10_000)
     t0 = time.perf_counter()
     model.learn(total_timesteps=args.total_steps, callback=cb)
     wall = time.perf_counter() - t0 - cb.eval_seconds
