@@ -40,6 +40,11 @@ def clip_grads_(grads: list[Tensor], max_norm: float) -> Tensor:
     return total
 
 
+def matching_layout(params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+    """`grads` with each one in its parameter's memory layout (strides); those already in it are passed through."""
+    return [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(params, grads, strict=True)]
+
+
 class LeanAdam:
     """Steps a fused torch.optim.Adam / AdamW with explicit gradients through torch's functional `adam`."""
 
@@ -83,7 +88,12 @@ class LeanAdam:
     def step(self, grads: list[Tensor]) -> None:
         """One Adam update of `self.params` with `grads` (one per parameter, same order): the fused kernel that
         torch's functional `adam(fused=True)` dispatches to, called directly (all parameters share one device and
-        dtype, so its per-call grouping is skipped)."""
+        dtype, so its per-call grouping is skipped). A gradient laid out otherwise than its parameter is copied into
+        the parameter's layout first: the fused kernel walks parameter, gradient and moments as one flat buffer each,
+        and `torch.autograd.grad` (unlike `backward`, which keeps a parameter's layout) returns a convolution's
+        weight gradient channels-last when its input is (MinAtar's permuted images): walked flat, that pairs each
+        weight with another weight's gradient."""
+        grads = matching_layout(self.params, grads)
         g = self.optimizer.param_groups[0]
         exp_avgs, exp_avg_sqs, steps = self._state()
         torch._foreach_add_(steps, 1)

@@ -114,6 +114,23 @@ def test_lean_step_is_used_and_matches_the_standard_path(tmp_path):
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
 
 
+def test_lean_step_matches_the_standard_path_with_a_convolution_on_minatar(tmp_path):
+    """The MinAtar preset's convolution takes the lean path with autograd gradients (no hand-written ones): it must
+    train to the very same weights as backward + clip + Adam.step (its weight gradient comes channels-last)."""
+    pytest.importorskip("minatar", reason="MinAtar ids need the optional extra .[minatar]")
+    results = {}
+    for lean in (True, False):
+        cfg = compose_cfg(["+experiment=minatar_dqn", "logger=none", "callbacks=none", "seed=5",
+                           f"model.lean_step={lean}", "data.total_env_steps=1536", "data.learning_starts=1024"],
+                          tmp_path / str(lean))
+        torch.manual_seed(5)
+        model, data, trainer = build(cfg)
+        trainer.fit(model, datamodule=data)
+        assert (model._lean is not None) == lean and model._explicit is None and trainer.global_step == 192
+        results[lean] = params_vector(model.q_net)
+    torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
+
+
 MTL_EXPLICIT = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]", "model.grad_diagnostics_every=3"]
 
 

@@ -32,6 +32,35 @@ def test_lean_adam_matches_optimizer_step(cls):
     assert float(opt.state_dict()["state"][0]["step"]) == 5.0
 
 
+def test_lean_adam_matches_optimizer_step_for_a_convolution_on_channels_last_images():
+    """MinAtar's (H, W, C) images reach the convolution permuted, so `torch.autograd.grad` returns its weight
+    gradient channels-last (other strides than the weight); the fused kernel walks tensors as flat buffers, so
+    LeanAdam must copy such a gradient into the weight's layout. Without that, each weight moved by another
+    weight's gradient (the lean path's MinAtar convolution learned half as well as SB3's; 2026-11-30)."""
+    from mtdqn.nets.q import QNetwork
+
+    torch.manual_seed(0)
+    net = QNetwork(100 * 4, 3, hidden=[32], conv=[[8, 3, 1]], obs_shape=(10, 10, 4))
+    ref = copy.deepcopy(net)
+    opt, ref_opt = (torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for m in (net, ref))
+    lean = LeanAdam(opt)
+    params = list(net.parameters())
+    x = (torch.rand(16, 400) < 0.2).float()
+    grads = list(torch.autograd.grad(net(x).square().mean(), params))
+    assert grads[0].stride() != params[0].stride()  # the case this test is about: a channels-last weight gradient
+    for step in range(5):
+        x = (torch.rand(16, 400) < 0.2).float()
+        grads = list(torch.autograd.grad(net(x).square().mean(), params))
+        clip_grads_(grads, 10.0)
+        lean.step(grads)
+        ref_opt.zero_grad()
+        ref(x).square().mean().backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 10.0)
+        ref_opt.step()
+        for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=f"step {step}")
+
+
 def test_lean_adam_follows_a_reloaded_optimizer_state():
     """LeanAdam caches the optimizer's state tensors; load_state_dict (resume) replaces them and the cache must
     follow, or the moments of the checkpoint would be ignored."""
