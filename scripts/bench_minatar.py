@@ -2,7 +2,7 @@
 """Side-by-side MinAtar DQN, learning and speed: mtdqn's `+experiment=minatar_dqn` vs Stable-Baselines3's DQN.
 
 The same game (MinAtar v1 ids through gymnasium: sticky actions 0.1, each game's minimal action set), the same
-network (`--net mlp`: 128 hidden units on the flattened 10x10xC image, the README's recommendation at this budget;
+network (`--net mlp`: 128 hidden units on the flattened 10x10xC image, the faster one per CPU minute;
 `--net conv`: the MinAtar paper's one 3x3 convolution with 16 channels, then 128 hidden units; SB3 gets the same
 layers as its features extractor), the preset's batch, learning rate, 3-step returns, replay size, epsilon schedule
 (1 -> 0.1 over 100k env steps), target sync every 1000 env steps and updates per env step (8 envs, 0.25 updates per
