@@ -34,9 +34,7 @@ def test_bad_sizes_are_refused_before_training():
 def test_sb3_gets_the_same_network_the_same_updates_and_the_same_evaluation(tmp_path, net):
     """Both frameworks' Q-networks have the same parameter count (the same layers), do the same number of updates
     to within one of our rounds, and are evaluated at the same env steps."""
-    pytest.importorskip("stable_baselines3", reason="the SB3 side needs the optional extra .[bench]")
-    import argparse
-
+    stable_baselines3 = pytest.importorskip("stable_baselines3", reason="the SB3 side needs the optional extra .[bench]")
     from mtdqn.train import build
 
     bench = script_module("bench_minatar")
@@ -44,18 +42,15 @@ def test_sb3_gets_the_same_network_the_same_updates_and_the_same_evaluation(tmp_
     model, _, _ = build(bench.compose_ours(args, 0, str(tmp_path)))
     ours = sum(p.numel() for p in model.q_net.parameters())
     captured = {}
-    from stable_baselines3 import DQN
 
-    class Spy(DQN):
+    class Spy(stable_baselines3.DQN):  # run_sb3 imports DQN when called: this subclass records its network size
         def learn(self, *a, **k):
             captured["params"] = sum(p.numel() for p in self.q_net.parameters())
             return super().learn(*a, **k)
 
-    import stable_baselines3
-
     stable_baselines3.DQN, saved = Spy, stable_baselines3.DQN
     try:
-        sb3 = bench.run_sb3(0, argparse.Namespace(**vars(args)))
+        sb3 = bench.run_sb3(0, args)
         mine = bench.run_ours(0, args)
     finally:
         stable_baselines3.DQN = saved
