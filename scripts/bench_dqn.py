@@ -13,27 +13,23 @@ the ratios ours / SB3; `--out` also writes the raw numbers as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from pathlib import Path
 
-os.environ.setdefault("WANDB_MODE", "disabled")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
+from bench_common import (
+    add_common_args,
+    fit_ours,
+    machine_line,
+    sb3_eval_callback,
+    wall_ratio_line,
+    write_record,
+)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from mtdqn.envs import GymVecEnv  # noqa: E402
-from mtdqn.models.lean_step import clip_grads_  # noqa: E402
+from mtdqn.envs import GymVecEnv
+from mtdqn.models.lean_step import clip_grads_
 
 ZOO = dict(  # rl-baselines3-zoo hyperparams/dqn.yml, CartPole-v1
     learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
@@ -53,37 +49,24 @@ def first_reach(history: list[tuple[int, float, float]]) -> tuple[float | None, 
 
 def run_ours(seed: int, args: argparse.Namespace, overrides: list[str]) -> dict:
     """Train mtdqn through the normal composition root; timings exclude evaluation."""
-    from mtdqn.train import build
-
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        device = ["trainer=gpu"] if args.device.startswith("cuda") else []
-        cfg = compose("train", overrides=[
-            *overrides, *device, f"seed={seed}", f"data.total_env_steps={args.total_steps}", "logger=none",
-            "callbacks.progress=null", "callbacks.checkpoint=null", f"callbacks.eval.every_env_steps={args.eval_every}",
-            f"callbacks.eval.episodes={args.eval_episodes}", f"paths.output_dir={tmp}",
-            "+trainer.enable_progress_bar=false",
-        ])
-        model, data, trainer = build(cfg)
-        t0 = time.perf_counter()
-        trainer.fit(model, datamodule=data)
-        wall = time.perf_counter() - t0
-    cb = next(c for c in trainer.callbacks if hasattr(c, "history"))
+    result, model, _, _ = fit_ours([
+        *overrides, f"seed={seed}", f"data.total_env_steps={args.total_steps}", "logger=none",
+        "callbacks.progress=null", "callbacks.checkpoint=null", f"callbacks.eval.every_env_steps={args.eval_every}",
+        f"callbacks.eval.episodes={args.eval_episodes}",
+    ], args.device)
     key = f"eval/{model.task.name}/return"
-    history = [(int(m["time/env_steps"]), m["time/train_seconds"], m[key]) for m in cb.history]
-    steps = data.current_env_steps()
-    return dict(wall=wall - cb.eval_seconds, env_steps=steps, updates=trainer.global_step, history=history,
-                final_return=history[-1][2])
+    history = [(s, t, float(m[key])) for s, t, m in result["history"]]
+    return result | dict(history=history, final_return=history[-1][2])
 
 
 def run_sb3(seed: int, args: argparse.Namespace) -> dict:
     """Train Stable-Baselines3's DQN with the same hyperparameters and the same evaluation."""
-    from sb3_eval import sb3_eval_callback
     from stable_baselines3 import DQN
 
     eval_env = GymVecEnv("CartPole-v1", num_envs=args.eval_episodes, device=args.device)
     torch.set_flush_denormal(args.sb3_flush_denormal)  # SB3 as shipped leaves denormal floats on
     model = DQN("MlpPolicy", "CartPole-v1", seed=seed, device=args.device, verbose=0, **ZOO)
-    cb = sb3_eval_callback(eval_env, args.eval_every, seed=10_000)
+    cb = sb3_eval_callback(eval_env, args.eval_every)
     t0 = time.perf_counter()
     model.learn(total_timesteps=args.total_steps, callback=cb)
     wall = time.perf_counter() - t0 - cb.eval_seconds
@@ -168,10 +151,7 @@ def fmt(x: float | None, spec: str = ",.1f") -> str:
 def report(results: dict, args: argparse.Namespace) -> str:
     """Markdown table of medians over seeds plus ratios."""
     lines = [
-        f"CartPole-v1 DQN, {args.total_steps:,} env steps, seeds {args.seeds}, torch threads {args.threads}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
-        f"{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}; denormal floats "
+        f"CartPole-v1 DQN, {args.total_steps:,} env steps, {machine_line(args)}; denormal floats "
         f"flushed for mtdqn (its default) and the floor, {'also' if args.sb3_flush_denormal else 'not'} for SB3",
         "",
         "| run | wall s (train) | env steps/s | updates | updates/s | steps to 475 | seconds to 475 | final return |",
@@ -195,8 +175,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
     lines.append("")
     ours, sb3 = results.get("mtdqn", []), results.get("sb3", [])
     if ours and sb3:
-        ratio = [o["wall"] / s["wall"] for o, s in zip(ours, sb3, strict=True)]
-        lines.append(f"- wall-time ratio mtdqn / SB3 (same work), median of per-seed ratios: {statistics.median(ratio):.3f}")
+        lines.append(wall_ratio_line(results, "same work"))
     if ours and results.get("floor"):
         eff = [f["wall"] / o["wall"] for f, o in zip(results["floor"], ours, strict=True)]
         lines.append(f"- efficiency floor / mtdqn: {statistics.median(eff):.3f}")
@@ -212,19 +191,14 @@ def report(results: dict, args: argparse.Namespace) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--total-steps", type=int, default=50_000, help="env steps per run")
     p.add_argument("--eval-every", type=int, default=2_000, help="env steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every run")
-    p.add_argument("--skip-sb3", action="store_true")
     p.add_argument("--skip-fast", action="store_true", help="skip mtdqn's throughput preset")
     p.add_argument("--fast-experiment", default="cartpole_fast", help="experiment preset for the throughput run")
     p.add_argument("--sb3-flush-denormal", action="store_true",
                    help="also flush denormal floats for SB3 (its default, like torch's, is not to)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda: networks, replay and updates of all three runs")
-    p.add_argument("--out", type=Path, default=None, help="write raw results as JSON")
-    return p
+    return add_common_args(p)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -246,12 +220,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             fast = run_ours(seed, args, [f"+experiment={args.fast_experiment}"])
             results["mtdqn-fast"].append(fast)
             print(f"seed {seed} fast:  {fast['wall']:.1f} s, {fast['updates']} updates, final {fast['final_return']}", flush=True)
-        if args.out:  # partial results survive a crash
-            args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
+        write_record(args, results=results)
     text = report(results, args)
     print(text)
-    if args.out:
-        args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results, "report": text}, indent=1))
+    write_record(args, results=results, report=text)
 
 
 if __name__ == "__main__":

@@ -21,63 +21,49 @@ counts as slower than any), and the wall-time ratio ours / SB3 (median of per-se
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from pathlib import Path
 
-os.environ.setdefault("WANDB_MODE", "disabled")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from bench_common import (
+    EVAL_SEED,
+    add_common_args,
+    compose_train,
+    fit_ours,
+    machine_line,
+    sb3_eval_callback,
+    wall_ratio_line,
+    write_record,
+)
+from torch import nn
 
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from torch import nn  # noqa: E402
-
-from mtdqn.envs import GymVecEnv  # noqa: E402
-from mtdqn.envs.gym_adapter import make_single  # noqa: E402
-from mtdqn.evaluation.stats import area_under_curve, bootstrap_ci, iqm, mean  # noqa: E402
+from mtdqn.envs import GymVecEnv
+from mtdqn.envs.gym_adapter import make_single
+from mtdqn.evaluation.stats import area_under_curve, bootstrap_ci, iqm, mean
 
 N_ENVS = 8
-EVAL_SEED = 10_000
 NETS = {"mlp": "net.conv=null", "conv": "net.conv=[[16,3,1]]"}
 
 
-def compose_ours(args: argparse.Namespace, seed: int, output_dir: str):
+def ours_overrides(args: argparse.Namespace, seed: int) -> list[str]:
     """The preset at the bench's size and game; everything else as shipped but for the double-Q target."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        return compose("train", overrides=[
-            "+experiment=minatar_dqn", f"task_set.tasks=[{args.game}]", NETS[args.net], f"seed={seed}",
-            "logger=none", "callbacks.progress=null", "callbacks.checkpoint=null",
-            f"data.num_envs={N_ENVS}", f"data.total_env_steps={args.total_steps}",
-            f"callbacks.eval.every_env_steps={args.eval_every}", f"callbacks.eval.episodes={args.eval_episodes}",
-            f"callbacks.eval.seed={EVAL_SEED}",
-            "model.double_q=false",  # SB3's DQN has no double-Q target
-            f"paths.output_dir={output_dir}", "+trainer.enable_progress_bar=false",
-            *(["trainer=gpu"] if args.device.startswith("cuda") else []),
-        ])
+    return [
+        "+experiment=minatar_dqn", f"task_set.tasks=[{args.game}]", NETS[args.net], f"seed={seed}",
+        "logger=none", "callbacks.progress=null", "callbacks.checkpoint=null",
+        f"data.num_envs={N_ENVS}", f"data.total_env_steps={args.total_steps}",
+        f"callbacks.eval.every_env_steps={args.eval_every}", f"callbacks.eval.episodes={args.eval_episodes}",
+        f"callbacks.eval.seed={EVAL_SEED}",
+        "model.double_q=false",  # SB3's DQN has no double-Q target
+    ]
 
 
 def run_ours(seed: int, args: argparse.Namespace) -> dict:
     """Train through the normal composition root (trainer.fit); evaluation time excluded."""
-    from mtdqn.train import build
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model, data, trainer = build(compose_ours(args, seed, tmp))
-        t0 = time.perf_counter()
-        trainer.fit(model, datamodule=data)
-        wall = time.perf_counter() - t0
-    cb = next(c for c in trainer.callbacks if hasattr(c, "history"))
+    result, model, _, _ = fit_ours(ours_overrides(args, seed), args.device)
     key = f"eval/{model.task.name}/return"
-    history = [(int(m["time/env_steps"]), m["time/train_seconds"], float(m[key])) for m in cb.history]
-    return dict(wall=wall - cb.eval_seconds, env_steps=data.current_env_steps(), updates=trainer.global_step,
-                history=history)
+    return result | dict(history=[(s, t, float(m[key])) for s, t, m in result["history"]])
 
 
 class MinAtarConv(nn.Module):
@@ -98,11 +84,10 @@ class MinAtarConv(nn.Module):
 
 def run_sb3(seed: int, args: argparse.Namespace) -> dict:
     """SB3's DQN with the preset's settings on the same env, evaluated by the same code."""
-    from sb3_eval import sb3_eval_callback
     from stable_baselines3 import DQN
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    cfg = compose_ours(args, seed, tempfile.gettempdir())
+    cfg = compose_train([*ours_overrides(args, seed), f"paths.output_dir={tempfile.gettempdir()}"], args.device)
     eval_env = GymVecEnv(args.game, num_envs=args.eval_episodes, device=args.device)
     env = DummyVecEnv([lambda: make_single(args.game) for _ in range(N_ENVS)])
     extractor = dict(features_extractor_class=MinAtarConv, features_extractor_kwargs=dict(features_dim=128),
@@ -148,10 +133,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
     """Markdown table: medians over seeds for speed, mean / IQM with 95% bootstrap CIs for the final return."""
     med = statistics.median
     lines = [
-        f"{args.game} DQN ({args.net}), {args.total_steps:,} env steps, {N_ENVS} envs, seeds {args.seeds}, "
-        f"{args.eval_episodes} evaluation episodes every {args.eval_every:,} env steps, torch threads {args.threads}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, device {args.device}",
+        f"{args.game} DQN ({args.net}), {args.total_steps:,} env steps, {N_ENVS} envs, "
+        f"{args.eval_episodes} evaluation episodes every {args.eval_every:,} env steps, {machine_line(args)}",
         "",
         f"| run | wall s (train) | env steps/s | updates | updates/s | final return, mean [95% CI] | IQM [95% CI] | "
         f"AUC | env steps to {args.threshold:g} | train s to {args.threshold:g} |",
@@ -170,18 +153,15 @@ def report(results: dict, args: argparse.Namespace) -> str:
             f"{_ci(finals, mean)} | {_ci(finals, iqm)} | {med(aucs):.2f} | "
             f"{_reached([s for s, _ in reached], len(runs), ',.0f')} ({len(reached)}/{len(runs)}) | "
             f"{_reached([t for _, t in reached], len(runs), '.1f')} |")
-    ours, sb3 = results.get("mtdqn", []), results.get("sb3", [])
-    if ours and sb3:
-        ratio = [o["wall"] / s["wall"] for o, s in zip(ours, sb3, strict=True)]
-        lines += ["", f"- wall-time ratio mtdqn / SB3 (same env steps and updates), median of per-seed ratios: "
-                      f"{med(ratio):.3f} (per seed: {', '.join(f'{r:.3f}' for r in ratio)})"]
+    ratio = wall_ratio_line(results)
+    if ratio:
+        lines += ["", ratio]
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--game", default="MinAtar/Breakout-v1", help="any MinAtar/<Game>-v1 id")
     p.add_argument("--net", choices=sorted(NETS), default="mlp",
                    help="mlp: 128 hidden units on the flattened image; conv: the MinAtar paper's network")
@@ -189,11 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=50_000, help="env steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=32)
     p.add_argument("--threshold", type=float, default=8.0, help="return whose first evaluation is reported")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for every run")
-    p.add_argument("--device", default="cpu", help="cpu or cuda: networks, replay and updates of both frameworks")
-    p.add_argument("--skip-sb3", action="store_true")
-    p.add_argument("--out", type=Path, default=None, help="write raw results and the table as JSON")
-    return p
+    return add_common_args(p)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -212,13 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             results["sb3"].append(run_sb3(seed, args))
             print(f"seed {seed} sb3: {results['sb3'][-1]['wall']:.1f} s, final "
                   f"{results['sb3'][-1]['history'][-1][-1]:.2f}", flush=True)
+        write_record(args, results=results)
     table = report(results, args)
     print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                                        "results": results, "table": table}, indent=1))
-
+    write_record(args, results=results, table=table)
 
 if __name__ == "__main__":
     main()

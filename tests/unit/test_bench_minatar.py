@@ -39,7 +39,7 @@ def test_sb3_gets_the_same_network_the_same_updates_and_the_same_evaluation(tmp_
 
     bench = script_module("bench_minatar")
     args = bench.build_parser().parse_args([*TINY, "--net", net])
-    model, _, _ = build(bench.compose_ours(args, 0, str(tmp_path)))
+    model, _, _ = build(bench.compose_train([*bench.ours_overrides(args, 0), f"paths.output_dir={tmp_path}"]))
     ours = sum(p.numel() for p in model.q_net.parameters())
     captured = {}
 
