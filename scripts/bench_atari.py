@@ -22,7 +22,16 @@ import time
 from collections.abc import Sequence
 
 import torch
-from bench_common import add_common_args, compose_train, fit_ours, machine_line, wall_ratio_line, write_record
+from bench_common import (
+    add_common_args,
+    compose_train,
+    finish,
+    fit_ours,
+    machine_line,
+    speed_cells,
+    wall_ratio_line,
+    write_record,
+)
 from omegaconf import OmegaConf
 
 from mtdqn.envs.gym_adapter import make_single
@@ -87,10 +96,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
     for name, runs in results.items():
         if runs:
             lines.append(
-                f"| {name} | {med([r['wall'] for r in runs]):.1f} | "
-                f"{med([r['env_steps'] / r['wall'] for r in runs]):,.0f} | {med([r['updates'] for r in runs]):,.0f} | "
-                f"{med([r['updates'] / r['wall'] for r in runs]):.1f} | "
-                f"{med([r['replay_bytes_per_transition'] for r in runs]):,.0f} |")
+                f"| {name} | {speed_cells(runs, '.1f')} | {med([r['replay_bytes_per_transition'] for r in runs]):,.0f} |")
     ratio = wall_ratio_line(results)
     if ratio:
         lines += ["", ratio]
@@ -121,9 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             results[name].append(r)
             print(f"seed {seed} {name}: {r['wall']:.1f} s, {r['env_steps']} env steps, {r['updates']} updates", flush=True)
         write_record(args, results=results)
-    text = report(results, args)
-    print(text)
-    write_record(args, results=results, report=text)
+    finish(args, results, report(results, args))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,13 @@ def machine_line(args: argparse.Namespace) -> str:
             f"device {args.device}{gpu}")
 
 
+def speed_cells(runs: Sequence[dict], updates_per_s: str = ",.0f") -> str:
+    """'wall s | env steps/s | updates | updates/s': medians over a framework's runs (the first table columns)."""
+    med = statistics.median
+    return (f"{med([r['wall'] for r in runs]):.1f} | {med([r['env_steps'] / r['wall'] for r in runs]):,.0f} | "
+            f"{med([r['updates'] for r in runs]):,.0f} | {format(med([r['updates'] / r['wall'] for r in runs]), updates_per_s)}")
+
+
 def wall_ratio_line(results: dict, work: str = "same env steps and updates") -> str | None:
     """'- wall-time ratio mtdqn / SB3 ...' (median of per-seed ratios) when both ran, else None."""
     ours, sb3 = results.get("mtdqn", []), results.get("sb3", [])
@@ -119,6 +126,12 @@ def wall_ratio_line(results: dict, work: str = "same env steps and updates") -> 
     ratio = [o["wall"] / s["wall"] for o, s in zip(ours, sb3, strict=True)]
     return (f"- wall-time ratio mtdqn / SB3 ({work}), median of per-seed ratios: {statistics.median(ratio):.3f} "
             f"(per seed: {', '.join(f'{r:.3f}' for r in ratio)})")
+
+
+def finish(args: argparse.Namespace, results: dict, table: str, key: str = "report") -> None:
+    """Print the bench's table and write the record with it (under `key`)."""
+    print(table)
+    write_record(args, results=results, **{key: table})
 
 
 def write_record(args: argparse.Namespace, **payload) -> None:

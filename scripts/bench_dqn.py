@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from bench_common import (
     add_common_args,
+    finish,
     fit_ours,
     machine_line,
     sb3_eval_callback,
@@ -221,9 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             results["mtdqn-fast"].append(fast)
             print(f"seed {seed} fast:  {fast['wall']:.1f} s, {fast['updates']} updates, final {fast['final_return']}", flush=True)
         write_record(args, results=results)
-    text = report(results, args)
-    print(text)
-    write_record(args, results=results, report=text)
+    finish(args, results, report(results, args))
 
 
 if __name__ == "__main__":

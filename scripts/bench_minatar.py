@@ -31,9 +31,11 @@ from bench_common import (
     EVAL_SEED,
     add_common_args,
     compose_train,
+    finish,
     fit_ours,
     machine_line,
     sb3_eval_callback,
+    speed_cells,
     wall_ratio_line,
     write_record,
 )
@@ -148,9 +150,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
         reached = [s for s in reach if s is not None]
         aucs = [area_under_curve([h[0] for h in r["history"]], [h[-1] for h in r["history"]]) for r in runs]
         lines.append(
-            f"| {name} | {med([r['wall'] for r in runs]):.1f} | {med([r['env_steps'] / r['wall'] for r in runs]):,.0f} | "
-            f"{med([r['updates'] for r in runs]):,.0f} | {med([r['updates'] / r['wall'] for r in runs]):,.0f} | "
-            f"{_ci(finals, mean)} | {_ci(finals, iqm)} | {med(aucs):.2f} | "
+            f"| {name} | {speed_cells(runs)} | {_ci(finals, mean)} | {_ci(finals, iqm)} | {med(aucs):.2f} | "
             f"{_reached([s for s, _ in reached], len(runs), ',.0f')} ({len(reached)}/{len(runs)}) | "
             f"{_reached([t for _, t in reached], len(runs), '.1f')} |")
     ratio = wall_ratio_line(results)
@@ -189,9 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"seed {seed} sb3: {results['sb3'][-1]['wall']:.1f} s, final "
                   f"{results['sb3'][-1]['history'][-1][-1]:.2f}", flush=True)
         write_record(args, results=results)
-    table = report(results, args)
-    print(table)
-    write_record(args, results=results, table=table)
+    finish(args, results, report(results, args), key="table")
 
 if __name__ == "__main__":
     main()
