@@ -216,9 +216,14 @@ def mtl_entry(history: list[dict], wall: float, bars: Bars, start_shares: dict[s
 
 
 def _stopped(history: list[dict]) -> dict:
-    """{"stopped_solved": True} for a run that callbacks.eval.stop_at_* ended once solved (its "final" scores are
-    that evaluation's, its budget and wall time cut short); nothing for a run that trained its whole budget."""
-    return {"stopped_solved": True} if history[-1].get("time/stopped_solved") else {}
+    """{"stopped_solved": True, "configured_steps": its data.total_env_steps} for a run that callbacks.eval.stop_at_*
+    ended once solved (its "final" scores are that evaluation's, its budget_steps and wall time cut short; runs from
+    before 2026-12-01 did not log the configured budget); nothing for a run that trained its whole budget."""
+    last = history[-1]
+    if not last.get("time/stopped_solved"):
+        return {}
+    budget = last.get("time/budget_env_steps")
+    return {"stopped_solved": True, **({"configured_steps": budget} if budget is not None else {})}
 
 
 def single_entry(history: list[dict], task: str, wall: float, bar: Bar) -> dict:

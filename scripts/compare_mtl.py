@@ -93,6 +93,15 @@ def _bars(mtl: dict, threshold: float) -> str:
     return ", ".join(f"{t} {m} >= {v:g}" for t, (m, v) in bars.items())
 
 
+def _budget(mtl: dict) -> float | None:
+    """The env steps a run could have solved within: its last env step, or for a run stopped once solved
+    (callbacks.eval.stop_at_*) the budget it was configured with (None where not recorded: it ended at its cost,
+    which is no limit on the others)."""
+    if mtl.get("stopped_solved"):
+        return mtl.get("configured_steps")
+    return mtl.get("budget_steps")
+
+
 def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_single: bool = False,
                  solve_return: Sequence[str] = ()) -> list[dict]:
     """The multi-task runs of the records and run directories: [{'seed', 'source', 'cost', 'budget', 'single',
@@ -110,8 +119,7 @@ def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_s
         else:
             raise SystemExit(f"{path}: no such record or run directory")
         runs += [{"seed": r["seed"], "source": r["source"], "cost": run_cost(r["mtl"], criterion),
-                  # a run stopped once solved (callbacks.eval.stop_at_*) ended at its cost, not at a budget
-                  "budget": None if r["mtl"].get("stopped_solved") else r["mtl"].get("budget_steps"),
+                  "budget": _budget(r["mtl"]),
                   "single": r.get("single"),
                   "bars": _bars(r["mtl"], threshold)} for r in found]
     if not runs:
@@ -149,8 +157,8 @@ def compare(settings: dict[str, list[dict]], n_boot: int = 2000, n_perm: int = 1
             raise SystemExit(f"--vs-single: {', '.join(empty)} has no run whose single-task agents all solved")
     costs = {k: np.array([r["cost"] for r in v], dtype=float) for k, v in settings.items()}
     # runs with different budgets are compared up to the shortest: a run that solved after it would have been a
-    # never-solved run with that budget (runs stopped once solved have none: their configured budget is not recorded,
-    # and the end of the run is no limit on the others)
+    # never-solved run with that budget (a run stopped once solved counts with its configured budget; records from
+    # before 2026-12-01 lack it, and the end of such a run is no limit on the others)
     budgets = [r["budget"] for v in settings.values() for r in v if r.get("budget") is not None]
     horizon = min(budgets) if budgets else math.inf
     cut = {k: int(np.sum(np.isfinite(c) & (c > horizon))) for k, c in costs.items()}

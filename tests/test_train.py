@@ -273,6 +273,7 @@ def test_stop_at_return_ends_the_run_at_the_first_evaluation_that_reaches_it(tmp
     assert [r["time/env_steps"] for r in evals] == ([300.0] if stops else [300.0, 600.0])
     assert summary["time/env_steps"] == (300.0 if stops else 600.0)
     assert summary.get("time/stopped_solved") == (1.0 if stops else None)
+    assert summary.get("time/budget_env_steps") == (600.0 if stops else None)  # the budget it did not use
 
 
 def test_stop_at_return_reward_threshold_takes_each_gym_tasks_registered_one(tmp_path, monkeypatch):

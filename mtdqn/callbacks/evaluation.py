@@ -211,6 +211,8 @@ class EvalCallback(pl.Callback):
             if trainer.strategy.reduce_boolean_decision(solved, all=True) or self.stopped_solved:
                 self.stopped_solved = trainer.should_stop = True
                 metrics["time/stopped_solved"] = 1.0  # the run ended here: every task reached the stop_at_* bars
+                # the budget it would have had: comparisons of runs with different budgets need it
+                metrics["time/budget_env_steps"] = float(trainer.datamodule.total_env_steps)
         self.last_eval_steps = steps
         self.history.append(metrics)
         log_to_loggers(trainer, metrics)

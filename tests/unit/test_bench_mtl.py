@@ -355,13 +355,14 @@ def test_single_task_agents_stopped_once_solved_are_marked_and_still_timed(tmp_p
                     mtl=True)]
     for task, first in zip(TASKS, (1, 2, 3), strict=True):
         evals = [{task: 0.95 if i + 1 >= first else 0.1} for i in range(first)]
-        extras = [{} for _ in range(first - 1)] + [{"time/stopped_solved": 1.0}]
+        extras = [{} for _ in range(first - 1)] + [{"time/stopped_solved": 1.0, "time/budget_env_steps": 9000.0}]
         runs.append(run_dir(tmp_path / task, 0, [task], evals, mtl=False, extras=extras))
     res, out = merge(tmp_path, runs)
     assert res.returncode == 0, res.stderr
     single = json.loads(out.read_text())["runs"][0]["single"]
     assert single["solved_steps"] == 1000 + 2000 + 3000
     assert all(single["tasks"][t]["stopped_solved"] for t in TASKS)
+    assert all(single["tasks"][t]["configured_steps"] == 9000.0 for t in TASKS)  # the budget they were given
     assert "Stopped once solved" in res.stdout and "some single-task runs" in res.stdout
     assert "multi-task and" not in res.stdout  # the multi-task run trained its whole budget
 

@@ -193,3 +193,18 @@ def test_runs_stopped_once_solved_do_not_cut_the_others_short(tmp_path: Path) ->
                                "b": compare_mtl.load_setting([other], "all")}, n_boot=200, n_perm=200)
     assert out["horizon"] == 200e3 and out["beyond_horizon"] == {"a": 0, "b": 0}
     assert out["settings"]["a"]["costs"] == [40e3, 150e3, math.inf]
+
+
+def test_a_run_stopped_once_solved_counts_with_its_configured_budget(tmp_path: Path) -> None:
+    """Runs stopped at solve that logged their configured budget (time/budget_env_steps, recorded by bench_mtl as
+    configured_steps) bound the comparison by it: a run of the other setting that solved after 150k would not have
+    within the stopped runs' budget, so it counts as never."""
+    rec = tmp_path / "stopped.json"
+    runs = [{"seed": s, "mtl": {"solved_steps": v, "each_steps": v, "budget_steps": v, "stopped_solved": True,
+                                "configured_steps": 150e3}} for s, v in enumerate([40e3, 90e3, 120e3])]
+    rec.write_text(json.dumps({"args": {}, "runs": runs}))
+    other = record(tmp_path / "other.json", [60e3, 70e3, 180e3], budget=200e3)
+    out = compare_mtl.compare({"a": compare_mtl.load_setting([rec], "all"),
+                               "b": compare_mtl.load_setting([other], "all")}, n_boot=200, n_perm=200)
+    assert out["horizon"] == 150e3 and out["beyond_horizon"] == {"a": 0, "b": 1}
+    assert out["settings"]["b"]["costs"] == [60e3, 70e3, math.inf]
