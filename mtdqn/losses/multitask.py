@@ -44,28 +44,33 @@ def assign_flat_grad(params: Iterable[nn.Parameter], flat: Tensor, accumulate: b
 
 
 def pcgrad(
-    grads: Sequence[Tensor], generator: torch.Generator | None = None, order: Sequence[int] | None = None
+    grads: Sequence[Tensor] | Tensor, generator: torch.Generator | None = None, order: Sequence[int] | None = None
 ) -> Tensor:
     """PCGrad (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning"): sum of conflict-projected task gradients.
 
     For each task i, for each other task j (in `order`, else a random permutation drawn from `generator`):
     if g_i^PC . g_j < 0, g_i^PC <- g_i^PC - (g_i^PC . g_j / |g_j|^2) g_j. Returns sum_i g_i^PC, shape (P,).
-    Branch-free (the projection coefficient is clamped at 0), so it never syncs the device.
+
+    `grads`: T gradients of P entries, a sequence or a (T, P) tensor. Every g_i^PC stays g_i minus a combination of
+    the task gradients, g_i - sum_k c_ik g_k, so each dot product it needs is a combination of the Gram matrix's
+    entries (g_i^PC . g_j = G_ij - sum_k c_ik G_kj): the projections run on T x T numbers, and the P-sized work is
+    one Gram product and one weighted sum (instead of 2 T (T - 1) passes over P). Branch-free (the projection
+    coefficient is clamped at 0), so it never syncs the device.
     """
-    g = torch.stack(list(grads))  # (T, P)
+    g = grads if isinstance(grads, Tensor) else torch.stack(list(grads))  # (T, P)
     n_tasks = g.shape[0]
-    sq_norms = (g * g).sum(dim=1).clamp_min(_EPS)
-    projected = g.clone()
+    gram = g @ g.T
+    sq_norms = gram.diagonal().clamp_min(_EPS)
+    coef = g.new_zeros(n_tasks, n_tasks)  # coef[i, k]: how much of g_k task i's projected gradient has lost
     for i in range(n_tasks):
         js = list(order) if order is not None else torch.randperm(n_tasks, generator=generator).tolist()
-        g_pc = projected[i]
         for j in js:
             if j == i:
                 continue
-            coef = torch.dot(g_pc, g[j]).clamp(max=0.0) / sq_norms[j]  # 0 unless the two conflict
-            g_pc = g_pc - coef * g[j]
-        projected[i] = g_pc
-    return projected.sum(dim=0)
+            dot = gram[i, j] - torch.dot(coef[i], gram[:, j])
+            coef[i, j] = dot.clamp(max=0.0) / sq_norms[j]  # 0 unless the two conflict
+    # sum_i g_i^PC = sum_k (1 - sum_i coef[i, k]) g_k
+    return (1.0 - coef.sum(dim=0)) @ g
 
 
 def grad_cosine_matrix(grads: Sequence[Tensor]) -> Tensor:

@@ -180,7 +180,7 @@ def task_loss_terms(
 class _MultiTaskExplicit(ABC):
     """What the multi-task classes below share: the loss and its gradients from their `_taken` (forward to the taken
     actions' Q, with what the backward needs) and `_backward` (gradients in `q_net.parameters()` order from
-    d loss / d q_taken)."""
+    d loss / d q_taken; with `per_task`, each task's gradient of its own samples' loss, stacked)."""
 
     n_tasks: int
 
@@ -189,8 +189,46 @@ class _MultiTaskExplicit(ABC):
         """(what `_backward` needs, Q of the taken actions (B,))."""
 
     @abstractmethod
-    def _backward(self, cache: tuple, dloss: Tensor) -> list[Tensor]:
-        """Gradients in `q_net.parameters()` order from d loss / d q_taken (B,)."""
+    def _backward(self, cache: tuple, dloss: Tensor, per_task: bool = False) -> list[Tensor]:
+        """Gradients in `q_net.parameters()` order from d loss / d q_taken (B,); `per_task`: each (T, *shape), row t
+        the gradient of task t's samples' terms alone."""
+
+    def _rows(self, task_ids: Tensor) -> tuple[list[slice | Tensor | None], bool]:
+        """Each task's rows of the batch (None for an absent task) and whether they are slices (a batch grouped by
+        task, as replay batches and rollouts come) rather than index lists."""
+        counts = torch.bincount(task_ids, minlength=self.n_tasks).tolist()
+        if bool((task_ids[1:] >= task_ids[:-1]).all()):
+            rows, start = [], 0
+            for n in counts:
+                rows.append(slice(start, start + n) if n else None)
+                start += n
+            return rows, True
+        return [(task_ids == t).nonzero().squeeze(1) if n else None for t, n in enumerate(counts)], False
+
+    @staticmethod
+    def _take(x: Tensor, rows: slice | Tensor) -> Tensor:
+        return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+
+    def _linear_grads(self, g: Tensor, inp: Tensor, rows: list | None) -> tuple[Tensor, Tensor]:
+        """(weight, bias) gradients of a Linear whose output gradient is g (B, out) and input inp (B, in): summed over
+        the batch, or with `rows` (each task's rows) one per task, (T, out, in) and (T, out), from its rows only."""
+        if rows is None:
+            return torch.mm(g.t(), inp), g.sum(0)
+        w = g.new_zeros(len(rows), g.shape[1], inp.shape[1])
+        b = g.new_zeros(len(rows), g.shape[1])
+        for t, r in enumerate(rows):
+            if r is not None:
+                g_t = self._take(g, r)
+                torch.mm(g_t.t(), self._take(inp, r), out=w[t])
+                torch.sum(g_t, 0, out=b[t])
+        return w, b
+
+    @staticmethod
+    def _own_row(grad: Tensor, t: int, n_tasks: int) -> Tensor:
+        """(T, *grad.shape): `grad` in row t, zeros elsewhere (a parameter only task t's samples reach)."""
+        out = grad.new_zeros(n_tasks, *grad.shape)
+        out[t] = grad
+        return out
 
     @no_grad
     def loss_and_grads(
@@ -209,15 +247,17 @@ class _MultiTaskExplicit(ABC):
     def task_loss_and_grads(
         self, obs: Tensor, actions: Tensor, task_ids: Tensor, target: Tensor, weights: Tensor | None, kind: str,
         need_td_abs: bool = True,
-    ) -> tuple[Tensor, Tensor | None, Tensor, list[list[Tensor]]]:
-        """Each task's gradient on its own (PCGrad): (per-task mean losses (T,), |td| or None, per-task mean Q (T,),
-        for every task t the gradients of its mean loss in `q_net.parameters()` order). One forward; task t's
-        backward carries only its own samples' loss derivatives (all zero for a task absent from the batch)."""
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """Each task's gradient on its own (PCGrad, gradient cosines): (per-task mean losses (T,), |td| or None,
+        per-task mean Q (T,), (T, P): row t the gradient of task t's mean loss, flattened in `q_net.parameters()`
+        order; all zero for a task absent from the batch). One forward and one backward: a sample's derivative
+        reaches every layer through its own row only, so the layers' input gradients are computed once for the
+        whole batch and only the weight gradients are summed per task (over its own rows)."""
         cache, q_taken = self._taken(obs, actions, task_ids)
         _, per_task, td_abs, q_per_task, dloss = task_loss_terms(
             q_taken, target, task_ids, self.n_tasks, weights, None, kind, need_td_abs)
-        grads = [self._backward(cache, dloss * (task_ids == t)) for t in range(self.n_tasks)]
-        return per_task, td_abs, q_per_task, grads
+        grads = self._backward(cache, dloss, per_task=True)
+        return per_task, td_abs, q_per_task, torch.cat([g.reshape(self.n_tasks, -1) for g in grads], dim=1)
 
 
 class ExplicitMultiHeadGrads(_MultiTaskExplicit):
@@ -293,22 +333,6 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         expected = ExplicitMultiHeadGrads._names(len(torso) // 2, len(q_net.heads), adapters is not None)
         return sorted(names) == sorted(expected)
 
-    def _rows(self, task_ids: Tensor) -> tuple[list[slice | Tensor | None], bool]:
-        """Each task's rows of the batch (None for an absent task) and whether they are slices (a batch grouped by
-        task, as replay batches and rollouts come) rather than index lists."""
-        counts = torch.bincount(task_ids, minlength=self.n_tasks).tolist()
-        if bool((task_ids[1:] >= task_ids[:-1]).all()):
-            rows, start = [], 0
-            for n in counts:
-                rows.append(slice(start, start + n) if n else None)
-                start += n
-            return rows, True
-        return [(task_ids == t).nonzero().squeeze(1) if n else None for t, n in enumerate(counts)], False
-
-    @staticmethod
-    def _take(x: Tensor, rows: slice | Tensor) -> Tensor:
-        return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
-
     def _first(self, obs: Tensor, task_ids: Tensor | int) -> tuple[Tensor, list | None]:
         """The first hidden layer (after its ReLU) and, with adapters, each task's rows (None without adapters)."""
         if self.adapters is None:
@@ -370,29 +394,33 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         w_heads, b_heads = self._heads()
         q_all = torch.addmm(b_heads, acts[-1], w_heads.t())  # (B, sum_t A_t)
         idx = (self.starts.index_select(0, task_ids) + actions).unsqueeze(1)
-        return (obs, acts, rows, w_heads, q_all, idx), q_all.gather(1, idx).squeeze(1)
+        return (obs, acts, rows, w_heads, q_all, idx, task_ids), q_all.gather(1, idx).squeeze(1)
 
-    def _backward(self, cache: tuple, dloss: Tensor) -> list[Tensor]:
-        obs, acts, rows, w_heads, q_all, idx = cache
+    def _backward(self, cache: tuple, dloss: Tensor, per_task: bool = False) -> list[Tensor]:
+        obs, acts, rows, w_heads, q_all, idx, task_ids = cache
         g = torch.zeros_like(q_all).scatter_(1, idx, dloss.unsqueeze(1))
-        d_w_heads, d_b_heads = torch.mm(g.t(), acts[-1]), g.sum(0)
+        d_w_heads, d_b_heads = torch.mm(g.t(), acts[-1]), g.sum(0)  # head t's block: task t's samples alone
         g = _relu_backward(torch.mm(g, w_heads), acts[-1], 0.0)
         first = 0 if self.adapters is None else 1  # index in acts of the torso Linears' first input
+        task_rows = (rows if rows is not None else self._rows(task_ids)[0]) if per_task else None
         torso_grads: list[Tensor] = []
         for layer in range(len(self.torso) - 1, -1, -1):
             inp = acts[first + layer]
-            torso_grads += [g.sum(0), torch.mm(g.t(), inp)]  # bias, weight (reversed below)
+            w, b = self._linear_grads(g, inp, task_rows)
+            torso_grads += [b, w]  # bias, weight (reversed below)
             if first + layer > 0:
                 g = _relu_backward(torch.mm(g, self.torso[layer].weight), inp, 0.0)
         torso_grads.reverse()
+        own = (lambda x, t: self._own_row(x, t, self.n_tasks)) if per_task else (lambda x, t: x)
         adapter_grads: list[Tensor] = []
-        for a, d, r in zip(self.adapters or [], self.obs_dims, rows or [], strict=False):
+        for t, (a, d, r) in enumerate(zip(self.adapters or [], self.obs_dims, rows or [], strict=False)):
             if r is None:
-                adapter_grads += [torch.zeros_like(a.weight), torch.zeros_like(a.bias)]
+                adapter_grads += [own(torch.zeros_like(a.weight), t), own(torch.zeros_like(a.bias), t)]
             else:
                 g_t = self._take(g, r)
-                adapter_grads += [torch.mm(g_t.t(), self._take(obs, r)[:, :d]), g_t.sum(0)]
-        head_grads = [x for w, b in zip(d_w_heads.split(self.widths), d_b_heads.split(self.widths), strict=True)
+                adapter_grads += [own(torch.mm(g_t.t(), self._take(obs, r)[:, :d]), t), own(g_t.sum(0), t)]
+        head_grads = [own(x, t) for t, (w, b) in enumerate(zip(d_w_heads.split(self.widths),
+                                                               d_b_heads.split(self.widths), strict=True))
                       for x in (w, b)]
         produced = [*torso_grads, *adapter_grads, *head_grads]
         return [produced[i] for i in self.order]
@@ -484,20 +512,30 @@ class ExplicitFiLMGrads(_MultiTaskExplicit):
         idx = actions.unsqueeze(1)
         return (acts, pre, scales, task_ids, q, idx), q.gather(1, idx).squeeze(1)
 
-    def _backward(self, cache: tuple, dloss: Tensor) -> list[Tensor]:
+    def _backward(self, cache: tuple, dloss: Tensor, per_task: bool = False) -> list[Tensor]:
         acts, pre, scales, task_ids, q, idx = cache
+        rows = self._rows(task_ids)[0] if per_task else None
         g = torch.zeros_like(q).scatter_(1, idx, dloss.unsqueeze(1))
-        head = [torch.mm(g.t(), acts[-1]), g.sum(0)]
+        head = list(self._linear_grads(g, acts[-1], rows))
         g = _relu_backward(torch.mm(g, self.head.weight), acts[-1], 0.0)  # d / d (z * scale + shift), last layer
         n_layers = len(self.torso)
         linear, d_scale, d_shift = [None] * (2 * n_layers), [None] * n_layers, [None] * n_layers
+        # FiLM rows are per task already (row t: task t's samples): per task, row t of task t's gradient
+        own = self._own_rows if per_task else (lambda x: x)
         for layer in range(n_layers - 1, -1, -1):
             z = pre[layer]
-            d_scale[layer] = z.new_zeros(self.n_tasks, z.shape[1]).index_add_(0, task_ids, g * z)
-            d_shift[layer] = z.new_zeros(self.n_tasks, z.shape[1]).index_add_(0, task_ids, g)
+            d_scale[layer] = own(z.new_zeros(self.n_tasks, z.shape[1]).index_add_(0, task_ids, g * z))
+            d_shift[layer] = own(z.new_zeros(self.n_tasks, z.shape[1]).index_add_(0, task_ids, g))
             g = g * scales[layer]  # d / d z
-            linear[2 * layer], linear[2 * layer + 1] = torch.mm(g.t(), acts[layer]), g.sum(0)
+            linear[2 * layer], linear[2 * layer + 1] = self._linear_grads(g, acts[layer], rows)
             if layer > 0:
                 g = _relu_backward(torch.mm(g, self.torso[layer].weight), acts[layer], 0.0)
         produced = [*linear, *d_scale, *d_shift, *head]
         return [produced[i] for i in self.order]
+
+    def _own_rows(self, grad: Tensor) -> Tensor:
+        """(T, T, H) from a per-task parameter's gradient (T, H): task t's gradient has only its own row t."""
+        out = grad.new_zeros(self.n_tasks, *grad.shape)
+        diag = torch.arange(self.n_tasks, device=grad.device)
+        out[diag, diag] = grad
+        return out

@@ -174,7 +174,7 @@ class MultiTaskDQNModule(DQNModule):
         if self.loss_balance == "pcgrad":  # each task's gradient by hand, projected as in pcgrad_step
             per_task, td_abs, q_means, task_grads = self._explicit.task_loss_and_grads(
                 b.obs, b.actions, b.task_ids, target, b.weights, self.loss_kind, need_td_abs=need_td_abs)
-            combined = pcgrad([torch.cat([g.reshape(-1) for g in grads]) for grads in task_grads])
+            combined = pcgrad(task_grads)
             grads = split_flat(combined, self._trainable)
         else:
             weights = self.task_weights if self.loss_balance == "weighted" else None

@@ -188,7 +188,7 @@ def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, n
     and its input adapter where observation sizes differ; FiLM: its rows of every scale and shift). "adapters":
     observation sizes 5 / 4 / 6 and action counts 3 / 2 / 4 (MinAtar-like), the batch in random task order or
     grouped by task (as replay batches come)."""
-    from mtdqn.losses.multitask import task_weighted_loss
+    from mtdqn.losses.multitask import split_flat, task_weighted_loss
     from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
     from mtdqn.nets.multitask import MultiTaskQNetwork
 
@@ -234,11 +234,13 @@ def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, n
                 assert not g[2].any() and g[:2].abs().sum() > 0  # the absent task's rows
 
 
+@pytest.mark.parametrize("grouped", [True, False])
 @pytest.mark.parametrize("net_kind", ["multihead", "film", "adapters"])
-def test_explicit_per_task_grads_equal_autograd_of_each_tasks_loss(net_kind):
-    """PCGrad's input by hand: task t's gradients equal autograd's of its mean loss alone (zero for the absent task
-    2), and the tasks' gradients sum to the plain-sum loss's."""
-    from mtdqn.losses.multitask import task_weighted_loss
+def test_explicit_per_task_grads_equal_autograd_of_each_tasks_loss(net_kind, grouped):
+    """PCGrad's input by hand (one backward, weight gradients summed per task): task t's gradients equal autograd's
+    of its mean loss alone (zero for the absent task 2), and the tasks' gradients sum to the plain-sum loss's; for
+    a batch grouped by task (replay's) and one in any order."""
+    from mtdqn.losses.multitask import split_flat, task_weighted_loss
     from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
     from mtdqn.nets.multitask import MultiTaskQNetwork
 
@@ -247,7 +249,8 @@ def test_explicit_per_task_grads_equal_autograd_of_each_tasks_loss(net_kind):
     net = _film_net() if net_kind == "film" else MultiTaskQNetwork(tasks, hidden=(16, 8))
     explicit = (ExplicitFiLMGrads if net_kind == "film" else ExplicitMultiHeadGrads)(net)
     n, width = 48, max(t.obs_dim for t in tasks)
-    task_ids = torch.randint(0, 2, (n,)).sort().values
+    task_ids = torch.randint(0, 2, (n,))
+    task_ids = task_ids.sort().values if grouped else task_ids
     obs, target, weights = torch.randn(n, width), torch.randn(n), torch.rand(n)
     actions = (torch.rand(n) * torch.tensor([t.n_actions for t in tasks])[task_ids]).long()
     per_task, td_abs, _, task_grads = explicit.task_loss_and_grads(obs, actions, task_ids, target, weights, "huber")
@@ -257,14 +260,15 @@ def test_explicit_per_task_grads_equal_autograd_of_each_tasks_loss(net_kind):
     torch.testing.assert_close(per_task, ref_per_task)
     torch.testing.assert_close(td_abs, (ref_q - target).abs())
     params = list(net.parameters())
+    assert task_grads.shape == (3, sum(p.numel() for p in params))  # one flat row per task, parameters() order
     for t in range(3):
         ref = torch.autograd.grad(ref_per_task[t], params, retain_graph=True, materialize_grads=True)
-        for g, r in zip(task_grads[t], ref, strict=True):
+        for g, r in zip(split_flat(task_grads[t], params), ref, strict=True):
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
-    assert not any(g.any() for g in task_grads[2])
+    assert not task_grads[2].any()
     whole = explicit.loss_and_grads(obs, actions, task_ids, target, weights, None, "huber")[-1]
-    for parts, g in zip(zip(*task_grads, strict=True), whole, strict=True):
-        torch.testing.assert_close(sum(parts), g, rtol=1e-5, atol=1e-6)
+    for part, g in zip(split_flat(task_grads.sum(0), params), whole, strict=True):
+        torch.testing.assert_close(part, g, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("spaces", [((5, 5, 5), (3, 3, 3)), ((5, 4, 6), (3, 2, 4))])
