@@ -181,30 +181,21 @@ def test_gymnasium_run_directories_are_timed_at_their_bars_and_other_bars_refuse
     assert res.returncode != 0 and "timed at different bars" in res.stderr and "Acrobot-v1 return >= -150" in res.stderr
 
 
-def test_runs_stopped_once_solved_do_not_cut_the_others_short(tmp_path: Path) -> None:
-    """A run that callbacks.eval.stop_at_* ended at 40k (solved) has no budget there: the others are compared up to
-    the shortest real budget (here 200k), not cut at 40k."""
+@pytest.mark.parametrize("configured", [None, 150e3])
+def test_runs_stopped_once_solved_bound_the_others_by_their_configured_budget(tmp_path: Path, configured) -> None:
+    """A run that callbacks.eval.stop_at_* ended at 40k (solved) has no budget there. Without a recorded configured
+    budget (records before 2026-12-01) the others are compared up to the shortest real budget (here 200k), not cut
+    at 40k; with one (time/budget_env_steps, recorded by bench_mtl as configured_steps: 150k) up to it, so the
+    other setting's run that solved at 180k would not have within it and counts as never."""
     rec = tmp_path / "stopped.json"
     runs = [{"seed": s, "mtl": {"solved_steps": v, "each_steps": v, "budget_steps": v or 200e3,
-                                **({"stopped_solved": True} if v else {})}} for s, v in enumerate([40e3, 150e3, None])]
+                                **({"stopped_solved": True, "configured_steps": configured} if v else {})}}
+            for s, v in enumerate([40e3, 150e3, None])]
     rec.write_text(json.dumps({"args": {}, "runs": runs}))
     other = record(tmp_path / "other.json", [60e3, 70e3, 180e3], budget=200e3)
     out = compare_mtl.compare({"a": compare_mtl.load_setting([rec], "all"),
                                "b": compare_mtl.load_setting([other], "all")}, n_boot=200, n_perm=200)
-    assert out["horizon"] == 200e3 and out["beyond_horizon"] == {"a": 0, "b": 0}
+    assert out["horizon"] == (configured or 200e3)
+    assert out["beyond_horizon"] == {"a": 0, "b": 0 if configured is None else 1}
     assert out["settings"]["a"]["costs"] == [40e3, 150e3, math.inf]
-
-
-def test_a_run_stopped_once_solved_counts_with_its_configured_budget(tmp_path: Path) -> None:
-    """Runs stopped at solve that logged their configured budget (time/budget_env_steps, recorded by bench_mtl as
-    configured_steps) bound the comparison by it: a run of the other setting that solved after 150k would not have
-    within the stopped runs' budget, so it counts as never."""
-    rec = tmp_path / "stopped.json"
-    runs = [{"seed": s, "mtl": {"solved_steps": v, "each_steps": v, "budget_steps": v, "stopped_solved": True,
-                                "configured_steps": 150e3}} for s, v in enumerate([40e3, 90e3, 120e3])]
-    rec.write_text(json.dumps({"args": {}, "runs": runs}))
-    other = record(tmp_path / "other.json", [60e3, 70e3, 180e3], budget=200e3)
-    out = compare_mtl.compare({"a": compare_mtl.load_setting([rec], "all"),
-                               "b": compare_mtl.load_setting([other], "all")}, n_boot=200, n_perm=200)
-    assert out["horizon"] == 150e3 and out["beyond_horizon"] == {"a": 0, "b": 1}
-    assert out["settings"]["b"]["costs"] == [60e3, 70e3, math.inf]
+    assert out["settings"]["b"]["costs"] == [60e3, 70e3, 180e3 if configured is None else math.inf]

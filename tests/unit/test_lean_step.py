@@ -188,7 +188,7 @@ def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, n
     and its input adapter where observation sizes differ; FiLM: its rows of every scale and shift). "adapters":
     observation sizes 5 / 4 / 6 and action counts 3 / 2 / 4 (MinAtar-like), the batch in random task order or
     grouped by task (as replay batches come)."""
-    from mtdqn.losses.multitask import split_flat, task_weighted_loss
+    from mtdqn.losses.multitask import task_weighted_loss
     from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
     from mtdqn.nets.multitask import MultiTaskQNetwork
 
