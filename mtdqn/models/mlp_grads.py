@@ -177,6 +177,11 @@ def task_loss_terms(
     return total, per_task, td_abs, q_per_task, dloss
 
 
+def task_masks(task_ids: Tensor, n_tasks: int) -> Tensor:
+    """(T, B) bool: row t marks task t's samples."""
+    return task_ids.unsqueeze(0) == torch.arange(n_tasks, device=task_ids.device).unsqueeze(1)
+
+
 class _MultiTaskExplicit(ABC):
     """What the multi-task classes below share: the loss and its gradients from their `_taken` (forward to the taken
     actions' Q, with what the backward needs) and `_backward` (gradients in `q_net.parameters()` order from
@@ -209,14 +214,26 @@ class _MultiTaskExplicit(ABC):
     def _take(x: Tensor, rows: slice | Tensor) -> Tensor:
         return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
 
-    def _linear_grads(self, g: Tensor, inp: Tensor, rows: list | None) -> tuple[Tensor, Tensor]:
+    def _task_split(self, task_ids: Tensor) -> list | Tensor:
+        """How per-task weight gradients split the batch: on the CPU each task's rows (`_rows`: a product over the
+        task's rows only); elsewhere a (T, B) 0/1 mask (products over the whole batch, masked: T times the weight
+        gradients' FLOPs, but no host synchronization, which reading the tasks' row counts would need; bool)."""
+        if task_ids.device.type == "cpu":
+            return self._rows(task_ids)[0]
+        return task_masks(task_ids, self.n_tasks)
+
+    def _linear_grads(self, g: Tensor, inp: Tensor, split: list | Tensor | None) -> tuple[Tensor, Tensor]:
         """(weight, bias) gradients of a Linear whose output gradient is g (B, out) and input inp (B, in): summed over
-        the batch, or with `rows` (each task's rows) one per task, (T, out, in) and (T, out), from its rows only."""
-        if rows is None:
+        the batch, or with `split` (`_task_split`) one per task, (T, out, in) and (T, out), from its samples only."""
+        if split is None:
             return torch.mm(g.t(), inp), g.sum(0)
-        w = g.new_zeros(len(rows), g.shape[1], inp.shape[1])
-        b = g.new_zeros(len(rows), g.shape[1])
-        for t, r in enumerate(rows):
+        if isinstance(split, Tensor):  # (T, B) mask
+            mask = split.to(g.dtype)
+            masked = g.unsqueeze(0) * mask.unsqueeze(2)  # (T, B, out)
+            return torch.matmul(masked.transpose(1, 2), inp), torch.mm(mask, g)
+        w = g.new_zeros(len(split), g.shape[1], inp.shape[1])
+        b = g.new_zeros(len(split), g.shape[1])
+        for t, r in enumerate(split):
             if r is not None:
                 g_t = self._take(g, r)
                 torch.mm(g_t.t(), self._take(inp, r), out=w[t])
@@ -402,11 +419,11 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         d_w_heads, d_b_heads = torch.mm(g.t(), acts[-1]), g.sum(0)  # head t's block: task t's samples alone
         g = _relu_backward(torch.mm(g, w_heads), acts[-1], 0.0)
         first = 0 if self.adapters is None else 1  # index in acts of the torso Linears' first input
-        task_rows = (rows if rows is not None else self._rows(task_ids)[0]) if per_task else None
+        split = (rows if rows is not None else self._task_split(task_ids)) if per_task else None
         torso_grads: list[Tensor] = []
         for layer in range(len(self.torso) - 1, -1, -1):
             inp = acts[first + layer]
-            w, b = self._linear_grads(g, inp, task_rows)
+            w, b = self._linear_grads(g, inp, split)
             torso_grads += [b, w]  # bias, weight (reversed below)
             if first + layer > 0:
                 g = _relu_backward(torch.mm(g, self.torso[layer].weight), inp, 0.0)
@@ -514,9 +531,9 @@ class ExplicitFiLMGrads(_MultiTaskExplicit):
 
     def _backward(self, cache: tuple, dloss: Tensor, per_task: bool = False) -> list[Tensor]:
         acts, pre, scales, task_ids, q, idx = cache
-        rows = self._rows(task_ids)[0] if per_task else None
+        split = self._task_split(task_ids) if per_task else None
         g = torch.zeros_like(q).scatter_(1, idx, dloss.unsqueeze(1))
-        head = list(self._linear_grads(g, acts[-1], rows))
+        head = list(self._linear_grads(g, acts[-1], split))
         g = _relu_backward(torch.mm(g, self.head.weight), acts[-1], 0.0)  # d / d (z * scale + shift), last layer
         n_layers = len(self.torso)
         linear, d_scale, d_shift = [None] * (2 * n_layers), [None] * n_layers, [None] * n_layers
@@ -527,7 +544,7 @@ class ExplicitFiLMGrads(_MultiTaskExplicit):
             d_scale[layer] = own(z.new_zeros(self.n_tasks, z.shape[1]).index_add_(0, task_ids, g * z))
             d_shift[layer] = own(z.new_zeros(self.n_tasks, z.shape[1]).index_add_(0, task_ids, g))
             g = g * scales[layer]  # d / d z
-            linear[2 * layer], linear[2 * layer + 1] = self._linear_grads(g, acts[layer], rows)
+            linear[2 * layer], linear[2 * layer + 1] = self._linear_grads(g, acts[layer], split)
             if layer > 0:
                 g = _relu_backward(torch.mm(g, self.torso[layer].weight), acts[layer], 0.0)
         produced = [*linear, *d_scale, *d_shift, *head]

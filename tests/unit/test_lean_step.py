@@ -234,14 +234,17 @@ def test_explicit_multitask_grads_equal_autograd(kind, weighted, task_weights, n
                 assert not g[2].any() and g[:2].abs().sum() > 0  # the absent task's rows
 
 
-@pytest.mark.parametrize("grouped", [True, False])
-@pytest.mark.parametrize("net_kind", ["multihead", "film", "adapters"])
-def test_explicit_per_task_grads_equal_autograd_of_each_tasks_loss(net_kind, grouped):
+@pytest.mark.parametrize(("net_kind", "split"), [
+    *((kind, split) for kind in ("multihead", "film", "adapters") for split in ("grouped", "any order")),
+    # per-task input adapters take the hand-written path on the CPU only (rows, never masks)
+    ("multihead", "masks"), ("film", "masks"),
+])
+def test_explicit_per_task_grads_equal_autograd_of_each_tasks_loss(net_kind, split, monkeypatch):
     """PCGrad's input by hand (one backward, weight gradients summed per task): task t's gradients equal autograd's
     of its mean loss alone (zero for the absent task 2), and the tasks' gradients sum to the plain-sum loss's; for
-    a batch grouped by task (replay's) and one in any order."""
+    a batch grouped by task (replay's), one in any order, and the accelerators' (T, B) masks instead of rows."""
     from mtdqn.losses.multitask import split_flat, task_weighted_loss
-    from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
+    from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads, task_masks
     from mtdqn.nets.multitask import MultiTaskQNetwork
 
     torch.manual_seed(8)
@@ -250,7 +253,9 @@ def test_explicit_per_task_grads_equal_autograd_of_each_tasks_loss(net_kind, gro
     explicit = (ExplicitFiLMGrads if net_kind == "film" else ExplicitMultiHeadGrads)(net)
     n, width = 48, max(t.obs_dim for t in tasks)
     task_ids = torch.randint(0, 2, (n,))
-    task_ids = task_ids.sort().values if grouped else task_ids
+    task_ids = task_ids.sort().values if split == "grouped" else task_ids
+    if split == "masks":
+        monkeypatch.setattr(type(explicit), "_task_split", lambda self, ids: task_masks(ids, self.n_tasks))
     obs, target, weights = torch.randn(n, width), torch.randn(n), torch.rand(n)
     actions = (torch.rand(n) * torch.tensor([t.n_actions for t in tasks])[task_ids]).long()
     per_task, td_abs, _, task_grads = explicit.task_loss_and_grads(obs, actions, task_ids, target, weights, "huber")
