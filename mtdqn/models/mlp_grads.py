@@ -216,8 +216,8 @@ class _MultiTaskExplicit(ABC):
 
     def _task_split(self, task_ids: Tensor) -> list | Tensor:
         """How per-task weight gradients split the batch: on the CPU each task's rows (`_rows`: a product over the
-        task's rows only); elsewhere a (T, B) 0/1 mask (products over the whole batch, masked: T times the weight
-        gradients' FLOPs, but no host synchronization, which reading the tasks' row counts would need; bool)."""
+        task's rows only); elsewhere a (T, B) bool mask (products over the whole batch, masked: T times the weight
+        gradients' FLOPs, but no host synchronization, which reading the tasks' row counts would need)."""
         if task_ids.device.type == "cpu":
             return self._rows(task_ids)[0]
         return task_masks(task_ids, self.n_tasks)
@@ -537,7 +537,8 @@ class ExplicitFiLMGrads(_MultiTaskExplicit):
         g = _relu_backward(torch.mm(g, self.head.weight), acts[-1], 0.0)  # d / d (z * scale + shift), last layer
         n_layers = len(self.torso)
         linear, d_scale, d_shift = [None] * (2 * n_layers), [None] * n_layers, [None] * n_layers
-        # FiLM rows are per task already (row t: task t's samples): per task, row t of task t's gradient
+        # FiLM's scale and shift have one row per task, summed over that task's samples: task t's gradient of them
+        # is row t alone
         own = self._own_rows if per_task else (lambda x: x)
         for layer in range(n_layers - 1, -1, -1):
             z = pre[layer]
