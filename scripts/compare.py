@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(time/<task>/env_steps, logged by multi-task runs), not summed over its tasks: a multi-task agent "
         "against single-task agents",
     )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=1,
+        help="final score = mean of each run's last N evaluations, for scores that swing between evaluations "
+        "(default: 1, the last one)",
+    )
     return p
 
 
@@ -94,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exclude=[args.out],
             skip_incomplete=args.skip_incomplete,
             task_steps=args.task_steps,
+            window=args.window,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"compare.py: error: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ class Run:
     summary: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     task_steps: bool = False  # x of eval/<task>/... metrics: the run's env steps on that task where logged
+    window: int = 1  # final score: the mean of the run's last `window` evaluations (1: the last one)
 
     @property
     def status(self) -> str:
@@ -82,6 +83,14 @@ class Run:
             if v is not None:
                 return v
         return _number((self.summary or {}).get(metric))
+
+    def final_score(self, metric: str) -> float | None:
+        """The run's final score of `metric`: its last value (`final`), or with `window` > 1 the mean of its last
+        `window` evaluations (all of them when it has fewer), which steadies a score whose evaluations swing."""
+        if self.window <= 1:
+            return self.final(metric)
+        values = self.series(metric)[1]
+        return float(values[-self.window:].mean()) if values.size else self.final(metric)
 
 
 def _number(v: Any) -> float | None:
@@ -306,7 +315,7 @@ def final_score_matrix(runs: Sequence[Run], metrics: Sequence[str]) -> tuple[np.
     """(runs, metrics) final scores of the runs that have every metric, and those runs."""
     rows, kept = [], []
     for run in runs:
-        finals = [run.final(m) for m in metrics]
+        finals = [run.final_score(m) for m in metrics]
         if finals and all(v is not None for v in finals):
             rows.append(finals)
             kept.append(run)
@@ -402,13 +411,17 @@ def compare_runs(
     skip_incomplete: bool = False,
     backend: str = "auto",
     task_steps: bool = False,
+    window: int = 1,
 ) -> Comparison:
     """Load the runs below `paths`, group them by config `by` keys and compute curves, tables and profiles.
     `task_steps`: each task's curves, AUC and env steps to threshold over the run's env steps on that task
-    (Run.series), for a multi-task agent against single-task agents."""
+    (Run.series), for a multi-task agent against single-task agents. `window`: each run's final score is the mean
+    of its last `window` evaluations (Run.final_score)."""
+    if window < 1:
+        raise ValueError(f"--window={window}: the final score averages the last N >= 1 evaluations")
     runs = load_runs(paths, exclude)
     for run in runs:
-        run.task_steps = task_steps
+        run.task_steps, run.window = task_steps, window
     failed = [r for r in runs if r.status == "failed"]
     usable = [r for r in runs if r.status != "failed" and (r.status == "completed" or not skip_incomplete)]
     groups = group_runs(usable, by)
@@ -432,6 +445,7 @@ def compare_runs(
         "stats_backend": _backend_name(backend),
         "n_runs": len(runs),
         "task_steps": task_steps,
+        "window": window,
         "groups": [_group_info(label, members, by) for label, members in groups.items()],
         "tasks": task_map,
         "tables": tables,
@@ -565,7 +579,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"{s['n_runs']} run(s) from {', '.join(f'`{p}`' for p in s['inputs'])}, grouped by {by} into "
         f"{len(s['groups'])} group(s); {len(s['failed'])} failed, {len(s['incomplete'])} incomplete.",
         "",
-        f"Final score = last eval value of each run. Point estimates with {round(100 * s['ci'])}% "
+        ("Final score = last eval value of each run." if s.get("window", 1) <= 1 else
+         f"Final score = mean of each run's last {s['window']} eval values.")
+        + f" Point estimates with {round(100 * s['ci'])}% "
         f"stratified-bootstrap CIs ({s['n_boot']} resamples, {s['stats_backend']}). AUC = mean over runs of "
         f"the area under the eval curve divided by its env-step span. std [min, max] over runs: spread across "
         f"runs (seeds) of each run's final score (mean over tasks). Env steps to {s['threshold']:g}: median "

@@ -378,3 +378,23 @@ def test_task_steps_place_a_multi_task_runs_task_metrics_at_its_env_steps_on_tha
     out = tmp_path.parent / f"{tmp_path.name}_report"
     assert _script().main([str(tmp_path), "--task-steps", "--no-plots", "--n-boot", "100", "--out", str(out)]) == 0
     assert "the run's env steps on that task" in (out / "summary.md").read_text()
+
+
+def test_window_averages_each_runs_last_evaluations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--window N: a run's final score is the mean of its last N evaluations (a score that swings between
+    evaluations, as MinAtar Freeway's does, no longer hangs on the last one); 1 keeps the last value; the report says
+    which; N < 1 is refused before any run is read."""
+    swings = [[2.0, 8.0, 4.0, 6.0, 2.0], [6.0, 2.0, 8.0, 4.0, 10.0]]
+    for i, values in enumerate(swings):
+        rows = [{"env_steps": 1000 * (k + 1), "eval/a/return": v} for k, v in enumerate(values)]
+        write_run(tmp_path / str(i), base_config(seed=i, experiment_name="swing"), rows, {"status": "completed"})
+    last = cmp.compare_runs([tmp_path], metric=None, **BOOT).summary
+    three = cmp.compare_runs([tmp_path], metric=None, window=3, **BOOT).summary
+    assert _table(last, "a")["rows"]["experiment_name=swing"]["final_scores"] == [[2.0], [10.0]]
+    assert _table(three, "a")["rows"]["experiment_name=swing"]["final_scores"] == [[4.0], [22.0 / 3]]
+    everything = cmp.compare_runs([tmp_path], metric=None, window=50, **BOOT).summary  # more than the run has
+    assert _table(everything, "a")["rows"]["experiment_name=swing"]["final_scores"] == [[4.4], [6.0]]
+    assert "mean of each run's last 3 eval values" in cmp.render_markdown(three)
+    assert "last eval value of each run" in cmp.render_markdown(last)
+    assert _script().main([str(tmp_path), "--window", "0", "--no-plots"]) == 2
+    assert "--window=0" in capsys.readouterr().err
