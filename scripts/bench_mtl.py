@@ -255,13 +255,16 @@ def configured_shares(cfg) -> dict[str, float] | None:
 
 def eval_standard_errors(history: list[dict], episodes: int | None, bars: Bars) -> dict[str, float]:
     """Per task: the standard error of one evaluation's score on its bar's scale, return_std / sqrt(episodes)
-    (divided by the reference - random return span for a normalized bar), median over the run's evaluations
-    (tasks whose return_std is not logged are left out)."""
+    (divided by the reference - random return span for a normalized bar), median over the run's evaluations from
+    the first that reached the task's bar on, where solving is judged (over all of them when none did: before a task
+    is learned its episodes can all end alike, e.g. Acrobot's 500-step timeouts, and show no spread at all; records
+    before 2026-12-01 took the median over all evaluations); tasks whose return_std is not logged are left out."""
     from mtdqn.envs import task_spec
 
     out = {}
     for t, b in bars.items():
-        stds = [m[f"eval/{t}/return_std"] for m in history if f"eval/{t}/return_std" in m]
+        first = next((i for i, m in enumerate(history) if b.reached(m, t)), 0)
+        stds = [m[f"eval/{t}/return_std"] for m in history[first:] if f"eval/{t}/return_std" in m]
         if stds and episodes:
             span = 1.0
             if b.metric == "normalized":
@@ -694,7 +697,8 @@ def eval_noise_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
     if not rows:
         return []
     return ["", "Evaluation noise: standard error of one evaluation's score on each task's bar's scale (normalized "
-            "or return; return_std / sqrt(episodes); median over evaluations, then seeds):", "",
+            "or return; return_std / sqrt(episodes); median over evaluations from the first at the bar, then seeds):",
+            "",
             "| agent | episodes per evaluation | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks),
             *rows]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.scripts import run_script
+from tests.helpers.scripts import run_script, script_module
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("lane_keep", "pedestrian", "traffic_light")
@@ -258,6 +258,19 @@ def test_eval_noise_is_the_standard_error_of_the_normalized_score(tmp_path):
         assert merged["single"]["tasks"][t]["eval_se"][t] == pytest.approx(80.0 / 8 / scale[t])
     mtl_row = "| multi-task | 64 | " + " | ".join(f"{40.0 / 8 / scale[t]:.3f}" for t in TASKS) + " |"
     assert mtl_row in res.stdout
+
+
+def test_eval_noise_is_measured_from_the_first_evaluation_at_the_bar():
+    """Before a task is learned its episodes can all end alike (Acrobot's timeouts: no spread); the noise that
+    matters is where solving is judged, from the first evaluation at the bar on (all of them if none got there)."""
+    bench = script_module("bench_mtl")
+    bars = {"Acrobot-v1": bench.Bar("return", -100.0)}
+    returns, stds = [-500.0, -500.0, -500.0, -90.0, -120.0, -85.0], [0.0, 0.0, 0.0, 30.0, 50.0, 20.0]
+    history = [{"eval/Acrobot-v1/return": r, "eval/Acrobot-v1/return_std": sd}
+               for r, sd in zip(returns, stds, strict=True)]
+    assert bench.eval_standard_errors(history, 16, bars)["Acrobot-v1"] == pytest.approx(30.0 / 4)  # median of 3
+    never = [dict(m, **{"eval/Acrobot-v1/return": -500.0}) for m in history]
+    assert bench.eval_standard_errors(never, 16, bars)["Acrobot-v1"] == pytest.approx(10.0 / 4)  # all six: median of 0, 0, 0, 20, 30, 50
 
 
 def test_records_that_repeat_a_seed_are_pooled_as_separate_draws(tmp_path):
