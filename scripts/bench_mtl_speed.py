@@ -12,11 +12,13 @@ Suites:
   minatar  `+experiment=minatar_mtl` (three MinAtar games, per-game input adapters and heads; optional extra
            `.[minatar]`) against `+experiment=minatar_dqn net.conv=null 'net.hidden=[256,256]' data.batch_size=96`
            on each game: the multi-task agent's network along one task's path, its batch per summed env step
+           (`--all 'net.conv=[[16,3,1]]'`: every agent reads its game through one 3x3 convolution instead)
   driving  `+experiment=lane_keep_mtl_share` against the single-task agents `scripts/bench_mtl.py` trains (the same
            shared settings, checked before anything runs)
 
     python scripts/bench_mtl_speed.py --suite minatar --env-steps 60000 --repeats 3
     python scripts/bench_mtl_speed.py --suite driving --mtl model.loss_balance=pcgrad
+    python scripts/bench_mtl_speed.py --suite minatar --all 'net.conv=[[16,3,1]]'   # every agent: one conv encoder
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def measure(overrides: dict[str, list[str]], env_steps: int, repeats: int, seed:
 def report(rows: list[dict], args: argparse.Namespace) -> str:
     """Markdown: one line per repeat and the medians."""
     med = statistics.median
-    extra = f" (multi-task agent: {' '.join(args.mtl)})" if args.mtl else ""
+    extra = "".join(f" ({who}: {' '.join(given)})" for who, given in
+                    (("every agent", getattr(args, "all", [])), ("multi-task agent", args.mtl)) if given)
     lines = [f"Suite {args.suite}{extra}: {args.env_steps} env steps summed over tasks (single-task agents: their share each), "
              f"seed {args.seed}, {len(rows)} repeats, {datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs",
              "", "| repeat | multi-task s | single-task agents s (summed) | ratio | multi-task env steps/s | "
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="write the rows and the report as JSON")
     parser.add_argument("--mtl", nargs="*", default=[], metavar="OVERRIDE",
                         help="extra train.py overrides of the multi-task agent only, e.g. model.loss_balance=pcgrad")
+    parser.add_argument("--all", nargs="*", default=[], metavar="OVERRIDE",
+                        help="extra train.py overrides of every agent, after the suite's own (so they win), e.g. "
+                             "'net.conv=[[16,3,1]]' (each MinAtar agent reads its game through a convolution)")
     return parser
 
 
@@ -120,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.env_steps <= 0 or args.repeats <= 0:
         raise SystemExit(f"--env-steps and --repeats must be positive, got {args.env_steps} and {args.repeats}")
     overrides = suite_overrides(args.suite)
+    overrides = {name: [*given, *args.all] for name, given in overrides.items()}
     overrides["mtl"] = [*overrides["mtl"], *args.mtl]
     rows = measure(overrides, args.env_steps, args.repeats, args.seed)
     text = report(rows, args)

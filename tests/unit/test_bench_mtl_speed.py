@@ -68,3 +68,25 @@ def test_mtl_overrides_reach_only_the_multi_task_agent(monkeypatch, capsys):
     assert calls[0][-1] == "model.loss_balance=pcgrad" and "+experiment=minatar_mtl" in calls[0]
     assert len(calls) == 4 and not any("model.loss_balance=pcgrad" in c for c in calls[1:])
     assert "Suite minatar (multi-task agent: model.loss_balance=pcgrad)" in capsys.readouterr().out
+
+
+def test_all_overrides_reach_every_agent_and_win_over_the_suites(monkeypatch, capsys):
+    """--all 'net.conv=[[16,3,1]]': every agent's command ends with it, after the minatar suite's net.conv=null for
+    the single-task agents, so each agent (composed as train.py composes it) reads its game through a convolution."""
+    from hydra import compose, initialize_config_dir
+
+    calls = []
+
+    def fake_train(overrides, env_steps, seed):
+        calls.append(overrides)
+        return {"time/train_seconds": 1.0, "time/env_steps": float(env_steps)}
+
+    monkeypatch.setattr(bench_mtl_speed, "train", fake_train)
+    bench_mtl_speed.main(["--suite", "minatar", "--env-steps", "90", "--repeats", "1", "--all", "net.conv=[[16,3,1]]",
+                          "--mtl", "model.loss_balance=pcgrad"])
+    assert len(calls) == 4 and all("net.conv=[[16,3,1]]" in c for c in calls)
+    assert calls[0][-2:] == ["net.conv=[[16,3,1]]", "model.loss_balance=pcgrad"]
+    assert "(every agent: net.conv=[[16,3,1]]) (multi-task agent: model.loss_balance=pcgrad)" in capsys.readouterr().out
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        for overrides in calls:
+            assert compose("train", overrides=overrides).net.conv == [[16, 3, 1]]
