@@ -1,8 +1,9 @@
 """Explicit TD-loss gradients for a plain MLP Q-network: the hot loop's update without autograd.
 
 For `QNetwork` with a (Linear -> ReLU)* torso and a linear head (no layer norm, dueling head or observation
-normalizer), the forward pass, the Huber / MSE TD loss and its gradients with respect to every weight and bias are
-a handful of `addmm` / `mm` calls written out by hand. Autograd records and replays ~40 small ops per update whose
+normalizer), optionally behind a one-convolution encoder (the MinAtar paper's network), the forward pass, the
+Huber / MSE TD loss and its gradients with respect to every weight and bias are a handful of `addmm` / `mm` calls
+written out by hand (the convolution as one product over its input patches: `PatchConv`). Autograd records and replays ~40 small ops per update whose
 Python and dispatch cost dominates at DQN's batch sizes on a CPU (the matrix products are about a fifth of an
 update: `scripts/bench_dqn.py`); the explicit form does the same arithmetic with about half the ops and no graph.
 Same math as `td_loss` + `torch.autograd.grad` (tested to float32 rounding in tests/unit/test_lean_step.py).
@@ -65,32 +66,99 @@ def relu_torso_names(torso: nn.Sequential) -> list[str] | None:
     return [f"torso.{2 * i}.{k}" for i in range(len(layers) // 2) for k in ("weight", "bias")] if pairs else None
 
 
+class PatchConv:
+    """One unpadded Conv2d -> ReLU of a ConvEncoder, on the encoder's flat observations, with its weight gradients by
+    hand: the convolution is one product of the input's k x k patches (gathered by `as_strided`, one copy) with the
+    kernel, so its backward is one `mm` more, with no autograd graph and no input gradient (it reads the observation).
+    Outputs come in Conv2d's (channels, height, width) order, flattened, as the encoder's."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        if not self.supports(encoder):
+            raise ValueError(f"PatchConv needs a ConvEncoder of one Conv2d -> ReLU, got {encoder}")
+        self.conv: nn.Conv2d = encoder.convs[0]
+        c, h, w = encoder.image_shape
+        k, s = self.conv.kernel_size[0], self.conv.stride[0]
+        self.channels_last = bool(encoder.channels_last)
+        self.out_hw = ((h - k) // s + 1, (w - k) // s + 1)
+        # (Ho, Wo, then each patch's elements in the flat observation's order) and their strides in it
+        if self.channels_last:  # (H, W, C)
+            self.patch_shape, self.patch_strides = (*self.out_hw, k, k, c), (s * w * c, s * c, w * c, c, 1)
+        else:  # (C, H, W) or (H, W)
+            self.patch_shape, self.patch_strides = (*self.out_hw, c, k, k), (s * w, s, h * w, w, 1)
+        self.in_dim, self.patch_dim = c * h * w, c * k * k
+
+    @staticmethod
+    def supports(encoder: nn.Module | None) -> bool:
+        """True for a ConvEncoder whose layers are exactly one unpadded, undilated, ungrouped Conv2d and a ReLU."""
+        from mtdqn.nets.q import ConvEncoder
+
+        if type(encoder) is not ConvEncoder or len(encoder.convs) != 2:
+            return False
+        conv, act = encoder.convs
+        return (type(conv) is nn.Conv2d and type(act) is nn.ReLU and conv.padding == (0, 0) and conv.dilation == (1, 1)
+                and conv.groups == 1 and conv.bias is not None and conv.padding_mode == "zeros")
+
+    def _kernel(self) -> Tensor:
+        """(out, patch_dim): the weight with each row in the patches' element order."""
+        w = self.conv.weight
+        return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1) if self.channels_last else w.reshape(w.shape[0], -1)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(features (B, out * Ho * Wo) in Conv2d's order, the patches (B * Ho * Wo, patch_dim) and the ReLU's
+        output per position (B * Ho * Wo, out)) for the backward."""
+        obs = obs.contiguous()
+        n = obs.shape[0]
+        patches = obs.as_strided((n, *self.patch_shape), (self.in_dim, *self.patch_strides)).reshape(-1, self.patch_dim)
+        y = torch.addmm(self.conv.bias, patches, self._kernel().t()).clamp_(min=0.0)
+        features = y.view(n, -1, y.shape[1]).transpose(1, 2).reshape(n, -1)
+        return features, patches, y
+
+    def grads(self, g: Tensor, patches: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(weight, bias) gradients from d loss / d features (B, out * Ho * Wo)."""
+        n, out = g.shape[0], y.shape[1]
+        g = _relu_backward(g.view(n, out, -1).transpose(1, 2).reshape(-1, out), y, 0.0)
+        dw = torch.mm(g.t(), patches)
+        w = self.conv.weight
+        if self.channels_last:
+            dw = dw.view(out, w.shape[2], w.shape[3], w.shape[1]).permute(0, 3, 1, 2).contiguous()
+        return dw.view_as(w), g.sum(0)
+
+
 class ExplicitMLPGrads:
-    """Forward + TD loss + gradients of a plain ReLU MLP Q-network, parameters in `q_net.parameters()` order."""
+    """Forward + TD loss + gradients of a plain ReLU MLP Q-network (optionally behind a one-convolution encoder),
+    parameters in `q_net.parameters()` order."""
 
     def __init__(self, q_net: nn.Module) -> None:
         if not self.supports(q_net):
             raise ValueError(f"ExplicitMLPGrads needs a plain ReLU MLP QNetwork, got {q_net}")
         self.linears: list[nn.Linear] = [m for m in q_net.torso if isinstance(m, nn.Linear)] + [q_net.head]
         self.transposed = TransposedWeights(self.linears)
+        self.encoder = q_net.encoder
+        self.conv = PatchConv(q_net.encoder) if q_net.encoder is not None else None
 
     @staticmethod
     def supports(q_net: nn.Module) -> bool:
-        """True for QNetwork(torso = (Linear, ReLU)*, head = Linear, no observation normalizer)."""
+        """True for QNetwork(torso = (Linear, ReLU)*, head = Linear, no observation normalizer), with no encoder or a
+        one-convolution one (`PatchConv.supports`)."""
         from mtdqn.nets.q import QNetwork
 
         if type(q_net) is not QNetwork or getattr(q_net, "obs_norm", None) is not None:
             return False
+        encoder = getattr(q_net, "encoder", None)
+        if encoder is not None and not PatchConv.supports(encoder):
+            return False
+        conv = ["encoder.convs.0.weight", "encoder.convs.0.bias"] if encoder is not None else []
         torso = relu_torso_names(q_net.torso)
         names = [n for n, _ in q_net.named_parameters()]
-        return torso is not None and type(q_net.head) is nn.Linear and names == [*torso, "head.weight", "head.bias"]
+        return torso is not None and type(q_net.head) is nn.Linear and names == [
+            *conv, *torso, "head.weight", "head.bias"]
 
     @no_grad
     def q_values(self, obs: Tensor) -> Tensor:
         """Q(obs, .) through the addmm chain that nn.Linear uses (bit-identical to `q_net(obs)`), without
-        nn.Module call overhead."""
+        nn.Module call overhead (a convolutional encoder runs as the module does: Conv2d's kernel)."""
         wt = self.transposed()
-        h = obs
+        h = obs if self.encoder is None else self.encoder(obs)
         for lin, w in zip(self.linears[:-1], wt, strict=False):
             h = torch.addmm(lin.bias, h, w).clamp_(min=0.0)
         return torch.addmm(self.linears[-1].bias, h, wt[-1])
@@ -113,6 +181,9 @@ class ExplicitMLPGrads:
         [dW1, db1, ..., dW_head, db_head]). Each op here runs once per update, so the loss uses torch's fused
         loss kernels and the ReLU backward one `threshold_backward` call."""
         wt = self.transposed()
+        conv_cache = None
+        if self.conv is not None:
+            obs, *conv_cache = self.conv.forward(obs)
         acts = [obs]
         h = obs
         for lin, w in zip(self.linears[:-1], wt, strict=False):
@@ -149,6 +220,9 @@ class ExplicitMLPGrads:
             grads.append(torch.mm(g.t(), inp))  # weight
             if layer > 0:  # through the ReLU of the layer below: zero where its output was clamped
                 g = _relu_backward(torch.mm(g, lin.weight), inp, 0.0)
+        if conv_cache is not None:  # on into the convolution (PatchConv.grads applies its ReLU)
+            dw, db = self.conv.grads(torch.mm(g, self.linears[0].weight), *conv_cache)
+            grads += [db, dw]
         grads.reverse()
         return loss, td_abs, q_taken.mean(), grads
 

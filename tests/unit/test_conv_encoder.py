@@ -61,13 +61,15 @@ def test_bad_settings_are_refused_with_the_key(shape, layers, message):
 
 def test_q_network_with_conv_trains_through_the_encoder():
     """QNetwork(conv=...) puts the encoder before the MLP torso; its gradients reach the convolution; the hand-
-    written MLP gradient path (plain MLPs only) is not used for it."""
+    written gradient path takes one convolution (PatchConv), not several."""
     net = QNetwork(400, 3, hidden=[128], conv=MINATAR, obs_shape=(10, 10, 4))
     q = net(torch.rand(6, 400))
     assert q.shape == (6, 3) and net.torso[0].in_features == 16 * 8 * 8
     q.sum().backward()
     assert net.encoder.convs[0].weight.grad.abs().sum() > 0
-    assert not ExplicitMLPGrads.supports(net)
+    assert ExplicitMLPGrads.supports(net)
+    assert not ExplicitMLPGrads.supports(QNetwork(400, 3, hidden=[128], conv=[[16, 3, 1], [8, 3, 1]],
+                                                  obs_shape=(10, 10, 4)))
     assert ExplicitMLPGrads.supports(QNetwork(400, 3, hidden=[128], obs_shape=(10, 10, 4)))  # conv=None: an MLP
 
 

@@ -114,9 +114,11 @@ def test_lean_step_is_used_and_matches_the_standard_path(tmp_path):
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
 
 
-def test_lean_step_matches_the_standard_path_with_a_convolution_on_minatar(tmp_path):
-    """The MinAtar preset's convolution takes the lean path with autograd gradients (no hand-written ones): it must
-    train to the very same weights as backward + clip + Adam.step (its weight gradient comes channels-last)."""
+@pytest.mark.parametrize("path", ["explicit", "lean_autograd"])
+def test_lean_step_matches_the_standard_path_with_a_convolution_on_minatar(tmp_path, path, monkeypatch):
+    """The MinAtar preset's convolution takes the lean path with hand-written gradients (PatchConv), or with
+    autograd's when they are switched off (as for networks of several convolutions): either must train to the same
+    weights as backward + clip + Adam.step (autograd's weight gradient comes channels-last)."""
     pytest.importorskip("minatar", reason="MinAtar ids need the optional extra .[minatar]")
     results = {}
     for lean in (True, False):
@@ -125,8 +127,12 @@ def test_lean_step_matches_the_standard_path_with_a_convolution_on_minatar(tmp_p
                           tmp_path / str(lean))
         torch.manual_seed(5)
         model, data, trainer = build(cfg)
+        if lean and path == "lean_autograd":
+            monkeypatch.setattr("mtdqn.models.dqn.ExplicitMLPGrads.supports", staticmethod(lambda net: False))
         trainer.fit(model, datamodule=data)
-        assert (model._lean is not None) == lean and model._explicit is None and trainer.global_step == 192
+        monkeypatch.undo()
+        assert (model._lean is not None) == lean and trainer.global_step == 192
+        assert (model._explicit is not None) == (lean and path == "explicit")
         results[lean] = params_vector(model.q_net)
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
 

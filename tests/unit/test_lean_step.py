@@ -172,6 +172,63 @@ def test_explicit_grads_only_for_plain_mlps():
     assert not ExplicitMLPGrads.supports(QNetwork(4, 2, obs_norm=True))
 
 
+@pytest.mark.parametrize("kind", ["huber", "mse"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(("obs_shape", "conv"), [
+    ((10, 10, 4), [[16, 3, 1]]),  # MinAtar: channels last, the MinAtar paper's layer
+    ((3, 9, 11), [[5, 3, 2]]),    # channels first, stride 2, not square
+    ((7, 6), [[4, 2, 1]]),        # one channel
+])
+def test_explicit_grads_through_one_convolution_equal_autograd(kind, weighted, obs_shape, conv):
+    """A one-convolution encoder (PatchConv: the convolution as a product over the input's patches) gives
+    autograd's loss and gradients for every parameter, the convolution's included, in `parameters()` order; Q-values
+    and greedy actions stay the module's to the last digit."""
+    import math
+
+    from mtdqn.losses import td_loss
+    from mtdqn.models.mlp_grads import ExplicitMLPGrads
+    from mtdqn.nets import QNetwork
+
+    torch.manual_seed(4)
+    dim = math.prod(obs_shape)
+    net = QNetwork(obs_dim=dim, n_actions=3, hidden=(32, 16), conv=conv, obs_shape=obs_shape)
+    obs = torch.randn(48, dim)
+    obs[::3] = (torch.rand(16, dim) < 0.2).float()  # MinAtar-like binary images too
+    actions, target = torch.randint(0, 3, (48,)), 3 * torch.randn(48)
+    weights = torch.rand(48) if weighted else None
+    explicit = ExplicitMLPGrads(net)
+    loss, td_abs, q_mean, grads = explicit.loss_and_grads(obs, actions, target, weights, kind)
+    q_taken = net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+    ref_loss, ref_td = td_loss(q_taken, target, weights, kind)
+    ref_grads = torch.autograd.grad(ref_loss, list(net.parameters()))
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(td_abs, ref_td)
+    torch.testing.assert_close(q_mean, q_taken.mean())
+    assert [g.shape for g in grads] == [r.shape for r in ref_grads]
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(explicit.q_values(obs), net(obs))
+        assert torch.equal(explicit.greedy(obs), net(obs).argmax(-1))
+        # rows of a round's (G, B, D) batch in one go, and a view into it (the round's minibatches)
+        stacked = obs.view(4, 12, dim)
+        torch.testing.assert_close(explicit.batched_q_values(stacked), net(stacked))
+        view_loss = explicit.loss_and_grads(stacked[2], actions[24:36], target[24:36], None, kind)[0]
+        q_view = net(obs[24:36]).gather(1, actions[24:36].unsqueeze(1)).squeeze(1)
+        torch.testing.assert_close(view_loss, td_loss(q_view, target[24:36], None, kind)[0])
+
+
+def test_explicit_grads_take_one_convolution_only():
+    from mtdqn.models.mlp_grads import ExplicitMLPGrads
+    from mtdqn.nets import QNetwork
+
+    image = {"obs_dim": 400, "n_actions": 3, "obs_shape": (10, 10, 4)}
+    assert ExplicitMLPGrads.supports(QNetwork(**image, conv=[[16, 3, 1]]))
+    assert not ExplicitMLPGrads.supports(QNetwork(**image, conv=[[16, 3, 1], [8, 3, 1]]))  # two: autograd
+    assert not ExplicitMLPGrads.supports(QNetwork(**image, conv=[[16, 3, 1]], activation="tanh"))
+    assert not ExplicitMLPGrads.supports(QNetwork(**image, conv=[[16, 3, 1]], dueling=True))
+
+
 def _tasks(obs_dims=(5, 5, 5), n_actions=(3, 3, 3)):
     from mtdqn.types import TaskSpec
 
