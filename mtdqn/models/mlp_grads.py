@@ -106,22 +106,44 @@ class PatchConv:
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(features (B, out * Ho * Wo) in Conv2d's order, the patches (B * Ho * Wo, patch_dim) and the ReLU's
         output per position (B * Ho * Wo, out)) for the backward."""
-        obs = obs.contiguous()
-        n = obs.shape[0]
-        patches = obs.as_strided((n, *self.patch_shape), (self.in_dim, *self.patch_strides)).reshape(-1, self.patch_dim)
+        if obs.dim() != 2 or obs.stride(1) != 1 or obs.shape[1] != self.in_dim:
+            obs = obs[:, :self.in_dim].contiguous()  # (a task's first obs_dim columns of a padded batch keep their
+        n = obs.shape[0]                             # row stride: no copy)
+        patches = obs.as_strided((n, *self.patch_shape), (obs.stride(0), *self.patch_strides)).reshape(-1, self.patch_dim)
         y = torch.addmm(self.conv.bias, patches, self._kernel().t()).clamp_(min=0.0)
         features = y.view(n, -1, y.shape[1]).transpose(1, 2).reshape(n, -1)
         return features, patches, y
 
-    def grads(self, g: Tensor, patches: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(weight, bias) gradients from d loss / d features (B, out * Ho * Wo)."""
+    def grads(self, g: Tensor, patches: Tensor, y: Tensor, split: list | None = None) -> tuple[Tensor, Tensor]:
+        """(weight, bias) gradients from d loss / d features (B, out * Ho * Wo); with `split` (each task's rows of
+        the batch, None for an absent task: `_MultiTaskExplicit._rows`) one per task, (T, *weight.shape) and
+        (T, out), each from its task's samples alone."""
         n, out = g.shape[0], y.shape[1]
         g = _relu_backward(g.view(n, out, -1).transpose(1, 2).reshape(-1, out), y, 0.0)
-        dw = torch.mm(g.t(), patches)
+        if split is None:
+            return self._weight(torch.mm(g.t(), patches)), g.sum(0)
+        positions = g.shape[0] // max(n, 1)
+        dw = g.new_zeros(len(split), *self.conv.weight.shape)
+        db = g.new_zeros(len(split), out)
+        for t, r in enumerate(split):
+            if r is None:
+                continue
+            if isinstance(r, slice):
+                r = slice(r.start * positions, r.stop * positions)
+                g_t, p_t = g[r], patches[r]
+            else:  # sample rows -> their positions' rows
+                r = (r.unsqueeze(1) * positions + torch.arange(positions, device=r.device)).reshape(-1)
+                g_t, p_t = g.index_select(0, r), patches.index_select(0, r)
+            dw[t] = self._weight(torch.mm(g_t.t(), p_t))
+            torch.sum(g_t, 0, out=db[t])
+        return dw, db
+
+    def _weight(self, dw: Tensor) -> Tensor:
+        """A (out, patch_dim) gradient in the weight's (out, in, k, k) layout."""
         w = self.conv.weight
         if self.channels_last:
-            dw = dw.view(out, w.shape[2], w.shape[3], w.shape[1]).permute(0, 3, 1, 2).contiguous()
-        return dw.view_as(w), g.sum(0)
+            dw = dw.view(w.shape[0], w.shape[2], w.shape[3], w.shape[1]).permute(0, 3, 1, 2).contiguous()
+        return dw.view_as(w)
 
 
 class ExplicitMLPGrads:
@@ -355,7 +377,8 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
     """Forward + per-task TD loss + gradients of a multi-head MultiTaskQNetwork without autograd.
 
     For `MultiTaskQNetwork(architecture="multihead")` with a plain ReLU torso shared by every task and one linear
-    head per task (no conditioning, conv encoders, dueling heads, PopArt or observation normalizer): the heads are
+    head per task (no conditioning, dueling heads, PopArt or observation normalizer; on the CPU, one-convolution
+    image encoders, shared or one per task, each on its own task's rows: `PatchConv`): the heads are
     evaluated as one `addmm` against their concatenated weights (B, sum_t A_t) and each sample reads its own task's
     block, so a sample's gradient reaches only the torso and its own head (the other heads' rows of the gradient are
     exactly zero, as with autograd through `select_task`). Heads may differ in action count (Q of actions a task
@@ -374,6 +397,8 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         self.torso: list[nn.Linear] = [m for m in q_net.torso if isinstance(m, nn.Linear)]
         self.heads: list[nn.Linear] = list(q_net.heads)
         self.adapters: list[nn.Linear] | None = list(q_net.adapters) if q_net.adapters is not None else None
+        self.encoders: list[nn.Module] | None = list(q_net.encoders) if q_net.encoders is not None else None
+        self.patch_convs = [PatchConv(e) for e in self.encoders] if self.encoders is not None else None
         self.obs_dims = list(q_net.obs_dims)
         self.n_tasks = len(self.heads)
         self.widths = [h.out_features for h in self.heads]
@@ -387,29 +412,35 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         action = torch.arange(self.n_actions, device=device)[None, :]
         self.columns = starts[:, None] + torch.minimum(action, width - 1)  # (T, A), invalid ones clamped
         self.transposed = TransposedWeights(self.torso)  # torso only: the heads are concatenated per call
-        produced = self._names(len(self.torso), self.n_tasks, self.adapters is not None)
+        produced = self._names(len(self.torso), self.n_tasks, self.adapters is not None,
+                               len(self.encoders) if self.encoders is not None else 0)
         self.order = [produced.index(n) for n, _ in q_net.named_parameters()]
 
     @staticmethod
-    def _names(n_torso: int, n_tasks: int, adapters: bool) -> list[str]:
+    def _names(n_torso: int, n_tasks: int, adapters: bool, encoders: int = 0) -> list[str]:
         """Parameter names in the order loss_and_grads computes their gradients (with adapters the torso's first
         Linear is replaced by them: its Linears sit at positions 2, 4, ...)."""
         skip, pair = (2 if adapters else 0), ("weight", "bias")
         adapter = [f"adapters.{t}.{k}" for t in range(n_tasks) for k in pair] if adapters else []
-        return [*(f"torso.{skip + 2 * i}.{k}" for i in range(n_torso) for k in pair), *adapter,
+        encoder = [f"encoders.{e}.convs.0.{k}" for e in range(encoders) for k in pair]
+        return [*(f"torso.{skip + 2 * i}.{k}" for i in range(n_torso) for k in pair), *adapter, *encoder,
                 *(f"heads.{t}.{k}" for t in range(n_tasks) for k in pair)]
 
     @staticmethod
     def supports(q_net: nn.Module) -> bool:
         """True for a multi-head MultiTaskQNetwork with a (Linear, ReLU)* torso (or, with per-task input adapters
-        on the CPU, adapters + ReLU + (Linear, ReLU)*) and nn.Linear heads, and nothing else (no conv encoders,
-        conditioning, FiLM, PopArt, observation normalizer)."""
+        on the CPU, adapters + ReLU + (Linear, ReLU)*; or, on the CPU, behind one-convolution encoders) and
+        nn.Linear heads, and nothing else (no conditioning, FiLM, PopArt, observation normalizer)."""
         from mtdqn.nets.multitask import MultiTaskQNetwork
 
         if type(q_net) is not MultiTaskQNetwork or q_net.architecture != "multihead" or q_net.heads is None:
             return False
-        extras = ("obs_norm", "encoders", "embedding", "film_scale", "popart")
+        extras = ("obs_norm", "embedding", "film_scale", "popart")
         if any(getattr(q_net, k, None) is not None for k in extras):
+            return False
+        encoders = getattr(q_net, "encoders", None)
+        if encoders is not None and not all(  # CPU only, as the adapters (each on its own task's rows)
+                PatchConv.supports(e) and e.convs[0].weight.device.type == "cpu" for e in encoders):
             return False
         layers, adapters = list(q_net.torso), q_net.adapters
         if adapters is not None:  # the adapters replace the first Linear; CPU only (row routing syncs the host)
@@ -421,8 +452,42 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         if torso is None or not all(type(h) is nn.Linear for h in q_net.heads):
             return False
         names = [n for n, _ in q_net.named_parameters()]
-        expected = ExplicitMultiHeadGrads._names(len(torso) // 2, len(q_net.heads), adapters is not None)
+        expected = ExplicitMultiHeadGrads._names(len(torso) // 2, len(q_net.heads), adapters is not None,
+                                                 len(encoders) if encoders is not None else 0)
         return sorted(names) == sorted(expected)
+
+    def _encode(self, obs: Tensor, task_ids: Tensor | int, grads: bool) -> tuple[Tensor, list | None, list | None]:
+        """The encoders' image features (B, F), each task's rows (per-task encoders) and, with `grads`, what
+        `PatchConv.grads` needs per encoder (None for a task absent from the batch). Without `grads` the encoder
+        modules run (Conv2d's kernel: the module's values to the last digit)."""
+        encoders, convs = self.encoders, self.patch_convs
+        if isinstance(task_ids, int) or len(encoders) == 1:  # one task's rows (acting) or one shared encoder
+            e = 0 if len(encoders) == 1 else task_ids
+            x = obs[:, :self.obs_dims[e]] if len(encoders) > 1 else obs
+            if not grads:
+                return encoders[e](x), None, None
+            features, *cache = convs[e].forward(x)
+            return features, None, [cache]
+        rows, grouped = self._rows(task_ids)
+        parts, caches = [], []
+        for e, c, d, r in zip(encoders, convs, self.obs_dims, rows, strict=True):
+            if r is None:
+                caches.append(None)
+                continue
+            x = self._take(obs, r)[:, :d]
+            if grads:
+                features, *cache = c.forward(x)
+                caches.append(cache)
+            else:
+                features = e(x)
+            parts.append((r, features))
+        if grouped:
+            features = torch.cat([p for _, p in parts]) if len(parts) > 1 else parts[0][1]
+        else:
+            features = obs.new_empty(obs.shape[0], parts[0][1].shape[1])
+            for r, p in parts:
+                features.index_copy_(0, r, p)
+        return features, rows, caches if grads else None
 
     def _first(self, obs: Tensor, task_ids: Tensor | int) -> tuple[Tensor, list | None]:
         """The first hidden layer (after its ReLU) and, with adapters, each task's rows (None without adapters)."""
@@ -443,14 +508,20 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
                 h.index_copy_(0, r, p)
         return h.clamp_(min=0.0), rows
 
-    def _torso(self, obs: Tensor, task_ids: Tensor | int) -> tuple[list[Tensor], list | None]:
-        """([obs, h1, ..., h_L]: the input and every ReLU layer's output, each task's rows with adapters)."""
-        h, rows = self._first(obs, task_ids)
+    def _torso(self, obs: Tensor, task_ids: Tensor | int, grads: bool = False) -> tuple[list[Tensor], list | None, list | None]:
+        """([x, h1, ..., h_L]: the torso's input (obs, or the encoders' features) and every ReLU layer's output,
+        each task's rows with adapters or per-task encoders, the encoders' caches for the backward with `grads`)."""
+        caches = None
+        if self.encoders is not None:
+            obs, rows, caches = self._encode(obs, task_ids, grads)
+            h = self._first(obs, task_ids)[0]
+        else:
+            h, rows = self._first(obs, task_ids)
         acts = [obs, h]
         skip = 0 if self.adapters is not None else 1  # without adapters torso[0] made h1
         for lin, w in zip(self.torso[skip:], self.transposed()[skip:], strict=True):
             acts.append(torch.addmm(lin.bias, acts[-1], w).clamp_(min=0.0))
-        return acts, rows
+        return acts, rows, caches
 
     def _heads(self) -> tuple[Tensor, Tensor]:
         """The heads' weights (sum_t A_t, H) and biases stacked in task order (copies of the current values)."""
@@ -481,14 +552,14 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         return torch.addmm(head.bias, self._torso(obs, task_idx)[0][-1], head.weight.t()).argmax(dim=-1)
 
     def _taken(self, obs: Tensor, actions: Tensor, task_ids: Tensor) -> tuple[tuple, Tensor]:
-        acts, rows = self._torso(obs, task_ids)
+        acts, rows, convs = self._torso(obs, task_ids, grads=True)
         w_heads, b_heads = self._heads()
         q_all = torch.addmm(b_heads, acts[-1], w_heads.t())  # (B, sum_t A_t)
         idx = (self.starts.index_select(0, task_ids) + actions).unsqueeze(1)
-        return (obs, acts, rows, w_heads, q_all, idx, task_ids), q_all.gather(1, idx).squeeze(1)
+        return (obs, acts, rows, convs, w_heads, q_all, idx, task_ids), q_all.gather(1, idx).squeeze(1)
 
     def _backward(self, cache: tuple, dloss: Tensor, per_task: bool = False) -> list[Tensor]:
-        obs, acts, rows, w_heads, q_all, idx, task_ids = cache
+        obs, acts, rows, convs, w_heads, q_all, idx, task_ids = cache
         g = torch.zeros_like(q_all).scatter_(1, idx, dloss.unsqueeze(1))
         d_w_heads, d_b_heads = torch.mm(g.t(), acts[-1]), g.sum(0)  # head t's block: task t's samples alone
         g = _relu_backward(torch.mm(g, w_heads), acts[-1], 0.0)
@@ -510,10 +581,21 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
             else:
                 g_t = self._take(g, r)
                 adapter_grads += [own(torch.mm(g_t.t(), self._take(obs, r)[:, :d]), t), own(g_t.sum(0), t)]
+        encoder_grads: list[Tensor] = []
+        if self.encoders is not None:  # on into the convolutions (PatchConv.grads applies their ReLU)
+            g = torch.mm(g, self.torso[0].weight)
+            if len(self.encoders) == 1:  # shared: per task over its own rows when asked
+                encoder_grads += self.patch_convs[0].grads(g, *convs[0], split)
+            else:
+                for t, (c, cache_t, r) in enumerate(zip(self.patch_convs, convs, rows, strict=True)):
+                    w = c.conv.weight
+                    dw, db = ((torch.zeros_like(w), w.new_zeros(w.shape[0])) if r is None
+                              else c.grads(self._take(g, r), *cache_t))
+                    encoder_grads += [own(dw, t), own(db, t)]
         head_grads = [own(x, t) for t, (w, b) in enumerate(zip(d_w_heads.split(self.widths),
                                                                d_b_heads.split(self.widths), strict=True))
                       for x in (w, b)]
-        produced = [*torso_grads, *adapter_grads, *head_grads]
+        produced = [*torso_grads, *adapter_grads, *encoder_grads, *head_grads]
         return [produced[i] for i in self.order]
 
 

@@ -1,5 +1,6 @@
 """DQNModule honours its switches (each test fails if the switch were ignored)."""
 
+import importlib.util
 from functools import partial
 
 import pytest
@@ -137,6 +138,11 @@ def test_lean_step_matches_the_standard_path_with_a_convolution_on_minatar(tmp_p
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
 
 
+MINATAR = pytest.mark.skipif(importlib.util.find_spec("minatar") is None, reason="MinAtar ids need .[minatar]")
+# (the presets set their own budgets, after debug=smoke's)
+MINATAR_MTL = ["+experiment=minatar_mtl", "net.conv=[[16,3,1]]", "net.hidden=[16]", "data.num_envs=2",
+               "data.env_steps_per_round=96", "data.total_env_steps=960", "data.learning_starts=384",
+               "data.batch_size=48"]
 MTL_EXPLICIT = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]", "model.grad_diagnostics_every=3"]
 
 
@@ -167,6 +173,14 @@ MTL_EXPLICIT = ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=
     (["model=mtdqn", "net=multihead", "task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "net.hidden=[16]",
       "model.loss_balance=pcgrad", "replay=prioritized", "model.grad_diagnostics_every=3"],
      "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports"),
+    # MinAtar games behind one convolution each (channel counts differ), plain sum and PCGrad; one DQN on a game
+    pytest.param([*MINATAR_MTL, "model.grad_diagnostics_every=3"],
+                 "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports", marks=MINATAR),
+    pytest.param([*MINATAR_MTL, "model.loss_balance=pcgrad"],
+                 "mtdqn.models.mtdqn.ExplicitMultiHeadGrads.supports", marks=MINATAR),
+    pytest.param(["+experiment=minatar_dqn", "net.hidden=[16]", "data.num_envs=2", "data.total_env_steps=600",
+                  "data.env_steps_per_round=100", "data.learning_starts=200"],
+                 "mtdqn.models.dqn.ExplicitMLPGrads.supports", marks=MINATAR),
 ])
 def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, supports, monkeypatch):
     """The lean path with hand-written gradients trains the same weights as the autograd path."""

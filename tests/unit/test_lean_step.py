@@ -374,6 +374,65 @@ def test_explicit_multihead_only_for_plain_multihead_nets():
     assert ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(n_actions=(3, 2, 3))))
     assert ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(obs_dims=(5, 4, 5)), hidden=(8,)))
     assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_tasks(obs_dims=(5, 4, 5)), activation="tanh"))
+    assert ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_image_tasks((4, 7, 4)), conv=[[5, 3, 1]]))
+    assert not ExplicitMultiHeadGrads.supports(MultiTaskQNetwork(_image_tasks((4, 7, 4)), conv=[[5, 3, 1], [4, 2, 1]]))
+
+
+def _image_tasks(channels):
+    """MinAtar-like tasks: 8x8 images with these channel counts (channels last), 3 / 2 / 4 actions."""
+    from mtdqn.types import TaskSpec
+
+    return [TaskSpec(name=f"t{i}", obs_dim=64 * c, n_actions=a, obs_shape=(8, 8, c))
+            for i, (c, a) in enumerate(zip(channels, (3, 2, 4), strict=True))]
+
+
+@pytest.mark.parametrize("channels", [(4, 7, 4), (3, 3, 3)])  # one encoder per game / one shared encoder
+@pytest.mark.parametrize("order", ["grouped", "any order"])
+def test_explicit_multihead_grads_through_conv_encoders_equal_autograd(channels, order):
+    """Multi-head networks behind one-convolution image encoders (per game where channel counts differ, else one
+    shared) take hand-written gradients: the weighted loss's gradients, and each task's own (PCGrad's input), equal
+    autograd's; the absent task 2 gets exactly zero in its encoder and head; Q-values and greedy actions are the
+    module's."""
+    from mtdqn.losses.multitask import split_flat, task_weighted_loss
+    from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    torch.manual_seed(9)
+    tasks = _image_tasks(channels)
+    net = MultiTaskQNetwork(tasks, hidden=(16, 8), conv=[[5, 3, 1]])
+    assert len(net.encoders) == (1 if len(set(channels)) == 1 else 3)
+    explicit = ExplicitMultiHeadGrads(net)
+    n, width = 40, max(t.obs_dim for t in tasks)
+    task_ids = torch.randint(0, 2, (n,))  # task 2 absent
+    task_ids = task_ids.sort().values if order == "grouped" else task_ids
+    dims = torch.tensor([t.obs_dim for t in tasks])[task_ids, None]
+    obs = (torch.rand(n, width) < 0.3).float() * (torch.arange(width) < dims)  # each row its own width, zero-padded
+    actions = (torch.rand(n) * torch.tensor([t.n_actions for t in tasks])[task_ids]).long()
+    target, weights, tw = 3 * torch.randn(n), torch.rand(n), torch.tensor([0.2, 0.5, 1.3])
+    total, per_task, _, _, grads = explicit.loss_and_grads(obs, actions, task_ids, target, weights, tw, "huber")
+    ref_q = net(obs, task_ids).gather(1, actions.unsqueeze(1)).squeeze(1)
+    per_sample = torch.nn.functional.smooth_l1_loss(ref_q, target, reduction="none") * weights
+    ref_total, ref_per_task = task_weighted_loss(per_sample, task_ids, tw, 3)
+    params = list(net.parameters())
+    ref_grads = torch.autograd.grad(ref_total, params, retain_graph=True, materialize_grads=True)
+    torch.testing.assert_close(total, ref_total)
+    assert [g.shape for g in grads] == [p.shape for p in params]
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    names = [name for name, _ in net.named_parameters()]
+    own = [g for name, g in zip(names, grads, strict=True) if name.startswith(("heads.2.", "encoders.2."))]
+    assert len(own) == (4 if len(net.encoders) == 3 else 2) and not any(g.any() for g in own)
+    _, _, _, task_grads = explicit.task_loss_and_grads(obs, actions, task_ids, target, weights, "huber")
+    _, ref_each = task_weighted_loss(per_sample, task_ids, None, 3)
+    for t in range(3):
+        ref = torch.autograd.grad(ref_each[t], params, retain_graph=True, materialize_grads=True)
+        for g, r in zip(split_flat(task_grads[t], params), ref, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(explicit.q_values(obs, task_ids), net(obs, task_ids))
+        for t, task in enumerate(tasks):
+            expected = net(obs, torch.full((n,), t)).argmax(-1)
+            assert torch.equal(explicit.greedy(obs[:, :task.obs_dim], t), expected)
 
 
 def test_batched_target_values_in_chunks_equal_one_forward(monkeypatch):

@@ -271,7 +271,7 @@ def test_conv_encoders_per_task_image_and_each_loss_reaches_only_its_own():
     assert len(groups) == len({id(p) for p in groups}) == len(list(net.parameters()))
     from mtdqn.models.mlp_grads import ExplicitMultiHeadGrads
 
-    assert not ExplicitMultiHeadGrads.supports(net)  # hand-written gradients cover plain ReLU MLP torsos only
+    assert ExplicitMultiHeadGrads.supports(net)  # one convolution per encoder: hand-written gradients (PatchConv)
 
 
 def test_conv_encoder_is_shared_when_the_images_have_one_shape():
