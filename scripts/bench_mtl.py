@@ -62,7 +62,11 @@ from learning_results import ROOT, bootstrap_ci, first_reach, median, run_seed, 
 # warm-up, target sync and evaluation cadence are per agent: the multi-task agent's are summed over its tasks)
 SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", "gamma", "net.hidden", "net.conv",
           "data.replay_ratio", "data.batch_size", "replay.n_step", "exploration.end", "callbacks.eval.episodes",
-          "task_set.env_kwargs")  # the simulator's knobs and observation options (e.g. stop_feature)
+          "task_set.env_kwargs",  # the simulator's knobs and observation options (e.g. stop_feature)
+          "replay._target_", "replay.alpha", "replay.beta")  # uniform or prioritized replay, and its exponents
+# compared but not copied to the single-task agents: a replay kind is a config group (replay=prioritized), which
+# --single must name itself (copying _target_ alone would leave the other kind's keys)
+NOT_ALIGNED = ("replay._target_", "replay.alpha", "replay.beta")
 KEEP_NULL = ("net.conv",)  # recorded when null too: a convolutional encoder against none is another network
 PER_TASK_DURATION = "exploration.duration (per task)"  # compared only where epsilon decays per task (shared_settings)
 BATCH_UNIT = "data.batch_size_unit"  # multi-task agents only: whether data.batch_size is split across tasks (total:
@@ -97,8 +101,9 @@ def check_alike(agents: dict[str, dict]) -> None:
     for key in (*SHARED, PER_TASK_DURATION, BATCH_UNIT):
         values = {label: s[key] for label, s in agents.items() if key in s}
         if len({json.dumps(v) for v in values.values()}) > 1:
+            hint = "--single replay=prioritized" if key in NOT_ALIGNED else "--single / --mtl overrides"
             raise SystemExit(f"the agents differ in {key}: {values}; compare agents with the same {key} "
-                             "(e.g. --single / --mtl overrides)")
+                             f"(e.g. {hint})")
 
 
 class Bar(NamedTuple):
@@ -483,7 +488,7 @@ def alignment(base: dict[str, list[str]], explicit: set[str]) -> list[str]:
         single = shared_settings(compose("train", overrides=next(o for name, o in base.items() if name != "mtl")))
     out = []
     for key, value in mtl.items():
-        if key not in SHARED or key in explicit or json.dumps(single.get(key)) == json.dumps(value):
+        if key not in SHARED or key in NOT_ALIGNED or key in explicit or json.dumps(single.get(key)) == json.dumps(value):
             continue
         if isinstance(value, dict):  # e.g. task_set.env_kwargs: set (or add) and remove key by key
             have = single.get(key) or {}

@@ -190,6 +190,14 @@ def test_single_task_agents_get_the_multi_task_agents_shared_settings():
     assert "++task_set.env_kwargs.stop_feature=true" in aligned and "task_set=traffic_light" in aligned
     args.mtl = ["experiment=lane_keep_mtl_share", "data.batch_size_unit=per_task"]  # 128 per task: the singles' 128
     assert not any(o.startswith("data.batch_size") for o in bench_mtl.check_overrides(args)["lane_keep"])
+    args.mtl = ["experiment=lane_keep_mtl_share", "replay=prioritized"]  # a replay kind is named, not copied
+    with pytest.raises(SystemExit, match=r"differ in replay._target_.*--single replay=prioritized"):
+        bench_mtl.check_overrides(args)
+    args.single = ["replay=prioritized", "replay.alpha=0.7"]
+    with pytest.raises(SystemExit, match="differ in replay.alpha"):
+        bench_mtl.check_overrides(args)
+    args.single = ["replay=prioritized"]
+    assert "replay=prioritized" in bench_mtl.check_overrides(args)["pedestrian"]
     args.mtl, args.single = [], ["model.loss=huber", "data.total_env_steps=100000"]
     assert bench_mtl.agent_overrides(args)["lane_keep"][-2:] == args.single
     assert "data.total_env_steps=300000" not in bench_mtl.agent_overrides(args)["lane_keep"]
