@@ -110,7 +110,6 @@ def test_clip_grads_matches_clip_grad_norm():
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("hidden", [(32,), (32, 16), (8, 8, 8)])
 def test_explicit_mlp_grads_equal_autograd(kind, weighted, hidden):
-    from mtdqn.losses import td_loss
     from mtdqn.models.mlp_grads import ExplicitMLPGrads
     from mtdqn.nets import QNetwork
 
@@ -119,14 +118,21 @@ def test_explicit_mlp_grads_equal_autograd(kind, weighted, hidden):
     obs, actions = torch.randn(64, 5), torch.randint(0, 3, (64,))
     target = 3 * torch.randn(64)  # both Huber branches are hit
     weights = torch.rand(64) if weighted else None
-    loss, td_abs, q_mean, grads = ExplicitMLPGrads(net).loss_and_grads(obs, actions, target, weights, kind)
+    assert_explicit_equals_autograd(ExplicitMLPGrads(net), net, obs, actions, target, weights, kind)
+
+
+def assert_explicit_equals_autograd(explicit, net, obs, actions, target, weights, kind):
+    """ExplicitMLPGrads' loss, |td|, mean Q and gradients (in `parameters()` order) equal autograd's through `net`."""
+    from mtdqn.losses import td_loss
+
+    loss, td_abs, q_mean, grads = explicit.loss_and_grads(obs, actions, target, weights, kind)
     q_taken = net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
     ref_loss, ref_td = td_loss(q_taken, target, weights, kind)
     ref_grads = torch.autograd.grad(ref_loss, list(net.parameters()))
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(td_abs, ref_td)
     torch.testing.assert_close(q_mean, q_taken.mean())
-    assert len(grads) == len(ref_grads)
+    assert [g.shape for g in grads] == [r.shape for r in ref_grads]
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
 
@@ -197,16 +203,7 @@ def test_explicit_grads_through_one_convolution_equal_autograd(kind, weighted, o
     actions, target = torch.randint(0, 3, (48,)), 3 * torch.randn(48)
     weights = torch.rand(48) if weighted else None
     explicit = ExplicitMLPGrads(net)
-    loss, td_abs, q_mean, grads = explicit.loss_and_grads(obs, actions, target, weights, kind)
-    q_taken = net(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-    ref_loss, ref_td = td_loss(q_taken, target, weights, kind)
-    ref_grads = torch.autograd.grad(ref_loss, list(net.parameters()))
-    torch.testing.assert_close(loss, ref_loss)
-    torch.testing.assert_close(td_abs, ref_td)
-    torch.testing.assert_close(q_mean, q_taken.mean())
-    assert [g.shape for g in grads] == [r.shape for r in ref_grads]
-    for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    assert_explicit_equals_autograd(explicit, net, obs, actions, target, weights, kind)
     with torch.no_grad():
         assert torch.equal(explicit.q_values(obs), net(obs))
         assert torch.equal(explicit.greedy(obs), net(obs).argmax(-1))
