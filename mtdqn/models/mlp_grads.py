@@ -3,9 +3,10 @@
 For `QNetwork` with a (Linear -> ReLU)* torso and a linear head (no layer norm, dueling head or observation
 normalizer), optionally behind a one-convolution encoder (the MinAtar paper's network), the forward pass, the
 Huber / MSE TD loss and its gradients with respect to every weight and bias are a handful of `addmm` / `mm` calls
-written out by hand (the convolution as one product over its input patches: `PatchConv`). Autograd records and replays ~40 small ops per update whose
-Python and dispatch cost dominates at DQN's batch sizes on a CPU (the matrix products are about a fifth of an
-update: `scripts/bench_dqn.py`); the explicit form does the same arithmetic with about half the ops and no graph.
+written out by hand (the convolution as one product over its input patches: `PatchConv`). Autograd records and
+replays ~40 small ops per update whose Python and dispatch cost dominates at DQN's batch sizes on a CPU (the matrix
+products are about a fifth of an update: `scripts/bench_dqn.py`); the explicit form does the same arithmetic with
+about half the ops and no graph.
 Same math as `td_loss` + `torch.autograd.grad` (tested to float32 rounding in tests/unit/test_lean_step.py).
 """
 
@@ -106,9 +107,10 @@ class PatchConv:
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(features (B, out * Ho * Wo) in Conv2d's order, the patches (B * Ho * Wo, patch_dim) and the ReLU's
         output per position (B * Ho * Wo, out)) for the backward."""
+        # a task's first obs_dim columns of a zero-padded batch are read in place (their rows' stride is the batch's)
         if obs.dim() != 2 or obs.stride(1) != 1 or obs.shape[1] != self.in_dim:
-            obs = obs[:, :self.in_dim].contiguous()  # (a task's first obs_dim columns of a padded batch keep their
-        n = obs.shape[0]                             # row stride: no copy)
+            obs = obs[:, :self.in_dim].contiguous()
+        n = obs.shape[0]
         patches = obs.as_strided((n, *self.patch_shape), (obs.stride(0), *self.patch_strides)).reshape(-1, self.patch_dim)
         y = torch.addmm(self.conv.bias, patches, self._kernel().t()).clamp_(min=0.0)
         features = y.view(n, -1, y.shape[1]).transpose(1, 2).reshape(n, -1)
@@ -508,7 +510,8 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
                 h.index_copy_(0, r, p)
         return h.clamp_(min=0.0), rows
 
-    def _torso(self, obs: Tensor, task_ids: Tensor | int, grads: bool = False) -> tuple[list[Tensor], list | None, list | None]:
+    def _torso(self, obs: Tensor, task_ids: Tensor | int,
+               grads: bool = False) -> tuple[list[Tensor], list | None, list | None]:
         """([x, h1, ..., h_L]: the torso's input (obs, or the encoders' features) and every ReLU layer's output,
         each task's rows with adapters or per-task encoders, the encoders' caches for the backward with `grads`)."""
         caches = None
@@ -584,8 +587,8 @@ class ExplicitMultiHeadGrads(_MultiTaskExplicit):
         encoder_grads: list[Tensor] = []
         if self.encoders is not None:  # on into the convolutions (PatchConv.grads applies their ReLU)
             g = torch.mm(g, self.torso[0].weight)
-            if len(self.encoders) == 1:  # shared: per task over its own rows when asked
-                encoder_grads += self.patch_convs[0].grads(g, *convs[0], split)
+            if len(self.encoders) == 1:  # shared: per task over its own rows when asked (CPU: rows, never masks)
+                encoder_grads += self.patch_convs[0].grads(g, *convs[0], self._rows(task_ids)[0] if per_task else None)
             else:
                 for t, (c, cache_t, r) in enumerate(zip(self.patch_convs, convs, rows, strict=True)):
                     w = c.conv.weight
