@@ -63,10 +63,9 @@ from learning_results import ROOT, bootstrap_ci, first_reach, median, run_seed, 
 SHARED = ("model.loss", "model.double_q", "optimizer._target_", "optimizer.lr", "gamma", "net.hidden", "net.conv",
           "data.replay_ratio", "data.batch_size", "replay.n_step", "exploration.end", "callbacks.eval.episodes",
           "task_set.env_kwargs",  # the simulator's knobs and observation options (e.g. stop_feature)
-          "replay._target_", "replay.alpha", "replay.beta")  # uniform or prioritized replay, and its exponents
-# compared but not copied to the single-task agents: a replay kind is a config group (replay=prioritized), which
-# --single must name itself (copying _target_ alone would leave the other kind's keys)
-NOT_ALIGNED = ("replay._target_", "replay.alpha", "replay.beta")
+          *(NOT_ALIGNED := ("replay._target_", "replay.alpha", "replay.beta")))  # uniform or prioritized replay
+# NOT_ALIGNED: compared but not copied to the single-task agents: a replay kind is a config group
+# (replay=prioritized), which --single must name itself (copying _target_ alone would leave the other kind's keys)
 KEEP_NULL = ("net.conv",)  # recorded when null too: a convolutional encoder against none is another network
 PER_TASK_DURATION = "exploration.duration (per task)"  # compared only where epsilon decays per task (shared_settings)
 BATCH_UNIT = "data.batch_size_unit"  # multi-task agents only: whether data.batch_size is split across tasks (total:

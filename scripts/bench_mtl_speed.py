@@ -91,7 +91,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
     """Markdown: one line per repeat and the medians."""
     med = statistics.median
     extra = "".join(f" ({who}: {' '.join(given)})" for who, given in
-                    (("every agent", getattr(args, "all", [])), ("multi-task agent", args.mtl)) if given)
+                    (("every agent", args.all), ("multi-task agent", args.mtl)) if given)
     lines = [f"Suite {args.suite}{extra}: {args.env_steps} env steps summed over tasks (single-task agents: their share each), "
              f"seed {args.seed}, {len(rows)} repeats, {datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} CPUs",
              "", "| repeat | multi-task s | single-task agents s (summed) | ratio | multi-task env steps/s | "

@@ -43,7 +43,7 @@ def test_each_single_task_agent_trains_its_share_of_the_env_steps(monkeypatch):
     rows = bench_mtl_speed.measure({"mtl": ["m"], "a": ["a"], "b": ["b"], "c": ["c"]}, 90, 2, 0)
     assert calls == [("m", 90), ("a", 30), ("b", 30), ("c", 30)] * 2
     assert rows[0]["singles_seconds"] == 30.0 and rows[0]["ratio"] == 1.0
-    text = bench_mtl_speed.report(rows, argparse.Namespace(suite="minatar", env_steps=90, seed=0, mtl=[]))
+    text = bench_mtl_speed.report(rows, argparse.Namespace(suite="minatar", env_steps=90, seed=0, mtl=[], all=[]))
     assert "| **median** | 30.0 | 30.0 | **1.000** | | |" in text
     assert "| 0 | 30.0 | 30.0 | 1.000 | 3 | 3 |" in text  # env steps per second of each
 
