@@ -1,12 +1,14 @@
 """Entry point: `python train.py +experiment=<name> key=value ...` (see README)."""
 
 import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mtdqn.overrides import debug_last
 from mtdqn.sweep import run_trial
 from mtdqn.train import train  # imported here so its OmegaConf resolvers exist in the launcher process too
 
@@ -35,4 +37,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *debug_last(sys.argv[1:])]  # debug=<name> after +experiment=<name>
     main()

@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from learning_results import ROOT, bootstrap_ci, first_reach, median, run_seed, summarize  # noqa: E402
+from mtdqn.overrides import debug_last  # noqa: E402
 
 # what "the same hyperparameters" means here: the multi-task and the single-task agents must agree on these (budgets,
 # warm-up, target sync and evaluation cadence are per agent: the multi-task agent's are summed over its tasks)
@@ -448,7 +449,7 @@ def mtl_task_set(args: argparse.Namespace) -> TaskSet:
     from omegaconf import OmegaConf
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=["+experiment=lane_keep_mtl", *args.mtl], return_hydra_config=True)
+        cfg = compose("train", overrides=debug_last(["+experiment=lane_keep_mtl", *args.mtl]), return_hydra_config=True)
     tasks = [str(t) for t in cfg.task_set.tasks]
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise SystemExit(f"--mtl: the bench compares a multi-task agent on two or more distinct tasks with one "
@@ -483,8 +484,8 @@ def alignment(base: dict[str, list[str]], explicit: set[str]) -> list[str]:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        mtl = shared_settings(compose("train", overrides=base["mtl"]))
-        single = shared_settings(compose("train", overrides=next(o for name, o in base.items() if name != "mtl")))
+        mtl = shared_settings(compose("train", overrides=debug_last(base["mtl"])))
+        single = shared_settings(compose("train", overrides=debug_last(next(o for name, o in base.items() if name != "mtl"))))
     out = []
     for key, value in mtl.items():
         if key not in SHARED or key in NOT_ALIGNED or key in explicit or json.dumps(single.get(key)) == json.dumps(value):
@@ -522,7 +523,7 @@ def check_overrides(args: argparse.Namespace, task_set: TaskSet | None = None) -
 
     overrides = agent_overrides(args, task_set)
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        check_alike({name: shared_settings(compose("train", overrides=o)) for name, o in overrides.items()})
+        check_alike({name: shared_settings(compose("train", overrides=debug_last(o))) for name, o in overrides.items()})
     return overrides
 
 

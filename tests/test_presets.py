@@ -5,9 +5,12 @@ installed its test is skipped.
 """
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from mtdqn.train import train
 from tests.helpers.config import compose_cfg
@@ -33,6 +36,32 @@ def test_required_modules_are_parsed():
     assert required_modules("# @package _global_\n# requires: minatar (extra .[minatar])\nx: 1") == ["minatar"]
     assert required_modules("# requires: a, b.c\n") == ["a", "b.c"]
     assert required_modules("# python train.py\n") == []
+
+
+SMOKE = {"data.total_env_steps": 600, "data.env_steps_per_round": 100, "data.replay_ratio": 0.1, "data.batch_size": 32,
+         "data.learning_starts": 200, "callbacks.eval.episodes": 2}  # conf/debug/smoke.yaml
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_debug_smoke_wins_over_every_preset(tmp_path, preset):
+    """`+experiment=<preset> debug=smoke` is a smoke run of that preset: the debug budgets, not the preset's."""
+    cfg = compose_cfg([f"+experiment={preset}", "debug=smoke"], tmp_path)
+    assert {key: OmegaConf.select(cfg, key) for key in SMOKE} == SMOKE
+
+
+def test_a_key_value_override_still_wins_over_debug(tmp_path):
+    cfg = compose_cfg(["debug=smoke", "+experiment=minatar_dqn", "data.total_env_steps=900"], tmp_path)
+    assert cfg.data.total_env_steps == 900 and cfg.data.batch_size == 32
+
+
+def test_train_py_orders_debug_after_the_experiment():
+    """The command line as users type it (`debug=` in any position) composes the preset's smoke run."""
+    out = subprocess.run([sys.executable, "train.py", "debug=smoke", "+experiment=minatar_dqn", "seed=3", "--cfg", "job"],
+                         cwd=EXPERIMENTS.parents[1], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.experiment_name == "minatar_dqn" and cfg.seed == 3
+    assert {key: OmegaConf.select(cfg, key) for key in SMOKE} == SMOKE
 
 
 # Presets that start from checkpoints get them from one tiny lane_keep_mtl run (made once, only when needed).

@@ -8,13 +8,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from mtdqn.overrides import debug_last
+
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def compose_cfg(overrides: list[str], output_dir: Path | str) -> DictConfig:
-    """The train config with `overrides`, writing into `output_dir`."""
+    """The train config with `overrides` (ordered as train.py orders its command line), writing into `output_dir`."""
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        return compose("train", overrides=debug_last([*overrides, f"paths.output_dir={output_dir}"]))
 
 
 def params_vector(module: torch.nn.Module) -> torch.Tensor:

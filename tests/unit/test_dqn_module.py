@@ -139,7 +139,7 @@ def test_lean_step_matches_the_standard_path_with_a_convolution_on_minatar(tmp_p
 
 
 MINATAR = pytest.mark.skipif(importlib.util.find_spec("minatar") is None, reason="MinAtar ids need .[minatar]")
-# (the presets set their own budgets, after debug=smoke's)
+# a tiny minatar_mtl run: its own budgets, as key=value overrides (they win over the preset and debug=smoke)
 MINATAR_MTL = ["+experiment=minatar_mtl", "net.conv=[[16,3,1]]", "net.hidden=[16]", "data.num_envs=2",
                "data.env_steps_per_round=96", "data.total_env_steps=960", "data.learning_starts=384",
                "data.batch_size=48"]

@@ -1,0 +1,41 @@
+"""Hydra override order: `debug=<name>` applies after `+experiment=<name>`.
+
+Hydra appends a `+group=option` override to the end of train.yaml's defaults list, so a preset chosen with
+`+experiment=<name>` is merged after every group listed there. Were `debug` listed there, a preset's own budgets would
+override `debug=smoke`'s, and `python train.py +experiment=minatar_dqn debug=smoke` would train the full 500k env
+steps. So `debug` is not in the defaults list; `debug_last` turns `debug=<name>` into `+debug=<name>` placed after the
+other group choices, so the debug settings win over the preset's, and plain `key=value` overrides (applied by Hydra
+after the whole defaults list) still win over both. train.py applies it to the command line, and every place that
+composes the train config from a user's overrides applies it to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _is_debug(arg: str) -> bool:
+    return arg.lstrip("+~").split("=", 1)[0] == "debug"
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
+def debug_last(args: Sequence[str]) -> list[str]:
+    """`args` with every `debug=<name>` (or `+debug=`, `++debug=`) rewritten as `+debug=<name>` and moved after the
+    last other override (so after any `+experiment=`), flags such as `-m` or `--cfg job` kept where they are.
+    `debug=null` (or `~debug`) means no debug config and is dropped."""
+    args = list(args)
+    debug = [a for a in args if _is_debug(a)]
+    if not debug:
+        return args
+    rest = [a for a in args if not _is_debug(a)]
+    moved = []
+    for arg in debug:
+        value = arg.split("=", 1)[1] if "=" in arg else ""
+        if arg.startswith("~") or value in ("", "null"):
+            continue
+        moved.append(f"+debug={value}")
+    last = max((i for i, a in enumerate(rest) if _is_override(a)), default=len(rest) - 1)
+    return [*rest[:last + 1], *moved, *rest[last + 1:]]
