@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback
 from mtdqn.data import RLDataModule
@@ -128,9 +130,32 @@ def env_factories(cfg: DictConfig, env_kwargs: dict) -> tuple[list, list | None]
     return train, ([env_factory(ts.kind, t, env_kwargs, perturb) for t in ts.tasks] if randomize else None)
 
 
+# Lightning's notices about choices this project makes on purpose, printed on every fit: training_step takes
+# `dataloader_iter` (one step = one round of updates), a pytree deprecation inside Lightning itself, and an
+# advertisement. Silenced by exact message; every other warning still shows.
+KNOWN_NOTICES = (r"You are using the `dataloader_iter` step flavor", r"Found `dataloader_iter` argument",
+                 r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+TIP = "\N{ELECTRIC LIGHT BULB} Tip:"
+
+
+class _NoTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TIP)
+
+
+def quiet_known_notices() -> None:
+    """Hide Lightning's notices in KNOWN_NOTICES and its logger tip; idempotent."""
+    for message in KNOWN_NOTICES:
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoTip())
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
     """Instantiate model, data module and trainer from the config (no env is stepped here); seeds everything."""
     validate(cfg)
+    quiet_known_notices()
     torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))  # no-op where the CPU cannot flush
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ts = cfg.task_set
@@ -185,7 +210,12 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         callbacks.append(instantiate(compression))  # after eval and checkpoint: compresses the final network
     callbacks.append(EnvStepBudget())
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    # without our env-step bar (callbacks.progress=null, callbacks=none) no bar: Lightning's own counts batches of
+    # an endless epoch ("Epoch 0/-2 5/--"); trainer.enable_progress_bar=true still asks for it
+    bar = {} if any(isinstance(cb, ProgressBar) for cb in callbacks) or "enable_progress_bar" in cfg.trainer else {
+        "enable_progress_bar": False}
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
+                          **bar)
     return model, data, trainer
 
 

@@ -315,3 +315,33 @@ def test_the_closing_line_says_a_run_stopped_once_solved(tmp_path, capsys):
     train(compose_cfg(["debug=smoke", "logger=jsonl", "callbacks.eval.stop_at_return=-1e9"], tmp_path))
     out = capsys.readouterr().out
     assert "mtdqn: 300 env steps" in out and "stopped once solved" in out
+
+
+def test_only_the_env_step_bar_or_no_bar(tmp_path):
+    """Lightning's own bar counts batches of an endless epoch ("Epoch 0/-2 5/--"): with our env-step bar turned off
+    (callbacks.progress=null, callbacks=none) there is no bar; trainer.enable_progress_bar=true still asks for it."""
+    from mtdqn.callbacks.progress import EnvStepProgressBar
+
+    assert isinstance(build(compose_cfg(["debug=smoke"], tmp_path))[2].progress_bar_callback, EnvStepProgressBar)
+    for off in (["callbacks.progress=null"], ["callbacks=none"]):
+        assert build(compose_cfg(["debug=smoke", *off], tmp_path))[2].progress_bar_callback is None
+    forced = compose_cfg(["debug=smoke", "callbacks=none", "+trainer.enable_progress_bar=true"], tmp_path)
+    assert build(forced)[2].progress_bar_callback is not None
+
+
+def test_a_run_prints_no_notices_about_choices_made_on_purpose(tmp_path):
+    """Lightning's dataloader_iter and LeafSpec notices and its logger tip are not printed; other warnings are."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    out = subprocess.run([sys.executable, "train.py", "debug=smoke", "logger=none", "print_config=false",
+                          "callbacks.progress=null", f"paths.output_dir={tmp_path}"],
+                         cwd=root, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout + out.stderr
+    for notice in ("dataloader_iter", "LeafSpec", "Tip:", "Epoch 0/"):
+        assert notice not in printed, notice
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
