@@ -86,10 +86,23 @@ def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+def check_accelerator(accelerator: str) -> None:
+    """trainer.accelerator gpu / cuda / mps needs that device here (Lightning's own error comes as a long traceback)."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if (accelerator == "gpu" and not (cuda or mps)) or (accelerator == "cuda" and not cuda) or (
+            accelerator == "mps" and not mps):
+        raise ValueError(f"trainer.accelerator={accelerator!r}: no such device here (torch sees no "
+                         f"{'MPS' if accelerator == 'mps' else 'CUDA'} GPU); use trainer=cpu (or trainer=ddp for several "
+                         "CPU processes)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that need no environment: fail early with the key, the value and what is allowed."""
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed={cfg.seed!r} must be an integer")
     if not 0.0 < float(cfg.gamma) <= 1.0:
         raise ValueError(f"gamma={cfg.gamma} must lie in (0, 1]")
+    check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
     for key in ("capacity", "n_step"):
         if key in cfg.replay and int(cfg.replay[key]) <= 0:
             raise ValueError(f"replay.{key}={cfg.replay[key]} must be > 0")

@@ -34,6 +34,8 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
     ("override", "match"),
     [
         ("gamma=1.5", "gamma=1.5"),
+        ("seed=abc", "seed='abc' must be an integer"),
+        ("seed=1.5", "seed=1.5 must be an integer"),
         ("gamma=0", "gamma=0"),
         ("data.batch_size=0", "data.batch_size=0"),
         ("data.num_envs=-1", "data.num_envs=-1"),
@@ -59,6 +61,15 @@ def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, mon
     monkeypatch.setattr(gym_adapter.gym, "make_vec", no_vector_env)
     cfg = compose_cfg([*SMOKE, override], tmp_path)
     with pytest.raises(ValueError, match=match.replace("[", r"\[")):
+        build(cfg)
+
+
+@pytest.mark.parametrize("trainer", [["trainer=gpu"], ["trainer=ddp", "trainer.accelerator=cuda"]])
+def test_a_gpu_trainer_without_a_gpu_is_refused_with_the_key(tmp_path, trainer, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    cfg = compose_cfg([*SMOKE, *trainer], tmp_path)
+    with pytest.raises(ValueError, match="trainer.accelerator='(gpu|cuda)': no such device here .* use trainer=cpu"):
         build(cfg)
 
 
