@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from learning_results import ROOT, bootstrap_ci, first_reach, median, run_seed, summarize  # noqa: E402
+
 from mtdqn.overrides import debug_last  # noqa: E402
 
 # what "the same hyperparameters" means here: the multi-task and the single-task agents must agree on these (budgets,
