@@ -92,7 +92,7 @@ def _buildable_here(overrides: list[str]) -> bool:
 
 @pytest.mark.parametrize(("where", "command"), TRAIN, ids=[w for w, _ in TRAIN])
 def test_train_command(where, command, tmp_path, monkeypatch):
-    argv = [a for a in argv_of(command) if a not in ("-m", "--multirun")]
+    argv = [a for a in argv_of(command) if a not in ("-m", "--multirun", "--help")]  # --help: tests/test_presets.py
     overrides = first_job(argv)
     monkeypatch.chdir(tmp_path)  # relative paths in a command (ckpt_path=outputs/...) resolve in a scratch folder
     cfg = compose_cfg(overrides, tmp_path / "run")

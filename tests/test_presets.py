@@ -64,6 +64,16 @@ def test_train_py_orders_debug_after_the_experiment():
     assert {key: OmegaConf.select(cfg, key) for key in SMOKE} == SMOKE
 
 
+def test_help_shows_how_to_run_a_preset_and_the_presets_config():
+    out = subprocess.run([sys.executable, "train.py", "+experiment=lane_keep_mtl", "--help"],
+                         cwd=EXPERIMENTS.parents[1], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("mtdqn: multi-task and transfer deep Q-learning")
+    assert "python train.py +experiment=<preset> debug=smoke" in out.stdout
+    assert "experiment: " + ", ".join(PRESETS) in out.stdout  # the config groups, from conf/
+    assert "experiment_name: lane_keep_mtl" in out.stdout  # the preset's composed config
+
+
 # Presets that start from checkpoints get them from one tiny lane_keep_mtl run (made once, only when needed).
 NEEDS_SOURCE = {
     "urban_transfer": lambda ckpt: ["transfer=ewc", f"transfer.checkpoint={ckpt}"],
