@@ -96,6 +96,45 @@ def check_accelerator(accelerator: str) -> None:
                          "CPU processes)")
 
 
+# what a checkpoint's saved state (network, replay) must agree with; a resume may change anything else (budgets...)
+RESUME_KEYS = ("task_set.kind", "task_set.tasks", "net", "model._target_", "replay._target_")
+
+
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def _shown(values: dict[str, Any], key: str) -> str:
+    return repr(values[key]) if key in values else "absent"
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """ckpt_path against the config of the run that wrote it (`<run>/config.yaml` beside `<run>/checkpoints/`): a
+    resume with another network or task set (a forgotten `+experiment=`) is refused naming the keys, before any env
+    is built, instead of failing inside Lightning's state restore. No check where that config is not found."""
+    saved_path = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
+    if not saved_path.is_file() or saved_path == (Path(cfg.paths.output_dir) / "config.yaml").resolve():
+        return
+    saved = OmegaConf.load(saved_path)
+    diffs = []
+    for key in RESUME_KEYS:
+        mine, theirs = (OmegaConf.select(c, key, default=None) for c in (cfg, saved))
+        mine, theirs = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                        for v in (mine, theirs))
+        a, b = _leaves(theirs, key), _leaves(mine, key)
+        # a key one side lacks counts only if the other sets it (a run from before an option existed resumes)
+        diffs += [f"{k}: {_shown(a, k)} there, {_shown(b, k)} here" for k in sorted(set(a) | set(b))
+                  if a.get(k) != b.get(k) and (k in a and k in b or a.get(k, b.get(k)) not in (None, False))]
+    if diffs:
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path!r} was written by a run (experiment_name={saved.get('experiment_name')!r}, "
+            f"its config {saved_path}) whose network, task set or replay differ from this config's: "
+            f"{'; '.join(diffs)}. Resume with that run's settings (the same +experiment=... and overrides); other "
+            f"keys may differ (e.g. data.total_env_steps, to train on)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that need no environment: fail early with the key, the value and what is allowed."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
@@ -110,6 +149,8 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"torch_threads={cfg.torch_threads} must be a positive integer or null")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
+    if cfg.get("ckpt_path"):
+        check_resume(cfg)
     check_env_options(str(cfg.task_set.kind), *env_options(cfg))
     adv = cfg.get("adversarial") or {}
     if not float(adv.get("epsilon") or 0.0) >= 0.0:

@@ -139,6 +139,29 @@ def test_resume_continues_from_saved_step_with_saved_buffer(tmp_path):
     assert trainer2.global_step > saved_updates
 
 
+def test_a_resume_with_another_network_or_task_set_is_refused_naming_the_keys(tmp_path, monkeypatch):
+    """ckpt_path is checked against the config of the run that wrote it, before any env is made; a resume that only
+    changes the budget passes."""
+    from omegaconf import OmegaConf
+
+    from mtdqn.envs import gym_adapter
+
+    assert train(compose_cfg([*SMOKE, "callbacks.eval=null"], tmp_path / "first"))["status"] == "completed"
+    ckpt = f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"
+    with monkeypatch.context() as patch:
+        patch.setattr(gym_adapter.gym, "make_vec", lambda *a, **k: pytest.fail("an env was made before the check"))
+        with pytest.raises(ValueError, match=r"net.hidden: \[256, 256\] there, \[32\] here\. Resume with"):
+            build(compose_cfg([*SMOKE, ckpt, "net.hidden=[32]"], tmp_path / "second"))
+        with pytest.raises(ValueError, match=r"experiment_name='default'.*task_set.tasks: \['CartPole-v1'\] there, "
+                                             r"\['lane_keep', 'pedestrian', 'traffic_light'\] here"):
+            build(compose_cfg(["+experiment=lane_keep_mtl", *SMOKE, ckpt], tmp_path / "third"))
+    saved = tmp_path / "first" / "config.yaml"  # as from a version before net.conv existed: absent = off
+    saved.write_text(saved.read_text().replace("  obs_norm: false\n  conv: null\n", "  obs_norm: false\n", 1))
+    assert "conv" not in OmegaConf.load(saved).net
+    longer = train(compose_cfg([*SMOKE, ckpt, "data.total_env_steps=900"], tmp_path / "fourth"))
+    assert longer["status"] == "completed" and longer["time/env_steps"] == 900
+
+
 def test_each_round_is_collected_with_the_policy_after_the_previous_updates(tmp_path):
     """No prefetching: round k's env steps are taken after round k-1's gradient updates."""
     cfg = compose_cfg([*SMOKE, "callbacks.checkpoint=null", "callbacks.eval=null", "exploration.end=0.0",
