@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,11 +20,17 @@ _REGISTERING_MODULES = (("highway_env", "highway"), ("minatar", "minatar"), ("al
 WRAPPERS_KEY = "wrappers"  # task_set.env_kwargs.wrappers: mtdqn's own key, never passed to gymnasium.make
 
 
+_REGISTERED: set[str] = set()  # modules whose register_envs() already ran (again, it re-registers every id noisily)
+
+
 def _import_registrations(env_id: str) -> None:
-    """Import optional env packages (quietly) until `env_id` is registered."""
+    """Import optional env packages (quietly) until `env_id` is registered; each package's registration runs once."""
     for module, _extra in _REGISTERING_MODULES:
         if env_id in gym.registry:
             return
+        if module in _REGISTERED:
+            continue
+        _REGISTERED.add(module)
         try:
             mod = importlib.import_module(module)
         except ImportError:
@@ -186,6 +193,19 @@ def rgb_frame(frame: Any) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+# gymnasium's passive env checker on an env's first render, about what rgb_frame and video_fps already handle
+# (MinAtar draws float frames and declares no render_fps): not the user's concern, so not printed
+_RENDER_NOTES = (".*RGB-array rendering should return a numpy array with dtype uint8", ".*No render fps was declared")
+
+
+def rendered(env: gym.Env) -> np.ndarray:
+    """`env.render()` as a uint8 (H, W, 3) frame (`rgb_frame`), without the passive checker's notes above."""
+    with warnings.catch_warnings():
+        for note in _RENDER_NOTES:
+            warnings.filterwarnings("ignore", message=note)
+        return rgb_frame(env.render())
+
+
 def check_render(env_id: str, env_kwargs: dict | None = None) -> None:
     """Refuse, before training, a gymnasium task that cannot draw rgb_array frames (no such render mode, or its
     renderer missing: classic control needs pygame, the optional extra '.[render]'); builds one env, resets it
@@ -203,7 +223,7 @@ def check_render(env_id: str, env_kwargs: dict | None = None) -> None:
         raise ValueError(f"{env_id!r} cannot draw frames: {type(exc).__name__}: {exc}") from exc
     try:
         env.reset(seed=0)
-        rgb_frame(env.render())
+        rendered(env)
     except Exception as exc:
         hint = " (mtdqn's optional extra installs it: pip install -c constraints.txt -e '.[render]')" \
             if "pygame" in str(exc) else ""
@@ -296,7 +316,7 @@ class GymVecEnv:
         if self.render_mode is None:
             raise ValueError(f"GymVecEnv({self.env_id!r}) was built without render_mode='rgb_array': it cannot "
                              "draw frames")
-        return rgb_frame(self.envs[i].render())
+        return rendered(self.envs[i])
 
     def close(self) -> None:
         """Close every env."""

@@ -101,3 +101,21 @@ def test_classic_control_frames_with_pygame():
     env.reset(seed=0)
     frame = env.render(0)
     assert frame.shape == (400, 600, 3) and frame.dtype == np.uint8 and len(np.unique(frame.reshape(-1, 3), axis=0)) > 2
+
+
+def test_minatar_frames_and_unknown_ids_print_no_gymnasium_notes():
+    """MinAtar's float frames and missing render_fps are handled (rgb_frame, video fps), so the passive checker's
+    notes on them are not printed; looking up an unknown id registers MinAtar's ids once, not again per lookup."""
+    import warnings
+
+    pytest.importorskip("minatar", reason="MinAtar ids need .[minatar]")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = GymVecEnv("MinAtar/Breakout-v1", num_envs=1, render_mode="rgb_array")
+        env.reset(seed=0)
+        frame = env.render(0)
+        for _ in range(2):
+            with pytest.raises(ValueError, match="not a registered gymnasium id"):
+                check_render("gym", "NoSuchEnv-v0")
+    assert frame.dtype == np.uint8 and frame.ndim == 3
+    assert [str(w.message) for w in caught if "WARN" in str(w.message)] == []
