@@ -128,11 +128,15 @@ def check_resume(cfg: DictConfig) -> None:
         diffs += [f"{k}: {_shown(a, k)} there, {_shown(b, k)} here" for k in sorted(set(a) | set(b))
                   if a.get(k) != b.get(k) and (k in a and k in b or a.get(k, b.get(k)) not in (None, False))]
     if diffs:
+        overrides = saved_path.parent / ".hydra" / "overrides.yaml"  # the run's command line, where Hydra kept it
+        argv = [o for o in OmegaConf.load(overrides) if not str(o).startswith("ckpt_path=")] \
+            if overrides.is_file() else []
+        command = f" (python train.py {' '.join(map(str, argv))} ckpt_path=...)" if argv else ""
         raise ValueError(
             f"ckpt_path={cfg.ckpt_path!r} was written by a run (experiment_name={saved.get('experiment_name')!r}, "
             f"its config {saved_path}) whose network, task set or replay differ from this config's: "
-            f"{'; '.join(diffs)}. Resume with that run's settings (the same +experiment=... and overrides); other "
-            f"keys may differ (e.g. data.total_env_steps, to train on)")
+            f"{'; '.join(diffs)}. Resume with that run's settings{command}; other keys may differ (e.g. "
+            f"data.total_env_steps, to train on)")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -152,6 +152,11 @@ def test_a_resume_with_another_network_or_task_set_is_refused_naming_the_keys(tm
         patch.setattr(gym_adapter.gym, "make_vec", lambda *a, **k: pytest.fail("an env was made before the check"))
         with pytest.raises(ValueError, match=r"net.hidden: \[256, 256\] there, \[32\] here\. Resume with"):
             build(compose_cfg([*SMOKE, ckpt, "net.hidden=[32]"], tmp_path / "second"))
+        hydra_dir = tmp_path / "first" / ".hydra"  # where Hydra keeps a run's command line
+        hydra_dir.mkdir()
+        (hydra_dir / "overrides.yaml").write_text("- +debug=smoke\n- seed=0\n")
+        with pytest.raises(ValueError, match=r"settings \(python train\.py \+debug=smoke seed=0 ckpt_path=\.\.\.\)"):
+            build(compose_cfg([*SMOKE, ckpt, "net.hidden=[32]"], tmp_path / "second"))
         with pytest.raises(ValueError, match=r"experiment_name='default'.*task_set.tasks: \['CartPole-v1'\] there, "
                                              r"\['lane_keep', 'pedestrian', 'traffic_light'\] here"):
             build(compose_cfg(["+experiment=lane_keep_mtl", *SMOKE, ckpt], tmp_path / "third"))
