@@ -237,9 +237,6 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         sharing, fraction = {}, cfg.data.get("share_fraction")
         values = list(fraction) if isinstance(fraction, ListConfig) else [fraction]
         if len(specs) > 1 and any(isinstance(v, (int, float)) and v > 0 for v in values):
-            if per:
-                raise ValueError(f"data.share_fraction={fraction} needs replay=uniform: a shared "
-                                 "sample's priority would belong to another task's replay")
             sharing["share_rules"] = share_rules(ts.kind, list(ts.tasks), env_kwargs, env_options(cfg)[1])
         data = MultiTaskDataModule(
             env_factories=factories, eval_env_factories=eval_factories,

@@ -352,6 +352,41 @@ def test_shared_samples_are_relabeled_for_the_task_that_samples_them(tmp_path):
     assert int((data.sample_task(2, 40, 1).obs[..., 0] != 3).sum()) == 10
 
 
+def test_prioritized_shared_samples_update_priorities_in_the_replay_they_came_from(tmp_path):
+    """replay=prioritized with data sharing: a shared sample is drawn by its source replay's priorities (importance
+    weights from them), and its TD error becomes its priority there, whatever task it trained."""
+    from mtdqn.envs.driving.sim import OBS_DIM
+    from mtdqn.types import Transition
+
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", "data.share_fraction=0.5",
+                       "replay=prioritized", "replay.alpha=1.0"], tmp_path)
+    model, data, trainer = set_up(build(cfg))
+    n = data.num_envs
+    for i, buf in enumerate(data.buffers):  # task i's transitions read i + 1 in every feature
+        for _ in range(40):
+            x = torch.full((n, OBS_DIM), float(i + 1))
+            buf.add(Transition(x, torch.zeros(n, dtype=torch.long), torch.ones(n), x,
+                               torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)))
+    before = [buf.tree.tree.clone() for buf in data.buffers]
+    b = data.sample_task(2, 40, 1)  # traffic_light: half its own, a quarter each from lane_keep and pedestrian
+    source = (b.obs[..., 0].long() - 1).reshape(-1)
+    assert [int((source == j).sum()) for j in range(3)] == [10, 10, 20] and (b.task_ids == 2).all()
+    td = source.double() * 10 + 3  # |TD| 3, 13, 23 by the replay a sample came from
+    data.update_priorities(b.indices.reshape(-1), td, b.task_ids.reshape(-1))
+    for j, buf in enumerate(data.buffers):
+        changed = (buf.tree.tree != before[j])[buf.tree.capacity:].nonzero().reshape(-1)
+        assert changed.numel() > 0, j  # every source replay got its samples' TD errors, the shared ones too
+        assert torch.allclose(buf.tree.leaves(changed), torch.tensor(10.0 * j + 3 + buf.eps, dtype=torch.float64))
+        assert buf.max_priority == pytest.approx(10 * j + 3 + buf.eps)
+
+
+@pytest.mark.slow
+def test_training_with_prioritized_shared_samples_runs(tmp_path):
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.share_fraction=[0.5,0,0.5]", "replay=prioritized"], tmp_path)
+    summary = train(cfg)
+    assert summary["status"] == "completed" and "eval/min_normalized" in summary
+
+
 @pytest.mark.parametrize("stop_feature", [False, True])
 def test_training_with_shared_samples_runs(tmp_path, stop_feature):
     extra = ["+task_set.env_kwargs.stop_feature=true"] if stop_feature else []
@@ -367,7 +402,6 @@ def test_training_with_shared_samples_runs(tmp_path, stop_feature):
     (["task_set=driving", "data.share_fraction=-0.1"], "data.share_fraction=-0.1 must be in"),
     (["task_set=driving", "data.share_fraction=[0.5,0.5]"], "one per task"),
     (["task_set=driving", "data.share_fraction=[0.5,0,1]"], "must be in"),
-    (["task_set=driving", "data.share_fraction=0.5", "replay=prioritized"], "needs replay=uniform"),
     (["task_set=driving", "data.share_fraction=0.5", "+task_set.env_kwargs.obs_noise=0.05"], "noise-free"),
     (["task_set=gym", "task_set.tasks=[CartPole-v1,Acrobot-v1]", "data.share_fraction=0.5"], "task_set.kind='gym'"),
     (["task_set=driving", "task_set.tasks=[pedestrian]", "data.share_fraction=0.5"], "has one task"),

@@ -14,13 +14,14 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mtdqn.collect import Collector, LinearEpsilon
 from mtdqn.envs.base import TensorVecEnv
-from mtdqn.replay import ReplayBuffer
+from mtdqn.replay import PrioritizedReplayBuffer, ReplayBuffer
 from mtdqn.types import Batch, Round, ShareRule, TaskSpec, finite_number
 
 COMPOSITIONS = ("uniform", "proportional", "weighted")
 COLLECT_SCHEDULES = ("fixed", "by_score")
 EXPLORATION_CLOCKS = ("summed", "task")
 BATCH_SIZE_UNITS = ("total", "per_task")
+SOURCE_STRIDE = 1 << 40  # replay indices tagged with their replay (prioritized): index + replay x SOURCE_STRIDE
 EnvFactory = Callable[..., TensorVecEnv]  # (num_envs=..., device=...) -> TensorVecEnv
 ReplayFactory = Callable[..., ReplayBuffer]  # (num_envs=, obs_dim=, device=, seed=, task_id=, obs_quantum=,
 # obs_frames=) -> ReplayBuffer
@@ -305,10 +306,17 @@ class MultiTaskDataModule(pl.LightningDataModule):
         round(f x count) of them drawn evenly from the replays of the tasks with a rule into it, relabeled:
         observations masked by the rule, task id set to `task`, weight 0 where the transition ends its episode for
         a cause the task does not have (rule.terminal_ok False)."""
-        pieces = [self.buffers[j].sample(m, n_batches) if j == task
-                  else self._relabel(self.buffers[j].sample(m, n_batches), j, task)
+        pieces = [self._from_replay(j, self.buffers[j].sample(m, n_batches)) if j == task
+                  else self._relabel(self._from_replay(j, self.buffers[j].sample(m, n_batches)), j, task)
                   for j, m in self.sample_plan(task, count)]
         return pieces[0] if len(pieces) == 1 else concat_batches(pieces, self.obs_width)
+
+    def _from_replay(self, source: int, b: Batch) -> Batch:
+        """Prioritized replay: each sample's replay index tagged with the replay it was drawn from (+ `source` x
+        SOURCE_STRIDE), so a shared sample's TD error updates its priority where it is stored (update_priorities)."""
+        if source == 0 or not isinstance(self.buffers[source], PrioritizedReplayBuffer):
+            return b
+        return b._replace(indices=b.indices + source * SOURCE_STRIDE)
 
     def sample_plan(self, task: int, count: int) -> list[tuple[int, int]]:
         """[(replay index, samples)] that `count` samples for `task` are drawn from (see sample_task): its own
@@ -417,11 +425,15 @@ class MultiTaskDataModule(pl.LightningDataModule):
         return factories[task](num_envs=num_envs, device=self.device, **extra)
 
     def update_priorities(self, indices: Tensor, td_errors: Tensor, task_ids: Tensor) -> None:
-        """Route TD errors to each task's (prioritized) replay."""
+        """Route TD errors to the (prioritized) replay each sample was drawn from (tagged in its index, see
+        _from_replay; a shared sample's is another task's replay than its task id's). One priority per stored
+        transition: the latest TD error of whichever task last trained on it; importance weights correct for the
+        sampling whatever the priorities."""
+        source, local = indices // SOURCE_STRIDE, indices % SOURCE_STRIDE
         for i, buf in enumerate(self.buffers):
-            mask = task_ids == i
+            mask = source == i
             if bool(mask.any()):
-                buf.update_priorities(indices[mask], td_errors[mask])
+                buf.update_priorities(local[mask], td_errors[mask])
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module if self.trainer is not None else None
