@@ -384,3 +384,19 @@ def test_a_run_prints_no_notices_about_choices_made_on_purpose(tmp_path):
     for notice in ("dataloader_iter", "LeafSpec", "Tip:", "Epoch 0/"):
         assert notice not in printed, notice
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_the_env_step_bar_ends_at_the_env_steps_taken_even_past_the_budget():
+    """A run ends after whole rounds, so it may pass data.total_env_steps (672 of 600 with 8 envs): the bar's total
+    follows, where tqdm would otherwise drop it and print '672step'."""
+    import io
+
+    from tqdm import tqdm
+
+    from mtdqn.callbacks.progress import EnvStepProgressBar
+
+    bar = tqdm(total=600, file=io.StringIO())
+    EnvStepProgressBar.advance(bar, 300)
+    assert (bar.n, bar.total) == (300, 600)
+    EnvStepProgressBar.advance(bar, 672)
+    assert (bar.n, bar.total) == (672, 672) and "672/672" in str(bar)

@@ -36,6 +36,14 @@ class EnvStepProgressBar(ProgressBar):
         keys = [k for k in latest if k.startswith("eval/") and k.endswith("/return")]
         return ", ".join(f"{k.split('/')[1]}={latest[k]:.1f}" for k in keys) or "-"
 
+    @staticmethod
+    def advance(bar: tqdm, steps: int) -> None:
+        """Move the bar to `steps`; the last round may end past the budget (whole rounds of whole vector steps), so
+        the total grows with it rather than tqdm dropping the total ('672step' instead of 672/672)."""
+        if steps > bar.total:
+            bar.total = steps
+        bar.update(steps - bar.n)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         self.start_steps, self.t0, self.last_refresh = dm.current_env_steps(), time.perf_counter(), 0.0
@@ -48,7 +56,7 @@ class EnvStepProgressBar(ProgressBar):
             return
         self.last_refresh = now
         steps = trainer.datamodule.current_env_steps()
-        self.bar.update(steps - self.bar.n)
+        self.advance(self.bar, steps)
         sps = (steps - self.start_steps) / max(now - self.t0, 1e-9)
         self.bar.set_postfix_str(f"sps={sps:,.0f} updates={trainer.global_step} eval: {self._eval_return(trainer)}")
 
@@ -56,7 +64,7 @@ class EnvStepProgressBar(ProgressBar):
         steps = trainer.datamodule.current_env_steps()
         seconds = time.perf_counter() - self.t0
         if self.bar is not None:
-            self.bar.update(steps - self.bar.n)
+            self.advance(self.bar, steps)
             self.bar.close()
         done = steps - self.start_steps
         self.summary = (
