@@ -1,6 +1,7 @@
 """Entry point: `python train.py +experiment=<name> key=value ...` (see README)."""
 
 import logging
+import os
 import sys
 
 import hydra
@@ -19,7 +20,9 @@ log = logging.getLogger("mtdqn")
 def main(cfg: DictConfig) -> float | None:
     """Train and return the final mean eval return (the objective for sweeps).
 
-    In a multirun a failing job is recorded (summary.json: status failed, error) and the sweep goes on. Under
+    A single run that fails on bad input (ValueError: the key, the value, what is allowed) ends with that message
+    alone (exit status 1; HYDRA_FULL_ERROR=1 for the traceback). In a multirun a failing job is recorded
+    (summary.json: status failed, error) and the sweep goes on. Under
     `hparams_search=<preset>` each job is a trial: `hparams_search.seeds_per_trial` seeds trained in turn, the
     objective their mean final `hparams_search.metric`, None (a failed trial, the study goes on) if one fails.
     """
@@ -29,6 +32,9 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except Exception as exc:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
+            if isinstance(exc, ValueError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                # mtdqn raises ValueError for bad input (the key, the value, what is allowed): the message is all
+                sys.exit(f"mtdqn: error: {exc}\n(HYDRA_FULL_ERROR=1 shows where it was raised)")
             raise
         log.error("job %s failed, the sweep continues: %s: %s", HydraConfig.get().job.num, type(exc).__name__, exc)
         return None

@@ -400,3 +400,22 @@ def test_the_env_step_bar_ends_at_the_env_steps_taken_even_past_the_budget():
     assert (bar.n, bar.total) == (300, 600)
     EnvStepProgressBar.advance(bar, 672)
     assert (bar.n, bar.total) == (672, 672) and "672/672" in str(bar)
+
+
+def test_bad_input_ends_a_run_with_its_message_alone(tmp_path):
+    """A ValueError (bad input) ends `python train.py` with `mtdqn: error: <message>` and status 1, no traceback
+    (HYDRA_FULL_ERROR=1 brings it back); summary.json records the failure either way."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    for full, out_dir in (("0", tmp_path / "short"), ("1", tmp_path / "full")):
+        out = subprocess.run([sys.executable, "train.py", "gamma=2", "print_config=false", "logger=none",
+                              f"paths.output_dir={out_dir}"], cwd=root, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "HYDRA_FULL_ERROR": full})
+        assert out.returncode == 1
+        assert ("Traceback" in out.stderr) == (full == "1")
+        assert "gamma=2 must lie in (0, 1]" in out.stderr
+        assert json.loads((out_dir / "summary.json").read_text())["status"] == "failed"
+    assert out.stderr.strip().splitlines()[-1].startswith("ValueError: gamma=2")
