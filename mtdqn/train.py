@@ -309,11 +309,12 @@ def train(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = None
     try:
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0
+        if rank_zero:
             (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            if cfg.get("print_config"):
-                print_config_tree(cfg)
-        validate(cfg)
+        validate(cfg)  # before the tree: bad input ends with its one line, not under a page of config
+        if rank_zero and cfg.get("print_config"):
+            print_config_tree(cfg)
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg.torch_threads))
         model, data, trainer = build(cfg)
