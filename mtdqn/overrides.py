@@ -5,13 +5,18 @@ Hydra appends a `+group=option` override to the end of train.yaml's defaults lis
 override `debug=smoke`'s, and `python train.py +experiment=minatar_dqn debug=smoke` would train the full 500k env
 steps. So `debug` is not in the defaults list; `debug_last` turns `debug=<name>` into `+debug=<name>` placed after the
 other group choices, so the debug settings win over the preset's, and plain `key=value` overrides (applied by Hydra
-after the whole defaults list) still win over both. train.py applies it to the command line, and every place that
-composes the train config from a user's overrides applies it to them.
+after the whole defaults list) still win over both. train.py applies it to the command line; `compose_config`, which
+scripts and tests use to compose the train config without a Hydra app, applies it to their overrides.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _is_debug(arg: str) -> bool:
@@ -39,3 +44,11 @@ def debug_last(args: Sequence[str]) -> list[str]:
         moved.append(f"+debug={value}")
     last = max((i for i, a in enumerate(rest) if _is_override(a)), default=len(rest) - 1)
     return [*rest[:last + 1], *moved, *rest[last + 1:]]
+
+
+def compose_config(overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
+    """conf/train.yaml with `overrides`, ordered as train.py orders its command line (debug_last)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("train", overrides=debug_last(overrides), return_hydra_config=return_hydra_config)

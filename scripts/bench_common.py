@@ -26,10 +26,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 from mtdqn.evaluation.episodes import run_episodes  # noqa: E402
-from mtdqn.overrides import debug_last  # noqa: E402
+from mtdqn.overrides import compose_config  # noqa: E402
 
 EVAL_SEED = 10_000  # the seed of every evaluation's episodes, ours and SB3's
 
@@ -46,8 +45,7 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def compose_train(overrides: Sequence[str], device: str = "cpu"):
     """conf/train.yaml with `overrides` (and the GPU trainer for a cuda device), as `python train.py` composes it."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        return compose("train", overrides=debug_last([*overrides, *(["trainer=gpu"] if device.startswith("cuda") else [])]))
+    return compose_config([*overrides, *(["trainer=gpu"] if device.startswith("cuda") else [])])
 
 
 def fit_ours(overrides: Sequence[str], device: str = "cpu") -> tuple[dict, object, object, object]:

@@ -56,9 +56,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from learning_results import ROOT, bootstrap_ci, first_reach, median, run_seed, summarize  # noqa: E402
+from learning_results import bootstrap_ci, first_reach, median, run_seed, summarize  # noqa: E402
 
-from mtdqn.overrides import debug_last  # noqa: E402
+from mtdqn.overrides import compose_config  # noqa: E402
 
 # what "the same hyperparameters" means here: the multi-task and the single-task agents must agree on these (budgets,
 # warm-up, target sync and evaluation cadence are per agent: the multi-task agent's are summed over its tasks)
@@ -446,11 +446,9 @@ def mtl_task_set(args: argparse.Namespace) -> TaskSet:
     """The multi-task agent's task set (task_set=driving unless --mtl sets another: other driving tasks, e.g.
     'task_set.tasks=[pedestrian,traffic_light,urban]', or gymnasium ids, e.g. experiment=classic_mtl) and each
     task's bar; refused unless it has two or more distinct tasks, each with a bar (task_bars)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=debug_last(["+experiment=lane_keep_mtl", *args.mtl]), return_hydra_config=True)
+    cfg = compose_config(["+experiment=lane_keep_mtl", *args.mtl], return_hydra_config=True)
     tasks = [str(t) for t in cfg.task_set.tasks]
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise SystemExit(f"--mtl: the bench compares a multi-task agent on two or more distinct tasks with one "
@@ -482,11 +480,9 @@ def alignment(base: dict[str, list[str]], explicit: set[str]) -> list[str]:
     """Overrides that give the single-task agents the multi-task agent's SHARED settings ("the same
     hyperparameters" by construction: e.g. lane_keep_mtl's MSE loss and replay ratio 0.25 where lane_keep_dqn has
     Huber and 0.125), leaving out the keys set explicitly with --single (check_alike then judges those)."""
-    from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        mtl = shared_settings(compose("train", overrides=debug_last(base["mtl"])))
-        single = shared_settings(compose("train", overrides=debug_last(next(o for name, o in base.items() if name != "mtl"))))
+    mtl = shared_settings(compose_config(base["mtl"]))
+    single = shared_settings(compose_config(next(o for name, o in base.items() if name != "mtl")))
     out = []
     for key, value in mtl.items():
         if key not in SHARED or key in NOT_ALIGNED or key in explicit or json.dumps(single.get(key)) == json.dumps(value):
@@ -520,11 +516,9 @@ def agent_overrides(args: argparse.Namespace, task_set: TaskSet | None = None) -
 def check_overrides(args: argparse.Namespace, task_set: TaskSet | None = None) -> dict[str, list[str]]:
     """Compose every agent's config and refuse a mismatch in a SHARED setting before anything trains; returns the
     overrides."""
-    from hydra import compose, initialize_config_dir
 
     overrides = agent_overrides(args, task_set)
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        check_alike({name: shared_settings(compose("train", overrides=debug_last(o))) for name, o in overrides.items()})
+    check_alike({name: shared_settings(compose_config(o)) for name, o in overrides.items()})
     return overrides
 
 

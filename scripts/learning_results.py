@@ -28,19 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 from mtdqn.evaluation.stats import bootstrap_ci, median  # noqa: E402
-from mtdqn.overrides import debug_last  # noqa: E402
+from mtdqn.overrides import compose_config  # noqa: E402
 from mtdqn.train import build  # noqa: E402
 
 
 def run_seed(overrides: list[str], seed: int) -> dict:
     """Train one seed through the composition root; return its eval history and wall time."""
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=debug_last([*overrides, f"seed={seed}", "logger=none", "callbacks.progress=null",
-                                                     "callbacks.checkpoint=null", f"paths.output_dir={tmp}",
-                                                     "+trainer.enable_progress_bar=false"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config([*overrides, f"seed={seed}", "logger=none", "callbacks.progress=null",
+                              "callbacks.checkpoint=null", f"paths.output_dir={tmp}", "+trainer.enable_progress_bar=false"])
         model, data, trainer = build(cfg)
         t0 = time.perf_counter()
         trainer.fit(model, datamodule=data)
