@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback
+from mtdqn.config_checks import check_numbers
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
 from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
@@ -51,11 +52,11 @@ if not OmegaConf.has_resolver("mtdqn.wandb_offline"):
 
 def run_name(experiment: str, seed: Any, job_overrides: list[str] | None) -> str:
     """W&B run name: `<experiment>-seed<s>`; in a multirun, `<experiment>-<the job's overrides>` (sorted, the
-    experiment preset left out), so the arms of a sweep (optimizer=adam,adabelief x seeds) get distinct names."""
+    experiment preset left out, a leading + dropped), so the arms of a sweep (optimizer=adam,adabelief x seeds) get distinct names."""
     if not job_overrides:
         return f"{experiment}-seed{seed}"
-    keep = sorted(o for o in job_overrides if o.lstrip("+~").split("=", 1)[0] not in ("experiment", "hydra")
-                  and not o.startswith("hydra."))
+    keep = sorted(o.lstrip("+") for o in job_overrides  # `debug=smoke` reaches Hydra as `+debug=smoke`
+                  if o.lstrip("+~").split("=", 1)[0] not in ("experiment", "hydra") and not o.startswith("hydra."))
     return f"{experiment}-{','.join(keep)}" if keep else f"{experiment}-seed{seed}"
 
 
@@ -143,12 +144,8 @@ def validate(cfg: DictConfig) -> None:
     """Checks that need no environment: fail early with the key, the value and what is allowed."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed={cfg.seed!r} must be an integer")
-    if not 0.0 < float(cfg.gamma) <= 1.0:
-        raise ValueError(f"gamma={cfg.gamma} must lie in (0, 1]")
+    check_numbers(cfg)
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
-    for key in ("capacity", "n_step"):
-        if key in cfg.replay and int(cfg.replay[key]) <= 0:
-            raise ValueError(f"replay.{key}={cfg.replay[key]} must be > 0")
     if cfg.get("torch_threads") is not None and int(cfg.torch_threads) <= 0:
         raise ValueError(f"torch_threads={cfg.torch_threads} must be a positive integer or null")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
@@ -156,9 +153,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path"):
         check_resume(cfg)
     check_env_options(str(cfg.task_set.kind), *env_options(cfg))
-    adv = cfg.get("adversarial") or {}
-    if not float(adv.get("epsilon") or 0.0) >= 0.0:
-        raise ValueError(f"adversarial.epsilon={adv.get('epsilon')} must be >= 0 (0 = off)")
 
 
 def check_storage(cfg: DictConfig, specs: list[TaskSpec]) -> None:
@@ -312,12 +306,11 @@ def train(cfg: DictConfig) -> dict:
         rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0
         if rank_zero:
             (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        validate(cfg)  # before the tree: bad input ends with its one line, not under a page of config
-        if rank_zero and cfg.get("print_config"):
-            print_config_tree(cfg)
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg.torch_threads))
         model, data, trainer = build(cfg)
+        if rank_zero and cfg.get("print_config"):  # after build: bad input, whether caught by validate() or by
+            print_config_tree(cfg)  # an env or component check, ends with its one line, not under a page of config
         trainer.fit(model, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
         return write_summary(out_dir, trainer, "completed")
     except BaseException as exc:

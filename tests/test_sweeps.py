@@ -143,6 +143,7 @@ def test_wandb_run_names_tell_the_arms_of_a_multirun_apart():
     assert run_name("lane", 3, None) == "lane-seed3"
     assert run_name("lane", 0, ["+experiment=lane", "seed=0", "optimizer=adam"]) == "lane-optimizer=adam,seed=0"
     assert run_name("lane", 0, ["+experiment=lane"]) == "lane-seed0"
+    assert run_name("lane", 0, ["+experiment=lane", "seed=0", "+debug=smoke"]) == "lane-debug=smoke,seed=0"
     cfg = compose_with_hydra(["logger=wandb", "seed=1", "optimizer=adabelief"])
     assert cfg.logger.wandb.name == "default-seed1"  # no Hydra job running: a plain run's name
     cfg.hydra.mode = RunMode.MULTIRUN

@@ -1,6 +1,7 @@
 """Smoke, validation, determinism and resume tests of the whole training stack (CartPole, tiny budgets)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,16 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("callbacks.eval.stop_at_normalized=0.9", "no reference return"),
         ("callbacks.eval.stop_at_return=many", "callbacks.eval.stop_at_return='many' must be a finite"),
         ("callbacks.eval.stop_at_return=[100,200]", "2 values for 1 tasks"),
+        # types and ranges of numeric keys (mtdqn.config_checks): these failed with a TypeError deep in a
+        # constructor, with torch's keyless 'Invalid learning rate', or after the trainer was made
+        ("data.total_env_steps=abc", "data.total_env_steps='abc' must be an integer > 0"),
+        ("data.batch_size=32.5", "data.batch_size=32.5 must be an integer > 0"),
+        ("optimizer.lr=-1", "optimizer.lr=-1 must be a number > 0"),
+        ("replay=prioritized replay.alpha=2", "replay.alpha=2 must be a number in [0, 1]"),
+        ("model.tau=0", "model.tau=0 must be a number in (0, 1]"),
+        ("data.learning_starts=-5", "data.learning_starts=-5 must be an integer >= 0"),
+        ("callbacks.eval.episodes=true", "callbacks.eval.episodes=True must be an integer > 0"),
+        ("data.reward_clip=nan", "data.reward_clip=nan must be a number > 0 (or null)"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
@@ -59,9 +70,19 @@ def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, mon
         raise AssertionError("an environment was created before validation finished")
 
     monkeypatch.setattr(gym_adapter.gym, "make_vec", no_vector_env)
-    cfg = compose_cfg([*SMOKE, override], tmp_path)
-    with pytest.raises(ValueError, match=match.replace("[", r"\[")):
+    cfg = compose_cfg([*SMOKE, *override.split()], tmp_path)
+    with pytest.raises(ValueError, match=re.escape(match)):
         build(cfg)
+
+
+def test_numeric_keys_take_hydra_numbers():
+    """1e6 (a float to Hydra) is an integer budget; null only where the key allows it."""
+    from mtdqn.config_checks import check_number
+
+    check_number("data.total_env_steps", 1e6, "an integer", "> 0")
+    check_number("data.reward_clip", None, "a number", "> 0", nullable=True)
+    with pytest.raises(ValueError, match=re.escape("data.total_env_steps=None must be an integer > 0")):
+        check_number("data.total_env_steps", None, "an integer", "> 0")
 
 
 @pytest.mark.parametrize("trainer", [["trainer=gpu"], ["trainer=ddp", "trainer.accelerator=cuda"]])
@@ -402,6 +423,17 @@ def test_the_env_step_bar_ends_at_the_env_steps_taken_even_past_the_budget():
     assert (bar.n, bar.total) == (672, 672) and "672/672" in str(bar)
 
 
+def test_progress_names_each_evaluated_task():
+    """The bar and the final line name every evaluated task; a transfer run's source tasks as source/<task> (they
+    all read 'source' before)."""
+    from mtdqn.callbacks.progress import EnvStepProgressBar
+
+    latest = {"eval/urban/return": 0.12, "eval/urban/normalized": 0.5, "eval/source/lane_keep/return": -5.2,
+              "eval/source/pedestrian/return": 3.0, "eval/source/mean_normalized": 0.1}
+    assert EnvStepProgressBar.eval_text(latest) == "urban=0.1, source/lane_keep=-5.2, source/pedestrian=3.0"
+    assert EnvStepProgressBar.eval_text({}) == "-"
+
+
 def test_bad_input_ends_a_run_with_its_message_alone(tmp_path):
     """A ValueError (bad input) ends `python train.py` with `mtdqn: error: <message>` and status 1, no traceback
     (HYDRA_FULL_ERROR=1 brings it back); summary.json records the failure either way."""
@@ -416,6 +448,11 @@ def test_bad_input_ends_a_run_with_its_message_alone(tmp_path):
                              env={**os.environ, "HYDRA_FULL_ERROR": full})
         assert out.returncode == 1 and "── " not in out.stdout  # no config tree (print_config) above the error
         assert ("Traceback" in out.stderr) == (full == "1")
-        assert "gamma=2 must lie in (0, 1]" in out.stderr
+        assert "gamma=2 must be a number in (0, 1]" in out.stderr
         assert json.loads((out_dir / "summary.json").read_text())["status"] == "failed"
     assert out.stderr.strip().splitlines()[-1].startswith("ValueError: gamma=2")
+    # an error found while building (an env's action space), after validate(): the same, no tree above it
+    out = subprocess.run([sys.executable, "train.py", "task_set.tasks=[Pendulum-v1]", "logger=none",
+                          f"paths.output_dir={tmp_path / 'build'}"], cwd=root, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert out.returncode == 1 and "── " not in out.stdout and "Discrete action space" in out.stderr

@@ -32,9 +32,14 @@ class EnvStepProgressBar(ProgressBar):
         return next((cb.latest for cb in trainer.callbacks if getattr(cb, "latest", None)), {})
 
     def _eval_return(self, trainer: pl.Trainer) -> str:
-        latest = self._latest_eval(trainer)
+        return self.eval_text(self._latest_eval(trainer))
+
+    @staticmethod
+    def eval_text(latest: dict) -> str:
+        """`task=return` per evaluated task: `eval/<task>/return` as `<task>`, a transfer run's source tasks
+        (`eval/source/<task>/return`) as `source/<task>`."""
         keys = [k for k in latest if k.startswith("eval/") and k.endswith("/return")]
-        return ", ".join(f"{k.split('/')[1]}={latest[k]:.1f}" for k in keys) or "-"
+        return ", ".join(f"{k[len('eval/'):-len('/return')]}={latest[k]:.1f}" for k in keys) or "-"
 
     @staticmethod
     def advance(bar: tqdm, steps: int) -> None:

@@ -47,8 +47,10 @@ class DQNModule(pl.LightningModule):
             raise ValueError(f"model.loss={loss!r} is not one of {LOSSES}")
         if target_update_unit not in TARGET_UNITS:
             raise ValueError(f"model.target_update_unit={target_update_unit!r} is not one of {TARGET_UNITS}")
-        if target_update_period <= 0 or not 0.0 < tau <= 1.0:
-            raise ValueError(f"model.target_update_period={target_update_period} must be > 0, tau={tau} in (0, 1]")
+        if target_update_period <= 0:
+            raise ValueError(f"model.target_update_period={target_update_period} must be > 0")
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"model.tau={tau} must lie in (0, 1]")
         self.automatic_optimization = False
         self.tasks = list(task) if isinstance(task, (list, tuple)) else [task]  # callbacks see a list of tasks
         self.task = self.tasks[0]

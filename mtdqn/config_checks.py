@@ -1,0 +1,73 @@
+"""Numeric config keys: their type and range, checked on the composed config before anything is built.
+
+Hydra parses `data.total_env_steps=abc` as a string and `data.batch_size=32.5` as a float; without this table they
+failed deep inside a constructor with a TypeError, and `optimizer.lr=-1` with torch's 'Invalid learning rate: -1',
+which names no key. The components keep their own checks (they are also used without Hydra); this table makes
+train.py's answer one line with the key, the value and what is allowed, before any env is made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+INT, NUM = "an integer", "a number"
+BOUNDS: dict[str, Callable[[float], bool]] = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in (0, 1]": lambda v: 0 < v <= 1,
+}
+# key: (kind, bound, null allowed); a key absent from the config (another optimizer, callbacks=none) is skipped
+RULES: dict[str, tuple[str, str, bool]] = {
+    "gamma": (NUM, "in (0, 1]", False),
+    "data.num_envs": (INT, "> 0", False),
+    "data.total_env_steps": (INT, "> 0", False),
+    "data.env_steps_per_round": (INT, "> 0", False),
+    "data.replay_ratio": (NUM, "> 0", False),
+    "data.batch_size": (INT, "> 0", False),
+    "data.learning_starts": (INT, ">= 0", False),
+    "data.reward_scale": (NUM, "> 0", False),
+    "data.reward_clip": (NUM, "> 0", True),
+    "optimizer.lr": (NUM, "> 0", False),
+    "optimizer.weight_decay": (NUM, ">= 0", True),
+    "model.max_grad_norm": (NUM, ">= 0", True),
+    "model.target_update_period": (INT, "> 0", False),
+    "model.tau": (NUM, "in (0, 1]", False),
+    "exploration.start": (NUM, "in [0, 1]", False),
+    "exploration.end": (NUM, "in [0, 1]", False),
+    "exploration.duration": (INT, ">= 0", False),
+    "replay.capacity": (INT, "> 0", False),
+    "replay.n_step": (INT, "> 0", False),
+    "replay.alpha": (NUM, "in [0, 1]", False),
+    "replay.beta": (NUM, "in [0, 1]", False),
+    "callbacks.eval.every_env_steps": (INT, "> 0", False),
+    "callbacks.eval.episodes": (INT, "> 0", False),
+    "callbacks.eval.epsilon": (NUM, "in [0, 1]", True),
+    "callbacks.checkpoint.every_env_steps": (INT, "> 0", False),
+    "adversarial.epsilon": (NUM, ">= 0", True),
+    "adversarial.fraction": (NUM, "in (0, 1]", True),
+}
+_ABSENT = object()
+
+
+def check_number(key: str, value: Any, kind: str, bound: str, nullable: bool = False) -> None:
+    """Raise ValueError `<key>=<value> must be <kind> <bound>` unless value is such a number (an integral float,
+    as Hydra parses 1e6, counts as an integer; a bool does not count as a number)."""
+    if value is None and nullable:
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not (number and (kind == NUM or float(value).is_integer()) and BOUNDS[bound](value)):
+        null = " (or null)" if nullable else ""
+        raise ValueError(f"{key}={value!r} must be {kind} {bound}{null}")
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Every key of RULES present in cfg (interpolations resolved)."""
+    for key, (kind, bound, nullable) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            check_number(key, value, kind, bound, nullable)
