@@ -155,6 +155,15 @@ def _read_rows(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def saved_config(path: str | Path) -> dict[str, Any]:
+    """A run directory's config.yaml as a dict ({} when absent or unreadable)."""
+    try:
+        cfg = yaml.safe_load((Path(path) / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def load_run(path: str | Path) -> Run:
     """Read one run directory; unreadable files become warnings, never exceptions."""
     d = Path(path)
@@ -221,8 +230,52 @@ def _sort_key(values: tuple[Any, ...]) -> tuple[Any, ...]:
     )
 
 
+def _config_leaves(config: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(config, Mapping) and config:
+        return {k: v for key, sub in config.items() for k, v in _config_leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: _value_str(config)}
+
+
+def varying_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Dotted config keys whose values differ between `configs` (seed included), sorted."""
+    leaves = [_config_leaves(c) for c in configs]
+    keys = set().union(*leaves) if leaves else set()
+    return sorted(k for k in keys if len({leaf.get(k, MISSING) for leaf in leaves}) > 1)
+
+
+_COPIES = ("model.net", "model.optimizer", "model.scheduler")  # the model's copies of the net, optimizer, ... groups
+
+
+def _telling_keys(keys: Sequence[str]) -> list[str]:
+    """The keys a user would group by: without per-run paths and names, seeds derived from `seed`, the model's
+    copies of other groups, the siblings of a differing `_target_` or the children of a differing parent."""
+    def per_run(k: str) -> bool:
+        last = k.rsplit(".", 1)[-1]
+        return (k.startswith(("paths.", "hydra.")) or last in ("dirpath", "name") or last.endswith("dir")
+                or (last == "seed" and k != "seed") or k.startswith(tuple(f"{c}." for c in _COPIES)))
+
+    kept = [k for k in keys if not per_run(k)]
+    targets = {k.rsplit(".", 1)[0] for k in kept if k.endswith("._target_")}
+    kept = [k for k in kept if k.endswith("._target_") or k.rsplit(".", 1)[0] not in targets]
+    return [k for k in kept if not any(k.startswith(f"{p}.") for p in kept)]
+
+
+def check_group_keys(configs: Sequence[Mapping[str, Any]], keys: Sequence[str], flag: str = "--by") -> None:
+    """A grouping key that no run's config has (a typo: every run would land in one `<missing>` group) is refused,
+    naming the keys that do tell these runs apart."""
+    for key in keys:
+        if configs and all(get_config_value(c, key) is MISSING for c in configs):
+            differ = _telling_keys(varying_keys(configs))
+            hint = (f"keys whose values differ between these runs: {', '.join(differ[:15])}"
+                    f"{' ...' if len(differ) > 15 else ''}") if differ else "these runs' configs do not differ"
+            raise ValueError(f"{flag} {key}: no run's config.yaml has this key; {hint}")
+
+
 def group_runs(runs: Iterable[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
-    """Runs grouped by their config values at the dotted `keys`, as {label: runs}, sorted by value."""
+    """Runs grouped by their config values at the dotted `keys`, as {label: runs}, sorted by value; a key that no
+    run has is refused (check_group_keys)."""
+    runs = list(runs)
+    check_group_keys([r.config for r in runs], keys)
     by_values: dict[tuple[str, ...], tuple[tuple[Any, ...], list[Run]]] = {}
     for run in runs:
         values = tuple(get_config_value(run.config, k) for k in keys)

@@ -18,7 +18,13 @@ import numpy as np
 
 from mtdqn.envs import check_render, env_factory, task_spec
 from mtdqn.evaluation import stats
-from mtdqn.evaluation.compare import find_run_dirs, get_config_value, group_label
+from mtdqn.evaluation.compare import (
+    check_group_keys,
+    find_run_dirs,
+    get_config_value,
+    group_label,
+    saved_config,
+)
 from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
 from mtdqn.evaluation.robustness import CKPT, TrainedRun, load_trained
 
@@ -100,6 +106,7 @@ def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: S
     usable = [d for d in dirs if (d / ckpt).is_file()]
     if not usable:
         raise ValueError(f"no run directory with config.yaml and {ckpt} below {[str(p) for p in paths]}")
+    check_group_keys([saved_config(d) for d in usable], by)  # a typo in --by, before any episode
     runs = [load_trained(d, ckpt) for d in usable]
     if video_dir is not None:
         for run in runs:

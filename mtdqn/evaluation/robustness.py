@@ -36,7 +36,13 @@ from torch import Tensor, nn
 from mtdqn.callbacks.checkpoint import load_checkpoint
 from mtdqn.envs import env_factory, task_specs
 from mtdqn.evaluation import stats
-from mtdqn.evaluation.compare import find_run_dirs, get_config_value, group_label
+from mtdqn.evaluation.compare import (
+    check_group_keys,
+    find_run_dirs,
+    get_config_value,
+    group_label,
+    saved_config,
+)
 from mtdqn.evaluation.episodes import run_episodes
 from mtdqn.losses.adversarial import fgsm_observation
 from mtdqn.types import TaskSpec
@@ -305,6 +311,7 @@ def robustness_report(paths: Sequence[str | Path], axes: Mapping[str, Sequence[f
     skipped = [str(d) for d in dirs if d not in usable]
     if not usable:
         raise ValueError(f"no run directory with config.yaml and {ckpt} below {[str(p) for p in paths]}")
+    check_group_keys([saved_config(d) for d in usable], by)  # a typo in --by, before any episode
     reports, settings_axes = [], None
     for d in usable:
         run = load_trained(d, ckpt)

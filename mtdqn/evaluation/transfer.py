@@ -207,13 +207,14 @@ def transfer_report(paths: Sequence[str | Path], by: str = "transfer.mode", base
                     ci: float = 0.95, seed: int = 0, exclude: Sequence[str | Path] = (),
                     window: int = 1) -> dict[str, Any]:
     """Load the runs below `paths`, group them by config key `by` and compute every group's transfer metrics."""
-    from mtdqn.evaluation.compare import get_config_value
+    from mtdqn.evaluation.compare import check_group_keys, get_config_value
 
     if int(window) < 1:
         raise ValueError(f"window={window!r} is invalid: expected an integer >= 1 (evaluations averaged)")
     runs = [r for r in load_runs(paths, exclude) if r.status != "failed" and r.series(metric)[0].size]
     if not runs:
         raise ValueError(f"no completed or running run with metric {metric!r} below {[str(p) for p in paths]}")
+    check_group_keys([r.config for r in runs], [by])
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(str(get_config_value(r.config, by)), []).append(r)

@@ -398,3 +398,35 @@ def test_window_averages_each_runs_last_evaluations(tmp_path: Path, capsys: pyte
     assert "last eval value of each run" in cmp.render_markdown(last)
     assert _script().main([str(tmp_path), "--window", "0", "--no-plots"]) == 2
     assert "--window=0" in capsys.readouterr().err
+
+
+def test_a_grouping_key_no_run_has_is_refused_naming_the_keys_that_differ(tmp_path: Path, capsys) -> None:
+    """--by with a typo put every run in one `<missing>` group; it is refused, naming the keys that tell the runs
+    apart (not per-run paths, derived seeds or the siblings of a differing _target_)."""
+    runs = []
+    for i, (target, lr) in enumerate([("torch.optim.Adam", 0.01), ("torch.optim.SGD", 0.1)]):
+        cfg = base_config(seed=i, optimizer={"_target_": target, "lr": lr},
+                          paths={"output_dir": f"out/{i}"}, compression={"seed": i})
+        runs.append(cmp.load_run(write_ramp_run(tmp_path / str(i), cfg, {"a": 1.0})))
+    with pytest.raises(ValueError, match=r"--by optimiser: no run's config.yaml has this key; keys whose values "
+                                         r"differ between these runs: optimizer._target_, seed$"):
+        cmp.group_runs(runs, ["optimiser"])
+    assert list(cmp.group_runs(runs, ["optimizer"])) == ["optimizer=Adam", "optimizer=SGD"]
+    assert _script().main([str(tmp_path), "--by", "optimiser", "--out", str(tmp_path / "o")]) == 2
+    assert "--by optimiser: no run's config.yaml has this key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("report", ["outcomes", "robustness"])
+def test_reports_that_play_episodes_refuse_a_missing_key_before_loading_any_run(tmp_path: Path, report) -> None:
+    """episode_report / robustness check --by on the saved configs before any checkpoint is loaded or played (the
+    checkpoint here is not loadable: reaching it would fail otherwise)."""
+    from mtdqn.evaluation.outcomes import outcome_report
+    from mtdqn.evaluation.robustness import robustness_report
+
+    for i in range(2):
+        run = write_ramp_run(tmp_path / str(i), base_config(seed=i), {"a": 1.0})
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_text("not a checkpoint")
+    make = outcome_report if report == "outcomes" else robustness_report
+    with pytest.raises(ValueError, match=r"--by transfer.mod: no run's config.yaml has this key; .*: seed"):
+        make([tmp_path], by=["transfer.mod"])
