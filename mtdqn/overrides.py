@@ -11,8 +11,11 @@ scripts and tests use to compose the train config without a Hydra app, applies i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -46,9 +49,33 @@ def debug_last(args: Sequence[str]) -> list[str]:
     return [*rest[:last + 1], *moved, *rest[last + 1:]]
 
 
+class ConfigError(ValueError):
+    """Overrides that do not compose: an unknown group option or key, a malformed override (Hydra's message, which
+    lists a group's options)."""
+
+
 def compose_config(overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
-    """conf/train.yaml with `overrides`, ordered as train.py orders its command line (debug_last)."""
+    """conf/train.yaml with `overrides`, ordered as train.py orders its command line (debug_last). Overrides that do
+    not compose raise ConfigError (a ValueError: bad input) with Hydra's message."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("train", overrides=debug_last(overrides), return_hydra_config=return_hydra_config)
+        try:
+            return compose("train", overrides=debug_last(overrides), return_hydra_config=return_hydra_config)
+        except HydraException as exc:
+            raise ConfigError(str(exc).split("\nConfig search path:")[0].strip()) from exc
+
+
+def script_main(main: Callable[[], Any], prog: str) -> None:
+    """Run a script's `main` as its entry point: bad input (a ValueError: overrides that do not compose, a config
+    train.py would refuse) ends it with `<prog>: error: <message>` and status 2, as argparse ends a bad flag; with
+    HYDRA_FULL_ERROR=1 (as for train.py) the traceback shows instead."""
+    try:
+        result = main()
+    except ValueError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) else 0)

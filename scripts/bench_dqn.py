@@ -226,4 +226,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mtdqn.overrides import script_main
+
+    script_main(main, "bench_dqn.py")

@@ -192,4 +192,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     finish(args, results, report(results, args), key="table")
 
 if __name__ == "__main__":
-    main()
+    from mtdqn.overrides import script_main
+
+    script_main(main, "bench_minatar.py")

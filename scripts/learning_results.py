@@ -116,4 +116,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mtdqn.overrides import script_main
+
+    script_main(main, "learning_results.py")

@@ -19,3 +19,22 @@ def test_no_debug_is_untouched_and_null_is_dropped():
     assert debug_last(["seed=1", "debug.x=1"]) == ["seed=1", "debug.x=1"]
     assert debug_last(["debug=null", "+experiment=x"]) == ["+experiment=x"]
     assert debug_last(["~debug", "seed=2"]) == ["seed=2"]
+
+
+def test_scripts_end_bad_overrides_with_one_line(tmp_path):
+    """A script that composes the train config (learning_results, bench_*) ends a bad override with
+    `<script>: error: <Hydra's message>` and status 2, as argparse ends a bad flag; before, Hydra's traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled"}
+    for args, message in ((["+experiment=nosuch"], "learning_results.py: error: In 'train': Could not find "
+                                                    "'experiment/nosuch'"),
+                          (["gamma=3"], "learning_results.py: error: gamma=3 must be a number in (0, 1]")):
+        out = subprocess.run([sys.executable, "scripts/learning_results.py", *args, "--seeds", "0"], cwd=root,
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert message in out.stderr
