@@ -19,7 +19,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 
-from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback
+from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, WandbEnvStepAxis
 from mtdqn.config_checks import check_numbers
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
@@ -257,7 +257,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     compression = cfg.get("compression")
     if compression and compression.get("_target_") and compression.get("methods"):
         callbacks.append(instantiate(compression))  # after eval and checkpoint: compresses the final network
-    callbacks.append(EnvStepBudget())
+    callbacks += [EnvStepBudget(), WandbEnvStepAxis()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     # without our env-step bar (callbacks.progress=null, callbacks=none) no bar: Lightning's own counts batches of
     # an endless epoch ("Epoch 0/-2 5/--"); trainer.enable_progress_bar=true still asks for it

@@ -95,10 +95,12 @@ def test_a_gpu_trainer_without_a_gpu_is_refused_with_the_key(tmp_path, trainer, 
 
 
 def test_unknown_group_option_names_the_options(tmp_path):
-    from hydra.errors import MissingConfigException
+    from mtdqn.overrides import ConfigError
 
-    with pytest.raises(MissingConfigException, match="optimizer"):
+    with pytest.raises(ConfigError, match="(?s)Could not find 'optimizer/nosuch'.*Available options in 'optimizer'"
+                                          ".*adabelief") as exc:
         compose_cfg(["optimizer=nosuch"], tmp_path)
+    assert "Config search path" not in str(exc.value)
 
 
 def _train_params(tmp_path: Path, name: str, extra: list[str]) -> tuple[dict, torch.Tensor]:
@@ -456,3 +458,20 @@ def test_bad_input_ends_a_run_with_its_message_alone(tmp_path):
                           f"paths.output_dir={tmp_path / 'build'}"], cwd=root, capture_output=True, text=True,
                          timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert out.returncode == 1 and "── " not in out.stdout and "Discrete action space" in out.stderr
+
+
+def test_wandb_charts_over_env_steps(tmp_path):
+    """The W&B x-axis is time/env_steps for every metric (Lightning's default is trainer/global_step, gradient
+    updates), defined after Lightning's own '*' rule so it replaces it; build() always adds the callback."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.loggers import WandbLogger
+
+    from mtdqn.callbacks import WandbEnvStepAxis
+
+    calls = []
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    logger._experiment = SimpleNamespace(define_metric=lambda *a, **k: calls.append((a, k)))
+    WandbEnvStepAxis().on_train_start(SimpleNamespace(is_global_zero=True, loggers=[logger]), None)
+    assert calls == [(("time/env_steps",), {}), (("*",), {"step_metric": "time/env_steps", "step_sync": True})]
+    assert any(isinstance(cb, WandbEnvStepAxis) for cb in build(compose_cfg([*SMOKE], tmp_path))[2].callbacks)

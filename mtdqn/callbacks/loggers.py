@@ -1,4 +1,4 @@
-"""A plain JSON-lines metrics file in the run directory: one object per logging call."""
+"""A plain JSON-lines metrics file in the run directory: one object per logging call; W&B charts over env steps."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -60,3 +61,24 @@ class JsonlLogger(Logger):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+ENV_STEP_AXIS = "time/env_steps"
+
+
+class WandbEnvStepAxis(pl.Callback):
+    """W&B charts against env steps: `time/env_steps` becomes the x-axis of every metric (Lightning's WandbLogger
+    sets `trainer/global_step`, i.e. gradient updates, which differ between agents with other replay ratios, and
+    a multi-task agent's updates against single-task agents' say nothing). Every training, rollout and evaluation
+    row carries time/env_steps; W&B fills it into the others (step_sync). trainer/global_step stays logged, so
+    the W&B UI can still switch to updates. No-op without a WandbLogger."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and callable(getattr(logger.experiment, "define_metric", None)):
+                logger.experiment.define_metric(ENV_STEP_AXIS)
+                logger.experiment.define_metric("*", step_metric=ENV_STEP_AXIS, step_sync=True)
