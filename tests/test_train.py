@@ -475,3 +475,19 @@ def test_wandb_charts_over_env_steps(tmp_path):
     WandbEnvStepAxis().on_train_start(SimpleNamespace(is_global_zero=True, loggers=[logger]), None)
     assert calls == [(("time/env_steps",), {}), (("*",), {"step_metric": "time/env_steps", "step_sync": True})]
     assert any(isinstance(cb, WandbEnvStepAxis) for cb in build(compose_cfg([*SMOKE], tmp_path))[2].callbacks)
+
+
+def test_resuming_at_the_budget_says_so(tmp_path):
+    """A checkpoint already at data.total_env_steps trains nothing: the final line says why and what to change, and
+    the bar reads 400/400 (tqdm printed '400step' with a total below its start)."""
+    cfg = [o for o in SMOKE if o != "callbacks.progress=null"]
+    model, data, trainer = build(compose_cfg([*cfg, "data.total_env_steps=400"], tmp_path / "first"))
+    trainer.fit(model, datamodule=data)
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    model, data, trainer = build(compose_cfg([*cfg, "data.total_env_steps=300", f"ckpt_path={ckpt}"],
+                                             tmp_path / "second"))
+    trainer.fit(model, datamodule=data, ckpt_path=str(ckpt))
+    bar = trainer.progress_bar_callback
+    assert "(0 this run)" in bar.summary
+    assert "already at the budget, data.total_env_steps=300: raise it to train on" in bar.summary
+    assert (bar.bar.n, bar.bar.total) == (400, 400)

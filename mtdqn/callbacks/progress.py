@@ -53,7 +53,9 @@ class EnvStepProgressBar(ProgressBar):
         dm = trainer.datamodule
         self.start_steps, self.t0, self.last_refresh = dm.current_env_steps(), time.perf_counter(), 0.0
         if self._enabled and trainer.is_global_zero:
-            self.bar = tqdm(total=dm.total_env_steps, initial=self.start_steps, unit="step", dynamic_ncols=True)
+            # a resumed run may start at or past its budget (total grows, as in advance)
+            self.bar = tqdm(total=max(dm.total_env_steps, self.start_steps), initial=self.start_steps, unit="step",
+                            dynamic_ncols=True)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         now = time.perf_counter()
@@ -76,6 +78,9 @@ class EnvStepProgressBar(ProgressBar):
             f"mtdqn: {steps:,} env steps ({done:,} this run) and {trainer.global_step:,} updates in {seconds:.1f} s "
             f"({done / max(seconds, 1e-9):,.0f} env steps/s); last eval: {self._eval_return(trainer)}"
         )
+        if done == 0 and steps >= trainer.datamodule.total_env_steps:
+            self.summary += (f"; the checkpoint was already at the budget, data.total_env_steps="
+                             f"{trainer.datamodule.total_env_steps:,}: raise it to train on")
         if self._latest_eval(trainer).get("time/stopped_solved"):
             self.summary += "; stopped once solved (callbacks.eval.stop_at_normalized / stop_at_return)"
         if trainer.is_global_zero:
