@@ -24,6 +24,7 @@ BOUNDS: dict[str, Callable[[float], bool]] = {
 # key: (kind, bound, null allowed); a key absent from the config (another optimizer, callbacks=none) is skipped
 RULES: dict[str, tuple[str, str, bool]] = {
     "gamma": (NUM, "in (0, 1]", False),
+    "torch_threads": (INT, "> 0", True),
     "data.num_envs": (INT, "> 0", False),
     "data.total_env_steps": (INT, "> 0", False),
     "data.env_steps_per_round": (INT, "> 0", False),

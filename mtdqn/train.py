@@ -146,8 +146,6 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"seed={cfg.seed!r} must be an integer")
     check_numbers(cfg)
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
-    if cfg.get("torch_threads") is not None and int(cfg.torch_threads) <= 0:
-        raise ValueError(f"torch_threads={cfg.torch_threads} must be a positive integer or null")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
     if cfg.get("ckpt_path"):
@@ -306,9 +304,9 @@ def train(cfg: DictConfig) -> dict:
         rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0
         if rank_zero:
             (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        model, data, trainer = build(cfg)  # validates first
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg.torch_threads))
-        model, data, trainer = build(cfg)
         if rank_zero and cfg.get("print_config"):  # after build: bad input, whether caught by validate() or by
             print_config_tree(cfg)  # an env or component check, ends with its one line, not under a page of config
         trainer.fit(model, datamodule=data, ckpt_path=cfg.get("ckpt_path"))

@@ -61,6 +61,7 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("data.learning_starts=-5", "data.learning_starts=-5 must be an integer >= 0"),
         ("callbacks.eval.episodes=true", "callbacks.eval.episodes=True must be an integer > 0"),
         ("data.reward_clip=nan", "data.reward_clip=nan must be a number > 0 (or null)"),
+        ("torch_threads=abc", "torch_threads='abc' must be an integer > 0 (or null)"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
@@ -479,7 +480,7 @@ def test_wandb_charts_over_env_steps(tmp_path):
 
 def test_resuming_at_the_budget_says_so(tmp_path):
     """A checkpoint already at data.total_env_steps trains nothing: the final line says why and what to change, and
-    the bar reads 400/400 (tqdm printed '400step' with a total below its start)."""
+    the bar starts at 400/400 (with a total below its start, tqdm printed '400step')."""
     cfg = [o for o in SMOKE if o != "callbacks.progress=null"]
     model, data, trainer = build(compose_cfg([*cfg, "data.total_env_steps=400"], tmp_path / "first"))
     trainer.fit(model, datamodule=data)
@@ -488,6 +489,9 @@ def test_resuming_at_the_budget_says_so(tmp_path):
                                              tmp_path / "second"))
     trainer.fit(model, datamodule=data, ckpt_path=str(ckpt))
     bar = trainer.progress_bar_callback
+    bar.on_train_start(trainer, model)  # the bar as it starts: its total no lower than where it starts
+    assert (bar.bar.n, bar.bar.total) == (400, 400)
+    bar.on_train_end(trainer, model)
     assert "(0 this run)" in bar.summary
     assert "already at the budget, data.total_env_steps=300: raise it to train on" in bar.summary
     assert (bar.bar.n, bar.bar.total) == (400, 400)
