@@ -194,9 +194,14 @@ class _NoTip(logging.Filter):
 
 
 def quiet_known_notices() -> None:
-    """Hide Lightning's notices in KNOWN_NOTICES and its logger tip; idempotent."""
+    """Hide Lightning's notices in KNOWN_NOTICES and its logger tip; idempotent. Processes that multiprocessing
+    spawns (trainer=ddp_spawn's workers) start with fresh warning filters but with the parent's `-W` options
+    (sys.warnoptions): the notices go there too, as the literal message prefixes `-W` matches."""
     for message in KNOWN_NOTICES:
         warnings.filterwarnings("ignore", message=message)
+        option = "ignore:" + message.replace("\\", "")
+        if option not in sys.warnoptions:
+            sys.warnoptions.append(option)
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _NoTip) for f in rank_zero.filters):
         rank_zero.addFilter(_NoTip())
@@ -295,6 +300,20 @@ def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error:
     return summary
 
 
+class RunSummary(pl.Callback):
+    """Writes summary.json (`write_summary`, global rank zero) at the end of a successful fit, in the process that
+    ran it: under trainer=ddp_spawn that is a spawned worker, and the launching process's callbacks, counters and
+    evaluation history never see the training (its summary would read 0 updates and no evaluation)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.summary: dict | None = None  # set where the fit ran
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # Lightning calls teardown hooks only after a fit that ended without an exception
+            self.summary = write_summary(self.out_dir, trainer, "completed")
+
+
 def train(cfg: DictConfig) -> dict:
     """Build everything from `cfg`, fit, and return the summary (final eval metrics)."""
     out_dir = Path(cfg.paths.output_dir)
@@ -309,8 +328,11 @@ def train(cfg: DictConfig) -> dict:
             torch.set_num_threads(int(cfg.torch_threads))
         if rank_zero and cfg.get("print_config"):  # after build: bad input, whether caught by validate() or by
             print_config_tree(cfg)  # an env or component check, ends with its one line, not under a page of config
+        trainer.callbacks.append(run_summary := RunSummary(out_dir))
         trainer.fit(model, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
-        return write_summary(out_dir, trainer, "completed")
+        if run_summary.summary is None:  # the fit ran in spawned workers (trainer=ddp_spawn): rank zero's summary
+            return json.loads((out_dir / "summary.json").read_text())
+        return run_summary.summary
     except BaseException as exc:
         write_summary(out_dir, trainer, "failed", f"{type(exc).__name__}: {exc}")
         if not isinstance(exc, (ValueError, KeyboardInterrupt)):

@@ -105,3 +105,28 @@ def test_ddp_run_resumes_from_its_checkpoint(tmp_path):
     assert torch.equal(r0["params"], r1["params"])
     rows = [json.loads(x) for x in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
     assert min(r["env_steps"] for r in rows if "train/td_loss" in r) > 400
+
+
+@pytest.mark.slow
+def test_ddp_spawn_inside_a_multirun_trains_both_ranks_and_summarizes_the_workers_run(tmp_path):
+    """trainer=ddp_spawn, the README's DDP inside a Hydra multirun: the spawned workers train in step (all-reduced
+    weights), summary.json holds the workers' counters and final evaluation (the launching process's callbacks never
+    see the fit: it read 0 updates and no evaluation), and the workers print none of the notices build() silences."""
+    probe = tmp_path / "probe"
+    res = run_train(["-m", *BASE, "seed=0", "trainer=ddp_spawn", "trainer.devices=2", "print_config=false",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                     "+callbacks.probe._target_=tests.helpers.rank_probe.RankProbe", f"+callbacks.probe.dirpath={probe}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = torch.load(probe / "rank0.pt"), torch.load(probe / "rank1.pt")
+    assert r0["world_size"] == 2 and r0["collector_seed"] != r1["collector_seed"]
+    assert torch.equal(r0["params"], r1["params"])
+    job = tmp_path / "sweep" / "0"
+    summary = json.loads((job / "summary.json").read_text())
+    rows = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [r for r in rows if "eval/CartPole-v1/return" in r][-1]
+    assert summary["status"] == "completed"
+    assert summary["time/updates"] == max(r["step"] for r in rows) > 0
+    assert summary["time/env_steps"] == r0["env_steps"] == 600
+    assert summary["eval/CartPole-v1/return"] == last_eval["eval/CartPole-v1/return"]
+    for notice in ("dataloader_iter", "LeafSpec"):
+        assert notice not in res.stdout + res.stderr, notice
