@@ -268,7 +268,24 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         "enable_progress_bar": False}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
                           **bar)
+    check_distributed(trainer.world_size, model, transfer)
     return model, data, trainer
+
+
+def check_distributed(world_size: int, model: pl.LightningModule, transfer: TransferConfig) -> None:
+    """What one process can do and several (DDP) cannot, refused at build time: the modules' own checks fire only at
+    the first gradient update, after learning_starts env steps and with every rank printing the error."""
+    if world_size <= 1:
+        return
+    processes = f"DDP with {world_size} processes (trainer.devices x trainer.num_nodes)"
+    if getattr(model, "loss_balance", None) == "pcgrad":
+        raise ValueError(f"model.loss_balance=pcgrad is not supported with {processes}: PCGrad computes and projects each "
+                         "task's gradient itself, outside DDP's gradient all-reduce; use "
+                         "model.loss_balance=weighted, or trainer.devices=1")
+    if transfer.mode == "freeze" and transfer.freeze_updates is not None:
+        raise ValueError(f"transfer.freeze_updates={transfer.freeze_updates}: unfreezing during training is not "
+                         f"supported with {processes}; use transfer.freeze_updates=null (frozen for ever) or "
+                         "trainer.devices=1")
 
 
 def print_config_tree(cfg: DictConfig) -> None:

@@ -496,3 +496,21 @@ def test_resuming_at_the_budget_says_so(tmp_path):
     assert "already at the budget, data.total_env_steps=300: raise it to train on" in bar.summary
     assert (bar.bar.n, bar.bar.total) == (400, 400)
 
+
+def test_what_ddp_cannot_do_is_refused_at_build_time(tmp_path):
+    """PCGrad and a torso unfrozen after N updates work in one process only: with DDP they are refused by build(),
+    before any env step (the modules' own checks fire at the first gradient update, after learning_starts)."""
+    from mtdqn.train import check_distributed
+    from mtdqn.transfer import TransferConfig
+
+    ddp = ["trainer=ddp", "trainer.devices=2"]
+    pcgrad = ["+experiment=lane_keep_mtl", "debug=smoke", "model.loss_balance=pcgrad"]
+    with pytest.raises(ValueError, match=r"model.loss_balance=pcgrad is not supported with DDP with 2 processes"):
+        build(compose_cfg([*pcgrad, *ddp], tmp_path))
+    assert build(compose_cfg(pcgrad, tmp_path))[2].world_size == 1  # one process: allowed
+    build(compose_cfg(["+experiment=lane_keep_mtl", "debug=smoke", *ddp], tmp_path))  # weighted loss: allowed
+    thawing = TransferConfig.from_mapping({"mode": "freeze", "checkpoint": "source.ckpt", "freeze_updates": 100})
+    with pytest.raises(ValueError, match=r"transfer.freeze_updates=100: unfreezing .* DDP with 2 processes"):
+        check_distributed(2, object(), thawing)
+    check_distributed(1, object(), thawing)
+    check_distributed(2, object(), TransferConfig.from_mapping({"mode": "freeze", "checkpoint": "source.ckpt"}))
