@@ -19,6 +19,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 
+from mtdqn import resume
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, WandbEnvStepAxis
 from mtdqn.config_checks import check_numbers
 from mtdqn.data import RLDataModule
@@ -111,12 +112,16 @@ def _shown(values: dict[str, Any], key: str) -> str:
     return repr(values[key]) if key in values else "absent"
 
 
-def check_resume(cfg: DictConfig) -> None:
-    """ckpt_path against the config of the run that wrote it (`<run>/config.yaml` beside `<run>/checkpoints/`): a
-    resume with another network or task set (a forgotten `+experiment=`) is refused naming the keys, before any env
-    is built, instead of failing inside Lightning's state restore. No check where that config is not found."""
-    saved_path = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
-    if not saved_path.is_file() or saved_path == (Path(cfg.paths.output_dir) / "config.yaml").resolve():
+def check_resume(cfg: DictConfig, saved_path: Path | None = None) -> None:
+    """ckpt_path against the config of the run that wrote it (`<run>/config.yaml` beside `<run>/checkpoints/`, or
+    `saved_path`: ckpt_path=auto gives the run folder's before this attempt overwrites it): a resume with another
+    network or task set (a forgotten `+experiment=`) is refused naming the keys, before any env is built, instead of
+    failing inside Lightning's state restore. No check where that config is not found, nor against this run's own."""
+    if saved_path is None:
+        saved_path = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
+        if saved_path == (Path(cfg.paths.output_dir) / "config.yaml").resolve():
+            return
+    if not saved_path.is_file():
         return
     saved = OmegaConf.load(saved_path)
     diffs = []
@@ -146,6 +151,9 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"seed={cfg.seed!r} must be an integer")
     check_numbers(cfg)
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
+    if cfg.get("ckpt_path") == resume.AUTO:
+        raise ValueError("ckpt_path=auto is resolved by train.py (python train.py ... ckpt_path=auto: the run "
+                         "folder's own last checkpoint); here give a checkpoint's path")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
     if cfg.get("ckpt_path"):
@@ -338,6 +346,20 @@ def train(cfg: DictConfig) -> dict:
     trainer = None
     try:
         rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0
+        auto = resume.resolve(cfg)  # ckpt_path=auto: this folder's own checkpoint, if any
+        if auto is not None and auto.done is not None:
+            if rank_zero:
+                print(f"mtdqn: {out_dir} holds a completed run ({auto.env_steps:,} env steps, summary.json): nothing "
+                      "to train (ckpt_path=auto; a larger data.total_env_steps or another stop rule trains on)",
+                      flush=True)
+            return auto.done
+        if auto is not None and rank_zero:
+            check_resume(cfg, out_dir / "config.yaml")  # the previous attempt's config, before it is overwritten
+            jsonl = (cfg.get("logger") or {}).get("jsonl")
+            metrics = Path(jsonl.save_dir) / jsonl.get("filename", "metrics.jsonl") if jsonl else None
+            dropped = resume.drop_rows_after(metrics, auto.env_steps) if metrics else 0
+            print(f"mtdqn: resuming from {auto.checkpoint} ({auto.env_steps:,} env steps; ckpt_path=auto)"
+                  + (f"; {dropped} rows of metrics.jsonl logged after it dropped" if dropped else ""), flush=True)
         if rank_zero:
             (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         model, data, trainer = build(cfg)  # validates first

@@ -21,6 +21,7 @@ import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from mtdqn import resume
 from mtdqn.train import build
 from tests.helpers.config import compose_cfg
 
@@ -98,6 +99,7 @@ def test_train_command(where, command, tmp_path, monkeypatch):
     cfg = compose_cfg(overrides, tmp_path / "run")
     if placeholder(overrides) or not _buildable_here(overrides):
         return  # composed; building needs a reader's file or hardware this machine lacks
+    resume.resolve(cfg)  # ckpt_path=auto, as train() resolves it first (a fresh folder: from scratch)
     model, data, trainer = build(cfg)
     assert model is not None and data is not None and trainer is not None
 

@@ -130,3 +130,36 @@ def test_ddp_spawn_inside_a_multirun_trains_both_ranks_and_summarizes_the_worker
     assert summary["eval/CartPole-v1/return"] == last_eval["eval/CartPole-v1/return"]
     for notice in ("dataloader_iter", "LeafSpec"):
         assert notice not in res.stdout + res.stderr, notice
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_relaunched_with_ckpt_path_auto_continues_in_its_folder(tmp_path):
+    """kill -9, then the same command (ckpt_path=auto, same folder: a requeued SLURM job): training continues from
+    the folder's last checkpoint, and metrics.jsonl holds every env step once (rows logged after that checkpoint
+    were dropped before the resumed run logged them again)."""
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    args = [*BASE, "callbacks.checkpoint.every_env_steps=500", "callbacks.eval.every_env_steps=1000",
+            f"hydra.run.dir={run_dir}", "ckpt_path=auto"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", *args, "data.total_env_steps=1000000"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ckpt.exists():
+            time.sleep(0.2)
+        assert ckpt.exists(), "no checkpoint was written"
+        time.sleep(1.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = load_checkpoint(ckpt)["RLDataModule"]["env_steps"]
+    res = run_train([*args, f"data.total_env_steps={saved + 400}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resuming from {ckpt} ({saved:,} env steps" in res.stdout
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["env_steps"] for r in rows if "train/td_loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == saved + 400 and saved + 100 in steps
+    evals = [r["env_steps"] for r in rows if "eval/CartPole-v1/return" in r]
+    assert evals == sorted(set(evals))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

@@ -514,3 +514,40 @@ def test_what_ddp_cannot_do_is_refused_at_build_time(tmp_path):
         check_distributed(2, object(), thawing)
     check_distributed(1, object(), thawing)
     check_distributed(2, object(), TransferConfig.from_mapping({"mode": "freeze", "checkpoint": "source.ckpt"}))
+
+
+def test_ckpt_path_auto_resumes_from_the_run_folders_own_checkpoint(tmp_path, capsys):
+    """ckpt_path=auto (a requeued SLURM job, a relaunch into the run's folder): from scratch where the folder has no
+    checkpoint; nothing trained again where its run completed; on from the checkpoint with a larger budget; refused
+    where the folder's run had another network, and where nothing saves checkpoints."""
+    run = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "print_config=false", "ckpt_path=auto"]
+    rows = lambda: [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    first = train(compose_cfg(run, tmp_path))  # no checkpoint yet: from scratch
+    assert first["status"] == "completed" and first["time/env_steps"] == 600
+    logged = rows()
+    again = train(compose_cfg(run, tmp_path))
+    assert "holds a completed run (600 env steps" in capsys.readouterr().out
+    assert again == first and rows() == logged  # nothing trained, nothing logged
+    with pytest.raises(ValueError, match=r"net.hidden: \[256, 256\] there, \[32\] here"):
+        train(compose_cfg([*run, "data.total_env_steps=1200", "net.hidden=[32]"], tmp_path))
+    on = train(compose_cfg([*run, "data.total_env_steps=1200"], tmp_path))
+    assert "resuming from" in capsys.readouterr().out
+    assert on["status"] == "completed" and on["time/env_steps"] == 1200
+    steps = [r["env_steps"] for r in rows() if "train/td_loss" in r]
+    assert steps[:len(steps) // 2] == [r["env_steps"] for r in logged if "train/td_loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 1200  # continued after 600, no env step logged twice
+    with pytest.raises(ValueError, match="callbacks.checkpoint is off"):
+        train(compose_cfg(["debug=smoke", "logger=jsonl", "ckpt_path=auto", "callbacks=none"], tmp_path / "none"))
+    with pytest.raises(ValueError, match="ckpt_path=auto is resolved by train.py"):
+        build(compose_cfg(run, tmp_path / "built"))
+
+
+def test_drop_rows_after_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
+    from mtdqn.resume import drop_rows_after
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"env_steps": s, "x": i}) + "\n" for i, s in enumerate([100, 200, 200, 300])))
+    assert drop_rows_after(path, 200) == 1
+    assert [json.loads(x)["x"] for x in path.read_text().splitlines()] == [0, 1, 2]
+    assert drop_rows_after(path, 500) == 0 and not (tmp_path / "metrics.jsonl.tmp").exists()
+    assert drop_rows_after(tmp_path / "absent.jsonl", 0) == 0

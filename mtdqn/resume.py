@@ -1,0 +1,91 @@
+"""`ckpt_path=auto`: a run that resumes from its own folder's last checkpoint when it has one.
+
+A job that SLURM requeued (`hydra.launcher.max_num_timeout`, preemption), or a crashed run or sweep relaunched into
+its folder (`hydra.run.dir=<run>`, `hydra.sweep.dir=<sweep>`), continues where its last checkpoint left it; a
+folder without one trains from scratch, and a folder whose run already completed is not trained again. The rows of
+`metrics.jsonl` logged after that checkpoint are dropped first: the resumed run logs those env steps again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+AUTO = "auto"
+# what decides whether a completed run would train on: its budget and its stop rule
+STOP_KEYS = ("data.total_env_steps", "callbacks.eval.stop_at_normalized", "callbacks.eval.stop_at_return")
+
+
+@dataclass(frozen=True)
+class AutoResume:
+    """What `ckpt_path=auto` found in the run folder."""
+
+    checkpoint: Path
+    env_steps: int  # the checkpoint's env steps (summed over tasks)
+    done: dict[str, Any] | None  # the completed run's summary when there is nothing left to train, else None
+
+
+def checkpoint_path(cfg: DictConfig) -> Path:
+    """Where this run's checkpoint callback writes (callbacks.checkpoint); refused where it writes none."""
+    ck = (cfg.get("callbacks") or {}).get("checkpoint")
+    if not ck or "_target_" not in ck:
+        raise ValueError("ckpt_path=auto resumes from the run's own checkpoint, and callbacks.checkpoint is off "
+                         "(nothing is saved to resume from); keep callbacks.checkpoint, or give ckpt_path=<a "
+                         "checkpoint> or null")
+    return Path(ck.dirpath) / str(ck.get("filename", "last.ckpt"))
+
+
+def checkpoint_env_steps(path: Path) -> int:
+    """The env steps a checkpoint was saved at, read memory-mapped (its replay is not loaded)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for value in state.values():
+        if isinstance(value, dict) and "env_steps" in value and "replays" in value:  # the data module's state
+            return int(value["env_steps"])
+    raise ValueError(f"ckpt_path=auto: {path} holds no data module state (env steps, replay): not an mtdqn run's "
+                     "checkpoint")
+
+
+def resolve(cfg: DictConfig) -> AutoResume | None:
+    """With ckpt_path=auto, set cfg.ckpt_path to the run folder's checkpoint (or null where there is none) and say
+    what was found; None for any other ckpt_path. Reads nothing but the checkpoint's counters, the folder's
+    summary.json and its config.yaml (the previous attempt's, not yet overwritten)."""
+    if cfg.get("ckpt_path") != AUTO:
+        return None
+    path = checkpoint_path(cfg)
+    if not path.is_file():
+        cfg.ckpt_path = None
+        return None
+    cfg.ckpt_path = str(path)
+    env_steps = checkpoint_env_steps(path)
+    out_dir = Path(cfg.paths.output_dir)
+    summary_path, saved_path = out_dir / "summary.json", out_dir / "config.yaml"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    done = None
+    if summary.get("status") == "completed" and summary.get("time/env_steps") == env_steps and saved_path.is_file():
+        saved = OmegaConf.load(saved_path)
+        same_rule = all(OmegaConf.select(cfg, k, default=None) == OmegaConf.select(saved, k, default=None)
+                        for k in STOP_KEYS)
+        if same_rule and (env_steps >= int(cfg.data.total_env_steps) or summary.get("time/stopped_solved")):
+            done = summary
+    return AutoResume(path, env_steps, done)
+
+
+def drop_rows_after(path: Path, env_steps: int) -> int:
+    """Drop the rows of a metrics.jsonl logged after `env_steps` (atomically: written beside, then renamed); returns
+    how many were dropped. Rows at `env_steps` stay: they were logged before the checkpoint was saved."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if not line.strip() or json.loads(line).get("env_steps", 0) <= env_steps]
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
