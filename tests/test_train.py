@@ -401,7 +401,7 @@ def test_a_run_prints_no_notices_about_choices_made_on_purpose(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     out = subprocess.run([sys.executable, "train.py", "debug=smoke", "logger=none", "print_config=false",
-                          "callbacks.progress=null", f"paths.output_dir={tmp_path}"],
+                          "callbacks.progress=null", f"hydra.run.dir={tmp_path}"],
                          cwd=root, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     printed = out.stdout + out.stderr
@@ -446,7 +446,7 @@ def test_bad_input_ends_a_run_with_its_message_alone(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     for full, out_dir in (("0", tmp_path / "short"), ("1", tmp_path / "full")):
-        out = subprocess.run([sys.executable, "train.py", "gamma=2", "logger=none", f"paths.output_dir={out_dir}"],
+        out = subprocess.run([sys.executable, "train.py", "gamma=2", "logger=none", f"hydra.run.dir={out_dir}"],
                              cwd=root, capture_output=True, text=True, timeout=120,
                              env={**os.environ, "HYDRA_FULL_ERROR": full})
         assert out.returncode == 1 and "── " not in out.stdout  # no config tree (print_config) above the error
@@ -456,7 +456,7 @@ def test_bad_input_ends_a_run_with_its_message_alone(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith("ValueError: gamma=2")
     # an error found while building (an env's action space), after validate(): the same, no tree above it
     out = subprocess.run([sys.executable, "train.py", "task_set.tasks=[Pendulum-v1]", "logger=none",
-                          f"paths.output_dir={tmp_path / 'build'}"], cwd=root, capture_output=True, text=True,
+                          f"hydra.run.dir={tmp_path / 'build'}"], cwd=root, capture_output=True, text=True,
                          timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert out.returncode == 1 and "── " not in out.stdout and "Discrete action space" in out.stderr
 
