@@ -405,8 +405,8 @@ def test_a_grouping_key_no_run_has_is_refused_naming_the_keys_that_differ(tmp_pa
     apart (not per-run paths, derived seeds or the siblings of a differing _target_)."""
     runs = []
     for i, (target, lr) in enumerate([("torch.optim.Adam", 0.01), ("torch.optim.SGD", 0.1)]):
-        cfg = base_config(seed=i, optimizer={"_target_": target, "lr": lr},
-                          paths={"output_dir": f"out/{i}"}, compression={"seed": i})
+        cfg = base_config(seed=i, optimizer={"_target_": target, "lr": lr}, paths={"output_dir": f"out/{i}"},
+                          compression={"seed": i}, ckpt_path=[None, f"out/{i}/checkpoints/last.ckpt"][i])
         runs.append(cmp.load_run(write_ramp_run(tmp_path / str(i), cfg, {"a": 1.0})))
     with pytest.raises(ValueError, match=r"--by optimiser: no run's config.yaml has this key; keys whose values "
                                          r"differ between these runs: optimizer._target_, seed$"):
