@@ -24,6 +24,23 @@ def run_train(args: list[str], timeout: int = 300) -> subprocess.CompletedProces
     )
 
 
+def kill_after_checkpoints(args: list[str], ckpt: Path) -> None:
+    """Start `train.py args`, wait for its first checkpoint, let it overwrite it a few more times, then kill -9."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ckpt.exists():
+            time.sleep(0.2)
+        assert ckpt.exists(), "no checkpoint was written"
+        time.sleep(1.5)  # let it overwrite last.ckpt a few more times
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_all_reduce_and_use_distinct_seeds(tmp_path):
     probe = tmp_path / "probe"
@@ -45,21 +62,9 @@ def test_ddp_two_cpu_processes_all_reduce_and_use_distinct_seeds(tmp_path):
 def test_sigkill_mid_training_resumes_from_last_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     args = [*BASE, "data.total_env_steps=1000000", "callbacks.checkpoint.every_env_steps=500",
             "callbacks.eval.every_env_steps=100000", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not ckpt.exists():
-            time.sleep(0.2)
-        assert ckpt.exists(), "no checkpoint was written"
-        time.sleep(1.5)  # let it overwrite last.ckpt a few more times
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_checkpoints(args, ckpt)
     state = load_checkpoint(ckpt)  # loads weights-only: never half-written
     saved_steps = state["RLDataModule"]["env_steps"]
     assert saved_steps >= 500 and saved_steps % 100 == 0
@@ -141,18 +146,7 @@ def test_a_run_killed_and_relaunched_with_ckpt_path_auto_continues_in_its_folder
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     args = [*BASE, "callbacks.checkpoint.every_env_steps=500", "callbacks.eval.every_env_steps=1000",
             f"hydra.run.dir={run_dir}", "ckpt_path=auto"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "train.py", *args, "data.total_env_steps=1000000"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not ckpt.exists():
-            time.sleep(0.2)
-        assert ckpt.exists(), "no checkpoint was written"
-        time.sleep(1.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoints([*args, "data.total_env_steps=1000000"], ckpt)
     saved = load_checkpoint(ckpt)["RLDataModule"]["env_steps"]
     res = run_train([*args, f"data.total_env_steps={saved + 400}"])
     assert res.returncode == 0, res.stderr[-3000:]
