@@ -312,7 +312,7 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 
 def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error: str | None = None) -> dict:
-    """summary.json: status, final eval metrics and counters."""
+    """summary.json: status (completed, failed or interrupted), final eval metrics and counters."""
     summary: dict[str, Any] = {"status": status}
     if error:
         summary["error"] = error
@@ -337,6 +337,16 @@ class RunSummary(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":  # Lightning calls teardown hooks only after a fit that ended without an exception
             self.summary = write_summary(self.out_dir, trainer, "completed")
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Stopped from outside, not by an error: Ctrl-C or SIGINT (Lightning ends its graceful shutdown with
+    sys.exit(1)), a signal handler's exit, or submitit's error for a job out of requeues after a timeout. Its
+    summary.json says `interrupted`: the curve so far is good data (compare.py counts the run as incomplete)."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    submitit = sys.modules.get("submitit")
+    return submitit is not None and isinstance(exc, submitit.core.utils.UncompletedJobError)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -373,8 +383,9 @@ def train(cfg: DictConfig) -> dict:
             return json.loads((out_dir / "summary.json").read_text())
         return run_summary.summary
     except BaseException as exc:
-        write_summary(out_dir, trainer, "failed", f"{type(exc).__name__}: {exc}")
-        if not isinstance(exc, (ValueError, KeyboardInterrupt)):
+        stopped = interrupted(exc)
+        write_summary(out_dir, trainer, "interrupted" if stopped else "failed", f"{type(exc).__name__}: {exc}")
+        if not (stopped or isinstance(exc, ValueError)):
             traceback.print_exc(file=sys.stderr)
         raise
     finally:

@@ -24,8 +24,9 @@ def run_train(args: list[str], timeout: int = 300) -> subprocess.CompletedProces
     )
 
 
-def kill_after_checkpoints(args: list[str], ckpt: Path) -> None:
-    """Start `train.py args`, wait for its first checkpoint, let it overwrite it a few more times, then kill -9."""
+def kill_after_checkpoints(args: list[str], ckpt: Path, sig: int = signal.SIGKILL) -> int:
+    """Start `train.py args`, wait for its first checkpoint, let it overwrite it a few more times, then send `sig`
+    (kill -9 by default) to it; returns its exit status."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -36,9 +37,9 @@ def kill_after_checkpoints(args: list[str], ckpt: Path) -> None:
         assert ckpt.exists(), "no checkpoint was written"
         time.sleep(1.5)  # let it overwrite last.ckpt a few more times
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+    return proc.returncode
 
 
 @pytest.mark.slow
@@ -64,7 +65,7 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(tmp_path):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     args = [*BASE, "data.total_env_steps=1000000", "callbacks.checkpoint.every_env_steps=500",
             "callbacks.eval.every_env_steps=100000", f"hydra.run.dir={run_dir}"]
-    kill_after_checkpoints(args, ckpt)
+    assert kill_after_checkpoints(args, ckpt) == -signal.SIGKILL
     state = load_checkpoint(ckpt)  # loads weights-only: never half-written
     saved_steps = state["RLDataModule"]["env_steps"]
     assert saved_steps >= 500 and saved_steps % 100 == 0
@@ -146,7 +147,7 @@ def test_a_run_killed_and_relaunched_with_ckpt_path_auto_continues_in_its_folder
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     args = [*BASE, "callbacks.checkpoint.every_env_steps=500", "callbacks.eval.every_env_steps=1000",
             f"hydra.run.dir={run_dir}", "ckpt_path=auto"]
-    kill_after_checkpoints([*args, "data.total_env_steps=1000000"], ckpt)
+    assert kill_after_checkpoints([*args, "data.total_env_steps=1000000"], ckpt) == -signal.SIGKILL
     saved = load_checkpoint(ckpt)["RLDataModule"]["env_steps"]
     res = run_train([*args, f"data.total_env_steps={saved + 400}"])
     assert res.returncode == 0, res.stderr[-3000:]
@@ -157,3 +158,19 @@ def test_a_run_killed_and_relaunched_with_ckpt_path_auto_continues_in_its_folder
     evals = [r["env_steps"] for r in rows if "eval/CartPole-v1/return" in r]
     assert evals == sorted(set(evals))
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_the_run_as_interrupted_and_compare_keeps_its_curve(tmp_path):
+    """Ctrl-C (SIGINT to the process group) mid-training: Lightning shuts down and exits 1, summary.json says
+    interrupted, not failed, and compare.py uses the run's curve so far as an incomplete run instead of skipping it."""
+    from mtdqn.evaluation.compare import compare_runs
+
+    run_dir = tmp_path / "run"
+    args = [*BASE, "data.total_env_steps=1000000", "callbacks.checkpoint.every_env_steps=500",
+            "callbacks.eval.every_env_steps=500", f"hydra.run.dir={run_dir}"]
+    assert kill_after_checkpoints(args, run_dir / "checkpoints" / "last.ckpt", signal.SIGINT) == 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"].startswith("SystemExit")
+    report = compare_runs([run_dir], metric=None, n_boot=50).summary
+    assert report["failed"] == [] and report["incomplete"] == [str(run_dir)]

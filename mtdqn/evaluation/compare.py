@@ -44,7 +44,8 @@ class Run:
 
     @property
     def status(self) -> str:
-        """'completed', 'failed' (from summary.json), or 'incomplete' when there is no summary status."""
+        """'completed', 'failed', 'interrupted' (from summary.json; an interrupted run is used as an incomplete
+        one), or 'incomplete' when there is no summary status."""
         status = (self.summary or {}).get("status")
         return str(status) if status else "incomplete"
 
