@@ -339,14 +339,21 @@ class RunSummary(pl.Callback):
             self.summary = write_summary(self.out_dir, trainer, "completed")
 
 
-def interrupted(exc: BaseException) -> bool:
+def interrupted(exc: BaseException | None) -> bool:
     """Stopped from outside, not by an error: Ctrl-C or SIGINT (Lightning ends its graceful shutdown with
-    sys.exit(1)), a signal handler's exit, or submitit's error for a job out of requeues after a timeout. Its
-    summary.json says `interrupted`: the curve so far is good data (compare.py counts the run as incomplete)."""
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return True
+    sys.exit(1)), a signal handler's exit, or submitit's error for a job out of requeues after a timeout; also an
+    error raised while handling one (a SIGINT inside torch.save ends in the zip writer's RuntimeError; the atomic
+    write leaves the last checkpoint whole). Its summary.json says `interrupted`: the curve so far is good data
+    (compare.py counts the run as incomplete)."""
     submitit = sys.modules.get("submitit")
-    return submitit is not None and isinstance(exc, submitit.core.utils.UncompletedJobError)
+    stops = (KeyboardInterrupt, SystemExit) + ((submitit.core.utils.UncompletedJobError,) if submitit else ())
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, stops):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def train(cfg: DictConfig) -> dict:

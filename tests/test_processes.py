@@ -171,6 +171,6 @@ def test_ctrl_c_records_the_run_as_interrupted_and_compare_keeps_its_curve(tmp_p
             "callbacks.eval.every_env_steps=500", f"hydra.run.dir={run_dir}"]
     assert kill_after_checkpoints(args, run_dir / "checkpoints" / "last.ckpt", signal.SIGINT) == 1
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["error"].startswith("SystemExit")
+    assert summary["status"] == "interrupted"  # error: SystemExit: 1, or the zip writer's error if inside torch.save
     report = compare_runs([run_dir], metric=None, n_boot=50).summary
     assert report["failed"] == [] and report["incomplete"] == [str(run_dir)]

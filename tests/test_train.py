@@ -551,3 +551,25 @@ def test_drop_rows_after_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
     assert [json.loads(x)["x"] for x in path.read_text().splitlines()] == [0, 1, 2]
     assert drop_rows_after(path, 500) == 0 and not (tmp_path / "metrics.jsonl.tmp").exists()
     assert drop_rows_after(tmp_path / "absent.jsonl", 0) == 0
+
+
+def test_a_stop_from_outside_counts_as_interrupted_also_when_another_error_carries_it():
+    """Ctrl-C inside torch.save ends in the zip writer's RuntimeError, raised while handling the KeyboardInterrupt:
+    the run was interrupted, not failed. A plain error is a failure, also one raised while handling another."""
+    from mtdqn.train import interrupted
+
+    def raised(first: BaseException, then: BaseException | None = None) -> BaseException:
+        try:
+            try:
+                raise first
+            except BaseException:
+                if then is not None:
+                    raise then  # noqa: B904 - its __context__ is `first`, as when torch.save's writer fails
+                raise
+        except BaseException as exc:
+            return exc
+
+    assert interrupted(raised(KeyboardInterrupt(), RuntimeError("unexpected pos"))) is True
+    assert interrupted(raised(SystemExit(1))) is True
+    assert interrupted(raised(ValueError("bad"))) is False
+    assert interrupted(raised(KeyError("x"), RuntimeError("y"))) is False
