@@ -28,8 +28,11 @@ def kill_after_checkpoints(args: list[str], ckpt: Path, sig: int = signal.SIGKIL
     """Start `train.py args`, wait for its first checkpoint, let it overwrite it a few more times, then send `sig`
     (kill -9 by default) to it; returns its exit status."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # SIGINT as in a terminal: a shell's background job (`cmd &`, as CI may run the tests) starts with it ignored,
+    # and a Python started so never turns it into KeyboardInterrupt
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not ckpt.exists():
