@@ -352,7 +352,7 @@ def interrupted(exc: BaseException | None) -> bool:
         if isinstance(exc, stops):
             return True
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)  # `from None` ends it
     return False
 
 

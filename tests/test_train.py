@@ -573,3 +573,10 @@ def test_a_stop_from_outside_counts_as_interrupted_also_when_another_error_carri
     assert interrupted(raised(SystemExit(1))) is True
     assert interrupted(raised(ValueError("bad"))) is False
     assert interrupted(raised(KeyError("x"), RuntimeError("y"))) is False
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ValueError("bad input") from None  # the context is suppressed: not what stopped the run
+    except ValueError as exc:
+        assert interrupted(exc) is False

@@ -248,12 +248,14 @@ _COPIES = ("model.net", "model.optimizer", "model.scheduler")  # the model's cop
 
 
 def _telling_keys(keys: Sequence[str]) -> list[str]:
-    """The keys a user would group by: without per-run paths and names (a resumed run's ckpt_path), seeds derived from `seed`, the model's
-    copies of other groups, the siblings of a differing `_target_` or the children of a differing parent."""
+    """The keys a user would group by: without per-run paths and names (a resumed run's ckpt_path), seeds derived
+    from `seed`, the model's copies of other groups, the siblings of a differing `_target_` or the children of a
+    differing parent."""
     def per_run(k: str) -> bool:
         last = k.rsplit(".", 1)[-1]
-        return (k.startswith(("paths.", "hydra.")) or k == "ckpt_path" or last in ("dirpath", "name") or last.endswith("dir")
-                or (last == "seed" and k != "seed") or k.startswith(tuple(f"{c}." for c in _COPIES)))
+        return (k.startswith(("paths.", "hydra.")) or k == "ckpt_path" or last in ("dirpath", "name")
+                or last.endswith("dir") or (last == "seed" and k != "seed")
+                or k.startswith(tuple(f"{c}." for c in _COPIES)))
 
     kept = [k for k in keys if not per_run(k)]
     targets = {k.rsplit(".", 1)[0] for k in kept if k.endswith("._target_")}
