@@ -2,12 +2,14 @@
 
 import logging
 import os
+import signal
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn.overrides import debug_last
 from mtdqn.sweep import run_trial
@@ -25,7 +27,15 @@ def main(cfg: DictConfig) -> float | None:
     (summary.json: status failed, error) and the sweep goes on. Under
     `hparams_search=<preset>` each job is a trial: `hparams_search.seeds_per_trial` seeds trained in turn, the
     objective their mean final `hparams_search.metric`, None (a failed trial, the study goes on) if one fails.
+    A SIGTERM (kill, scancel) ends the run as interrupted (summary.json) with exit status 143.
     """
+    try:
+        return run(cfg)
+    except SIGTERMException:  # Lightning's stop on SIGTERM exits without a code (status 0, as if it had completed):
+        sys.exit(128 + signal.SIGTERM)  # 143, the shell's status for a process ended by SIGTERM
+
+
+def run(cfg: DictConfig) -> float | None:
     if cfg.get("hparams_search"):
         return run_trial(cfg)
     try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -18,6 +20,7 @@ from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, WandbEnvStepAxis
@@ -321,8 +324,29 @@ def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error:
             summary.update(getattr(cb, "latest", {}) or {})
         summary["time/updates"] = trainer.global_step
     if trainer is None or trainer.is_global_zero:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Written beside, then renamed: a kill mid-write leaves the previous file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_config(out_dir: Path, cfg: DictConfig) -> None:
+    """config.yaml, resolved (as written unresolved where an interpolation cannot resolve: that error is the
+    run's)."""
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:
+        text = OmegaConf.to_yaml(cfg)
+    write_atomically(out_dir / "config.yaml", text)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise SIGTERMException  # as Lightning ends a fit on SIGTERM (a SystemExit): recorded as interrupted
 
 
 class RunSummary(pl.Callback):
@@ -357,10 +381,21 @@ def interrupted(exc: BaseException | None) -> bool:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Build everything from `cfg`, fit, and return the summary (final eval metrics)."""
+    """Build everything from `cfg`, fit, and return the summary (final eval metrics).
+
+    In a folder an earlier attempt left (a relaunch, `ckpt_path=auto`), an attempt refused before its fit (bad
+    input, another network than the checkpoint's) changes nothing there: summary.json, config.yaml and metrics.jsonl
+    stay as that attempt left them. A SIGTERM before the fit (Lightning handles it during the fit) ends the run
+    as interrupted, not silently."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    earlier = (out_dir / "config.yaml").is_file()  # this folder holds an earlier attempt's run
     trainer = None
+    fitting = False
+    on_term = signal.getsignal(signal.SIGTERM)
+    ours = on_term == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if ours:  # not where a launcher (submitit) handles SIGTERM itself
+        signal.signal(signal.SIGTERM, _sigterm)
     try:
         rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0
         auto = resume.resolve(cfg)  # ckpt_path=auto: this folder's own checkpoint, if any
@@ -372,29 +407,42 @@ def train(cfg: DictConfig) -> dict:
             return auto.done
         if auto is not None and rank_zero:
             check_resume(cfg, out_dir / "config.yaml")  # the previous attempt's config, before it is overwritten
+        model, data, trainer = build(cfg)  # validates first
+        if auto is not None and rank_zero:
             jsonl = (cfg.get("logger") or {}).get("jsonl")
             metrics = Path(jsonl.save_dir) / jsonl.get("filename", "metrics.jsonl") if jsonl else None
             dropped = resume.drop_rows_after(metrics, auto.env_steps) if metrics else 0
             print(f"mtdqn: resuming from {auto.checkpoint} ({auto.env_steps:,} env steps; ckpt_path=auto)"
                   + (f"; {dropped} rows of metrics.jsonl logged after it dropped" if dropped else ""), flush=True)
         if rank_zero:
-            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        model, data, trainer = build(cfg)  # validates first
+            save_config(out_dir, cfg)
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg.torch_threads))
         if rank_zero and cfg.get("print_config"):  # after build: bad input, whether caught by validate() or by
             print_config_tree(cfg)  # an env or component check, ends with its one line, not under a page of config
         trainer.callbacks.append(run_summary := RunSummary(out_dir))
+        if ours:  # Lightning's own handler from here: it stops the fit after the current round
+            signal.signal(signal.SIGTERM, on_term)
+        fitting = True
         trainer.fit(model, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
         if run_summary.summary is None:  # the fit ran in spawned workers (trainer=ddp_spawn): rank zero's summary
             return json.loads((out_dir / "summary.json").read_text())
         return run_summary.summary
     except BaseException as exc:
         stopped = interrupted(exc)
-        write_summary(out_dir, trainer, "interrupted" if stopped else "failed", f"{type(exc).__name__}: {exc}")
+        if fitting or not earlier:  # an attempt refused in an earlier attempt's folder leaves it as it was
+            if not fitting and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # what the refused run was given
+                save_config(out_dir, cfg)
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # SIGTERMException has none
+            write_summary(out_dir, trainer, "interrupted" if stopped else "failed", error)
+        elif not stopped:
+            print(f"mtdqn: {out_dir} is left as the earlier attempt left it (summary.json, config.yaml, metrics)",
+                  file=sys.stderr, flush=True)
         if not (stopped or isinstance(exc, ValueError)):
             traceback.print_exc(file=sys.stderr)
         raise
     finally:
+        if ours:
+            signal.signal(signal.SIGTERM, on_term)
         if "wandb" in sys.modules:
             sys.modules["wandb"].finish()

@@ -177,3 +177,16 @@ def test_ctrl_c_records_the_run_as_interrupted_and_compare_keeps_its_curve(tmp_p
     assert summary["status"] == "interrupted"  # error: SystemExit: 1, or the zip writer's error if inside torch.save
     report = compare_runs([run_dir], metric=None, n_boot=50).summary
     assert report["failed"] == [] and report["incomplete"] == [str(run_dir)]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_exits_143_with_the_run_interrupted(tmp_path):
+    """kill / scancel: Lightning stops the fit after the current round with a SystemExit that has no code; train.py
+    exits 143 (128 + SIGTERM), not 0 as if it had completed, and summary.json says interrupted."""
+    run_dir = tmp_path / "run"
+    args = [*BASE, "data.total_env_steps=1000000", "callbacks.checkpoint.every_env_steps=500",
+            "callbacks.eval.every_env_steps=500", f"hydra.run.dir={run_dir}"]
+    assert kill_after_checkpoints(args, run_dir / "checkpoints" / "last.ckpt", signal.SIGTERM) == 143
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"] == "SIGTERMException"
+    assert summary["time/env_steps"] > 0

@@ -528,8 +528,14 @@ def test_ckpt_path_auto_resumes_from_the_run_folders_own_checkpoint(tmp_path, ca
     again = train(compose_cfg(run, tmp_path))
     assert "holds a completed run (600 env steps" in capsys.readouterr().out
     assert again == first and rows() == logged  # nothing trained, nothing logged
+    folder = {f: (tmp_path / f).read_bytes() for f in ("summary.json", "config.yaml", "metrics.jsonl")}
     with pytest.raises(ValueError, match=r"net.hidden: \[256, 256\] there, \[32\] here"):
         train(compose_cfg([*run, "data.total_env_steps=1200", "net.hidden=[32]"], tmp_path))
+    with pytest.raises(ValueError, match=r"gamma=2"):  # refused by validate(), inside build()
+        train(compose_cfg([*run, "data.total_env_steps=1200", "gamma=2"], tmp_path))
+    # refused attempts leave the folder as the completed run left it (its summary was overwritten with failed)
+    assert {f: (tmp_path / f).read_bytes() for f in folder} == folder
+    assert "left as the earlier attempt left it" in capsys.readouterr().err
     on = train(compose_cfg([*run, "data.total_env_steps=1200"], tmp_path))
     assert "resuming from" in capsys.readouterr().out
     assert on["status"] == "completed" and on["time/env_steps"] == 1200
@@ -538,6 +544,9 @@ def test_ckpt_path_auto_resumes_from_the_run_folders_own_checkpoint(tmp_path, ca
     assert steps == sorted(set(steps)) and steps[-1] == 1200  # continued after 600, no env step logged twice
     with pytest.raises(ValueError, match="callbacks.checkpoint is off"):
         train(compose_cfg(["debug=smoke", "logger=jsonl", "ckpt_path=auto", "callbacks=none"], tmp_path / "none"))
+    # in a new folder the refused attempt is recorded: its config and a failed summary
+    assert json.loads((tmp_path / "none" / "summary.json").read_text())["status"] == "failed"
+    assert "ckpt_path: auto" in (tmp_path / "none" / "config.yaml").read_text()
     with pytest.raises(ValueError, match="ckpt_path=auto is resolved by train.py"):
         build(compose_cfg(run, tmp_path / "built"))
 
@@ -551,6 +560,32 @@ def test_drop_rows_after_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
     assert [json.loads(x)["x"] for x in path.read_text().splitlines()] == [0, 1, 2]
     assert drop_rows_after(path, 500) == 0 and not (tmp_path / "metrics.jsonl.tmp").exists()
     assert drop_rows_after(tmp_path / "absent.jsonl", 0) == 0
+
+
+def test_a_sigterm_before_the_fit_ends_the_run_as_interrupted(tmp_path, monkeypatch):
+    """SIGTERM while the envs are built (Lightning handles it only during the fit): SIGTERMException, as Lightning
+    raises, and summary.json says interrupted; the process's own SIGTERM handling is back afterwards."""
+    import os
+    import signal
+
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    import mtdqn.train as train_module
+
+    real_build = train_module.build
+
+    def build_then_terminated(cfg):
+        built = real_build(cfg)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return built
+
+    monkeypatch.setattr(train_module, "build", build_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SIGTERMException):
+        train(compose_cfg(["debug=smoke", "logger=jsonl", "print_config=false"], tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "interrupted",
+                                                                   "error": "SIGTERMException"}
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_a_stop_from_outside_counts_as_interrupted_also_when_another_error_carries_it():
