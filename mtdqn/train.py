@@ -138,9 +138,12 @@ def check_resume(cfg: DictConfig, saved_path: Path | None = None) -> None:
                   if a.get(k) != b.get(k) and (k in a and k in b or a.get(k, b.get(k)) not in (None, False))]
     if diffs:
         overrides = saved_path.parent / ".hydra" / "overrides.yaml"  # the run's command line, where Hydra kept it
+        # in this run's own folder (ckpt_path=auto) Hydra has already replaced it with this attempt's command line
+        own = saved_path.parent.resolve() == Path(cfg.paths.output_dir).resolve()
         argv = [o for o in OmegaConf.load(overrides) if not str(o).startswith("ckpt_path=")] \
-            if overrides.is_file() else []
-        command = f" (python train.py {' '.join(map(str, argv))} ckpt_path=...)" if argv else ""
+            if overrides.is_file() and not own else []
+        command = f" (python train.py {' '.join(map(str, argv))} ckpt_path=...)" if argv else (
+            " (the values there above)" if own else "")
         raise ValueError(
             f"ckpt_path={cfg.ckpt_path!r} was written by a run (experiment_name={saved.get('experiment_name')!r}, "
             f"its config {saved_path}) whose network, task set or replay differ from this config's: "

@@ -529,7 +529,10 @@ def test_ckpt_path_auto_resumes_from_the_run_folders_own_checkpoint(tmp_path, ca
     assert "holds a completed run (600 env steps" in capsys.readouterr().out
     assert again == first and rows() == logged  # nothing trained, nothing logged
     folder = {f: (tmp_path / f).read_bytes() for f in ("summary.json", "config.yaml", "metrics.jsonl")}
-    with pytest.raises(ValueError, match=r"net.hidden: \[256, 256\] there, \[32\] here"):
+    (tmp_path / ".hydra").mkdir()  # as Hydra rewrites it on a relaunch: this attempt's command line, not the run's
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- +debug=smoke\n- net.hidden=[32]\n")
+    with pytest.raises(ValueError, match=r"net.hidden: \[256, 256\] there, \[32\] here\. Resume with that run's "
+                                         r"settings \(the values there above\)"):
         train(compose_cfg([*run, "data.total_env_steps=1200", "net.hidden=[32]"], tmp_path))
     with pytest.raises(ValueError, match=r"gamma=2"):  # refused by validate(), inside build()
         train(compose_cfg([*run, "data.total_env_steps=1200", "gamma=2"], tmp_path))
