@@ -40,9 +40,13 @@ log = logging.getLogger("mtdqn")
 
 
 def _wandb_offline() -> bool:
-    """Offline unless the user is logged in (WANDB_API_KEY or a netrc entry) and WANDB_MODE is not offline."""
+    """Offline unless the user is logged in (WANDB_API_KEY or a netrc entry) and WANDB_MODE is not offline. Not
+    under WANDB_MODE=disabled: Lightning's offline logger sets WANDB_MODE=dryrun itself, which would turn W&B back
+    on (offline runs written) where the user turned it off."""
     mode = os.environ.get("WANDB_MODE", "")
-    if mode in ("offline", "disabled", "dryrun"):
+    if mode == "disabled":
+        return False
+    if mode in ("offline", "dryrun"):
         return True
     if mode == "online" or os.environ.get("WANDB_API_KEY"):
         return False
@@ -276,6 +280,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         callbacks.append(instantiate(compression))  # after eval and checkpoint: compresses the final network
     callbacks += [EnvStepBudget(), WandbEnvStepAxis()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
+    for lg in loggers:  # Lightning's WandbLogger passes anonymous=None, and wandb warns at any value it is given
+        init = getattr(lg, "_wandb_init", None)  # ("The anonymous setting has no effect"), on every run
+        if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
+            del init["anonymous"]
     # without our env-step bar (callbacks.progress=null, callbacks=none) no bar: Lightning's own counts batches of
     # an endless epoch ("Epoch 0/-2 5/--"); trainer.enable_progress_bar=true still asks for it
     bar = {} if any(isinstance(cb, ProgressBar) for cb in callbacks) or "enable_progress_bar" in cfg.trainer else {

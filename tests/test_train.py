@@ -399,15 +399,35 @@ def test_a_run_prints_no_notices_about_choices_made_on_purpose(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    out = subprocess.run([sys.executable, "train.py", "debug=smoke", "logger=none", "print_config=false",
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "WANDB_SILENT")}
+    out = subprocess.run([sys.executable, "train.py", "debug=smoke", "print_config=false",  # the default loggers
                           "callbacks.progress=null", f"hydra.run.dir={tmp_path}"],
-                         cwd=root, capture_output=True, text=True, timeout=120, env=env)
+                         cwd=root, capture_output=True, text=True, timeout=120, env={**env, "WANDB_MODE": "offline"})
     assert out.returncode == 0, out.stderr
     printed = out.stdout + out.stderr
-    for notice in ("dataloader_iter", "LeafSpec", "Tip:", "Epoch 0/"):
+    assert "wandb sync" in printed  # an offline W&B run was made, and said so
+    for notice in ("dataloader_iter", "LeafSpec", "Tip:", "Epoch 0/", "anonymous setting"):
         assert notice not in printed, notice
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_wandb_mode_disabled_turns_wandb_off(tmp_path, monkeypatch):
+    """WANDB_MODE=disabled: no W&B run is written (an offline logger would make Lightning set WANDB_MODE=dryrun and
+    write one), and the variable stays as the user set it; offline and dryrun keep the logger offline."""
+    import os
+
+    import wandb
+
+    from mtdqn.train import _wandb_offline
+
+    wandb.teardown()  # as in a new process: wandb keeps the settings (the mode) of an earlier test's run
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    summary = train(compose_cfg(["debug=smoke", "print_config=false", "callbacks.progress=null"], tmp_path))
+    assert summary["status"] == "completed" and (tmp_path / "metrics.jsonl").is_file()
+    assert not (tmp_path / "wandb").exists() and os.environ["WANDB_MODE"] == "disabled"
+    for mode in ("offline", "dryrun"):
+        monkeypatch.setenv("WANDB_MODE", mode)
+        assert _wandb_offline() is True
 
 
 def test_the_env_step_bar_ends_at_the_env_steps_taken_even_past_the_budget():
