@@ -1,8 +1,10 @@
-"""Numeric config keys: their type and range, checked on the composed config before anything is built.
+"""Numeric and true/false config keys: their type and range, checked on the composed config before anything is
+built.
 
 Hydra parses `data.total_env_steps=abc` as a string and `data.batch_size=32.5` as a float; without this table they
 failed deep inside a constructor with a TypeError, and `optimizer.lr=-1` with torch's 'Invalid learning rate: -1',
-which names no key. The components keep their own checks (they are also used without Hydra); this table makes
+which names no key; `model.double_q=yes` (a string, and truthy) silently turned double DQN on, as `no` or
+`flase` would have. The components keep their own checks (they are also used without Hydra); this table makes
 train.py's answer one line with the key, the value and what is allowed, before any env is made.
 """
 
@@ -52,6 +54,30 @@ RULES: dict[str, tuple[str, str, bool]] = {
     "adversarial.epsilon": (NUM, ">= 0", True),
     "adversarial.fraction": (NUM, "in (0, 1]", True),
 }
+# true/false keys: Hydra parses only true/false (any case) as booleans; key: null allowed (the library's default)
+FLAGS: dict[str, bool] = {
+    "print_config": False,
+    "flush_denormal": False,
+    "model.double_q": False,
+    "model.lean_step": False,
+    "model.popart": False,
+    "net.dueling": False,
+    "net.layer_norm": False,
+    "net.obs_norm": False,
+    "callbacks.eval.at_start": False,
+    "logger.wandb.log_model": False,
+    "compression.quantize.per_channel": False,
+    "compression.export.onnx": False,
+    "compression.export.torchscript": False,
+    "optimizer.fused": True,
+    "optimizer.foreach": True,
+    "optimizer.centered": False,
+    "optimizer.decoupled_weight_decay": False,
+    "optimizer.rectify": False,
+    "optimizer.weight_decouple": False,
+    "trainer.enable_checkpointing": False,
+    "trainer.enable_model_summary": False,
+}
 _ABSENT = object()
 
 
@@ -72,3 +98,21 @@ def check_numbers(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT:
             check_number(key, value, kind, bound, nullable)
+
+
+def check_flags(cfg: DictConfig) -> None:
+    """Every key of FLAGS present in cfg is true or false (or null where allowed)."""
+    for key, nullable in FLAGS.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not isinstance(value, bool) and not (value is None and nullable):
+            raise ValueError(f"{key}={value!r} must be true or false{' (or null)' if nullable else ''}")
+
+
+def check_replay_size(cfg: DictConfig) -> None:
+    """A minibatch must fit in replay (each task's, in a multi-task run): a capacity below the batch size makes every
+    minibatch repeat transitions."""
+    capacity = OmegaConf.select(cfg, "replay.capacity", default=None)
+    batch = OmegaConf.select(cfg, "data.batch_size", default=None)
+    if isinstance(capacity, int) and isinstance(batch, int) and capacity < batch:
+        raise ValueError(f"replay.capacity={capacity} is smaller than data.batch_size={batch}: every minibatch would "
+                         "repeat transitions; raise replay.capacity or lower data.batch_size")

@@ -24,7 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, WandbEnvStepAxis
-from mtdqn.config_checks import check_numbers
+from mtdqn.config_checks import check_flags, check_numbers, check_replay_size
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
 from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
@@ -160,6 +160,8 @@ def validate(cfg: DictConfig) -> None:
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed={cfg.seed!r} must be an integer")
     check_numbers(cfg)
+    check_flags(cfg)
+    check_replay_size(cfg)
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
     if cfg.get("ckpt_path") == resume.AUTO:
         raise ValueError("ckpt_path=auto is resolved by train.py (python train.py ... ckpt_path=auto: the run "

@@ -101,3 +101,27 @@ def test_experiment_preset_runs(tmp_path, preset, request):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     if preset == "lane_keep_compress":  # trains, then the end-of-training callback writes the compression report
         assert (tmp_path / "compression" / "report.md").is_file()
+
+
+def test_every_true_false_key_of_every_preset_and_option_is_checked(tmp_path):
+    """Each boolean in the composed configs (every preset, every optimizer, compression) is in
+    config_checks.FLAGS, so `key=yes` is refused naming the key instead of counting as true: a new boolean option
+    fails here until it is listed."""
+    from mtdqn.config_checks import FLAGS
+
+    def booleans(node, prefix=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from booleans(value, f"{prefix}{key}.")
+        elif isinstance(node, bool) and not prefix.startswith("hydra.") and prefix != "" \
+                and not prefix.endswith("_partial_."):
+            yield prefix[:-1]
+
+    optimizers = sorted(p.stem for p in (EXPERIMENTS.parent / "optimizer").glob("*.yaml"))
+    variants = [[f"+experiment={name}"] for name in PRESETS] + [[f"optimizer={o}"] for o in optimizers]
+    found = set()
+    for overrides in [[], *variants, ["compression=default"], ["replay=prioritized"], ["net=dueling"]]:
+        cfg = compose_cfg(overrides, tmp_path)
+        found |= set(booleans(OmegaConf.to_container(cfg, resolve=False)))
+    assert {"model.double_q", "net.dueling", "optimizer.centered"} <= found
+    assert found <= set(FLAGS), sorted(found - set(FLAGS))

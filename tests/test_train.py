@@ -62,6 +62,11 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("callbacks.eval.episodes=true", "callbacks.eval.episodes=True must be an integer > 0"),
         ("data.reward_clip=nan", "data.reward_clip=nan must be a number > 0 (or null)"),
         ("torch_threads=abc", "torch_threads='abc' must be an integer > 0 (or null)"),
+        # a string is truthy: `double_q=yes` (or `no`, `flase`) silently turned double DQN on
+        ("model.double_q=yes", "model.double_q='yes' must be true or false"),
+        ("net.dueling=1", "net.dueling=1 must be true or false"),
+        ("optimizer.fused=on", "optimizer.fused='on' must be true or false (or null)"),
+        ("replay.capacity=10", "replay.capacity=10 is smaller than data.batch_size=32: every minibatch would repeat"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
