@@ -10,6 +10,8 @@ train.py's answer one line with the key, the value and what is allowed, before a
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -116,3 +118,56 @@ def check_replay_size(cfg: DictConfig) -> None:
     if isinstance(capacity, int) and isinstance(batch, int) and capacity < batch:
         raise ValueError(f"replay.capacity={capacity} is smaller than data.batch_size={batch}: every minibatch would "
                          "repeat transitions; raise replay.capacity or lower data.batch_size")
+
+
+def _accepted(target: Any) -> set[str] | None:
+    """The keyword arguments `target` takes (a class: its constructor's), None where it takes any (**kwargs) or its
+    signature cannot be read."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_keys(path: str, keys: list[str], target: Any) -> None:
+    """Refuse a key `target` does not take (`+model.dobule_q=true` ended in a TypeError traceback once the component
+    was built), with the nearest names it does take."""
+    accepted = _accepted(target)
+    if accepted is None:
+        return
+    for key in keys:
+        if key.startswith("_") or key in accepted:
+            continue
+        close = difflib.get_close_matches(key, sorted(accepted), n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"it takes {sorted(accepted)}"
+        name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}".lstrip(".")
+        raise ValueError(f"{path}{key}: {name} takes no argument {key!r}; {hint}")
+
+
+def check_arguments(cfg: DictConfig, data_module: Any) -> None:
+    """Every key of a node with a `_target_` (model, net, optimizer, replay, callbacks, loggers, trainer, ...) and of
+    `data` (given to `data_module`) is an argument its class takes."""
+    from hydra.utils import get_object
+
+    def walk(node: Any, path: str) -> None:
+        if not OmegaConf.is_dict(node):
+            return
+        keys = [str(k) for k in node.keys()]
+        if "_target_" in keys:
+            try:
+                target = get_object(str(node._target_))
+            except Exception:  # an unknown _target_ keeps Hydra's own error, raised where it is instantiated
+                target = None
+            if target is not None:
+                check_keys(path, keys, target)
+        for key in keys:
+            walk(node._get_node(key), f"{path}{key}.")
+
+    for key in cfg.keys():
+        if key != "hydra":
+            walk(cfg._get_node(key), f"{key}.")
+    if OmegaConf.is_dict(cfg.get("data")):
+        check_keys("data.", [str(k) for k in cfg.data.keys()], data_module)

@@ -24,7 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, WandbEnvStepAxis
-from mtdqn.config_checks import check_flags, check_numbers, check_replay_size
+from mtdqn.config_checks import check_arguments, check_flags, check_numbers, check_replay_size
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
 from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
@@ -157,11 +157,13 @@ def check_resume(cfg: DictConfig, saved_path: Path | None = None) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need no environment: fail early with the key, the value and what is allowed."""
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ValueError(f"seed={cfg.seed!r} must be an integer")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise ValueError(f"seed={cfg.seed!r} must be an integer in [0, 2**32 - 1] (numpy's seed range)")
     check_numbers(cfg)
     check_flags(cfg)
     check_replay_size(cfg)
+    multi = issubclass(get_class(cfg.model._target_), MultiTaskDQNModule)
+    check_arguments(cfg, MultiTaskDataModule if multi else RLDataModule)
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
     if cfg.get("ckpt_path") == resume.AUTO:
         raise ValueError("ckpt_path=auto is resolved by train.py (python train.py ... ckpt_path=auto: the run "

@@ -67,6 +67,18 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("net.dueling=1", "net.dueling=1 must be true or false"),
         ("optimizer.fused=on", "optimizer.fused='on' must be true or false (or null)"),
         ("replay.capacity=10", "replay.capacity=10 is smaller than data.batch_size=32: every minibatch would repeat"),
+        ("seed=-1", "seed=-1 must be an integer in [0, 2**32 - 1]"),
+        ("net.hidden=[64,abc]", "net.hidden=[64, 'abc'] must be a non-empty list of positive widths"),
+        # a key the component does not take (a typo added with +): a TypeError traceback once it was built
+        ("+model.dobule_q=true", "model.dobule_q: mtdqn.models.dqn.DQNModule takes no argument 'dobule_q'; did you "
+                                 "mean double_q?"),
+        ("+data.batchsize=64", "data.batchsize: mtdqn.data.module.RLDataModule takes no argument 'batchsize'; did "
+                               "you mean batch_size"),
+        ("+experiment=lane_keep_mtl +data.task_weight=[1,1,1]", "MultiTaskDataModule takes no argument "
+                                                                "'task_weight'; did you mean task_weights"),
+        ("+trainer.max_epoch=3", "Trainer takes no argument 'max_epoch'; did you mean max_epochs"),
+        ("+callbacks.eval.episdes=3", "EvalCallback takes no argument 'episdes'; did you mean episodes?"),
+        ("+replay.alpha=0.5", "ReplayBuffer takes no argument 'alpha'; it takes ['capacity', "),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):

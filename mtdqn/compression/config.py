@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from mtdqn.nets.q import positive_widths
+
 METHODS = ("distill", "prune", "structured", "quantize", "fp16", "bf16")
 TRAINED = ("distill", "prune", "structured")  # methods that train weights: they must come before any cast
 FIT_LOSSES = ("kl", "kl_rusu", "mse")  # see mtdqn.compression.fit.fit_loss
@@ -126,7 +128,7 @@ class CompressionSettings:
         _check_range("compression.data.rollout_epsilon", self.data.rollout_epsilon, 0.0, 1.0, "[0, 1]")
         _check_range("compression.data.rollout_fraction", self.data.rollout_fraction, 0.0, 10.0, "[0, 10]")
         for key, value in (("distill.hidden", self.distill.hidden),):
-            if not value or any(int(h) <= 0 for h in value):
+            if not positive_widths(value):
                 raise ValueError(f"compression.{key}={list(value)} must be a non-empty list of positive widths")
         for key, value, allowed in (("distill.loss", self.distill.loss, FIT_LOSSES),
                                     ("prune.loss", self.prune.loss, FIT_LOSSES),

@@ -4,6 +4,7 @@ heads."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -12,11 +13,17 @@ from mtdqn.nets.normalize import RunningObsNorm
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
+def positive_widths(hidden: Sequence[Any]) -> bool:
+    """A non-empty list of positive integers (`[64, abc]` from the command line holds a string)."""
+    return bool(hidden) and all(isinstance(h, int | float) and not isinstance(h, bool) and float(h).is_integer()
+                                and h > 0 for h in hidden)
+
+
 def mlp(in_dim: int, hidden: Sequence[int], activation: str = "relu", layer_norm: bool = False) -> nn.Sequential:
     """Linear -> [LayerNorm] -> activation for each hidden width."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"net.activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
-    if not hidden or any(int(h) <= 0 for h in hidden):
+    if not positive_widths(hidden):
         raise ValueError(f"net.hidden={list(hidden)} must be a non-empty list of positive widths")
     layers: list[nn.Module] = []
     for width in hidden:
