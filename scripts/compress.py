@@ -131,5 +131,5 @@ if __name__ == "__main__":
     try:
         main()
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"compress.py: error: {exc}", file=sys.stderr)
         sys.exit(2)
