@@ -11,6 +11,7 @@ train.py's answer one line with the key, the value and what is allowed, before a
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import math
 from collections.abc import Callable
@@ -147,19 +148,55 @@ def check_keys(path: str, keys: list[str], target: Any) -> None:
         raise ValueError(f"{path}{key}: {name} takes no argument {key!r}; {hint}")
 
 
+# modules a `_target_` may name that come with an optional extra (pyproject.toml)
+OPTIONAL_MODULES = {"pytorch_optimizer": "optim"}
+
+
+def _locate(path: str) -> Any:
+    """The object at a dotted import path (hydra.utils.get_object, without its error log when a module is
+    missing)."""
+    parts = path.split(".")
+    error: ImportError = ImportError(f"cannot import {path!r}")
+    for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module + ".").startswith(exc.name + "."):  # this prefix (or its parent) is no module
+                error = exc
+                continue
+            raise
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise error
+
+
+def _missing_module(exc: BaseException | None) -> str | None:
+    """The top-level module whose import failed somewhere in exc's chain, if any."""
+    while exc is not None:
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return exc.name.split(".")[0]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def check_arguments(cfg: DictConfig, data_module: Any) -> None:
     """Every key of a node with a `_target_` (model, net, optimizer, replay, callbacks, loggers, trainer, ...) and of
     `data` (given to `data_module`) is an argument its class takes."""
-    from hydra.utils import get_object
-
     def walk(node: Any, path: str) -> None:
         if not OmegaConf.is_dict(node):
             return
         keys = [str(k) for k in node.keys()]
         if "_target_" in keys:
             try:
-                target = get_object(str(node._target_))
-            except Exception:  # an unknown _target_ keeps Hydra's own error, raised where it is instantiated
+                target = _locate(str(node._target_))
+            except Exception as exc:  # an unknown _target_ keeps Hydra's own error, raised where it is instantiated
+                missing = _missing_module(exc)
+                if missing in OPTIONAL_MODULES:
+                    raise ValueError(
+                        f"{path}_target_={str(node._target_)!r} needs {missing}, which is not installed: pip install "
+                        f"-c constraints.txt -e '.[{OPTIONAL_MODULES[missing]}]'") from None
                 target = None
             if target is not None:
                 check_keys(path, keys, target)

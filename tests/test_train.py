@@ -93,6 +93,17 @@ def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, mon
         build(cfg)
 
 
+def test_an_optimizer_from_a_missing_extra_names_the_extra(tmp_path, monkeypatch):
+    """optimizer=adabelief without pytorch-optimizer: the extra to install, not Hydra's 'Error locating target'."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # as if not installed
+    with pytest.raises(ValueError, match=re.escape("optimizer._target_='pytorch_optimizer.AdaBelief' needs "
+                                                   "pytorch_optimizer, which is not installed: pip install -c "
+                                                   "constraints.txt -e '.[optim]'")):
+        build(compose_cfg([*SMOKE, "optimizer=adabelief"], tmp_path))
+
+
 def test_numeric_keys_take_hydra_numbers():
     """1e6 (a float to Hydra) is an integer budget; null only where the key allows it."""
     from mtdqn.config_checks import check_number
