@@ -414,14 +414,14 @@ def train(cfg: DictConfig) -> dict:
     try:
         rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0
         auto = resume.resolve(cfg)  # ckpt_path=auto: this folder's own checkpoint, if any
+        if auto is not None and rank_zero:  # another network than the folder's run is refused, done or not
+            check_resume(cfg, out_dir / "config.yaml")  # the previous attempt's config, before it is overwritten
         if auto is not None and auto.done is not None:
             if rank_zero:
                 print(f"mtdqn: {out_dir} holds a completed run ({auto.env_steps:,} env steps, summary.json): nothing "
                       "to train (ckpt_path=auto; a larger data.total_env_steps or another stop rule trains on)",
                       flush=True)
             return auto.done
-        if auto is not None and rank_zero:
-            check_resume(cfg, out_dir / "config.yaml")  # the previous attempt's config, before it is overwritten
         model, data, trainer = build(cfg)  # validates first
         if auto is not None and rank_zero:
             jsonl = (cfg.get("logger") or {}).get("jsonl")

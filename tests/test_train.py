@@ -579,6 +579,8 @@ def test_ckpt_path_auto_resumes_from_the_run_folders_own_checkpoint(tmp_path, ca
     folder = {f: (tmp_path / f).read_bytes() for f in ("summary.json", "config.yaml", "metrics.jsonl")}
     (tmp_path / ".hydra").mkdir()  # as Hydra rewrites it on a relaunch: this attempt's command line, not the run's
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- +debug=smoke\n- net.hidden=[32]\n")
+    with pytest.raises(ValueError, match=r"net.hidden: \[256, 256\] there, \[32\] here"):  # also at its budget
+        train(compose_cfg([*run, "net.hidden=[32]"], tmp_path))
     with pytest.raises(ValueError, match=r"net.hidden: \[256, 256\] there, \[32\] here\. Resume with that run's "
                                          r"settings \(the values there above\)"):
         train(compose_cfg([*run, "data.total_env_steps=1200", "net.hidden=[32]"], tmp_path))
