@@ -423,11 +423,16 @@ def train(cfg: DictConfig) -> dict:
                       flush=True)
             return auto.done
         model, data, trainer = build(cfg)  # validates first
-        if auto is not None and rank_zero:
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and rank_zero and Path(ckpt).resolve().is_relative_to(out_dir.resolve()):
+            # resumed in its own folder (ckpt_path=auto, or given): the metrics logged after the checkpoint go, the
+            # resumed run logs those env steps again (metrics.jsonl is appended to)
+            env_steps = auto.env_steps if auto is not None else resume.checkpoint_env_steps(Path(ckpt))
             jsonl = (cfg.get("logger") or {}).get("jsonl")
             metrics = Path(jsonl.save_dir) / jsonl.get("filename", "metrics.jsonl") if jsonl else None
-            dropped = resume.drop_rows_after(metrics, auto.env_steps) if metrics else 0
-            print(f"mtdqn: resuming from {auto.checkpoint} ({auto.env_steps:,} env steps; ckpt_path=auto)"
+            dropped = resume.drop_rows_after(metrics, env_steps) if metrics else 0
+            print(f"mtdqn: resuming from {ckpt} ({env_steps:,} env steps"
+                  + ("; ckpt_path=auto)" if auto is not None else ")")
                   + (f"; {dropped} rows of metrics.jsonl logged after it dropped" if dropped else ""), flush=True)
         if rank_zero:
             save_config(out_dir, cfg)

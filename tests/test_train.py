@@ -604,6 +604,24 @@ def test_ckpt_path_auto_resumes_from_the_run_folders_own_checkpoint(tmp_path, ca
         build(compose_cfg(run, tmp_path / "built"))
 
 
+def test_a_resume_given_its_own_folders_checkpoint_drops_the_rows_logged_after_it(tmp_path, capsys):
+    """ckpt_path=<run>/checkpoints/last.ckpt with hydra.run.dir=<run>, as ckpt_path=auto: metrics.jsonl is appended
+    to, so the rows logged after the checkpoint (here one made up at env step 10**9) go, and no env step is logged
+    twice."""
+    run = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "print_config=false"]
+    train(compose_cfg(run, tmp_path))
+    metrics = tmp_path / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write(json.dumps({"env_steps": 10**9, "train/td_loss": 1.0}) + "\n")
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert train(compose_cfg([*run, f"ckpt_path={ckpt}", "data.total_env_steps=1200"], tmp_path))["status"] == \
+        "completed"
+    assert "1 rows of metrics.jsonl logged after it dropped" in capsys.readouterr().out
+    steps = [json.loads(x)["env_steps"] for x in metrics.read_text().splitlines()
+             if "train/td_loss" in json.loads(x)]
+    assert steps == sorted(set(steps)) and steps[-1] == 1200
+
+
 def test_drop_rows_after_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
     from mtdqn.resume import drop_rows_after
 
