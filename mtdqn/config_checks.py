@@ -200,11 +200,11 @@ def check_arguments(cfg: DictConfig, data_module: Any) -> None:
                 target = None
             if target is not None:
                 check_keys(path, keys, target)
-        for key in keys:
-            walk(node._get_node(key), f"{path}{key}.")
+        for key, value in node.items_ex(resolve=False):  # an interpolation (model.net: ${net}) is walked where it points
+            walk(value, f"{path}{key}.")
 
-    for key in cfg.keys():
+    for key, value in cfg.items_ex(resolve=False):
         if key != "hydra":
-            walk(cfg._get_node(key), f"{key}.")
+            walk(value, f"{key}.")
     if OmegaConf.is_dict(cfg.get("data")):
         check_keys("data.", [str(k) for k in cfg.data.keys()], data_module)
