@@ -76,16 +76,27 @@ def resolve(cfg: DictConfig) -> AutoResume | None:
     return AutoResume(path, env_steps, done)
 
 
+def _logged_by(line: str, env_steps: int) -> bool:
+    """A row logged at or before `env_steps`; a line cut short by a kill mid-write is not a row."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and row.get("env_steps", 0) <= env_steps
+
+
 def drop_rows_after(path: Path, env_steps: int) -> int:
-    """Drop the rows of a metrics.jsonl logged after `env_steps` (atomically: written beside, then renamed); returns
-    how many were dropped. Rows at `env_steps` stay: they were logged before the checkpoint was saved."""
+    """Drop the rows of a metrics.jsonl logged after `env_steps`, and a last line a kill cut short (the resumed run
+    appends to the file), atomically: written beside, then renamed; returns how many lines were dropped. Rows at
+    `env_steps` stay: they were logged before the checkpoint was saved."""
     if not path.is_file():
         return 0
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if not line.strip() or json.loads(line).get("env_steps", 0) <= env_steps]
-    if len(kept) == len(lines):
+    text = path.read_text()
+    rows = [line for line in text.splitlines() if line.strip()]
+    kept = [line for line in rows if _logged_by(line, env_steps)]
+    if len(kept) == len(rows) and (not text or text.endswith("\n")):
         return 0
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept))
     os.replace(tmp, path)
-    return len(lines) - len(kept)
+    return len(rows) - len(kept)

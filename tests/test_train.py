@@ -631,6 +631,12 @@ def test_drop_rows_after_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
     assert [json.loads(x)["x"] for x in path.read_text().splitlines()] == [0, 1, 2]
     assert drop_rows_after(path, 500) == 0 and not (tmp_path / "metrics.jsonl.tmp").exists()
     assert drop_rows_after(tmp_path / "absent.jsonl", 0) == 0
+    # a kill mid-write leaves a last line cut short: dropped, or the resumed run's first row would be glued to it
+    path.write_text(json.dumps({"env_steps": 100}) + "\n" + '{"env_steps": 200, "train/td_l')
+    assert drop_rows_after(path, 500) == 1
+    assert path.read_text() == json.dumps({"env_steps": 100}) + "\n"
+    path.write_text(json.dumps({"env_steps": 100}))  # whole, only its newline missing: kept, the newline added
+    assert drop_rows_after(path, 500) == 0 and path.read_text() == json.dumps({"env_steps": 100}) + "\n"
 
 
 def test_a_sigterm_before_the_fit_ends_the_run_as_interrupted(tmp_path, monkeypatch):
