@@ -31,6 +31,7 @@ from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
 from mtdqn.envs.wrappers import check_perturb
 from mtdqn.models import MultiTaskDQNModule
 from mtdqn.models.adversarial import AdversarialObs
+from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.replay import PrioritizedReplayBuffer
 from mtdqn.replay.buffer import check_obs_storage
 from mtdqn.transfer import TransferConfig, apply_transfer
@@ -155,6 +156,24 @@ def check_resume(cfg: DictConfig, saved_path: Path | None = None) -> None:
             f"data.total_env_steps, to train on)")
 
 
+def check_model_and_net(cfg: DictConfig, multi: bool) -> None:
+    """A multi-task model (model=mtdqn, model=student) needs a multi-task network and a single-task one (model=dqn)
+    a single-task network; the wrong pair ended in a TypeError traceback when the network was built."""
+    model, net = cfg.model._target_, OmegaConf.select(cfg, "model.net._target_", default=None)
+    if net is None:
+        return
+    try:
+        net_multi = issubclass(get_class(str(net)), MultiTaskQNetwork)
+    except Exception:  # not importable: Hydra's own error where it is instantiated
+        return
+    if multi and not net_multi:
+        raise ValueError(f"net._target_={net!r} is a single-task network, and model._target_={model!r} trains one "
+                         "network on every task: use net=multihead or net=conditioned")
+    if net_multi and not multi:
+        raise ValueError(f"net._target_={net!r} is a multi-task network, and model._target_={model!r} trains one "
+                         "task: use net=mlp or net=dueling (or model=mtdqn for several tasks)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that need no environment: fail early with the key, the value and what is allowed."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
@@ -164,6 +183,7 @@ def validate(cfg: DictConfig) -> None:
     check_replay_size(cfg)
     multi = issubclass(get_class(cfg.model._target_), MultiTaskDQNModule)
     check_arguments(cfg, MultiTaskDataModule if multi else RLDataModule)
+    check_model_and_net(cfg, multi)
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
     if cfg.get("ckpt_path") == resume.AUTO:
         raise ValueError("ckpt_path=auto is resolved by train.py (python train.py ... ckpt_path=auto: the run "

@@ -79,6 +79,12 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("+trainer.max_epoch=3", "Trainer takes no argument 'max_epoch'; did you mean max_epochs"),
         ("+callbacks.eval.episdes=3", "EvalCallback takes no argument 'episdes'; did you mean episodes?"),
         ("+replay.alpha=0.5", "ReplayBuffer takes no argument 'alpha'; it takes ['capacity', "),
+        # a model and a network for different task counts: a TypeError traceback when the network was built
+        ("net=conditioned", "is a multi-task network, and model._target_='mtdqn.models.DQNModule' trains one task: "
+                            "use net=mlp or net=dueling"),
+        ("+experiment=lane_keep_mtl net=mlp", "net._target_='mtdqn.nets.QNetwork' is a single-task network, and "
+                                              "model._target_='mtdqn.models.MultiTaskDQNModule' trains one network"),
+        ("model=student", "use net=multihead or net=conditioned"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
