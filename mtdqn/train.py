@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -384,6 +385,25 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise SIGTERMException  # as Lightning ends a fit on SIGTERM (a SystemExit): recorded as interrupted
 
 
+def stop_with_the_sweep(every: float = 1.0) -> threading.Event:
+    """In a joblib sweep's worker process (loky): SIGTERM this process once the sweep's process has gone (`kill` of
+    the sweep, an out-of-memory kill), so the job stops as interrupted instead of training on, orphaned, to its
+    budget. Elsewhere nothing: a run under `nohup` outlives its shell on purpose. Set the event to stop watching."""
+    done = threading.Event()
+    if not multiprocessing.current_process().name.startswith("LokyProcess"):
+        return done
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not done.wait(every):
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="mtdqn-sweep-watch", daemon=True).start()
+    return done
+
+
 class RunSummary(pl.Callback):
     """Writes summary.json (`write_summary`, global rank zero) at the end of a successful fit, in the process that
     ran it: under trainer=ddp_spawn that is a spawned worker, and the launching process's callbacks, counters and
@@ -431,6 +451,7 @@ def train(cfg: DictConfig) -> dict:
     ours = on_term == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
     if ours:  # not where a launcher (submitit) handles SIGTERM itself
         signal.signal(signal.SIGTERM, _sigterm)
+    orphaned = stop_with_the_sweep()
     try:
         rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0
         auto = resume.resolve(cfg)  # ckpt_path=auto: this folder's own checkpoint, if any
@@ -482,6 +503,7 @@ def train(cfg: DictConfig) -> dict:
             traceback.print_exc(file=sys.stderr)
         raise
     finally:
+        orphaned.set()
         if ours:
             signal.signal(signal.SIGTERM, on_term)
         if "wandb" in sys.modules:

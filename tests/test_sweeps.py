@@ -30,6 +30,42 @@ def test_joblib_multirun_gives_one_run_dir_and_wandb_run_per_job_and_survives_a_
     assert all((p / "metrics.jsonl").is_file() for p in (jobs[0], jobs[2]))
 
 
+@pytest.mark.slow
+def test_a_joblib_sweep_killed_stops_its_jobs_as_interrupted(tmp_path):
+    """`kill <sweep>`: the joblib workers, orphaned, trained on to their budgets (here 10M env steps); now each
+    notices within seconds, stops after its current round and records the job as interrupted."""
+    import contextlib
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke",
+         "logger=jsonl", "print_config=false", "callbacks.progress=null", "data.total_env_steps=10000000",
+         "model.loss=huber", "model.max_grad_norm=10", "callbacks.checkpoint.every_env_steps=500", "seed=0,1",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = [sweep / job / "checkpoints" / "last.ckpt" for job in "01"]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not all(c.exists() for c in checkpoints):
+            time.sleep(0.2)
+        assert all(c.exists() for c in checkpoints), "the jobs wrote no checkpoint"
+        proc.send_signal(signal.SIGTERM)  # the sweep's process only, as `kill <pid>` does
+        proc.wait(timeout=30)
+        summaries = [sweep / job / "summary.json" for job in "01"]
+        deadline = time.time() + 60
+        while time.time() < deadline and not all(p.exists() for p in summaries):
+            time.sleep(0.2)
+        done = [json.loads(p.read_text()) for p in summaries]
+        assert [d["status"] for d in done] == ["interrupted", "interrupted"], done
+        assert all(d["time/env_steps"] < 1_000_000 for d in done)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the idle workers left, if any
+
+
 def compose_with_hydra(overrides: list[str]):
     """The train config with its `hydra` node (launcher, sweeper), composed without running anything."""
     from hydra import compose, initialize_config_dir
