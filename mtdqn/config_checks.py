@@ -121,16 +121,28 @@ def check_replay_size(cfg: DictConfig) -> None:
                          "repeat transitions; raise replay.capacity or lower data.batch_size")
 
 
+# where a component passes its **kwargs on: its keys are checked against both signatures
+PASSED_ON = {"pytorch_lightning.loggers.wandb.WandbLogger": "wandb.init"}
+
+
 def _accepted(target: Any) -> set[str] | None:
-    """The keyword arguments `target` takes (a class: its constructor's), None where it takes any (**kwargs) or its
-    signature cannot be read."""
+    """The keyword arguments `target` takes (a class: its constructor's), None where it takes any (**kwargs, unless
+    PASSED_ON says where they go) or its signature cannot be read."""
     try:
         params = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):
         return None
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if any(p.kind == p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        onward = PASSED_ON.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
+        if onward is None:
+            return None
+        try:
+            further = _accepted(_locate(onward))
+        except ImportError:
+            return None
+        return None if further is None else names | further
+    return names
 
 
 def check_keys(path: str, keys: list[str], target: Any) -> None:

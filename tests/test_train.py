@@ -79,6 +79,7 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("+trainer.max_epoch=3", "Trainer takes no argument 'max_epoch'; did you mean max_epochs"),
         ("+callbacks.eval.episdes=3", "EvalCallback takes no argument 'episdes'; did you mean episodes?"),
         ("+replay.alpha=0.5", "ReplayBuffer takes no argument 'alpha'; it takes ['capacity', "),
+        ("logger=wandb +logger.wandb.entitty=me", "WandbLogger takes no argument 'entitty'; did you mean entity"),
         # a model and a network for different task counts: a TypeError traceback when the network was built
         ("net=conditioned", "is a multi-task network, and model._target_='mtdqn.models.DQNModule' trains one task: "
                             "use net=mlp or net=dueling"),
