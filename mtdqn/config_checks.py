@@ -135,11 +135,16 @@ def _accepted(target: Any) -> set[str] | None:
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if any(p.kind == p.VAR_KEYWORD for p in params):
         onward = PASSED_ON.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
-        if onward is None:
-            return None
-        try:
-            further = _accepted(_locate(onward))
-        except ImportError:
+        if onward is not None:
+            try:
+                further = _accepted(_locate(onward))
+            except ImportError:
+                return None
+        elif inspect.isclass(target) and target.__module__.startswith("mtdqn."):
+            # mtdqn's subclasses (MultiTaskDQNModule, PrioritizedReplayBuffer) pass **kwargs to their base class
+            base = next((b for b in target.__mro__[1:] if "__init__" in vars(b)), None)
+            further = _accepted(base) if base is not None and base.__module__.startswith("mtdqn.") else None
+        else:
             return None
         return None if further is None else names | further
     return names

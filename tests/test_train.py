@@ -80,6 +80,10 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("+callbacks.eval.episdes=3", "EvalCallback takes no argument 'episdes'; did you mean episodes?"),
         ("+replay.alpha=0.5", "ReplayBuffer takes no argument 'alpha'; it takes ['capacity', "),
         ("logger=wandb +logger.wandb.entitty=me", "WandbLogger takes no argument 'entitty'; did you mean entity"),
+        ("+experiment=lane_keep_mtl +model.dobule_q=true", "MultiTaskDQNModule takes no argument 'dobule_q'; did "
+                                                           "you mean double_q?"),  # its **kwargs go to DQNModule
+        ("replay=prioritized +replay.alpah=0.5", "PrioritizedReplayBuffer takes no argument 'alpah'; did you mean "
+                                                 "alpha?"),
         # a model and a network for different task counts: a TypeError traceback when the network was built
         ("net=conditioned", "is a multi-task network, and model._target_='mtdqn.models.DQNModule' trains one task: "
                             "use net=mlp or net=dueling"),
