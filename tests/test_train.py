@@ -633,6 +633,18 @@ def test_a_resume_given_its_own_folders_checkpoint_drops_the_rows_logged_after_i
     assert steps == sorted(set(steps)) and steps[-1] == 1200
 
 
+def test_summary_and_config_are_written_beside_then_renamed(tmp_path, monkeypatch):
+    """A write that dies before the rename (a kill, a full disk) leaves the previous summary.json whole."""
+    import mtdqn.train as train_module
+
+    path = tmp_path / "summary.json"
+    train_module.write_atomically(path, '{"status": "completed"}')
+    monkeypatch.setattr(train_module.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no space left")))
+    with pytest.raises(OSError):
+        train_module.write_summary(tmp_path, None, "failed", "boom")
+    assert json.loads(path.read_text()) == {"status": "completed"}
+
+
 def test_drop_rows_after_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
     from mtdqn.resume import drop_rows_after
 
