@@ -96,7 +96,13 @@ def drop_rows_after(path: Path, env_steps: int) -> int:
     kept = [line for line in rows if _logged_by(line, env_steps)]
     if len(kept) == len(rows) and (not text or text.endswith("\n")):
         return 0
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(f"{line}\n" for line in kept))
     return len(rows) - len(kept)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Written beside, then renamed: a kill mid-write leaves the previous file whole (the run folder's
+    summary.json, config.yaml and metrics.jsonl, which a later attempt reads)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

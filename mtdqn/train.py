@@ -360,15 +360,8 @@ def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error:
             summary.update(getattr(cb, "latest", {}) or {})
         summary["time/updates"] = trainer.global_step
     if trainer is None or trainer.is_global_zero:
-        write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2))
+        resume.write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Written beside, then renamed: a kill mid-write leaves the previous file whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_config(out_dir: Path, cfg: DictConfig) -> None:
@@ -378,7 +371,7 @@ def save_config(out_dir: Path, cfg: DictConfig) -> None:
         text = OmegaConf.to_yaml(cfg, resolve=True)
     except Exception:
         text = OmegaConf.to_yaml(cfg)
-    write_atomically(out_dir / "config.yaml", text)
+    resume.write_atomically(out_dir / "config.yaml", text)
 
 
 def _sigterm(signum: int, frame: Any) -> None:

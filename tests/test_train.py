@@ -638,8 +638,8 @@ def test_summary_and_config_are_written_beside_then_renamed(tmp_path, monkeypatc
     import mtdqn.train as train_module
 
     path = tmp_path / "summary.json"
-    train_module.write_atomically(path, '{"status": "completed"}')
-    monkeypatch.setattr(train_module.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no space left")))
+    train_module.resume.write_atomically(path, '{"status": "completed"}')
+    monkeypatch.setattr("mtdqn.resume.os.replace", lambda *a: (_ for _ in ()).throw(OSError("no space left")))
     with pytest.raises(OSError):
         train_module.write_summary(tmp_path, None, "failed", "boom")
     assert json.loads(path.read_text()) == {"status": "completed"}
