@@ -293,26 +293,29 @@ class RunDir(NamedTuple):
     bars: Bars  # when each of its tasks counts as solved
 
 
-def load_run_dir(path: Path, threshold: float = 0.9, solve_returns: dict[str, float] | None = None) -> RunDir:
+def load_run_dir(path: Path, threshold: float = 0.9, solve_returns: dict[str, float] | None = None,
+                 flag: str = "--runs") -> RunDir:
     """Read a run directory; one that has not completed, has no evaluations, or is a single-task agent of several
-    tasks is refused. Its tasks' bars: task_bars (--solve-return's entries for tasks the run does not have are
-    left to the caller to check)."""
+    tasks is refused (errors start with `flag` and the path). Its tasks' bars: task_bars (--solve-return's entries
+    for tasks the run does not have are left to the caller to check)."""
     from omegaconf import OmegaConf
+
+    where = f"{flag} {path}" if flag else str(path)
 
     cfg = OmegaConf.load(path / "config.yaml")
     summary = path / "summary.json"  # written when train.py ends: without it the "final" scores are mid-run
     status = json.loads(summary.read_text()).get("status") if summary.exists() else "still running or killed"
     if status != "completed":
-        raise SystemExit(f"--runs {path}: the run has not completed (summary.json status: {status}); its final "
+        raise SystemExit(f"{where}: the run has not completed (summary.json status: {status}); its final "
                          f"scores and budget would be wrong")
     tasks = [str(t) for t in cfg.task_set.tasks]
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
     history = [r for r in rows if all(f"eval/{t}/return" in r or f"eval/{t}/normalized" in r for t in tasks)]
     if not history:
-        raise SystemExit(f"--runs {path}: metrics.jsonl has no evaluations")
+        raise SystemExit(f"{where}: metrics.jsonl has no evaluations")
     agent = "mtl" if str(cfg.model._target_).endswith("MultiTaskDQNModule") else tasks[0]
     if agent != "mtl" and len(tasks) != 1:
-        raise SystemExit(f"--runs {path}: expected a multi-task run or a single-task run of one task, got "
+        raise SystemExit(f"{where}: expected a multi-task run or a single-task run of one task, got "
                          f"model {cfg.model._target_} with tasks {tasks}")
     env_kwargs = OmegaConf.select(cfg, "task_set.env_kwargs", default=None)
     env_kwargs = OmegaConf.to_container(env_kwargs) if env_kwargs is not None else None

@@ -14,10 +14,10 @@ option such as the stop point), where `--vs-single` compares each run's ratio to
 (summed env steps; from bench_mtl.py records, which hold both).
 
     python scripts/compare_mtl.py --setting preset docs/results/mtl/a.json docs/results/mtl/b.json \
-        --setting eps80k outputs/multirun/eps80k/<time>/*
+        --setting eps80k outputs/multirun/eps80k/<time>
 
 Each --setting takes a label and its runs: bench_mtl.py records (--out files) and/or multi-task train.py run
-directories (logger=jsonl; e.g. a multirun over seeds), timed here as bench_mtl.py times them: each task at its
+directories (logger=jsonl; e.g. a multirun over seeds: its folder stands for all its runs), timed here as bench_mtl.py times them: each task at its
 bar (normalized >= --threshold for the driving tasks; a gymnasium id's reward_threshold or --solve-return's mean eval
 return). Runs timed at different bars are refused.
 
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from mtdqn.evaluation import stats  # noqa: E402
 
 CRITERIA = ("all", "each", "own")
+SWEEP_FILES = ("multirun.yaml",)  # Hydra's record of a multirun, beside its job folders: not a run
 
 
 def run_cost(mtl: dict, criterion: str) -> float:
@@ -80,10 +81,22 @@ def _run_dir(path: Path, threshold: float, solve_return: Sequence[str] = ()) -> 
         returns = dict(bench_mtl.parse_solve_return(x) for x in solve_return)
     except bench_mtl.argparse.ArgumentTypeError as exc:
         raise SystemExit(f"--solve-return {exc}") from None
-    rd = bench_mtl.load_run_dir(path, threshold, returns)
+    rd = bench_mtl.load_run_dir(path, threshold, returns, flag="")
     if rd.agent != "mtl":
         raise SystemExit(f"{path}: a single-task run ({rd.agent}); compare_mtl compares multi-task runs")
     return {"seed": rd.seed, "source": str(path), "mtl": bench_mtl.mtl_entry(rd.history, rd.wall, rd.bars, rd.shares)}
+
+
+def _run_dirs(path: Path) -> list[Path]:
+    """A run directory, or the runs below a sweep directory (a multirun's time folder or its parents)."""
+    if (path / "config.yaml").is_file():
+        return [path]
+    from mtdqn.evaluation.compare import find_run_dirs
+
+    found = [d for d in find_run_dirs([path]) if (d / "config.yaml").is_file()]
+    if not found:
+        raise SystemExit(f"{path}: neither a run directory (no config.yaml) nor a sweep with runs below it")
+    return found
 
 
 def _bars(mtl: dict, threshold: float) -> str:
@@ -113,7 +126,9 @@ def load_setting(paths: list[Path], criterion: str, threshold: float = 0.9, vs_s
             if vs_single:
                 raise SystemExit(f"{path}: --vs-single needs bench_mtl.py records (a run directory has no single-task "
                                  "agents)")
-            found = [_run_dir(path, threshold, solve_return)]
+            found = [_run_dir(d, threshold, solve_return) for d in _run_dirs(path)]
+        elif path.name in SWEEP_FILES:  # `<sweep>/*` also lists Hydra's own files
+            continue
         elif path.is_file():
             found = _record_runs(path, threshold)
         else:

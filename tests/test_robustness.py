@@ -247,3 +247,37 @@ def test_an_image_run_with_a_slashed_gym_id_is_reported_and_reloaded(tmp_path):
         assert im.size == (160, 160)  # MinAtar's 10 x 10 board enlarged 16x
     curves = robustness_report([run_dir], {"fgsm": [0.0, 0.05]}, episodes=2)["runs"][0]["curves"]["fgsm"]
     assert list(curves) == ["MinAtar-Breakout-v1"] and len(curves["MinAtar-Breakout-v1"]["return"]) == 2
+
+
+def test_runs_that_share_a_folder_name_stay_separate_groups_and_videos(normalized_run, tmp_path):
+    """Two sweeps each have a job `0` (a/sweep/0, b/sweep/0): without --by each run is its own group, labelled by
+    as much of its path as tells them apart (they were pooled as one group `0` / `sweep/0` of 2 runs, and the
+    second run's GIFs overwrote the first's)."""
+    import shutil
+
+    from mtdqn.evaluation.outcomes import outcome_report
+
+    for top in ("a", "b"):
+        shutil.copytree(normalized_run[0], tmp_path / "runs" / top / "sweep" / "0")
+    roots = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
+    report = robustness_report(roots, {"obs_noise": [0.0, 0.2]}, episodes=2, n_boot=50)
+    assert {g: v["n_runs"] for g, v in report["groups"].items()} == {"a/sweep/0": 1, "b/sweep/0": 1}
+    outcomes = outcome_report(roots, episodes=2, n_boot=50, video_dir=tmp_path / "videos")
+    assert {g: v["lane_keep"]["n_runs"] for g, v in outcomes["groups"].items()} == {"a/sweep/0": 1, "b/sweep/0": 1}
+    assert sorted(outcomes["videos"]) == [str(tmp_path / "videos" / t / "sweep" / "0" / "lane_keep.gif") for t in "ab"]
+    assert all(Path(v).is_file() for v in outcomes["videos"])
+    single = outcome_report([roots[0]], episodes=2, n_boot=50)  # one run: parent/name, as before
+    assert list(single["groups"]) == ["sweep/0"]
+
+
+def test_runs_scored_on_other_levels_or_scales_are_not_pooled(normalized_run, tmp_path):
+    """A CartPole run (returns; gym observation-noise levels) beside a lane_keep run (normalized scores; driving
+    levels): its curve was printed under the first run's levels and its area differenced against a normalized one."""
+    cart = tmp_path / "cart"
+    tiny = [t for t in TINY if not t.startswith(("+experiment", "model.target"))]
+    assert train(compose_cfg(["task_set=cartpole", *tiny], cart))["status"] == "completed"
+    with pytest.raises(ValueError, match=r"default obs_noise levels \[0\.0, 0\.01.*differ from the first run's "
+                                         r"\[0\.0, 0\.05.*pass --axis obs_noise --levels"):
+        robustness_report([normalized_run[0], cart], ["obs_noise"], episodes=2)
+    with pytest.raises(ValueError, match=r"cart: it is scored in returns, the first run .* in normalized scores"):
+        robustness_report([normalized_run[0], cart], {"obs_noise": [0.0, 0.01]}, episodes=2)

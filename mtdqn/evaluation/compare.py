@@ -127,6 +127,18 @@ def find_run_dirs(paths: Iterable[str | Path], exclude: Iterable[str | Path] = (
     return sorted(found, key=_natural_key)
 
 
+def run_labels(dirs: Sequence[Path], min_parts: int = 1) -> dict[Path, str]:
+    """A label per run directory: its last `min_parts` or more path components, as many as make every label
+    unique (two sweeps' job `0` become `sweep_a/0` and `sweep_b/0`, not one pooled `0`)."""
+    parts = [Path(d).resolve().parts for d in dirs]
+    longest = max((len(p) for p in parts), default=1)
+    for k in range(min(max(1, min_parts), longest), longest + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            break
+    return dict(zip(dirs, labels, strict=True)) if parts else {}
+
+
 def _natural_key(p: Path) -> list[Any]:
     """Sort sweep job folders 0, 1, ..., 10 numerically."""
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(p)) if t]
@@ -289,6 +301,16 @@ def group_runs(runs: Iterable[Run], keys: Sequence[str]) -> dict[str, list[Run]]
     if len(set(labels)) < len(labels):  # two nodes with one class (e.g. Adam at two learning rates): full labels
         labels = [group_label(keys, values) for values, _ in ordered]
     return {label: members for label, (_, members) in zip(labels, ordered, strict=True)}
+
+
+def config_group_labels(configs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    """Each config's group label at the dotted `keys`, as `group_runs` names groups: a node with a `_target_` by its
+    class (`optimizer=Adam`), unless two groups would then share a label (full values then)."""
+    values = [[get_config_value(c, k) for k in keys] for c in configs]
+    full = [group_label(keys, v) for v in values]
+    short = [group_label(keys, v, short=True) for v in values]
+    same_split = len(set(zip(full, short, strict=True))) == len(set(short))
+    return short if same_split else full
 
 
 def task_metrics(runs: Iterable[Run], tasks: Sequence[str] | None = None) -> dict[str, str]:

@@ -20,9 +20,9 @@ from mtdqn.envs import check_render, env_factory, task_spec
 from mtdqn.evaluation import stats
 from mtdqn.evaluation.compare import (
     check_group_keys,
+    config_group_labels,
     find_run_dirs,
-    get_config_value,
-    group_label,
+    run_labels,
     saved_config,
 )
 from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
@@ -96,9 +96,10 @@ def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: S
                    episodes: int = 128, seed: int = 30_000, ckpt: str | Path = CKPT, n_boot: int = 2000,
                    ci: float = 0.95, video_dir: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Evaluate every run directory at or below `paths` that has config.yaml and `ckpt`; group by the dotted
-    config keys `by` (default: one group per run, labelled parent/name) and summarize each metric per group and
+    config keys `by` (default: one group per run, labelled parent/name, with more of the path where two runs would
+    share that) and summarize each metric per group and
     task as the mean over runs with a percentile-bootstrap CI. With `video_dir`, also record each run's episode 0
-    of every task as `<video_dir>/<run parent>/<run>/<task>.gif` (every task checked to draw frames before any
+    of every task as `<video_dir>/<run parent>/<run>/<task>.gif` (the run's label as path) (every task checked to draw frames before any
     episode is played)."""
     if episodes < 1:
         raise ValueError(f"--episodes={episodes} must be >= 1")
@@ -113,11 +114,13 @@ def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: S
             for name, _ in policy_tasks(run, tasks):
                 check_render(run.kind, name, run.env_kwargs)
     rows, videos = [], []
-    for d, run in zip(usable, runs, strict=True):
-        label = group_label(by, [get_config_value(run.config, k) for k in by]) if by else f"{d.parent.name}/{d.name}"
+    names = run_labels(usable, min_parts=2)  # parent/name, longer where two runs would share it
+    by_labels = config_group_labels([run.config for run in runs], by) if by else []
+    for i, (d, run) in enumerate(zip(usable, runs, strict=True)):
+        label = by_labels[i] if by else names[d]
         rows += [{"group": label, **r} for r in evaluate_outcomes(run, tasks, episodes, seed)]
         if video_dir is not None:
-            videos += [str(v) for v in record_videos(run, Path(video_dir) / d.parent.name / d.name, tasks, seed)]
+            videos += [str(v) for v in record_videos(run, Path(video_dir) / names[d], tasks, seed)]
     groups: dict[str, dict[str, Any]] = {}
     for (label, task) in dict.fromkeys((r["group"], r["task"]) for r in rows):
         members = [r for r in rows if r["group"] == label and r["task"] == task]

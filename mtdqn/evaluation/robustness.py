@@ -38,9 +38,9 @@ from mtdqn.envs import env_factory, task_specs
 from mtdqn.evaluation import stats
 from mtdqn.evaluation.compare import (
     check_group_keys,
+    config_group_labels,
     find_run_dirs,
-    get_config_value,
-    group_label,
+    run_labels,
     saved_config,
 )
 from mtdqn.evaluation.episodes import run_episodes
@@ -313,6 +313,8 @@ def robustness_report(paths: Sequence[str | Path], axes: Mapping[str, Sequence[f
         raise ValueError(f"no run directory with config.yaml and {ckpt} below {[str(p) for p in paths]}")
     check_group_keys([saved_config(d) for d in usable], by)  # a typo in --by, before any episode
     reports, settings_axes = [], None
+    configs = [saved_config(d) for d in usable]
+    labels = dict(zip(usable, config_group_labels(configs, by), strict=True)) if by else run_labels(usable)
     for d in usable:
         run = load_trained(d, ckpt)
         if axes is None or not isinstance(axes, Mapping):
@@ -320,12 +322,20 @@ def robustness_report(paths: Sequence[str | Path], axes: Mapping[str, Sequence[f
             chosen = {a: default_levels(a, run.kind) for a in names}
         else:
             chosen = dict(axes)
-        settings_axes = settings_axes or chosen
+        scale = "normalized scores" if all(s.reference_return is not None for s in run.specs) else "returns"
+        if settings_axes is None:
+            settings_axes, first_scale = chosen, scale
         if list(chosen) != list(settings_axes):
             raise ValueError(f"{d}: its default axes {list(chosen)} differ from the first run's "
                              f"{list(settings_axes)}; pass the axes explicitly")  # fmt: skip
-        label = group_label(by, [get_config_value(run.config, k) for k in by]) if by else str(d.name)
-        reports.append(evaluate_run(run, chosen, episodes, seed, label))
+        for a in chosen:
+            if list(chosen[a]) != list(settings_axes[a]):
+                raise ValueError(f"{d}: its default {a} levels {list(chosen[a])} differ from the first run's "
+                                 f"{list(settings_axes[a])} (another task kind); pass --axis {a} --levels ...")
+        if scale != first_scale:  # a return and a normalized score on one curve, area and difference
+            raise ValueError(f"{d}: it is scored in {scale}, the first run ({usable[0]}) in {first_scale}; "
+                             f"report them separately")  # fmt: skip
+        reports.append(evaluate_run(run, chosen, episodes, seed, labels[d]))
     names = list(settings_axes)
     return {
         "inputs": [str(p) for p in paths], "group_by": list(by), "episodes": episodes, "seed": seed,

@@ -199,3 +199,25 @@ def test_runs_stopped_once_solved_bound_the_others_by_their_configured_budget(tm
     assert out["beyond_horizon"] == {"a": 0, "b": 0 if configured is None else 1}
     assert out["settings"]["a"]["costs"] == [40e3, 150e3, math.inf]
     assert out["settings"]["b"]["costs"] == [60e3, 70e3, 180e3 if configured is None else math.inf]
+
+
+def test_a_sweep_folder_or_its_glob_stands_for_its_runs(tmp_path: Path) -> None:
+    """The README's `outputs/multirun/<option>/<time>/*` also lists Hydra's multirun.yaml ("not JSON" refused the
+    comparison), and the folder itself crashed on its missing config.yaml; both now give the sweep's runs."""
+    a = record(tmp_path / "a.json", [300e3, 270e3, 330e3])
+    sweep = tmp_path / "multirun" / "opt" / "12-00-00"
+    for s, first in enumerate((2, 3, 3)):
+        mtl_run_dir(sweep / str(s), s, first)
+    (sweep / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    for paths in ([str(sweep)], sorted(map(str, sweep.glob("*"))), [str(tmp_path / "multirun")]):
+        res = run_script("compare_mtl", "--setting", "preset", str(a), "--setting", "option", *paths)
+        assert res.returncode == 0, (paths, res.stderr)
+        assert "60k / 90k / 90k" in res.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_script("compare_mtl", "--setting", "preset", str(a), "--setting", "option", str(empty))
+    assert res.returncode != 0 and "neither a run directory (no config.yaml) nor a sweep" in res.stderr
+    (sweep / "1" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    res = run_script("compare_mtl", "--setting", "preset", str(a), "--setting", "option", str(sweep))
+    assert res.returncode != 0 and f"{sweep / '1'}: the run has not completed" in res.stderr
+    assert "--runs" not in res.stderr  # compare_mtl has no --runs flag
