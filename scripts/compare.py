@@ -55,7 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=0.9,
-        help="score for the env-steps-to-threshold column (default: 0.9)",
+        help="normalized score for the env-steps-to-threshold column (default: 0.9)",
+    )
+    p.add_argument(
+        "--return-threshold",
+        type=float,
+        default=None,
+        help="mean eval return for the env-steps-to-threshold column of tasks scored by return (default: no "
+        "column for them; e.g. 475 for CartPole-v1)",
     )
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--ci", type=float, default=0.95, help="confidence-interval coverage (default: 0.95)")
@@ -94,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metric=args.metric or None,
             tasks=args.tasks,
             threshold=args.threshold,
+            return_threshold=args.return_threshold,
             n_boot=args.n_boot,
             ci=args.ci,
             seed=args.seed,
@@ -115,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     for path in written:
         print(f"  wrote {path}")
-    return 0 if s["groups"] else 1
+    return 0 if any(t["rows"] for t in s["tables"]) else 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ SUMMARY_FILE = "summary.json"
 STEP_KEY = "env_steps"
 TRAIN_SECONDS = "time/train_seconds"  # logged with every evaluation (EvalCallback): seconds of training so far
 MISSING = "<missing>"
+DEFAULT_METRIC = "eval/mean_normalized"  # the headline; gym runs without reference scores do not log it
 _TASK_RE = re.compile(r"^eval/(?P<task>.+)/(?P<kind>normalized|return)$")
 _TASK_METRIC_RE = re.compile(r"^eval/(?P<task>.+)/[^/]+$")  # any per-task evaluation metric
 
@@ -433,20 +434,26 @@ def score_tables(
     tasks: Mapping[str, str],
     headline: str | None,
     threshold: float,
+    return_threshold: float | None = None,
     **boot: Any,
 ) -> list[dict[str, Any]]:
-    """Tables of final scores: the headline metric, one per task, and all tasks together (if > 1)."""
+    """Tables of final scores: the headline metric, one per task, and all tasks together (if > 1). The env steps
+    to `threshold` are timed on normalized scores, to `return_threshold` (when given) on returns: one bar for
+    both would time a CartPole return against 0.9."""
+    def bar(metric: str) -> float | None:
+        return threshold if metric.endswith("normalized") else return_threshold
+
     specs: list[tuple[str, str, list[str], float | None]] = []
     if headline and any(r.final(headline) is not None for runs in groups.values() for r in runs):
-        specs.append((headline, "headline", [headline], threshold))
-    specs += [(task, "task", [metric], threshold) for task, metric in tasks.items()]
+        specs.append((headline, "headline", [headline], bar(headline)))
+    specs += [(task, "task", [metric], bar(metric)) for task, metric in tasks.items()]
     if len(tasks) > 1:
         specs.append(("all tasks", "aggregate", list(tasks.values()), None))
     tables = []
     for name, kind, metrics, thr in specs:
         rows = {label: score_row(runs, metrics, thr, **boot) for label, runs in groups.items()}
         rows = {label: row for label, row in rows.items() if row is not None}
-        tables.append({"name": name, "kind": kind, "metrics": metrics, "rows": rows})
+        tables.append({"name": name, "kind": kind, "metrics": metrics, "rows": rows, "threshold": thr})
     return tables
 
 
@@ -490,6 +497,7 @@ def compare_runs(
     backend: str = "auto",
     task_steps: bool = False,
     window: int = 1,
+    return_threshold: float | None = None,
 ) -> Comparison:
     """Load the runs below `paths`, group them by config `by` keys and compute curves, tables and profiles.
     `task_steps`: each task's curves, AUC and env steps to threshold over the run's env steps on that task
@@ -497,6 +505,8 @@ def compare_runs(
     of its last `window` evaluations (Run.final_score)."""
     if window < 1:
         raise ValueError(f"--window={window}: the final score averages the last N >= 1 evaluations")
+    if n_points < 2:
+        raise ValueError(f"--points={n_points}: the curves' env-step grid needs at least 2 points")
     runs = load_runs(paths, exclude)
     for run in runs:
         run.task_steps, run.window = task_steps, window
@@ -504,8 +514,11 @@ def compare_runs(
     usable = [r for r in runs if r.status != "failed" and (r.status == "completed" or not skip_incomplete)]
     groups = group_runs(usable, by)
     task_map = task_metrics(usable, tasks)
+    if metric and metric != DEFAULT_METRIC and usable and not any(metric in r.metric_names() for r in usable):
+        logged = sorted({m for r in usable for m in r.metric_names() if m.startswith("eval/")})
+        raise ValueError(f"--metric {metric}: no run logged it; their evaluation metrics: {', '.join(logged)}")
     boot = {"n_boot": n_boot, "ci": ci, "seed": seed, "backend": backend}
-    tables = score_tables(groups, task_map, metric, threshold, **boot)
+    tables = score_tables(groups, task_map, metric, threshold, return_threshold, **boot)
     curves = {
         t["name"]: learning_curves(groups, t["metrics"][0], n_points, n_boot, ci, seed)
         for t in tables
@@ -517,6 +530,7 @@ def compare_runs(
         "group_by": list(by),
         "metric": metric,
         "threshold": threshold,
+        "return_threshold": return_threshold,
         "ci": ci,
         "n_boot": n_boot,
         "seed": seed,
@@ -532,7 +546,7 @@ def compare_runs(
         "skipped_incomplete": [
             str(r.path) for r in runs if r.status not in ("failed", "completed") and skip_incomplete
         ],
-        "warnings": _warnings(runs, tasks, task_map, len(usable)),
+        "warnings": _warnings(runs, tasks, task_map, len(usable)) + _coverage_warnings(groups, task_map, tables),
     }
     return Comparison(summary=summary, curves=curves, profiles=profiles)
 
@@ -580,6 +594,28 @@ def _warnings(
     return out
 
 
+def _coverage_warnings(groups: Mapping[str, Sequence[Run]], task_map: Mapping[str, str],
+                       tables: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the tables leave out or average unevenly: runs without evaluations, an all-tasks table no run fills,
+    groups whose runs end at different env steps (their curve's tail averages fewer runs)."""
+    out = []
+    for label, runs in groups.items():
+        for r in runs:
+            if not any(m.startswith("eval/") for m in r.metric_names()):
+                out.append(f"{r.path}: no evaluation logged; left out of every table")
+        ends = sorted({float(r.series(m)[0][-1]) for r in runs for m in task_map.values() if r.series(m)[0].size})
+        if len(ends) > 1 and ends[0] < 0.9 * ends[-1]:
+            out.append(f"group {label}: its runs' last evaluations lie between {ends[0]:,.0f} and {ends[-1]:,.0f} "
+                       f"env steps; its curves beyond {ends[0]:,.0f} average fewer runs")
+    for t in tables:
+        if t["kind"] == "aggregate" and not t["rows"]:
+            out.append(f"no run has all {len(t['metrics'])} tasks ({', '.join(task_map)}): the all-tasks table and "
+                       "performance profiles are empty; --tasks picks the ones to compare")
+    if groups and not any(t["rows"] for t in tables):
+        out.append("no table has a run: nothing to compare")
+    return out
+
+
 def to_jsonable(obj: Any) -> Any:
     """Plain-JSON copy of `obj`: numpy to lists/floats, NaN/inf to None, Paths to str."""
     if isinstance(obj, Mapping):
@@ -622,7 +658,7 @@ def _threshold_cell(row: Mapping[str, Any]) -> str:
     return f"not reached {reached}" if steps is None else f"{int(round(steps)):,} {reached}"
 
 
-def _table_markdown(table: Mapping[str, Any], threshold: float, ci: float) -> list[str]:
+def _table_markdown(table: Mapping[str, Any], ci: float) -> list[str]:
     pct = f"{round(100 * ci)}% CI"
     if table["kind"] == "aggregate":
         title = f"## All tasks ({len(table['metrics'])} tasks; statistics over runs x tasks)"
@@ -631,7 +667,8 @@ def _table_markdown(table: Mapping[str, Any], threshold: float, ci: float) -> li
     else:
         title = f"## `{table['name']}`"
     header = ["group", "runs", f"IQM [{pct}]", f"mean [{pct}]", f"median [{pct}]", "std [min, max] over runs", "AUC"]
-    with_threshold = table["kind"] != "aggregate"
+    threshold = table.get("threshold")
+    with_threshold = table["kind"] != "aggregate" and threshold is not None
     header += [f"env steps to {threshold:g}"] if with_threshold else []
     header += ["train min"]
     lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -662,8 +699,10 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         + f" Point estimates with {round(100 * s['ci'])}% "
         f"stratified-bootstrap CIs ({s['n_boot']} resamples, {s['stats_backend']}). AUC = mean over runs of "
         f"the area under the eval curve divided by its env-step span. std [min, max] over runs: spread across "
-        f"runs (seeds) of each run's final score (mean over tasks). Env steps to {s['threshold']:g}: median "
-        "over runs of the first eval at or above the threshold (runs that reached it / runs). Train min: median "
+        f"runs (seeds) of each run's final score (mean over tasks). Env steps to {s['threshold']:g} (normalized "
+        "scores" + ("" if s.get("return_threshold") is None else f"; returns: {s['return_threshold']:g}")
+        + "): median over runs of the first eval at or above the threshold (runs that never reached it count as "
+        "slower than any that did; runs that reached it / runs). Train min: median "
         "over runs of the minutes spent training (`time/train_seconds`, evaluation excluded; a shared machine's "
         "load moves it)."
         + (" Env steps of a task (curves, AUC, env steps to threshold): the run's env steps on that task "
@@ -672,7 +711,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "",
     ]
     for table in s["tables"]:
-        lines += _table_markdown(table, s["threshold"], s["ci"])
+        lines += _table_markdown(table, s["ci"])
     lines += _plots_markdown(s)
     if s["failed"]:
         lines += ["## Failed runs (skipped)", "", "| run | group | error |", "|---|---|---|"]
@@ -769,6 +808,9 @@ def write_report(comparison: Comparison, out_dir: str | Path, plots: bool = True
     """Write the PNGs (unless matplotlib is missing), summary.md and summary.json; return written paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "summary.json").is_file():  # an earlier report's plots would sit beside this one's tables
+        for old in [*out.glob("curves_*.png"), out / "performance_profiles.png"]:
+            old.unlink(missing_ok=True)
     summary = comparison.summary
     summary["plots"], summary["plots_skipped"] = [], None if plots else "disabled (--no-plots)"
     if plots:

@@ -430,3 +430,50 @@ def test_reports_that_play_episodes_refuse_a_missing_key_before_loading_any_run(
     make = outcome_report if report == "outcomes" else robustness_report
     with pytest.raises(ValueError, match=r"--by transfer.mod: no run's config.yaml has this key; .*: seed"):
         make([tmp_path], by=["transfer.mod"])
+
+
+def test_returns_are_timed_at_their_own_threshold_not_the_normalized_one(tmp_path: Path) -> None:
+    """A CartPole-like run scored by return reached "0.9" at its first eval above 0.9 (a return of 9.5);
+    returns are timed only at --return-threshold."""
+    write_run(tmp_path / "cp", base_config(tasks=["CartPole-v1"]), ramp_rows({"CartPole-v1": 4.0}, normalized=False),
+              {"status": "completed"})
+    write_run(tmp_path / "lk", base_config(tasks=["lane_keep"]), ramp_rows({"lane_keep": 1.0}), {"status": "completed"})
+    plain = cmp.compare_runs([tmp_path], by=["tasks"], **BOOT).summary
+    cart = _table(plain, "CartPole-v1")
+    assert cart["threshold"] is None and "steps_to_threshold" not in cart["rows"]["tasks=[\"CartPole-v1\"]"]
+    assert _table(plain, "lane_keep")["rows"]['tasks=["lane_keep"]']["steps_to_threshold"] == 4000.0
+    md = cmp.render_markdown(plain)
+    assert "## Task `CartPole-v1` (`eval/CartPole-v1/return`)" in md
+    timed = cmp.compare_runs([tmp_path], by=["tasks"], return_threshold=150.0, **BOOT).summary
+    assert _table(timed, "CartPole-v1")["rows"]['tasks=["CartPole-v1"]']["steps_to_threshold"] == 2000.0  # 200
+    assert "env steps to 150" in cmp.render_markdown(timed)
+
+
+def test_a_metric_no_run_logged_is_refused_and_empty_or_uneven_runs_are_named(tmp_path: Path, capsys) -> None:
+    write_run(tmp_path / "a", base_config(seed=0), ramp_rows({"lane_keep": 1.0}), {"status": "completed"})
+    write_run(tmp_path / "b", base_config(seed=1), ramp_rows({"lane_keep": 0.8}, steps=(0, 100, 200, 300, 400)),
+              {"status": "completed"})
+    empty = write_run(tmp_path / "c", base_config(seed=2), [])
+    with pytest.raises(ValueError, match=r"--metric eval/nope: no run logged it; their evaluation metrics: "
+                                         r"eval/lane_keep/normalized"):
+        cmp.compare_runs([tmp_path], metric="eval/nope", **BOOT)
+    with pytest.raises(ValueError, match=r"--points=0"):
+        cmp.compare_runs([tmp_path], n_points=0, **BOOT)
+    warnings = cmp.compare_runs([tmp_path], **BOOT).summary["warnings"]
+    assert f"{empty.resolve()}: no evaluation logged; left out of every table" in warnings
+    assert any("its runs' last evaluations lie between 400 and 4,000 env steps" in w for w in warnings)
+    assert _script().main([str(empty), "--out", str(tmp_path / "o"), "--no-plots"]) == 1  # no table: not a success
+    assert "no table has a run" in capsys.readouterr().err
+
+
+def test_a_report_rewritten_into_its_folder_drops_the_earlier_reports_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    write_run(tmp_path / "runs" / "a", base_config(tasks=["lane_keep"]), ramp_rows({"lane_keep": 1.0}),
+              {"status": "completed"})
+    write_run(tmp_path / "runs" / "b", base_config(tasks=["merge"]), ramp_rows({"merge": 1.0}), {"status": "completed"})
+    out = tmp_path / "out"
+    assert _script().main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert (out / "curves_merge.png").is_file()
+    assert _script().main([str(tmp_path / "runs" / "a"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["curves_eval_mean_normalized.png", "curves_lane_keep.png",
+                                                        "performance_profiles.png"]
