@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -47,6 +48,8 @@ def run(cfg: DictConfig) -> float | None:
                 sys.exit(f"mtdqn: error: {exc}\n(HYDRA_FULL_ERROR=1 shows where it was raised)")
             raise
         log.error("job %s failed, the sweep continues: %s: %s", HydraConfig.get().job.num, type(exc).__name__, exc)
+        if not isinstance(exc, ValueError):  # a bug, not bad input: where it happened (a single run's error
+            traceback.print_exc(file=sys.stderr)  # is printed once, by Hydra)
         return None
     values = [v for k, v in summary.items() if k.startswith("eval/") and k.endswith("/return")]
     return sum(values) / len(values) if values else None

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,6 +62,8 @@ def run_trial(cfg: DictConfig, train_fn: Callable[[DictConfig], dict] = train) -
         except Exception as exc:
             record.update(status="failed", error=f"seed {seed}: {type(exc).__name__}: {exc}")
             log.error("trial %s failed, the study continues: %s", out.name, record["error"])
+            if not isinstance(exc, ValueError):  # a bug, not bad input: where it happened
+                traceback.print_exc(file=sys.stderr)
             break
     values = list(record["values"].values())
     record["objective"] = sum(values) / len(values) if record["status"] == "completed" else None

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -107,8 +106,11 @@ def check_accelerator(accelerator: str) -> None:
                          "CPU processes)")
 
 
-# what a checkpoint's saved state (network, replay) must agree with; a resume may change anything else (budgets...)
-RESUME_KEYS = ("task_set.kind", "task_set.tasks", "net", "model._target_", "replay._target_")
+# what a checkpoint's saved state (network, replay) must agree with; a resume may change anything else (budgets...).
+# The replay's layout (rows = capacity / num_envs, one column per env, how observations are stored) too: its state
+# restored into another layout was refused only inside the fit, or, with a larger capacity, read unwritten rows
+RESUME_KEYS = ("task_set.kind", "task_set.tasks", "net", "model._target_", "replay._target_", "replay.capacity",
+               "replay.obs_storage", "replay.frame_stack", "data.num_envs")
 
 
 def _leaves(value: Any, prefix: str) -> dict[str, Any]:
@@ -152,7 +154,7 @@ def check_resume(cfg: DictConfig, saved_path: Path | None = None) -> None:
             " (the values there above)" if own else "")
         raise ValueError(
             f"ckpt_path={cfg.ckpt_path!r} was written by a run (experiment_name={saved.get('experiment_name')!r}, "
-            f"its config {saved_path}) whose network, task set or replay differ from this config's: "
+            f"its config {saved_path}) whose network, task set or replay layout differ from this config's: "
             f"{'; '.join(diffs)}. Resume with that run's settings{command}; other keys may differ (e.g. "
             f"data.total_env_steps, to train on)")
 
@@ -359,6 +361,12 @@ def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error:
         for cb in trainer.callbacks:
             summary.update(getattr(cb, "latest", {}) or {})
         summary["time/updates"] = trainer.global_step
+        dm = getattr(trainer, "datamodule", None)
+        steps = dm.current_env_steps() if hasattr(dm, "current_env_steps") else None
+        if steps is not None and summary.get("time/env_steps") != steps:  # stopped between evaluations: the
+            if "time/env_steps" in summary:  # counters say how far it trained, eval/* where it was last evaluated
+                summary["eval/env_steps"] = summary["time/env_steps"]
+            summary["time/env_steps"] = steps
     if trainer is None or trainer.is_global_zero:
         resume.write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
@@ -408,7 +416,16 @@ class RunSummary(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":  # Lightning calls teardown hooks only after a fit that ended without an exception
-            self.summary = write_summary(self.out_dir, trainer, "completed")
+            dm = trainer.datamodule
+            steps, total = dm.current_env_steps(), int(dm.total_env_steps)
+            solved = any(getattr(cb, "stopped_solved", False) for cb in trainer.callbacks)
+            if steps < total and not solved:  # a Trainer limit (+trainer.max_time, max_steps) ended it early: not a
+                # completed run (reports would count it as one), one ckpt_path=auto trains on
+                self.summary = write_summary(self.out_dir, trainer, "interrupted",
+                                             f"the Trainer stopped the fit at {steps:,} of data.total_env_steps="
+                                             f"{total:,} env steps (a Trainer limit such as max_time or max_steps)")
+            else:
+                self.summary = write_summary(self.out_dir, trainer, "completed")
 
 
 def interrupted(exc: BaseException | None) -> bool:
@@ -492,8 +509,6 @@ def train(cfg: DictConfig) -> dict:
         elif not stopped:
             print(f"mtdqn: {out_dir} is left as the earlier attempt left it (summary.json, config.yaml, metrics)",
                   file=sys.stderr, flush=True)
-        if not (stopped or isinstance(exc, ValueError)):
-            traceback.print_exc(file=sys.stderr)
         raise
     finally:
         orphaned.set()

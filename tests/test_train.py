@@ -597,6 +597,12 @@ def test_ckpt_path_auto_resumes_from_the_run_folders_own_checkpoint(tmp_path, ca
         train(compose_cfg([*run, "data.total_env_steps=1200", "net.hidden=[32]"], tmp_path))
     with pytest.raises(ValueError, match=r"gamma=2"):  # refused by validate(), inside build()
         train(compose_cfg([*run, "data.total_env_steps=1200", "gamma=2"], tmp_path))
+    # another replay layout: refused inside the fit's restore (after this folder's files were rewritten), or, with a
+    # larger capacity, restored into a ring whose unwritten rows were then sampled
+    for layout, match in (("data.num_envs=4", r"data.num_envs: 1 there, 4 here"),
+                          ("replay.capacity=200000", r"replay.capacity: 100000 there, 200000 here")):
+        with pytest.raises(ValueError, match=match):
+            train(compose_cfg([*run, "data.total_env_steps=1200", layout], tmp_path))
     # refused attempts leave the folder as the completed run left it (its summary was overwritten with failed)
     assert {f: (tmp_path / f).read_bytes() for f in folder} == folder
     assert "left as the earlier attempt left it" in capsys.readouterr().err
@@ -715,3 +721,45 @@ def test_a_stop_from_outside_counts_as_interrupted_also_when_another_error_carri
             raise ValueError("bad input") from None  # the context is suppressed: not what stopped the run
     except ValueError as exc:
         assert interrupted(exc) is False
+
+
+def test_a_fit_a_trainer_limit_ends_early_is_not_recorded_as_completed(tmp_path):
+    """+trainer.max_steps (or max_time) ends the fit before data.total_env_steps: the summary said `completed`
+    (reports counted it as a finished run, ckpt_path=auto trained it no further) and its env steps were those of the
+    last evaluation, not how far it trained."""
+    summary = train(compose_cfg([*SMOKE, "+trainer.max_steps=40", "callbacks.eval.every_env_steps=100000",
+                                 "callbacks.eval.at_start=true"], tmp_path))
+    assert summary["status"] == "interrupted" and "the Trainer stopped the fit at" in summary["error"]
+    assert 0 < summary["time/env_steps"] < 600 and summary["time/updates"] == 40
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_a_summary_written_between_evaluations_counts_the_env_steps_trained(tmp_path):
+    """A run stopped between evaluations (SIGTERM, Ctrl-C) recorded the last evaluation's env steps beside the
+    updates done since: time/env_steps now counts what was collected, eval/env_steps says where eval/* come from."""
+    from types import SimpleNamespace
+
+    from mtdqn.train import write_summary
+
+    trainer = SimpleNamespace(callbacks=[SimpleNamespace(latest={"time/env_steps": 1000, "eval/a/return": 3.0})],
+                              global_step=400, is_global_zero=True,
+                              datamodule=SimpleNamespace(current_env_steps=lambda: 1600))
+    summary = write_summary(tmp_path, trainer, "interrupted", "SIGTERMException")
+    assert summary["time/env_steps"] == 1600 and summary["eval/env_steps"] == 1000 and summary["eval/a/return"] == 3.0
+    trainer.datamodule = SimpleNamespace(current_env_steps=lambda: 1000)  # stopped at an evaluation: one number
+    assert "eval/env_steps" not in write_summary(tmp_path, trainer, "completed")
+
+
+def test_an_error_inside_train_is_not_printed_twice(tmp_path, monkeypatch, capsys):
+    """train() printed the traceback of any error but bad input, and Hydra then printed it again (a multirun job's
+    error is printed by train.py's run(), where the sweep goes on)."""
+    import mtdqn.train as train_module
+
+    def broken(cfg):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(train_module, "build", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(compose_cfg(SMOKE, tmp_path))
+    assert "Traceback" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "summary.json").read_text())["error"] == "RuntimeError: boom"

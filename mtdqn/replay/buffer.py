@@ -276,8 +276,12 @@ class ReplayBuffer:
             getattr(self, k)[:n] = state[k].to(self.device)
         self.pos, self.size = int(state["pos"]), int(state["size"])
         self.generator.set_state(state["rng"])
+        # collection restarts with reset envs: the last row ends its episodes (truncated, so its own next_obs still
+        # bootstraps) and no n-step return runs on into the new episodes' rows; their frame stacks start afresh
+        if self.size:
+            self.done[(self.pos - 1) % self.rows] = True
         if self.frames > 1:
-            self._last_next = None  # collection restarts with reset envs: their stacks start episodes
+            self._last_next = None
 
 
 def stored_observations(state: dict, max_count: int | None = None,

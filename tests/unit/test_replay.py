@@ -138,3 +138,19 @@ def test_invalid_sizes_raise():
         ReplayBuffer(capacity=0, num_envs=1, obs_dim=2, gamma=0.9)
     with pytest.raises(ValueError, match="gamma"):
         ReplayBuffer(capacity=8, num_envs=1, obs_dim=2, gamma=1.5)
+
+
+@pytest.mark.parametrize("kind", [ReplayBuffer, PrioritizedReplayBuffer])
+def test_a_restored_replay_ends_its_last_rows_episodes(kind):
+    """After a resume the envs start new episodes: an n-step return from the rows before the checkpoint summed the
+    new episode's rewards and bootstrapped from its observation (5 + 0.5 x 100 + 0.25 x 101 for row 4)."""
+    buf = kind(capacity=100, num_envs=1, obs_dim=2, gamma=0.5, n_step=3)
+    for t in range(1, 6):
+        buf.add(row(t))
+    restored = kind(capacity=100, num_envs=1, obs_dim=2, gamma=0.5, n_step=3)
+    restored.load_state_dict(buf.state_dict())
+    for t in (100, 101, 102):
+        restored.add(row(t))
+    b = restored.gather(torch.tensor([3]), torch.tensor([0]), torch.ones(1))  # the row of step 4
+    assert b.rewards.item() == 4 + 0.5 * 5  # steps 4 and 5, then the episode ended (truncated)
+    assert b.next_obs[0, 0].item() == 5.5 and b.discounts.item() == 0.25  # bootstraps from step 5's own next obs
