@@ -11,11 +11,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mtdqn.evaluation.transfer import plot_report, render_markdown, report_json, transfer_report
+
+
+def _coverage(text: str) -> float:
+    """--ci: a coverage strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a coverage strictly between 0 and 1 (e.g. 0.95)")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    """--n-boot, --window: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def _finite(text: str) -> float:
+    """--threshold: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,11 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default="transfer.mode", help="config key that names the group (default: transfer.mode)")
     p.add_argument("--baseline", default="none", help="the scratch group's value of --by (default: none)")
     p.add_argument("--metric", default="eval/mean_normalized", help="target metric (default: eval/mean_normalized)")
-    p.add_argument("--threshold", type=float, default=0.9, help="score for time to threshold (default: 0.9)")
-    p.add_argument("--window", type=int, default=1,
-                   help="evaluations averaged for the final score and held for time to threshold (default: 1)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    p.add_argument("--ci", type=float, default=0.95, help="confidence-interval coverage (default: 0.95)")
+    p.add_argument("--threshold", type=_finite, default=0.9, help="score for time to threshold (default: 0.9)")
+    p.add_argument("--window", type=_at_least_one, default=1,
+                   help="evaluations averaged for the final score and held for time to threshold (default: 1; at "
+                   "most the number of evaluations on the common env-step range)")
+    p.add_argument("--n-boot", type=_at_least_one, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--ci", type=_coverage, default=0.95,
+                   help="confidence-interval coverage, between 0 and 1 (default: 0.95)")
+    p.add_argument("--skip-incomplete", action="store_true",
+                   help="leave out runs without a completed summary.json (still running or interrupted), which "
+                   "otherwise are used and can shorten the env-step range common to all runs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--out", type=Path, default=Path("transfer_report"), help="output folder (default: ./transfer_report)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -42,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = transfer_report(args.paths, by=args.by, baseline=args.baseline, metric=args.metric,
                                  threshold=args.threshold, window=args.window, n_boot=args.n_boot, ci=args.ci,
-                                 seed=args.seed, exclude=[args.out])
+                                 seed=args.seed, exclude=[args.out],
+                                 skip_incomplete=args.skip_incomplete)
     except (FileNotFoundError, ValueError) as exc:
         print(f"transfer_report.py: error: {exc}", file=sys.stderr)
         return 2
@@ -56,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "transfer_report.md").write_text(render_markdown(report, plot))
     (args.out / "transfer_report.json").write_text(json.dumps(report_json(report), indent=2))
     print(render_markdown(report, plot))
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {args.out}/transfer_report.md, transfer_report.json" + (f", {plot}" if plot else ""))
     return 0
 

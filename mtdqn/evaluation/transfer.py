@@ -1,7 +1,11 @@
 """Transfer metrics against a from-scratch baseline (Taylor & Stone 2009), from logged eval curves.
 
 Every run's eval curve of `metric` (default `eval/mean_normalized`) is interpolated on one env-step grid: the union
-of all runs' eval steps within the range every run covers (so a run never counts outside its own data). A group's
+of all runs' eval steps within the range every run covers (so a run never counts outside its own data). That
+common range is stated in the report, with the runs that limit it (a later first or an earlier last evaluation than
+the others: a run still going, another evaluation schedule); no common range, or fewer than 2 evaluations on it,
+is refused. Every column, forgetting included, is computed on that range. Failed runs are left out and listed;
+runs without a completed summary.json are used and listed (`skip_incomplete` leaves them out). A group's
 learning curve is the mean over its runs. Against the baseline group (scratch, `transfer.mode=none`):
 
 - jumpstart: first-eval score of transfer minus scratch (first grid point; with `callbacks.eval.at_start=true`
@@ -16,13 +20,15 @@ learning curve is the mean over its runs. Against the baseline group (scratch, `
   average run is there; this one when the typical run gets there (the median keeps runs that never reach it, inf,
   without making the estimate inf unless half of them never do).
 - area ratio: area under the mean learning curve, transfer / scratch; undefined when the scratch area is <= 0.
-- forgetting (per group, no baseline): source-task score at the first eval minus at the last
+- forgetting (per group, no baseline): source-task score at the start of the common range minus at its end
   (`eval/source/<task>/normalized`, and their mean `eval/source/mean_normalized`); > 0 is forgetting.
 - peak forgetting: the first eval minus the lowest later one (the worst drop along the way, which a recovery
   by the last eval hides from `forgetting`).
 
 Uncertainty: percentile bootstrap over runs (seeds), each group resampled with replacement independently,
-every statistic recomputed on the resampled mean curves; `n_boot` resamples, `ci` coverage.
+every statistic recomputed on the resampled mean curves; `n_boot` resamples, `ci` coverage. Resamples where a
+statistic is undefined (a ratio whose resampled scratch area is <= 0 or whose resampled scratch curve never
+reaches the threshold) are left out of its CI; their count is kept (`n_undefined`) and reported as a warning.
 """
 
 from __future__ import annotations
@@ -35,9 +41,21 @@ from typing import Any
 
 import numpy as np
 
-from mtdqn.evaluation.compare import Run, curves_on_grid, load_runs, to_jsonable
+from mtdqn.evaluation.compare import (
+    Run,
+    _md_cell,
+    check_group_keys,
+    config_group_labels,
+    curves_on_grid,
+    get_config_value,
+    load_runs,
+    run_labels,
+    to_jsonable,
+    varying_keys,
+)
 
 SOURCE_PREFIX = "eval/source/"
+SOURCE_MEAN = f"{SOURCE_PREFIX}mean_normalized"
 
 
 def common_grid(runs: Sequence[Run], metric: str) -> np.ndarray:
@@ -128,11 +146,12 @@ class Estimate:
     value: float
     low: float
     high: float
+    n_undefined: int = 0  # bootstrap resamples where the statistic was undefined (NaN), left out of the CI
 
-    def as_dict(self) -> dict[str, float | None]:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN and inf become None (with `value_str` keeping inf readable)."""
         return {"value": to_jsonable(self.value), "low": to_jsonable(self.low), "high": to_jsonable(self.high),
-                "value_str": fmt(self.value)}
+                "value_str": fmt(self.value), "n_undefined": self.n_undefined}
 
 
 def bootstrap(samples: Sequence[np.ndarray], fn: Callable[..., float], n_boot: int = 2000, ci: float = 0.95,
@@ -141,12 +160,13 @@ def bootstrap(samples: Sequence[np.ndarray], fn: Callable[..., float], n_boot: i
     point = fn(*samples)
     rng = np.random.default_rng(seed)
     stats = np.array([fn(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(n_boot)])
+    undefined = int(np.isnan(stats).sum())
     stats = stats[~np.isnan(stats)]
     if not stats.size:
-        return Estimate(point, math.nan, math.nan)
+        return Estimate(point, math.nan, math.nan, undefined)
     alpha = 100.0 * (1.0 - ci) / 2.0
     low, high = np.percentile(stats, [alpha, 100.0 - alpha], method="nearest")
-    return Estimate(point, float(low), float(high))
+    return Estimate(point, float(low), float(high), undefined)
 
 
 def _mean(curves: np.ndarray) -> np.ndarray:
@@ -155,7 +175,8 @@ def _mean(curves: np.ndarray) -> np.ndarray:
 
 def group_report(runs: Sequence[Run], baseline: Sequence[Run] | None, metric: str, grid: np.ndarray,
                  threshold: float, boot: Mapping[str, Any], window: int = 1) -> dict[str, Any]:
-    """Absolute curve statistics of a group and, with a baseline, the transfer metrics against it."""
+    """Absolute curve statistics of a group and, with a baseline, the transfer metrics against it; everything on
+    `grid` (forgetting too: over the grid's env-step range)."""
     curves = curves_on_grid(runs, metric, grid)
     out: dict[str, Any] = {"n_runs": len(runs), "runs": [str(r.path) for r in runs]}
     for key in ("first", "final", "area", "steps_to_threshold"):
@@ -171,8 +192,8 @@ def group_report(runs: Sequence[Run], baseline: Sequence[Run] | None, metric: st
         out["run_time_ratio"] = bootstrap(
             [curves, base], lambda c, b: ratio(median_time(grid, c, threshold, window),
                                                median_time(grid, b, threshold, window)), **boot)
-    out["forgetting"] = source_forgetting(runs, boot)
-    out["peak_forgetting"] = source_forgetting(runs, boot, peak=True)
+    out["forgetting"] = source_forgetting(runs, boot, span=(float(grid[0]), float(grid[-1])))
+    out["peak_forgetting"] = source_forgetting(runs, boot, peak=True, span=(float(grid[0]), float(grid[-1])))
     return out
 
 
@@ -183,15 +204,32 @@ def source_metrics(runs: Sequence[Run]) -> list[str]:
     tasks = sorted({n[len(SOURCE_PREFIX):].rsplit("/", 1)[0] for n in names if n.count("/") == 3})
     out = [f"{SOURCE_PREFIX}{t}/normalized" if f"{SOURCE_PREFIX}{t}/normalized" in names
            else f"{SOURCE_PREFIX}{t}/return" for t in tasks]
-    return out + ([f"{SOURCE_PREFIX}mean_normalized"] if f"{SOURCE_PREFIX}mean_normalized" in names else [])
+    return out + ([SOURCE_MEAN] if SOURCE_MEAN in names else [])
 
 
-def source_forgetting(runs: Sequence[Run], boot: Mapping[str, Any], peak: bool = False) -> dict[str, Estimate]:
-    """Per source metric: first-eval minus last-eval score (`peak`: minus the lowest later score), mean over runs
-    with a bootstrap CI."""
+def series_in_span(run: Run, metric: str, span: tuple[float, float] | None) -> np.ndarray | None:
+    """The run's `metric` values within the env-step `span` (its own evaluations there, and its values at both
+    ends, interpolated between its evaluations); None when the run's series does not cover the span. Without a
+    span: the whole series (None when empty)."""
+    steps, values = run.series(metric)
+    if not steps.size:
+        return None
+    if span is None:
+        return values
+    lo, hi = span
+    if steps[0] > lo or steps[-1] < hi:
+        return None
+    xs = np.unique(np.concatenate([[lo, hi], steps[(steps >= lo) & (steps <= hi)]]))
+    return np.interp(xs, steps, values)
+
+
+def source_forgetting(runs: Sequence[Run], boot: Mapping[str, Any], peak: bool = False,
+                      span: tuple[float, float] | None = None) -> dict[str, Estimate]:
+    """Per source metric: the score at the start of `span` (env steps; default each run's whole series) minus at
+    its end (`peak`: minus the lowest later score), mean over the runs that cover the span, with a bootstrap CI."""
     out = {}
     for m in source_metrics(runs):
-        series = [np.asarray(v, dtype=float) for v in (r.series(m)[1] for r in runs) if v.size]
+        series = [v for v in (series_in_span(r, m, span) for r in runs) if v is not None]
         if not series:
             continue
         if peak:
@@ -202,46 +240,162 @@ def source_forgetting(runs: Sequence[Run], boot: Mapping[str, Any], peak: bool =
     return out
 
 
+def _fmt_steps(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _names(runs: Sequence[Run], labels: Mapping[Path, str], limit: int = 8) -> str:
+    names = [labels.get(r.path, str(r.path)) + ("" if r.status == "completed" else f" ({r.status})") for r in runs]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def common_range(runs: Sequence[Run], metric: str, labels: Mapping[Path, str]) -> tuple[np.ndarray, list[str]]:
+    """The common grid of `runs` (`common_grid`) and notes naming the runs that limit its env-step range; a range
+    that no step is common to, or with fewer than 2 evaluations, is refused (ValueError naming the runs)."""
+    series = {r.path: r.series(metric)[0] for r in runs}
+    firsts, lasts = {p: s[0] for p, s in series.items()}, {p: s[-1] for p, s in series.items()}
+    lo, hi = max(firsts.values()), min(lasts.values())
+    late = [r for r in runs if firsts[r.path] == lo] if lo > min(firsts.values()) else []
+    early = [r for r in runs if lasts[r.path] == hi] if hi < max(lasts.values()) else []
+    hint = (" (runs without a completed summary.json: --skip-incomplete leaves them out)"
+            if any(r.status != "completed" for r in late + early) else "")
+    if lo > hi:
+        raise ValueError(
+            f"no env-step range common to every run's {metric!r}: {_names(late, labels)} evaluate(s) from "
+            f"{_fmt_steps(lo)} env steps, {_names(early, labels)} end(s) at {_fmt_steps(hi)}{hint}; "
+            "report runs with overlapping evaluations")
+    grid = common_grid(runs, metric)
+    if grid.size < 2:
+        limits = [f"starts at {_fmt_steps(lo)}, the first evaluation of {_names(late, labels)}"] if late else []
+        limits += [f"ends at {_fmt_steps(hi)}, the last evaluation of {_names(early, labels)}"] if early else []
+        raise ValueError(
+            f"the env-step range common to every run's {metric!r} is {_fmt_steps(lo)}-{_fmt_steps(hi)} with "
+            f"{grid.size} evaluation(s); at least 2 are needed (first != final, an area)"
+            + (f"; the range {'; '.join(limits)}{hint}" if limits else ""))
+    notes = []
+    if late:
+        notes.append(f"common env-step range starts at {_fmt_steps(lo)}, not {_fmt_steps(min(firsts.values()))}: "
+                     f"the first evaluation of {_names(late, labels)}; earlier evaluations of the other runs are "
+                     "not used (first score and jumpstart are at that step)")
+    if early:
+        notes.append(f"common env-step range ends at {_fmt_steps(hi)}, not {_fmt_steps(max(lasts.values()))}: the "
+                     f"last evaluation of {_names(early, labels)}; later evaluations of the other runs are not used "
+                     f"(final score, asymptotic gain and forgetting are at that step){hint}")
+    sparse = [r for r in runs if not np.isin(grid, series[r.path]).all()]
+    if sparse:
+        notes.append(f"{len(sparse)} of {len(runs)} runs were not evaluated at every one of the grid's {grid.size} "
+                     f"env steps (another evaluation schedule); their scores there are interpolated linearly "
+                     f"between their evaluations: {_names(sparse, labels)}")
+    return grid, notes
+
+
+def group_labels(runs: Sequence[Run], by: str) -> list[str]:
+    """Each run's group label: its value at `by` (`config_group_labels`: a config node with a `_target_` by its
+    class); a whole config node without a `_target_` (`--by transfer`) is refused, naming its keys that differ."""
+    values = [get_config_value(r.config, by) for r in runs]
+    if any(isinstance(v, dict) and not isinstance(v.get("_target_"), str) for v in values):
+        differ = [k for k in varying_keys([r.config for r in runs]) if k.startswith(f"{by}.")]
+        raise ValueError(f"--by {by}: a config node, not one value; group by one of its keys"
+                         + (f" that differ between these runs: {', '.join(differ[:10])}" if differ
+                            else " (they do not differ between these runs)"))
+    return [label[len(by) + 1:] for label in config_group_labels([r.config for r in runs], [by])]
+
+
+def _undefined_notes(groups: Mapping[str, Mapping[str, Any]], n_boot: int) -> list[str]:
+    """A warning per estimate whose CI left out undefined resamples (a defined point estimate)."""
+    notes = []
+    for name, g in groups.items():
+        items = [(k, v) for k, v in g.items() if isinstance(v, Estimate)]
+        items += [(f"{k} {m}", v) for k in ("forgetting", "peak_forgetting") for m, v in g.get(k, {}).items()]
+        for key, est in items:
+            if est.n_undefined and not math.isnan(est.value):
+                notes.append(f"{name}: {key}: {est.n_undefined} of {n_boot} bootstrap resamples undefined (a "
+                             "resampled scratch area <= 0 or scratch curve never reaching the threshold); its CI "
+                             f"is over the other {n_boot - est.n_undefined}")
+    return notes
+
+
 def transfer_report(paths: Sequence[str | Path], by: str = "transfer.mode", baseline: str = "none",
                     metric: str = "eval/mean_normalized", threshold: float = 0.9, n_boot: int = 2000,
                     ci: float = 0.95, seed: int = 0, exclude: Sequence[str | Path] = (),
-                    window: int = 1) -> dict[str, Any]:
-    """Load the runs below `paths`, group them by config key `by` and compute every group's transfer metrics."""
-    from mtdqn.evaluation.compare import check_group_keys, get_config_value
-
+                    window: int = 1, skip_incomplete: bool = False) -> dict[str, Any]:
+    """Load the runs below `paths`, group them by config key `by` and compute every group's transfer metrics on
+    the env-step range every run covers. Failed runs are left out; runs without a completed summary.json are used
+    unless `skip_incomplete` (as scripts/compare.py); both are listed, with the runs' load warnings."""
     if int(window) < 1:
-        raise ValueError(f"window={window!r} is invalid: expected an integer >= 1 (evaluations averaged)")
-    runs = [r for r in load_runs(paths, exclude) if r.status != "failed" and r.series(metric)[0].size]
+        raise ValueError(f"--window {window!r} is invalid: expected an integer >= 1 (evaluations averaged)")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"--ci {ci!r} is invalid: expected a coverage strictly between 0 and 1, e.g. 0.95")
+    if int(n_boot) < 1:
+        raise ValueError(f"--n-boot {n_boot!r} is invalid: expected an integer >= 1 (bootstrap resamples)")
+    if not math.isfinite(threshold):
+        raise ValueError(f"--threshold {threshold!r} is invalid: expected a finite score")
+    loaded = load_runs(paths, exclude)
+    labels = run_labels([r.path for r in loaded])
+    failed = [r for r in loaded if r.status == "failed"]
+    skipped = [r for r in loaded if r.status not in ("failed", "completed") and skip_incomplete]
+    usable = [r for r in loaded if r.status != "failed" and r not in skipped]
+    no_metric = [r for r in usable if not r.series(metric)[0].size]
+    runs = [r for r in usable if r.series(metric)[0].size]
     if not runs:
-        raise ValueError(f"no completed or running run with metric {metric!r} below {[str(p) for p in paths]}")
+        left_out = f" ({len(failed)} failed, {len(skipped)} incomplete skipped)" if failed or skipped else ""
+        raise ValueError(f"no completed or running run with metric {metric!r} below {[str(p) for p in paths]}"
+                         + left_out)
     check_group_keys([r.config for r in runs], [by])
     groups: dict[str, list[Run]] = {}
-    for r in runs:
-        groups.setdefault(str(get_config_value(r.config, by)), []).append(r)
+    for r, label in zip(runs, group_labels(runs, by), strict=True):
+        groups.setdefault(label, []).append(r)
     base = groups.get(baseline)
-    grid = common_grid(runs, metric)
+    grid, range_notes = common_range(runs, metric, labels)
+    if int(window) > grid.size:
+        raise ValueError(f"--window {window}: the common env-step range {_fmt_steps(grid[0])}-{_fmt_steps(grid[-1])}"
+                         f" has only {grid.size} evaluations; use --window {grid.size} or less")
     boot = {"n_boot": n_boot, "ci": ci, "seed": seed}
     order = sorted(groups, key=lambda g: (g != baseline, g))
+    warnings = list(range_notes)
+    if not base:
+        warnings.append(f"no baseline group {by}={baseline!r} (groups: {', '.join(order)}): transfer metrics "
+                        "skipped; name one with --baseline")
+    span = (float(grid[0]), float(grid[-1]))
+    for m in source_metrics(runs):
+        short = [r for r in runs if m in r.metric_names() and series_in_span(r, m, span) is None]
+        if short:
+            warnings.append(f"`{m}` does not cover the common env-step range in {_names(short, labels)}: left out "
+                            "of its forgetting")
+    warnings += [f"{labels[r.path]}: no {metric!r} value: left out" for r in no_metric]
+    warnings += [w for r in loaded for w in r.warnings]
     report = {
         "inputs": [str(p) for p in paths], "group_by": by, "baseline": baseline, "metric": metric,
         "threshold": threshold, "window": int(window), "ci": ci, "n_boot": n_boot, "grid": grid.tolist(),
-        "warnings": [] if base else [f"no baseline group {by}={baseline!r}: transfer metrics skipped"],
+        "env_step_range": [float(grid[0]), float(grid[-1])], "n_evaluations": int(grid.size),
+        "skip_incomplete": skip_incomplete,
+        "failed": [{"path": str(r.path), "error": r.error or "(no error recorded)"} for r in failed],
+        "incomplete": [str(r.path) for r in runs if r.status != "completed"],
+        "skipped_incomplete": [str(r.path) for r in skipped],
+        "warnings": warnings,
         "groups": {g: group_report(groups[g], base if g != baseline else None, metric, grid, threshold, boot,
                                    int(window)) for g in order},
     }
+    report["warnings"] += _undefined_notes(report["groups"], n_boot)
     report["curves"] = {g: {"mean": _mean(curves_on_grid(groups[g], metric, grid)).tolist()} for g in order}
-    report["source_curves"] = source_curves(groups, order)
+    report["source_curves"] = source_curves(groups, order, span)
     return report
 
 
-def source_curves(groups: Mapping[str, Sequence[Run]], order: Sequence[str]) -> dict[str, Any]:
-    """Mean `eval/source/mean_normalized` curve per group (steps, values) on the group's own common grid."""
+def source_curves(groups: Mapping[str, Sequence[Run]], order: Sequence[str],
+                  span: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean `eval/source/mean_normalized` curve per group (steps, values) on the group's own common grid, within
+    the env-step `span` when given."""
     out = {}
-    metric = f"{SOURCE_PREFIX}mean_normalized"
     for g in order:
-        grid = common_grid(groups[g], metric)
+        grid = common_grid(groups[g], SOURCE_MEAN)
+        if span is not None:
+            grid = grid[(grid >= span[0]) & (grid <= span[1])]
         if grid.size:
-            out[g] = {"steps": grid.tolist(), "mean": _mean(curves_on_grid(groups[g], metric, grid)).tolist()}
+            curves = curves_on_grid(groups[g], SOURCE_MEAN, grid)
+            curves = curves[~np.isnan(curves).any(axis=1)]
+            if curves.size:
+                out[g] = {"steps": grid.tolist(), "mean": _mean(curves).tolist()}
     return out
 
 
@@ -273,6 +427,10 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
         "ratios are transfer / scratch (< 1 time ratio = faster; inf = never reached, - = undefined). Forgetting = "
         "source score at the first eval minus at the last (> 0 = forgotten); peak forgetting = the first eval minus "
         "the lowest later one (the worst drop on the way).", "",
+        f"Env-step range: {fmt_steps_range(report)} ({report['n_evaluations']} evaluation steps on the grid), the "
+        "range every run covers; every column (forgetting too) is computed on it"
+        + (" (see Warnings for the runs that limit it)." if any(w.startswith("common env-step range")
+                                                                  for w in report["warnings"]) else "."), "",
         "| group | runs | first | final | area (score x env steps) | env steps to threshold | jumpstart | "
         "asymptotic gain | time-to-threshold ratio | area ratio | forgetting (source mean) | peak forgetting |",
         "|" + "---|" * 12,
@@ -292,7 +450,7 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
             if "run_steps" in g:
                 each = "; ".join(fmt(v) for v in sorted(g["run_steps"]))
                 lines.append(f"| {name} | {each} | {_cell(g['run_steps_median'])} | {_cell(g.get('run_time_ratio'))} |")
-    tasks = sorted({m for g in report["groups"].values() for m in g["forgetting"]})
+    tasks = sorted({m for g in report["groups"].values() for m in g["forgetting"]} - {SOURCE_MEAN})
     if tasks:
         lines += ["", "## Forgetting per source task", "", "| group | " + " | ".join(f"`{t}`" for t in tasks) + " |",
                   "|" + "---|" * (len(tasks) + 1)]
@@ -305,9 +463,21 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
             lines.append(f"| {name} | " + " | ".join(_cell(peaks.get(t)) for t in tasks) + " |")
     if plot:
         lines += ["", f"![transfer curves]({plot})"]
-    if report["warnings"]:
-        lines += ["", "## Warnings", "", *(f"- {w}" for w in report["warnings"])]
+    if report.get("failed"):
+        lines += ["", "## Failed runs (left out)", "", "| run | error |", "|---|---|"]
+        lines += [f"| `{f['path']}` | {_md_cell(f['error'])} |" for f in report["failed"]]
+    for title, key in (("Incomplete runs (no completed summary.json; included)", "incomplete"),
+                       ("Incomplete runs (left out: --skip-incomplete)", "skipped_incomplete"),
+                       ("Warnings", "warnings")):
+        if report.get(key):
+            lines += ["", f"## {title}", "", *(f"- {_md_cell(w, 1000)}" for w in report[key])]
     return "\n".join(lines) + "\n"
+
+
+def fmt_steps_range(report: Mapping[str, Any]) -> str:
+    """The report's common env-step range as `lo-hi env steps`."""
+    lo, hi = report["env_step_range"]
+    return f"{lo:,.0f}-{hi:,.0f} env steps"
 
 
 def report_json(report: Mapping[str, Any]) -> dict[str, Any]:

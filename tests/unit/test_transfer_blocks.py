@@ -382,7 +382,7 @@ def test_window_averages_the_final_score_and_needs_the_threshold_held():
     m = transfer_vs_scratch(STEPS, noisy, TRANSFER, 0.9, window=2)
     assert m["asymptotic_gain"] == pytest.approx(0.95 - 1.0)
     assert m["time_to_threshold_ratio"] == pytest.approx(4000.0 / 3000.0)
-    with pytest.raises(ValueError, match="window=0 is invalid"):
+    with pytest.raises(ValueError, match="--window 0 is invalid"):
         transfer_report([Path("/nonexistent")], window=0)
 
 
@@ -473,3 +473,122 @@ def test_transfer_report_has_peak_forgetting_per_source_task(tmp_path):
     from mtdqn.evaluation.transfer import render_markdown
 
     assert "Peak forgetting per source task" in render_markdown(report)
+
+
+# --- transfer report: the common env-step range, runs left out, bad flags ---------------------------------------
+
+
+def _pair(tmp_path, n=2, source=None):
+    """n completed scratch and finetune seeds on STEPS (0-4000)."""
+    for seed in range(n):
+        write_run(tmp_path / f"none{seed}", {"transfer": {"mode": "none"}, "seed": seed}, _rows(SCRATCH),
+                  {"status": "completed"})
+        write_run(tmp_path / f"ft{seed}", {"transfer": {"mode": "finetune"}, "seed": seed},
+                  _rows(TRANSFER, source), {"status": "completed"})
+
+
+def test_a_running_run_that_shortens_the_range_is_named_and_every_column_uses_that_range(tmp_path):
+    """A finetune seed still running (no summary.json, evaluated to 2000 only) ends the range every run covers at
+    2000: the report says so, naming it, and final scores and forgetting are taken at 2000 for every run (the
+    completed finetune seeds' source score 0.9 -> 0.7 at 2000, not 0.5 at their last evaluation);
+    --skip-incomplete leaves it out and the range is 0-4000 again."""
+    source = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    _pair(tmp_path, source=source)
+    write_run(tmp_path / "running", {"transfer": {"mode": "finetune"}, "seed": 9}, _rows(TRANSFER, source)[:3])
+    report = transfer_report([tmp_path], n_boot=100)
+    assert report["env_step_range"] == [0.0, 2000.0] and report["n_evaluations"] == 3
+    assert report["incomplete"] == [str(tmp_path / "running")]
+    limit = next(w for w in report["warnings"] if w.startswith("common env-step range ends at 2,000, not 4,000"))
+    assert "running (incomplete)" in limit and "--skip-incomplete" in limit
+    ft = report["groups"]["finetune"]
+    assert ft["final"].value == pytest.approx(1.0) and report["groups"]["none"]["final"].value == pytest.approx(0.5)
+    assert ft["forgetting"]["eval/source/lane_keep/normalized"].value == pytest.approx(0.2)
+    md = render_markdown(report)
+    assert "Env-step range: 0-2,000 env steps (3 evaluation steps on the grid)" in md
+    assert "## Incomplete runs (no completed summary.json; included)" in md and "## Warnings" in md
+    full = transfer_report([tmp_path], n_boot=100, skip_incomplete=True)
+    assert full["env_step_range"] == [0.0, 4000.0] and full["skipped_incomplete"] == [str(tmp_path / "running")]
+    assert not [w for w in full["warnings"] if w.startswith("common env-step range")]
+    assert full["groups"]["finetune"]["forgetting"]["eval/source/lane_keep/normalized"].value == pytest.approx(0.4)
+
+
+def test_no_common_range_or_a_single_common_evaluation_is_refused_naming_the_runs(tmp_path):
+    _pair(tmp_path)
+    late = [{**r, "env_steps": r["env_steps"] + 4000} for r in _rows(SCRATCH)]  # 4000-8000: shares only 4000
+    write_run(tmp_path / "src", {"transfer": {"mode": "none"}}, late, {"status": "completed"})
+    with pytest.raises(ValueError, match=r"range common to every run's 'eval/mean_normalized' is 4,000-4,000 with 1 "
+                                         r"evaluation\(s\); at least 2 are needed.*first evaluation of src"):
+        transfer_report([tmp_path], n_boot=10)
+    write_run(tmp_path / "src", {"transfer": {"mode": "none"}},
+              [{**r, "env_steps": r["env_steps"] + 5000} for r in _rows(SCRATCH)], {"status": "completed"})
+    with pytest.raises(ValueError, match=r"no env-step range common to every run's 'eval/mean_normalized': src "
+                                         r"evaluate\(s\) from 5,000 env steps"):
+        transfer_report([tmp_path], n_boot=10)
+
+
+def test_another_evaluation_schedule_is_reported_as_interpolated(tmp_path):
+    _pair(tmp_path)
+    rows = [r for r in _rows(SCRATCH) if r["env_steps"] in (0, 3000, 4000)]
+    write_run(tmp_path / "sparse", {"transfer": {"mode": "none"}}, rows, {"status": "completed"})
+    report = transfer_report([tmp_path], n_boot=10)
+    assert any(w.startswith("1 of 5 runs were not evaluated at every one of the grid's 5 env steps") and
+               w.endswith(": sparse") for w in report["warnings"])
+
+
+def test_a_window_longer_than_the_common_range_is_refused(tmp_path):
+    _pair(tmp_path)
+    with pytest.raises(ValueError, match=r"--window 10: the common env-step range 0-4,000 has only 5 evaluations"):
+        transfer_report([tmp_path], n_boot=10, window=10)
+    assert transfer_report([tmp_path], n_boot=10, window=5)["window"] == 5
+
+
+def test_failed_runs_and_unreadable_lines_are_listed_not_dropped_silently(tmp_path):
+    _pair(tmp_path)
+    write_run(tmp_path / "crashed", {"transfer": {"mode": "finetune"}}, _rows(TRANSFER)[:2],
+              {"status": "failed", "error": "RuntimeError: CUDA out of memory"})
+    with open(tmp_path / "none0" / "metrics.jsonl", "a") as f:
+        f.write("{garbage\n")
+    report = transfer_report([tmp_path], n_boot=10)
+    assert report["failed"] == [{"path": str(tmp_path / "crashed"), "error": "RuntimeError: CUDA out of memory"}]
+    assert report["groups"]["finetune"]["n_runs"] == 2
+    assert any("metrics.jsonl:6: unreadable line skipped" in w for w in report["warnings"])
+    md = render_markdown(report)
+    assert "## Failed runs (left out)" in md and "CUDA out of memory" in md
+
+
+def test_undefined_bootstrap_resamples_are_counted_and_reported(tmp_path):
+    """Scratch seeds at -1, 0.6, 0.6: the mean area is > 0, but resamples with two -1 seeds have a scratch area
+    < 0 and no area ratio; they are left out of its CI and counted."""
+    for seed, level in enumerate((-1.0, 0.6, 0.6)):
+        write_run(tmp_path / f"none{seed}", {"transfer": {"mode": "none"}}, _rows(np.full(5, level)),
+                  {"status": "completed"})
+        write_run(tmp_path / f"ft{seed}", {"transfer": {"mode": "finetune"}}, _rows(TRANSFER), {"status": "completed"})
+    report = transfer_report([tmp_path], n_boot=200)
+    area = report["groups"]["finetune"]["area_ratio"]
+    assert math.isfinite(area.value) and 20 < area.n_undefined < 100
+    assert any(w.startswith(f"finetune: area_ratio: {area.n_undefined} of 200 bootstrap resamples undefined")
+               for w in report["warnings"])
+
+
+def test_source_mean_is_no_task_column_and_a_whole_config_node_is_refused_as_group_key(tmp_path):
+    _pair(tmp_path, source=np.array([0.9, 0.8, 0.7, 0.6, 0.5]))
+    report = transfer_report([tmp_path], n_boot=10)
+    per_task = render_markdown(report).split("## Forgetting per source task")[1].split("\n\n")[1]
+    assert "`eval/source/lane_keep/normalized`" in per_task and "mean_normalized" not in per_task
+    with pytest.raises(ValueError, match=r"--by transfer: a config node, not one value; group by one of its keys "
+                                         r"that differ between these runs: transfer.mode"):
+        transfer_report([tmp_path], by="transfer", n_boot=10)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--ci", "1.5", "argument --ci: '1.5' is not a coverage strictly between 0 and 1"),
+    ("--n-boot", "0", "argument --n-boot: '0' is not an integer >= 1"),
+    ("--window", "0", "argument --window: '0' is not an integer >= 1"),
+    ("--threshold", "nan", "argument --threshold: 'nan' is not a finite number"),
+])
+def test_transfer_report_script_refuses_bad_flags(tmp_path, flag, value, message):
+    from tests.helpers.scripts import run_script
+
+    _pair(tmp_path)
+    done = run_script("transfer_report", str(tmp_path), flag, value, "--out", str(tmp_path / "out"), "--no-plot")
+    assert done.returncode == 2 and f"transfer_report.py: error: {message}" in done.stderr
