@@ -105,10 +105,12 @@ def _checkpoint_weights(run: Path) -> dict:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("compression.prune.sparsity=1.5", "compression.prune.sparsity=1.5 must lie in [0, 1)"),
+        ("compression.prune.sparsity=1.5", "compression.prune.sparsity=1.5 must be a number in [0, 1)"),
         ("compression.methods=[distill,zip]", "compression.methods: 'zip' is not one of"),
-        ("compression.structured.keep_fraction=0", "compression.structured.keep_fraction=0 must lie in (0, 1]"),
+        ("compression.structured.keep_fraction=0", "compression.structured.keep_fraction=0 must be a number in (0, 1]"),
         ("compression.methods=[fp16,prune]", "trains after 'fp16'"),
+        ("compression.eval.episodes=1.5", "compression.eval.episodes=1.5 must be an integer > 0"),
+        ("compression.distill.steps=abc", "compression.distill.steps='abc' must be an integer > 0"),
     ],
 )
 def test_bad_settings_fail_before_any_env_step(tmp_path, monkeypatch, override, message):
@@ -128,8 +130,15 @@ def test_script_rejects_bad_settings_before_loading_the_checkpoint(tmp_path, mon
     monkeypatch.setattr(script, "load_run", lambda *a, **k: pytest.fail("loaded the run before validating"))
     with pytest.raises(ValueError, match=r"compression.methods: 'squash' is not one of"):
         script.main([str(tmp_path), "--methods", "squash"])
-    with pytest.raises(ValueError, match=r"compression.prune.sparsity=1.0 must lie in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"compression.prune.sparsity=1.0 must be a number in \[0, 1\)"):
         script.main([str(tmp_path), "--methods", "prune", "prune.sparsity=1.0"])
+    for override, message in (("eval.episodes=1.5", "compression.eval.episodes=1.5 must be an integer > 0"),
+                              ("prune.steps=2.5", "compression.prune.steps=2.5 must be an integer > 0"),
+                              ("distill.steps=abc", "compression.distill.steps='abc' must be an integer > 0"),
+                              ("distill.hidden=64", "compression.distill.hidden=64 must be a non-empty list")):
+        with pytest.raises(ValueError) as err:
+            script.main([str(tmp_path), "--methods", "quantize", override])
+        assert message in str(err.value)
     with pytest.raises(ValueError, match="compression.distill.widths is not a setting"):
         script.main([str(tmp_path), "distill.widths=[8]"])
 
