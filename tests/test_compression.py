@@ -143,6 +143,45 @@ def test_script_rejects_bad_settings_before_loading_the_checkpoint(tmp_path, mon
         script.main([str(tmp_path), "distill.widths=[8]"])
 
 
+def test_script_names_a_missing_run_or_checkpoint_and_a_checkpoint_of_another_network(finished_run, tmp_path,
+                                                                                       monkeypatch):
+    """Ordinary mistakes end as one line naming the run or checkpoint (compress.py: error: ..., status 2), before
+    any compression work, instead of a FileNotFoundError or a load_state_dict RuntimeError traceback."""
+    import shutil
+
+    script = _compress_script()
+    monkeypatch.setattr(script, "run_compression", lambda *a, **k: pytest.fail("compressed despite the bad input"))
+    quick = ["--methods", "quantize"]
+    with pytest.raises(ValueError, match=r"RUN_DIR='.*nope' does not exist"):
+        script.main([str(tmp_path / "nope"), *quick])
+    failed = tmp_path / "failed"  # a run that ended before its first checkpoint: config.yaml, no checkpoints/
+    failed.mkdir()
+    shutil.copy(finished_run / "config.yaml", failed / "config.yaml")
+    with pytest.raises(ValueError, match=r"has no checkpoints/last.ckpt: the run ended before its first checkpoint"):
+        script.main([str(failed), *quick])
+    with pytest.raises(ValueError, match=r"--ckpt='.*nope.ckpt' does not exist"):
+        script.main([str(finished_run), "--ckpt", str(tmp_path / "nope.ckpt"), *quick])
+    other = tmp_path / "other"  # the same checkpoint under a config.yaml whose network is narrower
+    other.mkdir()
+    (other / "config.yaml").write_text((finished_run / "config.yaml").read_text().replace(
+        "hidden:\n  - 32\n  - 32", "hidden:\n  - 16\n  - 16"))
+    assert "- 16" in (other / "config.yaml").read_text()
+    with pytest.raises(ValueError) as err:
+        script.main([str(other), "--ckpt", str(finished_run / "checkpoints" / "last.ckpt"), *quick])
+    assert "last.ckpt': its weights do not fit the network of" in str(err.value)
+    assert "net.hidden=[16, 16]" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_script_errors_are_one_line_with_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compress.py"), str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"compress.py: error: RUN_DIR={str(tmp_path / 'nope')!r} does not exist"
+
+
 class _FakeRun:
     def __init__(self) -> None:
         self.summary: dict = {}
