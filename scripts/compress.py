@@ -3,7 +3,8 @@
 
 Reads RUN_DIR/config.yaml and RUN_DIR/checkpoints/last.ckpt (weights-only; it holds the replay buffers the
 fine-tuning and distillation train on), applies the chains of methods and writes report.json, report.md,
-report.png and the compressed models (model.pt, model.ts, model.onnx) into RUN_DIR/compression (or --out).
+report.png and the compressed models (POLICY/model.pt, model.ts, model.onnx) into RUN_DIR/compression (or --out),
+replacing the report and every policy folder an earlier report left there.
 
 Examples:
     python scripts/compress.py outputs/lane_keep_mtl/<time>
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one chain of methods (distill prune structured quantize fp16 bf16), applied in order; "
                         "repeat for several chains (default: the chains of conf/compression/default.yaml)")
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint (default: RUN_DIR/checkpoints/last.ckpt)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/compression)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: RUN_DIR/compression); an earlier report and its policy folders "
+                        "there are replaced")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="settings relative to `compression`, e.g. distill.steps=3000 prune.sparsity=0.9")
     return p

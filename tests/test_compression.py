@@ -172,6 +172,39 @@ def test_script_names_a_missing_run_or_checkpoint_and_a_checkpoint_of_another_ne
     assert "net.hidden=[16, 16]" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_second_report_into_the_same_folder_replaces_the_first_policy_folders(finished_run, tmp_path,
+                                                                                 monkeypatch):
+    """A report into a folder that holds an earlier one leaves only its own policy folders beside it (the earlier
+    prune/ used to stay beside a report.md that no longer listed it); other files stay; a run that fails midway
+    leaves the earlier report whole."""
+    script = _compress_script()
+    out = tmp_path / "compression"
+    quick = ["--out", str(out), "eval.episodes=2", *TINY_COMPRESSION]
+    script.main([str(finished_run), "--methods", "prune", "--methods", "fp16", *quick])
+    assert {p.name for p in out.iterdir()} == {"original", "prune", "fp16", "report.json", "report.md", "report.png"}
+    (out / "notes.txt").write_text("mine")
+    first = (out / "report.md").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("mtdqn.compression.report.measure_latency", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            script.main([str(finished_run), "--methods", "quantize", *quick])
+    assert (out / "report.md").read_text() == first and (out / "prune" / "model.pt").is_file()
+
+    report = script.main([str(finished_run), "--methods", "quantize", *quick])
+    names = {"original", "quantize"}
+    assert {e["name"] for e in report["policies"]} == names
+    assert {p.name for p in out.iterdir()} == names | {"report.json", "report.md", "report.png", "notes.txt"}
+    assert "| prune |" not in (out / "report.md").read_text()
+    saved = json.loads((out / "report.json").read_text())
+    for e in saved["policies"]:
+        ts = e["export"]["torchscript"]
+        assert ts["path"] == str(out / e["name"] / "model.ts") and Path(ts["path"]).is_file()
+
+
 def test_script_errors_are_one_line_with_status_2(tmp_path):
     import subprocess
     import sys
