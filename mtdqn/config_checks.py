@@ -25,6 +25,8 @@ BOUNDS: dict[str, Callable[[float], bool]] = {
     ">= 0": lambda v: v >= 0,
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "in (0, 1]": lambda v: 0 < v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+    "in [0, 10]": lambda v: 0 <= v <= 10,
 }
 # key: (kind, bound, null allowed); a key absent from the config (another optimizer, callbacks=none) is skipped
 RULES: dict[str, tuple[str, str, bool]] = {

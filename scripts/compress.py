@@ -3,7 +3,8 @@
 
 Reads RUN_DIR/config.yaml and RUN_DIR/checkpoints/last.ckpt (weights-only; it holds the replay buffers the
 fine-tuning and distillation train on), applies the chains of methods and writes report.json, report.md,
-report.png and the compressed models (model.pt, model.ts, model.onnx) into RUN_DIR/compression (or --out).
+report.png and the compressed models (POLICY/model.pt, model.ts, model.onnx) into RUN_DIR/compression (or --out),
+replacing the report and every policy folder an earlier report left there.
 
 Examples:
     python scripts/compress.py outputs/lane_keep_mtl/<time>
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one chain of methods (distill prune structured quantize fp16 bf16), applied in order; "
                         "repeat for several chains (default: the chains of conf/compression/default.yaml)")
     p.add_argument("--ckpt", type=Path, default=None, help="checkpoint (default: RUN_DIR/checkpoints/last.ckpt)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/compression)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: RUN_DIR/compression); an earlier report and its policy folders "
+                        "there are replaced")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="settings relative to `compression`, e.g. distill.steps=3000 prune.sparsity=0.9")
     return p
@@ -84,7 +87,10 @@ def load_run(run_dir: Path, ckpt: Path | None = None, max_states: int | None = N
     env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
     tasks = task_specs(ts.kind, list(ts.tasks), env_kwargs)
     factories = [env_factory(ts.kind, t, env_kwargs) for t in ts.tasks]
-    checkpoint = load_checkpoint(ckpt or run_dir / "checkpoints" / "last.ckpt")
+    ckpt = checkpoint_path(run_dir, ckpt)
+    checkpoint = load_checkpoint(ckpt)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {str(ckpt)!r} is not a training checkpoint (it has no state_dict)")
     net_factory = instantiate(cfg.net)
     multitask = "tasks" in _parameters(net_factory)
     if cfg.model.get("popart"):  # the module hands the net its PopArt head (MultiTaskDQNModule)
@@ -92,10 +98,31 @@ def load_run(run_dir: Path, ckpt: Path | None = None, max_states: int | None = N
     builder = net_builder(net_factory, tasks, multitask)
     net = builder(list(cfg.net.hidden))
     weights = {k.removeprefix("q_net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("q_net.")}
-    net.load_state_dict(weights)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:  # another network, width or task set: torch lists every mismatched tensor
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise ValueError(
+            f"checkpoint {str(ckpt)!r}: its weights do not fit the network of {str(run_dir / 'config.yaml')!r} "
+            f"(net._target_={cfg.net.get('_target_')}, net.hidden={list(cfg.net.hidden)}, task_set.tasks="
+            f"{list(ts.tasks)}); was it saved by another run? First mismatch: {detail}") from None
     data_state = next((v for v in checkpoint.values() if isinstance(v, dict) and "replays" in v), None)
     replay_obs = replay_observations(data_state["replays"], max_states, seed) if data_state else []
     return QPolicy(net.float().eval(), multitask), builder, tasks, factories, replay_obs, cfg
+
+
+def checkpoint_path(run_dir: Path, ckpt: Path | None) -> Path:
+    """The checkpoint to load (--ckpt, else RUN_DIR/checkpoints/last.ckpt); ValueError naming it when it is missing."""
+    if ckpt is not None:
+        if not ckpt.is_file():
+            raise ValueError(f"--ckpt={str(ckpt)!r} does not exist" if not ckpt.exists()
+                             else f"--ckpt={str(ckpt)!r} is not a file")
+        return ckpt
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ValueError(f"RUN_DIR={str(run_dir)!r} has no checkpoints/last.ckpt: the run ended before its first "
+                         "checkpoint (see its summary.json and log); pass --ckpt to use another checkpoint")
+    return last
 
 
 def _parameters(factory) -> set[str]:
@@ -112,12 +139,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         args.overrides += [t for t in chain if "=" in t]
         chain[:] = [t for t in chain if "=" not in t]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.run_dir.exists():
+        raise ValueError(f"RUN_DIR={str(args.run_dir)!r} does not exist")
+    if not args.run_dir.is_dir():
+        raise ValueError(f"RUN_DIR={str(args.run_dir)!r} is not a folder (a run folder holds config.yaml and "
+                         "checkpoints/)")
     if not (args.run_dir / "config.yaml").is_file():
-        raise ValueError(f"RUN_DIR={str(args.run_dir)!r} has no config.yaml")
+        raise ValueError(f"RUN_DIR={str(args.run_dir)!r} has no config.yaml: not a run folder")
     run_cfg = OmegaConf.load(args.run_dir / "config.yaml")
     settings = settings_for(run_cfg, args.methods, args.overrides)  # validated before anything runs
     if not settings.methods:
         raise ValueError("compression.methods is empty: pass --methods (e.g. --methods distill quantize)")
+    missing = [k for k in ("task_set", "net", "model") if not OmegaConf.is_dict(run_cfg.get(k))]
+    if missing:
+        raise ValueError(f"{str(args.run_dir / 'config.yaml')!r} has no {', '.join(missing)}: not a run's config")
+    checkpoint_path(args.run_dir, args.ckpt)  # missing before any work
     torch.set_num_threads(1)
     policy, builder, tasks, factories, replay_obs, _ = load_run(args.run_dir, args.ckpt, settings.data.max_states,
                                                                 settings.seed)

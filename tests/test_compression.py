@@ -105,10 +105,12 @@ def _checkpoint_weights(run: Path) -> dict:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("compression.prune.sparsity=1.5", "compression.prune.sparsity=1.5 must lie in [0, 1)"),
+        ("compression.prune.sparsity=1.5", "compression.prune.sparsity=1.5 must be a number in [0, 1)"),
         ("compression.methods=[distill,zip]", "compression.methods: 'zip' is not one of"),
-        ("compression.structured.keep_fraction=0", "compression.structured.keep_fraction=0 must lie in (0, 1]"),
+        ("compression.structured.keep_fraction=0", "compression.structured.keep_fraction=0 must be a number in (0, 1]"),
         ("compression.methods=[fp16,prune]", "trains after 'fp16'"),
+        ("compression.eval.episodes=1.5", "compression.eval.episodes=1.5 must be an integer > 0"),
+        ("compression.distill.steps=abc", "compression.distill.steps='abc' must be an integer > 0"),
     ],
 )
 def test_bad_settings_fail_before_any_env_step(tmp_path, monkeypatch, override, message):
@@ -128,10 +130,89 @@ def test_script_rejects_bad_settings_before_loading_the_checkpoint(tmp_path, mon
     monkeypatch.setattr(script, "load_run", lambda *a, **k: pytest.fail("loaded the run before validating"))
     with pytest.raises(ValueError, match=r"compression.methods: 'squash' is not one of"):
         script.main([str(tmp_path), "--methods", "squash"])
-    with pytest.raises(ValueError, match=r"compression.prune.sparsity=1.0 must lie in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"compression.prune.sparsity=1.0 must be a number in \[0, 1\)"):
         script.main([str(tmp_path), "--methods", "prune", "prune.sparsity=1.0"])
+    for override, message in (("eval.episodes=1.5", "compression.eval.episodes=1.5 must be an integer > 0"),
+                              ("prune.steps=2.5", "compression.prune.steps=2.5 must be an integer > 0"),
+                              ("distill.steps=abc", "compression.distill.steps='abc' must be an integer > 0"),
+                              ("distill.hidden=64", "compression.distill.hidden=64 must be a non-empty list")):
+        with pytest.raises(ValueError) as err:
+            script.main([str(tmp_path), "--methods", "quantize", override])
+        assert message in str(err.value)
     with pytest.raises(ValueError, match="compression.distill.widths is not a setting"):
         script.main([str(tmp_path), "distill.widths=[8]"])
+
+
+def test_script_names_a_missing_run_or_checkpoint_and_a_checkpoint_of_another_network(finished_run, tmp_path,
+                                                                                       monkeypatch):
+    """Ordinary mistakes end as one line naming the run or checkpoint (compress.py: error: ..., status 2), before
+    any compression work, instead of a FileNotFoundError or a load_state_dict RuntimeError traceback."""
+    import shutil
+
+    script = _compress_script()
+    monkeypatch.setattr(script, "run_compression", lambda *a, **k: pytest.fail("compressed despite the bad input"))
+    quick = ["--methods", "quantize"]
+    with pytest.raises(ValueError, match=r"RUN_DIR='.*nope' does not exist"):
+        script.main([str(tmp_path / "nope"), *quick])
+    failed = tmp_path / "failed"  # a run that ended before its first checkpoint: config.yaml, no checkpoints/
+    failed.mkdir()
+    shutil.copy(finished_run / "config.yaml", failed / "config.yaml")
+    with pytest.raises(ValueError, match=r"has no checkpoints/last.ckpt: the run ended before its first checkpoint"):
+        script.main([str(failed), *quick])
+    with pytest.raises(ValueError, match=r"--ckpt='.*nope.ckpt' does not exist"):
+        script.main([str(finished_run), "--ckpt", str(tmp_path / "nope.ckpt"), *quick])
+    other = tmp_path / "other"  # the same checkpoint under a config.yaml whose network is narrower
+    other.mkdir()
+    (other / "config.yaml").write_text((finished_run / "config.yaml").read_text().replace(
+        "hidden:\n  - 32\n  - 32", "hidden:\n  - 16\n  - 16"))
+    assert "- 16" in (other / "config.yaml").read_text()
+    with pytest.raises(ValueError) as err:
+        script.main([str(other), "--ckpt", str(finished_run / "checkpoints" / "last.ckpt"), *quick])
+    assert "last.ckpt': its weights do not fit the network of" in str(err.value)
+    assert "net.hidden=[16, 16]" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_second_report_into_the_same_folder_replaces_the_first_policy_folders(finished_run, tmp_path,
+                                                                                 monkeypatch):
+    """A report into a folder that holds an earlier one leaves only its own policy folders beside it (the earlier
+    prune/ used to stay beside a report.md that no longer listed it); other files stay; a run that fails midway
+    leaves the earlier report whole."""
+    script = _compress_script()
+    out = tmp_path / "compression"
+    quick = ["--out", str(out), "eval.episodes=2", *TINY_COMPRESSION]
+    script.main([str(finished_run), "--methods", "prune", "--methods", "fp16", *quick])
+    assert {p.name for p in out.iterdir()} == {"original", "prune", "fp16", "report.json", "report.md", "report.png"}
+    (out / "notes.txt").write_text("mine")
+    first = (out / "report.md").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("mtdqn.compression.report.measure_latency", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            script.main([str(finished_run), "--methods", "quantize", *quick])
+    assert (out / "report.md").read_text() == first and (out / "prune" / "model.pt").is_file()
+
+    report = script.main([str(finished_run), "--methods", "quantize", *quick])
+    names = {"original", "quantize"}
+    assert {e["name"] for e in report["policies"]} == names
+    assert {p.name for p in out.iterdir()} == names | {"report.json", "report.md", "report.png", "notes.txt"}
+    assert "| prune |" not in (out / "report.md").read_text()
+    saved = json.loads((out / "report.json").read_text())
+    for e in saved["policies"]:
+        ts = e["export"]["torchscript"]
+        assert ts["path"] == str(out / e["name"] / "model.ts") and Path(ts["path"]).is_file()
+
+
+def test_script_errors_are_one_line_with_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compress.py"), str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"compress.py: error: RUN_DIR={str(tmp_path / 'nope')!r} does not exist"
 
 
 class _FakeRun:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, get_type_hints
 
+from mtdqn.config_checks import INT, NUM, check_number
 from mtdqn.nets.q import positive_widths
 
 METHODS = ("distill", "prune", "structured", "quantize", "fp16", "bf16")
@@ -116,48 +117,65 @@ class CompressionSettings:
     def from_dict(cls, values: Mapping[str, Any] | None) -> CompressionSettings:
         """Build and validate from a plain mapping (the `compression` config node without `_target_`)."""
         settings = _build(cls, dict(values or {}), "compression")
-        settings.methods = normalize_chains(settings.methods)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        """Raise ValueError naming the key, the bad value and what is allowed."""
-        _check_range("compression.prune.sparsity", self.prune.sparsity, 0.0, 1.0, "[0, 1)", hi_open=True)
-        _check_range("compression.structured.keep_fraction", self.structured.keep_fraction, 0.0, 1.0, "(0, 1]",
-                     lo_open=True)
-        _check_range("compression.data.rollout_epsilon", self.data.rollout_epsilon, 0.0, 1.0, "[0, 1]")
-        _check_range("compression.data.rollout_fraction", self.data.rollout_fraction, 0.0, 10.0, "[0, 10]")
-        for key, value in (("distill.hidden", self.distill.hidden),):
-            if not positive_widths(value):
-                raise ValueError(f"compression.{key}={list(value)} must be a non-empty list of positive widths")
-        for key, value, allowed in (("distill.loss", self.distill.loss, FIT_LOSSES),
-                                    ("prune.loss", self.prune.loss, FIT_LOSSES),
-                                    ("structured.loss", self.structured.loss, FIT_LOSSES),
-                                    ("structured.criterion", self.structured.criterion, CRITERIA)):
-            if value not in allowed:
-                raise ValueError(f"compression.{key}={value!r} is not one of {list(allowed)}")
-        positive = {
-            "distill.steps": self.distill.steps, "distill.batch_size": self.distill.batch_size,
-            "distill.lr": self.distill.lr, "distill.temperature": self.distill.temperature,
-            "prune.steps": self.prune.steps, "prune.batch_size": self.prune.batch_size, "prune.lr": self.prune.lr,
-            "prune.temperature": self.prune.temperature, "structured.batch_size": self.structured.batch_size,
-            "structured.lr": self.structured.lr, "structured.temperature": self.structured.temperature,
-            "data.max_states": self.data.max_states, "data.rollout_envs": self.data.rollout_envs,
-            "data.max_epochs": self.data.max_epochs,
-            "eval.episodes": self.eval.episodes, "latency.calls": self.latency.calls,
-            "latency.rounds": self.latency.rounds, "export.check_states": self.export.check_states,
-        }
-        for key, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"compression.{key}={value} must be > 0")
-        non_negative = {"prune.finetune_steps": self.prune.finetune_steps,
-                        "structured.finetune_steps": self.structured.finetune_steps,
-                        "latency.warmup": self.latency.warmup}
-        for key, value in non_negative.items():
-            if value < 0:
-                raise ValueError(f"compression.{key}={value} must be >= 0")
-        if not self.latency.batch_sizes or any(int(b) <= 0 for b in self.latency.batch_sizes):
-            raise ValueError(f"compression.latency.batch_sizes={self.latency.batch_sizes} must be positive sizes")
+        """Check every setting's type and range, raising ValueError naming the full key, the bad value and what is
+        allowed; integral floats (1e4) become ints, ints become floats where a float is meant."""
+        self.methods = normalize_chains(self.methods)
+        _validate(self, "compression")
+
+
+# the bound of every int and float setting (keys relative to `compression`; mtdqn.config_checks.BOUNDS)
+BOUNDS: dict[str, str] = {
+    "seed": ">= 0",
+    "distill.steps": "> 0", "distill.batch_size": "> 0", "distill.lr": "> 0", "distill.temperature": "> 0",
+    "prune.sparsity": "in [0, 1)", "prune.steps": "> 0", "prune.finetune_steps": ">= 0", "prune.batch_size": "> 0",
+    "prune.lr": "> 0", "prune.temperature": "> 0",
+    "structured.keep_fraction": "in (0, 1]", "structured.finetune_steps": ">= 0", "structured.batch_size": "> 0",
+    "structured.lr": "> 0", "structured.temperature": "> 0",
+    "data.max_states": "> 0", "data.rollout_fraction": "in [0, 10]", "data.rollout_epsilon": "in [0, 1]",
+    "data.rollout_envs": "> 0", "data.max_epochs": "> 0",
+    "eval.episodes": "> 0", "eval.seed": ">= 0",
+    "latency.calls": "> 0", "latency.rounds": "> 0", "latency.warmup": ">= 0",
+    "export.check_states": "> 0",
+}
+# the allowed values of every string setting
+CHOICES: dict[str, tuple[str, ...]] = {
+    "distill.loss": FIT_LOSSES, "prune.loss": FIT_LOSSES, "structured.loss": FIT_LOSSES,
+    "structured.criterion": CRITERIA,
+}
+# what every list-of-positive-integers setting holds
+WIDTHS: dict[str, str] = {"distill.hidden": "positive widths", "latency.batch_sizes": "positive batch sizes"}
+
+
+def _validate(settings: Any, prefix: str) -> None:
+    """Type and range of every leaf of the settings dataclass `settings` (sections recursively)."""
+    hints = get_type_hints(type(settings))
+    for f in fields(settings):
+        key, value = f"{prefix}.{f.name}", getattr(settings, f.name)
+        rel = key.removeprefix("compression.")
+        kind = hints[f.name]
+        if is_dataclass(value):
+            _validate(value, key)
+        elif rel == "methods":
+            continue  # normalize_chains
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{key}={value!r} must be true or false")
+        elif kind in (int, float):
+            check_number(key, value, INT if kind is int else NUM, BOUNDS[rel])
+            setattr(settings, f.name, kind(value))
+        elif kind is str:
+            if not isinstance(value, str) or value not in CHOICES[rel]:
+                raise ValueError(f"{key}={value!r} is not one of {list(CHOICES[rel])}")
+        elif rel in WIDTHS:
+            if not isinstance(value, list | tuple) or not positive_widths(value):
+                raise ValueError(f"{key}={value!r} must be a non-empty list of {WIDTHS[rel]} (integers > 0)")
+            setattr(settings, f.name, [int(v) for v in value])
+        else:  # a new setting needs a rule here
+            raise TypeError(f"{key}: no check for settings of type {kind}")
 
 
 def normalize_chains(methods: Sequence[Any] | str | None) -> list[list[str]]:
@@ -167,7 +185,14 @@ def normalize_chains(methods: Sequence[Any] | str | None) -> list[list[str]]:
         return []
     if isinstance(methods, str):
         methods = [methods]
+    if not isinstance(methods, list | tuple):
+        raise ValueError(f"compression.methods={methods!r} must be a list of methods or of chains of methods; "
+                         f"allowed methods: {list(METHODS)}")
     items = list(methods)
+    odd = [m for m in items if not isinstance(m, str | list | tuple)]
+    if odd:
+        raise ValueError(f"compression.methods: {odd[0]!r} is neither a method nor a chain of methods; allowed "
+                         f"methods: {list(METHODS)}")
     if all(isinstance(m, str) and "+" not in m for m in items):
         chains = [items] if items else []
     else:
@@ -192,13 +217,6 @@ def normalize_chains(methods: Sequence[Any] | str | None) -> list[list[str]]:
 def chain_name(chain: Sequence[str]) -> str:
     """The report's name of a chain: methods joined by '+'."""
     return "+".join(chain)
-
-
-def _check_range(key: str, value: float, lo: float, hi: float, allowed: str,
-                 lo_open: bool = False, hi_open: bool = False) -> None:
-    bad = value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi)
-    if bad:
-        raise ValueError(f"{key}={value} must lie in {allowed}")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:

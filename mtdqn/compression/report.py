@@ -3,13 +3,15 @@
 For the original and each compressed policy: parameters, non-zero parameters, bytes of the saved file, multiply-adds
 per forward (dense and non-zero), CPU latency at each batch size, greedy return and normalized score per task on
 the same fixed seeds, retention = compressed / original, and the TorchScript / ONNX export checks. Written as
-report.json, report.md and report.png (normalized score against file size) into the output folder.
+report.json, report.md and report.png (normalized score against file size) into the output folder, which then holds
+this report's policy folders only: those of an earlier report into the same folder are replaced or removed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtdqn.compression.config import TRAINED, CompressionSettings, chain_name
+from mtdqn.compression.config import METHODS, TRAINED, CompressionSettings, chain_name
 from mtdqn.compression.data import (
     StatePool,
     concat_pools,
@@ -38,6 +40,8 @@ from mtdqn.types import TaskSpec
 
 log = logging.getLogger("mtdqn")
 EnvFactory = Callable[..., Any]
+REPORT_FILES = ("report.json", "report.md", "report.png")
+STAGE = ".partial"  # the report is written here, inside the output folder, then moved in when complete
 TS_SUFFIX = "@torchscript"
 GAIN = 0.95  # a latency counts as a gain below 95% of the original's (timing noise on a shared CPU)
 REPORT_FIELDS = ("name", "methods", "params", "nonzero_params", "file_bytes", "macs", "macs_nonzero", "latency_ms", "latency_ms_torchscript",
@@ -184,9 +188,16 @@ def run_compression(
     out_dir: str | Path,
 ) -> dict:
     """Compress `policy` (float32, on CPU) with every chain of `settings.methods`, measure, evaluate, export and
-    write report.json / report.md / report.png into `out_dir`. Returns the report."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    write report.json / report.md / report.png into `out_dir`. Returns the report.
+
+    Everything is written into `out_dir/.partial` first and moved in when complete, replacing an earlier report's
+    files and removing its policy folders (`original`, `distill`, `distill+quantize`, ...): the folder holds one
+    report and the policies it lists; other files in it stay. An interrupted run leaves the earlier report whole."""
+    final_dir = Path(out_dir)
+    out_dir = final_dir / STAGE
+    if out_dir.exists():  # left by an interrupted run
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
     t_start = time.perf_counter()
     policy = policy.eval()
     obs_width = max(t.obs_dim for t in tasks)
@@ -220,8 +231,31 @@ def run_compression(
     report = {"policies": entries, "notes": measurement_notes(entries, skipped),
               "pool_states": len(pool), "eval_episodes": settings.eval.episodes, "eval_seed": settings.eval.seed,
               "torch_threads_latency": 1, "seconds": round(time.perf_counter() - t_start, 1)}
+    for entry in entries:  # the exports' paths where they end up
+        for result in entry["export"].values():
+            if "path" in result:
+                result["path"] = str(final_dir / Path(result["path"]).relative_to(out_dir))
     write_report(report, out_dir)
+    replace_outputs(out_dir, final_dir)
     return report
+
+
+def is_policy_folder(path: Path) -> bool:
+    """A policy folder of a report: `original`, or a chain of methods joined by '+'."""
+    return path.is_dir() and (path.name == "original" or all(m in METHODS for m in path.name.split("+")))
+
+
+def replace_outputs(stage: Path, out_dir: Path) -> None:
+    """Move the complete report in `stage` into `out_dir`, first removing an earlier report's files and every policy
+    folder (those this report does not list too); then remove `stage`."""
+    for path in out_dir.iterdir():
+        if path.name in REPORT_FILES and path.is_file():
+            path.unlink()
+        elif is_policy_folder(path):
+            shutil.rmtree(path)
+    for path in stage.iterdir():
+        path.rename(out_dir / path.name)
+    stage.rmdir()
 
 
 def export_all(policy: QPolicy, check: StatePool | None, out_dir: Path, settings: CompressionSettings

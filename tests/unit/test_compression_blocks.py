@@ -290,22 +290,98 @@ def test_latency_is_a_median_per_policy_and_batch_size():
     ("values", "message"),
     [
         ({"methods": ["distill", "squeeze"]}, "'squeeze' is not one of"),
-        ({"methods": ["prune"], "prune": {"sparsity": 1.0}}, "compression.prune.sparsity=1.0 must lie in [0, 1)"),
+        ({"methods": ["prune"], "prune": {"sparsity": 1.0}}, "compression.prune.sparsity=1.0 must be a number in [0, 1)"),
         ({"methods": ["prune"], "prune": {"sparsity": -0.1}}, "compression.prune.sparsity=-0.1"),
-        ({"methods": ["structured"], "structured": {"keep_fraction": 0.0}}, "keep_fraction=0.0 must lie in (0, 1]"),
+        ({"methods": ["structured"], "structured": {"keep_fraction": 0.0}}, "keep_fraction=0.0 must be a number in (0, 1]"),
         ({"methods": [["quantize", "distill"]]}, "trains after 'quantize'"),
         ({"methods": ["distill"], "distill": {"hidden": []}}, "compression.distill.hidden=[]"),
-        ({"methods": ["distill"], "distill": {"steps": 0}}, "compression.distill.steps=0 must be > 0"),
+        ({"methods": ["distill"], "distill": {"steps": 0}}, "compression.distill.steps=0 must be an integer > 0"),
         ({"methods": ["prune"], "prune": {"loss": "huber"}}, "compression.prune.loss='huber' is not one of"),
         ({"methods": ["distill"], "distill": {"loss": "l1"}}, "compression.distill.loss='l1' is not one of"),
         ({"methods": ["prune"], "prun": {}}, "compression.prun is not a setting"),
-        ({"methods": ["distill"], "eval": {"episodes": -1}}, "compression.eval.episodes=-1 must be > 0"),
+        ({"methods": ["distill"], "eval": {"episodes": -1}}, "compression.eval.episodes=-1 must be an integer > 0"),
+        ({"methods": ["quantize"], "eval": {"episodes": 1.5}}, "compression.eval.episodes=1.5 must be an integer > 0"),
+        ({"methods": ["distill"], "distill": {"steps": "abc"}}, "compression.distill.steps='abc' must be an integer"),
+        ({"methods": ["distill"], "distill": {"hidden": 64}}, "compression.distill.hidden=64 must be a non-empty"),
+        ({"methods": 5}, "compression.methods=5 must be a list of methods"),
+        ({"methods": [["prune"], 3]}, "compression.methods: 3 is neither a method nor a chain"),
     ],
 )
 def test_bad_settings_name_the_key_the_value_and_what_is_allowed(values, message):
     with pytest.raises(ValueError) as err:
         CompressionSettings.from_dict(values)
     assert message in str(err.value)
+
+
+WIRING = ("_target_", "_convert_", "net", "output_dir")
+
+
+def _conf_leaves() -> dict[str, object]:
+    """Every setting of conf/compression/default.yaml (dotted keys relative to `compression`), resolved."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "compression" / "default.yaml")
+    settings = {k: v for k, v in OmegaConf.to_container(conf, resolve=False).items() if k not in WIRING}
+    node = OmegaConf.merge({"seed": 0}, {"compression": settings})  # no callbacks node: the oc.select defaults
+    values = OmegaConf.to_container(node.compression, resolve=True)
+
+    def walk(tree: dict, prefix: str) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for k, v in tree.items():
+            out.update(walk(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    return walk(values, "")
+
+
+def _wrong_types(default: object) -> list[object]:
+    """Values of the wrong type for a setting whose default is `default`."""
+    if isinstance(default, bool):
+        return ["yes", 1, None]
+    if isinstance(default, int):
+        return [1.5, True, "abc", None, [4]]
+    if isinstance(default, float):
+        return ["abc", True, None, [0.5]]
+    if isinstance(default, str):
+        return [3, True, None, ["kl"]]
+    assert isinstance(default, list) and all(isinstance(v, int) for v in default), default
+    return [64, "abc", [], [True], [1.5], ["a"], None]
+
+
+def test_every_setting_of_the_default_conf_refuses_a_wrong_type_naming_its_key():
+    """conf/compression/default.yaml, leaf by leaf: a value of the wrong type (a bool is no integer, 1.5 no integer,
+    a string no number, a scalar no list of widths) is a ValueError naming the full key, never a TypeError later."""
+    import copy
+
+    leaves = _conf_leaves()
+    assert len(leaves) > 30 and "eval.episodes" in leaves and "distill.hidden" in leaves
+    base = {"methods": [["distill", "quantize"], ["prune"], ["structured"], ["fp16"]], "seed": 0}
+    CompressionSettings.from_dict(base)  # the defaults pass
+    defaults = CompressionSettings()
+    for key in leaves:
+        default = defaults  # its type in the dataclass: the yaml writes the float data.max_epochs as 20
+        for part in key.split("."):
+            default = getattr(default, part)
+        for bad in [5, True, [1], [["prune", 2]], {"a": 1}] if key == "methods" else _wrong_types(default):
+            values = copy.deepcopy(base)
+            *sections, name = key.split(".")
+            node = values
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = bad
+            with pytest.raises(ValueError) as err:
+                CompressionSettings.from_dict(values)
+            assert f"compression.{key}" in str(err.value), (key, bad, str(err.value))
+
+
+def test_integral_numbers_are_coerced_to_the_setting_type():
+    settings = CompressionSettings.from_dict({"eval": {"episodes": 8.0}, "data": {"max_epochs": 3},
+                                              "distill": {"hidden": [16.0, 8]}})
+    assert settings.eval.episodes == 8 and isinstance(settings.eval.episodes, int)
+    assert isinstance(settings.data.max_epochs, float)
+    assert settings.distill.hidden == [16, 8] and all(isinstance(h, int) for h in settings.distill.hidden)
 
 
 def test_chains_flat_nested_and_plus_forms():
