@@ -237,23 +237,59 @@ def load_teacher(ref: str, key: str) -> tuple[nn.Module, list[TaskSpec], Path]:
 
 
 def teachers_for(students: Sequence[TaskSpec], teachers: Sequence[str] | Mapping[str, str]) -> list[TeacherQ]:
-    """One TeacherQ per student task: from {task: checkpoint}, or the first listed checkpoint trained on it."""
+    """One TeacherQ per student task: from {task: checkpoint} (each task taught by the checkpoint mapped to it,
+    which must have been trained on that task), or from a list (the first listed checkpoint trained on it; a
+    listed checkpoint trained on none of the student's tasks is refused)."""
+    names = [s.name for s in students]
+    cache: dict[str, tuple[nn.Module, list[TaskSpec], Path]] = {}
+
+    def load(ref: str, key: str) -> tuple[nn.Module, list[TaskSpec], Path]:
+        if ref not in cache:  # one network per checkpoint, however many tasks it teaches
+            cache[ref] = load_teacher(ref, key)
+        return cache[ref]
+
+    chosen: dict[str, tuple[str, nn.Module, list[TaskSpec]]] = {}  # student task -> (key, net, specs)
+    useless: list[str] = []  # list-form teachers trained on none of the student's tasks
     if isinstance(teachers, Mapping):
-        unknown = set(teachers) - {s.name for s in students}
+        unknown = set(teachers) - set(names)
         if unknown:
             raise ValueError(f"transfer.teachers names tasks {sorted(unknown)} the student does not train on "
-                             f"({[s.name for s in students]})")
-        refs = [(f"transfer.teachers.{t}", p) for t, p in teachers.items()]
+                             f"({names})")
+        missing = [n for n in names if n not in teachers]
+        if missing:
+            raise ValueError(f"transfer.teachers has no teacher for student tasks {missing}: the {{task: ckpt}} form "
+                             f"needs one entry per student task ({names}), or use the list form")
+        for task, ref in teachers.items():
+            key = f"transfer.teachers.{task}"
+            net, specs, path = load(ref, key)
+            if task not in [x.name for x in specs]:
+                raise ValueError(f"{key}: {path} was not trained on {task} (its tasks: {[x.name for x in specs]})")
+            chosen[task] = (key, net, specs)
     else:
-        refs = [(f"transfer.teachers[{i}]", p) for i, p in enumerate(teachers)]
-    loaded = [(key, *load_teacher(ref, key)) for key, ref in refs]
+        for i, ref in enumerate(teachers):
+            key = f"transfer.teachers[{i}]"
+            net, specs, path = load(ref, key)
+            taught = [x.name for x in specs if x.name in names]
+            if not taught:
+                useless.append(f"{key}: {path} was trained on {[x.name for x in specs]}, none of the student's "
+                               f"tasks {names}; it would teach nothing (remove it, or check the path)")
+                continue
+            new = [t for t in taught if t not in chosen]
+            if not new:
+                log.warning("transfer: %s (%s) teaches no task: every task it was trained on (%s) goes to an "
+                            "earlier listed teacher", key, path, ", ".join(taught))
+            for t in new:
+                chosen[t] = (key, net, specs)
+    for name in names:
+        if name not in chosen:
+            covered = sorted({x.name for _, s, _ in cache.values() for x in s})
+            raise ValueError(f"transfer.teachers: no teacher was trained on task {name!r}; the teachers "
+                             f"cover {covered}")
+    if useless:
+        raise ValueError(useless[0])
     out = []
     for student in students:
-        match = next(((k, n, s) for k, n, s, _ in loaded if student.name in [x.name for x in s]), None)
-        if match is None:
-            raise ValueError(f"transfer.teachers: no teacher was trained on task {student.name!r}; the teachers "
-                             f"cover {sorted({x.name for _, _, s, _ in loaded for x in s})}")
-        key, net, specs = match
+        key, net, specs = chosen[student.name]
         spec = next(x for x in specs if x.name == student.name)
         if (spec.obs_dim, spec.n_actions) != (student.obs_dim, student.n_actions):
             raise ValueError(f"{key}: task {student.name!r} has obs_dim/n_actions {(spec.obs_dim, spec.n_actions)} "

@@ -26,7 +26,7 @@ from mtdqn.models import DQNModule
 from mtdqn.models.student import DistillStudentModule
 from mtdqn.nets import QNetwork
 from mtdqn.nets.multitask import MultiTaskQNetwork
-from mtdqn.transfer import EWCConfig, apply_transfer, load_matching, load_source
+from mtdqn.transfer import EWCConfig, apply_transfer, load_matching, load_source, teachers_for
 from mtdqn.transfer.ewc import source_fisher
 from mtdqn.transfer.modes import FreezeSchedule
 from mtdqn.types import Batch, TaskSpec
@@ -270,6 +270,43 @@ def _sgd(m: nn.Module, loss: torch.Tensor) -> None:
     with torch.no_grad():
         for p, g in zip(m._trainable, grads, strict=True):
             p.sub_(0.1 * g)
+
+
+def expert_config(task: str) -> dict:
+    """config.yaml of a single-task QNetwork run on one driving task."""
+    return {**MTL_CONFIG, "task_set": {"kind": "driving", "tasks": [task], "env_kwargs": {}},
+            "net": {"_target_": "mtdqn.nets.QNetwork", "_partial_": True, "hidden": [8]}}
+
+
+def test_teachers_mapping_sends_each_task_to_the_checkpoint_mapped_to_it(tmp_path):
+    torch.manual_seed(0)
+    mtl = write_source(tmp_path / "mtl", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    experts = {t: QNetwork(26, 9, hidden=[8]) for t in ("lane_keep", "traffic_light")}
+    paths = {t: write_source(tmp_path / t, net, expert_config(t)) for t, net in experts.items()}
+    # the multi-task run is listed first and was trained on every task: only its key's task goes to it
+    teachers = teachers_for(DRIVING, {"pedestrian": str(mtl), "lane_keep": str(paths["lane_keep"]),
+                                      "traffic_light": str(paths["traffic_light"])})
+    obs = torch.randn(5, 26)
+    assert isinstance(teachers[0].net, QNetwork) and teachers[0].task_index is None
+    assert torch.equal(teachers[0](obs), experts["lane_keep"](obs))
+    assert isinstance(teachers[1].net, MultiTaskQNetwork) and teachers[1].task_index == 1
+    assert torch.equal(teachers[2](obs), experts["traffic_light"](obs))
+    with pytest.raises(ValueError, match=r"transfer.teachers.pedestrian: .*lane_keep.* was not trained on "
+                                         r"pedestrian \(its tasks: \['lane_keep'\]\)"):
+        teachers_for(DRIVING, {"pedestrian": str(paths["lane_keep"]), "lane_keep": str(mtl),
+                               "traffic_light": str(mtl)})
+    with pytest.raises(ValueError, match=r"transfer.teachers has no teacher for student tasks \['traffic_light'\]"):
+        teachers_for(DRIVING, {"pedestrian": str(mtl), "lane_keep": str(mtl)})
+
+
+def test_a_listed_teacher_trained_on_no_student_task_is_refused(tmp_path):
+    torch.manual_seed(0)
+    mtl = write_source(tmp_path / "mtl", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    urban = write_source(tmp_path / "urban", QNetwork(26, 9, hidden=[8]), expert_config("urban"))
+    with pytest.raises(ValueError, match=r"transfer.teachers\[1\]: .*urban.* was trained on \['urban'\], none of "
+                                         r"the student's tasks \['lane_keep', 'pedestrian', 'traffic_light'\]"):
+        teachers_for(DRIVING, [str(mtl), str(urban)])
+    assert [t.task_index for t in teachers_for(DRIVING, [str(mtl)])] == [0, 1, 2]
 
 
 # --- EWC ------------------------------------------------------------------------------------------------------
