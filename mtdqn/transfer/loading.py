@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from mtdqn.callbacks.checkpoint import load_checkpoint
 from mtdqn.envs import task_specs
 from mtdqn.nets.multitask import MultiTaskQNetwork
+from mtdqn.nets.popart import PopArtHead
 from mtdqn.nets.q import QNetwork
 from mtdqn.types import TaskSpec
 
@@ -56,6 +57,21 @@ class SourceCheckpoint:
         state = self.checkpoint.get("state_dict") or {}
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
+    def transfer_state(self) -> dict[str, Tensor]:
+        """`net_state()` plus, for a PopArt source (model.popart=true: one stacked `popart.*` head), the plain
+        per-task heads `heads.<k>.weight/bias` it is equivalent to in return units (sigma_k W_k, sigma_k b_k + mu_k):
+        what a target without PopArt loads, by name or through `head_from`."""
+        state = self.net_state()
+        return {**state, **popart_heads(state, self.n_actions())}
+
+    def n_actions(self) -> list[int] | None:
+        """Action count of each source task (from its config), or None without a config."""
+        if self.config is None:
+            return None
+        ts = self.config.get("task_set") or {}
+        return [s.n_actions for s in task_specs(str(ts.get("kind")), list(ts.get("tasks") or []),
+                                                dict(ts.get("env_kwargs") or {}))]
+
     def replays(self) -> list[dict[str, Any]]:
         """Per-task replay buffer states saved with the checkpoint (empty list if none)."""
         for key in DATAMODULE_KEYS:
@@ -65,6 +81,29 @@ class SourceCheckpoint:
             if isinstance(value, Mapping) and "replays" in value:
                 return list(value["replays"])
         return []
+
+
+def popart_sigma_mu(state: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """A PopArt head's per-task (sigma, mu) from its `popart.*` tensors, sigma as PopArtHead computes it."""
+    head = PopArtHead(state["popart.weight"].shape[-1], state["popart.weight"].shape[1],
+                      n_tasks=state["popart.weight"].shape[0])
+    head.load_state_dict({k: state[f"popart.{k}"] for k in ("weight", "bias", "mu", "nu")})
+    return head.sigma.detach(), head.mu.detach()
+
+
+def popart_heads(state: Mapping[str, Tensor], n_actions: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """{heads.<k>.weight, heads.<k>.bias}: the plain linear heads giving a PopArt head's Q-values in return units
+    (sigma_k * (W_k f + b_k) + mu_k), each cut to its task's action count; {} for a net without a PopArt head."""
+    if "popart.weight" not in state or any(k.startswith("heads.") for k in state):
+        return {}
+    sigma, mu = popart_sigma_mu(state)
+    weight, bias = state["popart.weight"], state["popart.bias"]
+    n_actions = list(n_actions) if n_actions else [weight.shape[1]] * weight.shape[0]
+    out = {}
+    for k, n in enumerate(n_actions[: weight.shape[0]]):
+        out[f"heads.{k}.weight"] = weight[k, :n] * sigma[k]
+        out[f"heads.{k}.bias"] = bias[k, :n] * sigma[k] + mu[k]
+    return out
 
 
 def resolve_checkpoint(ref: str, key: str) -> Path:
@@ -138,7 +177,7 @@ def head_prefix_map(target_names: Sequence[str], source: SourceCheckpoint, head_
                          f"none next to {source.path} (set transfer.source_config)")
     if head_from not in tasks:
         raise ValueError(f"transfer.head_from={head_from!r} is not a source task; the source trained on {tasks}")
-    names = source.net_state()
+    names = source.transfer_state()  # a PopArt source's head as plain heads.<k>.* in return units
     if any(n.startswith("heads.") for n in names):
         src = f"heads.{tasks.index(head_from)}."
     elif any(n.startswith("head.") for n in names):
@@ -191,7 +230,8 @@ def net_class(net_cfg: Mapping[str, Any], key: str) -> type[nn.Module]:
 
 
 def build_net(config: Mapping[str, Any], key: str) -> tuple[nn.Module, list[TaskSpec]]:
-    """A fresh network with the architecture of a run config's `net` node, and that run's task specs."""
+    """A fresh network with the architecture of a run config's `net` node (with the PopArt head `model.popart=true`
+    adds, as scripts/compress.py rebuilds it), and that run's task specs."""
     net_cfg = dict(config.get("net") or {})
     cls = net_class(net_cfg, key)
     ts = config.get("task_set") or {}
@@ -199,6 +239,9 @@ def build_net(config: Mapping[str, Any], key: str) -> tuple[nn.Module, list[Task
     kwargs = {k: v for k, v in net_cfg.items() if not k.startswith("_")}
     if cls is QNetwork or not issubclass(cls, MultiTaskQNetwork):
         return cls(**specs[0].net_kwargs(), **kwargs), specs
+    model_cfg = config.get("model") or {}
+    if model_cfg.get("popart"):  # MultiTaskDQNModule hands its net a PopArt head (forward: Q in return units)
+        kwargs["popart_beta"] = float(model_cfg.get("popart_beta", 3e-4))
     return cls(tasks=specs, **kwargs), specs
 
 

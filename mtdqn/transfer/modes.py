@@ -32,9 +32,11 @@ log = logging.getLogger("mtdqn")
 def load_into_model(model: DQNModule, cfg: TransferConfig):
     """Load the source checkpoint's online network into `model.q_net` by name and shape; target = online copy."""
     source = load_source(cfg.checkpoint, "transfer.checkpoint", cfg.source_config)
-    state = source.net_state()
+    state = source.transfer_state()
     prefix_map = head_prefix_map(list(model.q_net.state_dict()), source, cfg.head_from)
     report = load_matching(model.q_net, state, prefix_map)
+    derived = set(state) - set(source.net_state())  # a PopArt source's heads as plain heads: not "unused"
+    report.unused = [k for k in report.unused if k not in derived]
     if not report.loaded:
         raise ValueError(f"transfer.checkpoint={cfg.checkpoint!r}: no tensor of the target network matches the "
                          f"source by name and shape ({report.summary()})")

@@ -22,12 +22,13 @@ from mtdqn.evaluation.transfer import (
 )
 from mtdqn.losses.distill import distill_kl
 from mtdqn.losses.ewc import ewc_penalty, normalize_fisher
-from mtdqn.models import DQNModule
+from mtdqn.models import DQNModule, MultiTaskDQNModule
 from mtdqn.models.student import DistillStudentModule
 from mtdqn.nets import QNetwork
 from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.transfer import EWCConfig, apply_transfer, load_matching, load_source, teachers_for
 from mtdqn.transfer.ewc import source_fisher
+from mtdqn.transfer.loading import popart_heads
 from mtdqn.transfer.modes import FreezeSchedule
 from mtdqn.types import Batch, TaskSpec
 from tests.helpers.runs import write_run
@@ -382,6 +383,90 @@ def test_ewc_needs_the_replay_saved_in_the_source_checkpoint(tmp_path):
     path = write_source(tmp_path, MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
     with pytest.raises(ValueError, match="holds no replay buffers"):
         apply_transfer(dqn(), {"mode": "ewc", "checkpoint": str(path)})
+
+
+# --- PopArt sources (model.popart=true) -----------------------------------------------------------------------
+
+POPART_CONFIG = {**MTL_CONFIG, "model": {**MTL_CONFIG["model"], "popart": True, "popart_beta": 0.001}}
+
+
+def popart_net(tasks=DRIVING, mu=(1.0, -2.0, 0.5), sigma=(2.0, 3.0, 0.5)) -> MultiTaskQNetwork:
+    """A multi-head net with a PopArt head whose statistics are far from (0, 1): Q = sigma_t * head_t + mu_t."""
+    torch.manual_seed(0)
+    net = MultiTaskQNetwork(tasks, hidden=[16, 16], popart_beta=1e-3)
+    mu, sigma = torch.tensor(mu[: len(tasks)]), torch.tensor(sigma[: len(tasks)])
+    net.popart.mu.copy_(mu)
+    net.popart.nu.copy_(sigma.square() + mu.square())
+    return net
+
+
+def test_a_popart_run_teaches_in_return_units(tmp_path):
+    source = popart_net()
+    path = write_source(tmp_path, source, POPART_CONFIG)
+    teachers = teachers_for(DRIVING, [str(path)])
+    obs = torch.randn(6, 26)
+    for k, teacher in enumerate(teachers):
+        ids = torch.full((6,), k)
+        assert teacher.net.popart.beta == 1e-3
+        assert torch.allclose(teacher(obs), source(obs, ids))  # sigma_k * head_k + mu_k
+        assert not torch.allclose(teacher(obs), source.normalized_q(obs, ids))
+
+
+def test_finetune_from_a_popart_source_takes_its_head_in_return_units(tmp_path):
+    source = popart_net()
+    path = write_source(tmp_path, source, POPART_CONFIG)
+    model = dqn()
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(path), "head_from": "pedestrian"})
+    obs = torch.randn(6, 26)
+    assert torch.allclose(model.q_net(obs), source(obs, torch.full((6,), 1)), atol=1e-5)
+    # a plain multi-head target gets every head, by name
+    module = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=[16, 16]),
+                                optimizer=partial(torch.optim.Adam, lr=1e-2), task=DRIVING)
+    apply_transfer(module, {"mode": "finetune", "checkpoint": str(path)})
+    ids = torch.arange(6) % 3
+    assert torch.allclose(module.q_net(obs, ids), source(obs, ids), atol=1e-5)
+
+
+def test_ewc_fisher_of_a_popart_source_is_its_normalized_td_loss(tmp_path):
+    """One task, MSE: the normalized loss is the return-unit loss / sigma^2, so every Fisher entry of the PopArt
+    source (torso, and its head as the equivalent plain head) is the plain twin's / sigma^4."""
+    lane = DRIVING[:1]
+    source = popart_net(lane, mu=(0.5,), sigma=(2.0,))
+    plain = MultiTaskQNetwork(lane, hidden=[16, 16])
+    plain.load_state_dict({k: v for k, v in {**source.state_dict(), **popart_heads(source.state_dict())}.items()
+                           if not k.startswith("popart.")})
+    g = torch.Generator().manual_seed(1)
+    replay = {"obs": torch.randn(3, 2, 26, generator=g), "next_obs": torch.randn(3, 2, 26, generator=g),
+              "actions": torch.randint(0, 9, (3, 2), generator=g), "rewards": torch.randn(3, 2, generator=g),
+              "terminated": torch.tensor([[True, False]] * 3), "done": torch.zeros(3, 2, dtype=torch.bool),
+              "pos": 3, "size": 3}
+    fishers = []
+    for name, net, cfg in (("popart", source, POPART_CONFIG), ("plain", plain, MTL_CONFIG)):
+        cfg = {**cfg, "task_set": {"kind": "driving", "tasks": ["lane_keep"], "env_kwargs": {}}}
+        state = {f"{p}{k}": v for k, v in net.state_dict().items() for p in ("q_net.", "target_net.")}
+        path = tmp_path / name / "checkpoints" / "last.ckpt"
+        atomic_torch_save({"state_dict": state, "MultiTaskDataModule": {"replays": [replay]}}, path)
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+        fishers.append(source_fisher(load_source(str(path)), EWCConfig(fisher_samples=6, seed=3)))
+    popart_f, plain_f = fishers
+    for name in ("torso.0.weight", "torso.2.bias", "heads.0.weight", "heads.0.bias"):
+        assert torch.allclose(popart_f[name] * 16.0, plain_f[name], rtol=1e-3, atol=1e-9), name
+    assert float(plain_f["heads.0.weight"].sum()) > 0
+
+
+def test_ewc_from_a_popart_source_anchors_the_head_it_loaded(tmp_path):
+    source = popart_net()
+    replays = [{"obs": torch.randn(4, 2, 26), "next_obs": torch.randn(4, 2, 26), "actions": torch.randint(0, 9, (4, 2)),
+                "rewards": torch.randn(4, 2), "terminated": torch.zeros(4, 2, dtype=torch.bool),
+                "done": torch.zeros(4, 2, dtype=torch.bool), "pos": 4, "size": 4} for _ in DRIVING]
+    path = write_source(tmp_path, source, POPART_CONFIG, {"MultiTaskDataModule": {"replays": replays}})
+    model = dqn()
+    apply_transfer(model, {"mode": "ewc", "checkpoint": str(path), "head_from": "traffic_light",
+                           "ewc": {"fisher_samples": 8}})
+    assert model.regularization().item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        model.q_net.head.weight.add_(0.1)
+    assert model.regularization().item() > 0
 
 
 # --- transfer metrics -----------------------------------------------------------------------------------------
