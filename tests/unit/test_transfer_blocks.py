@@ -119,6 +119,39 @@ def test_torso_lr_scale_puts_the_loaded_torso_in_its_own_param_group(tmp_path):
     assert {id(p) for p in torso_group["params"]} == {id(p) for p in model.q_net.torso.parameters()}
 
 
+def test_a_source_whose_torso_does_not_fit_is_refused(tmp_path):
+    torch.manual_seed(0)
+    wide = write_source(tmp_path / "wide", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    # another width: only the head's bias (9,) matched before
+    with pytest.raises(ValueError, match=r"transfer.checkpoint='.*wide.*': the source network's torso does not fit "
+                                         r"the target's: torso.0.weight \(shape \(16, 26\) in source vs \(8, 26\)\)"):
+        apply_transfer(dqn(hidden=(8, 8)), {"mode": "finetune", "checkpoint": str(wide), "head_from": "lane_keep"})
+    # another observation size (a CartPole source): torso.0.bias and torso.2.* matched, torso.0.weight did not
+    cartpole = write_source(tmp_path / "cartpole", QNetwork(4, 2, hidden=[16, 16]), None)
+    for mode in ("finetune", "freeze"):
+        with pytest.raises(ValueError, match=r"torso does not fit the target's: torso.0.weight \(shape \(16, 4\) "
+                                             r"in source vs \(16, 26\)\); every torso tensor"):
+            apply_transfer(dqn(), {"mode": mode, "checkpoint": str(cartpole)})
+
+
+def test_a_layer_that_fits_only_partly_keeps_its_fresh_initialization_whole(tmp_path):
+    """Per-task input adapters: task b's observation size differs (its adapter's bias fits, its weight does not),
+    so adapter b stays fresh whole; adapter a, the torso and the heads load; one source head is left over."""
+    torch.manual_seed(0)
+    source = MultiTaskQNetwork([TaskSpec("a", 26, 9), TaskSpec("b", 10, 9), TaskSpec("c", 10, 9)], hidden=[16, 16])
+    path = write_source(tmp_path, source, None)
+    model = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=[16, 16]),
+                               optimizer=partial(torch.optim.Adam, lr=1e-2),
+                               task=[TaskSpec("a", 26, 9), TaskSpec("b", 12, 9)])
+    fresh = params(model.q_net)
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(path)})
+    after, src = params(model.q_net), source.state_dict()
+    for name in ("adapters.0.weight", "adapters.0.bias", "torso.2.weight", "heads.0.weight", "heads.1.bias"):
+        assert torch.equal(after[name], src[name]), name
+    for name in ("adapters.1.weight", "adapters.1.bias"):
+        assert torch.equal(after[name], fresh[name]), name
+
+
 class Payload:
     """Any class: torch.save pickles it, so a weights-only load must refuse the file."""
 
