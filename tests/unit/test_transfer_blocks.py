@@ -343,6 +343,16 @@ def test_a_listed_teacher_trained_on_no_student_task_is_refused(tmp_path):
     assert [t.task_index for t in teachers_for(DRIVING, [str(mtl)])] == [0, 1, 2]
 
 
+def test_a_listed_teacher_whose_tasks_all_go_to_earlier_teachers_is_logged(tmp_path, caplog):
+    torch.manual_seed(0)
+    mtl = write_source(tmp_path / "mtl", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    lane = write_source(tmp_path / "lane", QNetwork(26, 9, hidden=[8]), expert_config("lane_keep"))
+    with caplog.at_level("WARNING", logger="mtdqn"):
+        teachers = teachers_for(DRIVING, [str(mtl), str(lane)])
+    assert [t.task_index for t in teachers] == [0, 1, 2]  # the first listed teacher trained on each task
+    assert "transfer.teachers[1]" in caplog.text and "teaches no task" in caplog.text
+
+
 # --- EWC ------------------------------------------------------------------------------------------------------
 
 
