@@ -3,8 +3,9 @@
 The Fisher is the empirical one of the source's TD loss: F_i = E[(d loss / d theta_i)^2] over transitions drawn
 uniformly from the replay buffers saved in the source checkpoint (`fisher_samples` per source task, one-step
 targets r + gamma (1 - terminated) max_a Q_target(s', a) from the source's own target network; double-Q when the
-source used it). With `fisher_batch_size=1` every squared gradient is a single transition's (Kirkpatrick et al.
-2017); larger batches are cheaper and underestimate F. `normalize=mean` divides F by its mean over all entries.
+source used it; a PopArt source's loss in its per-task normalized units, as it trained). With
+`fisher_batch_size=1` every squared gradient is a single transition's (Kirkpatrick et al. 2017); larger batches are
+cheaper and underestimate F. `normalize=mean` divides F by its mean over all entries.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mtdqn.losses.ewc import ewc_penalty, normalize_fisher
 from mtdqn.losses.td import td_target
 from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.transfer.config import EWCConfig
-from mtdqn.transfer.loading import TARGET_PREFIX, LoadReport, SourceCheckpoint, build_net
+from mtdqn.transfer.loading import TARGET_PREFIX, LoadReport, SourceCheckpoint, build_net, popart_sigma_mu
 
 log = logging.getLogger("mtdqn")
 
@@ -67,6 +68,7 @@ def source_fisher(source: SourceCheckpoint, cfg: EWCConfig) -> dict[str, Tensor]
     gamma, double_q = float(source.config.get("gamma", 0.99)), bool(model_cfg.get("double_q", False))
     huber = model_cfg.get("loss", "huber") == "huber"
     multi = isinstance(net, MultiTaskQNetwork)
+    popart = net.popart if multi else None  # PopArt: the source's TD loss is in its per-task normalized units
     names, params = zip(*[(n, p) for n, p in net.named_parameters() if p.requires_grad], strict=True)
     sums = [torch.zeros_like(p) for p in params]
     batches = 0
@@ -86,21 +88,32 @@ def source_fisher(source: SourceCheckpoint, cfg: EWCConfig) -> dict[str, Tensor]
                 online_next = q(net, next_obs[sl], ids[sl]) if double_q else None
                 y = td_target(rewards[sl], gamma * (~terminated[sl]).float(), q(target, next_obs[sl], ids[sl]),
                               online_next)
-            q_taken = q(net, obs[sl], ids[sl]).gather(-1, actions[sl, None]).squeeze(-1)
+            if popart is not None:
+                y = popart.normalize_targets(y, ids[sl])
+                q_taken = net.normalized_q(obs[sl], ids[sl]).gather(-1, actions[sl, None]).squeeze(-1)
+            else:
+                q_taken = q(net, obs[sl], ids[sl]).gather(-1, actions[sl, None]).squeeze(-1)
             loss = F.smooth_l1_loss(q_taken, y) if huber else F.mse_loss(q_taken, y)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for s, g in zip(sums, grads, strict=True):
                 if g is not None:
                     s.add_(g.square())
             batches += 1
-    return {n: s / max(batches, 1) for n, s in zip(names, sums, strict=True)}
+    fisher = {n: s / max(batches, 1) for n, s in zip(names, sums, strict=True)}
+    if popart is not None:  # the equivalent plain heads (SourceCheckpoint.transfer_state): W' = sigma W, so
+        sigma, _ = popart_sigma_mu(source.net_state())  # d loss / d W' = (d loss / d W) / sigma
+        for k, spec in enumerate(specs):
+            n = spec.n_actions
+            fisher[f"heads.{k}.weight"] = fisher["popart.weight"][k, :n] / sigma[k].square()
+            fisher[f"heads.{k}.bias"] = fisher["popart.bias"][k, :n] / sigma[k].square()
+    return fisher
 
 
 def ewc_regularizer(q_net: nn.Module, source: SourceCheckpoint, report: LoadReport, cfg: EWCConfig) -> EWCPenalty:
     """The EWC penalty on every parameter `report` loaded from the source, anchored at its source value."""
     t0 = time.perf_counter()
     fisher_src = source_fisher(source, cfg)
-    state = source.net_state()
+    state = source.transfer_state()
     params, anchors, fisher = [], [], []
     for name, p in q_net.named_parameters():
         src = report.loaded.get(name)

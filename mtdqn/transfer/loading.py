@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from mtdqn.callbacks.checkpoint import load_checkpoint
 from mtdqn.envs import task_specs
 from mtdqn.nets.multitask import MultiTaskQNetwork
+from mtdqn.nets.popart import PopArtHead
 from mtdqn.nets.q import QNetwork
 from mtdqn.types import TaskSpec
 
@@ -56,6 +57,21 @@ class SourceCheckpoint:
         state = self.checkpoint.get("state_dict") or {}
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
+    def transfer_state(self) -> dict[str, Tensor]:
+        """`net_state()` plus, for a PopArt source (model.popart=true: one stacked `popart.*` head), the plain
+        per-task heads `heads.<k>.weight/bias` it is equivalent to in return units (sigma_k W_k, sigma_k b_k + mu_k):
+        what a target without PopArt loads, by name or through `head_from`."""
+        state = self.net_state()
+        return {**state, **popart_heads(state, self.n_actions())}
+
+    def n_actions(self) -> list[int] | None:
+        """Action count of each source task (from its config), or None without a config."""
+        if self.config is None:
+            return None
+        ts = self.config.get("task_set") or {}
+        return [s.n_actions for s in task_specs(str(ts.get("kind")), list(ts.get("tasks") or []),
+                                                dict(ts.get("env_kwargs") or {}))]
+
     def replays(self) -> list[dict[str, Any]]:
         """Per-task replay buffer states saved with the checkpoint (empty list if none)."""
         for key in DATAMODULE_KEYS:
@@ -65,6 +81,29 @@ class SourceCheckpoint:
             if isinstance(value, Mapping) and "replays" in value:
                 return list(value["replays"])
         return []
+
+
+def popart_sigma_mu(state: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """A PopArt head's per-task (sigma, mu) from its `popart.*` tensors, sigma as PopArtHead computes it."""
+    head = PopArtHead(state["popart.weight"].shape[-1], state["popart.weight"].shape[1],
+                      n_tasks=state["popart.weight"].shape[0])
+    head.load_state_dict({k: state[f"popart.{k}"] for k in ("weight", "bias", "mu", "nu")})
+    return head.sigma.detach(), head.mu.detach()
+
+
+def popart_heads(state: Mapping[str, Tensor], n_actions: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """{heads.<k>.weight, heads.<k>.bias}: the plain linear heads giving a PopArt head's Q-values in return units
+    (sigma_k * (W_k f + b_k) + mu_k), each cut to its task's action count; {} for a net without a PopArt head."""
+    if "popart.weight" not in state or any(k.startswith("heads.") for k in state):
+        return {}
+    sigma, mu = popart_sigma_mu(state)
+    weight, bias = state["popart.weight"], state["popart.bias"]
+    n_actions = list(n_actions) if n_actions else [weight.shape[1]] * weight.shape[0]
+    out = {}
+    for k, n in enumerate(n_actions[: weight.shape[0]]):
+        out[f"heads.{k}.weight"] = weight[k, :n] * sigma[k]
+        out[f"heads.{k}.bias"] = bias[k, :n] * sigma[k] + mu[k]
+    return out
 
 
 def resolve_checkpoint(ref: str, key: str) -> Path:
@@ -138,7 +177,7 @@ def head_prefix_map(target_names: Sequence[str], source: SourceCheckpoint, head_
                          f"none next to {source.path} (set transfer.source_config)")
     if head_from not in tasks:
         raise ValueError(f"transfer.head_from={head_from!r} is not a source task; the source trained on {tasks}")
-    names = source.net_state()
+    names = source.transfer_state()  # a PopArt source's head as plain heads.<k>.* in return units
     if any(n.startswith("heads.") for n in names):
         src = f"heads.{tasks.index(head_from)}."
     elif any(n.startswith("head.") for n in names):
@@ -191,7 +230,8 @@ def net_class(net_cfg: Mapping[str, Any], key: str) -> type[nn.Module]:
 
 
 def build_net(config: Mapping[str, Any], key: str) -> tuple[nn.Module, list[TaskSpec]]:
-    """A fresh network with the architecture of a run config's `net` node, and that run's task specs."""
+    """A fresh network with the architecture of a run config's `net` node (with the PopArt head `model.popart=true`
+    adds, as scripts/compress.py rebuilds it), and that run's task specs."""
     net_cfg = dict(config.get("net") or {})
     cls = net_class(net_cfg, key)
     ts = config.get("task_set") or {}
@@ -199,6 +239,9 @@ def build_net(config: Mapping[str, Any], key: str) -> tuple[nn.Module, list[Task
     kwargs = {k: v for k, v in net_cfg.items() if not k.startswith("_")}
     if cls is QNetwork or not issubclass(cls, MultiTaskQNetwork):
         return cls(**specs[0].net_kwargs(), **kwargs), specs
+    model_cfg = config.get("model") or {}
+    if model_cfg.get("popart"):  # MultiTaskDQNModule hands its net a PopArt head (forward: Q in return units)
+        kwargs["popart_beta"] = float(model_cfg.get("popart_beta", 3e-4))
     return cls(tasks=specs, **kwargs), specs
 
 
@@ -237,23 +280,59 @@ def load_teacher(ref: str, key: str) -> tuple[nn.Module, list[TaskSpec], Path]:
 
 
 def teachers_for(students: Sequence[TaskSpec], teachers: Sequence[str] | Mapping[str, str]) -> list[TeacherQ]:
-    """One TeacherQ per student task: from {task: checkpoint}, or the first listed checkpoint trained on it."""
+    """One TeacherQ per student task: from {task: checkpoint} (each task taught by the checkpoint mapped to it,
+    which must have been trained on that task), or from a list (the first listed checkpoint trained on it; a
+    listed checkpoint trained on none of the student's tasks is refused)."""
+    names = [s.name for s in students]
+    cache: dict[str, tuple[nn.Module, list[TaskSpec], Path]] = {}
+
+    def load(ref: str, key: str) -> tuple[nn.Module, list[TaskSpec], Path]:
+        if ref not in cache:  # one network per checkpoint, however many tasks it teaches
+            cache[ref] = load_teacher(ref, key)
+        return cache[ref]
+
+    chosen: dict[str, tuple[str, nn.Module, list[TaskSpec]]] = {}  # student task -> (key, net, specs)
+    useless: list[str] = []  # list-form teachers trained on none of the student's tasks
     if isinstance(teachers, Mapping):
-        unknown = set(teachers) - {s.name for s in students}
+        unknown = set(teachers) - set(names)
         if unknown:
             raise ValueError(f"transfer.teachers names tasks {sorted(unknown)} the student does not train on "
-                             f"({[s.name for s in students]})")
-        refs = [(f"transfer.teachers.{t}", p) for t, p in teachers.items()]
+                             f"({names})")
+        missing = [n for n in names if n not in teachers]
+        if missing:
+            raise ValueError(f"transfer.teachers has no teacher for student tasks {missing}: the {{task: ckpt}} form "
+                             f"needs one entry per student task ({names}), or use the list form")
+        for task, ref in teachers.items():
+            key = f"transfer.teachers.{task}"
+            net, specs, path = load(ref, key)
+            if task not in [x.name for x in specs]:
+                raise ValueError(f"{key}: {path} was not trained on {task} (its tasks: {[x.name for x in specs]})")
+            chosen[task] = (key, net, specs)
     else:
-        refs = [(f"transfer.teachers[{i}]", p) for i, p in enumerate(teachers)]
-    loaded = [(key, *load_teacher(ref, key)) for key, ref in refs]
+        for i, ref in enumerate(teachers):
+            key = f"transfer.teachers[{i}]"
+            net, specs, path = load(ref, key)
+            taught = [x.name for x in specs if x.name in names]
+            if not taught:
+                useless.append(f"{key}: {path} was trained on {[x.name for x in specs]}, none of the student's "
+                               f"tasks {names}; it would teach nothing (remove it, or check the path)")
+                continue
+            new = [t for t in taught if t not in chosen]
+            if not new:
+                log.warning("transfer: %s (%s) teaches no task: every task it was trained on (%s) goes to an "
+                            "earlier listed teacher", key, path, ", ".join(taught))
+            for t in new:
+                chosen[t] = (key, net, specs)
+    for name in names:
+        if name not in chosen:
+            covered = sorted({x.name for _, s, _ in cache.values() for x in s})
+            raise ValueError(f"transfer.teachers: no teacher was trained on task {name!r}; the teachers "
+                             f"cover {covered}")
+    if useless:
+        raise ValueError(useless[0])
     out = []
     for student in students:
-        match = next(((k, n, s) for k, n, s, _ in loaded if student.name in [x.name for x in s]), None)
-        if match is None:
-            raise ValueError(f"transfer.teachers: no teacher was trained on task {student.name!r}; the teachers "
-                             f"cover {sorted({x.name for _, _, s, _ in loaded for x in s})}")
-        key, net, specs = match
+        key, net, specs = chosen[student.name]
         spec = next(x for x in specs if x.name == student.name)
         if (spec.obs_dim, spec.n_actions) != (student.obs_dim, student.n_actions):
             raise ValueError(f"{key}: task {student.name!r} has obs_dim/n_actions {(spec.obs_dim, spec.n_actions)} "

@@ -18,7 +18,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from mtdqn.models.dqn import DQNModule
 from mtdqn.models.student import DistillStudentModule
@@ -27,14 +28,44 @@ from mtdqn.transfer.ewc import ewc_regularizer
 from mtdqn.transfer.loading import LoadReport, head_prefix_map, load_matching, load_source, teachers_for
 
 log = logging.getLogger("mtdqn")
+SHARED_TORSO = ("torso.", "encoder.")  # the shared trunk a transfer carries over: it must load entirely
+
+
+def check_fit(q_net: nn.Module, report: LoadReport, fresh: dict[str, Tensor], checkpoint: str) -> None:
+    """Refuse a source whose torso (SHARED_TORSO) does not load entirely; a layer elsewhere (a per-task adapter,
+    head, observation normalizer) that loaded only partly is put back to its fresh initialization whole."""
+    misfit = [n for n in q_net.state_dict() if n.startswith(SHARED_TORSO) and n not in report.loaded]
+    if misfit:
+        raise ValueError(
+            f"transfer.checkpoint={checkpoint!r}: the source network's torso does not fit the target's: "
+            + ", ".join(f"{n} ({report.reinitialized[n]})" for n in misfit)
+            + f"; every torso tensor ({', '.join(p + '*' for p in SHARED_TORSO)}) must load: use a source with the "
+            "same net.hidden, observation size, conv layers and task conditioning")
+    layers: dict[str, list[str]] = {}
+    for name in q_net.state_dict():
+        layers.setdefault(name.rpartition(".")[0], []).append(name)
+    state = q_net.state_dict()
+    with torch.no_grad():
+        for layer, names in layers.items():
+            loaded = [n for n in names if n in report.loaded]
+            if loaded and len(loaded) < len(names):  # e.g. an adapter's bias fits, its weight does not
+                misfits = ", ".join(n for n in names if n not in report.loaded)
+                for n in loaded:
+                    state[n].copy_(fresh[n])
+                    report.reinitialized[n] = f"rest of layer {layer} does not fit: {misfits}"
+                    del report.loaded[n]
 
 
 def load_into_model(model: DQNModule, cfg: TransferConfig):
     """Load the source checkpoint's online network into `model.q_net` by name and shape; target = online copy."""
     source = load_source(cfg.checkpoint, "transfer.checkpoint", cfg.source_config)
-    state = source.net_state()
+    state = source.transfer_state()
     prefix_map = head_prefix_map(list(model.q_net.state_dict()), source, cfg.head_from)
+    fresh = {k: v.detach().clone() for k, v in model.q_net.state_dict().items()}
     report = load_matching(model.q_net, state, prefix_map)
+    check_fit(model.q_net, report, fresh, cfg.checkpoint)
+    derived = set(state) - set(source.net_state())  # a PopArt source's heads as plain heads: not "unused"
+    report.unused = [k for k in state if k not in set(report.loaded.values()) and k not in derived]
     if not report.loaded:
         raise ValueError(f"transfer.checkpoint={cfg.checkpoint!r}: no tensor of the target network matches the "
                          f"source by name and shape ({report.summary()})")

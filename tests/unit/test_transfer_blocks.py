@@ -22,12 +22,13 @@ from mtdqn.evaluation.transfer import (
 )
 from mtdqn.losses.distill import distill_kl
 from mtdqn.losses.ewc import ewc_penalty, normalize_fisher
-from mtdqn.models import DQNModule
+from mtdqn.models import DQNModule, MultiTaskDQNModule
 from mtdqn.models.student import DistillStudentModule
 from mtdqn.nets import QNetwork
 from mtdqn.nets.multitask import MultiTaskQNetwork
-from mtdqn.transfer import EWCConfig, apply_transfer, load_matching, load_source
+from mtdqn.transfer import EWCConfig, apply_transfer, load_matching, load_source, teachers_for
 from mtdqn.transfer.ewc import source_fisher
+from mtdqn.transfer.loading import popart_heads
 from mtdqn.transfer.modes import FreezeSchedule
 from mtdqn.types import Batch, TaskSpec
 from tests.helpers.runs import write_run
@@ -116,6 +117,39 @@ def test_torso_lr_scale_puts_the_loaded_torso_in_its_own_param_group(tmp_path):
     assert lrs == pytest.approx([1e-3, 1e-2])
     torso_group = next(g for g in opt.param_groups if g["lr"] == pytest.approx(1e-3))
     assert {id(p) for p in torso_group["params"]} == {id(p) for p in model.q_net.torso.parameters()}
+
+
+def test_a_source_whose_torso_does_not_fit_is_refused(tmp_path):
+    torch.manual_seed(0)
+    wide = write_source(tmp_path / "wide", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    # another width: only the head's bias (9,) matched before
+    with pytest.raises(ValueError, match=r"transfer.checkpoint='.*wide.*': the source network's torso does not fit "
+                                         r"the target's: torso.0.weight \(shape \(16, 26\) in source vs \(8, 26\)\)"):
+        apply_transfer(dqn(hidden=(8, 8)), {"mode": "finetune", "checkpoint": str(wide), "head_from": "lane_keep"})
+    # another observation size (a CartPole source): torso.0.bias and torso.2.* matched, torso.0.weight did not
+    cartpole = write_source(tmp_path / "cartpole", QNetwork(4, 2, hidden=[16, 16]), None)
+    for mode in ("finetune", "freeze"):
+        with pytest.raises(ValueError, match=r"torso does not fit the target's: torso.0.weight \(shape \(16, 4\) "
+                                             r"in source vs \(16, 26\)\); every torso tensor"):
+            apply_transfer(dqn(), {"mode": mode, "checkpoint": str(cartpole)})
+
+
+def test_a_layer_that_fits_only_partly_keeps_its_fresh_initialization_whole(tmp_path):
+    """Per-task input adapters: task b's observation size differs (its adapter's bias fits, its weight does not),
+    so adapter b stays fresh whole; adapter a, the torso and the heads load; one source head is left over."""
+    torch.manual_seed(0)
+    source = MultiTaskQNetwork([TaskSpec("a", 26, 9), TaskSpec("b", 10, 9), TaskSpec("c", 10, 9)], hidden=[16, 16])
+    path = write_source(tmp_path, source, None)
+    model = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=[16, 16]),
+                               optimizer=partial(torch.optim.Adam, lr=1e-2),
+                               task=[TaskSpec("a", 26, 9), TaskSpec("b", 12, 9)])
+    fresh = params(model.q_net)
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(path)})
+    after, src = params(model.q_net), source.state_dict()
+    for name in ("adapters.0.weight", "adapters.0.bias", "torso.2.weight", "heads.0.weight", "heads.1.bias"):
+        assert torch.equal(after[name], src[name]), name
+    for name in ("adapters.1.weight", "adapters.1.bias"):
+        assert torch.equal(after[name], fresh[name]), name
 
 
 class Payload:
@@ -272,6 +306,53 @@ def _sgd(m: nn.Module, loss: torch.Tensor) -> None:
             p.sub_(0.1 * g)
 
 
+def expert_config(task: str) -> dict:
+    """config.yaml of a single-task QNetwork run on one driving task."""
+    return {**MTL_CONFIG, "task_set": {"kind": "driving", "tasks": [task], "env_kwargs": {}},
+            "net": {"_target_": "mtdqn.nets.QNetwork", "_partial_": True, "hidden": [8]}}
+
+
+def test_teachers_mapping_sends_each_task_to_the_checkpoint_mapped_to_it(tmp_path):
+    torch.manual_seed(0)
+    mtl = write_source(tmp_path / "mtl", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    experts = {t: QNetwork(26, 9, hidden=[8]) for t in ("lane_keep", "traffic_light")}
+    paths = {t: write_source(tmp_path / t, net, expert_config(t)) for t, net in experts.items()}
+    # the multi-task run is listed first and was trained on every task: only its key's task goes to it
+    teachers = teachers_for(DRIVING, {"pedestrian": str(mtl), "lane_keep": str(paths["lane_keep"]),
+                                      "traffic_light": str(paths["traffic_light"])})
+    obs = torch.randn(5, 26)
+    assert isinstance(teachers[0].net, QNetwork) and teachers[0].task_index is None
+    assert torch.equal(teachers[0](obs), experts["lane_keep"](obs))
+    assert isinstance(teachers[1].net, MultiTaskQNetwork) and teachers[1].task_index == 1
+    assert torch.equal(teachers[2](obs), experts["traffic_light"](obs))
+    with pytest.raises(ValueError, match=r"transfer.teachers.pedestrian: .*lane_keep.* was not trained on "
+                                         r"pedestrian \(its tasks: \['lane_keep'\]\)"):
+        teachers_for(DRIVING, {"pedestrian": str(paths["lane_keep"]), "lane_keep": str(mtl),
+                               "traffic_light": str(mtl)})
+    with pytest.raises(ValueError, match=r"transfer.teachers has no teacher for student tasks \['traffic_light'\]"):
+        teachers_for(DRIVING, {"pedestrian": str(mtl), "lane_keep": str(mtl)})
+
+
+def test_a_listed_teacher_trained_on_no_student_task_is_refused(tmp_path):
+    torch.manual_seed(0)
+    mtl = write_source(tmp_path / "mtl", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    urban = write_source(tmp_path / "urban", QNetwork(26, 9, hidden=[8]), expert_config("urban"))
+    with pytest.raises(ValueError, match=r"transfer.teachers\[1\]: .*urban.* was trained on \['urban'\], none of "
+                                         r"the student's tasks \['lane_keep', 'pedestrian', 'traffic_light'\]"):
+        teachers_for(DRIVING, [str(mtl), str(urban)])
+    assert [t.task_index for t in teachers_for(DRIVING, [str(mtl)])] == [0, 1, 2]
+
+
+def test_a_listed_teacher_whose_tasks_all_go_to_earlier_teachers_is_logged(tmp_path, caplog):
+    torch.manual_seed(0)
+    mtl = write_source(tmp_path / "mtl", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
+    lane = write_source(tmp_path / "lane", QNetwork(26, 9, hidden=[8]), expert_config("lane_keep"))
+    with caplog.at_level("WARNING", logger="mtdqn"):
+        teachers = teachers_for(DRIVING, [str(mtl), str(lane)])
+    assert [t.task_index for t in teachers] == [0, 1, 2]  # the first listed teacher trained on each task
+    assert "transfer.teachers[1]" in caplog.text and "teaches no task" in caplog.text
+
+
 # --- EWC ------------------------------------------------------------------------------------------------------
 
 
@@ -345,6 +426,90 @@ def test_ewc_needs_the_replay_saved_in_the_source_checkpoint(tmp_path):
     path = write_source(tmp_path, MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
     with pytest.raises(ValueError, match="holds no replay buffers"):
         apply_transfer(dqn(), {"mode": "ewc", "checkpoint": str(path)})
+
+
+# --- PopArt sources (model.popart=true) -----------------------------------------------------------------------
+
+POPART_CONFIG = {**MTL_CONFIG, "model": {**MTL_CONFIG["model"], "popart": True, "popart_beta": 0.001}}
+
+
+def popart_net(tasks=DRIVING, mu=(1.0, -2.0, 0.5), sigma=(2.0, 3.0, 0.5)) -> MultiTaskQNetwork:
+    """A multi-head net with a PopArt head whose statistics are far from (0, 1): Q = sigma_t * head_t + mu_t."""
+    torch.manual_seed(0)
+    net = MultiTaskQNetwork(tasks, hidden=[16, 16], popart_beta=1e-3)
+    mu, sigma = torch.tensor(mu[: len(tasks)]), torch.tensor(sigma[: len(tasks)])
+    net.popart.mu.copy_(mu)
+    net.popart.nu.copy_(sigma.square() + mu.square())
+    return net
+
+
+def test_a_popart_run_teaches_in_return_units(tmp_path):
+    source = popart_net()
+    path = write_source(tmp_path, source, POPART_CONFIG)
+    teachers = teachers_for(DRIVING, [str(path)])
+    obs = torch.randn(6, 26)
+    for k, teacher in enumerate(teachers):
+        ids = torch.full((6,), k)
+        assert teacher.net.popart.beta == 1e-3
+        assert torch.allclose(teacher(obs), source(obs, ids))  # sigma_k * head_k + mu_k
+        assert not torch.allclose(teacher(obs), source.normalized_q(obs, ids))
+
+
+def test_finetune_from_a_popart_source_takes_its_head_in_return_units(tmp_path):
+    source = popart_net()
+    path = write_source(tmp_path, source, POPART_CONFIG)
+    model = dqn()
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(path), "head_from": "pedestrian"})
+    obs = torch.randn(6, 26)
+    assert torch.allclose(model.q_net(obs), source(obs, torch.full((6,), 1)), atol=1e-5)
+    # a plain multi-head target gets every head, by name
+    module = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=[16, 16]),
+                                optimizer=partial(torch.optim.Adam, lr=1e-2), task=DRIVING)
+    apply_transfer(module, {"mode": "finetune", "checkpoint": str(path)})
+    ids = torch.arange(6) % 3
+    assert torch.allclose(module.q_net(obs, ids), source(obs, ids), atol=1e-5)
+
+
+def test_ewc_fisher_of_a_popart_source_is_its_normalized_td_loss(tmp_path):
+    """One task, MSE: the normalized loss is the return-unit loss / sigma^2, so every Fisher entry of the PopArt
+    source (torso, and its head as the equivalent plain head) is the plain twin's / sigma^4."""
+    lane = DRIVING[:1]
+    source = popart_net(lane, mu=(0.5,), sigma=(2.0,))
+    plain = MultiTaskQNetwork(lane, hidden=[16, 16])
+    plain.load_state_dict({k: v for k, v in {**source.state_dict(), **popart_heads(source.state_dict())}.items()
+                           if not k.startswith("popart.")})
+    g = torch.Generator().manual_seed(1)
+    replay = {"obs": torch.randn(3, 2, 26, generator=g), "next_obs": torch.randn(3, 2, 26, generator=g),
+              "actions": torch.randint(0, 9, (3, 2), generator=g), "rewards": torch.randn(3, 2, generator=g),
+              "terminated": torch.tensor([[True, False]] * 3), "done": torch.zeros(3, 2, dtype=torch.bool),
+              "pos": 3, "size": 3}
+    fishers = []
+    for name, net, cfg in (("popart", source, POPART_CONFIG), ("plain", plain, MTL_CONFIG)):
+        cfg = {**cfg, "task_set": {"kind": "driving", "tasks": ["lane_keep"], "env_kwargs": {}}}
+        state = {f"{p}{k}": v for k, v in net.state_dict().items() for p in ("q_net.", "target_net.")}
+        path = tmp_path / name / "checkpoints" / "last.ckpt"
+        atomic_torch_save({"state_dict": state, "MultiTaskDataModule": {"replays": [replay]}}, path)
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg))
+        fishers.append(source_fisher(load_source(str(path)), EWCConfig(fisher_samples=6, seed=3)))
+    popart_f, plain_f = fishers
+    for name in ("torso.0.weight", "torso.2.bias", "heads.0.weight", "heads.0.bias"):
+        assert torch.allclose(popart_f[name] * 16.0, plain_f[name], rtol=1e-3, atol=1e-9), name
+    assert float(plain_f["heads.0.weight"].sum()) > 0
+
+
+def test_ewc_from_a_popart_source_anchors_the_head_it_loaded(tmp_path):
+    source = popart_net()
+    replays = [{"obs": torch.randn(4, 2, 26), "next_obs": torch.randn(4, 2, 26), "actions": torch.randint(0, 9, (4, 2)),
+                "rewards": torch.randn(4, 2), "terminated": torch.zeros(4, 2, dtype=torch.bool),
+                "done": torch.zeros(4, 2, dtype=torch.bool), "pos": 4, "size": 4} for _ in DRIVING]
+    path = write_source(tmp_path, source, POPART_CONFIG, {"MultiTaskDataModule": {"replays": replays}})
+    model = dqn()
+    apply_transfer(model, {"mode": "ewc", "checkpoint": str(path), "head_from": "traffic_light",
+                           "ewc": {"fisher_samples": 8}})
+    assert model.regularization().item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        model.q_net.head.weight.add_(0.1)
+    assert model.regularization().item() > 0
 
 
 # --- transfer metrics -----------------------------------------------------------------------------------------
