@@ -281,3 +281,16 @@ def test_runs_scored_on_other_levels_or_scales_are_not_pooled(normalized_run, tm
         robustness_report([normalized_run[0], cart], ["obs_noise"], episodes=2)
     with pytest.raises(ValueError, match=r"cart: it is scored in returns, the first run .* in normalized scores"):
         robustness_report([normalized_run[0], cart], {"obs_noise": [0.0, 0.01]}, episodes=2)
+
+
+def test_a_popart_run_is_rebuilt_for_the_reports(tmp_path):
+    """model.popart=true puts a PopArt head in the network: load_trained rebuilt the plain heads and failed with a
+    state_dict error, so robustness.py and episode_report.py could not play such runs."""
+    tiny = [t for t in TINY if not t.startswith(("+experiment", "model.target"))]
+    summary = train(compose_cfg(["+experiment=lane_keep_mtl", *tiny, "model.popart=true"], tmp_path))
+    assert summary["status"] == "completed"
+    run = load_trained(tmp_path)
+    live = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert run.net.popart is not None and torch.equal(run.net.popart.nu, live["q_net.popart.nu"])
+    report = robustness_report([tmp_path], {"obs_noise": [0.0, 0.1]}, episodes=2, n_boot=50)
+    assert set(report["runs"][0]["curves"]["obs_noise"]) == {"lane_keep", "pedestrian", "traffic_light"}

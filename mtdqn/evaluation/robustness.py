@@ -165,6 +165,9 @@ def load_trained(run_dir: str | Path, ckpt: str | Path = CKPT) -> TrainedRun:
     cls = _net_class(str(net_cfg.get("_target_", "")))
     kwargs = {k: v for k, v in net_cfg.items() if not k.startswith("_")}
     multitask = "tasks" in inspect.signature(cls).parameters
+    model = config.get("model") or {}
+    if multitask and model.get("popart"):  # the module hands the net its PopArt head (MultiTaskDQNModule)
+        kwargs["popart_beta"] = float(model.get("popart_beta", 0.0003))
     net = cls(tasks=specs, **kwargs) if multitask else cls(**specs[0].net_kwargs(), **kwargs)
     state = load_checkpoint(ckpt_path)["state_dict"]
     weights = {k.removeprefix("q_net."): v for k, v in state.items() if k.startswith("q_net.")}
