@@ -200,9 +200,54 @@ def _missing_module(exc: BaseException | None) -> str | None:
     return None
 
 
+# nodes without a `_target_` whose keys mtdqn reads itself: what else they hold is ignored, so it is refused
+# (`+task_set.task=[Acrobot-v1]` quietly trained CartPole-v1, `+adversarial.eps=0.02` quietly trained without FGSM)
+OWN_KEYS: dict[str, tuple[str, ...]] = {
+    "task_set": ("kind", "tasks", "env_kwargs"),
+    "adversarial": ("epsilon", "fraction"),
+}
+
+
+def top_level_keys() -> list[str]:
+    """The config's top-level keys: conf/train.yaml's own, its config groups (defaults list) and Hydra's `hydra`."""
+    from mtdqn.overrides import CONF_DIR
+
+    train = OmegaConf.load(CONF_DIR / "train.yaml")
+    keys = {str(k) for k in train.keys() if k != "defaults"} | {"hydra"}
+    for entry in train.get("defaults") or []:
+        name = next(iter(entry)) if OmegaConf.is_dict(entry) else str(entry)
+        keys.add(str(name).split()[-1].split("/")[0])  # `optional local`, `override hydra/launcher`
+    return sorted(keys - {"_self_"})
+
+
+def _unknown(key: str, value: Any, where: str, allowed: list[str]) -> ValueError:
+    shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    prefix = where.rstrip(".")
+    close = difflib.get_close_matches(key.split(".")[-1], allowed, n=3)
+    hint = f"did you mean {' or '.join(f'{where}{c}' for c in close)}?" if close else f"the keys are {allowed}"
+    place = f"{prefix} has no key {key!r}" if prefix else f"{key!r} is not a key of the config"
+    return ValueError(f"{where}{key}={shown!r}: {place} (it would be ignored); {hint}")
+
+
+def check_own_keys(cfg: DictConfig) -> None:
+    """Refuse keys nothing reads: at the top level (conf/train.yaml's keys and groups) and in OWN_KEYS' nodes."""
+    top = top_level_keys()
+    for key, value in cfg.items_ex(resolve=False):
+        if str(key) not in top:
+            raise _unknown(str(key), value, "", top)
+    for node, allowed in OWN_KEYS.items():
+        sub = cfg.get(node)
+        if OmegaConf.is_dict(sub):
+            for key, value in sub.items_ex(resolve=False):
+                if str(key) not in allowed:
+                    raise _unknown(str(key), value, f"{node}.", sorted(allowed))
+
+
 def check_arguments(cfg: DictConfig, data_module: Any) -> None:
     """Every key of a node with a `_target_` (model, net, optimizer, replay, callbacks, loggers, trainer, ...) and of
-    `data` (given to `data_module`) is an argument its class takes."""
+    `data` (given to `data_module`) is an argument its class takes; the top level, `task_set` and `adversarial` hold
+    only the keys mtdqn reads (check_own_keys)."""
+    check_own_keys(cfg)
     def walk(node: Any, path: str) -> None:
         if not OmegaConf.is_dict(node):
             return

@@ -90,6 +90,20 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("+experiment=lane_keep_mtl net=mlp", "net._target_='mtdqn.nets.QNetwork' is a single-task network, and "
                                               "model._target_='mtdqn.models.MultiTaskDQNModule' trains one network"),
         ("model=student", "use net=multihead or net=conditioned"),
+        # keys nothing reads: ignored, `+task_set.task=[Acrobot-v1]` trained CartPole-v1 and `+adversarial.eps` no FGSM
+        ("+task_set.task=[Acrobot-v1]", "task_set.task=['Acrobot-v1']: task_set has no key 'task' (it would be "
+                                        "ignored); did you mean task_set.tasks?"),
+        ("+adversarial.eps=0.02", "adversarial.eps=0.02: adversarial has no key 'eps' (it would be ignored); did you "
+                                  "mean adversarial.epsilon?"),
+        ("+foo=1", "foo=1: 'foo' is not a key of the config (it would be ignored); the keys are ['adversarial', "),
+        ("+print_confg=false", "did you mean print_config?"),
+        # one task twice: its two heads' metrics shared keys
+        ("model=mtdqn net=multihead task_set.tasks=[CartPole-v1,CartPole-v1]", "task_set.tasks=['CartPole-v1', "
+         "'CartPole-v1'] names the same task more than once"),
+        # gymnasium.make's own errors (a TypeError traceback) with the key they came from
+        ("+task_set.env_kwargs.foo=1", "task_set.env_kwargs={'foo': 1}: gymnasium.make('CartPole-v1', ...) failed: "
+                                       "TypeError: "),
+        ("task_set.tasks=[CartPol-v1]", "did you mean 'CartPole-v1'"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
@@ -763,3 +777,29 @@ def test_an_error_inside_train_is_not_printed_twice(tmp_path, monkeypatch, capsy
         train(compose_cfg(SMOKE, tmp_path))
     assert "Traceback" not in capsys.readouterr().err
     assert json.loads((tmp_path / "summary.json").read_text())["error"] == "RuntimeError: boom"
+
+
+def test_a_users_own_env_as_module_id_trains_evaluates_and_reports(tmp_path, monkeypatch):
+    """`task_set.tasks=[<module>:<id>]` (gymnasium.make's syntax: the module registers the env when imported), here
+    with actions Discrete(3, start=1): trained and evaluated as 'OffsetActions-v0', and rebuilt from config.yaml
+    by the reports in a process that has not imported the module yet."""
+    import sys
+
+    import gymnasium as gym
+
+    from mtdqn.evaluation.outcomes import outcome_report
+    from mtdqn.evaluation.robustness import load_trained, sweep_axis
+    from tests.helpers import custom_envs
+
+    task = f"tests.helpers.custom_envs:{custom_envs.ENV_ID}"
+    summary = train(compose_cfg([*SMOKE, f"task_set.tasks=[{task}]", "callbacks.eval.video=final"], tmp_path))
+    assert summary["status"] == "completed" and summary["eval/OffsetActions-v0/return"] == 5.0  # learned action 2
+    assert [p.name for p in (tmp_path / "videos").iterdir()] == ["OffsetActions-v0_600.gif"]
+    monkeypatch.delitem(sys.modules, "tests.helpers.custom_envs")  # as in a fresh process
+    monkeypatch.delitem(gym.registry, custom_envs.ENV_ID)
+    run = load_trained(tmp_path)
+    assert [s.name for s in run.specs] == ["OffsetActions-v0"]
+    assert sweep_axis(run, "sticky_actions", [0.0], episodes=2)["OffsetActions-v0"]["return"] == [5.0]
+    report = outcome_report([tmp_path], episodes=2, n_boot=10, video_dir=tmp_path / "report")
+    assert [r["return"] for r in report["rows"]] == [5.0]
+    assert [Path(v).name for v in report["videos"]] == ["OffsetActions-v0.gif"]

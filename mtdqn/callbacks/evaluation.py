@@ -89,13 +89,14 @@ class EvalCallback(pl.Callback):
         kwargs = dict(env_kwargs or {})
         self.task_kind, self.env_kwargs = task_kind, kwargs
         self.source_specs: list[TaskSpec] = []
-        for name in list(source_tasks or []):
+        source_ids = [str(name) for name in source_tasks or []]  # as configured: a spec's name is no gymnasium id
+        for name in source_ids:
             try:
                 self.source_specs.append(task_spec(task_kind, str(name), kwargs))
             except ValueError as exc:
                 raise ValueError(f"transfer.eval_source_tasks: {str(exc).removeprefix('task_set.tasks: ')}") from None
         perturb = dict(perturb or {}) or None
-        self.source_factories = [env_factory(task_kind, s.name, kwargs, perturb) for s in self.source_specs]
+        self.source_factories = [env_factory(task_kind, t, kwargs, perturb) for t in source_ids]
         self.source_envs: list = []
         self.source_policy: list[int] = []
         self.stopped_solved = False  # this run (or the checkpoint it resumed) ended at the stop_at_* bars

@@ -9,6 +9,7 @@ from typing import Any
 from mtdqn.envs.base import TensorVecEnv
 from mtdqn.envs.gym_adapter import GymVecEnv, check_gym_id
 from mtdqn.envs.gym_adapter import check_render as check_gym_render
+from mtdqn.envs.gym_adapter import task_name as gym_task_name
 from mtdqn.envs.wrappers import PerturbedVecEnv, check_perturb, check_ranges
 from mtdqn.types import ShareRule, TaskSpec
 
@@ -45,9 +46,16 @@ def check_render(kind: str, task: str, env_kwargs: dict | None = None) -> None:
 
 
 def task_specs(kind: str, tasks: Sequence[str], env_kwargs: dict | None = None) -> list[TaskSpec]:
-    """Specs for every task of a task set; an empty list is refused."""
+    """Specs for every task of a task set; an empty list, or one naming a task twice (their metrics would share
+    keys), is refused."""
     if not tasks:
         raise ValueError("task_set.tasks is empty; list at least one task or gymnasium id")
+    _check_kind(kind)
+    names = [gym_task_name(str(t)) if kind == "gym" else str(t) for t in tasks]
+    twice = sorted({t for t, n in zip(tasks, names, strict=True) if names.count(n) > 1}, key=str)
+    if twice:
+        raise ValueError(f"task_set.tasks={[str(t) for t in tasks]} names the same task more than once ({twice}); "
+                         "each task is logged and evaluated under its own name (eval/<task>/...): list it once")
     return [task_spec(kind, t, env_kwargs) for t in tasks]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import warnings
@@ -97,17 +98,64 @@ def _frame_stack(env: gym.Env) -> int | None:
     return None
 
 
+def split_module(env_id: str) -> tuple[str | None, str]:
+    """(module, id) of gymnasium's `module:EnvId` syntax (gymnasium.make imports `module` first, which registers
+    `EnvId`); (None, env_id) for a plain id."""
+    module, sep, name = env_id.partition(":")
+    return (module, name) if sep else (None, env_id)
+
+
+def task_name(env_id: str) -> str:
+    """A task's name in metrics, reports and file names: the gymnasium id without its `module:` prefix and with '/'
+    as '-' ('MinAtar/Breakout-v1' -> 'MinAtar-Breakout-v1', 'mypkg.envs:MyEnv-v0' -> 'MyEnv-v0')."""
+    return split_module(env_id)[1].replace("/", "-")
+
+
+def _import_module_of(env_id: str) -> str:
+    """Import the module of a `module:EnvId` id (the user's own environments register themselves on import, as
+    gymnasium.make expects); return the bare id."""
+    module, name = split_module(env_id)
+    if module is None:
+        return name
+    if not module or not name or ":" in name:
+        raise ValueError(f"task_set.tasks: {env_id!r} is not a gymnasium id; expected <id> or <module>:<id> "
+                         "(e.g. mypkg.envs:MyEnv-v0)")
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # not found, or the module's own import failing
+        raise ValueError(f"task_set.tasks: {env_id!r}: module {module!r} cannot be imported ({type(exc).__name__}: "
+                         f"{exc}); it must be importable (installed, or on PYTHONPATH) and call "
+                         f"gymnasium.register(id={name!r}, ...)") from None
+    return name
+
+
+def _close_ids(env_id: str) -> list[str]:
+    """Registered ids near `env_id`: the same name in other versions first, then similar spellings."""
+    ids = sorted(gym.registry)
+    same = [k for k in ids if k.split("-")[0].lower() == env_id.split("-")[0].lower()]
+    lowered = {k.lower(): k for k in ids}
+    similar = [lowered[k] for k in difflib.get_close_matches(env_id.lower(), list(lowered), n=3, cutoff=0.75)]
+    return list(dict.fromkeys([*same, *similar]))[:3]
+
+
 def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
     """Validate a gymnasium id (registered, Box observation, Discrete actions) with its wrappers; return its
-    TaskSpec."""
-    _import_registrations(env_id)
-    if env_id not in gym.registry:
-        close = [k for k in gym.registry if k.split("-")[0].lower() == env_id.split("-")[0].lower()]
-        hint = f" (did you mean {close[:3]}?)" if close else ""
+    TaskSpec. `module:EnvId` imports `module` first (gymnasium's syntax for an env the module registers)."""
+    module = split_module(env_id)[0]
+    name = _import_module_of(env_id)
+    _import_registrations(name)
+    if name not in gym.registry:
+        close = _close_ids(name)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        if module is not None:
+            raise ValueError(f"task_set.tasks: {env_id!r}: module {module!r} was imported but {name!r} is not a "
+                             f"registered gymnasium id{hint}; the module must call gymnasium.register(id={name!r}, "
+                             "...) when imported")
         extras = ", ".join(f"'.[{extra}]' for {module}" for module, extra in _REGISTERING_MODULES)
         raise ValueError(
             f"task_set.tasks: {env_id!r} is not a registered gymnasium id{hint}; ids from optional packages need "
-            f"their extra installed ({extras})"
+            f"their extra installed ({extras}), your own environments the module that registers them "
+            "(<module>:<id>, e.g. mypkg.envs:MyEnv-v0)"
         )
     env = make_single(env_id, env_kwargs, flatten=False)
     try:
@@ -125,9 +173,9 @@ def check_gym_id(env_id: str, env_kwargs: dict | None = None) -> TaskSpec:
         )
     obs_dim = int(gym.spaces.flatdim(obs_space))
     image = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) in (2, 3)  # (H, W) or with channels
-    return TaskSpec(name=env_id.replace("/", "-"), obs_dim=obs_dim, n_actions=int(act_space.n),
+    return TaskSpec(name=task_name(env_id), obs_dim=obs_dim, n_actions=int(act_space.n),
                     obs_shape=tuple(int(d) for d in obs_space.shape) if image else None,
-                    obs_quantum=_quantization(obs_space)[1], reward_threshold=_reward_threshold(env_id))
+                    obs_quantum=_quantization(obs_space)[1], reward_threshold=_reward_threshold(name))
 
 
 def _reward_threshold(env_id: str) -> float | None:
@@ -155,7 +203,18 @@ def make_single(env_id: str, env_kwargs: dict | None = None, flatten: bool = Tru
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws rgb_array frames off-screen: no display
-    env = gym.make(env_id, **kwargs)
+    try:
+        env = gym.make(env_id, **kwargs)
+    except gym.error.DependencyNotInstalled as exc:  # the env's own package (Box2D, MuJoCo, pygame) is missing
+        raise ValueError(f"task_set.tasks: {env_id!r} needs a package that is not installed: {exc}") from exc
+    except Exception as exc:  # e.g. a keyword the env does not take: name the key it came from
+        given = {k: v for k, v in kwargs.items() if k != "render_mode"}
+        if not given:
+            mode = f", render_mode={render_mode!r}" if render_mode else ""
+            raise ValueError(f"task_set.tasks: gymnasium.make({env_id!r}{mode}) failed: {type(exc).__name__}: "
+                             f"{exc}") from exc
+        raise ValueError(f"task_set.env_kwargs={given}: gymnasium.make({env_id!r}, ...) failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
     for i, (cls, wrapper_kwargs) in enumerate(wrappers):
         try:
             env = cls(env, **wrapper_kwargs)
@@ -254,7 +313,8 @@ class GymVecEnv:
 
     Lighter than gymnasium's SyncVectorEnv (no info merging, no deep copies): for CartPole this is the difference
     between ~70 us and ~250 us per vector step. Env i is seeded with seed + i at `reset`; later episodes continue
-    each env's own RNG, exactly as gymnasium's vector envs do. uint8 observations (Atari frames) come out as
+    each env's own RNG, exactly as gymnasium's vector envs do. Actions are 0..n-1 (a Discrete(n, start=s) env gets
+    each one plus s). uint8 observations (Atari frames) come out as
     float32 in [0, 1] (x / 255); `obs_quantum` says which grid observations lie on (None: continuous), and
     `obs_frames` how many frames each observation stacks (None: not a frame stack). With
     `render_mode="rgb_array"`, `render(i)` draws env i (evaluation videos).
@@ -273,6 +333,8 @@ class GymVecEnv:
         self.render_fps = _steps_per_second(self.envs[0])
         self.obs_scale, self.obs_quantum = _quantization(self.envs[0].observation_space)
         self.obs_frames = _frame_stack(self.envs[0])
+        # the agent's actions are 0..n-1; a Discrete(n, start=s) env takes s..s+n-1
+        self.action_start = int(self.envs[0].action_space.start)
         self._next_obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._reward = np.zeros(num_envs, dtype=np.float32)
@@ -294,7 +356,7 @@ class GymVecEnv:
     def step(self, actions: Tensor) -> StepResult:
         """Step all envs; a finished env reports its final observation as next_obs and is reset at once."""
         for i, (env, action) in enumerate(zip(self.envs, actions.tolist(), strict=True)):
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, _ = env.step(action + self.action_start)
             self._next_obs[i] = np.asarray(obs, dtype=np.float32).reshape(-1)
             self._reward[i], self._terminated[i], self._truncated[i] = reward, terminated, truncated
             if terminated or truncated:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mtdqn.envs import check_render, env_factory, task_spec
+from mtdqn.envs.gym_adapter import task_name
 from mtdqn.evaluation import stats
 from mtdqn.evaluation.compare import (
     check_group_keys,
@@ -74,7 +75,7 @@ def evaluate_outcomes(run: TrainedRun, tasks: Sequence[str] = (), episodes: int 
 
 def record_videos(run: TrainedRun, out_dir: str | Path, tasks: Sequence[str] = (), seed: int = 30_000) -> list[Path]:
     """One greedy episode per task (the report's episode 0: seed `seed`) as `<out_dir>/<task>.gif` ('/' in a
-    gymnasium id becomes '-'); the same tasks and policies as `evaluate_outcomes`."""
+    gymnasium id becomes '-', a `module:` prefix is dropped); the same tasks and policies as `evaluate_outcomes`."""
     out_dir = Path(out_dir)
     paths = []
     for name, index in policy_tasks(run, tasks):
@@ -86,7 +87,7 @@ def record_videos(run: TrainedRun, out_dir: str | Path, tasks: Sequence[str] = (
         finally:
             env.close()
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{name.replace('/', '-')}.gif"
+        path = out_dir / f"{task_name(name)}.gif"
         save_gif(frames, path, fps=getattr(env, "render_fps", 10))
         paths.append(path)
     return paths

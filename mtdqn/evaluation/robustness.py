@@ -118,7 +118,8 @@ class TrainedRun:
     @property
     def task_ids(self) -> list[str]:
         """The tasks as the run configured them (what env_factory takes; a gymnasium id like
-        'MinAtar/Breakout-v1' differs from its spec name 'MinAtar-Breakout-v1'), in `specs` order."""
+        'MinAtar/Breakout-v1' differs from its spec name 'MinAtar-Breakout-v1', and 'mypkg.envs:MyEnv-v0', whose
+        module registers the env, from 'MyEnv-v0'), in `specs` order."""
         return [str(t) for t in self.config["task_set"]["tasks"]]
 
     @property
