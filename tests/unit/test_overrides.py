@@ -40,4 +40,4 @@ def test_scripts_end_bad_overrides_with_one_line(tmp_path):
         assert message in out.stderr
     out = subprocess.run([sys.executable, "scripts/compress.py", str(tmp_path)], cwd=root, capture_output=True,
                          text=True, timeout=120, env=env)
-    assert out.returncode == 2 and out.stderr.strip() == f"compress.py: error: RUN_DIR={str(tmp_path)!r} has no config.yaml"
+    assert out.returncode == 2 and out.stderr.strip() == f"compress.py: error: RUN_DIR={str(tmp_path)!r} has no config.yaml: not a run folder"
