@@ -763,7 +763,8 @@ def free_task_report(runs: list[dict], tasks: Sequence[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line (the README's cookbook commands are parsed with it in a test)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds to train (default: 0 1 2); with --merge, the records' runs to report (default: all)")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="normalized score at which a task with reference scores (the driving tasks) counts as solved")
     p.add_argument("--solve-return", type=parse_solve_return, nargs="*", default=[], metavar="TASK=RETURN",
@@ -799,9 +800,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         # runs carry their seed; the oldest records only list them in args.seeds, in run order
         runs = [(r if "seed" in r else r | {"seed": d["args"]["seeds"][i]}) | {"record": f.name}
                 for d, f in zip(loaded, args.merge, strict=True) for i, r in enumerate(d["runs"])]
-        runs = sorted((r for r in runs if r["seed"] in args.seeds), key=lambda r: r["seed"])  # --seeds picks them
+        held = sorted({r["seed"] for r in runs})
+        if args.seeds is not None:  # --seeds picks them
+            kept = [r for r in runs if r["seed"] in args.seeds]
+            if runs and not kept and not args.runs:
+                raise SystemExit(f"--merge: the records hold no run of --seeds {args.seeds} (their seeds: {held})")
+            if len(kept) < len(runs):
+                print(f"--seeds {args.seeds}: {len(kept)} of the records' {len(runs)} runs (their seeds: {held})",
+                      file=sys.stderr)
+            runs = kept
+        runs = sorted(runs, key=lambda r: r["seed"])
         pool_repeated_seeds(runs, replacing=bool(args.runs))
         runs = apply_run_dirs(runs, args.runs, args.threshold, solve_returns(args)) if args.runs else runs
+        if not runs:
+            raise SystemExit("--merge: no runs to report (the records hold none, and no --runs were given)")
         unknown = [t for t in solve_returns(args) if t not in run_tasks(runs)]
         if unknown:
             raise SystemExit(f"--solve-return names {unknown}, not tasks of the runs ({run_tasks(runs)})")
@@ -812,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             record_args = vars(args) | {"out": str(args.out), "seeds": [r["seed"] for r in runs]}  # the seeds it holds
             args.out.write_text(json.dumps({"args": record_args, "runs": runs, "table": text}, indent=1, default=str))
         return
+    args.seeds = [0, 1, 2] if args.seeds is None else args.seeds
     if args.jobs < 1:
         raise SystemExit(f"--jobs {args.jobs}: give the number of agents to train at once, 1 or more")
     if len(set(args.seeds)) != len(args.seeds):

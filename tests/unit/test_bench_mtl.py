@@ -606,3 +606,26 @@ def test_jobs_go_through_a_process_pool_and_records_come_back_in_seed_order(monk
     submitted.clear()
     args.jobs = 1
     assert [r["seed"] for r in bench_mtl.train_all(args, bars, overrides)] == [2, 0] and not submitted
+
+
+def test_merge_reports_every_run_of_the_records_unless_seeds_pick_some(tmp_path):
+    """--merge of two records holding seeds 0-3 reported only seeds 0-2 (the training default of --seeds), with no
+    word of the runs left out; --seeds of no run said 'different task sets: []'."""
+    runs = []
+    for seed in range(4):
+        runs.append(run_dir(tmp_path / f"mtl{seed}", seed, list(TASKS), [dict.fromkeys(TASKS, 0.95)] * 3, mtl=True))
+        for task in TASKS:
+            runs.append(run_dir(tmp_path / f"{task}{seed}", seed, [task], [{task: 0.95}] * 3, mtl=False))
+    res, record = merge(tmp_path, runs)
+    assert res.returncode == 0, res.stderr
+    res = run_script("bench_mtl", "--merge", str(record))
+    assert res.returncode == 0 and all(f"| {s} | " in res.stdout for s in range(4)), res.stdout
+    res = run_script("bench_mtl", "--seeds", "0", "1", "--merge", str(record))
+    assert res.returncode == 0 and "| 2 | " not in res.stdout
+    assert "--seeds [0, 1]: 2 of the records' 4 runs (their seeds: [0, 1, 2, 3])" in res.stderr
+    res = run_script("bench_mtl", "--seeds", "40", "--merge", str(record))
+    assert res.returncode != 0 and "the records hold no run of --seeds [40] (their seeds: [0, 1, 2, 3])" in res.stderr
+    empty = tmp_path / "none.json"
+    empty.write_text(json.dumps({"args": {"seeds": []}, "runs": []}))
+    res = run_script("bench_mtl", "--merge", str(empty))
+    assert res.returncode != 0 and "no runs to report" in res.stderr
