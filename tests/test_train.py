@@ -803,3 +803,17 @@ def test_a_users_own_env_as_module_id_trains_evaluates_and_reports(tmp_path, mon
     report = outcome_report([tmp_path], episodes=2, n_boot=10, video_dir=tmp_path / "report")
     assert [r["return"] for r in report["rows"]] == [5.0]
     assert [Path(v).name for v in report["videos"]] == ["OffsetActions-v0.gif"]
+
+
+def test_a_checkpoint_away_from_its_run_folder_with_another_network_is_refused_naming_tensors(tmp_path):
+    """Without config.yaml beside it, check_resume cannot compare configs: Lightning's restore failed with a
+    size-mismatch traceback; the module now names the tensors whose shapes differ."""
+    import shutil
+
+    assert train(compose_cfg([*SMOKE, "callbacks.eval=null"], tmp_path / "first"))["status"] == "completed"
+    moved = tmp_path / "elsewhere.ckpt"
+    shutil.copy(tmp_path / "first" / "checkpoints" / "last.ckpt", moved)
+    with pytest.raises(ValueError, match=r"ckpt_path: the checkpoint's network does not fit this config's: "
+                                         r"q_net.torso.0.weight \(256, 4\) there, \(32, 4\) here"):
+        train(compose_cfg([*SMOKE, f"ckpt_path={moved}", "net.hidden=[32]", "data.total_env_steps=900"],
+                          tmp_path / "second"))

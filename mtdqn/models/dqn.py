@@ -293,6 +293,18 @@ class DQNModule(pl.LightningModule):
             p.grad = g
         opt.step()
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint whose tensors have other shapes than this module's, naming them (a checkpoint without
+        its run's config.yaml beside it escapes train.check_resume; Lightning's error was a size-mismatch traceback)."""
+        mine = self.state_dict()
+        bad = [f"{k} {tuple(v.shape)} there, {tuple(mine[k].shape)} here"
+               for k, v in checkpoint.get("state_dict", {}).items() if k in mine and v.shape != mine[k].shape]
+        if bad:
+            more = f" (and {len(bad) - 4} more)" if len(bad) > 4 else ""
+            raise ValueError(f"ckpt_path: the checkpoint's network does not fit this config's: {'; '.join(bad[:4])}"
+                             f"{more}. Resume with the +experiment= and overrides of the run that wrote it (net, "
+                             "task_set, model)")
+
     def on_train_start(self) -> None:
         self._trainable = [p for p in self.q_net.parameters() if p.requires_grad]
         raw = self.optimizers().optimizer
