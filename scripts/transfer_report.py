@@ -13,43 +13,30 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mtdqn.evaluation.transfer import plot_report, render_markdown, report_json, transfer_report
 
 
-def _coverage(text: str) -> float:
-    """--ci: a coverage strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a coverage strictly between 0 and 1 (e.g. 0.95)")
-    return value
+def _checked(cast: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse type: `cast` of the text, refused unless `ok` (the message says it is not `what`)."""
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
 
 
-def _at_least_one(text: str) -> int:
-    """--n-boot, --window: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return value
-
-
-def _finite(text: str) -> float:
-    """--threshold: a finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
+_coverage = _checked(float, lambda v: 0.0 < v < 1.0, "a coverage strictly between 0 and 1 (e.g. 0.95)")  # --ci
+_at_least_one = _checked(int, lambda v: v >= 1, "an integer >= 1")  # --n-boot, --window
+_finite = _checked(float, math.isfinite, "a finite number")  # --threshold
 
 
 def build_parser() -> argparse.ArgumentParser:
