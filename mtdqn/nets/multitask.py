@@ -136,6 +136,11 @@ class MultiTaskQNetwork(nn.Module):
     @staticmethod
     def _build_encoders(tasks: Sequence[TaskSpec], conv: Sequence[Sequence[int]], activation: str) -> nn.ModuleList:
         shapes = [t.obs_shape for t in tasks]
+        flat = [t.name for t in tasks if not t.obs_shape]
+        if flat:  # ConvEncoder's own error would not say which task
+            raise ValueError(f"net.conv needs image observations for every task; {flat} observe flat vectors "
+                             f"(the others: {[t.name for t in tasks if t.obs_shape]}): use net.conv=null, or "
+                             "image tasks only")
         encoders = [ConvEncoder(s, conv, activation) for s in (shapes[:1] if len(set(shapes)) == 1 else shapes)]
         sizes = {t.name: e.out_dim for t, e in zip(tasks, encoders, strict=False)}
         if len(set(sizes.values())) > 1:

@@ -288,6 +288,9 @@ def test_conv_needs_images_of_one_height_and_width():
         MultiTaskQNetwork(tasks, hidden=(16,), conv=[[8, 3, 1]])
     with pytest.raises(ValueError, match="net.conv needs image observations"):
         MultiTaskQNetwork(SAME, hidden=(16,), conv=[[8, 3, 1]])
+    mixed = [TaskSpec("image", 64, 2, obs_shape=(8, 8)), TaskSpec("vector", 4, 2)]
+    with pytest.raises(ValueError, match=r"\['vector'\] observe flat vectors \(the others: \['image'\]\)"):
+        MultiTaskQNetwork(mixed, hidden=(16,), conv=[[8, 3, 1]])
 
 
 THREE = [TaskSpec("b", 40, 3), TaskSpec("f", 70, 3), TaskSpec("a", 40, 5)]
