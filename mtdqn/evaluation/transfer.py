@@ -342,6 +342,13 @@ def transfer_report(paths: Sequence[str | Path], by: str = "transfer.mode", base
         raise ValueError(f"no completed or running run with metric {metric!r} below {[str(p) for p in paths]}"
                          + left_out)
     check_group_keys([r.config for r in runs], [by])
+    task_sets: dict[str, list[Run]] = {}
+    for r in runs:
+        task_sets.setdefault(str(get_config_value(r.config, "task_set.tasks", None)), []).append(r)
+    if len(task_sets) > 1:  # e.g. the source run beside the transfer sweep: it joined the scratch group
+        raise ValueError("the runs train different task sets: " + "; ".join(
+            f"{tasks} ({_names(members, labels)})" for tasks, members in task_sets.items())
+            + "; a transfer report compares runs on one target task set: give only their folders")
     groups: dict[str, list[Run]] = {}
     for r, label in zip(runs, group_labels(runs, by), strict=True):
         groups.setdefault(label, []).append(r)

@@ -757,3 +757,17 @@ def test_transfer_report_script_refuses_bad_flags(tmp_path, flag, value, message
     _pair(tmp_path)
     done = run_script("transfer_report", str(tmp_path), flag, value, "--out", str(tmp_path / "out"), "--no-plot")
     assert done.returncode == 2 and f"transfer_report.py: error: {message}" in done.stderr
+
+
+def test_runs_on_another_task_set_are_refused_naming_them(tmp_path):
+    """The source run (lane_keep_mtl, transfer.mode=none) given beside the urban sweep joined the scratch group."""
+    for name, mode in (("scratch", "none"), ("finetune", "finetune")):
+        write_run(tmp_path / name, {"transfer": {"mode": mode}, "task_set": {"tasks": ["urban"]}}, _rows(SCRATCH),
+                  {"status": "completed"})
+    write_run(tmp_path / "src", {"transfer": {"mode": "none"}, "task_set": {"tasks": ["lane_keep", "pedestrian"]}},
+              _rows(SCRATCH), {"status": "completed"})
+    with pytest.raises(ValueError, match=r"the runs train different task sets: \['urban'\] \(finetune, scratch\); "
+                                         r"\['lane_keep', 'pedestrian'\] \(src\)"):
+        transfer_report([tmp_path], n_boot=50)
+    assert set(transfer_report([tmp_path / "scratch", tmp_path / "finetune"], n_boot=50)["groups"]) == {
+        "none", "finetune"}
