@@ -441,3 +441,46 @@ def test_updates_wait_until_every_tasks_replay_can_be_sampled(tmp_path):
     round_ = next(iter(data.train_dataloader()))
     assert round_.env_steps == 120  # not the first round (60 env steps >= learning_starts): lane_keep had 3 < 5 rows
     assert all(b.sampleable > 0 for b in data.buffers)
+
+
+def test_metrics_of_some_rounds_only_are_not_repeated_in_the_others(tmp_path):
+    """Gradient cosines (every grad_diagnostics_every rounds) and a task's rollout return (rounds where one of its
+    episodes ended) went through Lightning's log_dict, which kept their last value in every later row."""
+    import json
+
+    summary = train(compose_cfg(["+experiment=lane_keep_mtl", "debug=smoke", "logger=jsonl", "callbacks.progress=null",
+                                 "model.grad_diagnostics_every=3"], tmp_path))
+    assert summary["status"] == "completed"
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in rows if "train/td_loss" in r]
+    cos = [i for i, r in enumerate(rounds) if "train/grad_cos/lane_keep__pedestrian" in r]
+    assert cos and cos == list(range(cos[0], len(rounds), 3))
+    assert sum("rollout/pedestrian/return" in r for r in rounds) < len(rounds)  # smoke episodes span rounds
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["data.task_weights=[1,3,1]"], r"data.task_weights=\[1, 3, 1\] is read only with data.batch_composition=weighted "
+                                    r"\(here 'uniform'\)"),
+    (["data.batch_composition=weighted", "data.task_weights=[0,1,1]"],
+     r"gives \['lane_keep'\] 0 of the 30 samples of every minibatch"),
+    (["data.batch_composition=weighted", "data.task_weights=[0.01,1,1]"], r"gives \['lane_keep'\] 0 of the 30"),
+    (["data.batch_composition=weighted", "data.task_weights=[-1,1,1]"], r"data.task_weights=\[-1, 1, 1\]: task shares"),
+    (["model.task_weights=[1,0,1]"], r"model.task_weights=\[1, 0, 1\] is read only with model.loss_balance=weighted "
+                                     r"\(here 'sum'\)"),
+    (["model.loss_balance=weighted", "model.task_weights=[0,0,0]"], r"needs a weight > 0"),
+])
+def test_task_weights_that_would_be_ignored_or_starve_a_task_are_refused(tmp_path, overrides, match):
+    """Weights for a mode that is not selected changed nothing (the run was identical without them); a weighted
+    minibatch that gives a task no sample crashed in the gradient diagnostics of heterogeneous task sets and logged
+    that task's TD loss as 0."""
+    with pytest.raises(ValueError, match=match):
+        build(compose_cfg([*MTL, "task_set=driving", "data.batch_size=30", *overrides], tmp_path))
+
+
+def test_a_solved_task_scaled_to_no_sample_keeps_one(tmp_path):
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
+                       "data.learning_starts=40", "data.batch_size=30", "data.collect_schedule=by_score",
+                       "data.batch_solved_scale=0.01"], tmp_path)
+    model, data, trainer = set_up(build(cfg))
+    data.observe_scores([0.95, 0.3, 0.3])  # lane_keep's weight 0.01 of 2.01: 0.15 of a sample
+    assert data.composition_counts() == [1, 14, 15] and sum(data.composition_counts()) == 30

@@ -180,7 +180,18 @@ class MultiTaskDataModule(pl.LightningDataModule):
         weights = list(task_weights) if task_weights is not None else [1.0] * n_tasks
         if len(weights) != n_tasks:
             raise ValueError(f"data.task_weights={weights} needs one weight per task ({n_tasks})")
-        batch_counts(batch_size, weights)  # validates the weights
+        try:
+            counts = batch_counts(batch_size, weights)  # validates the weights
+        except ValueError as exc:
+            raise ValueError(f"data.task_weights={weights}: {exc}") from None
+        if batch_composition != "weighted" and len(set(map(float, weights))) > 1:
+            raise ValueError(f"data.task_weights={weights} is read only with data.batch_composition=weighted (here "
+                             f"{batch_composition!r}): set data.batch_composition=weighted, or drop data.task_weights")
+        starved = [t.name for t, c in zip(tasks, counts, strict=True) if c == 0]
+        if batch_composition == "weighted" and starved:
+            raise ValueError(f"data.task_weights={weights} gives {starved} 0 of the {batch_size} samples of every "
+                             "minibatch: that task would never be trained; give it a larger weight, or leave it out "
+                             "of task_set.tasks")
         if env_steps_per_round < num_envs * n_tasks:
             raise ValueError(f"data.env_steps_per_round={env_steps_per_round} must be >= num_envs x tasks "
                              f"= {num_envs * n_tasks}")
@@ -382,7 +393,11 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if self.batch_solved_scale != 1.0:
             weights = [w * (self.batch_solved_scale if solved else 1.0)
                        for w, solved in zip(weights, self.solved, strict=True)]
-        return batch_counts(self.batch_size, weights)
+        counts = batch_counts(self.batch_size, weights)
+        for i in [i for i, c in enumerate(counts) if c == 0]:  # a solved task scaled to nothing keeps one sample, as
+            counts[counts.index(max(counts))] -= 1  # it keeps one vector step of collection: it is still trained
+            counts[i] += 1
+        return counts
 
     def observe_scores(self, scores: Sequence[float | None]) -> dict[str, float]:
         """Called with each evaluation's per-task normalized scores (task order). With collect_schedule=by_score

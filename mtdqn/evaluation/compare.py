@@ -603,7 +603,8 @@ def _coverage_warnings(groups: Mapping[str, Sequence[Run]], task_map: Mapping[st
         for r in runs:
             if not any(m.startswith("eval/") for m in r.metric_names()):
                 out.append(f"{r.path}: no evaluation logged; left out of every table")
-        ends = sorted({float(r.series(m)[0][-1]) for r in runs for m in task_map.values() if r.series(m)[0].size})
+        ends = sorted({max(float(r.series(m)[0][-1]) for m in task_map.values() if r.series(m)[0].size)
+                       for r in runs if any(r.series(m)[0].size for m in task_map.values())})  # each run's last
         if len(ends) > 1 and ends[0] < 0.9 * ends[-1]:
             out.append(f"group {label}: its runs' last evaluations lie between {ends[0]:,.0f} and {ends[-1]:,.0f} "
                        f"env steps; its curves beyond {ends[0]:,.0f} average fewer runs")

@@ -341,4 +341,21 @@ class DQNModule(pl.LightningModule):
         if round_.episode_returns.numel() > 0:
             metrics[f"rollout/{self.task.name}/return"] = round_.episode_returns.mean()
         metrics.update(self.extra_metrics())
-        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)
+        self.emit_round(metrics)
+
+    def emit_round(self, metrics: dict[str, Tensor | float]) -> None:
+        """One row per round to every logger, with only this round's metrics. Through Lightning's log_dict a metric
+        logged in some rounds only (a task's rollout return, the gradient cosines every few rounds) was repeated,
+        stale, in every later row (its result collection keeps a key's last value for the whole epoch). The TD
+        loss and mean Q still go through log_dict, without loggers, for the callbacks (DivergenceGuard)."""
+        self.log_dict({k: metrics[k] for k in ("train/td_loss", "train/q_mean")}, on_step=True, on_epoch=False,
+                      prog_bar=False, logger=False, batch_size=1)
+        if self._trainer is None or not self.trainer.is_global_zero or not self.trainer.loggers:
+            return
+        tensors = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in tensors]).tolist() \
+            if tensors else []  # one host sync for the round
+        row = {k: float(v) for k, v in metrics.items() if not isinstance(v, Tensor)}
+        row |= dict(zip(tensors, values, strict=True))
+        for logger in self.trainer.loggers:
+            logger.log_metrics(row, step=self.global_step)

@@ -65,6 +65,12 @@ class MultiTaskDQNModule(DQNModule):
         weights = list(task_weights) if task_weights is not None else [1.0] * len(self.tasks)
         if len(weights) != len(self.tasks) or any(w < 0 for w in weights):
             raise ValueError(f"model.task_weights={weights} needs one weight >= 0 per task ({len(self.tasks)})")
+        if loss_balance != "weighted" and len(set(map(float, weights))) > 1:
+            raise ValueError(f"model.task_weights={weights} is read only with model.loss_balance=weighted (here "
+                             f"{loss_balance!r}): set model.loss_balance=weighted, or drop model.task_weights")
+        if loss_balance == "weighted" and not any(float(w) > 0 for w in weights):
+            raise ValueError(f"model.task_weights={weights}: loss_balance=weighted needs a weight > 0 (all 0: no "
+                             "gradient at all)")
         self.loss_balance, self.grad_diagnostics_every = loss_balance, grad_diagnostics_every
         self.register_buffer("task_weights", torch.tensor(weights, dtype=torch.float32))
         self.obs_width = max(t.obs_dim for t in self.tasks)
@@ -237,4 +243,4 @@ class MultiTaskDQNModule(DQNModule):
             for i in range(len(self.tasks)):
                 for j in range(i + 1, len(self.tasks)):
                     metrics[f"train/grad_cos/{self.tasks[i].name}__{self.tasks[j].name}"] = cosines[i, j]
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        self.emit_round(metrics)

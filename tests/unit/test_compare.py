@@ -477,3 +477,15 @@ def test_a_report_rewritten_into_its_folder_drops_the_earlier_reports_plots(tmp_
     assert _script().main([str(tmp_path / "runs" / "a"), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["curves_eval_mean_normalized.png", "curves_lane_keep.png",
                                                         "performance_profiles.png"]
+
+
+def test_one_run_whose_tasks_end_at_other_task_steps_is_no_uneven_group(tmp_path: Path) -> None:
+    """--task-steps puts each task of a multi-task run on its own env steps: one run's tasks end apart, which is no
+    group of runs of different lengths."""
+    rows = ramp_rows({"a": 1.0, "b": 1.0})
+    for r in rows:
+        if "eval/a/normalized" in r:
+            r["time/a/env_steps"], r["time/b/env_steps"] = r["env_steps"] * 0.2, r["env_steps"] * 0.8
+    write_run(tmp_path / "mtl", base_config(tasks=["a", "b"]), rows, {"status": "completed"})
+    warnings = cmp.compare_runs([tmp_path], task_steps=True, **BOOT).summary["warnings"]
+    assert not [w for w in warnings if "last evaluations lie between" in w]
