@@ -2,8 +2,9 @@
 """Training time of one multi-task agent against the single-task agents it replaces, measured in one run.
 
 For a suite of T tasks, `train.py` trains the multi-task agent for --env-steps env steps summed over its tasks and
-each task's single-task agent for --env-steps / T (the same env steps per task, and the same network, batch per env
-step and replay ratio), alternating, --repeats times, one run at a time. Each run's training seconds
+each task's single-task agent for --env-steps / T (the same env steps in all; per task too where the multi-task
+agent collects evenly, as minatar_mtl does, while lane_keep_mtl_share collects 0.15 / 0.35 / 0.5 with its by-score
+schedule on top; the same network, batch per env step and replay ratio), alternating, --repeats times, one run at a time. Each run's training seconds
 (`time/train_seconds`: collection and updates, evaluation excluded) come from its summary.json. Prints every repeat
 and the medians: the multi-task agent's seconds, the single-task agents' summed seconds and their ratio (< 1: one
 multi-task agent trains faster than its single-task agents one after another), and the env steps per second of each.
