@@ -72,8 +72,39 @@ def resolve(cfg: DictConfig) -> AutoResume | None:
         same_rule = all(OmegaConf.select(cfg, k, default=None) == OmegaConf.select(saved, k, default=None)
                         for k in STOP_KEYS)
         if same_rule and (env_steps >= int(cfg.data.total_env_steps) or summary.get("time/stopped_solved")):
+            changed = settings_changed(cfg, saved)
+            if changed:  # its summary would be reported as this config's result (a relaunched Optuna study)
+                raise ValueError(f"ckpt_path=auto: {out_dir} holds a completed run of other settings ("
+                                 f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); its result is not "
+                                 "this config's: relaunch with that run's settings, or into a fresh folder")
             done = summary
     return AutoResume(path, env_steps, done)
+
+
+# keys that do not change what a run trains: a relaunch may differ in them and still be the same run
+NEUTRAL = ("ckpt_path", "print_config", "torch_threads", "callbacks.progress", "logger", "paths", "tags", "local",
+           "hydra", *STOP_KEYS)
+
+
+def _flat(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def settings_changed(cfg: DictConfig, saved: DictConfig) -> list[str]:
+    """`key: <there> there, <here> here` for every setting of `cfg` that differs from the `saved` config, but for the
+    NEUTRAL ones (outputs, logging, the budget and stop rules)."""
+    def leaves(c: DictConfig) -> dict[str, object]:
+        try:
+            return _flat(OmegaConf.to_container(c, resolve=True))
+        except Exception:  # an interpolation that does not resolve: compare as written
+            return _flat(OmegaConf.to_container(c, resolve=False))
+
+    mine, theirs = leaves(cfg), leaves(saved)
+    keys = sorted(k for k in set(mine) | set(theirs)
+                  if not any(k == n or k.startswith(f"{n}.") for n in NEUTRAL) and mine.get(k) != theirs.get(k))
+    return [f"{k}: {theirs.get(k, 'absent')!r} there, {mine.get(k, 'absent')!r} here" for k in keys]
 
 
 def _logged_by(line: str, env_steps: int) -> bool:

@@ -107,10 +107,11 @@ def check_accelerator(accelerator: str) -> None:
 
 
 # what a checkpoint's saved state (network, replay) must agree with; a resume may change anything else (budgets...).
-# The replay's layout (rows = capacity / num_envs, one column per env, how observations are stored) too: its state
-# restored into another layout was refused only inside the fit, or, with a larger capacity, read unwritten rows
+# The replay's layout (rows = capacity / num_envs, one column per env) too: its state restored into another layout
+# was refused only inside the fit, or, with a larger capacity, read unwritten rows. (How observations are stored,
+# replay.obs_storage / frame_stack, is checked by the replay itself: `auto` there and `uint8` here can be one layout)
 RESUME_KEYS = ("task_set.kind", "task_set.tasks", "net", "model._target_", "replay._target_", "replay.capacity",
-               "replay.obs_storage", "replay.frame_stack", "data.num_envs")
+               "data.num_envs")
 
 
 def _leaves(value: Any, prefix: str) -> dict[str, Any]:
@@ -475,8 +476,9 @@ def train(cfg: DictConfig) -> dict:
             return auto.done
         model, data, trainer = build(cfg)  # validates first
         ckpt = cfg.get("ckpt_path")
-        if ckpt and rank_zero and Path(ckpt).resolve().is_relative_to(out_dir.resolve()):
-            # resumed in its own folder (ckpt_path=auto, or given): the metrics logged after the checkpoint go, the
+        if ckpt and rank_zero and (auto is not None or Path(ckpt).resolve().is_relative_to(out_dir.resolve())):
+            # resumed in its own folder (ckpt_path=auto, wherever callbacks.checkpoint.dirpath keeps its checkpoints,
+            # or a checkpoint in the folder): the metrics logged after the checkpoint go, the
             # resumed run logs those env steps again (metrics.jsonl is appended to)
             env_steps = auto.env_steps if auto is not None else resume.checkpoint_env_steps(Path(ckpt))
             jsonl = (cfg.get("logger") or {}).get("jsonl")

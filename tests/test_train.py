@@ -817,3 +817,31 @@ def test_a_checkpoint_away_from_its_run_folder_with_another_network_is_refused_n
                                          r"q_net.torso.0.weight \(256, 4\) there, \(32, 4\) here"):
         train(compose_cfg([*SMOKE, f"ckpt_path={moved}", "net.hidden=[32]", "data.total_env_steps=900"],
                           tmp_path / "second"))
+
+
+def test_ckpt_path_auto_refuses_a_completed_run_of_other_settings(tmp_path, capsys):
+    """A relaunched Optuna study samples other hyperparameters for a trial folder whose run completed: ckpt_path=auto
+    answered "nothing to train" and reported that run's result as theirs. Outputs and logging may differ."""
+    run = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "print_config=false", "ckpt_path=auto"]
+    first = train(compose_cfg(run, tmp_path))
+    assert train(compose_cfg([*run, "print_config=true", "torch_threads=2"], tmp_path)) == first
+    with pytest.raises(ValueError, match=r"holds a completed run of other settings \(.*optimizer.lr: 0.0023 there, "
+                                         r"0.001 here\); its result is not this config's"):
+        train(compose_cfg([*run, "optimizer.lr=0.001"], tmp_path))
+
+
+def test_ckpt_path_auto_with_checkpoints_elsewhere_drops_the_rows_after_the_checkpoint(tmp_path, capsys):
+    """callbacks.checkpoint.dirpath outside the run folder: ckpt_path=auto resumed, but kept the rows logged after
+    the checkpoint, so those env steps were in metrics.jsonl twice."""
+    run = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "print_config=false", "ckpt_path=auto",
+           f"callbacks.checkpoint.dirpath={tmp_path / 'ckpts'}", "callbacks.checkpoint.every_env_steps=300"]
+    out = tmp_path / "run"
+    train(compose_cfg(run, out))
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    late = json.dumps({"env_steps": 10_000, "step": 1, "time": 1.0, "train/td_loss": 0.1})
+    (out / "metrics.jsonl").write_text("\n".join([*rows, late]) + "\n")  # as a killed run leaves rows after it
+    train(compose_cfg([*run, "data.total_env_steps=900"], out))
+    assert "1 rows of metrics.jsonl logged after it dropped" in capsys.readouterr().out
+    steps = [json.loads(x)["env_steps"] for x in (out / "metrics.jsonl").read_text().splitlines()
+             if "train/td_loss" in x]
+    assert 10_000 not in steps and steps == sorted(steps)
