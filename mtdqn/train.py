@@ -429,6 +429,15 @@ class RunSummary(pl.Callback):
                 self.summary = write_summary(self.out_dir, trainer, "completed")
 
 
+def global_rank() -> int:
+    """0 for the process that writes a run's files, before Lightning has set up; else a rank > 0. A process is rank
+    zero only where RANK (torchrun), SLURM_PROCID (DDP under SLURM, where every task runs train.py) and LOCAL_RANK
+    (Lightning's own DDP launch, whose children inherit the SLURM variables of the job) are all 0 or unset: LOCAL_RANK
+    alone made every node's first process, and under SLURM every task, write the run's files."""
+    return max((int(os.environ[n]) for n in ("RANK", "SLURM_PROCID", "LOCAL_RANK") if os.environ.get(n, "").isdigit()),
+               default=0)
+
+
 def interrupted(exc: BaseException | None) -> bool:
     """Stopped from outside, not by an error: Ctrl-C or SIGINT (Lightning ends its graceful shutdown with
     sys.exit(1)), a signal handler's exit, or submitit's error for a job out of requeues after a timeout; also an
@@ -464,7 +473,7 @@ def train(cfg: DictConfig) -> dict:
         signal.signal(signal.SIGTERM, _sigterm)
     orphaned = stop_with_the_sweep()
     try:
-        rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0
+        rank_zero = global_rank() == 0
         auto = resume.resolve(cfg)  # ckpt_path=auto: this folder's own checkpoint, if any
         if auto is not None and rank_zero:  # another network than the folder's run is refused, done or not
             check_resume(cfg, out_dir / "config.yaml")  # the previous attempt's config, before it is overwritten
@@ -504,7 +513,7 @@ def train(cfg: DictConfig) -> dict:
     except BaseException as exc:
         stopped = interrupted(exc)
         if fitting or not earlier:  # an attempt refused in an earlier attempt's folder leaves it as it was
-            if not fitting and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # what the refused run was given
+            if not fitting and global_rank() == 0:  # what the refused run was given
                 save_config(out_dir, cfg)
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # SIGTERMException has none
             write_summary(out_dir, trainer, "interrupted" if stopped else "failed", error)

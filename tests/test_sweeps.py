@@ -144,7 +144,9 @@ def test_optuna_search_averages_seeds_per_trial_and_survives_a_failing_trial(tmp
          "callbacks.progress=null", "print_config=false", "hparams_search.seeds_per_trial=2",
          "hparams_search.metric=eval/CartPole-v1/return", "hydra.sweeper.n_trials=4",
          "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1", "data.batch_size=choice(16,32)",
-         "gamma=choice(0.99,1.5)", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+         "gamma=choice(0.99,1.5)", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+         f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}"],  # the documented storage (optuna 2 needs
+        # SQLAlchemy 1.x: the optuna extra pins it)
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -167,6 +169,7 @@ def test_optuna_search_averages_seeds_per_trial_and_survives_a_failing_trial(tmp
         assert all((p / f"seed_{s}" / "metrics.jsonl").is_file() for s in (0, 1))
     best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
     assert "best_value" in best and "gamma: 0.99" in best
+    assert (tmp_path / "study.db").stat().st_size > 0
 
 
 def test_wandb_run_names_tell_the_arms_of_a_multirun_apart():

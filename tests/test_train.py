@@ -845,3 +845,17 @@ def test_ckpt_path_auto_with_checkpoints_elsewhere_drops_the_rows_after_the_chec
     steps = [json.loads(x)["env_steps"] for x in (out / "metrics.jsonl").read_text().splitlines()
              if "train/td_loss" in x]
     assert 10_000 not in steps and steps == sorted(steps)
+
+
+@pytest.mark.parametrize(("env", "rank"), [({}, 0), ({"LOCAL_RANK": "1"}, 1), ({"SLURM_PROCID": "1", "LOCAL_RANK": "0"}, 1),
+                                           ({"RANK": "3", "LOCAL_RANK": "1"}, 3),
+                                           ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, 1)])
+def test_the_process_that_writes_the_run_files_is_the_global_rank_zero(monkeypatch, env, rank):
+    """Under SLURM every task runs train.py with LOCAL_RANK 0 on its node: each wrote config.yaml and dropped rows."""
+    from mtdqn.train import global_rank
+
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert (global_rank() == 0) == (rank == 0)
