@@ -54,7 +54,7 @@ RULES: dict[str, tuple[str, str, bool]] = {
     "replay.beta": (NUM, "in [0, 1]", False),
     "callbacks.eval.every_env_steps": (INT, "> 0", False),
     "callbacks.eval.episodes": (INT, "> 0", False),
-    "callbacks.eval.epsilon": (NUM, "in [0, 1]", True),
+    "callbacks.eval.epsilon": (NUM, "in [0, 1]", False),
     "callbacks.checkpoint.every_env_steps": (INT, "> 0", False),
     "adversarial.epsilon": (NUM, ">= 0", True),
     "adversarial.fraction": (NUM, "in (0, 1]", True),
@@ -111,6 +111,26 @@ def check_flags(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not isinstance(value, bool) and not (value is None and nullable):
             raise ValueError(f"{key}={value!r} must be true or false{' (or null)' if nullable else ''}")
+
+
+def check_layout_keys(cfg: DictConfig) -> None:
+    """task_set.tasks given (a bare `task_set=gym` ended in omegaconf's MissingMandatoryValue traceback), and net.conv
+    null or a non-empty list of [out_channels, kernel, stride] of positive integers (`net.conv=[16,3,1]` ended in a
+    TypeError traceback, `[[16,3.5,1]]` was cut to a 3x3 kernel, `[]` trained an MLP)."""
+    if OmegaConf.is_missing(cfg.task_set, "tasks") or not cfg.task_set.get("tasks"):
+        raise ValueError("task_set.tasks is not set: give the task ids, e.g. task_set.tasks=[CartPole-v1]")
+    conv = OmegaConf.select(cfg, "net.conv", default=None)
+    if conv is None:
+        return
+    layers = OmegaConf.to_container(conv) if OmegaConf.is_config(conv) else conv
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if not (isinstance(layers, list) and layers and all(
+            isinstance(layer, list) and len(layer) == 3 and all(map(whole, layer)) for layer in layers)):
+        raise ValueError(f"net.conv={layers!r}: give null (no convolutions) or a non-empty list of [out_channels, "
+                         "kernel, stride] per layer, each a positive integer, e.g. net.conv=[[16,3,1]]")
 
 
 def check_replay_size(cfg: DictConfig) -> None:

@@ -24,7 +24,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, WandbEnvStepAxis
-from mtdqn.config_checks import check_arguments, check_flags, check_numbers, check_replay_size
+from mtdqn.config_checks import (
+    check_arguments,
+    check_flags,
+    check_layout_keys,
+    check_numbers,
+    check_replay_size,
+)
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
 from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
@@ -182,6 +188,7 @@ def validate(cfg: DictConfig) -> None:
     """Checks that need no environment: fail early with the key, the value and what is allowed."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
         raise ValueError(f"seed={cfg.seed!r} must be an integer in [0, 2**32 - 1] (numpy's seed range)")
+    check_layout_keys(cfg)
     check_numbers(cfg)
     check_flags(cfg)
     check_replay_size(cfg)

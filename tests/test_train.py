@@ -104,6 +104,13 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("+task_set.env_kwargs.foo=1", "task_set.env_kwargs={'foo': 1}: gymnasium.make('CartPole-v1', ...) failed: "
                                        "TypeError: "),
         ("task_set.tasks=[CartPol-v1]", "did you mean 'CartPole-v1'"),
+        # tracebacks, or silently something else: a flat net.conv, a fractional kernel, an empty list, no tasks
+        ("net.conv=[16,3,1]", "net.conv=[16, 3, 1]: give null (no convolutions) or a non-empty list of"),
+        ("net.conv=[[16,3.5,1]]", "net.conv=[[16, 3.5, 1]]: give null"),
+        ("net.conv=[]", "net.conv=[]: give null"),
+        ("net.conv=16", "net.conv=16: give null"),
+        ("task_set=gym", "task_set.tasks is not set: give the task ids"),
+        ("callbacks.eval.epsilon=null", "callbacks.eval.epsilon=None must be a number in [0, 1]"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
