@@ -114,6 +114,15 @@ def test_ddp_run_resumes_from_its_checkpoint(tmp_path):
     assert torch.equal(r0["params"], r1["params"])
     rows = [json.loads(x) for x in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
     assert min(r["env_steps"] for r in rows if "train/td_loss" in r) > 400
+    # each rank resumed its own replay and env seeds (Lightning's checkpoint holds rank 0's: rank 1 resumed as its
+    # copy, collecting the same episodes and drawing the same minibatches)
+    side = load_checkpoint(first / "checkpoints" / "last.rank1.ckpt")
+    assert side["env_steps"] == 400 and side["data"]["collector_seeds"] != saved["RLDataModule"]["collector_seeds"]
+    assert not torch.equal(r0["first_obs"], r1["first_obs"]) and r0["collector_seed"] != r1["collector_seed"]
+    (first / "checkpoints" / "last.rank1.ckpt").unlink()  # a checkpoint without it: refused, not a copy of rank 0
+    res = run_train([*BASE, "trainer=ddp", "trainer.devices=2", "data.total_env_steps=800", f"ckpt_path={ckpt}",
+                     f"hydra.run.dir={tmp_path / 'third'}"])
+    assert res.returncode != 0 and "no last.rank1.ckpt beside it" in res.stderr
 
 
 @pytest.mark.slow

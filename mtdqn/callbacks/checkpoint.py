@@ -31,6 +31,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def rank_data_path(path: str | os.PathLike, rank: int) -> Path:
+    """Where DDP rank `rank` (> 0) keeps its own data state beside a checkpoint: `last.ckpt` -> `last.rank1.ckpt`.
+    Lightning's checkpoint holds rank 0's only: each rank collects other episodes into its own replay."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint weights-only; a file that needs arbitrary unpickling is refused with a clear error."""
     try:
@@ -84,6 +91,9 @@ class EnvStepCheckpoint(pl.Callback):
         if getattr(trainer, "mtdqn_diverged", False):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
+        if trainer.world_size > 1 and trainer.global_rank > 0:  # its own replay, env seeds and RNGs beside rank 0's
+            atomic_torch_save({"env_steps": steps, "data": trainer.datamodule.state_dict()},
+                              rank_data_path(self.path, trainer.global_rank))
         self.last_saved = steps
         if trainer.is_global_zero:
             log_wandb_artifact(trainer, self.path, steps)

@@ -482,7 +482,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what `state_dict` saved."""
+        """Restore what `state_dict` saved. Under DDP, Lightning hands every rank rank 0's state (its checkpoint):
+        a rank > 0 restores its own, saved beside it (EnvStepCheckpoint), or refuses to train on as a copy of rank 0."""
+        state = self.own_rank_state(state)
         self.env_steps = int(state["env_steps"])
         task_steps = state.get("task_env_steps")  # absent in checkpoints from before 2026-11-29
         self.task_env_steps = None if task_steps is None else [int(v) for v in task_steps]
@@ -496,6 +498,26 @@ class MultiTaskDataModule(pl.LightningDataModule):
             self.vec_steps = [int(v) for v in state["vec_steps"]]
         if "collect_solved" in state:  # absent in checkpoints from before 2026-11-29: solved again at the next eval
             self.solved = [bool(v) for v in state["collect_solved"]]
+
+    def own_rank_state(self, state: dict) -> dict:
+        """This rank's data state: `state` itself on rank 0 or one process, else the file beside the checkpoint."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size <= 1 or trainer.global_rank == 0:
+            return state
+        from mtdqn.callbacks.checkpoint import load_checkpoint, rank_data_path
+
+        ckpt = getattr(trainer, "ckpt_path", None)
+        side = rank_data_path(ckpt, trainer.global_rank) if ckpt else None
+        if side is None or not side.is_file():
+            raise ValueError(f"ckpt_path={ckpt!r}: no {side.name if side else 'per-rank data file'} beside it: rank "
+                             f"{trainer.global_rank}'s replay and env seeds were not saved (a checkpoint from one "
+                             "process, or from before per-rank data was kept); every rank would resume as a copy of "
+                             "rank 0 (the same episodes, the same minibatches). Resume with trainer.devices=1")
+        saved = load_checkpoint(side)
+        if int(saved["env_steps"]) != int(state["env_steps"]):
+            raise ValueError(f"{side}: rank {trainer.global_rank}'s data was saved at {int(saved['env_steps']):,} env "
+                             f"steps, the checkpoint at {int(state['env_steps']):,} (a save cut short)")
+        return saved["data"]
 
     def teardown(self, stage: str | None = None) -> None:
         for env in getattr(self, "envs", []):
