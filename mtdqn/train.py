@@ -323,10 +323,26 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     # an endless epoch ("Epoch 0/-2 5/--"); trainer.enable_progress_bar=true still asks for it
     bar = {} if any(isinstance(cb, ProgressBar) for cb in callbacks) or "enable_progress_bar" in cfg.trainer else {
         "enable_progress_bar": False}
+    threads = int(cfg.torch_threads) if cfg.get("torch_threads") else None
+    callbacks.append(ProcessSettings(threads, bool(cfg.get("flush_denormal", True))))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
                           **bar)
     check_distributed(trainer.world_size, model, transfer)
     return model, data, trainer
+
+
+class ProcessSettings(pl.Callback):
+    """torch_threads and flush_denormal in every process that trains. train() sets them in the launching process,
+    but a DDP rank sets its own: Lightning gives each rank cpu_count / ranks threads (8 each on 16 cores, the
+    oversubscription torch_threads=1 avoids), and ddp_spawn's workers start without the flush of denormal floats."""
+
+    def __init__(self, threads: int | None, flush_denormal: bool) -> None:
+        self.threads, self.flush_denormal = threads, flush_denormal
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        torch.set_flush_denormal(self.flush_denormal)
+        if self.threads:
+            torch.set_num_threads(self.threads)
 
 
 def check_distributed(world_size: int, model: pl.LightningModule, transfer: TransferConfig) -> None:

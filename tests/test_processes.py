@@ -132,12 +132,15 @@ def test_ddp_spawn_inside_a_multirun_trains_both_ranks_and_summarizes_the_worker
     see the fit: it read 0 updates and no evaluation), and the workers print none of the notices build() silences."""
     probe = tmp_path / "probe"
     res = run_train(["-m", *BASE, "seed=0", "trainer=ddp_spawn", "trainer.devices=2", "print_config=false",
-                     f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}", "torch_threads=2",
                      "+callbacks.probe._target_=tests.helpers.rank_probe.RankProbe", f"+callbacks.probe.dirpath={probe}"])
     assert res.returncode == 0, res.stderr[-3000:]
     r0, r1 = torch.load(probe / "rank0.pt"), torch.load(probe / "rank1.pt")
     assert r0["world_size"] == 2 and r0["collector_seed"] != r1["collector_seed"]
     assert torch.equal(r0["params"], r1["params"])
+    # the workers train with torch_threads and flush denormals (Lightning set cpu_count / 2 threads, and spawned
+    # workers started without the flush)
+    assert r0["threads"] == r1["threads"] == 2 and r0["flushes_denormals"] and r1["flushes_denormals"]
     job = tmp_path / "sweep" / "0"
     summary = json.loads((job / "summary.json").read_text())
     rows = [json.loads(x) for x in (job / "metrics.jsonl").read_text().splitlines()]

@@ -24,6 +24,8 @@ class RankProbe(pl.Callback):
                 "first_obs": dm.buffer.obs[0].clone(),
                 "env_steps": dm.current_env_steps(),
                 "world_size": trainer.world_size,
+                "threads": torch.get_num_threads(),
+                "flushes_denormals": (torch.tensor([1e-39]) * 1.0).item() == 0.0,
             },
             self.dirpath / f"rank{trainer.global_rank}.pt",
         )
