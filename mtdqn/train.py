@@ -67,11 +67,14 @@ if not OmegaConf.has_resolver("mtdqn.wandb_offline"):
 
 def run_name(experiment: str, seed: Any, job_overrides: list[str] | None) -> str:
     """W&B run name: `<experiment>-seed<s>`; in a multirun, `<experiment>-<the job's overrides>` (sorted, the
-    experiment preset left out, a leading + dropped), so the arms of a sweep (optimizer=adam,adabelief x seeds) get distinct names."""
+    experiment preset left out, a leading + dropped; `seed=<s>` added where the overrides do not set it), so the arms
+    of a sweep (optimizer=adam,adabelief x seeds) and the seeds of an Optuna trial get distinct names."""
     if not job_overrides:
         return f"{experiment}-seed{seed}"
     keep = sorted(o.lstrip("+") for o in job_overrides  # `debug=smoke` reaches Hydra as `+debug=smoke`
                   if o.lstrip("+~").split("=", 1)[0] not in ("experiment", "hydra") and not o.startswith("hydra."))
+    if keep and not any(o.split("=", 1)[0] == "seed" for o in keep):  # the seeds of one Optuna trial (or of a
+        keep.append(f"seed={seed}")  # sweep that fixes the seed) would share a name
     return f"{experiment}-{','.join(keep)}" if keep else f"{experiment}-seed{seed}"
 
 
@@ -324,25 +327,40 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     bar = {} if any(isinstance(cb, ProgressBar) for cb in callbacks) or "enable_progress_bar" in cfg.trainer else {
         "enable_progress_bar": False}
     threads = int(cfg.torch_threads) if cfg.get("torch_threads") else None
-    callbacks.append(ProcessSettings(threads, bool(cfg.get("flush_denormal", True))))
+    callbacks.append(ProcessSettings(threads, bool(cfg.get("flush_denormal", True)), resolved_config(cfg)))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
                           **bar)
     check_distributed(trainer.world_size, model, transfer)
     return model, data, trainer
 
 
-class ProcessSettings(pl.Callback):
-    """torch_threads and flush_denormal in every process that trains. train() sets them in the launching process,
-    but a DDP rank sets its own: Lightning gives each rank cpu_count / ranks threads (8 each on 16 cores, the
-    oversubscription torch_threads=1 avoids), and ddp_spawn's workers start without the flush of denormal floats."""
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run's config as plain values (as config.yaml holds it; as written where an interpolation cannot resolve)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:
+        return OmegaConf.to_container(cfg)
 
-    def __init__(self, threads: int | None, flush_denormal: bool) -> None:
-        self.threads, self.flush_denormal = threads, flush_denormal
+
+class ProcessSettings(pl.Callback):
+    """What every process that trains needs from the run's config. torch_threads and flush_denormal: train() sets
+    them in the launching process, but a DDP rank sets its own (Lightning gives each rank cpu_count / ranks threads,
+    8 each on 16 cores, the oversubscription torch_threads=1 avoids; ddp_spawn's workers start without the flush of
+    denormal floats). The config goes to the loggers (W&B's run config, to filter and group runs by any key; the
+    W&B runs had none), from the process that trains."""
+
+    def __init__(self, threads: int | None, flush_denormal: bool, config: dict | None = None) -> None:
+        self.threads, self.flush_denormal, self.config = threads, flush_denormal, config
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         torch.set_flush_denormal(self.flush_denormal)
         if self.threads:
             torch.set_num_threads(self.threads)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.config is not None and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_hyperparams(self.config)
 
 
 def check_distributed(world_size: int, model: pl.LightningModule, transfer: TransferConfig) -> None:

@@ -183,6 +183,9 @@ def test_wandb_run_names_tell_the_arms_of_a_multirun_apart():
     assert run_name("lane", 0, ["+experiment=lane", "seed=0", "optimizer=adam"]) == "lane-optimizer=adam,seed=0"
     assert run_name("lane", 0, ["+experiment=lane"]) == "lane-seed0"
     assert run_name("lane", 0, ["+experiment=lane", "seed=0", "+debug=smoke"]) == "lane-debug=smoke,seed=0"
+    # an Optuna trial trains seeds_per_trial seeds under one set of overrides: each seed its own name
+    trial = ["+experiment=lane", "optimizer.lr=0.001"]
+    assert run_name("lane", 0, trial) == "lane-optimizer.lr=0.001,seed=0" != run_name("lane", 1, trial)
     cfg = compose_with_hydra(["logger=wandb", "seed=1", "optimizer=adabelief"])
     assert cfg.logger.wandb.name == "default-seed1"  # no Hydra job running: a plain run's name
     cfg.hydra.mode = RunMode.MULTIRUN

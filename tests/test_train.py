@@ -866,3 +866,23 @@ def test_the_process_that_writes_the_run_files_is_the_global_rank_zero(monkeypat
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert (global_rank() == 0) == (rank == 0)
+
+
+def test_the_run_config_reaches_the_loggers(tmp_path):
+    """W&B runs had no config (nothing called log_hyperparams): they could not be filtered or grouped by a key."""
+    from pytorch_lightning.loggers.logger import Logger
+
+    class Capture(Logger):
+        name, version = "capture", "0"
+        params: dict = {}
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            Capture.params = params
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+    model, data, trainer = build(compose_cfg([*SMOKE, "optimizer.lr=0.001", "callbacks.eval=null"], tmp_path))
+    trainer._loggers = [Capture()]
+    trainer.fit(model, datamodule=data)
+    assert Capture.params["optimizer"]["lr"] == 0.001 and Capture.params["task_set"]["tasks"] == ["CartPole-v1"]
