@@ -50,8 +50,9 @@ class ConvEncoder(nn.Module):
         super().__init__()
         shape = tuple(int(d) for d in obs_shape or ())
         if len(shape) not in (2, 3) or min(shape) <= 0:
+            seen = shape or "none of those (a flat vector, or more than 3 dimensions: a stack of multi-channel images)"
             raise ValueError(f"net.conv needs image observations of shape (H, W), (C, H, W) or (H, W, C); the task's "
-                             f"observation has shape {shape or 'a flat vector'}: use net.conv=null")
+                             f"observation has shape {seen}: use net.conv=null")
         bad = [list(layer) for layer in layers if len(layer) != 3 or any(int(v) <= 0 for v in layer)]
         if not layers or bad:
             raise ValueError(f"net.conv={[list(x) for x in layers]}: give a non-empty list of "

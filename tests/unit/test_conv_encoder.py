@@ -82,3 +82,11 @@ def test_gym_task_spec_keeps_image_shapes():
     spec = check_gym_id("MinAtar/Breakout-v1")
     assert spec.obs_shape == (10, 10, 4) and spec.obs_dim == 400
     assert spec.net_kwargs() == {"obs_dim": 400, "n_actions": 3, "obs_shape": (10, 10, 4)}
+
+
+def test_a_task_without_image_shape_is_named_as_flat_or_a_stack_of_multichannel_images():
+    """A frame stack of MinAtar's (10, 10, C) images (4-D) was reported as 'a flat vector'."""
+    from mtdqn.nets.q import ConvEncoder
+
+    with pytest.raises(ValueError, match=r"more than 3 dimensions: a stack of multi-channel images\): use net.conv=null"):
+        ConvEncoder(None, [[16, 3, 1]])
