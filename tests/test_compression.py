@@ -270,3 +270,15 @@ def test_compress_a_convolutional_policy(tmp_path):
     by_name = {e["name"]: e for e in report["policies"]}
     assert by_name["original"]["macs"] == conv_macs + 16 * 8 * 8 * 32 + 32 * 3
     assert by_name["distill"]["macs"] == conv_macs + 16 * 8 * 8 * 8 + 8 * 8 + 8 * 3  # distill.hidden=[8,8]
+
+
+def test_the_original_row_repeats_an_epsilon_greedy_final_evaluation(tmp_path):
+    """A run evaluated with callbacks.eval.epsilon (Atari's 0.05) was compressed and evaluated greedily: the original
+    policy's row did not repeat the run's final evaluation (and a greedy Breakout policy stalls to the time limit)."""
+    overrides = [*MULTI, *RUN, "compression=default", "compression.methods=[[fp16]]", "callbacks.eval.epsilon=0.5",
+                 *[f"compression.{o}" for o in TINY_COMPRESSION]]
+    summary = train(compose_cfg(overrides, tmp_path))
+    report = json.loads((tmp_path / "compression" / "report.json").read_text())
+    original = report["policies"][0]
+    for task in ("lane_keep", "pedestrian", "traffic_light"):
+        assert original["eval"][task]["return"] == pytest.approx(summary[f"eval/{task}/return"])

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor
 
 from mtdqn.envs import check_render, env_factory, task_spec
-from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
+from mtdqn.evaluation.episodes import epsilon_greedy, record_episode, run_episode_stats, save_gif
 from mtdqn.types import TaskSpec, finite_number
 
 VIDEO_MODES = ("none", "final", "every")
@@ -257,23 +256,7 @@ class EvalCallback(pl.Callback):
         that never presses FIRE would stall Breakout until the 27k-step time limit). `draws` (default: the batch
         size) random numbers are drawn per step and the first ones used: a 1-env recording that draws as many as
         the evaluation's `episodes` envs plays exactly the evaluation's episode 0, exploration included."""
-        if self.epsilon == 0.0:
-            return greedy
-        gen: torch.Generator | None = None
-
-        def act(obs: Tensor) -> Tensor:
-            nonlocal gen
-            if gen is None or gen.device != obs.device:
-                gen = torch.Generator(device=obs.device)
-                gen.manual_seed(self.seed + 7_919 * index)
-            n = obs.shape[0]
-            size = max(n, draws or 0)
-            actions = greedy(obs)
-            explore = torch.rand(size, generator=gen, device=obs.device)[:n] < self.epsilon
-            random = torch.randint(0, n_actions, (size,), generator=gen, device=obs.device)[:n]
-            return torch.where(explore, random, actions)
-
-        return act
+        return epsilon_greedy(greedy, n_actions, self.epsilon, self.seed, index, draws)
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> list[Path]:
         """Record eval episode 0 of each task (its seed and, with callbacks.eval.epsilon > 0, its exploration draws,

@@ -73,10 +73,11 @@ class DataSettings:
 
 @dataclass
 class EvalSettings:
-    """Greedy evaluation of every policy on the same fixed seeds."""
+    """Evaluation of every policy on the same fixed seeds: greedy, or epsilon-greedy as the run evaluated."""
 
     episodes: int = 64  # per task
     seed: int = 10_000  # env i gets seed + i
+    epsilon: float = 0.0  # share of random actions, as the run's callbacks.eval.epsilon (Atari's protocol: 0.05)
 
 
 @dataclass
@@ -137,7 +138,7 @@ BOUNDS: dict[str, str] = {
     "structured.lr": "> 0", "structured.temperature": "> 0",
     "data.max_states": "> 0", "data.rollout_fraction": "in [0, 10]", "data.rollout_epsilon": "in [0, 1]",
     "data.rollout_envs": "> 0", "data.max_epochs": "> 0",
-    "eval.episodes": "> 0", "eval.seed": ">= 0",
+    "eval.episodes": "> 0", "eval.seed": ">= 0", "eval.epsilon": "in [0, 1]",
     "latency.calls": "> 0", "latency.rounds": "> 0", "latency.warmup": ">= 0",
     "export.check_states": "> 0",
 }

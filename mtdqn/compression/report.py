@@ -35,7 +35,7 @@ from mtdqn.compression.measure import count_macs, count_params, file_bytes, meas
 from mtdqn.compression.policy import NetBuilder, QPolicy, task_policy
 from mtdqn.compression.prune import iterative_prune, structured
 from mtdqn.compression.quantize import CASTS, QuantizationUnavailable, cast, quantize_int8
-from mtdqn.evaluation.episodes import run_episodes
+from mtdqn.evaluation.episodes import epsilon_greedy, run_episodes
 from mtdqn.types import TaskSpec
 
 log = logging.getLogger("mtdqn")
@@ -112,11 +112,14 @@ def compress_chains(original: QPolicy, pool: StatePool, builder: NetBuilder, set
     return policies, skipped
 
 
-def evaluate(policy: QPolicy, tasks: Sequence[TaskSpec], envs: Sequence[Any], obs_width: int, seed: int) -> dict:
-    """Greedy return and normalized score per task on fixed seeds (as EvalCallback computes eval/<task>/...)."""
+def evaluate(policy: QPolicy, tasks: Sequence[TaskSpec], envs: Sequence[Any], obs_width: int, seed: int,
+             epsilon: float = 0.0) -> dict:
+    """Return and normalized score per task on fixed seeds, greedy or epsilon-greedy with EvalCallback's draws (as it
+    computes eval/<task>/...: the original policy's row repeats the run's final evaluation)."""
     per_task, normalized, returns = {}, [], []
     for i, (task, env) in enumerate(zip(tasks, envs, strict=True)):
-        r = run_episodes(task_policy(policy, i, obs_width), env, seed=seed)
+        act = epsilon_greedy(task_policy(policy, i, obs_width), task.n_actions, epsilon, seed, i)
+        r = run_episodes(act, env, seed=seed)
         mean = float(r.mean())
         score = task.normalize(mean)
         per_task[task.name] = {"return": mean, "return_std": float(r.std(unbiased=False)), "normalized": score}
@@ -213,7 +216,7 @@ def run_compression(
         exports, scripted = export_all(p, check, out_dir / name, settings)
         entry = {"name": name, "methods": methods, "params": params, "nonzero_params": nonzero,
                  "file_bytes": file_bytes(p, out_dir / name / "model.pt"), "macs": macs, "macs_nonzero": macs_nz,
-                 **evaluate(p, tasks, envs, obs_width, settings.eval.seed), "info": info, "export": exports}
+                 **evaluate(p, tasks, envs, obs_width, settings.eval.seed, settings.eval.epsilon), "info": info, "export": exports}
         entries.append(entry)
         timed[name] = p
         if scripted is not None:

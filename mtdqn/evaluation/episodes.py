@@ -92,3 +92,28 @@ def save_gif(frames: list, path, fps: int = 10) -> None:
 
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def epsilon_greedy(greedy: Callable[[Tensor], Tensor], n_actions: int, epsilon: float, seed: int, index: int = 0,
+                   draws: int | None = None) -> Callable[[Tensor], Tensor]:
+    """`greedy` itself at epsilon 0, else epsilon-greedy with a generator seeded from `seed` and the task's `index`
+    at its first call (a new policy per evaluation: evaluations of one policy repeat exactly). `draws` (default: the batch size) random
+    numbers are drawn per step and the first ones used, so a 1-env recording that draws as many as an evaluation's
+    envs plays exactly its episode 0."""
+    if epsilon == 0.0:
+        return greedy
+    gen: torch.Generator | None = None
+
+    def act(obs: Tensor) -> Tensor:
+        nonlocal gen
+        if gen is None or gen.device != obs.device:
+            gen = torch.Generator(device=obs.device)
+            gen.manual_seed(seed + 7_919 * index)
+        n = obs.shape[0]
+        size = max(n, draws or 0)
+        actions = greedy(obs)
+        explore = torch.rand(size, generator=gen, device=obs.device)[:n] < epsilon
+        random = torch.randint(0, n_actions, (size,), generator=gen, device=obs.device)[:n]
+        return torch.where(explore, random, actions)
+
+    return act
