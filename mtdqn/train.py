@@ -354,7 +354,7 @@ class ProcessSettings(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         torch.set_flush_denormal(self.flush_denormal)
-        if self.threads:
+        if self.threads and trainer.world_size > 1:  # one process keeps what train() (or a script's --threads) set
             torch.set_num_threads(self.threads)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -886,3 +886,15 @@ def test_the_run_config_reaches_the_loggers(tmp_path):
     trainer._loggers = [Capture()]
     trainer.fit(model, datamodule=data)
     assert Capture.params["optimizer"]["lr"] == 0.001 and Capture.params["task_set"]["tasks"] == ["CartPole-v1"]
+
+
+def test_a_script_that_builds_the_run_keeps_its_own_thread_count(tmp_path):
+    """Scripts set torch threads from their --threads before build() + fit(): one process keeps that count (the
+    config's torch_threads is applied by train(), and in every DDP rank)."""
+    torch.set_num_threads(2)
+    try:
+        model, data, trainer = build(compose_cfg([*SMOKE, "callbacks.eval=null", "torch_threads=1"], tmp_path))
+        trainer.fit(model, datamodule=data)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
