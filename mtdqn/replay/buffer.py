@@ -284,19 +284,26 @@ class ReplayBuffer:
             self._last_next = None
 
 
-def stored_observations(state: dict, max_count: int | None = None,
-                        generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-    """The observations a saved replay state holds (`ReplayBuffer.state_dict()`, e.g. from a checkpoint), as
-    `ReplayBuffer.observations` gives them: float32, frame stacks rebuilt."""
+def restored_buffer(state: dict, gamma: float = 1.0) -> ReplayBuffer:
+    """A one-step ReplayBuffer holding a saved replay state (`ReplayBuffer.state_dict()`, e.g. from a checkpoint):
+    its samples and observations come out as training saw them (float32, uint8 grids dequantized, frame stacks
+    rebuilt)."""
     obs, quantum, frames = state["obs"], state.get("obs_quantum"), int(state.get("frames", 1))
     filled, num_envs, width = obs.shape
     rows = int(state.get("rows", filled + 1))  # the saved ring's size (older states: one row more than filled)
-    buf = ReplayBuffer(rows * num_envs, num_envs, width * frames, 1.0, device=obs.device,
+    buf = ReplayBuffer(rows * num_envs, num_envs, width * frames, gamma, device=obs.device,
                        obs_storage="uint8" if obs.dtype == torch.uint8 else "float32",
                        obs_quantum=1.0 if quantum is None and obs.dtype == torch.uint8 else quantum,
                        frame_stack=frames, obs_frames=frames)
-    buf.load_state_dict(state)
-    return buf.observations(max_count, generator)
+    buf.load_state_dict({"rng": buf.generator.get_state(), **state})  # its sampling RNG, where saved, is not needed
+    return buf
+
+
+def stored_observations(state: dict, max_count: int | None = None,
+                        generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    """The observations a saved replay state holds, as `ReplayBuffer.observations` gives them: float32, frame
+    stacks rebuilt."""
+    return restored_buffer(state).observations(max_count, generator)
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):

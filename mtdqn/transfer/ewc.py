@@ -21,8 +21,10 @@ from torch import Tensor, nn
 from mtdqn.losses.ewc import ewc_penalty, normalize_fisher
 from mtdqn.losses.td import td_target
 from mtdqn.nets.multitask import MultiTaskQNetwork
+from mtdqn.replay.buffer import restored_buffer
 from mtdqn.transfer.config import EWCConfig
 from mtdqn.transfer.loading import TARGET_PREFIX, LoadReport, SourceCheckpoint, build_net, popart_sigma_mu
+from mtdqn.types import Batch
 
 log = logging.getLogger("mtdqn")
 
@@ -42,13 +44,13 @@ class EWCPenalty:
 
 
 def _replay_tensors(state: dict, n: int, generator: torch.Generator) -> tuple[Tensor, ...]:
-    """n transitions drawn uniformly (with replacement) from one saved replay buffer's filled rows."""
-    obs = state["obs"].reshape(-1, state["obs"].shape[-1])
-    idx = torch.randint(0, obs.shape[0], (n,), generator=generator)
-    flat = {k: state[k].reshape(obs.shape[0], *state[k].shape[2:])[idx] for k in
-            ("obs", "actions", "rewards", "next_obs", "terminated")}
-    return flat["obs"].float(), flat["actions"].long(), flat["rewards"].float(), flat["next_obs"].float(), \
-        flat["terminated"].bool()
+    """n one-step transitions drawn uniformly (with replacement) from one saved replay buffer, with observations as
+    the source trained on them (a uint8 replay's grid dequantized, frame stacks rebuilt: read raw, an Atari source's
+    frames were 255 times too large)."""
+    buf = restored_buffer(state)
+    buf.generator = generator
+    b = Batch(*(field[0] for field in buf.sample(n)))  # one minibatch of n
+    return b.obs.float(), b.actions.long(), b.rewards.float(), b.next_obs.float(), b.discounts == 0
 
 
 def source_fisher(source: SourceCheckpoint, cfg: EWCConfig) -> dict[str, Tensor]:

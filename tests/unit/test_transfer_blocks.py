@@ -771,3 +771,27 @@ def test_runs_on_another_task_set_are_refused_naming_them(tmp_path):
         transfer_report([tmp_path], n_boot=50)
     assert set(transfer_report([tmp_path / "scratch", tmp_path / "finetune"], n_boot=50)["groups"]) == {
         "none", "finetune"}
+
+
+def test_ewc_fisher_reads_a_uint8_replay_as_the_source_trained_on_it(tmp_path):
+    """An Atari source stores frames as uint8 (quantum 1/255): the Fisher was computed on the raw grid values, 255
+    times the observations the source trained on; now it equals the Fisher of the same replay stored as float32."""
+    from mtdqn.replay.buffer import ReplayBuffer
+    from mtdqn.types import Transition
+
+    torch.manual_seed(0)
+    cfg = {**MTL_CONFIG, "task_set": {"kind": "driving", "tasks": ["lane_keep"], "env_kwargs": {}},
+           "net": {"_target_": "mtdqn.nets.QNetwork", "_partial_": True, "hidden": [4]}}
+    net = QNetwork(26, 9, hidden=[4])
+    g = torch.Generator().manual_seed(1)
+    grid = [torch.randint(0, 256, (2, 26), generator=g).float() / 255 for _ in range(5)]
+    fishers = []
+    for storage in ("uint8", "float32"):
+        buf = ReplayBuffer(20, 2, 26, 0.9, obs_storage=storage, obs_quantum=1 / 255)
+        for t in range(4):
+            buf.add(Transition(grid[t], torch.tensor([t % 9, (t + 1) % 9]), torch.tensor([0.5, -1.0]), grid[t + 1],
+                               torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)))
+        path = write_source(tmp_path / storage, net, cfg, {"RLDataModule": {"replays": [buf.state_dict()]}})
+        fishers.append(source_fisher(load_source(str(path)), EWCConfig(fisher_samples=6, fisher_batch_size=1, seed=3)))
+    for n in fishers[1]:
+        assert torch.allclose(fishers[0][n], fishers[1][n], rtol=1e-5, atol=1e-8), n
