@@ -306,7 +306,13 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         model = instantiate(cfg.model)(task=specs[0])
     apply_transfer(model, transfer)
     if float((cfg.get("adversarial") or {}).get("epsilon") or 0.0) > 0:
-        model.batch_transforms.append(AdversarialObs(model, cfg.adversarial.epsilon, cfg.adversarial.fraction))
+        low, high = (None, None)
+        if str(cfg.task_set.kind) == "driving":  # clipped to the observation's bounds, as the fgsm axis evaluates
+            from mtdqn.envs.driving.sim import OBS_HIGH, OBS_LOW
+
+            low, high = torch.as_tensor(OBS_LOW), torch.as_tensor(OBS_HIGH)
+        model.batch_transforms.append(AdversarialObs(model, cfg.adversarial.epsilon, cfg.adversarial.fraction,
+                                                     low, high))
     if per:
         model.priority_sink = data.update_priorities
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]

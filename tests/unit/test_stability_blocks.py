@@ -116,6 +116,22 @@ def test_adversarial_batch_transform_perturbs_only_the_given_fraction() -> None:
         AdversarialObs(module, 0.1, 0.0)
 
 
+def test_adversarial_batch_transform_perturbs_each_tasks_share_within_the_bounds() -> None:
+    """A multi-task minibatch is one block per task: the first fraction of it was the first task's rows only."""
+    torch.manual_seed(2)
+    module = nn.Module()
+    module.q_net = QNetwork(3, 2, hidden=[8])
+    module.q_values = lambda net, obs, task_ids: net(obs)
+    ids = torch.tensor([0] * 6 + [1] * 4)
+    b = Batch(torch.rand(10, 3), torch.zeros(10, dtype=torch.long), torch.ones(10), torch.rand(10, 3),
+              torch.ones(10), torch.ones(10), torch.arange(10), ids)  # fmt: skip
+    low, high = torch.zeros(3), torch.ones(3)
+    out = AdversarialObs(module, epsilon=0.5, fraction=0.5, low=low, high=high)(b)
+    changed = (out.obs != b.obs).any(-1)
+    assert changed.tolist() == [True] * 3 + [False] * 3 + [True] * 2 + [False] * 2
+    assert out.obs.min() >= 0.0 and out.obs.max() <= 1.0  # a 0.5 step from [0, 1) stays inside the bounds
+
+
 # ---------------------------------------------------------------- reward scaling and clipping
 class ConstantRewardEnv:
     """Rewards cycle through -3, 0.5, 2, 7; episodes of 4 steps."""
