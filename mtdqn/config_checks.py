@@ -42,7 +42,7 @@ RULES: dict[str, tuple[str, str, bool]] = {
     "data.reward_clip": (NUM, "> 0", True),
     "optimizer.lr": (NUM, "> 0", False),
     "optimizer.weight_decay": (NUM, ">= 0", True),
-    "model.max_grad_norm": (NUM, ">= 0", True),
+    "model.max_grad_norm": (NUM, ">= 0", False),  # 0 disables clipping (null crashed mid-training)
     "model.target_update_period": (INT, "> 0", False),
     "model.tau": (NUM, "in (0, 1]", False),
     "exploration.start": (NUM, "in [0, 1]", False),
@@ -57,7 +57,12 @@ RULES: dict[str, tuple[str, str, bool]] = {
     "callbacks.eval.epsilon": (NUM, "in [0, 1]", False),
     "callbacks.checkpoint.every_env_steps": (INT, "> 0", False),
     "adversarial.epsilon": (NUM, ">= 0", True),
-    "adversarial.fraction": (NUM, "in (0, 1]", True),
+    "adversarial.fraction": (NUM, "in (0, 1]", False),
+    "callbacks.guard.max_abs_q": (NUM, "> 0", False),
+    "callbacks.guard.check_params_every": (INT, "> 0", False),
+    "scheduler.final_fraction": (NUM, "in [0, 1]", False),
+    "scheduler.warmup_fraction": (NUM, "in [0, 1)", False),
+    "optimizer.momentum": (NUM, ">= 0", True),
 }
 # true/false keys: Hydra parses only true/false (any case) as booleans; key: null allowed (the library's default)
 FLAGS: dict[str, bool] = {

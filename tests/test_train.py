@@ -111,6 +111,13 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("net.conv=16", "net.conv=16: give null"),
         ("task_set=gym", "task_set.tasks is not set: give the task ids"),
         ("callbacks.eval.epsilon=null", "callbacks.eval.epsilon=None must be a number in [0, 1]"),
+        # null passed, then crashed mid-training or at build; non-numbers gave Hydra's instantiation traceback
+        ("model.max_grad_norm=null", "model.max_grad_norm=None must be a number >= 0"),
+        ("adversarial.epsilon=0.01 adversarial.fraction=null", "adversarial.fraction=None must be a number in (0, 1]"),
+        ("callbacks.guard.max_abs_q=abc", "callbacks.guard.max_abs_q='abc' must be a number > 0"),
+        ("callbacks.guard.check_params_every=1.5", "callbacks.guard.check_params_every=1.5 must be an integer > 0"),
+        ("scheduler=linear scheduler.final_fraction=abc", "scheduler.final_fraction='abc' must be a number in [0, 1]"),
+        ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1 must be a number >= 0"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
