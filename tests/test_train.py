@@ -118,6 +118,10 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("callbacks.guard.check_params_every=1.5", "callbacks.guard.check_params_every=1.5 must be an integer > 0"),
         ("scheduler=linear scheduler.final_fraction=abc", "scheduler.final_fraction='abc' must be a number in [0, 1]"),
         ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1 must be a number >= 0"),
+        # a driving knob misspelt: DrivingConfig's TypeError traceback; a bad value named DrivingConfig.<knob>
+        ("task_set=lane_keep +task_set.env_kwargs.slipp=0.1", "task_set.env_kwargs.slipp: the driving simulator has no "
+                                                              "knob 'slipp'; did you mean slip?"),
+        ("task_set=lane_keep +task_set.env_kwargs.obs_noise=-1", "task_set.env_kwargs.obs_noise=-1"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):

@@ -34,7 +34,27 @@ def task_spec(kind: str, task: str, env_kwargs: dict | None = None) -> TaskSpec:
     if "wrappers" in (env_kwargs or {}):
         raise ValueError("task_set.env_kwargs.wrappers: gymnasium wrappers apply to task_set.kind='gym' tasks; the "
                          "driving simulator is configured by its own knobs (docs/driving.md)")
-    return driving.task_spec(task, driving.DrivingConfig(**(env_kwargs or {})))  # validates the knobs
+    return driving.task_spec(task, driving_config(env_kwargs))
+
+
+def driving_config(env_kwargs: Mapping[str, Any] | None) -> Any:
+    """DrivingConfig(**env_kwargs) with task_set.env_kwargs' key in its errors: an unknown knob with the nearest
+    names (a TypeError traceback), a bad value as `task_set.env_kwargs.<knob>` (DrivingConfig.<knob>)."""
+    import dataclasses
+    import difflib
+
+    from mtdqn.envs import driving
+
+    knobs = [f.name for f in dataclasses.fields(driving.DrivingConfig)]
+    for key in env_kwargs or {}:
+        if key not in knobs:
+            close = difflib.get_close_matches(key, knobs, n=2)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"the knobs are {knobs}"
+            raise ValueError(f"task_set.env_kwargs.{key}: the driving simulator has no knob {key!r}; {hint}")
+    try:
+        return driving.DrivingConfig(**(env_kwargs or {}))  # validates the knobs' values
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("DrivingConfig.", "task_set.env_kwargs.")) from None
 
 
 def check_render(kind: str, task: str, env_kwargs: dict | None = None) -> None:
@@ -133,7 +153,7 @@ def env_factory(kind: str, task: str, env_kwargs: dict | None = None, perturb: M
     else:
         from mtdqn.envs import driving
 
-        base = partial(driving.DrivingVecEnv, task, config=driving.DrivingConfig(**kwargs),
+        base = partial(driving.DrivingVecEnv, task, config=driving_config(kwargs),
                        **({"randomize": sim_ranges} if sim_ranges else {}))  # fmt: skip
     if not fixed and not wrapper_ranges:
         return base
