@@ -83,7 +83,7 @@ def test_task_specs_gym_spaces_and_validation_follow_the_option():
     assert obs.shape == (OBS_DIM + 2,) and single.observation_space.contains(obs)
     obs, *_ = single.step(STRAIGHT_COAST)
     assert single.observation_space.contains(obs)
-    with pytest.raises(ValueError, match=r"DrivingConfig.stop_feature='yes' is invalid: expected true or false"):
+    with pytest.raises(ValueError, match=r"task_set.env_kwargs.stop_feature='yes' is invalid: expected true or false"):
         task_spec("driving", "urban", {"stop_feature": "yes"})
     vec = DrivingVecEnv("urban", 2, config=STOP)
     vec.reset(0)
@@ -113,5 +113,5 @@ def test_stop_only_hides_the_hazard_slots_and_changes_nothing_else(noise):
         assert stops > 0, task  # the hazards still show, through the stop point
     with pytest.raises(ValueError, match=r"stop_only=true .* needs stop_feature=true"):
         task_spec("driving", "urban", {"stop_only": True})
-    with pytest.raises(ValueError, match=r"DrivingConfig.stop_only=1 is invalid: expected true or false"):
+    with pytest.raises(ValueError, match=r"task_set.env_kwargs.stop_only=1 is invalid: expected true or false"):
         task_spec("driving", "urban", {"stop_feature": True, "stop_only": 1})
