@@ -64,8 +64,9 @@ def test_guard_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
     message = str(info.value)
     assert poison.poisoned_at == 500
     for part in ("train/td_loss=nan", "env step 600", f"update {trainer.global_step}", str(ckpt),
-                 "left intact", "max_grad_norm", "huber", "target_update_period"):
+                 "left intact", "optimizer.lr", "target_update_period"):
         assert part in message, (part, message)
+    assert "max_grad_norm" not in message and "huber" not in message  # clipping and Huber are on: no advice to use them
     assert trainer.mtdqn_diverged
     saved = load_checkpoint(ckpt)
     assert saved["RLDataModule"]["env_steps"] == 400 < poison.poisoned_at
@@ -119,3 +120,14 @@ def test_lr_schedule_decays_the_learning_rate_over_env_steps(tmp_path, scheduler
     assert all(a > b for a, b in zip(values, values[1:], strict=False))  # strictly decreasing with env steps
     factor = 1 - steps[-1] / 600 if scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * steps[-1] / 600))
     assert values[-1] == pytest.approx(0.001 * factor, rel=1e-5)
+
+
+def test_divergence_advice_names_only_the_stabilizers_the_run_has_off():
+    from types import SimpleNamespace
+
+    from mtdqn.callbacks.guard import advice
+
+    assert advice(SimpleNamespace(max_grad_norm=10.0, loss_kind="huber")) == (
+        "Try a lower learning rate (optimizer.lr) or a larger model.target_update_period.")
+    text = advice(SimpleNamespace(max_grad_norm=0.0, loss_kind="mse"))
+    assert "gradient clipping (model.max_grad_norm, e.g. 10)" in text and "the Huber loss (model.loss=huber)" in text

@@ -12,13 +12,19 @@ from torch import nn
 from mtdqn.callbacks.checkpoint import EnvStepCheckpoint
 
 TD_LOSS, Q_MEAN = "train/td_loss", "train/q_mean"
-ADVICE = (
-    "Try a lower learning rate (optimizer.lr), gradient clipping (model.max_grad_norm, e.g. 10), "
-    "the Huber loss (model.loss=huber) or a larger model.target_update_period."
-)
+def advice(module: object) -> str:
+    """What to try: a lower learning rate, a larger target period, and clipping or the Huber loss where the run
+    has them off (they are on by default: suggesting them there helps nobody)."""
+    tries = ["a lower learning rate (optimizer.lr)"]
+    if not getattr(module, "max_grad_norm", 1.0):
+        tries.append("gradient clipping (model.max_grad_norm, e.g. 10)")
+    if getattr(module, "loss_kind", "huber") != "huber":
+        tries.append("the Huber loss (model.loss=huber)")
+    tries.append("a larger model.target_update_period")
+    return "Try " + ", ".join(tries[:-1]) + f" or {tries[-1]}."
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(ValueError):  # like bad input, a one-line error (train.py); the run's summary says failed
     """Training diverged (non-finite or exploding values); the last good checkpoint was kept."""
 
 
@@ -91,5 +97,6 @@ class DivergenceGuard(pl.Callback):
             kept = f"The last good checkpoint {ckpt.path} was left intact (nothing is saved after divergence)."
         else:
             kept = f"No checkpoint had been written yet; {ckpt.path} will not be written from the diverged state."
-        return f"Training diverged: {problem} at env step {env_steps}, update {trainer.global_step}. {kept} {ADVICE}"
+        tries = advice(getattr(trainer, "lightning_module", None))
+        return f"Training diverged: {problem} at env step {env_steps}, update {trainer.global_step}. {kept} {tries}"
 
