@@ -116,6 +116,14 @@ def _logged_by(line: str, env_steps: int) -> bool:
     return isinstance(row, dict) and row.get("env_steps", 0) <= env_steps
 
 
+def logged_rows(path: Path) -> int:
+    """How many non-empty lines a metrics.jsonl holds (0 where there is none)."""
+    if not path.is_file():
+        return 0
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())
+
+
 def drop_rows_after(path: Path, env_steps: int) -> int:
     """Drop the rows of a metrics.jsonl logged after `env_steps`, and a last line a kill cut short (the resumed run
     appends to the file), atomically: written beside, then renamed; returns how many lines were dropped. Rows at

@@ -521,6 +521,7 @@ def train(cfg: DictConfig) -> dict:
     orphaned = stop_with_the_sweep()
     try:
         rank_zero = global_rank() == 0
+        was_auto = cfg.get("ckpt_path") == resume.AUTO
         auto = resume.resolve(cfg)  # ckpt_path=auto: this folder's own checkpoint, if any
         if auto is not None and rank_zero:  # another network than the folder's run is refused, done or not
             check_resume(cfg, out_dir / "config.yaml")  # the previous attempt's config, before it is overwritten
@@ -532,13 +533,22 @@ def train(cfg: DictConfig) -> dict:
             return auto.done
         model, data, trainer = build(cfg)  # validates first
         ckpt = cfg.get("ckpt_path")
+        jsonl = (cfg.get("logger") or {}).get("jsonl")
+        metrics = Path(jsonl.save_dir) / jsonl.get("filename", "metrics.jsonl") if jsonl else None
+        if not ckpt and rank_zero and metrics is not None and resume.logged_rows(metrics):
+            # from scratch where an earlier attempt logged: its rows and this run's would make one mixed curve
+            if not was_auto:
+                raise ValueError(f"{out_dir} holds an earlier run's {metrics.name} ({resume.logged_rows(metrics)} "
+                                 "rows): a run from scratch there would append its curve to that run's; resume it "
+                                 "(ckpt_path=auto) or give another hydra.run.dir")
+            dropped = resume.drop_rows_after(metrics, -1)
+            print(f"mtdqn: no checkpoint in {out_dir} (ckpt_path=auto): training from scratch; the {dropped} rows of "
+                  f"{metrics.name} an earlier attempt logged dropped", flush=True)
         if ckpt and rank_zero and (auto is not None or Path(ckpt).resolve().is_relative_to(out_dir.resolve())):
             # resumed in its own folder (ckpt_path=auto, wherever callbacks.checkpoint.dirpath keeps its checkpoints,
             # or a checkpoint in the folder): the metrics logged after the checkpoint go, the
             # resumed run logs those env steps again (metrics.jsonl is appended to)
             env_steps = auto.env_steps if auto is not None else resume.checkpoint_env_steps(Path(ckpt))
-            jsonl = (cfg.get("logger") or {}).get("jsonl")
-            metrics = Path(jsonl.save_dir) / jsonl.get("filename", "metrics.jsonl") if jsonl else None
             dropped = resume.drop_rows_after(metrics, env_steps) if metrics else 0
             print(f"mtdqn: resuming from {ckpt} ({env_steps:,} env steps"
                   + ("; ckpt_path=auto)" if auto is not None else ")")

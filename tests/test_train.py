@@ -909,3 +909,21 @@ def test_a_script_that_builds_the_run_keeps_its_own_thread_count(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
+
+
+def test_a_run_from_scratch_into_a_folder_with_an_earlier_runs_metrics(tmp_path, capsys):
+    """Without a checkpoint to resume, a relaunch into the folder appended its curve to the earlier one's rows
+    (env steps 200-400 of the first attempt, then 200-1200 of the second): refused, or, with ckpt_path=auto (whose
+    earlier attempt died before its first checkpoint), those rows are dropped and training starts afresh."""
+    run = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "print_config=false"]
+    assert train(compose_cfg(run, tmp_path))["status"] == "completed"
+    rows = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"holds an earlier run's metrics.jsonl \(\d+ rows\): a run from scratch"):
+        train(compose_cfg([*run, "seed=1"], tmp_path))
+    assert (tmp_path / "metrics.jsonl").read_text() == rows
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()  # as a run killed before its first checkpoint leaves it
+    again = train(compose_cfg([*run, "ckpt_path=auto"], tmp_path))
+    assert "training from scratch; the" in capsys.readouterr().out and again["status"] == "completed"
+    steps = [json.loads(x)["env_steps"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if "train/td_loss" in x]
+    assert steps == sorted(set(steps))  # one curve
