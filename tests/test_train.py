@@ -886,17 +886,20 @@ def test_the_run_config_reaches_the_loggers(tmp_path):
     class Capture(Logger):
         name, version = "capture", "0"
         params: dict = {}
+        rows: list = []
 
         def log_hyperparams(self, params, *args, **kwargs):
             Capture.params = params
 
         def log_metrics(self, metrics, step=None):
-            pass
+            Capture.rows.append((step, metrics))
 
     model, data, trainer = build(compose_cfg([*SMOKE, "optimizer.lr=0.001", "callbacks.eval=null"], tmp_path))
     trainer._loggers = [Capture()]
     trainer.fit(model, datamodule=data)
     assert Capture.params["optimizer"]["lr"] == 0.001 and Capture.params["task_set"]["tasks"] == ["CartPole-v1"]
+    # one row per round, at the gradient-update count (the axis W&B's trainer/global_step shows)
+    assert Capture.rows and all(step == m["time/updates"] for step, m in Capture.rows)
 
 
 def test_a_script_that_builds_the_run_keeps_its_own_thread_count(tmp_path):
