@@ -86,10 +86,12 @@ NEUTRAL = ("ckpt_path", "print_config", "torch_threads", "callbacks.progress", "
            "hydra", *STOP_KEYS)
 
 
-def _flat(node: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(node, dict):
-        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
+def flat_leaves(value: object, prefix: str = "") -> dict[str, object]:
+    """{dotted key: leaf} of a nested dict (`prefix` names `value` itself)."""
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items()
+                for k, v in flat_leaves(sub, f"{prefix}.{key}" if prefix else str(key)).items()}
+    return {prefix: value}
 
 
 def settings_changed(cfg: DictConfig, saved: DictConfig) -> list[str]:
@@ -97,9 +99,9 @@ def settings_changed(cfg: DictConfig, saved: DictConfig) -> list[str]:
     NEUTRAL ones (outputs, logging, the budget and stop rules)."""
     def leaves(c: DictConfig) -> dict[str, object]:
         try:
-            return _flat(OmegaConf.to_container(c, resolve=True))
+            return flat_leaves(OmegaConf.to_container(c, resolve=True))
         except Exception:  # an interpolation that does not resolve: compare as written
-            return _flat(OmegaConf.to_container(c, resolve=False))
+            return flat_leaves(OmegaConf.to_container(c, resolve=False))
 
     mine, theirs = leaves(cfg), leaves(saved)
     keys = sorted(k for k in set(mine) | set(theirs)

@@ -123,12 +123,6 @@ RESUME_KEYS = ("task_set.kind", "task_set.tasks", "net", "model._target_", "repl
                "data.num_envs")
 
 
-def _leaves(value: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
-    return {prefix: value}
-
-
 def _shown(values: dict[str, Any], key: str) -> str:
     return repr(values[key]) if key in values else "absent"
 
@@ -150,7 +144,7 @@ def check_resume(cfg: DictConfig, saved_path: Path | None = None) -> None:
         mine, theirs = (OmegaConf.select(c, key, default=None) for c in (cfg, saved))
         mine, theirs = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                         for v in (mine, theirs))
-        a, b = _leaves(theirs, key), _leaves(mine, key)
+        a, b = resume.flat_leaves(theirs, key), resume.flat_leaves(mine, key)
         # a key one side lacks counts only if the other sets it (a run from before an option existed resumes)
         diffs += [f"{k}: {_shown(a, k)} there, {_shown(b, k)} here" for k in sorted(set(a) | set(b))
                   if a.get(k) != b.get(k) and (k in a and k in b or a.get(k, b.get(k)) not in (None, False))]
