@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.total_steps <= 0 or args.total_steps % 256:  # the preset's env steps per round: ours would run on to the
+        raise SystemExit(f"bench_atari.py: error: --total-steps {args.total_steps}: give a positive multiple of 256 "
+                         "(the env steps per round), so both frameworks take the same env steps")  # next round's end
+    if not 0 <= args.learning_starts < args.total_steps:
+        raise SystemExit(f"bench_atari.py: error: --learning-starts {args.learning_starts} must lie in [0, "
+                         f"--total-steps {args.total_steps})")
     torch.set_num_threads(args.threads)  # build() + fit() do not apply torch_threads (train() does)
     results: dict[str, list[dict]] = {"mtdqn": [], "sb3": []}
     for seed in args.seeds:

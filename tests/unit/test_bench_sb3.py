@@ -38,6 +38,16 @@ def test_bench_atari_ours_alone_reports_its_replay_cost(tmp_path):
     assert "| mtdqn |" in res.stdout
 
 
+def test_bench_atari_refuses_steps_the_two_frameworks_would_not_take_alike():
+    """--total-steps 700 ran 768 env steps under a "700 env steps" header; --learning-starts past the budget was
+    refused naming data.learning_starts=<flag + 1>, a value nobody gave."""
+    for args, message in ((["--total-steps", "700"], "--total-steps 700: give a positive multiple of 256"),
+                          (["--total-steps", "512", "--learning-starts", "600"],
+                           "--learning-starts 600 must lie in [0, --total-steps 512)")):
+        res = run_script("bench_atari", "--seeds", "0", "--skip-sb3", *args)
+        assert res.returncode != 0 and f"bench_atari.py: error: {message}" in res.stderr, res.stderr
+
+
 def test_every_bench_has_the_common_flags_and_reports_where_it_ran():
     common = script_module("bench_common")
     for name in ("bench_dqn", "bench_atari", "bench_minatar"):
