@@ -46,6 +46,9 @@ def test_transfer_run_starts_from_the_source_and_evaluates_the_source_tasks(tmp_
     # before any update the target (source torso + source lane_keep head) plays lane_keep exactly as the source
     source_summary = json.loads((source_run / "summary.json").read_text())
     assert rows[0]["eval/source/lane_keep/return"] == pytest.approx(source_summary["eval/lane_keep/return"])
+    # EWC's penalty is logged with every round (it was nowhere in the metrics); finetune has no extra loss term
+    penalties = [r["train/regularization"] for r in read_metrics(tmp_path) if "train/regularization" in r]
+    assert (len(penalties) > 0 and max(penalties) > 0) if mode == "ewc" else not penalties
 
 
 def test_freeze_keeps_the_torso_bit_identical_for_freeze_updates_then_trains_it(tmp_path, source_run):

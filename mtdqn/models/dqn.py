@@ -261,8 +261,12 @@ class DQNModule(pl.LightningModule):
         return loss, q_mean
 
     def regularization(self) -> Tensor | float:
-        """Sum of the extra loss terms (EWC, distillation, ...); 0 when there are none."""
-        return sum((r() for r in self.regularizers), 0.0)
+        """Sum of the extra loss terms (EWC, ...); 0 when there are none. The last one is logged with the round
+        (`train/regularization`)."""
+        total = sum((r() for r in self.regularizers), 0.0)
+        if isinstance(total, Tensor):
+            self._last_regularization = total.detach()
+        return total
 
     def gradient_step(self, loss: Tensor) -> None:
         """Backward, clip, step. One fp32 process with a fused Adam takes the lean path (LeanAdam: same math,
@@ -323,11 +327,16 @@ class DQNModule(pl.LightningModule):
             return ExplicitMLPGrads(self.q_net)
         return None
 
-    def extra_metrics(self) -> dict[str, float]:
-        """Metrics every module logs each round: the learning rate when a schedule or lr_scale is active."""
-        if self.scheduler is None and not self.lr_scale:
-            return {}
-        return {"train/lr": float(self.optimizers().optimizer.param_groups[0]["lr"])}
+    def extra_metrics(self) -> dict[str, float | Tensor]:
+        """Metrics every module logs each round: the learning rate when a schedule or lr_scale is active; the extra
+        loss terms (EWC's penalty) at the round's last update when there are any."""
+        metrics: dict[str, float | Tensor] = {}
+        if self.scheduler is not None or self.lr_scale:
+            metrics["train/lr"] = float(self.optimizers().optimizer.param_groups[0]["lr"])
+        last = getattr(self, "_last_regularization", None)
+        if self.regularizers and last is not None:
+            metrics["train/regularization"] = last
+        return metrics
 
     def log_round(self, round_: Round, td_loss_mean: Tensor, q_mean: Tensor) -> None:
         """Per-round training metrics (names listed in the README)."""
