@@ -519,6 +519,12 @@ def compare_runs(
         raise ValueError(f"--metric {metric}: no run logged it; their evaluation metrics: {', '.join(logged)}")
     boot = {"n_boot": n_boot, "ci": ci, "seed": seed, "backend": backend}
     tables = score_tables(groups, task_map, metric, threshold, return_threshold, **boot)
+    if failed:  # each group's failed runs (diverged, say) beside its scores: leaving them out unmentioned flatters it
+        failed_in = {label: sum(r.status == "failed" for r in members)
+                     for label, members in group_runs([*usable, *failed], by).items()}
+        for table in tables:
+            for label, row in table["rows"].items():
+                row["n_failed"] = failed_in.get(label, 0)
     curves = {
         t["name"]: learning_curves(groups, t["metrics"][0], n_points, n_boot, ci, seed)
         for t in tables
@@ -675,6 +681,7 @@ def _table_markdown(table: Mapping[str, Any], ci: float) -> list[str]:
     lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in table["rows"].items():
         n = f"{row['n_runs']}" + (f" ({row['n_incomplete']} incomplete)" if row["n_incomplete"] else "")
+        n += f" (+{row['n_failed']} failed)" if row.get("n_failed") else ""
         cells = [_md_cell(label), n, _fmt_ci(row, "iqm"), _fmt_ci(row, "mean"), _fmt_ci(row, "median")]
         cells += [f"{_fmt(row.get('std'))} [{_fmt(row.get('min'))}, {_fmt(row.get('max'))}]"]
         cells += [_fmt(row["auc"])] + ([_threshold_cell(row)] if with_threshold else [])

@@ -214,6 +214,10 @@ def test_failed_runs_reported_and_skipped(sweep: Path) -> None:
     assert _table(summary, "lane_keep")["rows"][ADAM]["mean"] == pytest.approx(1.6 / 3)  # the 5.0s stay out
     md = cmp.render_markdown(summary)
     assert "## Failed runs (skipped)" in md and "CUDA out of memory \\| while sampling" in md
+    # each group's failed runs beside its scores (a stability sweep's diverged seeds were only listed below)
+    rows = _table(summary, "lane_keep")["rows"]
+    assert rows[ADAM]["n_failed"] == 1 and rows[SGD]["n_failed"] == 1
+    assert f"| {ADAM} | 3 (+1 failed) |" in md
 
 
 def test_incomplete_runs_included_or_skipped(sweep: Path) -> None:
@@ -274,7 +278,7 @@ def test_script_end_to_end(sweep: Path, tmp_path: Path) -> None:
     md = (out / "summary.md").read_text()
     for text in (
         "## Task `lane_keep`",
-        "| optimizer.name=adam | 3 |",
+        "| optimizer.name=adam | 3 (+1 failed) |",
         "not reached (0/3)",
         "![curves_merge]",
         "ValueError: bad config",
