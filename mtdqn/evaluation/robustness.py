@@ -18,8 +18,6 @@ return. A curve's area is the trapezoid over the levels divided by the level spa
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +32,7 @@ import yaml
 from torch import Tensor, nn
 
 from mtdqn.callbacks.checkpoint import load_checkpoint
-from mtdqn.envs import env_factory, task_specs
+from mtdqn.envs import env_factory
 from mtdqn.evaluation import stats
 from mtdqn.evaluation.compare import (
     check_group_keys,
@@ -45,6 +43,7 @@ from mtdqn.evaluation.compare import (
 )
 from mtdqn.evaluation.episodes import run_episodes
 from mtdqn.losses.adversarial import fgsm_observation
+from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.types import TaskSpec
 
 CKPT = Path("checkpoints") / "last.ckpt"
@@ -141,16 +140,6 @@ class TrainedRun:
         return q
 
 
-def _net_class(target: str) -> type[nn.Module]:
-    module, _, name = target.rpartition(".")
-    if not module.startswith("mtdqn.nets"):
-        raise ValueError(f"net._target_={target!r} is not a network class of mtdqn.nets")
-    cls = getattr(importlib.import_module(module), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"net._target_={target!r} is not a network class of mtdqn.nets")
-    return cls
-
-
 def load_trained(run_dir: str | Path, ckpt: str | Path = CKPT) -> TrainedRun:
     """Rebuild a run's Q-network from config.yaml's `net` node and load `q_net.*` from its checkpoint
     (weights-only, observation-normalizer statistics included)."""
@@ -160,16 +149,12 @@ def load_trained(run_dir: str | Path, ckpt: str | Path = CKPT) -> TrainedRun:
         raise ValueError(f"{run_dir}: a run directory needs config.yaml and {ckpt} (missing: "
                          f"{[str(p) for p in (cfg_path, ckpt_path) if not p.is_file()]})")  # fmt: skip
     config = yaml.safe_load(cfg_path.read_text())
-    ts = config["task_set"]
-    specs = task_specs(str(ts["kind"]), list(ts["tasks"]), dict(ts.get("env_kwargs") or {}))
-    net_cfg = dict(config["net"])
-    cls = _net_class(str(net_cfg.get("_target_", "")))
-    kwargs = {k: v for k, v in net_cfg.items() if not k.startswith("_")}
-    multitask = "tasks" in inspect.signature(cls).parameters
-    model = config.get("model") or {}
-    if multitask and model.get("popart"):  # the module hands the net its PopArt head (MultiTaskDQNModule)
-        kwargs["popart_beta"] = float(model.get("popart_beta", 0.0003))
-    net = cls(tasks=specs, **kwargs) if multitask else cls(**specs[0].net_kwargs(), **kwargs)
+    from mtdqn.transfer.loading import (
+        build_net,  # the network as transfer rebuilds a source's (PopArt head too)
+    )
+
+    net, specs = build_net(config, str(cfg_path))
+    multitask = isinstance(net, MultiTaskQNetwork)
     state = load_checkpoint(ckpt_path)["state_dict"]
     weights = {k.removeprefix("q_net."): v for k, v in state.items() if k.startswith("q_net.")}
     if not weights:
