@@ -114,6 +114,8 @@ def test_adversarial_batch_transform_perturbs_only_the_given_fraction() -> None:
     assert all(torch.equal(x, y) for x, y in zip(out[1:], b[1:], strict=True))
     with pytest.raises(ValueError, match="adversarial.fraction"):
         AdversarialObs(module, 0.1, 0.0)
+    module.tasks = ["only"]  # a single-task module takes the slice without looking at the task ids
+    assert torch.equal(AdversarialObs(module, epsilon=0.1, fraction=0.3)(b).obs, out.obs)
 
 
 def test_adversarial_batch_transform_perturbs_each_tasks_share_within_the_bounds() -> None:
