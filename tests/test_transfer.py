@@ -85,6 +85,16 @@ def test_freeze_for_ever_never_moves_the_torso(tmp_path, source_run):
     assert all(p in opt.state for p in model.q_net.head.parameters())
 
 
+def test_finetune_logs_the_loaded_torsos_scaled_learning_rate(tmp_path, source_run):
+    ckpt = source_run / "checkpoints" / "last.ckpt"
+    train(compose_cfg([*TARGET, "transfer=finetune", f"transfer.checkpoint={ckpt}", "transfer.torso_lr_scale=0.25",
+                       "optimizer.lr=0.002", "scheduler=linear", "callbacks.checkpoint=null"], tmp_path))
+    rows = [r for r in read_metrics(tmp_path) if "train/lr" in r]
+    assert len(rows) >= 2 and 0.25 * 0.002 < rows[0]["train/lr"] <= 0.002  # the head's (unscaled), decaying
+    assert rows[-1]["train/lr"] < rows[0]["train/lr"]  # the schedule moves both groups
+    assert all(r["train/lr_scaled"] == pytest.approx(0.25 * r["train/lr"]) for r in rows)
+
+
 def test_distill_run_trains_a_smaller_student_from_the_teacher(tmp_path, source_run):
     ckpt = source_run / "checkpoints" / "last.ckpt"
     summary = train(compose_cfg([*SMOKE, "task_set=driving", "model=student", "net=multihead", "net.hidden=[16,16]",

@@ -99,6 +99,7 @@ class DQNModule(pl.LightningModule):
         for g, spec in zip(opt.param_groups, groups, strict=True):
             g["lr"] = g["lr"] * spec["lr_scale"]
         self._base_lrs = [g["lr"] for g in opt.param_groups]  # before any checkpoint restore
+        self._group_scales = [float(spec["lr_scale"]) for spec in groups]
         return opt
 
     def apply_lr_schedule(self, env_steps: int) -> None:
@@ -332,7 +333,14 @@ class DQNModule(pl.LightningModule):
         loss terms (EWC's penalty) at the round's last update when there are any."""
         metrics: dict[str, float | Tensor] = {}
         if self.scheduler is not None or self.lr_scale:
-            metrics["train/lr"] = float(self.optimizers().optimizer.param_groups[0]["lr"])
+            lrs = [float(g["lr"]) for g in self.optimizers().optimizer.param_groups]
+            scales = getattr(self, "_group_scales", [1.0] * len(lrs))
+            base = [lr for lr, s in zip(lrs, scales, strict=True) if s == 1.0]
+            scaled = sorted({lr for lr, s in zip(lrs, scales, strict=True) if s != 1.0})
+            if base:
+                metrics["train/lr"] = base[0]
+            for i, lr in enumerate(scaled):  # lr_scale's groups (transfer.torso_lr_scale: the loaded torso)
+                metrics["train/lr_scaled" if len(scaled) == 1 else f"train/lr_scaled_{i}"] = lr
         last = getattr(self, "_last_regularization", None)
         if self.regularizers and last is not None:
             metrics["train/regularization"] = last

@@ -143,8 +143,11 @@ def apply_transfer(model: DQNModule, transfer: Mapping[str, Any] | TransferConfi
         hook = FreezeSchedule(model, [params[n] for n in torso], cfg.freeze_updates)
         hook(0)
         model.before_update.append(hook)
-        log.info("transfer: %d torso tensors frozen for %s gradient updates", len(torso),
-                 "all" if cfg.freeze_updates is None else cfg.freeze_updates)
+        if cfg.freeze_updates == 0:
+            log.info("transfer: %d torso tensors loaded, not frozen (transfer.freeze_updates=0)", len(torso))
+        else:
+            log.info("transfer: %d torso tensors frozen for %s gradient updates", len(torso),
+                     "all" if cfg.freeze_updates is None else cfg.freeze_updates)
     if cfg.mode == "ewc":
         model.regularizers.append(ewc_regularizer(model.q_net, source, report, cfg.ewc))
     return cfg

@@ -209,6 +209,15 @@ def test_freeze_schedule_toggles_requires_grad_and_the_trainable_list():
     assert not any(p.requires_grad for p in torso)
 
 
+def test_freeze_updates_zero_loads_the_torso_and_says_it_is_not_frozen(tmp_path, caplog):
+    path = write_source(tmp_path, QNetwork(26, 9, hidden=[16, 16]), None)
+    model = dqn(n_actions=5)
+    with caplog.at_level("INFO", logger="mtdqn"):
+        apply_transfer(model, {"mode": "freeze", "checkpoint": str(path), "freeze_updates": 0})
+    assert "not frozen (transfer.freeze_updates=0)" in caplog.text and "frozen for 0" not in caplog.text
+    assert all(p.requires_grad for p in model.q_net.torso.parameters())
+
+
 def test_frozen_parameters_are_skipped_by_adam_including_its_moments():
     model = dqn()
     torso = list(model.q_net.torso.parameters())
