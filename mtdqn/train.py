@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, WandbEnvStepAxis
+from mtdqn.callbacks.loggers import continue_wandb_run
 from mtdqn.config_checks import (
     check_arguments,
     check_flags,
@@ -544,9 +545,11 @@ def train(cfg: DictConfig) -> dict:
             # resumed run logs those env steps again (metrics.jsonl is appended to)
             env_steps = auto.env_steps if auto is not None else resume.checkpoint_env_steps(Path(ckpt))
             dropped = resume.drop_rows_after(metrics, env_steps) if metrics else 0
+            wandb_note = continue_wandb_run(trainer.loggers, out_dir)
             print(f"mtdqn: resuming from {ckpt} ({env_steps:,} env steps"
                   + ("; ckpt_path=auto)" if auto is not None else ")")
-                  + (f"; {dropped} rows of metrics.jsonl logged after it dropped" if dropped else ""), flush=True)
+                  + (f"; {dropped} rows of metrics.jsonl logged after it dropped" if dropped else "")
+                  + (f"; {wandb_note}" if wandb_note else ""), flush=True)
         if rank_zero:
             save_config(out_dir, cfg)
         if cfg.get("torch_threads"):

@@ -569,6 +569,31 @@ def test_wandb_charts_over_env_steps(tmp_path):
     assert any(isinstance(cb, WandbEnvStepAxis) for cb in build(compose_cfg([*SMOKE], tmp_path))[2].callbacks)
 
 
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch, capsys):
+    """ckpt_path=auto after a preemption: the W&B run the first attempt made goes on (its id, recorded in the run
+    folder) instead of a second run of the same name; offline, where W&B cannot resume, the attempt says so."""
+    import wandb
+
+    run = ["debug=smoke", "logger=default", "callbacks.progress=null", "print_config=false", "ckpt_path=auto"]
+    wandb.teardown()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(compose_cfg([*run, "logger.wandb.offline=true"], tmp_path))
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    assert [p.name for p in (tmp_path / "wandb").glob("offline-run-*")] == [p.name for p in (tmp_path / "wandb").glob(
+        f"offline-run-*-{run_id}")]  # the id of the run W&B wrote
+    wandb.teardown()
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    inits, real_init = [], wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kw: inits.append(kw) or real_init(**{**kw, "mode": "disabled"}))
+    train(compose_cfg([*run, "data.total_env_steps=1000", "logger.wandb.offline=false"], tmp_path))
+    assert inits[-1]["id"] == run_id and inits[-1]["resume"] == "allow"
+    assert f"W&B run {run_id} continues" in capsys.readouterr().out
+    assert (tmp_path / "wandb_run_id").read_text().strip() == run_id  # a disabled run records nothing
+    train(compose_cfg([*run, "data.total_env_steps=1400", "logger.wandb.offline=true"], tmp_path))
+    assert inits[-1]["id"] is None
+    assert f"new offline run (W&B cannot resume offline run {run_id})" in capsys.readouterr().out
+
+
 def test_resuming_at_the_budget_says_so(tmp_path):
     """A checkpoint already at data.total_env_steps trains nothing: the final line says why and what to change, and
     the bar starts at 400/400 (with a total below its start, tqdm printed '400step')."""

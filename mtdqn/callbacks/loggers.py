@@ -64,6 +64,28 @@ class JsonlLogger(Logger):
 
 
 ENV_STEP_AXIS = "time/env_steps"
+WANDB_ID_FILE = "wandb_run_id"  # in the run folder: the W&B run a resumed attempt continues
+
+
+def continue_wandb_run(loggers: list[Logger], out_dir: Path) -> str | None:
+    """A resume in the run's own folder continues its W&B run: an online WandbLogger gets the id the earlier
+    attempt recorded (`<run>/wandb_run_id`; Lightning passes resume="allow"), so the curve goes on in one W&B run
+    instead of a second run of the same name. W&B cannot resume offline runs (each attempt is its own offline run,
+    synced as such), and an id given in the config (logger.wandb.id) wins. Returns what it did, for the run's log."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    recorded = out_dir / WANDB_ID_FILE
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger) or logger._experiment is not None or not recorded.is_file():
+            continue
+        run_id = recorded.read_text().strip()
+        if logger._wandb_init.get("id") or not run_id:
+            continue
+        if logger._offline:
+            return f"W&B is offline: this attempt is a new offline run (W&B cannot resume offline run {run_id})"
+        logger._wandb_init["id"] = logger._id = run_id
+        return f"W&B run {run_id} continues"
+    return None
 
 
 class WandbEnvStepAxis(pl.Callback):
@@ -82,3 +104,18 @@ class WandbEnvStepAxis(pl.Callback):
             if isinstance(logger, WandbLogger) and callable(getattr(logger.experiment, "define_metric", None)):
                 logger.experiment.define_metric(ENV_STEP_AXIS)
                 logger.experiment.define_metric("*", step_metric=ENV_STEP_AXIS, step_sync=True)
+                self.record_run_id(logger)
+
+    @staticmethod
+    def record_run_id(logger: Any) -> None:
+        """`<run>/wandb_run_id`: the W&B run's id, which a resumed attempt continues (continue_wandb_run); not
+        for a disabled run (WANDB_MODE=disabled), which W&B never keeps."""
+        run = logger.experiment
+        if not logger.save_dir or getattr(run, "disabled", False) or type(run).__name__ == "RunDisabled":
+            return
+        run_id = getattr(run, "id", None)
+        if isinstance(run_id, str) and run_id:
+            path = Path(logger.save_dir) / WANDB_ID_FILE
+            tmp = path.with_name(path.name + ".tmp")  # whole or not at all, as the run folder's other files
+            tmp.write_text(run_id + "\n")
+            tmp.replace(path)
