@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="final score = mean of each run's last N evaluations, for scores that swing between evaluations "
         "(default: 1, the last one)",
     )
+    p.add_argument(
+        "--failed",
+        default="exclude",
+        metavar="exclude|last|SCORE",
+        help="what a run that failed after it began training (diverged, crashed) counts as in the scores: "
+        "exclude (default: left out, counted beside its group's), last (its last evaluation before it failed) "
+        "or a number (its final score on every metric, e.g. 0 normalized: no better than random); "
+        "for stability sweeps, where leaving out the runs that diverged flatters the setting that diverges",
+    )
     return p
 
 
@@ -110,13 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             skip_incomplete=args.skip_incomplete,
             task_steps=args.task_steps,
             window=args.window,
+            failed=args.failed,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"compare.py: error: {exc}", file=sys.stderr)
         return 2
     written = write_report(comparison, args.out, plots=not args.no_plots)
     s = comparison.summary
-    print(f"{s['n_runs']} run(s), {len(s['groups'])} group(s), {len(s['failed'])} failed -> {args.out}")
+    n_failed = len(s["failed"]) + len(s["failed_scored"])
+    scored = f" ({len(s['failed_scored'])} scored as {s['failed_runs']})" if s["failed_scored"] else ""
+    print(f"{s['n_runs']} run(s), {len(s['groups'])} group(s), {n_failed} failed{scored} -> {args.out}")
     if s["plots_skipped"]:
         print(f"plots skipped: {s['plots_skipped']}")
     for warning in s["warnings"]:

@@ -42,6 +42,7 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     task_steps: bool = False  # x of eval/<task>/... metrics: the run's env steps on that task where logged
     window: int = 1  # final score: the mean of the run's last `window` evaluations (1: the last one)
+    failed_score: float | None = None  # a failed run's final score of every metric (compare --failed <number>)
 
     @property
     def status(self) -> str:
@@ -88,7 +89,10 @@ class Run:
 
     def final_score(self, metric: str) -> float | None:
         """The run's final score of `metric`: its last value (`final`), or with `window` > 1 the mean of its last
-        `window` evaluations (all of them when it has fewer), which steadies a score whose evaluations swing."""
+        `window` evaluations (all of them when it has fewer), which steadies a score whose evaluations swing.
+        A failed run given a `failed_score` scores that, whatever it logged before it failed."""
+        if self.failed_score is not None and self.status == "failed":
+            return self.failed_score
         if self.window <= 1:
             return self.final(metric)
         values = self.series(metric)[1]
@@ -498,20 +502,28 @@ def compare_runs(
     task_steps: bool = False,
     window: int = 1,
     return_threshold: float | None = None,
+    failed: str | float = "exclude",
 ) -> Comparison:
     """Load the runs below `paths`, group them by config `by` keys and compute curves, tables and profiles.
     `task_steps`: each task's curves, AUC and env steps to threshold over the run's env steps on that task
     (Run.series), for a multi-task agent against single-task agents. `window`: each run's final score is the mean
-    of its last `window` evaluations (Run.final_score)."""
+    of its last `window` evaluations (Run.final_score). `failed`: what a run that failed after it began training
+    (diverged, crashed) counts as: `exclude` (left out of scores and curves, counted beside its group's), `last`
+    (its last evaluation before it failed) or a number (that final score on every metric, e.g. 0 normalized: no
+    better than random); either way it enters the curves as far as it got and never reaches the threshold after
+    it stopped. A run that failed before it logged anything (bad input) is always left out."""
+    failed_score = parse_failed(failed)
     if window < 1:
         raise ValueError(f"--window={window}: the final score averages the last N >= 1 evaluations")
     if n_points < 2:
         raise ValueError(f"--points={n_points}: the curves' env-step grid needs at least 2 points")
     runs = load_runs(paths, exclude)
     for run in runs:
-        run.task_steps, run.window = task_steps, window
-    failed = [r for r in runs if r.status == "failed"]
-    usable = [r for r in runs if r.status != "failed" and (r.status == "completed" or not skip_incomplete)]
+        run.task_steps, run.window, run.failed_score = task_steps, window, failed_score
+    scored = failed != "exclude"
+    failed = [r for r in runs if r.status == "failed" and not (scored and r.rows)]
+    usable = [r for r in runs if (r.status == "failed" and scored and r.rows)
+              or (r.status not in ("failed",) and (r.status == "completed" or not skip_incomplete))]
     groups = group_runs(usable, by)
     task_map = task_metrics(usable, tasks)
     if metric and metric != DEFAULT_METRIC and usable and not any(metric in r.metric_names() for r in usable):
@@ -519,8 +531,8 @@ def compare_runs(
         raise ValueError(f"--metric {metric}: no run logged it; their evaluation metrics: {', '.join(logged)}")
     boot = {"n_boot": n_boot, "ci": ci, "seed": seed, "backend": backend}
     tables = score_tables(groups, task_map, metric, threshold, return_threshold, **boot)
-    if failed:  # each group's failed runs (diverged, say) beside its scores: leaving them out unmentioned flatters it
-        failed_in = {label: sum(r.status == "failed" for r in members)
+    if any(r.status == "failed" for r in runs):  # each group's failed runs (diverged, say) beside its scores:
+        failed_in = {label: sum(r.status == "failed" for r in members)  # leaving them out unmentioned flatters it
                      for label, members in group_runs([*usable, *failed], by).items()}
         for table in tables:
             for label, row in table["rows"].items():
@@ -544,10 +556,12 @@ def compare_runs(
         "n_runs": len(runs),
         "task_steps": task_steps,
         "window": window,
+        "failed_runs": "exclude" if not scored else ("last" if failed_score is None else failed_score),
         "groups": [_group_info(label, members, by) for label, members in groups.items()],
         "tasks": task_map,
         "tables": tables,
         "failed": [_failed_info(r, by) for r in failed],
+        "failed_scored": [_failed_info(r, by) for r in usable if r.status == "failed"],
         "incomplete": [str(r.path) for r in usable if r.status != "completed"],
         "skipped_incomplete": [
             str(r.path) for r in runs if r.status not in ("failed", "completed") and skip_incomplete
@@ -555,6 +569,20 @@ def compare_runs(
         "warnings": _warnings(runs, tasks, task_map, len(usable)) + _coverage_warnings(groups, task_map, tables),
     }
     return Comparison(summary=summary, curves=curves, profiles=profiles)
+
+
+def parse_failed(failed: str | float) -> float | None:
+    """compare --failed: None for `exclude` and `last` (the run's own values), else the failed runs' score."""
+    if failed in ("exclude", "last"):
+        return None
+    try:
+        value = float(failed)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"--failed {failed}: expected exclude, last or a finite number (the score a failed run "
+                         "counts as, e.g. 0 normalized)")
+    return value
 
 
 def _backend_name(backend: str) -> str:
@@ -700,10 +728,14 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "# Run comparison",
         "",
         f"{s['n_runs']} run(s) from {', '.join(f'`{p}`' for p in s['inputs'])}, grouped by {by} into "
-        f"{len(s['groups'])} group(s); {len(s['failed'])} failed, {len(s['incomplete'])} incomplete.",
+        f"{len(s['groups'])} group(s); {len(s['failed']) + len(s.get('failed_scored', []))} failed, "
+        f"{len(s['incomplete'])} incomplete.",
         "",
         ("Final score = last eval value of each run." if s.get("window", 1) <= 1 else
          f"Final score = mean of each run's last {s['window']} eval values.")
+        + {"exclude": " Failed runs are left out of scores and curves (counted beside their group's).",
+           "last": " A failed run scores its last evaluation before it failed."}.get(
+            str(s.get("failed_runs", "exclude")), f" A failed run scores {s.get('failed_runs')} on every metric.")
         + f" Point estimates with {round(100 * s['ci'])}% "
         f"stratified-bootstrap CIs ({s['n_boot']} resamples, {s['stats_backend']}). AUC = mean over runs of "
         f"the area under the eval curve divided by its env-step span. std [min, max] over runs: spread across "
@@ -721,10 +753,11 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     for table in s["tables"]:
         lines += _table_markdown(table, s["ci"])
     lines += _plots_markdown(s)
-    if s["failed"]:
-        lines += ["## Failed runs (skipped)", "", "| run | group | error |", "|---|---|---|"]
-        lines += [f"| `{f['path']}` | {_md_cell(f['group'])} | {_md_cell(f['error'])} |" for f in s["failed"]]
-        lines.append("")
+    for title, key in (("Failed runs (skipped)", "failed"), ("Failed runs (scored, included)", "failed_scored")):
+        if s.get(key):
+            lines += [f"## {title}", "", "| run | group | error |", "|---|---|---|"]
+            lines += [f"| `{f['path']}` | {_md_cell(f['group'])} | {_md_cell(f['error'])} |" for f in s[key]]
+            lines.append("")
     for title, key in (
         ("Incomplete runs (no summary.json status; included)", "incomplete"),
         ("Incomplete runs (skipped)", "skipped_incomplete"),

@@ -220,6 +220,32 @@ def test_failed_runs_reported_and_skipped(sweep: Path) -> None:
     assert f"| {ADAM} | 3 (+1 failed) |" in md
 
 
+def test_failed_runs_scored_as_their_last_evaluation_or_a_given_score(sweep: Path, capsys) -> None:
+    """--failed last / <score>: a run that diverged counts in its group's scores (a stability sweep that leaves its
+    diverged seeds out flatters the setting that diverges); one that failed before logging (bad input) never."""
+    last = cmp.compare_runs([sweep], by=["optimizer.name"], failed="last", **BOOT).summary
+    run6 = cmp.Run(sweep / "6", rows=[json.loads(x) for x in (sweep / "6" / "metrics.jsonl").read_text().splitlines()])
+    last_value = run6.final("eval/lane_keep/normalized")
+    assert last_value is not None
+    assert sorted(_table(last, "lane_keep")["rows"][ADAM]["final_scores"]) == sorted([[0.2], [0.5], [0.9],
+                                                                                      [last_value]])
+    assert [Path(f["path"]).name for f in last["failed"]] == ["7"]  # no rows: left out, as before
+    assert [Path(f["path"]).name for f in last["failed_scored"]] == ["6"] and last["failed_runs"] == "last"
+    assert _table(last, "lane_keep")["rows"][ADAM]["n_failed"] == 1
+    md = cmp.render_markdown(last)
+    assert "## Failed runs (scored, included)" in md and "scores its last evaluation before it failed" in md
+    zero = cmp.compare_runs([sweep], by=["optimizer.name"], failed=0, **BOOT).summary
+    assert _table(zero, "lane_keep")["rows"][ADAM]["mean"] == pytest.approx((0.2 + 0.5 + 0.9 + 0.0) / 4)
+    assert _table(zero, "lane_keep")["rows"][ADAM]["n_reached"] <= 1  # never reached after it stopped
+    assert "A failed run scores 0.0 on every metric" in cmp.render_markdown(zero)
+    with pytest.raises(ValueError, match=r"--failed nope: expected exclude, last or a finite number"):
+        cmp.compare_runs([sweep], by=["optimizer.name"], failed="nope", **BOOT)
+    out = sweep.parent / "cmp_failed"
+    assert _script().main([str(sweep), "--by", "optimizer.name", "--failed", "0", "--no-plots", "--n-boot", "50",
+                           "--out", str(out)]) == 0
+    assert "2 failed (1 scored as 0.0)" in capsys.readouterr().out
+
+
 def test_incomplete_runs_included_or_skipped(sweep: Path) -> None:
     rows = [r for r in ramp_rows({"lane_keep": 0.7, "merge": 0.7}) if r["env_steps"] <= 3000]  # still running
     write_run(sweep / "8", base_config(optimizer={"name": "sgd"}), rows)
