@@ -369,6 +369,16 @@ def test_debug_profile_writes_a_profiler_report_and_config_tree_prints(tmp_path,
     assert "experiment_name" in capsys.readouterr().out  # the resolved config tree
 
 
+def test_checkpoints_are_written_on_schedule_and_once_at_the_end(tmp_path):
+    """Every callbacks.checkpoint.every_env_steps, and once at the budget's end (a budget that is a multiple of the
+    period wrote, and with log_model uploaded, the final checkpoint twice)."""
+    model, data, trainer = build(compose_cfg([*SMOKE, "data.total_env_steps=900"], tmp_path))
+    saved, save = [], trainer.save_checkpoint
+    trainer.save_checkpoint = lambda *a, **k: saved.append(data.current_env_steps()) or save(*a, **k)
+    trainer.fit(model, datamodule=data)
+    assert saved == [300, 600, 900]
+
+
 def test_checkpoints_become_wandb_artifacts_when_log_model_is_set(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_cfg(["debug=smoke", "logger=wandb", "logger.wandb.log_model=true", "logger.wandb.offline=false",

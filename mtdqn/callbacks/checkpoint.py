@@ -80,6 +80,8 @@ class EnvStepCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         steps = trainer.datamodule.current_env_steps()
+        if steps >= trainer.datamodule.total_env_steps:  # the budget's end: on_train_end saves it once, with the
+            return  # final evaluation's state (saving here too wrote, and with log_model uploaded, it twice)
         if steps // self.every > self.last_saved // self.every:
             self.save(trainer, steps)
 
