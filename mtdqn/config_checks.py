@@ -52,6 +52,7 @@ RULES: dict[str, tuple[str, str, bool]] = {
     "replay.n_step": (INT, "> 0", False),
     "replay.alpha": (NUM, "in [0, 1]", False),
     "replay.beta": (NUM, "in [0, 1]", False),
+    "replay.beta_end": (NUM, "in [0, 1]", True),
     "callbacks.eval.every_env_steps": (INT, "> 0", False),
     "callbacks.eval.episodes": (INT, "> 0", False),
     "callbacks.eval.epsilon": (NUM, "in [0, 1]", False),

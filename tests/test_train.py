@@ -57,6 +57,7 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("data.batch_size=32.5", "data.batch_size=32.5 must be an integer > 0"),
         ("optimizer.lr=-1", "optimizer.lr=-1 must be a number > 0"),
         ("replay=prioritized replay.alpha=2", "replay.alpha=2 must be a number in [0, 1]"),
+        ("replay=prioritized replay.beta_end=1.5", "replay.beta_end=1.5 must be a number in [0, 1] (or null)"),
         ("model.tau=0", "model.tau=0 must be a number in (0, 1]"),
         ("data.learning_starts=-5", "data.learning_starts=-5 must be an integer >= 0"),
         ("callbacks.eval.episodes=true", "callbacks.eval.episodes=True must be an integer > 0"),
@@ -232,6 +233,38 @@ def test_resume_continues_from_saved_step_with_saved_buffer(tmp_path):
     rows = read_metrics(tmp_path / "second")
     assert min(r["env_steps"] for r in rows if "train/td_loss" in r) > 400
     assert trainer2.global_step > saved_updates
+
+
+@pytest.mark.parametrize("extra", [[], ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]"]])
+def test_prioritized_replay_anneals_beta_over_env_steps_across_a_resume(tmp_path, extra):
+    """replay.beta_end=1.0: every round samples every task's replay with beta at its env-step progress, linearly from
+    replay.beta (0.4) to 1.0 at data.total_env_steps (then 1.0: a multi-task round of 3 x 33 env steps ends past
+    it); a resumed run goes on from the restored env steps (with the
+    new budget), it does not restart at 0.4."""
+    seen: list[tuple[int, list[float]]] = []
+
+    def fit(overrides: list[str], out: str, ckpt: Path | None = None):
+        cfg = compose_cfg([*SMOKE, *extra, "replay=prioritized", "replay.beta_end=1.0", *overrides], tmp_path / out)
+        model, data, trainer = build(cfg)
+        sample = data.sample_task
+
+        def spied(task, count, n_batches):  # what each round samples with
+            seen.append((data.stream.env_steps, [b.beta for b in data.buffers]))
+            return sample(task, count, n_batches)
+
+        data.sample_task = spied
+        trainer.fit(model, datamodule=data, ckpt_path=None if ckpt is None else str(ckpt))
+        return data
+
+    fit(["data.total_env_steps=400"], "first")
+    first = len(seen)
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    data = fit(["data.total_env_steps=800", f"ckpt_path={ckpt}"], "second", ckpt)
+    assert 0 < first < len(seen) and seen[first][0] > 400
+    for i, (env_steps, betas) in enumerate(seen):
+        total = 400 if i < first else 800
+        assert betas == pytest.approx([0.4 + 0.6 * min(env_steps / total, 1.0)] * len(data.buffers))
+    assert seen[-1][1][0] == pytest.approx(1.0)
 
 
 def test_a_resume_with_another_network_or_task_set_is_refused_naming_the_keys(tmp_path, monkeypatch):

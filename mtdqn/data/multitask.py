@@ -123,6 +123,7 @@ class MultiTaskStream(IterableDataset):
             counts = dm.composition_counts()
             if not all(dm.buffers[j].sampleable for i, c in enumerate(counts) for j, _ in dm.sample_plan(i, c)):
                 continue  # a task collecting a small share may not have n_step steps per env yet: wait for it
+            dm.set_replay_progress(self.env_steps)
             parts = [dm.sample_task(i, c, dm.updates_per_round) for i, c in enumerate(counts) if c > 0]
             obs_stats, self.obs_stats = self.obs_stats, None
             yield Round(concat_batches(parts, dm.obs_width), self.env_steps, eps, returns, tasks, obs_stats,
@@ -312,6 +313,13 @@ class MultiTaskDataModule(pl.LightningDataModule):
                                  f"mtdqn.envs.factory.share_rules); set its fraction to 0")
         return values, [list(row) for row in rules]
 
+    def set_replay_progress(self, env_steps: int) -> None:
+        """Tell every replay how far training is (env_steps / total_env_steps): prioritized replay anneals its
+        importance-sampling exponent on it (replay.beta_end). Called with the stream's env-step counter, which a
+        checkpoint restores, so a resumed run goes on from the beta it stopped at; set on restore too."""
+        for b in self.buffers:
+            b.set_progress(env_steps / self.total_env_steps)
+
     def sample_task(self, task: int, count: int, n_batches: int) -> Batch:
         """`n_batches` x `count` samples for `task`: its own replay's, and with the task's data.share_fraction f,
         round(f x count) of them drawn evenly from the replays of the tasks with a rule into it, relabeled:
@@ -490,6 +498,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.task_env_steps = None if task_steps is None else [int(v) for v in task_steps]
         for buf, s in zip(self.buffers, state["replays"], strict=True):
             buf.load_state_dict(s)
+        self.set_replay_progress(self.env_steps)
         for c, rng, seed in zip(self.collectors, state["collector_rngs"], state["collector_seeds"], strict=True):
             c.generator.set_state(rng)
             c.seed, c.obs = int(seed), None

@@ -56,8 +56,15 @@ def pcgrad(
     entries (g_i^PC . g_j = G_ij - sum_k c_ik G_kj): the projections run on T x T numbers, and the P-sized work is
     one Gram product and one weighted sum (instead of 2 T (T - 1) passes over P). Branch-free (the projection
     coefficient is clamped at 0), so it never syncs the device.
+
+    Computed in float32 outside autocast: called inside a mixed-precision forward context (precision=16-mixed),
+    the Gram product ran in fp16 (a dtype error against the float32 coefficients, and loss-scaled gradients'
+    squared norms overflow fp16). Linear in the gradients' scale: pcgrad(s g) = s pcgrad(g).
     """
     g = grads if isinstance(grads, Tensor) else torch.stack(list(grads))  # (T, P)
+    if torch.is_autocast_enabled(g.device.type):
+        with torch.autocast(g.device.type, enabled=False):
+            return pcgrad(g.float(), generator, order).to(g.dtype)
     n_tasks = g.shape[0]
     gram = g @ g.T
     sq_norms = gram.diagonal().clamp_min(_EPS)
@@ -74,8 +81,12 @@ def pcgrad(
 
 
 def grad_cosine_matrix(grads: Sequence[Tensor]) -> Tensor:
-    """Cosine similarity between task gradients, (T, T); a zero gradient has cosine 0 with everything."""
+    """Cosine similarity between task gradients, (T, T); a zero gradient has cosine 0 with everything. In float32
+    outside autocast, as `pcgrad`."""
     g = torch.stack(list(grads))
+    if torch.is_autocast_enabled(g.device.type):
+        with torch.autocast(g.device.type, enabled=False):
+            return grad_cosine_matrix(g.float())
     unit = g / g.norm(dim=1, keepdim=True).clamp_min(_EPS)
     return unit @ unit.T
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.precision.amp import _optimizer_handles_unscaling
 from torch import Tensor, nn
 
 from mtdqn.losses import LOSSES, polyak_update, td_loss, td_target
@@ -272,31 +273,67 @@ class DQNModule(pl.LightningModule):
     def gradient_step(self, loss: Tensor) -> None:
         """Backward, clip, step. One fp32 process with a fused Adam takes the lean path (LeanAdam: same math,
         ~30% less time per update, measured in scripts/bench_dqn.py); otherwise the standard path, through
-        manual_backward under DDP or mixed precision so gradients are all-reduced / scaled."""
+        manual_backward under DDP or mixed precision so gradients are all-reduced / scaled, clipped inside
+        `opt.step()` by `on_before_optimizer_step`."""
         if self._lean is not None:
             self.apply_grads(list(torch.autograd.grad(loss, self._trainable)))
             return
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm, foreach=True)
         opt.step()
 
-    def apply_grads(self, grads: list[Tensor]) -> None:
-        """Clip and apply explicit gradients (one per trainable parameter) with the optimizer."""
+    def loss_scaler(self) -> torch.amp.GradScaler | None:
+        """The precision plugin's GradScaler (precision=16-mixed); None for every other precision."""
+        if self._trainer is None:
+            return None
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def scale_loss(self, loss: Tensor) -> Tensor:
+        """`loss` times the loss scale under 16-mixed (what manual_backward differentiates), else `loss` itself.
+        Explicit gradients (PCGrad) are taken of it so fp16's small gradients do not underflow, and go to
+        `apply_grads(..., scaled=True)`."""
+        scaler = self.loss_scaler()
+        return loss if scaler is None else scaler.scale(loss)
+
+    def apply_grads(self, grads: list[Tensor], scaled: bool = False) -> None:
+        """Clip and apply explicit gradients (one per trainable parameter) with the optimizer.
+
+        The lean path clips and steps them here. The standard path hands them to `opt.step()` as `p.grad`, where
+        the precision plugin unscales them and `on_before_optimizer_step` clips them, as after manual_backward: under
+        16-mixed they must then carry the loss scale, or the unscale divided true gradients by it (65536). `scaled`:
+        they are gradients of `scale_loss(...)` already; otherwise they are true gradients and are scaled here (a
+        power-of-two scale: the unscale gives them back exactly)."""
         opt = self.optimizers()
-        if self.max_grad_norm > 0:
-            clip_grads_(grads, self.max_grad_norm)
         if self._lean is not None:
+            if self.max_grad_norm > 0:
+                clip_grads_(grads, self.max_grad_norm)
             opt._on_before_step()  # LightningOptimizer's own bookkeeping: global_step counts updates
             self._lean.step(grads)
             opt._on_after_step()
             return
+        scaler = self.loss_scaler()
+        if scaler is not None and not scaled:
+            grads = scaler.scale(grads)
         opt.zero_grad(set_to_none=True)
         for p, g in zip(self._trainable, grads, strict=True):
             p.grad = g
         opt.step()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the standard path's gradients to `max_grad_norm` (the lean path clips in `apply_grads`).
+
+        Lightning calls this hook inside `opt.step()`, where every precision plugin has true gradients: after
+        DDP's all-reduce, and under 16-mixed after its `scaler.unscale_`. Clipping right after manual_backward
+        clipped gradients still multiplied by the loss scale (65536), shrinking every 16-mixed update ~10^4x.
+        Lightning leaves an optimizer that unscales inside its own step (fused Adam) scaled here: it is unscaled
+        first, and the scaler's step then passes it no scale (torch's documented unscale_ + clip + step)."""
+        if self.max_grad_norm <= 0:
+            return
+        scaler = self.loss_scaler()
+        if scaler is not None and _optimizer_handles_unscaling(optimizer):
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm, foreach=True)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint whose tensors have other shapes than this module's, naming them (a checkpoint without

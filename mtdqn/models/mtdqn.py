@@ -21,8 +21,8 @@ BALANCES = ("sum", "weighted", "pcgrad")
 
 
 def task_means(values: Tensor, task_ids: Tensor, n_tasks: int) -> Tensor:
-    """Mean of `values` per task (0 for tasks absent from the batch)."""
-    sums = torch.zeros(n_tasks, device=values.device).index_add_(0, task_ids, values)
+    """Mean of `values` per task (0 for tasks absent from the batch), in float32 (fp16 Q-values under 16-mixed)."""
+    sums = torch.zeros(n_tasks, device=values.device).index_add_(0, task_ids, values.float())
     return sums / torch.bincount(task_ids, minlength=n_tasks).clamp(min=1)
 
 
@@ -196,12 +196,13 @@ class MultiTaskDQNModule(DQNModule):
         if self.trainer.world_size > 1:
             raise ValueError("model.loss_balance=pcgrad is not supported with DDP (trainer.devices > 1)")
         params = self._trainable
-        grads = [flat_grads(per_task[t], params, retain_graph=True) for t in range(len(self.tasks))]
+        losses = self.scale_loss(per_task)  # 16-mixed: times the loss scale, which the projection carries through
+        grads = [flat_grads(losses[t], params, retain_graph=True) for t in range(len(self.tasks))]
         combined = pcgrad(grads)
         reg = self.regularization()
         if isinstance(reg, Tensor):  # shared regularizers (EWC, distillation) are added after the projection
-            combined = combined + flat_grads(reg, params, retain_graph=True)
-        self.apply_grads(split_flat(combined, params))
+            combined = combined + flat_grads(self.scale_loss(reg), params, retain_graph=True)
+        self.apply_grads(split_flat(combined, params), scaled=True)
 
     def gradient_cosines(self, per_task: Tensor) -> Tensor | None:
         """(T, T) cosine similarity of the task gradients on the shared parameters; None where the tasks share none
@@ -209,7 +210,8 @@ class MultiTaskDQNModule(DQNModule):
         shared = [p for p in self.q_net.shared_parameters() if p.requires_grad]
         if not shared:
             return None
-        grads = [flat_grads(per_task[t], shared, retain_graph=True) for t in range(len(self.tasks))]
+        losses = self.scale_loss(per_task)  # 16-mixed: no fp16 underflow; cosines do not depend on the scale
+        grads = [flat_grads(losses[t], shared, retain_graph=True) for t in range(len(self.tasks))]
         return grad_cosine_matrix(grads)
 
     def popart_metrics(self) -> dict[str, Tensor]:

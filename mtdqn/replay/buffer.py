@@ -248,6 +248,9 @@ class ReplayBuffer:
     def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
         """Uniform replay ignores priorities."""
 
+    def set_progress(self, fraction: float) -> None:
+        """The fraction of training done (env steps / data.total_env_steps); uniform replay ignores it."""
+
     @property
     def _TENSORS(self) -> tuple[str, ...]:  # noqa: N802 (was a class constant; frame stacks add `offset`)
         base = ("obs", "next_obs", "actions", "rewards", "terminated", "done")
@@ -307,9 +310,16 @@ def stored_observations(state: dict, max_count: int | None = None,
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
-    """Proportional prioritized replay (Schaul et al. 2016): P(i) ~ p_i^alpha, IS weights (N P(i))^-beta / max."""
+    """Proportional prioritized replay (Schaul et al. 2016): P(i) ~ p_i^alpha, IS weights (N P(i))^-beta / max.
 
-    def __init__(self, *args, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, **kwargs) -> None:
+    `beta_end`: beta is annealed linearly from `beta` at the start of training to `beta_end` at its end
+    (`set_progress`, which the data module calls with the env steps collected before sampling each round), as
+    Schaul et al. anneal it to 1: the importance-sampling correction is full by the end of training, when unbiased
+    updates matter most. None keeps beta constant. Beta follows the env-step counter, which checkpoints restore, so
+    a resumed run samples with the beta it stopped at."""
+
+    def __init__(self, *args, alpha: float = 0.6, beta: float = 0.4, beta_end: float | None = None,
+                 eps: float = 1e-6, **kwargs) -> None:
         if kwargs.get("frame_stack", "auto") not in ("auto", 1):
             raise ValueError(f"replay.frame_stack={kwargs['frame_stack']} is not supported with replay=prioritized "
                              "(the oldest rows' stacks would need their priorities cleared); use 1")
@@ -317,7 +327,10 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         super().__init__(*args, **kwargs)
         if not 0.0 <= alpha <= 1.0 or not 0.0 <= beta <= 1.0:
             raise ValueError(f"replay.alpha={alpha} and replay.beta={beta} must lie in [0, 1]")
+        if beta_end is not None and not 0.0 <= beta_end <= 1.0:
+            raise ValueError(f"replay.beta_end={beta_end} must lie in [0, 1] (or be null: beta stays replay.beta)")
         self.alpha, self.beta, self.eps = alpha, beta, eps
+        self.beta_start, self.beta_end = beta, beta_end
         self.tree = SumTree(self.rows * self.num_envs, self.device)
         self.max_priority = 1.0
         self._env_ids = torch.arange(self.num_envs, device=self.device)
@@ -346,6 +359,11 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         weights = (self.sampleable * probs).pow(-self.beta)
         weights = (weights / weights.amax(dim=-1, keepdim=True)).to(torch.float32)
         return self.gather(leaf // self.num_envs, leaf % self.num_envs, weights)
+
+    def set_progress(self, fraction: float) -> None:
+        """Anneal beta to `fraction` (clipped to [0, 1]) of the way from replay.beta to replay.beta_end."""
+        if self.beta_end is not None:
+            self.beta = self.beta_start + (self.beta_end - self.beta_start) * min(max(fraction, 0.0), 1.0)
 
     def update_priorities(self, indices: Tensor, td_errors: Tensor) -> None:
         """p_i <- (|td_i| + eps)^alpha for the sampled indices."""

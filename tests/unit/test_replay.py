@@ -113,6 +113,35 @@ def test_prioritized_sampling_follows_priorities_and_weights():
     assert w[0] == pytest.approx(1.0) and w[2] == pytest.approx(0.5) and w[3] == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize(("progress", "beta", "expected"), [
+    (0.0, 0.0, [1.0, 1.0, 1.0, 1.0]), (0.5, 0.5, [1.0, 1.0, 2 ** -0.5, 0.5]), (1.0, 1.0, [1.0, 1.0, 0.5, 0.25]),
+    (1.7, 1.0, [1.0, 1.0, 0.5, 0.25]),  # past data.total_env_steps (a resume with a smaller budget): beta_end
+])
+def test_prioritized_beta_is_annealed_with_progress_and_weights_use_it(progress, beta, expected):
+    """replay.beta_end (Schaul et al. 2016 anneal beta to 1): beta moves linearly from replay.beta to beta_end with
+    the fraction of training done, and the IS weights (N P(i))^-beta / max are taken with the current beta."""
+    buf = PrioritizedReplayBuffer(capacity=4, num_envs=1, obs_dim=2, gamma=0.9, alpha=1.0, beta=0.0, beta_end=1.0,
+                                  eps=0.0)
+    for t in range(4):
+        buf.add(row(t))
+    buf.update_priorities(torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, 1.0, 2.0, 4.0]))  # P = [1/8, 1/8, 1/4, 1/2]
+    buf.set_progress(progress)
+    assert buf.beta == pytest.approx(beta)
+    b = buf.sample(batch_size=2000)
+    w = {int(i): float(x) for i, x in zip(b.indices.reshape(-1), b.weights.reshape(-1), strict=True)}
+    assert [w[i] for i in range(4)] == pytest.approx(expected)
+
+
+def test_prioritized_beta_stays_constant_without_beta_end_and_refuses_a_bad_one():
+    buf = PrioritizedReplayBuffer(capacity=4, num_envs=1, obs_dim=2, gamma=0.9, beta=0.4)
+    buf.set_progress(1.0)
+    assert buf.beta == 0.4  # the default: results from before beta_end existed do not change
+    ReplayBuffer(capacity=4, num_envs=1, obs_dim=2, gamma=0.9).set_progress(0.5)  # uniform replay ignores it
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"replay.beta_end={bad} must lie in \[0, 1\]"):
+            PrioritizedReplayBuffer(capacity=4, num_envs=1, obs_dim=2, gamma=0.9, beta_end=bad)
+
+
 def test_prioritized_new_rows_get_max_priority_and_update_changes_sampling():
     buf = PrioritizedReplayBuffer(capacity=8, num_envs=1, obs_dim=2, gamma=0.9, alpha=1.0, beta=0.0, eps=0.0)
     for t in range(2):
