@@ -94,9 +94,15 @@ def flat_leaves(value: object, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def settings_changed(cfg: DictConfig, saved: DictConfig) -> list[str]:
+# and those an interrupted run may also resume with other values of: where it runs (trainer: another machine, a GPU),
+# what its callbacks do around the training (evaluation, checkpoint period), its end-of-run compression
+RESUME_NEUTRAL = (*NEUTRAL, "trainer", "callbacks", "compression")
+
+
+def settings_changed(cfg: DictConfig, saved: DictConfig, neutral: tuple[str, ...] = NEUTRAL) -> list[str]:
     """`key: <there> there, <here> here` for every setting of `cfg` that differs from the `saved` config, but for the
-    NEUTRAL ones (outputs, logging, the budget and stop rules)."""
+    `neutral` ones (NEUTRAL: outputs, logging, the budget and stop rules). A key one side lacks counts only where
+    the other sets it (a run from before an option existed, whose default is off, is the same run)."""
     def leaves(c: DictConfig) -> dict[str, object]:
         try:
             return flat_leaves(OmegaConf.to_container(c, resolve=True))
@@ -105,8 +111,25 @@ def settings_changed(cfg: DictConfig, saved: DictConfig) -> list[str]:
 
     mine, theirs = leaves(cfg), leaves(saved)
     keys = sorted(k for k in set(mine) | set(theirs)
-                  if not any(k == n or k.startswith(f"{n}.") for n in NEUTRAL) and mine.get(k) != theirs.get(k))
+                  if not any(k == n or k.startswith(f"{n}.") for n in neutral) and mine.get(k) != theirs.get(k)
+                  and (k in mine and k in theirs or mine.get(k, theirs.get(k)) not in (None, False)))
     return [f"{k}: {theirs.get(k, 'absent')!r} there, {mine.get(k, 'absent')!r} here" for k in keys]
+
+
+def check_same_run(cfg: DictConfig, saved_path: Path, ckpt: str) -> None:
+    """A resume into the run's own folder (ckpt_path=auto, or a checkpoint in it) continues that run, so it must
+    train with that run's settings (`saved_path`, its config.yaml, before this attempt rewrites it): a resume with
+    another seed, gamma or learning rate went ahead silently and rewrote config.yaml, leaving one curve of two
+    settings recorded as the second's. The budget, stop rules, logging, outputs, trainer and callbacks may change."""
+    if not saved_path.is_file():
+        return
+    changed = settings_changed(cfg, OmegaConf.load(saved_path), RESUME_NEUTRAL)
+    if changed:
+        raise ValueError(f"ckpt_path={ckpt}: {saved_path.parent} holds a run of other settings ("
+                         f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}): a resume there continues "
+                         "that run, with its settings (data.total_env_steps, stop rules, logging, trainer and "
+                         "callbacks may change). To train on with other settings, start from its checkpoint in "
+                         "another folder: hydra.run.dir=<new folder> ckpt_path=<its checkpoints/last.ckpt>")
 
 
 def _logged_by(line: str, env_steps: int) -> bool:

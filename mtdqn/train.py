@@ -396,7 +396,8 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 
 def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error: str | None = None) -> dict:
-    """summary.json: status (completed, failed or interrupted), final eval metrics and counters."""
+    """summary.json: status (completed, failed, interrupted; running while the fit runs), final eval metrics and
+    counters."""
     summary: dict[str, Any] = {"status": status}
     if error:
         summary["error"] = error
@@ -520,6 +521,8 @@ def train(cfg: DictConfig) -> dict:
         auto = resume.resolve(cfg)  # ckpt_path=auto: this folder's own checkpoint, if any
         if auto is not None and rank_zero:  # another network than the folder's run is refused, done or not
             check_resume(cfg, out_dir / "config.yaml")  # the previous attempt's config, before it is overwritten
+        given = cfg.get("ckpt_path")
+        own = auto is not None or bool(given) and Path(given).resolve().is_relative_to(out_dir.resolve())
         if auto is not None and auto.done is not None:
             if rank_zero:
                 print(f"mtdqn: {out_dir} holds a completed run ({auto.env_steps:,} env steps, summary.json): nothing "
@@ -527,6 +530,8 @@ def train(cfg: DictConfig) -> dict:
                       flush=True)
             return auto.done
         model, data, trainer = build(cfg)  # validates first
+        if own and rank_zero:  # a resume in the run's folder continues that run, with its settings
+            resume.check_same_run(cfg, out_dir / "config.yaml", resume.AUTO if auto is not None else given)
         ckpt = cfg.get("ckpt_path")
         jsonl = (cfg.get("logger") or {}).get("jsonl")
         metrics = Path(jsonl.save_dir) / jsonl.get("filename", "metrics.jsonl") if jsonl else None
@@ -539,7 +544,10 @@ def train(cfg: DictConfig) -> dict:
             dropped = resume.drop_rows_after(metrics, -1)
             print(f"mtdqn: no checkpoint in {out_dir} (ckpt_path=auto): training from scratch; the {dropped} rows of "
                   f"{metrics.name} an earlier attempt logged dropped", flush=True)
-        if ckpt and rank_zero and (auto is not None or Path(ckpt).resolve().is_relative_to(out_dir.resolve())):
+        if ckpt and rank_zero and not own:  # a continuation elsewhere: this folder's curve starts at the checkpoint
+            print(f"mtdqn: continuing from {ckpt} ({resume.checkpoint_env_steps(Path(ckpt)):,} env steps) in "
+                  f"{out_dir}", flush=True)
+        if ckpt and rank_zero and own:
             # resumed in its own folder (ckpt_path=auto, wherever callbacks.checkpoint.dirpath keeps its checkpoints,
             # or a checkpoint in the folder): the metrics logged after the checkpoint go, the
             # resumed run logs those env steps again (metrics.jsonl is appended to)
@@ -559,6 +567,8 @@ def train(cfg: DictConfig) -> dict:
         trainer.callbacks.append(run_summary := RunSummary(out_dir))
         if ours:  # Lightning's own handler from here: it stops the fit after the current round
             signal.signal(signal.SIGTERM, on_term)
+        if rank_zero:  # until the fit ends: a kill that gives no chance to say so (SIGKILL) leaves it "running", not
+            write_summary(out_dir, None, "running")  # an earlier attempt's "completed" (a resume to a larger budget)
         fitting = True
         trainer.fit(model, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
         if run_summary.summary is None:  # the fit ran in spawned workers (trainer=ddp_spawn): rank zero's summary

@@ -56,7 +56,9 @@ def test_a_joblib_sweep_killed_stops_its_jobs_as_interrupted(tmp_path):
         proc.wait(timeout=30)
         summaries = [sweep / job / "summary.json" for job in "01"]
         deadline = time.time() + 60
-        while time.time() < deadline and not all(p.exists() for p in summaries):
+        ended = lambda: all(p.exists() and json.loads(p.read_text())["status"] != "running"  # noqa: E731
+                            for p in summaries)  # "running" from the fit's start until the job records its end
+        while time.time() < deadline and not ended():
             time.sleep(0.2)
         done = [json.loads(p.read_text()) for p in summaries]
         assert [d["status"] for d in done] == ["interrupted", "interrupted"], done

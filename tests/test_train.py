@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from mtdqn.train import build, train
@@ -635,6 +636,56 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch, capsys):
     train(compose_cfg([*run, "data.total_env_steps=1400", "logger.wandb.offline=true"], tmp_path))
     assert inits[-1]["id"] is None
     assert f"new offline run (W&B cannot resume offline run {run_id})" in capsys.readouterr().out
+
+
+def test_a_resume_in_the_runs_folder_keeps_its_settings(tmp_path, capsys):
+    """A resume in the run's own folder (ckpt_path=auto, or a checkpoint there) continues that run: another seed,
+    gamma or learning rate is refused (it went ahead silently, and config.yaml then recorded the one curve of two
+    settings as the second's); the budget, evaluation and trainer may change. From its checkpoint into another
+    folder any setting may change, and the run says where it continues from."""
+    run = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "print_config=false", "ckpt_path=auto"]
+    train(compose_cfg(run, tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    for change, shown in (("seed=7", "seed: 0 there, 7 here"), ("gamma=0.5", "gamma: 0.99 there, 0.5 here; replay.gamma: 0.99 there, 0.5 here"),
+                          ("optimizer.lr=0.01", "model.optimizer.lr: 0.0023 there, 0.01 here; optimizer.lr: 0.0023 there, 0.01 here")):
+        with pytest.raises(ValueError, match=re.escape(f"holds a run of other settings ({shown})")):
+            train(compose_cfg([*run, "data.total_env_steps=900", change], tmp_path / "run"))
+        with pytest.raises(ValueError, match=r"start from its checkpoint in another folder"):
+            train(compose_cfg([*run[:-1], f"ckpt_path={ckpt}", "data.total_env_steps=900", change],
+                              tmp_path / "run"))
+    assert (tmp_path / "run" / "config.yaml").read_text() == config  # refused before anything was rewritten
+    on = train(compose_cfg([*run, "data.total_env_steps=900", "callbacks.eval.episodes=3", "trainer.max_epochs=-1"],
+                           tmp_path / "run"))
+    assert on["status"] == "completed" and on["time/env_steps"] == 900
+    capsys.readouterr()
+    other = train(compose_cfg([*run[:-1], f"ckpt_path={ckpt}", "data.total_env_steps=1200", "gamma=0.5"],
+                              tmp_path / "elsewhere"))
+    assert other["status"] == "completed"
+    assert f"continuing from {ckpt} (900 env steps) in {tmp_path / 'elsewhere'}" in capsys.readouterr().out
+
+
+def test_the_summary_says_running_while_the_fit_runs(tmp_path, monkeypatch):
+    """summary.json says `running` from the fit's start: a resume to a larger budget killed without a chance to say
+    so (SIGKILL) left the earlier attempt's `completed`, which compare.py then took for this run's final result."""
+    import mtdqn.train as train_module
+
+    seen, build_ = [], train_module.build
+
+    class Peek(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append(json.loads((tmp_path / "summary.json").read_text())["status"])
+
+    def build(cfg):
+        model, data, trainer = build_(cfg)
+        trainer.callbacks.append(Peek())
+        return model, data, trainer
+
+    monkeypatch.setattr(train_module, "build", build)
+    run = ["debug=smoke", "logger=jsonl", "callbacks.progress=null", "print_config=false", "ckpt_path=auto"]
+    assert train(compose_cfg(run, tmp_path))["status"] == "completed"
+    assert train(compose_cfg([*run, "data.total_env_steps=900"], tmp_path))["status"] == "completed"
+    assert seen == ["running", "running"]
 
 
 def test_resuming_at_the_budget_says_so(tmp_path):
