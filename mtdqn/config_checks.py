@@ -120,11 +120,20 @@ def check_flags(cfg: DictConfig) -> None:
 
 
 def check_layout_keys(cfg: DictConfig) -> None:
-    """task_set.tasks given (a bare `task_set=gym` ended in omegaconf's MissingMandatoryValue traceback), and net.conv
+    """task_set.tasks given (a bare `task_set=gym` ended in omegaconf's MissingMandatoryValue traceback), net.hidden
+    a non-empty list of positive widths, and net.conv
     null or a non-empty list of [out_channels, kernel, stride] of positive integers (`net.conv=[16,3,1]` ended in a
     TypeError traceback, `[[16,3.5,1]]` was cut to a 3x3 kernel, `[]` trained an MLP)."""
     if OmegaConf.is_missing(cfg.task_set, "tasks") or not cfg.task_set.get("tasks"):
         raise ValueError("task_set.tasks is not set: give the task ids, e.g. task_set.tasks=[CartPole-v1]")
+    hidden = OmegaConf.select(cfg, "net.hidden", default=None)
+    if hidden is not None:  # `net.hidden=64` ended in a TypeError traceback
+        from mtdqn.nets.q import positive_widths
+
+        widths = OmegaConf.to_container(hidden) if OmegaConf.is_config(hidden) else hidden
+        if not positive_widths(widths):
+            raise ValueError(f"net.hidden={widths!r} must be a non-empty list of positive widths, e.g. "
+                             "net.hidden=[64,64]")
     conv = OmegaConf.select(cfg, "net.conv", default=None)
     if conv is None:
         return

@@ -111,6 +111,8 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
         ("net.conv=[[16,3.5,1]]", "net.conv=[[16, 3.5, 1]]: give null"),
         ("net.conv=[]", "net.conv=[]: give null"),
         ("net.conv=16", "net.conv=16: give null"),
+        ("net.hidden=64", "net.hidden=64 must be a non-empty list of positive widths"),  # a TypeError traceback
+        ("net.hidden=[64,abc]", "net.hidden=[64, 'abc'] must be a non-empty list of positive widths"),
         ("task_set=gym", "task_set.tasks is not set: give the task ids"),
         ("callbacks.eval.epsilon=null", "callbacks.eval.epsilon=None must be a number in [0, 1]"),
         # null passed, then crashed mid-training or at build; non-numbers gave Hydra's instantiation traceback

@@ -14,7 +14,9 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU,
 
 
 def positive_widths(hidden: Sequence[Any]) -> bool:
-    """A non-empty list of positive integers (`[64, abc]` from the command line holds a string)."""
+    """A non-empty list of positive integers (`[64, abc]` from the command line holds a string; `64` is no list)."""
+    if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
+        return False
     return bool(hidden) and all(isinstance(h, int | float) and not isinstance(h, bool) and float(h).is_integer()
                                 and h > 0 for h in hidden)
 
@@ -24,7 +26,7 @@ def mlp(in_dim: int, hidden: Sequence[int], activation: str = "relu", layer_norm
     if activation not in ACTIVATIONS:
         raise ValueError(f"net.activation={activation!r} is not one of {sorted(ACTIVATIONS)}")
     if not positive_widths(hidden):
-        raise ValueError(f"net.hidden={list(hidden)} must be a non-empty list of positive widths")
+        raise ValueError(f"net.hidden={hidden!r} must be a non-empty list of positive widths, e.g. net.hidden=[64,64]")
     layers: list[nn.Module] = []
     for width in hidden:
         layers.append(nn.Linear(in_dim, int(width)))
