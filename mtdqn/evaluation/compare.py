@@ -518,6 +518,9 @@ def compare_runs(
     if n_points < 2:
         raise ValueError(f"--points={n_points}: the curves' env-step grid needs at least 2 points")
     runs = load_runs(paths, exclude)
+    if not runs:  # as the other report scripts: one line, not an empty report
+        raise FileNotFoundError(f"no run directory (metrics.jsonl, or summary.json with a status) at or below "
+                                f"{', '.join(map(str, paths))}")
     for run in runs:
         run.task_steps, run.window, run.failed_score = task_steps, window, failed_score
     scored = failed != "exclude"
@@ -537,6 +540,8 @@ def compare_runs(
         for table in tables:
             for label, row in table["rows"].items():
                 row["n_failed"] = failed_in.get(label, 0)
+            # a group whose runs all failed (an optimizer whose every seed diverged) has no scores, but a row
+            table["failed_only"] = {label: n for label, n in failed_in.items() if n and label not in table["rows"]}
     curves = {
         t["name"]: learning_curves(groups, t["metrics"][0], n_points, n_boot, ci, seed)
         for t in tables
@@ -715,7 +720,9 @@ def _table_markdown(table: Mapping[str, Any], ci: float) -> list[str]:
         cells += [_fmt(row["auc"])] + ([_threshold_cell(row)] if with_threshold else [])
         cells += ["-" if row.get("train_minutes") is None else f"{row['train_minutes']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    if not table["rows"]:
+    for label, n_failed in table.get("failed_only", {}).items():
+        lines.append(f"| {_md_cell(label)} | 0 (+{n_failed} failed) |" + " - |" * (len(header) - 2))
+    if not table["rows"] and not table.get("failed_only"):
         lines.append("| (no run has this metric) |" + " |" * (len(header) - 1))
     return [*lines, ""]
 

@@ -218,6 +218,11 @@ def test_failed_runs_reported_and_skipped(sweep: Path) -> None:
     rows = _table(summary, "lane_keep")["rows"]
     assert rows[ADAM]["n_failed"] == 1 and rows[SGD]["n_failed"] == 1
     assert f"| {ADAM} | 3 (+1 failed) |" in md
+    # a group whose runs all failed keeps its row (a stability sweep's optimizer whose every seed diverged vanished)
+    write_failed_run(sweep / "9", base_config(optimizer={"name": "lion"}), "DivergenceError: |Q| > 1e6")
+    summary = cmp.compare_runs([sweep], by=["optimizer.name"], **BOOT).summary
+    assert _table(summary, "lane_keep")["failed_only"] == {"optimizer.name=lion": 1}
+    assert "| optimizer.name=lion | 0 (+1 failed) | - | - |" in cmp.render_markdown(summary)
 
 
 def test_failed_runs_scored_as_their_last_evaluation_or_a_given_score(sweep: Path, capsys) -> None:
@@ -351,8 +356,10 @@ def test_script_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert script.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert script.main([str(empty), "--out", str(tmp_path / "o"), "--no-plots"]) == 1
-    assert "no run directories found" in (tmp_path / "o" / "summary.md").read_text()
+    capsys.readouterr()
+    assert script.main([str(empty), "--out", str(tmp_path / "o"), "--no-plots"]) == 2
+    assert f"compare.py: error: no run directory (metrics.jsonl, or summary.json with a status) at or below {empty}" \
+        in capsys.readouterr().err and not (tmp_path / "o").exists()
     with pytest.raises(SystemExit) as exc:
         script.main(["--help"])
     assert exc.value.code == 0 and "--by" in capsys.readouterr().out
