@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mtdqn.overrides import debug_last
+from mtdqn.overrides import check_group_choices, debug_last
 from mtdqn.sweep import run_trial
 from mtdqn.train import train  # imported here so its OmegaConf resolvers exist in the launcher process too
 
@@ -56,5 +56,9 @@ def run(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:  # a misspelt group choice (+experiment=lane_keep_dqm): one line with the nearest options
+        check_group_choices(sys.argv[1:])
+    except ValueError as exc:
+        sys.exit(f"mtdqn: error: {exc}")
     sys.argv = [sys.argv[0], *debug_last(sys.argv[1:])]  # debug=<name> after +experiment=<name>
     main()

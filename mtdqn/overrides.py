@@ -79,3 +79,27 @@ def script_main(main: Callable[[], Any], prog: str) -> None:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def check_group_choices(args: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
+    """A config group choice on the command line (`+experiment=lane_keep_dqm`, `optimizer=adm`, a sweep's
+    `optimizer=adam,adm`) that names no file of the group: ValueError naming the key, the nearest options and all
+    of them (Hydra's own error lists the options, without the nearest, under a page of text). Keys with a dot set
+    values, not groups; `hydra/...` groups, sweep functions (`choice(...)`) and `null` are left to Hydra."""
+    import difflib
+
+    for arg in args:
+        if not _is_override(arg) or arg.startswith("~"):
+            continue
+        key, value = arg.lstrip("+").split("=", 1)
+        group = conf_dir / key
+        if "." in key or key.startswith("hydra") or not group.is_dir() or any(c in value for c in "()[]{}$"):
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        for choice in (v.strip() for v in value.split(",")):
+            if not choice or choice == "null" or "/" in choice or choice in options:
+                continue
+            near = difflib.get_close_matches(choice, options, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
+            raise ValueError(f"{key}={choice}: conf/{key} has no option {choice!r}; {hint}"
+                             f"the options: {', '.join(options)}")

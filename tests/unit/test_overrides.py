@@ -1,5 +1,9 @@
 """debug_last: `debug=<name>` becomes `+debug=<name>` after the other overrides (so after `+experiment=`)."""
 
+from pathlib import Path
+
+import pytest
+
 from mtdqn.overrides import debug_last
 
 
@@ -41,3 +45,27 @@ def test_scripts_end_bad_overrides_with_one_line(tmp_path):
     out = subprocess.run([sys.executable, "scripts/compress.py", str(tmp_path)], cwd=root, capture_output=True,
                          text=True, timeout=120, env=env)
     assert out.returncode == 2 and out.stderr.strip() == f"compress.py: error: RUN_DIR={str(tmp_path)!r} has no config.yaml: not a run folder"
+
+
+def test_a_misspelt_group_choice_names_the_nearest_options():
+    """`+experiment=lane_keep_dqm` ended in Hydra's page-long error without the nearest preset."""
+    from mtdqn.overrides import check_group_choices
+
+    with pytest.raises(ValueError, match=r"experiment=lane_keep_dqm: conf/experiment has no option 'lane_keep_dqm'; "
+                                         r"did you mean lane_keep_dqn"):
+        check_group_choices(["+experiment=lane_keep_dqm"])
+    with pytest.raises(ValueError, match=r"optimizer=adm: .*did you mean adam"):
+        check_group_choices(["-m", "optimizer=adam,adm", "seed=0,1"])  # a sweep's every choice
+    check_group_choices(["+experiment=lane_keep_dqn", "optimizer=adam,adabelief", "optimizer.lr=0.1", "debug=null",
+                         "hydra/launcher=joblib", "net=choice(mlp,dueling)", "~callbacks", "task_set.tasks=[x]"])
+
+
+def test_train_py_ends_a_misspelt_preset_in_one_line():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "train.py", "+experiment=lane_keep_dqm"], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.startswith("mtdqn: error: experiment=lane_keep_dqm") \
+        and "did you mean lane_keep_dqn" in out.stderr and "Traceback" not in out.stderr
