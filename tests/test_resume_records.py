@@ -1,0 +1,71 @@
+"""What a resumed run records: its time measures go on from the checkpoint, an evaluation already logged is not
+logged again, and a checkpoint write a kill cut short leaves no temporary file for good."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtdqn.callbacks.checkpoint import atomic_torch_save
+from mtdqn.train import train
+from tests.helpers.config import compose_cfg
+
+RUN = ["debug=smoke", "logger=jsonl", "print_config=false", "data.total_env_steps=600"]
+
+
+def _stale(folder: Path, names: list[str]) -> None:
+    for name in names:
+        (folder / name).write_bytes(b"half a checkpoint")
+
+
+def test_a_successful_save_removes_the_temporary_files_earlier_writes_of_it_left(tmp_path):
+    """A kill mid-write (SIGKILL, an out-of-memory kill) leaves `.<name>.<random>.tmp`, the replay's size, which
+    nothing removed; the next save of the same file that succeeds does. Other checkpoints' temporaries (a rank's
+    `last.rank1.ckpt`) and files of other patterns stay."""
+    mine = [".last.ckpt.k3x_0q9a.tmp", ".last.ckpt.abcdefgh.tmp"]
+    others = [".last.rank1.ckpt.abcdefgh.tmp", ".last.ckpt.notes.tmp", ".last.ckpt.abcdefgh.tmp.bak",
+              "last.ckpt.abcdefgh.tmp", ".other.ckpt.abcdefgh.tmp", ".last.ckpt.ABCDEFGH.tmp"]
+    _stale(tmp_path, mine + others)
+    atomic_torch_save({"x": torch.ones(3)}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "last.ckpt"])
+    atomic_torch_save({"x": torch.ones(3)}, tmp_path / "last.rank1.ckpt")  # a rank's own file: its own leftovers
+    assert ".last.rank1.ckpt.abcdefgh.tmp" not in {p.name for p in tmp_path.iterdir()}
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["x"].sum() == 3
+
+
+def test_a_run_removes_the_temporary_checkpoint_a_killed_attempt_left(tmp_path):
+    """The same through a run: a resume's first checkpoint removes the killed attempt's temporary file."""
+    train(compose_cfg(RUN, tmp_path))
+    folder = tmp_path / "checkpoints"
+    _stale(folder, [".last.ckpt.zz9_zz9z.tmp"])
+    train(compose_cfg([*RUN, "data.total_env_steps=900", "ckpt_path=auto"], tmp_path))
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+@pytest.mark.parametrize("where", ["umask", "chmod", "save", "fsync", "replace"])
+def test_a_write_interrupted_anywhere_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch,
+                                                                                      where):
+    """Ctrl-C (or any error) at any step after mkstemp removes the temporary file and closes it: one landing
+    between mkstemp and the cleanup's `try` (the umask and chmod calls stood there) left a 0-byte file."""
+    import mtdqn.callbacks.checkpoint as checkpoint
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    atomic_torch_save({"x": 1}, tmp_path / "last.ckpt")  # the previous checkpoint, which must stay whole
+    fds = _open_fds()
+    target = {"umask": (os, "umask"), "chmod": (os, "chmod"), "save": (checkpoint.torch, "save"),
+              "fsync": (os, "fsync"), "replace": (os, "replace")}[where]
+    monkeypatch.setattr(*target, stop)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"x": 2}, tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"x": 1}
+    assert _open_fds() == fds
