@@ -1,6 +1,7 @@
 """What a resumed run records: its time measures go on from the checkpoint, an evaluation already logged is not
 logged again, and a checkpoint write a kill cut short leaves no temporary file for good."""
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,42 @@ from mtdqn.train import train
 from tests.helpers.config import compose_cfg
 
 RUN = ["debug=smoke", "logger=jsonl", "print_config=false", "data.total_env_steps=600"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def eval_rows(run_dir: Path) -> list[dict]:
+    return [r for r in rows(run_dir) if "eval/CartPole-v1/return" in r]
+
+
+def test_a_resume_at_the_env_steps_last_evaluated_does_not_log_that_evaluation_again(tmp_path, capsys):
+    """A run killed in its end-of-run work (compression) after the final evaluation and checkpoint, resumed by
+    ckpt_path=auto, and a completed checkpoint resumed with a budget at or below its env steps, evaluated and
+    logged the checkpoint's env steps a second time (the callback's evaluation history started empty). The
+    evaluation comes from the checkpoint instead: one row per evaluated env step, the summary as before, and the
+    closing line says the end of the run was what was left, not only to raise the budget."""
+    first = train(compose_cfg([*RUN, "callbacks.progress=null"], tmp_path))
+    logged = eval_rows(tmp_path)
+    assert [r["env_steps"] for r in logged] == [300, 600]
+    (tmp_path / "summary.json").unlink()  # as a SIGKILL in the compression leaves the folder: no completed summary
+    again = train(compose_cfg([*RUN, "ckpt_path=auto"], tmp_path))
+    out = capsys.readouterr().out
+    assert "resuming from" in out
+    assert eval_rows(tmp_path) == logged
+    assert again["status"] == "completed"
+    assert {k: v for k, v in again.items() if k.startswith("eval/")} == \
+        {k: v for k, v in first.items() if k.startswith("eval/")}
+    assert "(0 this run)" in out
+    assert "already at the budget, data.total_env_steps=600: nothing to train, only the end of the run" in out
+    assert "raise it to train on" not in out
+    # a budget below the checkpoint's env steps, into another folder: nothing evaluated there either
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    below = train(compose_cfg([*RUN, "callbacks.progress=null", "data.total_env_steps=300", f"ckpt_path={ckpt}"],
+                              tmp_path / "below"))
+    assert below["eval/CartPole-v1/return"] == first["eval/CartPole-v1/return"]
+    assert not eval_rows(tmp_path / "below")
 
 
 def _stale(folder: Path, names: list[str]) -> None:

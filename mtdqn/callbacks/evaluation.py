@@ -135,7 +135,11 @@ class EvalCallback(pl.Callback):
         return [self.stop_at, self.stop_returns]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stopped_solved": self.stopped_solved, "stop_bars": self.stop_bars()}
+        """Beside the stop rule: the last evaluation, which metrics.jsonl keeps (its rows up to the checkpoint
+        stay): a run resumed at the env steps it was last evaluated at (killed in its end-of-run compression, or
+        resumed at or past its budget) does not evaluate and log the same env steps again, and its summary and
+        progress line have that evaluation's metrics."""
+        return {"stopped_solved": self.stopped_solved, "stop_bars": self.stop_bars(), "latest": dict(self.latest)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.loaded = dict(state_dict)
@@ -152,10 +156,15 @@ class EvalCallback(pl.Callback):
         self.source_envs = [f(num_envs=self.episodes, device=dm.device) for f in self.source_factories]
         self.last_eval_steps = self.start_steps = trainer.datamodule.current_env_steps()
         self.started = time.perf_counter()
+        # a resumed run goes on from its checkpoint's last evaluation (a checkpoint from before it was saved:
+        # evaluated at its env steps again at the end)
+        if self.loaded.get("latest"):
+            self.history = [dict(self.loaded["latest"])]
         if self.loaded.get("stopped_solved") and self.loaded.get("stop_bars") == self.stop_bars() and (
                 self.stop_at is not None or self.stop_returns is not None):
             # the resumed run already ended at these bars (a relaunched sweep, say): nothing to train, the
-            # weights stay as they were; one evaluation at its env step (on_train_end) for the summary
+            # weights stay as they were; the summary has the evaluation it stopped at (evaluated again at the end
+            # only where the checkpoint predates the saved evaluation)
             self.stopped_solved = trainer.should_stop = True
             if trainer.is_global_zero:
                 print(f"mtdqn: the checkpoint's run already stopped solved at {self.start_steps:,} env steps "
