@@ -13,6 +13,7 @@ from mtdqn.train import train
 from tests.helpers.config import compose_cfg
 
 RUN = ["debug=smoke", "logger=jsonl", "print_config=false", "data.total_env_steps=600"]
+EARLIER_TRAIN, EARLIER_JSONL = 500.0, 1000.0  # seconds a checkpoint is made to say its attempts took
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -21,6 +22,43 @@ def rows(run_dir: Path) -> list[dict]:
 
 def eval_rows(run_dir: Path) -> list[dict]:
     return [r for r in rows(run_dir) if "eval/CartPole-v1/return" in r]
+
+
+def set_clocks(ckpt: Path) -> dict:
+    """Make the checkpoint's attempts look long (EARLIER_*): a resumed run that restarted its clocks at 0 (a few
+    seconds in) cannot pass for one that goes on from them. Returns the saved values it replaced."""
+    state = torch.load(ckpt, weights_only=True)
+    saved = {"train": state["callbacks"]["EvalCallback"]["train_seconds"],
+             "jsonl": state["callbacks"]["LoggerClock"]["jsonl_seconds"]}
+    state["callbacks"]["EvalCallback"]["train_seconds"] = EARLIER_TRAIN
+    state["callbacks"]["LoggerClock"]["jsonl_seconds"] = EARLIER_JSONL
+    torch.save(state, ckpt)
+    return saved
+
+
+@pytest.mark.parametrize("folder", ["own", "new"])
+def test_a_resumed_run_counts_its_time_on_from_the_checkpoint(tmp_path, folder):
+    """time/train_seconds (compare.py's "train min", bench_mtl) and metrics.jsonl's `time` restarted at 0 on every
+    resume, so a resumed run looked faster than it was. They go on from the checkpoint's, in the run's own folder
+    (ckpt_path=auto) and in another (a continuation of the same training); time/sps stays this attempt's rate."""
+    first = train(compose_cfg(RUN, tmp_path))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    saved = set_clocks(ckpt)
+    # the checkpoint holds the clocks as they were when it was written, after the final evaluation
+    assert first["time/train_seconds"] <= saved["train"] <= saved["jsonl"] + 1e-6
+    assert saved["jsonl"] >= max(r["time"] for r in rows(tmp_path))
+    out = tmp_path if folder == "own" else tmp_path / "elsewhere"
+    resume = ["ckpt_path=auto"] if folder == "own" else [f"ckpt_path={ckpt}"]
+    summary = train(compose_cfg([*RUN, "data.total_env_steps=1200", *resume], out))
+    assert summary["status"] == "completed" and summary["time/env_steps"] == 1200
+    resumed = [r for r in rows(out) if r["env_steps"] > 600]
+    assert resumed and all(r["time"] >= EARLIER_JSONL for r in resumed)
+    evals = [r for r in resumed if "time/train_seconds" in r]
+    assert [r["env_steps"] for r in evals] == [900, 1200]
+    assert all(EARLIER_TRAIN < r["time/train_seconds"] < EARLIER_TRAIN + 120 for r in evals)
+    assert summary["time/train_seconds"] == evals[-1]["time/train_seconds"]
+    # this attempt's 600 env steps over its own seconds, not over the earlier attempts' 500 s too
+    assert summary["time/sps"] > 600 / 120
 
 
 def test_a_resume_at_the_env_steps_last_evaluated_does_not_log_that_evaluation_again(tmp_path, capsys):
