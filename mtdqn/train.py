@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
-from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, WandbEnvStepAxis
+from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, LoggerClock, WandbEnvStepAxis
 from mtdqn.callbacks.loggers import continue_wandb_run
 from mtdqn.config_checks import (
     check_arguments,
@@ -318,6 +318,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     if compression and compression.get("_target_") and compression.get("methods"):
         callbacks.append(instantiate(compression))  # after eval and checkpoint: compresses the final network
     callbacks += [EnvStepBudget(), WandbEnvStepAxis()]
+    callbacks.append(LoggerClock())  # metrics.jsonl's `time` across a resume
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     for lg in loggers:  # Lightning's WandbLogger passes anonymous=None, and wandb warns at any value it is given
         init = getattr(lg, "_wandb_init", None)  # ("The anonymous setting has no effect"), on every run

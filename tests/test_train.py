@@ -705,7 +705,7 @@ def test_resuming_at_the_budget_says_so(tmp_path):
     assert (bar.bar.n, bar.bar.total) == (400, 400)
     bar.on_train_end(trainer, model)
     assert "(0 this run)" in bar.summary
-    assert "already at the budget, data.total_env_steps=300: raise it to train on" in bar.summary
+    assert "already at the budget, data.total_env_steps=300: nothing to train" in bar.summary
     assert (bar.bar.n, bar.bar.total) == (400, 400)
 
 

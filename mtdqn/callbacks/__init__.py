@@ -10,7 +10,7 @@ from mtdqn.callbacks.checkpoint import (
 from mtdqn.callbacks.compression import CompressionCallback
 from mtdqn.callbacks.evaluation import EvalCallback
 from mtdqn.callbacks.guard import DivergenceError, DivergenceGuard
-from mtdqn.callbacks.loggers import JsonlLogger, WandbEnvStepAxis
+from mtdqn.callbacks.loggers import JsonlLogger, LoggerClock, WandbEnvStepAxis
 from mtdqn.callbacks.progress import EnvStepProgressBar
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "EnvStepProgressBar",
     "EvalCallback",
     "JsonlLogger",
+    "LoggerClock",
     "WandbEnvStepAxis",
     "atomic_torch_save",
     "load_checkpoint",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,24 +13,48 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+TMP_SUFFIX = ".tmp"
+_TMP_RANDOM = re.compile(r"[a-z0-9_]{8}")  # tempfile.mkstemp's random part: 8 of these characters
+
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: never a half-written file."""
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: never a half-written file.
+
+    An error or signal (Ctrl-C, SIGTERM's exception) anywhere after the temporary file is made removes it; a kill
+    (SIGKILL, an out-of-memory kill, a node lost) cannot, and its temporary file (the replay's size: gigabytes for
+    Atari) would stay for ever: each save that succeeds removes those an earlier write of this file left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:  # from the moment mkstemp returns (a signal before the `try` left a 0-byte file)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            with os.fdopen(fd, "wb", closefd=False) as f:  # fd is closed once, below, whatever is interrupted
+                torch.save(obj, f)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    remove_stale_temporaries(path)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove what atomic_torch_save's earlier writes of `path` left behind (`.<name>.<random>.tmp` beside it, the
+    pattern it makes; no other file) and return them. One process writes a given checkpoint (rank 0 `last.ckpt`,
+    each rank its `last.rank<r>.ckpt`), so no such file belongs to a write still going on."""
+    prefix = f".{path.name}."
+    removed = []
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*{TMP_SUFFIX}"):
+        middle = leftover.name[len(prefix):-len(TMP_SUFFIX)]
+        if _TMP_RANDOM.fullmatch(middle) and leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 def rank_data_path(path: str | os.PathLike, rank: int) -> Path:

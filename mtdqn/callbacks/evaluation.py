@@ -82,8 +82,9 @@ class EvalCallback(pl.Callback):
         self.every, self.episodes, self.seed = every_env_steps, episodes, seed
         self.last_eval_steps = self.start_steps = 0
         self.history: list[dict[str, float]] = []
-        self.eval_seconds = 0.0
+        self.eval_seconds = 0.0  # this attempt's seconds spent evaluating (and recording videos)
         self.started = time.perf_counter()
+        self.earlier_seconds = 0.0  # training seconds of the attempts before a resume, up to its checkpoint
         self.at_start = at_start
         kwargs = dict(env_kwargs or {})
         self.task_kind, self.env_kwargs = task_kind, kwargs
@@ -135,10 +136,21 @@ class EvalCallback(pl.Callback):
         return [self.stop_at, self.stop_returns]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stopped_solved": self.stopped_solved, "stop_bars": self.stop_bars()}
+        """Beside the stop rule: the training seconds so far (a resumed run's time/train_seconds goes on from them,
+        as the training does) and the last evaluation, which metrics.jsonl keeps (its rows up to the checkpoint
+        stay): a run resumed at the env steps it was last evaluated at (killed in its end-of-run compression, or
+        resumed at or past its budget) does not evaluate and log the same env steps again, and its summary and
+        progress line have that evaluation's metrics."""
+        return {"stopped_solved": self.stopped_solved, "stop_bars": self.stop_bars(),
+                "train_seconds": self.train_seconds(), "latest": dict(self.latest)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.loaded = dict(state_dict)
+
+    def train_seconds(self) -> float:
+        """Seconds spent training, evaluation excluded: this attempt's and, after a resume, the earlier attempts'
+        up to the checkpoint it resumed (the work after it, done again, counts once)."""
+        return self.earlier_seconds + max(time.perf_counter() - self.started - self.eval_seconds, 0.0)
 
     @property
     def latest(self) -> dict[str, float]:
@@ -151,11 +163,17 @@ class EvalCallback(pl.Callback):
         self.source_policy = [source_policy_index(pl_module.tasks, s) for s in self.source_specs]
         self.source_envs = [f(num_envs=self.episodes, device=dm.device) for f in self.source_factories]
         self.last_eval_steps = self.start_steps = trainer.datamodule.current_env_steps()
-        self.started = time.perf_counter()
+        self.started, self.eval_seconds = time.perf_counter(), 0.0
+        # a resumed run goes on from its checkpoint's clock and last evaluation (a checkpoint from before they were
+        # saved: the clock from 0, and an evaluation at its env steps again at the end)
+        self.earlier_seconds = float(self.loaded.get("train_seconds", 0.0))
+        if self.loaded.get("latest"):
+            self.history = [dict(self.loaded["latest"])]
         if self.loaded.get("stopped_solved") and self.loaded.get("stop_bars") == self.stop_bars() and (
                 self.stop_at is not None or self.stop_returns is not None):
             # the resumed run already ended at these bars (a relaunched sweep, say): nothing to train, the
-            # weights stay as they were; one evaluation at its env step (on_train_end) for the summary
+            # weights stay as they were; the summary has the evaluation it stopped at (evaluated again at the end
+            # only where the checkpoint predates the saved evaluation)
             self.stopped_solved = trainer.should_stop = True
             if trainer.is_global_zero:
                 print(f"mtdqn: the checkpoint's run already stopped solved at {self.start_steps:,} env steps "
@@ -193,11 +211,12 @@ class EvalCallback(pl.Callback):
             metrics.update({f"time/{t.name}/env_steps": float(v)
                             for t, v in zip(pl_module.tasks, task_steps, strict=True)})
         self.eval_seconds += time.perf_counter() - t0
-        train_seconds = max(time.perf_counter() - self.started - self.eval_seconds, 1e-9)
+        train_seconds = self.train_seconds()
         metrics.update({
             "time/env_steps": float(steps),
             "time/updates": float(trainer.global_step),
-            "time/sps": (steps - self.start_steps) / train_seconds,  # this run's env steps (not those resumed)
+            # this attempt's rate: its env steps (not those resumed) over its own training seconds
+            "time/sps": (steps - self.start_steps) / max(train_seconds - self.earlier_seconds, 1e-9),
             "time/train_seconds": train_seconds,
         })
         if self.stop_at is not None or self.stop_returns is not None:

@@ -13,14 +13,22 @@ from pytorch_lightning.utilities import rank_zero_only
 
 
 class JsonlLogger(Logger):
-    """Writes `metrics.jsonl` lines {"env_steps", "step" (gradient updates), "time" (s), <metric>: value}."""
+    """Writes `metrics.jsonl` lines {"env_steps", "step" (gradient updates), "time" (s), <metric>: value}.
+
+    `time` counts wall seconds from this attempt's start and, in a resumed run, goes on from the time its checkpoint
+    was saved at (LoggerClock keeps it in the checkpoint): a resumed curve does not restart at 0."""
 
     def __init__(self, save_dir: str = ".", filename: str = "metrics.jsonl") -> None:
         super().__init__()
         self._save_dir = Path(save_dir)
         self.path = self._save_dir / filename
         self._start = time.time()
+        self.earlier_seconds = 0.0  # the resumed checkpoint's `time` (LoggerClock)
         self._file = None
+
+    def elapsed(self) -> float:
+        """The `time` of a row logged now."""
+        return self.earlier_seconds + time.time() - self._start
 
     @property
     def name(self) -> str:
@@ -51,7 +59,7 @@ class JsonlLogger(Logger):
         row: dict[str, Any] = {
             "env_steps": int(metrics.get("time/env_steps", -1)),
             "step": int(metrics.get("time/updates", step if step is not None else -1)),
-            "time": round(time.time() - self._start, 4),
+            "time": round(self.elapsed(), 4),
         }
         row.update({k: float(v) for k, v in metrics.items()})
         self.experiment.write(json.dumps(row) + "\n")
@@ -61,6 +69,26 @@ class JsonlLogger(Logger):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class LoggerClock(pl.Callback):
+    """Keeps the JsonlLogger's clock in the checkpoint: a resumed run's `time` column goes on from the time the
+    checkpoint was saved at (it restarted at 0 on every resume, and a curve over time showed the run's last attempt
+    alone). The work after the checkpoint, which the resumed run does again, counts once. A resume from a checkpoint
+    into another folder goes on from it too: it is the same training. The composition root always adds it."""
+
+    def __init__(self) -> None:
+        self.loggers: list[JsonlLogger] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.loggers = [lg for lg in trainer.loggers if isinstance(lg, JsonlLogger)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"jsonl_seconds": self.loggers[0].elapsed()} if self.loggers else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.earlier_seconds = float(state_dict.get("jsonl_seconds", 0.0))
 
 
 ENV_STEP_AXIS = "time/env_steps"

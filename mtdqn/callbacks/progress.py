@@ -79,8 +79,12 @@ class EnvStepProgressBar(ProgressBar):
             f"({done / max(seconds, 1e-9):,.0f} env steps/s); last eval: {self._eval_return(trainer)}"
         )
         if done == 0 and steps >= trainer.datamodule.total_env_steps:
+            # a resume at the budget: an end-of-run interrupted (the compression killed) finished, or a budget at or
+            # below the checkpoint's env steps; "raise it" alone read as if the resume had been a mistake
             self.summary += (f"; the checkpoint was already at the budget, data.total_env_steps="
-                             f"{trainer.datamodule.total_env_steps:,}: raise it to train on")
+                             f"{trainer.datamodule.total_env_steps:,}: nothing to train, only the end of the run "
+                             "(its final evaluation where not yet done, checkpoint, compression); a larger budget "
+                             "trains on")
         if self._latest_eval(trainer).get("time/stopped_solved"):
             self.summary += "; stopped once solved (callbacks.eval.stop_at_normalized / stop_at_return)"
         if trainer.is_global_zero:
