@@ -301,6 +301,13 @@ def test_records_that_repeat_a_seed_are_pooled_as_separate_draws(tmp_path):
     assert "(2 seeds where both solved" in res.stdout
     res = run_script("bench_mtl", *cmd, "--runs", str(tmp_path / "machine_a" / "mtl"))
     assert res.returncode != 0 and "repeat a seed" in res.stderr
+    # a record whose runs repeat another's to the last env step (machines that round alike) adds no draw
+    copy = tmp_path / "machine_c.json"
+    copy.write_text(records[0].read_text())
+    res = run_script("bench_mtl", "--seeds", "0", "--merge", *map(str, records), str(copy))
+    assert res.returncode == 0, res.stderr
+    assert "seed 0 of machine_c.json" in res.stderr and "repeats the outcome of machine_a.json" in res.stderr
+    assert "(2 seeds where both solved" in res.stdout and "machine_c.json) |" not in res.stdout
 
 
 def test_never_solved_multi_task_runs_are_counted_in_a_censored_median(tmp_path):
