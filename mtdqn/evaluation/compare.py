@@ -418,7 +418,9 @@ def score_row(
     scores, kept = final_score_matrix(runs, metrics)
     if not kept:
         return None
-    row: dict[str, Any] = {"n_runs": len(kept), "n_incomplete": sum(r.status != "completed" for r in kept)}
+    row: dict[str, Any] = {"n_runs": len(kept),
+                           "n_incomplete": sum(r.status not in ("completed", "failed") for r in kept),
+                           "n_failed_scored": sum(r.status == "failed" for r in kept)}  # compare --failed
     row.update(stats.aggregate(scores, n_boot=n_boot, ci=ci, seed=seed, backend=backend))
     per_run = scores.mean(axis=1)  # across-seed spread of each run's final score (mean over tasks)
     row["std"] = float(per_run.std(ddof=1)) if per_run.size > 1 else 0.0
@@ -567,7 +569,7 @@ def compare_runs(
         "tables": tables,
         "failed": [_failed_info(r, by) for r in failed],
         "failed_scored": [_failed_info(r, by) for r in usable if r.status == "failed"],
-        "incomplete": [str(r.path) for r in usable if r.status != "completed"],
+        "incomplete": [str(r.path) for r in usable if r.status not in ("completed", "failed")],
         "skipped_incomplete": [
             str(r.path) for r in runs if r.status not in ("failed", "completed") and skip_incomplete
         ],
@@ -714,7 +716,9 @@ def _table_markdown(table: Mapping[str, Any], ci: float) -> list[str]:
     lines = [title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in table["rows"].items():
         n = f"{row['n_runs']}" + (f" ({row['n_incomplete']} incomplete)" if row["n_incomplete"] else "")
-        n += f" (+{row['n_failed']} failed)" if row.get("n_failed") else ""
+        scored = row.get("n_failed_scored", 0)
+        n += f" ({scored} failed, scored)" if scored else ""
+        n += f" (+{row['n_failed'] - scored} failed)" if row.get("n_failed", 0) > scored else ""
         cells = [_md_cell(label), n, _fmt_ci(row, "iqm"), _fmt_ci(row, "mean"), _fmt_ci(row, "median")]
         cells += [f"{_fmt(row.get('std'))} [{_fmt(row.get('min'))}, {_fmt(row.get('max'))}]"]
         cells += [_fmt(row["auc"])] + ([_threshold_cell(row)] if with_threshold else [])

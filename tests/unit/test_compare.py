@@ -237,8 +237,10 @@ def test_failed_runs_scored_as_their_last_evaluation_or_a_given_score(sweep: Pat
     assert [Path(f["path"]).name for f in last["failed"]] == ["7"]  # no rows: left out, as before
     assert [Path(f["path"]).name for f in last["failed_scored"]] == ["6"] and last["failed_runs"] == "last"
     assert _table(last, "lane_keep")["rows"][ADAM]["n_failed"] == 1
+    assert _table(last, "lane_keep")["rows"][ADAM]["n_incomplete"] == 0 and not last["incomplete"]  # failed, not both
     md = cmp.render_markdown(last)
     assert "## Failed runs (scored, included)" in md and "scores its last evaluation before it failed" in md
+    assert f"| {ADAM} | 4 (1 failed, scored) |" in md
     zero = cmp.compare_runs([sweep], by=["optimizer.name"], failed=0, **BOOT).summary
     assert _table(zero, "lane_keep")["rows"][ADAM]["mean"] == pytest.approx((0.2 + 0.5 + 0.9 + 0.0) / 4)
     assert _table(zero, "lane_keep")["rows"][ADAM]["n_reached"] <= 1  # never reached after it stopped
