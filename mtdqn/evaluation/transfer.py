@@ -118,14 +118,18 @@ def transfer_vs_scratch(grid: np.ndarray, transfer: np.ndarray, scratch: np.ndar
     }
 
 
-def run_times(grid: np.ndarray, curves: np.ndarray, threshold: float, window: int = 1) -> np.ndarray:
-    """Each run's (row's) env steps to `threshold` on its own curve (inf where it never gets there)."""
-    return np.array([time_to_threshold(grid, c, threshold, window) for c in curves])
-
-
-def median_time(grid: np.ndarray, curves: np.ndarray, threshold: float, window: int = 1) -> float:
-    """Median over runs of `run_times` (inf only when at least half of the runs never reach the threshold)."""
-    return float(np.median(run_times(grid, curves, threshold, window)))
+def own_run_times(runs: Sequence[Run], metric: str, grid: np.ndarray, threshold: float,
+                  window: int = 1) -> np.ndarray:
+    """Each run's env steps to `threshold` at its own evaluations within the grid's range (inf where it never gets
+    there): on the common grid, a step where the run was not evaluated holds an interpolated score, which could
+    count as reached (runs evaluated on other schedules)."""
+    lo, hi = (float(grid[0]), float(grid[-1])) if grid.size else (math.inf, -math.inf)
+    times = []
+    for run in runs:
+        steps, values = run.series(metric)
+        inside = (steps >= lo) & (steps <= hi)
+        times.append(time_to_threshold(steps[inside], values[inside], threshold, window))
+    return np.array(times, dtype=float)
 
 
 def forgetting(first: np.ndarray, last: np.ndarray) -> float:
@@ -181,17 +185,18 @@ def group_report(runs: Sequence[Run], baseline: Sequence[Run] | None, metric: st
     out: dict[str, Any] = {"n_runs": len(runs), "runs": [str(r.path) for r in runs]}
     for key in ("first", "final", "area", "steps_to_threshold"):
         out[key] = bootstrap([curves], lambda c, k=key: curve_stats(grid, _mean(c), threshold, window)[k], **boot)
-    out["run_steps"] = run_times(grid, curves, threshold, window).tolist()  # in the order of out["runs"]
-    out["run_steps_median"] = bootstrap([curves], lambda c: median_time(grid, c, threshold, window), **boot)
+    times = own_run_times(runs, metric, grid, threshold, window)[:, None]  # (runs, 1): resampled as the curves
+    out["run_steps"] = times[:, 0].tolist()  # in the order of out["runs"]
+    out["run_steps_median"] = bootstrap([times], lambda t: float(np.median(t)), **boot)
     if baseline is not None:
         base = curves_on_grid(baseline, metric, grid)
+        base_times = own_run_times(baseline, metric, grid, threshold, window)[:, None]
         for key in ("jumpstart", "asymptotic_gain", "time_to_threshold_ratio", "area_ratio"):
             out[key] = bootstrap(
                 [curves, base], lambda c, b, k=key: transfer_vs_scratch(grid, _mean(c), _mean(b), threshold, window)[k],
                 **boot)
         out["run_time_ratio"] = bootstrap(
-            [curves, base], lambda c, b: ratio(median_time(grid, c, threshold, window),
-                                               median_time(grid, b, threshold, window)), **boot)
+            [times, base_times], lambda a, b: ratio(float(np.median(a)), float(np.median(b))), **boot)
     out["forgetting"] = source_forgetting(runs, boot, span=(float(grid[0]), float(grid[-1])))
     out["peak_forgetting"] = source_forgetting(runs, boot, peak=True, span=(float(grid[0]), float(grid[-1])))
     return out

@@ -11,10 +11,11 @@ import yaml
 from torch import nn
 
 from mtdqn.callbacks.checkpoint import atomic_torch_save
+from mtdqn.evaluation.compare import Run
 from mtdqn.evaluation.transfer import (
     curve_area,
     final_score,
-    median_time,
+    own_run_times,
     render_markdown,
     time_to_threshold,
     transfer_report,
@@ -560,14 +561,28 @@ def test_window_averages_the_final_score_and_needs_the_threshold_held():
         transfer_report([Path("/nonexistent")], window=0)
 
 
-def test_per_run_time_to_threshold_is_the_median_of_each_runs_own_time():
+def _series_run(steps, values) -> Run:
+    return Run(Path("run"), rows=[{"env_steps": s, "eval/x/normalized": v} for s, v in zip(steps, values,
+                                                                                        strict=True)])
+
+
+def test_per_run_time_to_threshold_is_each_runs_own_time_at_its_own_evaluations():
     """Three runs that each touch 0.9 once, at different evaluations: their mean curve (0.6, 0.6, 0.6, ...) never
-    reaches 0.9, each run does (1000, 2000, 3000: median 2000); a run that never does counts as inf."""
+    reaches 0.9, each run does (1000, 2000, 3000: median 2000); a run that never does counts as inf. On a grid
+    that holds other runs' evaluation steps, a step where a run was not evaluated (an interpolated score) does not
+    count as reached: evaluated at 0 / 2000 / 4000 with 0 / 0.8 / 1.0, the run reaches 0.9 at 4000, not at 3000."""
     runs = np.array([[0.0, 0.95, 0.4, 0.4, 0.4], [0.0, 0.4, 0.95, 0.4, 0.4], [0.0, 0.4, 0.4, 0.95, 0.4]])
     assert time_to_threshold(STEPS, runs.mean(0), 0.9) == math.inf
-    assert median_time(STEPS, runs, 0.9) == 2000.0
-    assert median_time(STEPS, np.vstack([runs[:1], runs[:1] * 0.5, runs[:1] * 0.5]), 0.9) == math.inf
-    assert median_time(STEPS, runs, 0.9, window=2) == math.inf  # none holds it for two evaluations
+    metric = "eval/x/normalized"
+    times = own_run_times([_series_run(STEPS, r) for r in runs], metric, STEPS, 0.9)
+    assert times.tolist() == [1000.0, 2000.0, 3000.0] and np.median(times) == 2000.0
+    never = [_series_run(STEPS, r) for r in (runs[0], runs[0] * 0.5, runs[0] * 0.5)]
+    assert np.median(own_run_times(never, metric, STEPS, 0.9)) == math.inf
+    assert own_run_times([_series_run(STEPS, r) for r in runs], metric, STEPS, 0.9, window=2).tolist() == [
+        math.inf] * 3  # none holds it for two evaluations
+    sparse = _series_run([0.0, 2000.0, 4000.0], [0.0, 0.8, 1.0])
+    assert own_run_times([sparse], metric, STEPS, 0.9).tolist() == [4000.0]
+    assert own_run_times([sparse], metric, STEPS[:4], 0.9).tolist() == [math.inf]  # 4000 is past the grid
 
 
 def _rows(values, source=None):
