@@ -187,6 +187,14 @@ def load_run(path: str | Path) -> Run:
     d = Path(path)
     run = Run(path=d)
     run.rows = _read_rows(d / METRICS_FILE, run.warnings)
+    bad: dict[str, int] = {}  # evaluations that are NaN or inf: left out of every curve and score, said so
+    for row in run.rows:
+        for k, v in row.items():
+            if k.startswith("eval/") and isinstance(v, float) and not math.isfinite(v):
+                bad[k] = bad.get(k, 0) + 1
+    if bad:
+        run.warnings.append(f"{d}: non-finite evaluations left out (a final score is then the last finite one): "
+                            + ", ".join(f"{k} x{n}" for k, n in sorted(bad.items())))
     if (d / CONFIG_FILE).is_file():
         try:
             cfg = yaml.safe_load((d / CONFIG_FILE).read_text())

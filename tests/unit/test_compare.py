@@ -82,7 +82,8 @@ def test_load_run_tolerates_broken_files(tmp_path: Path) -> None:
     )
     (bare / "config.yaml").unlink()
     run = cmp.load_run(bare)
-    assert run.config == {} and run.final("eval/a/return") is None and "no config.yaml" in run.warnings[0]
+    assert run.config == {} and run.final("eval/a/return") is None and "no config.yaml" in run.warnings[-1]
+    assert "non-finite evaluations left out" in run.warnings[0]
 
 
 def test_get_config_value_nested() -> None:
@@ -251,6 +252,16 @@ def test_failed_runs_scored_as_their_last_evaluation_or_a_given_score(sweep: Pat
     assert _script().main([str(sweep), "--by", "optimizer.name", "--failed", "0", "--no-plots", "--n-boot", "50",
                            "--out", str(out)]) == 0
     assert "2 failed (1 scored as 0.0)" in capsys.readouterr().out
+
+
+def test_non_finite_evaluations_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    rows = [{"env_steps": 1000, "eval/lane_keep/normalized": 0.5}, {"env_steps": 2000, "eval/lane_keep/normalized": 0.7},
+            {"env_steps": 3000, "eval/lane_keep/normalized": float("nan")}]
+    write_run(tmp_path / "r", base_config(), rows, {"status": "completed"})
+    summary = cmp.compare_runs([tmp_path / "r"], metric=None, **BOOT).summary
+    assert [row["final_scores"] for row in _table(summary, "lane_keep")["rows"].values()] == [[[0.7]]]
+    assert any("non-finite evaluations left out" in w and "eval/lane_keep/normalized x1" in w
+               for w in summary["warnings"])
 
 
 def test_incomplete_runs_included_or_skipped(sweep: Path) -> None:
