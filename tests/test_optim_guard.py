@@ -74,6 +74,21 @@ def test_guard_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
     assert q_params and all(torch.isfinite(v).all() for v in q_params.values())
 
 
+def test_a_diverged_round_is_not_evaluated(tmp_path):
+    """The guard runs before the evaluation of the round it stops: an evaluation of the diverged network was logged
+    as the run's last (compare.py --failed last then scored it as the last evaluation before the failure)."""
+    import json
+
+    cfg = compose_cfg(["debug=smoke", "logger=jsonl", "callbacks.progress=null", "callbacks.eval.every_env_steps=100",
+                       "callbacks.guard._target_=mtdqn.callbacks.guard.DivergenceGuard"], tmp_path)
+    model, data, trainer = build(cfg)
+    trainer.callbacks.append(PoisonParams(at_env_steps=500))
+    with pytest.raises(DivergenceError):
+        trainer.fit(model, datamodule=data)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["env_steps"] for r in rows if "eval/CartPole-v1/return" in r) == 500
+
+
 def fake_trainer(td_loss: float, q_mean: float) -> SimpleNamespace:
     return SimpleNamespace(
         callback_metrics={"train/td_loss": torch.tensor(td_loss), "train/q_mean": torch.tensor(q_mean)},
@@ -129,5 +144,7 @@ def test_divergence_advice_names_only_the_stabilizers_the_run_has_off():
 
     assert advice(SimpleNamespace(max_grad_norm=10.0, loss_kind="huber")) == (
         "Try a lower learning rate (optimizer.lr) or a larger model.target_update_period.")
+    assert advice(SimpleNamespace(max_grad_norm=10.0, loss_kind="huber", tau=0.005)) == (
+        "Try a lower learning rate (optimizer.lr) or a smaller model.tau (now 0.005).")  # Polyak: tau, not the period
     text = advice(SimpleNamespace(max_grad_norm=0.0, loss_kind="mse"))
     assert "gradient clipping (model.max_grad_norm, e.g. 10)" in text and "the Huber loss (model.loss=huber)" in text

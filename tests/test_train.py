@@ -1,6 +1,7 @@
 """Smoke, validation, determinism and resume tests of the whole training stack (CartPole, tiny budgets)."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -30,6 +31,22 @@ def test_smoke_run_writes_metrics_checkpoint_and_summary(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "config.yaml").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
+    """train/grad_norm (mean over the round's updates) and train/grad_norm_max: whether, and how far, clipping
+    (model.max_grad_norm) acts; the lean and the standard update path report the same norms; without clipping
+    nothing computes the norm, and nothing is logged."""
+    def norms(name, *extra):
+        train(compose_cfg([*SMOKE, *extra], tmp_path / name))
+        rows = [r for r in read_metrics(tmp_path / name) if "train/td_loss" in r]
+        return [(r.get("train/grad_norm"), r.get("train/grad_norm_max")) for r in rows]
+
+    lean = norms("lean")
+    assert lean and all(0 < mean <= top and math.isfinite(top) for mean, top in lean)
+    standard = norms("standard", "model.lean_step=false")
+    assert [m for m, _ in standard] == pytest.approx([m for m, _ in lean], rel=1e-4)
+    assert norms("off", "model.max_grad_norm=0") == [(None, None)] * len(lean)
 
 
 @pytest.mark.parametrize(

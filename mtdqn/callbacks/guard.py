@@ -20,7 +20,9 @@ def advice(module: object) -> str:
         tries.append("gradient clipping (model.max_grad_norm, e.g. 10)")
     if getattr(module, "loss_kind", "huber") != "huber":
         tries.append("the Huber loss (model.loss=huber)")
-    tries.append("a larger model.target_update_period")
+    tau = getattr(module, "tau", 1.0)
+    tries.append(f"a smaller model.tau (now {tau:g})" if tau is not None and tau < 1.0
+                 else "a larger model.target_update_period")  # Polyak targets move by tau, not by the period
     return "Try " + ", ".join(tries[:-1]) + f" or {tries[-1]}."
 
 
@@ -40,13 +42,17 @@ class DivergenceGuard(pl.Callback):
         self.rounds = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Run before every EnvStepCheckpoint so a diverged round is never saved, whatever the config order."""
+        """Run before every EnvStepCheckpoint and EvalCallback, whatever the config order: a diverged round is never
+        saved, nor evaluated (an evaluation of the diverged network was logged as the run's last, and scored by
+        compare.py --failed last as its last evaluation before it failed)."""
+        from mtdqn.callbacks.evaluation import EvalCallback
+
         callbacks = trainer.callbacks
-        first_ckpt = next((i for i, cb in enumerate(callbacks) if isinstance(cb, EnvStepCheckpoint)), None)
-        if first_ckpt is not None and callbacks.index(self) > first_ckpt:
+        first = next((i for i, cb in enumerate(callbacks) if isinstance(cb, EnvStepCheckpoint | EvalCallback)), None)
+        if first is not None and callbacks.index(self) > first:
             # moving an earlier-visited element forward skips or repeats no callback of this hook loop
             callbacks.remove(self)
-            callbacks.insert(first_ckpt, self)
+            callbacks.insert(first, self)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self.rounds += 1
@@ -94,7 +100,9 @@ class DivergenceGuard(pl.Callback):
         if ckpt is None:
             kept = "No EnvStepCheckpoint callback is configured, so no checkpoint was written."
         elif ckpt.path.is_file():
-            kept = f"The last good checkpoint {ckpt.path} was left intact (nothing is saved after divergence)."
+            kept = (f"The last checkpoint before it was detected, {ckpt.path}, was left intact (nothing is saved after "
+                    "divergence; a run can drift for a while before the guard fires: check train/td_loss and "
+                    "train/q_mean up to its env step before resuming from it).")
         else:
             kept = f"No checkpoint had been written yet; {ckpt.path} will not be written from the diverged state."
         tries = advice(getattr(trainer, "lightning_module", None))

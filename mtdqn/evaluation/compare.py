@@ -647,11 +647,16 @@ def _coverage_warnings(groups: Mapping[str, Sequence[Run]], task_map: Mapping[st
                        tables: Sequence[Mapping[str, Any]]) -> list[str]:
     """What the tables leave out or average unevenly: runs without evaluations, an all-tasks table no run fills,
     groups whose runs end at different env steps (their curve's tail averages fewer runs)."""
-    out = []
+    out = [f"group {label}: 1 run: its CIs are that run's value, not intervals (several seeds measure the spread)"
+           for label, runs in groups.items() if len(runs) == 1]
     for label, runs in groups.items():
         for r in runs:
             if not any(m.startswith("eval/") for m in r.metric_names()):
-                out.append(f"{r.path}: no evaluation logged; left out of every table")
+                if r.status == "failed" and r.failed_score is not None:
+                    continue  # scored all the same (compare --failed <score>)
+                out.append(f"{r.path}: failed before its first evaluation: --failed last has no score for it; left "
+                           "out of every table (counted as failed; --failed 0 scores it)" if r.status == "failed"
+                           else f"{r.path}: no evaluation logged; left out of every table")
         ends = sorted({max(float(r.series(m)[0][-1]) for m in task_map.values() if r.series(m)[0].size)
                        for r in runs if any(r.series(m)[0].size for m in task_map.values())})  # each run's last
         if len(ends) > 1 and ends[0] < 0.9 * ends[-1]:

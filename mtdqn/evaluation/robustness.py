@@ -243,10 +243,13 @@ def evaluate_run(run: TrainedRun, axes: Mapping[str, Sequence[float]], episodes:
 
 
 def pick_baseline(labels: Sequence[str], baseline: str | None) -> str:
-    """The group the others are compared with: the one whose label contains `baseline` (exactly one must), or
-    the first group when `baseline` is None."""
+    """The group the others are compared with: the one labelled `baseline`, else the one whose label contains it
+    (exactly one must: `adversarial.epsilon=0.0` is its own group's label, though also a part of
+    `adversarial.epsilon=0.05`), or the first group when `baseline` is None."""
     if baseline is None:
         return labels[0]
+    if baseline in labels:
+        return baseline
     hits = [label for label in labels if baseline in label]
     if len(hits) != 1:
         raise ValueError(f"--baseline {baseline!r} must match exactly one group, matched {len(hits)}: {hits or list(labels)}")
@@ -354,6 +357,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"[{pct}% percentile-bootstrap CI over runs]; spread = std [min, max] over runs; vs baseline = area minus "
         f"the baseline group's, [{pct}% two-sample bootstrap CI] (a CI above 0: larger area).", "",
     ]  # fmt: skip
+    single = [label for label, g in report["groups"].items() if g["n_runs"] < 2]
+    if single:  # a CI over one run is the run's value: no uncertainty measured, not a certain result
+        lines += [f"**One run in {', '.join(f'`{x}`' for x in single)}: its CIs (and differences) are that run's "
+                  "values, not intervals; train several seeds per group to measure the spread.**", ""]
     for axis, levels in report["axes"].items():
         head = ["group", "runs", f"area [{pct}% CI]", "vs baseline", "spread", *(f"@{x:g}" for x in levels)]
         lines += [f"## `{axis}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -69,6 +69,7 @@ class DQNModule(pl.LightningModule):
         self.scheduler = scheduler
         # Extension points used by transfer (mtdqn.transfer) and stabilizers; empty = plain DQN:
         self.lr_scale: dict[str, float] = {}  # parameter-name prefix -> learning-rate multiplier (own param group)
+        self._grad_norms: list[Tensor] = []  # this round's gradient norms before clipping (train/grad_norm)
         self.regularizers: list[Callable[[], Tensor]] = []  # extra loss terms added to every update's loss
         self.batch_transforms: list[Callable[[Batch], Batch]] = []  # applied to each minibatch before its update
         self.before_update: list[Callable[[int], None]] = []  # called with global_step before each update
@@ -307,7 +308,7 @@ class DQNModule(pl.LightningModule):
         opt = self.optimizers()
         if self._lean is not None:
             if self.max_grad_norm > 0:
-                clip_grads_(grads, self.max_grad_norm)
+                self._grad_norms.append(clip_grads_(grads, self.max_grad_norm))
             opt._on_before_step()  # LightningOptimizer's own bookkeeping: global_step counts updates
             self._lean.step(grads)
             opt._on_after_step()
@@ -333,7 +334,7 @@ class DQNModule(pl.LightningModule):
         scaler = self.loss_scaler()
         if scaler is not None and _optimizer_handles_unscaling(optimizer):
             scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm, foreach=True)
+        self._grad_norms.append(torch.nn.utils.clip_grad_norm_(self._trainable, self.max_grad_norm, foreach=True))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint whose tensors have other shapes than this module's, naming them (a checkpoint without
@@ -366,9 +367,15 @@ class DQNModule(pl.LightningModule):
         return None
 
     def extra_metrics(self) -> dict[str, float | Tensor]:
-        """Metrics every module logs each round: the learning rate when a schedule or lr_scale is active; the extra
-        loss terms (EWC's penalty) at the round's last update when there are any."""
+        """Metrics every module logs each round: the gradient norm before clipping (mean and max over the round's
+        updates; with model.max_grad_norm > 0, where clipping computes it: how often and how far it clips); the
+        learning rate when a schedule or lr_scale is active; the extra loss terms (EWC's penalty) at the round's last
+        update when there are any."""
         metrics: dict[str, float | Tensor] = {}
+        norms, self._grad_norms = self._grad_norms, []
+        if norms:  # clipping on: the norm it computes anyway, before clipping (no extra pass, no extra sync)
+            stacked = torch.stack([n.reshape(()).float() for n in norms])
+            metrics["train/grad_norm"], metrics["train/grad_norm_max"] = stacked.mean(), stacked.amax()
         if self.scheduler is not None or self.lr_scale:
             lrs = [float(g["lr"]) for g in self.optimizers().optimizer.param_groups]
             scales = getattr(self, "_group_scales", [1.0] * len(lrs))

@@ -246,6 +246,18 @@ def test_failed_runs_scored_as_their_last_evaluation_or_a_given_score(sweep: Pat
     assert _table(zero, "lane_keep")["rows"][ADAM]["mean"] == pytest.approx((0.2 + 0.5 + 0.9 + 0.0) / 4)
     assert _table(zero, "lane_keep")["rows"][ADAM]["n_reached"] <= 1  # never reached after it stopped
     assert "A failed run scores 0.0 on every metric" in cmp.render_markdown(zero)
+    # diverged before its first evaluation: --failed 0 scores it (no "left out" warning), --failed last cannot
+    write_run(sweep / "10", base_config(seed=4, optimizer={"name": "adam", "lr": 0.001}, experiment_name="mtl_adam"),
+              [{"env_steps": 512, "train/td_loss": float("nan")}], {"status": "failed", "error": "DivergenceError"})
+    early = cmp.compare_runs([sweep], by=["optimizer.name"], failed=0, **BOOT).summary
+    assert _table(early, "lane_keep")["rows"][ADAM]["final_scores"][-2:] == [[0.0], [0.0]]
+    assert not any("10: " in w for w in early["warnings"]), early["warnings"]
+    late = cmp.compare_runs([sweep], by=["optimizer.name"], failed="last", **BOOT).summary
+    assert any("10: failed before its first evaluation: --failed last has no score for it" in w
+               for w in late["warnings"])
+    assert f"| {ADAM} | 4 (1 failed, scored) (+1 failed) |" in cmp.render_markdown(late)
+    (sweep / "10" / "summary.json").unlink()
+    (sweep / "10" / "metrics.jsonl").unlink()
     with pytest.raises(ValueError, match=r"--failed nope: expected exclude, last or a finite number"):
         cmp.compare_runs([sweep], by=["optimizer.name"], failed="nope", **BOOT)
     out = sweep.parent / "cmp_failed"
@@ -261,6 +273,8 @@ def test_non_finite_evaluations_are_left_out_with_a_warning(tmp_path: Path) -> N
     summary = cmp.compare_runs([tmp_path / "r"], metric=None, **BOOT).summary
     assert [row["final_scores"] for row in _table(summary, "lane_keep")["rows"].values()] == [[[0.7]]]
     assert any("non-finite evaluations left out" in w and "eval/lane_keep/normalized x1" in w
+               for w in summary["warnings"])
+    assert any(w.endswith("1 run: its CIs are that run's value, not intervals (several seeds measure the spread)")
                for w in summary["warnings"])
 
 

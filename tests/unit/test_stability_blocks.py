@@ -220,6 +220,14 @@ def test_robustness_groups_compare_areas_with_the_baseline_group():
     assert flipped["none"]["axes"]["steer_delay"]["diff_vs_baseline"] == pytest.approx(-0.15)
     with pytest.raises(ValueError, match="exactly one group"):
         group_summary(reports, ["steer_delay"], baseline="nothing")
+    # a group's exact label wins over labels that merely contain it (eps=0.0 is a part of eps=0.05)
+    eps = [run("eps=0.0", 0.7), run("eps=0.0", 0.8), run("eps=0.05", 0.9), run("eps=0.05", 0.9)]
+    assert group_summary(eps, ["steer_delay"], n_boot=50, baseline="eps=0.0")["eps=0.0"]["baseline"]
     md = render_markdown({"ci": 0.95, "runs": reports, "inputs": ["/runs"], "episodes": 4, "seed": 0,
                           "axes": {"steer_delay": [0.0, 1.0]}, "groups": groups})
     assert "| none | 2 |" in md and "| baseline |" in md and "+0.150 [+0.100, +0.200]" in md
+    assert "One run in" not in md
+    lone = group_summary([run("none", 0.7), run("dr", 0.9)], ["steer_delay"], n_boot=50)
+    md = render_markdown({"ci": 0.95, "runs": reports, "inputs": ["/runs"], "episodes": 4, "seed": 0,
+                          "axes": {"steer_delay": [0.0, 1.0]}, "groups": lone})
+    assert "One run in `none`, `dr`: its CIs (and differences) are that run's values, not intervals" in md
