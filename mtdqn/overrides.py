@@ -85,9 +85,13 @@ def check_group_choices(args: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
     """A config group choice on the command line (`+experiment=lane_keep_dqm`, `optimizer=adm`, a sweep's
     `optimizer=adam,adm`) that names no file of the group: ValueError naming the key, the nearest options and all
     of them (Hydra's own error lists the options, without the nearest, under a page of text). Keys with a dot set
-    values, not groups; `hydra/...` groups, sweep functions (`choice(...)`) and `null` are left to Hydra."""
+    values, not groups; `hydra/...` groups, sweep functions (`choice(...)`) and `null` are left to Hydra, and so is
+    every choice where the command line adds config folders (`--config-dir`, `hydra.searchpath`)."""
     import difflib
 
+    elsewhere = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath")
+    if any(a.split("=", 1)[0] in elsewhere for a in args):
+        return  # options may come from another config folder: Hydra knows them, this check does not
     for arg in args:
         if not _is_override(arg) or arg.startswith("~"):
             continue

@@ -58,6 +58,9 @@ def test_a_misspelt_group_choice_names_the_nearest_options():
         check_group_choices(["-m", "optimizer=adam,adm", "seed=0,1"])  # a sweep's every choice
     check_group_choices(["+experiment=lane_keep_dqn", "optimizer=adam,adabelief", "optimizer.lr=0.1", "debug=null",
                          "hydra/launcher=joblib", "net=choice(mlp,dueling)", "~callbacks", "task_set.tasks=[x]"])
+    for extra in (["--config-dir", "/my/conf"], ["-cd", "/my/conf"], ["--config-dir=/my/conf"],
+                  ["hydra.searchpath=[file:///my/conf]"]):  # another folder may hold the option
+        check_group_choices(["+experiment=my_own_preset", *extra])
 
 
 def test_train_py_ends_a_misspelt_preset_in_one_line():
