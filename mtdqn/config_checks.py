@@ -61,6 +61,7 @@ RULES: dict[str, tuple[str, str, bool]] = {
     "adversarial.fraction": (NUM, "in (0, 1]", False),
     "callbacks.guard.max_abs_q": (NUM, "> 0", False),
     "callbacks.guard.check_params_every": (INT, "> 0", False),
+    "callbacks.guard.max_td_loss": (NUM, "> 0", True),
     "scheduler.final_fraction": (NUM, "in [0, 1]", False),
     "scheduler.warmup_fraction": (NUM, "in [0, 1)", False),
     "optimizer.momentum": (NUM, ">= 0", True),

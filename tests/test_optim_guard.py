@@ -109,6 +109,18 @@ def test_guard_fires_when_q_mean_explodes():
     assert exploded.mtdqn_diverged
 
 
+def test_guard_fires_when_the_td_loss_passes_its_optional_bound():
+    """A loss that explodes (2e9) while |mean Q| stays under max_abs_q went on; max_td_loss stops it (no default)."""
+    q_net = nn.Linear(2, 2)
+    exploding = fake_trainer(2e9, 5e4)
+    DivergenceGuard().on_train_batch_end(exploding, SimpleNamespace(q_net=q_net), None, None, 0)  # unbounded
+    assert not hasattr(exploding, "mtdqn_diverged")
+    with pytest.raises(DivergenceError, match=r"train/td_loss=2e\+09 > max_td_loss=1e\+06 at env step 1234"):
+        DivergenceGuard(max_td_loss=1e6).on_train_batch_end(exploding, SimpleNamespace(q_net=q_net), None, None, 0)
+    with pytest.raises(ValueError, match=r"callbacks.guard.max_td_loss=0 must be > 0"):
+        DivergenceGuard(max_td_loss=0)
+
+
 def test_guard_names_the_non_finite_parameter_every_n_rounds():
     guard, q_net = DivergenceGuard(check_params_every=2), nn.Linear(2, 2)
     with torch.no_grad():

@@ -137,6 +137,7 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("adversarial.epsilon=0.01 adversarial.fraction=null", "adversarial.fraction=None must be a number in (0, 1]"),
         ("callbacks.guard.max_abs_q=abc", "callbacks.guard.max_abs_q='abc' must be a number > 0"),
         ("callbacks.guard.check_params_every=1.5", "callbacks.guard.check_params_every=1.5 must be an integer > 0"),
+        ("callbacks.guard.max_td_loss=-1", "callbacks.guard.max_td_loss=-1 must be a number > 0"),
         ("scheduler=linear scheduler.final_fraction=abc", "scheduler.final_fraction='abc' must be a number in [0, 1]"),
         ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1 must be a number >= 0"),
         # a driving knob misspelt: DrivingConfig's TypeError traceback; a bad value named DrivingConfig.<knob>

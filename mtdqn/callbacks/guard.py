@@ -33,12 +33,17 @@ class DivergenceError(ValueError):  # like bad input, a one-line error (train.py
 class DivergenceGuard(pl.Callback):
     """After every round, stop training if the TD loss, |mean Q| or the Q-network's parameters diverge."""
 
-    def __init__(self, max_abs_q: float = 1e6, check_params_every: int = 1) -> None:
+    def __init__(self, max_abs_q: float = 1e6, check_params_every: int = 1, max_td_loss: float | None = None) -> None:
         if not max_abs_q > 0:
             raise ValueError(f"callbacks.guard.max_abs_q={max_abs_q} must be > 0")
         if check_params_every <= 0:
             raise ValueError(f"callbacks.guard.check_params_every={check_params_every} must be > 0")
+        if max_td_loss is not None and not max_td_loss > 0:
+            raise ValueError(f"callbacks.guard.max_td_loss={max_td_loss} must be > 0 (or null: no bound)")
         self.max_abs_q, self.check_params_every = float(max_abs_q), check_params_every
+        # a bound on the round's mean TD loss: a run whose loss explodes (2e9) while |Q| stays under max_abs_q was
+        # stopped only later, or not at all; no default, as the scale of a TD loss is the task's (its rewards, gamma)
+        self.max_td_loss = None if max_td_loss is None else float(max_td_loss)
         self.rounds = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -79,6 +84,8 @@ class DivergenceGuard(pl.Callback):
                 return f"{name}={value}"
             if name == Q_MEAN and abs(value) > self.max_abs_q:
                 return f"|{name}|={abs(value):.4g} > max_abs_q={self.max_abs_q:g}"
+            if name == TD_LOSS and self.max_td_loss is not None and value > self.max_td_loss:
+                return f"{name}={value:.4g} > max_td_loss={self.max_td_loss:g}"
         if check_params and params and values[-1] < 1.0:
             return self.bad_parameter(q_net)
         return None
