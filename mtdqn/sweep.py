@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
 from mtdqn.train import train
@@ -69,3 +70,45 @@ def run_trial(cfg: DictConfig, train_fn: Callable[[DictConfig], dict] = train) -
     record["objective"] = sum(values) / len(values) if record["status"] == "completed" else None
     (out / TRIAL_FILE).write_text(json.dumps(record, indent=2))
     return record["objective"]
+
+
+def job_statuses(sweep_dir: Path) -> dict[str, str]:
+    """{job folder: status} of a multirun's jobs: a trial's trial.json (hparams_search; not its seeds' own
+    summaries), else summary.json; "running" where a job left neither."""
+    out: dict[str, str] = {}
+    for trial in sorted(sweep_dir.rglob(TRIAL_FILE)):
+        out[str(trial.parent)] = str(json.loads(trial.read_text()).get("status", "running"))
+    for summary in sorted(sweep_dir.rglob("summary.json")):
+        job = summary.parent
+        if any(str(job).startswith(t + "/") for t in out) or "wandb" in job.parts:
+            continue
+        try:
+            out[str(job)] = str(json.loads(summary.read_text()).get("status", "running"))
+        except (OSError, json.JSONDecodeError):
+            out[str(job)] = "running"
+    return out
+
+
+class SweepOutcome(Callback):
+    """After a multirun (hydra.callbacks in conf/hydra/default.yaml): how many jobs failed, in one line, and exit
+    status 1 when every job failed. Each failed job is recorded and the sweep goes on (a diverged seed of a
+    stability sweep is a result), so the sweep's own exit status was 0 even when no job trained at all: a script or
+    SLURM pipeline running the sweep could not tell."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        statuses = job_statuses(sweep_dir) if sweep_dir.is_dir() else {}
+        failed = sorted((job for job, status in statuses.items() if status == "failed"), key=_job_order)
+        if not failed:
+            return
+        where = f"{sweep_dir}: each failed job's summary.json (trial.json) has its error"
+        if len(failed) == len(statuses):
+            sys.exit(f"mtdqn: every job of the sweep failed ({len(failed)} of {len(statuses)}); {where}")
+        names = ", ".join(Path(job).name for job in failed[:10]) + (" ..." if len(failed) > 10 else "")
+        print(f"mtdqn: {len(failed)} of {len(statuses)} jobs failed (jobs {names}); {where}", file=sys.stderr,
+              flush=True)
+
+
+def _job_order(job: str) -> tuple[int, str]:
+    name = Path(job).name
+    return (int(name), name) if name.isdigit() else (1 << 30, name)

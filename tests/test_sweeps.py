@@ -20,6 +20,7 @@ def test_joblib_multirun_gives_one_run_dir_and_wandb_run_per_job_and_survives_a_
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    assert f"mtdqn: 2 of 4 jobs failed (jobs 1, 3); {tmp_path / 'sweep'}" in res.stderr  # a tally, not an error
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     status = {p.name: json.loads((p / "summary.json").read_text()) for p in jobs}
@@ -134,6 +135,19 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
     assert "is nan" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
     assert run_trial(cfg, lambda run: {"eval/CartPole-v1/return": 9.0}) is None
     assert "eval/CartPole-v1/return" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
+
+
+def test_a_sweep_whose_every_job_failed_exits_with_status_1(tmp_path):
+    """Each failed job is recorded and the sweep goes on; when none trained, the sweep says so and exits 1 (it
+    exited 0, and a pipeline running it could not tell)."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "debug=smoke", "logger=jsonl", "callbacks.progress=null",
+         "print_config=false", "seed=0,1", "gamma=1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert f"mtdqn: every job of the sweep failed (2 of 2); {tmp_path / 'sweep'}" in res.stderr
 
 
 @pytest.mark.slow
