@@ -7,7 +7,8 @@
 #   4. scripts/bench_dqn.py --device cuda: mtdqn vs SB3 vs bare torch on CartPole-v1, all on the GPU
 #   5. scripts/bench_atari.py --device cuda: Atari Pong throughput, mtdqn vs SB3 (needs ale-py + OpenCV: .[atari];
 #      skipped without them)
-# (tests/test_gpu.py includes the conv encoder on MinAtar, since 2026-11-30: not run on a GPU yet)
+# (tests/test_gpu.py includes the conv encoder on MinAtar, since 2026-11-30, and 16-mixed clipping with true
+# gradients, since 2026-12-02: neither run on a GPU yet)
 # Usage: OUT=gpu_out bash scripts/gpu_checks.sh   (a .whl/ folder of wheels, if present, is installed first, for
 # machines without network that lack hydra-core/gymnasium/stable-baselines3)
 set -u
@@ -31,7 +32,7 @@ step() {  # step NAME SECONDS CMD...: run with a time cap, keep the log, show it
   tail -n 22 "$OUT/$name.log"
 }
 
-step tests 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_gpu.py
+step tests 180 python3 -m pytest -q -p no:cacheprovider -x tests/test_gpu.py
 step envs 70 python3 scripts/bench_envs.py --device cuda --counts 1024 4096 65536 262144 --steps 100 --repeats 3 \
   --threads 1 --no-highway --no-cartpole
 step train 80 python3 scripts/bench_scaling.py --accelerator gpu --devices 1 --repeats 1 --preset lane_keep_dqn \

@@ -93,3 +93,24 @@ def test_minatar_conv_trains_on_gpu(tmp_path):
     trainer.fit(model, datamodule=data)
     weight = model.q_net.encoder.convs[0].weight
     assert weight.is_cuda and trainer.global_step > 0 and not torch.equal(before.to(weight.device), weight)
+
+
+def test_16_mixed_clips_and_steps_with_true_gradients(tmp_path):
+    """trainer.precision=16-mixed (a GradScaler, loss scale 65536): the gradient norm that clipping sees and logs is
+    the true one, as under 32-true (it was the scaled one, and every update shrank ~10^4x), single-task and with
+    PCGrad's explicit multi-task gradients (which also crashed on a Half/Float mismatch)."""
+    import json
+
+    def first_norm(name, *extra):
+        train(compose_cfg([*LANE, "trainer=gpu", *extra], tmp_path / name))
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return next(r["train/grad_norm"] for r in rows if "train/grad_norm" in r)
+
+    full, mixed = first_norm("fp32"), first_norm("amp", "trainer.precision=16-mixed")
+    assert 0.5 < mixed / full < 2.0, (full, mixed)
+    summary = train(compose_cfg([
+        "+experiment=lane_keep_mtl", "trainer=gpu", "trainer.precision=16-mixed", "logger=jsonl",
+        "callbacks.progress=null", "data.total_env_steps=12000", "data.learning_starts=3000",
+        "callbacks.eval.every_env_steps=6000", "callbacks.eval.episodes=4", "callbacks.checkpoint=null",
+        "model.loss_balance=pcgrad"], tmp_path / "mtl"))
+    assert summary["status"] == "completed"
