@@ -72,7 +72,7 @@ def resolve(cfg: DictConfig) -> AutoResume | None:
         same_rule = all(OmegaConf.select(cfg, k, default=None) == OmegaConf.select(saved, k, default=None)
                         for k in STOP_KEYS)
         if same_rule and (env_steps >= int(cfg.data.total_env_steps) or summary.get("time/stopped_solved")):
-            changed = settings_changed(cfg, saved)
+            changed = settings_changed(cfg, saved, RESUME_NEUTRAL)
             if changed:  # its summary would be reported as this config's result (a relaunched Optuna study)
                 raise ValueError(f"ckpt_path=auto: {out_dir} holds a completed run of other settings ("
                                  f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); its result is not "
@@ -94,9 +94,10 @@ def flat_leaves(value: object, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-# and those an interrupted run may also resume with other values of: where it runs (trainer: another machine, a GPU),
-# what its callbacks do around the training (evaluation, checkpoint period), its end-of-run compression
-RESUME_NEUTRAL = (*NEUTRAL, "trainer", "callbacks", "compression")
+# and those a relaunch (of a completed or an interrupted run) may also change: where it runs (trainer: another machine,
+# a GPU; flush_denormal, a speed setting), what its callbacks do around the training (evaluation, checkpoint period
+# and folder: a moved run folder's paths), its end-of-run compression, its name (experiment_name: folders, W&B group)
+RESUME_NEUTRAL = (*NEUTRAL, "trainer", "callbacks", "compression", "flush_denormal", "experiment_name")
 
 
 def settings_changed(cfg: DictConfig, saved: DictConfig, neutral: tuple[str, ...] = NEUTRAL) -> list[str]:

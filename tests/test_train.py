@@ -678,7 +678,11 @@ def test_a_resume_in_the_runs_folder_keeps_its_settings(tmp_path, capsys):
     on = train(compose_cfg([*run, "data.total_env_steps=900", "callbacks.eval.episodes=3", "trainer.max_epochs=-1"],
                            tmp_path / "run"))
     assert on["status"] == "completed" and on["time/env_steps"] == 900
-    capsys.readouterr()
+    # a completed run relaunched with settings a resume may change (where it runs, its callbacks' folders after a
+    # move, a speed setting) is that run, not a run of other settings
+    again = train(compose_cfg([*run, "data.total_env_steps=900", "trainer.log_every_n_steps=2", "flush_denormal=false",
+                               f"callbacks.checkpoint.dirpath={tmp_path / 'run' / 'checkpoints'}"], tmp_path / "run"))
+    assert again == on and "holds a completed run (900 env steps" in capsys.readouterr().out
     other = train(compose_cfg([*run[:-1], f"ckpt_path={ckpt}", "data.total_env_steps=1200", "gamma=0.5"],
                               tmp_path / "elsewhere"))
     assert other["status"] == "completed"
