@@ -100,7 +100,7 @@ def check_group_choices(args: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
         if "." in key or key.startswith("hydra") or not group.is_dir() or any(c in value for c in "()[]{}$"):
             continue
         options = sorted(p.stem for p in group.glob("*.yaml"))
-        for choice in (v.strip() for v in value.split(",")):
+        for choice in (v.strip().strip("'\"") for v in value.split(",")):  # optimizer='adam' is adam
             if not choice or choice == "null" or "/" in choice or choice in options:
                 continue
             near = difflib.get_close_matches(choice, options, n=3, cutoff=0.6)

@@ -390,12 +390,18 @@ def check_runs_alike(runs: list[dict]) -> None:
                  for r in runs for name, entry in [("multi-task", r["mtl"]), *r["single"]["tasks"].items()]})
 
 
-def outcome(run: dict) -> tuple:
+def outcome(run: dict) -> tuple | None:
     """What a run measured: every agent's env steps to its bar (the multi-task agent's all-at-once, each-once and
-    per-task own steps; each single-task agent's). Two runs of one seed alike in all of them are one draw."""
+    per-task own steps, which fall between evaluation steps; each single-task agent's). Two runs of one seed alike
+    in all of them are one draw. None where an agent never reached its bar: runs that never solve are alike in
+    that without being one draw, and are never taken for repeats."""
     mtl = run["mtl"]
-    return (mtl.get("solved_steps"), mtl.get("each_steps"), tuple(sorted((mtl.get("own_steps") or {}).items())),
-            tuple(sorted((t, e.get("solved_steps")) for t, e in run["single"]["tasks"].items())))
+    own = mtl.get("own_steps") or {}
+    single = {t: e.get("solved_steps") for t, e in run["single"]["tasks"].items()}
+    values = [mtl.get("solved_steps"), mtl.get("each_steps"), *own.values(), *single.values()]
+    if not own or any(v is None for v in values):
+        return None
+    return (mtl["solved_steps"], mtl["each_steps"], tuple(sorted(own.items())), tuple(sorted(single.items())))
 
 
 def pool_repeated_seeds(runs: list[dict], replacing: bool) -> None:
@@ -408,8 +414,9 @@ def pool_repeated_seeds(runs: list[dict], replacing: bool) -> None:
     exactly), and pooling both counted those runs twice and narrowed the CI. It is left out, and said so."""
     seen: dict[tuple, dict] = {}
     for r in list(runs):
-        key = (r["seed"], outcome(r))
-        if key in seen:
+        measured = outcome(r)
+        key = (r["seed"], measured)
+        if measured is not None and key in seen:
             first = seen[key]
             print(f"--merge: seed {r['seed']} of {r['record']} ({r['mtl'].get('source', 'multi-task')}) repeats the "
                   f"outcome of {first['record']} ({first['mtl'].get('source', 'multi-task')}) to the last env step: "

@@ -286,8 +286,10 @@ def test_records_that_repeat_a_seed_are_pooled_as_separate_draws(tmp_path):
     labelled with its record; --runs with such records is refused (which run would it replace?)."""
     records = []
     for name, mtl_first in (("machine_a", 3), ("machine_b", 6)):  # all three >= 0.9 at 3000 / 6000 env steps
+        own = [{f"time/{t}/env_steps": 1000.0 * i * (k + 1) / 6 for k, t in enumerate(TASKS)} for i in range(1, 7)]
         runs = [run_dir(tmp_path / name / "mtl", 0, list(TASKS),
-                        [dict.fromkeys(TASKS, 0.95 if i + 1 >= mtl_first else 0.5) for i in range(6)], mtl=True)]
+                        [dict.fromkeys(TASKS, 0.95 if i + 1 >= mtl_first else 0.5) for i in range(6)], mtl=True,
+                        extras=own)]
         for task in TASKS:  # single agents solve at 1000 env steps each: 3000 summed
             runs.append(run_dir(tmp_path / name / task, 0, [task], [{task: 0.95}] * 6, mtl=False))
         res, out = merge(tmp_path / name, runs)
@@ -308,6 +310,18 @@ def test_records_that_repeat_a_seed_are_pooled_as_separate_draws(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "seed 0 of machine_c.json" in res.stderr and "repeats the outcome of machine_a.json" in res.stderr
     assert "(2 seeds where both solved" in res.stdout and "machine_c.json) |" not in res.stdout
+
+
+def test_only_runs_that_reached_every_bar_can_repeat_one_another():
+    """Two runs alike in every agent's env steps to its bar are one draw; runs where an agent never got there are
+    alike in that without being one draw (two unsolved runs of other final scores were dropped as repeats)."""
+    bench = script_module("bench_mtl")
+    run = {"mtl": {"solved_steps": 30.0, "each_steps": 30.0, "own_steps": {"a": 5.0, "b": 25.0}},
+           "single": {"tasks": {"a": {"solved_steps": 10.0}, "b": {"solved_steps": 20.0}}}}
+    assert bench.outcome(run) == bench.outcome(json.loads(json.dumps(run))) is not None
+    never = json.loads(json.dumps(run))
+    never["mtl"].update(solved_steps=None, each_steps=None, own_steps={"a": 5.0, "b": None})
+    assert bench.outcome(never) is None
 
 
 def test_never_solved_multi_task_runs_are_counted_in_a_censored_median(tmp_path):

@@ -57,7 +57,8 @@ def test_a_misspelt_group_choice_names_the_nearest_options():
     with pytest.raises(ValueError, match=r"optimizer=adm: .*did you mean adam"):
         check_group_choices(["-m", "optimizer=adam,adm", "seed=0,1"])  # a sweep's every choice
     check_group_choices(["+experiment=lane_keep_dqn", "optimizer=adam,adabelief", "optimizer.lr=0.1", "debug=null",
-                         "hydra/launcher=joblib", "net=choice(mlp,dueling)", "~callbacks", "task_set.tasks=[x]"])
+                         "hydra/launcher=joblib", "net=choice(mlp,dueling)", "~callbacks", "task_set.tasks=[x]",
+                         "optimizer='adam'", 'net="mlp"'])
     for extra in (["--config-dir", "/my/conf"], ["-cd", "/my/conf"], ["--config-dir=/my/conf"],
                   ["hydra.searchpath=[file:///my/conf]"]):  # another folder may hold the option
         check_group_choices(["+experiment=my_own_preset", *extra])
