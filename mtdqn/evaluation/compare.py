@@ -534,9 +534,16 @@ def compare_runs(
     for run in runs:
         run.task_steps, run.window, run.failed_score = task_steps, window, failed_score
     scored = failed != "exclude"
-    failed = [r for r in runs if r.status == "failed" and not (scored and r.rows)]
-    usable = [r for r in runs if (r.status == "failed" and scored and r.rows)
+
+    def scorable(r: Run) -> bool:  # a failed run that trained, with a score: its own evaluation or the given one
+        return scored and bool(r.rows) and (failed_score is not None
+                                            or any(m.startswith("eval/") for m in r.metric_names()))
+
+    failed = [r for r in runs if r.status == "failed" and not scorable(r)]
+    usable = [r for r in runs if (r.status == "failed" and scorable(r))
               or (r.status not in ("failed",) and (r.status == "completed" or not skip_incomplete))]
+    unscored = [f"{r.path}: failed before its first evaluation: --failed last has no score for it; left out of every "
+                "table (counted as failed; --failed 0 scores it)" for r in failed if scored and r.rows]
     groups = group_runs(usable, by)
     task_map = task_metrics(usable, tasks)
     if metric and metric != DEFAULT_METRIC and usable and not any(metric in r.metric_names() for r in usable):
@@ -581,7 +588,8 @@ def compare_runs(
         "skipped_incomplete": [
             str(r.path) for r in runs if r.status not in ("failed", "completed") and skip_incomplete
         ],
-        "warnings": _warnings(runs, tasks, task_map, len(usable)) + _coverage_warnings(groups, task_map, tables),
+        "warnings": _warnings(runs, tasks, task_map, len(usable)) + unscored
+        + _coverage_warnings(groups, task_map, tables),
     }
     return Comparison(summary=summary, curves=curves, profiles=profiles)
 
@@ -652,11 +660,9 @@ def _coverage_warnings(groups: Mapping[str, Sequence[Run]], task_map: Mapping[st
     for label, runs in groups.items():
         for r in runs:
             if not any(m.startswith("eval/") for m in r.metric_names()):
-                if r.status == "failed" and r.failed_score is not None:
+                if r.status == "failed":
                     continue  # scored all the same (compare --failed <score>)
-                out.append(f"{r.path}: failed before its first evaluation: --failed last has no score for it; left "
-                           "out of every table (counted as failed; --failed 0 scores it)" if r.status == "failed"
-                           else f"{r.path}: no evaluation logged; left out of every table")
+                out.append(f"{r.path}: no evaluation logged; left out of every table")
         ends = sorted({max(float(r.series(m)[0][-1]) for m in task_map.values() if r.series(m)[0].size)
                        for r in runs if any(r.series(m)[0].size for m in task_map.values())})  # each run's last
         if len(ends) > 1 and ends[0] < 0.9 * ends[-1]:
@@ -748,11 +754,14 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     """summary.md: settings, one final-score table per metric, plots, failed and incomplete runs, warnings."""
     s = summary
     by = ", ".join(f"`{k}`" for k in s["group_by"])
+    all_failed = {label for t in s["tables"] for label in t.get("failed_only", {})}
     lines = [
         "# Run comparison",
         "",
         f"{s['n_runs']} run(s) from {', '.join(f'`{p}`' for p in s['inputs'])}, grouped by {by} into "
-        f"{len(s['groups'])} group(s); {len(s['failed']) + len(s.get('failed_scored', []))} failed, "
+        f"{len(s['groups'])} group(s)"
+        + (f" and {len(all_failed)} whose runs all failed" if all_failed else "")
+        + f"; {len(s['failed']) + len(s.get('failed_scored', []))} failed, "
         f"{len(s['incomplete'])} incomplete.",
         "",
         ("Final score = last eval value of each run." if s.get("window", 1) <= 1 else
@@ -783,7 +792,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             lines += [f"| `{f['path']}` | {_md_cell(f['group'])} | {_md_cell(f['error'])} |" for f in s[key]]
             lines.append("")
     for title, key in (
-        ("Incomplete runs (no summary.json status; included)", "incomplete"),
+        ("Incomplete runs (running, interrupted or without a summary.json status; included)", "incomplete"),
         ("Incomplete runs (skipped)", "skipped_incomplete"),
         ("Warnings", "warnings"),
     ):

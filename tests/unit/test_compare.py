@@ -224,6 +224,7 @@ def test_failed_runs_reported_and_skipped(sweep: Path) -> None:
     summary = cmp.compare_runs([sweep], by=["optimizer.name"], **BOOT).summary
     assert _table(summary, "lane_keep")["failed_only"] == {"optimizer.name=lion": 1}
     assert "| optimizer.name=lion | 0 (+1 failed) | - | - |" in cmp.render_markdown(summary)
+    assert "into 2 group(s) and 1 whose runs all failed;" in cmp.render_markdown(summary)
 
 
 def test_failed_runs_scored_as_their_last_evaluation_or_a_given_score(sweep: Path, capsys) -> None:
@@ -256,6 +257,8 @@ def test_failed_runs_scored_as_their_last_evaluation_or_a_given_score(sweep: Pat
     assert any("10: failed before its first evaluation: --failed last has no score for it" in w
                for w in late["warnings"])
     assert f"| {ADAM} | 4 (1 failed, scored) (+1 failed) |" in cmp.render_markdown(late)
+    assert [Path(f["path"]).name for f in late["failed_scored"]] == ["6"]  # 10 has no score: counted as left out
+    assert sorted(Path(f["path"]).name for f in late["failed"]) == ["10", "7"]
     (sweep / "10" / "summary.json").unlink()
     (sweep / "10" / "metrics.jsonl").unlink()
     with pytest.raises(ValueError, match=r"--failed nope: expected exclude, last or a finite number"):
