@@ -68,8 +68,25 @@ def run_trial(cfg: DictConfig, train_fn: Callable[[DictConfig], dict] = train) -
             break
     values = list(record["values"].values())
     record["objective"] = sum(values) / len(values) if record["status"] == "completed" else None
+    if record["status"] == "failed" and not record["values"] and _left_as_it_was(out, seeds[0]):
+        # refused before it trained (a relaunched study whose sampler drew other values for this trial's folder):
+        # the folder's completed trial stays on record, its seeds' runs untouched
+        log.error("trial %s: %s holds a completed trial this attempt did not change; its %s is left as it was",
+                  out.name, out, TRIAL_FILE)
+        return None
     (out / TRIAL_FILE).write_text(json.dumps(record, indent=2))
     return record["objective"]
+
+
+def _left_as_it_was(out: Path, first_seed: int) -> bool:
+    """The trial folder holds a completed trial whose first seed's run is still completed (an attempt refused
+    before training leaves a run folder as it was)."""
+    try:
+        earlier = json.loads((out / TRIAL_FILE).read_text())
+        run = json.loads((out / f"seed_{first_seed}" / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return earlier.get("status") == "completed" and run.get("status") == "completed"
 
 
 def job_statuses(sweep_dir: Path) -> dict[str, str]:

@@ -122,6 +122,16 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
     assert seen == [(s, str(tmp_path / "trial" / f"seed_{s}")) for s in (3, 4, 5)]
     record = json.loads((tmp_path / "trial" / "trial.json").read_text())
     assert record["status"] == "completed" and record["values"] == {"3": 3.0, "4": 4.0, "5": 5.0}
+    # a relaunched study refused in this folder before training (other sampled values): the completed trial and
+    # its runs stay on record (trial.json was overwritten as failed while the seeds' runs were still completed)
+    (tmp_path / "trial" / "seed_3").mkdir()
+    (tmp_path / "trial" / "seed_3" / "summary.json").write_text(json.dumps({"status": "completed"}))
+
+    def refused(run):
+        raise ValueError("ckpt_path=auto: ... holds a run of other settings (data.batch_size: 64 there, 256 here)")
+
+    assert run_trial(cfg, refused) is None
+    assert json.loads((tmp_path / "trial" / "trial.json").read_text()) == record
 
     def failing_second_seed(run):
         if run.seed == 4:
