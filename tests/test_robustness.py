@@ -95,6 +95,21 @@ def test_robustness_report_of_a_tiny_checkpoint(normalized_run, tmp_path):
     assert {p.name for p in written} == {"robustness.png", "robustness.md", "robustness.json"}
     assert json.loads((tmp_path / "out" / "robustness.json").read_text())["axes"]["fgsm"] == [0.0, 0.05, 0.1]
     assert "## `steer_delay`" in (tmp_path / "out" / "robustness.md").read_text()
+    # the fixture's run was fit without train.py's summary.json: named as not completed
+    assert report["unfinished"] == [f"{run_dir} (no summary.json status)"]
+    assert "## Not completed (evaluated at their last checkpoint)" in (tmp_path / "out" / "robustness.md").read_text()
+
+
+def test_reports_name_runs_that_did_not_complete(tmp_path):
+    """A killed run's checkpoint (summary.json: running) was evaluated and pooled with finished runs unmentioned."""
+    from mtdqn.evaluation.robustness import unfinished
+
+    for name, status in (("done", "completed"), ("killed", "running"), ("bare", None)):
+        (tmp_path / name).mkdir()
+        if status:
+            (tmp_path / name / "summary.json").write_text(json.dumps({"status": status}))
+    assert unfinished([tmp_path / n for n in ("done", "killed", "bare")]) == [
+        f"{tmp_path / 'killed'} (running)", f"{tmp_path / 'bare'} (no summary.json status)"]
 
 
 def test_robustness_script_groups_runs_and_validates_axes(normalized_run, tmp_path, capsys):

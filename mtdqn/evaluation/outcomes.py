@@ -27,7 +27,7 @@ from mtdqn.evaluation.compare import (
     saved_config,
 )
 from mtdqn.evaluation.episodes import record_episode, run_episode_stats, save_gif
-from mtdqn.evaluation.robustness import CKPT, TrainedRun, load_trained
+from mtdqn.evaluation.robustness import CKPT, TrainedRun, load_trained, unfinished
 
 RATE_ORDER = ("completion_rate", "collision_rate", "red_light_rate", "offroad_rate")
 
@@ -134,7 +134,8 @@ def outcome_report(paths: Sequence[str | Path], tasks: Sequence[str] = (), by: S
         groups.setdefault(label, {})[task] = summary
     return {"inputs": [str(p) for p in paths], "episodes": episodes, "seed": seed, "checkpoint": str(ckpt),
             "group_by": list(by), "ci": ci, "rows": rows, "groups": groups,
-            "skipped": [str(d) for d in dirs if d not in usable], "videos": videos}  # fmt: skip
+            "skipped": [str(d) for d in dirs if d not in usable], "unfinished": unfinished(usable),
+            "videos": videos}  # fmt: skip
 
 
 def metric_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -170,4 +171,6 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(head + " | ".join(cells) + " |")
     if report["skipped"]:
         lines += ["", f"Skipped (no checkpoint): {', '.join(report['skipped'])}"]
+    if report.get("unfinished"):
+        lines += ["", f"Not completed (evaluated at their last checkpoint): {', '.join(report['unfinished'])}"]
     return "\n".join(lines) + "\n"

@@ -140,6 +140,21 @@ class TrainedRun:
         return q
 
 
+def unfinished(dirs: Sequence[Path]) -> list[str]:
+    """`<run> (<status>)` for every run folder whose summary.json does not say completed (a run still going, killed,
+    interrupted or failed): its checkpoint is where it stopped, not a finished run's policy, and a report that
+    pooled it with finished runs said nothing of it."""
+    out = []
+    for d in dirs:
+        try:
+            status = json.loads((Path(d) / "summary.json").read_text()).get("status")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            status = None
+        if status != "completed":
+            out.append(f"{d} ({status or 'no summary.json status'})")
+    return out
+
+
 def load_trained(run_dir: str | Path, ckpt: str | Path = CKPT) -> TrainedRun:
     """Rebuild a run's Q-network from config.yaml's `net` node and load `q_net.*` from its checkpoint
     (weights-only, observation-normalizer statistics included)."""
@@ -337,6 +352,7 @@ def robustness_report(paths: Sequence[str | Path], axes: Mapping[str, Sequence[f
                  for r in reports],
         "groups": group_summary(reports, names, n_boot=n_boot, ci=ci, baseline=baseline),
         "skipped": skipped,
+        "unfinished": unfinished(usable),
     }  # fmt: skip
 
 
@@ -377,6 +393,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Plot", "", f"![robustness]({report['plot']})", ""]
     if report.get("skipped"):
         lines += ["## Skipped (no checkpoint)", "", *(f"- `{p}`" for p in report["skipped"]), ""]
+    if report.get("unfinished"):
+        lines += ["## Not completed (evaluated at their last checkpoint)", "",
+                  *(f"- `{p}`" for p in report["unfinished"]), ""]
     return "\n".join(lines)
 
 
