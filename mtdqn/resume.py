@@ -72,7 +72,7 @@ def resolve(cfg: DictConfig) -> AutoResume | None:
         same_rule = all(OmegaConf.select(cfg, k, default=None) == OmegaConf.select(saved, k, default=None)
                         for k in STOP_KEYS)
         if same_rule and (env_steps >= int(cfg.data.total_env_steps) or summary.get("time/stopped_solved")):
-            changed = settings_changed(cfg, saved, RESUME_NEUTRAL)
+            changed = settings_changed(cfg, saved)
             if changed:  # its summary would be reported as this config's result (a relaunched Optuna study)
                 raise ValueError(f"ckpt_path=auto: {out_dir} holds a completed run of other settings ("
                                  f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); its result is not "
@@ -81,9 +81,13 @@ def resolve(cfg: DictConfig) -> AutoResume | None:
     return AutoResume(path, env_steps, done)
 
 
-# keys that do not change what a run trains: a relaunch may differ in them and still be the same run
-NEUTRAL = ("ckpt_path", "print_config", "torch_threads", "callbacks.progress", "logger", "paths", "tags", "local",
-           "hydra", *STOP_KEYS)
+# keys that do not change what a run trains: a relaunch (of a completed or an interrupted run) may differ in them and
+# still be the same run: outputs, logging, the budget and stop rules; where it runs (trainer: another machine, a GPU;
+# torch_threads and flush_denormal, speed settings); what its callbacks do around the training (evaluation, checkpoint
+# period and folder: a moved run folder's paths); its end-of-run compression; its name (experiment_name: folders,
+# W&B group)
+NEUTRAL = ("ckpt_path", "print_config", "torch_threads", "logger", "paths", "tags", "local", "hydra", *STOP_KEYS,
+           "trainer", "callbacks", "compression", "flush_denormal", "experiment_name")
 
 
 def flat_leaves(value: object, prefix: str = "") -> dict[str, object]:
@@ -94,15 +98,9 @@ def flat_leaves(value: object, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-# and those a relaunch (of a completed or an interrupted run) may also change: where it runs (trainer: another machine,
-# a GPU; flush_denormal, a speed setting), what its callbacks do around the training (evaluation, checkpoint period
-# and folder: a moved run folder's paths), its end-of-run compression, its name (experiment_name: folders, W&B group)
-RESUME_NEUTRAL = (*NEUTRAL, "trainer", "callbacks", "compression", "flush_denormal", "experiment_name")
-
-
-def settings_changed(cfg: DictConfig, saved: DictConfig, neutral: tuple[str, ...] = NEUTRAL) -> list[str]:
+def settings_changed(cfg: DictConfig, saved: DictConfig) -> list[str]:
     """`key: <there> there, <here> here` for every setting of `cfg` that differs from the `saved` config, but for the
-    `neutral` ones (NEUTRAL: outputs, logging, the budget and stop rules). A key one side lacks counts only where
+    NEUTRAL ones (outputs, logging, budget, trainer, callbacks, ...). A key one side lacks counts only where
     the other sets it (a run from before an option existed, whose default is off, is the same run)."""
     def leaves(c: DictConfig) -> dict[str, object]:
         try:
@@ -112,7 +110,7 @@ def settings_changed(cfg: DictConfig, saved: DictConfig, neutral: tuple[str, ...
 
     mine, theirs = leaves(cfg), leaves(saved)
     keys = sorted(k for k in set(mine) | set(theirs)
-                  if not any(k == n or k.startswith(f"{n}.") for n in neutral) and mine.get(k) != theirs.get(k)
+                  if not any(k == n or k.startswith(f"{n}.") for n in NEUTRAL) and mine.get(k) != theirs.get(k)
                   and (k in mine and k in theirs or mine.get(k, theirs.get(k)) not in (None, False)))
     return [f"{k}: {theirs.get(k, 'absent')!r} there, {mine.get(k, 'absent')!r} here" for k in keys]
 
@@ -124,7 +122,7 @@ def check_same_run(cfg: DictConfig, saved_path: Path, ckpt: str) -> None:
     settings recorded as the second's. The budget, stop rules, logging, outputs, trainer and callbacks may change."""
     if not saved_path.is_file():
         return
-    changed = settings_changed(cfg, OmegaConf.load(saved_path), RESUME_NEUTRAL)
+    changed = settings_changed(cfg, OmegaConf.load(saved_path))
     if changed:
         raise ValueError(f"ckpt_path={ckpt}: {saved_path.parent} holds a run of other settings ("
                          f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}): a resume there continues "
