@@ -66,10 +66,10 @@ class DQNModule(pl.LightningModule):
         self._explicit: ExplicitMLPGrads | None = None  # hand-written MLP gradients on the lean path
         self._explicit_target: ExplicitMLPGrads | None = None  # the same forward for the target network
         self.priority_sink: Callable[[Tensor, Tensor, Tensor], None] | None = None  # (indices, |td|, task ids)
+        self._grad_norms: list[Tensor] = []  # this round's gradient norms before clipping (train/grad_norm)
         self.scheduler = scheduler
         # Extension points used by transfer (mtdqn.transfer) and stabilizers; empty = plain DQN:
         self.lr_scale: dict[str, float] = {}  # parameter-name prefix -> learning-rate multiplier (own param group)
-        self._grad_norms: list[Tensor] = []  # this round's gradient norms before clipping (train/grad_norm)
         self.regularizers: list[Callable[[], Tensor]] = []  # extra loss terms added to every update's loss
         self.batch_transforms: list[Callable[[Batch], Batch]] = []  # applied to each minibatch before its update
         self.before_update: list[Callable[[int], None]] = []  # called with global_step before each update
