@@ -541,7 +541,7 @@ def compare_runs(
 
     failed = [r for r in runs if r.status == "failed" and not scorable(r)]
     usable = [r for r in runs if (r.status == "failed" and scorable(r))
-              or (r.status not in ("failed",) and (r.status == "completed" or not skip_incomplete))]
+              or (r.status != "failed" and (r.status == "completed" or not skip_incomplete))]
     unscored = [f"{r.path}: failed before its first evaluation: --failed last has no score for it; left out of every "
                 "table (counted as failed; --failed 0 scores it)" for r in failed if scored and r.rows]
     groups = group_runs(usable, by)
