@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mtdqn.console import log_to_file, to_log_file
 from mtdqn.overrides import check_group_choices, debug_last
 from mtdqn.sweep import run_trial
 from mtdqn.train import train  # imported here so its OmegaConf resolvers exist in the launcher process too
@@ -30,6 +31,7 @@ def main(cfg: DictConfig) -> float | None:
     objective their mean final `hparams_search.metric`, None (a failed trial, the study goes on) if one fails.
     A SIGTERM (kill, scancel) ends the run as interrupted (summary.json) with exit status 143.
     """
+    log_to_file()  # Python warnings and Lightning's messages in the job's train.log too
     try:
         return run(cfg)
     except SIGTERMException:  # Lightning's stop on SIGTERM exits without a code (status 0, as if it had completed):
@@ -45,7 +47,9 @@ def run(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             if isinstance(exc, ValueError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 # mtdqn raises ValueError for bad input (the key, the value, what is allowed): the message is all
+                to_log_file(f"mtdqn: error: {exc}", logging.ERROR)
                 sys.exit(f"mtdqn: error: {exc}\n(HYDRA_FULL_ERROR=1 shows where it was raised)")
+            to_log_file(traceback.format_exc().rstrip(), logging.ERROR)  # Hydra prints it on the console
             raise
         log.error("job %s failed, the sweep continues: %s: %s", HydraConfig.get().job.num, type(exc).__name__, exc)
         if not isinstance(exc, ValueError):  # a bug, not bad input: where it happened (a single run's error

@@ -32,6 +32,7 @@ from mtdqn.config_checks import (
     check_numbers,
     check_replay_size,
 )
+from mtdqn.console import say
 from mtdqn.data import RLDataModule
 from mtdqn.data.multitask import MultiTaskDataModule
 from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
@@ -526,9 +527,8 @@ def train(cfg: DictConfig) -> dict:
         own = auto is not None or bool(given) and Path(given).resolve().is_relative_to(out_dir.resolve())
         if auto is not None and auto.done is not None:
             if rank_zero:
-                print(f"mtdqn: {out_dir} holds a completed run ({auto.env_steps:,} env steps, summary.json): nothing "
-                      "to train (ckpt_path=auto; a larger data.total_env_steps or another stop rule trains on)",
-                      flush=True)
+                say(f"mtdqn: {out_dir} holds a completed run ({auto.env_steps:,} env steps, summary.json): nothing "
+                    "to train (ckpt_path=auto; a larger data.total_env_steps or another stop rule trains on)")
             return auto.done
         model, data, trainer = build(cfg)  # validates first
         if own and rank_zero:  # a resume in the run's folder continues that run, with its settings
@@ -543,11 +543,11 @@ def train(cfg: DictConfig) -> dict:
                                  "rows): a run from scratch there would append its curve to that run's; resume it "
                                  "(ckpt_path=auto) or give another hydra.run.dir")
             dropped = resume.drop_rows_after(metrics, -1)
-            print(f"mtdqn: no checkpoint in {out_dir} (ckpt_path=auto): training from scratch; the {dropped} rows of "
-                  f"{metrics.name} an earlier attempt logged dropped", flush=True)
+            say(f"mtdqn: no checkpoint in {out_dir} (ckpt_path=auto): training from scratch; the {dropped} rows of "
+                f"{metrics.name} an earlier attempt logged dropped")
         if ckpt and rank_zero and not own:  # a continuation elsewhere: this folder's curve starts at the checkpoint
-            print(f"mtdqn: continuing from {ckpt} ({resume.checkpoint_env_steps(Path(ckpt)):,} env steps) in "
-                  f"{out_dir}", flush=True)
+            say(f"mtdqn: continuing from {ckpt} ({resume.checkpoint_env_steps(Path(ckpt)):,} env steps) in "
+                f"{out_dir}")
         if ckpt and rank_zero and own:
             # resumed in its own folder (ckpt_path=auto, wherever callbacks.checkpoint.dirpath keeps its checkpoints,
             # or a checkpoint in the folder): the metrics logged after the checkpoint go, the
@@ -555,10 +555,10 @@ def train(cfg: DictConfig) -> dict:
             env_steps = auto.env_steps if auto is not None else resume.checkpoint_env_steps(Path(ckpt))
             dropped = resume.drop_rows_after(metrics, env_steps) if metrics else 0
             wandb_note = continue_wandb_run(trainer.loggers, out_dir)
-            print(f"mtdqn: resuming from {ckpt} ({env_steps:,} env steps"
-                  + ("; ckpt_path=auto)" if auto is not None else ")")
-                  + (f"; {dropped} rows of metrics.jsonl logged after it dropped" if dropped else "")
-                  + (f"; {wandb_note}" if wandb_note else ""), flush=True)
+            say(f"mtdqn: resuming from {ckpt} ({env_steps:,} env steps"
+                + ("; ckpt_path=auto)" if auto is not None else ")")
+                + (f"; {dropped} rows of metrics.jsonl logged after it dropped" if dropped else "")
+                + (f"; {wandb_note}" if wandb_note else ""))
         if rank_zero:
             save_config(out_dir, cfg)
         if cfg.get("torch_threads"):
@@ -583,8 +583,8 @@ def train(cfg: DictConfig) -> dict:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # SIGTERMException has none
             write_summary(out_dir, trainer, "interrupted" if stopped else "failed", error)
         elif not stopped:
-            print(f"mtdqn: {out_dir} is left as the earlier attempt left it (summary.json, config.yaml, metrics)",
-                  file=sys.stderr, flush=True)
+            say(f"mtdqn: {out_dir} is left as the earlier attempt left it (summary.json, config.yaml, metrics)",
+                stderr=True)
         raise
     finally:
         orphaned.set()

@@ -167,6 +167,11 @@ def test_a_run_killed_and_relaunched_with_ckpt_path_auto_continues_in_its_folder
     res = run_train([*args, f"data.total_env_steps={saved + 400}"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming from {ckpt} ({saved:,} env steps" in res.stdout
+    # the job's train.log (Hydra's, appended by both attempts) has the resume note, each evaluation and
+    # Lightning's messages, which it logs with its own handler
+    logged = (run_dir / "train.log").read_text()
+    assert f"resuming from {ckpt} ({saved:,} env steps" in logged and "GPU available" in logged
+    assert f"eval at {saved + 400:,} env steps" in logged and "CartPole-v1 " in logged
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["env_steps"] for r in rows if "train/td_loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == saved + 400 and saved + 100 in steps

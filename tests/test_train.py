@@ -608,6 +608,10 @@ def test_bad_input_ends_a_run_with_its_message_alone(tmp_path):
         assert ("Traceback" in out.stderr) == (full == "1")
         assert "gamma=2 must be a number in (0, 1]" in out.stderr
         assert json.loads((out_dir / "summary.json").read_text())["status"] == "failed"
+        # the job's log file keeps the error too: the message, or the traceback under HYDRA_FULL_ERROR=1
+        logged = (out_dir / "train.log").read_text()
+        assert "[ERROR]" in logged and "gamma=2 must be a number in (0, 1]" in logged
+        assert ("Traceback" in logged) == (full == "1")
     assert out.stderr.strip().splitlines()[-1].startswith("ValueError: gamma=2")
     # an error found while building (an env's action space), after validate(): the same, no tree above it
     out = subprocess.run([sys.executable, "train.py", "task_set.tasks=[Pendulum-v1]", "logger=none",

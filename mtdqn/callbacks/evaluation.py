@@ -23,6 +23,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor
 
+from mtdqn.console import say, to_log_file
 from mtdqn.envs import check_render, env_factory, task_spec
 from mtdqn.evaluation.episodes import epsilon_greedy, record_episode, run_episode_stats, save_gif
 from mtdqn.types import TaskSpec, finite_number
@@ -176,9 +177,9 @@ class EvalCallback(pl.Callback):
             # only where the checkpoint predates the saved evaluation)
             self.stopped_solved = trainer.should_stop = True
             if trainer.is_global_zero:
-                print(f"mtdqn: the checkpoint's run already stopped solved at {self.start_steps:,} env steps "
-                      "(callbacks.eval.stop_at_normalized / stop_at_return); nothing to train. Set them to null "
-                      "to train on.", flush=True)
+                say(f"mtdqn: the checkpoint's run already stopped solved at {self.start_steps:,} env steps "
+                    "(callbacks.eval.stop_at_normalized / stop_at_return); nothing to train. Set them to null "
+                    "to train on.")
             return
         if self.at_start and self.start_steps == 0:
             self.evaluate(trainer, pl_module, 0)
@@ -235,6 +236,8 @@ class EvalCallback(pl.Callback):
         self.last_eval_steps = steps
         self.history.append(metrics)
         log_to_loggers(trainer, metrics)
+        if trainer.is_global_zero:  # the log file's line per evaluation (the console's is in the progress bar)
+            to_log_file(eval_line(metrics, [t.name for t in pl_module.tasks]))
         if self.video == "every":
             self.record(trainer, pl_module, steps)
         return metrics
@@ -321,3 +324,17 @@ def source_policy_index(tasks: Sequence[TaskSpec], source: TaskSpec) -> int:
                          f"{(source.obs_dim, source.n_actions)}, the model's task {own.name!r} "
                          f"{(own.obs_dim, own.n_actions)}: its policy cannot play it")
     return 0
+
+
+def eval_line(metrics: Mapping[str, float], tasks: Sequence[str]) -> str:
+    """One evaluation as a line of the run's log file: env steps, updates, training time, each task's mean return
+    (and normalized score where the task has one)."""
+    parts = []
+    for name in tasks:
+        part = f"{name} {metrics[f'eval/{name}/return']:.4g}"
+        if f"eval/{name}/normalized" in metrics:
+            part += f" ({metrics[f'eval/{name}/normalized']:.3f} normalized)"
+        parts.append(part)
+    return (f"eval at {int(metrics['time/env_steps']):,} env steps, {int(metrics['time/updates']):,} updates, "
+            f"{metrics['time/train_seconds']:.1f} s training: " + "; ".join(parts)
+            + ("; stopped: solved" if metrics.get("time/stopped_solved") else ""))

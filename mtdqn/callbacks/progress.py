@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar
 from tqdm.auto import tqdm
 
+from mtdqn.console import say
+
 
 class EnvStepProgressBar(ProgressBar):
     """tqdm bar over env steps (replaces Lightning's batch-based bar)."""
@@ -88,4 +90,4 @@ class EnvStepProgressBar(ProgressBar):
         if self._latest_eval(trainer).get("time/stopped_solved"):
             self.summary += "; stopped once solved (callbacks.eval.stop_at_normalized / stop_at_return)"
         if trainer.is_global_zero:
-            print(self.summary, flush=True)
+            say(self.summary)
