@@ -160,6 +160,23 @@ def test_a_sweep_whose_every_job_failed_exits_with_status_1(tmp_path):
     assert f"mtdqn: every job of the sweep failed (2 of 2); {tmp_path / 'sweep'}" in res.stderr
 
 
+def test_an_optuna_study_whose_every_trial_failed_ends_in_one_line(tmp_path):
+    """Optuna's sweeper asks for the best trial after the last one: with none completed that was Optuna's "No
+    trials are completed yet." traceback; mtdqn's sweeper (hydra_plugins.mtdqn_sweepers) says what happened."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optional extra .[optuna]")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "hparams_search=lane_keep_optuna", "debug=smoke", "logger=jsonl",
+         "callbacks.progress=null", "print_config=false", "hparams_search.seeds_per_trial=1",
+         "hydra.sweeper.n_trials=2", "gamma=1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"mtdqn: every trial of the study failed (2 of 2); {tmp_path / 'sweep'}: each trial's trial.json")
+
+
 @pytest.mark.slow
 def test_optuna_search_averages_seeds_per_trial_and_survives_a_failing_trial(tmp_path):
     """4 trials x 2 seeds at debug=smoke budgets; gamma=1.5 (an invalid value the sampler may pick) fails a trial."""
