@@ -331,8 +331,14 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         "enable_progress_bar": False}
     threads = int(cfg.torch_threads) if cfg.get("torch_threads") else None
     callbacks.append(ProcessSettings(threads, bool(cfg.get("flush_denormal", True)), resolved_config(cfg)))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
-                          **bar)
+    try:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                              plugins=[AtomicCheckpointIO()], **bar)
+    except InstantiationException as exc:  # Lightning refused a trainer argument (devices=abc, devices=0, ...)
+        keys = ("accelerator", "devices", "strategy", "num_nodes", "precision")
+        given = ", ".join(f"trainer.{k}={cfg.trainer[k]!r}" for k in keys if k in cfg.trainer)
+        raise ValueError(f"Lightning's Trainer refuses the trainer settings ({given}): "
+                         f"{str(exc.__cause__ or exc).rstrip('.')}; the presets: trainer=cpu|gpu|ddp|ddp_spawn") from exc
     check_distributed(trainer.world_size, model, transfer)
     return model, data, trainer
 

@@ -188,6 +188,15 @@ def test_a_gpu_trainer_without_a_gpu_is_refused_with_the_key(tmp_path, trainer, 
         build(cfg)
 
 
+@pytest.mark.parametrize("override, said", [("trainer.devices=abc", "should be an int > 0"),
+                                              ("trainer.devices=0", "devices=0")])
+def test_trainer_settings_lightning_refuses_end_in_a_value_error_naming_them(tmp_path, override, said):
+    cfg = compose_cfg([*SMOKE, override], tmp_path)
+    with pytest.raises(ValueError, match=rf"Lightning's Trainer refuses the trainer settings \(trainer.accelerator="
+                                         rf"'cpu', trainer.devices=.*\): .*{re.escape(said)}.*trainer=cpu\|gpu"):
+        build(cfg)
+
+
 def test_unknown_group_option_names_the_options(tmp_path):
     from mtdqn.overrides import ConfigError
 
