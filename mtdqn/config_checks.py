@@ -27,6 +27,7 @@ BOUNDS: dict[str, Callable[[float], bool]] = {
     "in (0, 1]": lambda v: 0 < v <= 1,
     "in [0, 1)": lambda v: 0 <= v < 1,
     "in [0, 10]": lambda v: 0 <= v <= 10,
+    ">= -1": lambda v: v >= -1,
 }
 # key: (kind, bound, null allowed); a key absent from the config (another optimizer, callbacks=none) is skipped
 RULES: dict[str, tuple[str, str, bool]] = {
@@ -65,6 +66,17 @@ RULES: dict[str, tuple[str, str, bool]] = {
     "scheduler.final_fraction": (NUM, "in [0, 1]", False),
     "scheduler.warmup_fraction": (NUM, "in [0, 1)", False),
     "optimizer.momentum": (NUM, ">= 0", True),
+    "optimizer.eps": (NUM, ">= 0", False),
+    "optimizer.alpha": (NUM, "in [0, 1)", False),  # RMSprop's smoothing constant: 2 trained until it diverged
+    "data.collect_solved_score": (NUM, "> 0", False),
+    "data.collect_unsolved_score": (NUM, "> 0", True),
+    "model.grad_diagnostics_every": (INT, ">= 0", False),
+    "model.popart_beta": (NUM, "in (0, 1]", False),
+    "exploration.warmup": (INT, ">= 0", False),
+    "callbacks.eval.seed": (INT, ">= 0", False),  # -1 failed in gymnasium's reset after the first round
+    "callbacks.progress.refresh_seconds": (NUM, "> 0", False),
+    "trainer.log_every_n_steps": (INT, "> 0", False),
+    "trainer.max_epochs": (INT, ">= -1", False),  # -1: no epoch limit (EnvStepBudget ends the run)
 }
 # true/false keys: Hydra parses only true/false (any case) as booleans; key: null allowed (the library's default)
 FLAGS: dict[str, bool] = {
@@ -118,6 +130,20 @@ def check_flags(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not isinstance(value, bool) and not (value is None and nullable):
             raise ValueError(f"{key}={value!r} must be true or false{' (or null)' if nullable else ''}")
+
+
+def check_relations(cfg: DictConfig) -> None:
+    """Settings valid alone that contradict each other: epsilon that rises over training, and a collection
+    schedule driven by evaluations in a run that has none (it never acted, silently)."""
+    start = OmegaConf.select(cfg, "exploration.start", default=None)
+    end = OmegaConf.select(cfg, "exploration.end", default=None)
+    if isinstance(start, int | float) and isinstance(end, int | float) and end > start:
+        raise ValueError(f"exploration.end={end} is above exploration.start={start}: epsilon would rise over "
+                         "training; give an end <= start")
+    if OmegaConf.select(cfg, "data.collect_schedule", default=None) == "by_score" and not OmegaConf.select(
+            cfg, "callbacks.eval", default=None):
+        raise ValueError("data.collect_schedule=by_score acts on evaluations and this run has none (callbacks.eval "
+                         "is not set, e.g. callbacks=none): use callbacks=default, or data.collect_schedule=fixed")
 
 
 def check_layout_keys(cfg: DictConfig) -> None:

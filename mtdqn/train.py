@@ -30,6 +30,7 @@ from mtdqn.config_checks import (
     check_flags,
     check_layout_keys,
     check_numbers,
+    check_relations,
     check_replay_size,
 )
 from mtdqn.console import say
@@ -190,6 +191,7 @@ def validate(cfg: DictConfig) -> None:
     check_layout_keys(cfg)
     check_numbers(cfg)
     check_flags(cfg)
+    check_relations(cfg)
     check_replay_size(cfg)
     multi = issubclass(get_class(cfg.model._target_), MultiTaskDQNModule)
     check_arguments(cfg, MultiTaskDataModule if multi else RLDataModule)
@@ -565,6 +567,8 @@ def train(cfg: DictConfig) -> dict:
                 + ("; ckpt_path=auto)" if auto is not None else ")")
                 + (f"; {dropped} rows of metrics.jsonl logged after it dropped" if dropped else "")
                 + (f"; {wandb_note}" if wandb_note else ""))
+        if rank_zero and (note := getattr(data, "budget_note", lambda: None)()):
+            say(f"mtdqn: {note}")
         if rank_zero:
             save_config(out_dir, cfg)
         if cfg.get("torch_threads"):

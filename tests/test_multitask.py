@@ -465,6 +465,9 @@ def test_metrics_of_some_rounds_only_are_not_repeated_in_the_others(tmp_path):
      r"gives \['lane_keep'\] 0 of the 30 samples of every minibatch"),
     (["data.batch_composition=weighted", "data.task_weights=[0.01,1,1]"], r"gives \['lane_keep'\] 0 of the 30"),
     (["data.batch_composition=weighted", "data.task_weights=[-1,1,1]"], r"data.task_weights=\[-1, 1, 1\]: task shares"),
+    (["data.batch_size=2", "data.learning_starts=200"],
+     r"data.batch_size=2 is smaller than the number of tasks \(3\): every minibatch needs at least one sample of "
+     r"each task"),  # a uniform split of 2 samples over 3 tasks trained two of them, silently
     (["model.task_weights=[1,0,1]"], r"model.task_weights=\[1, 0, 1\] is read only with model.loss_balance=weighted "
                                      r"\(here 'sum'\)"),
     (["model.loss_balance=weighted", "model.task_weights=[0,0,0]"], r"needs a weight > 0"),

@@ -144,6 +144,24 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("task_set=lane_keep +task_set.env_kwargs.slipp=0.1", "task_set.env_kwargs.slipp: the driving simulator has no "
                                                               "knob 'slipp'; did you mean slip?"),
         ("task_set=lane_keep +task_set.env_kwargs.obs_noise=-1", "task_set.env_kwargs.obs_noise=-1"),
+        # accepted silently (and acting oddly), or failing after the first round (QA pass, 2026-12-02)
+        ("optimizer=rmsprop optimizer.alpha=2", "optimizer.alpha=2 must be a number in [0, 1)"),  # diverged
+        ("optimizer.eps=abc", "optimizer.eps='abc' must be a number >= 0"),
+        ("callbacks.eval.seed=-1", "callbacks.eval.seed=-1 must be an integer >= 0"),  # gymnasium's reset, later
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' must be an integer >= -1"),  # a bare AssertionError
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be an integer > 0"),
+        ("exploration.warmup=abc", "exploration.warmup='abc' must be an integer >= 0"),
+        ("exploration.start=0.1 exploration.end=0.5", "exploration.end=0.5 is above exploration.start=0.1: epsilon "
+                                                      "would rise"),
+        ("+experiment=lane_keep_mtl data.collect_schedule=by_score callbacks.eval=null",
+         "data.collect_schedule=by_score acts on evaluations and this run has none"),  # it never acted
+        ("+experiment=lane_keep_mtl data.collect_schedule=by_score data.collect_solved_score=-1",
+         "data.collect_solved_score=-1 must be a number > 0"),
+        ("+experiment=lane_keep_mtl data.collect_unsolved_score=abc",
+         "data.collect_unsolved_score='abc' must be a number > 0 (or null)"),
+        ("+experiment=lane_keep_mtl model.grad_diagnostics_every=-1",
+         "model.grad_diagnostics_every=-1 must be an integer >= 0"),
+        ("+experiment=lane_keep_mtl model.popart_beta=2", "model.popart_beta=2 must be a number in (0, 1]"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
@@ -156,6 +174,16 @@ def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, mon
     cfg = compose_cfg([*SMOKE, *override.split()], tmp_path)
     with pytest.raises(ValueError, match=re.escape(match)):
         build(cfg)
+
+
+def test_the_progress_bars_refresh_period_is_checked():
+    """callbacks.progress.refresh_seconds=abc failed with a TypeError after the first round."""
+    from omegaconf import OmegaConf
+
+    from mtdqn.config_checks import check_numbers
+
+    with pytest.raises(ValueError, match=re.escape("callbacks.progress.refresh_seconds='abc' must be a number > 0")):
+        check_numbers(OmegaConf.create({"callbacks": {"progress": {"refresh_seconds": "abc"}}}))
 
 
 def test_an_optimizer_from_a_missing_extra_names_the_extra(tmp_path, monkeypatch):
@@ -1086,3 +1114,17 @@ def test_a_run_from_scratch_into_a_folder_with_an_earlier_runs_metrics(tmp_path,
     steps = [json.loads(x)["env_steps"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
              if "train/td_loss" in x]
     assert steps == sorted(set(steps))  # one curve
+
+
+def test_a_budget_that_is_not_whole_rounds_is_announced_with_where_the_run_ends(tmp_path, capsys):
+    """Whole rounds are collected: data.total_env_steps=400 with 300-step rounds trained 600 env steps and said
+    nothing; a budget of whole rounds says nothing."""
+    summary = train(compose_cfg([*SMOKE, "data.total_env_steps=400", "data.env_steps_per_round=300"], tmp_path / "a"))
+    note = ("mtdqn: data.total_env_steps=400 is not a whole number of rounds of 300 env steps (data.env_steps_per_round"
+            " in whole vector steps of data.num_envs): the run collects 2 rounds, 600 env steps")
+    assert note in capsys.readouterr().out and summary["time/env_steps"] == 600
+    # 3 envs: a 100-step round is 33 vector steps, 99 env steps
+    summary = train(compose_cfg([*SMOKE, "data.total_env_steps=400", "data.num_envs=3"], tmp_path / "b"))
+    assert "rounds of 99 env steps" in capsys.readouterr().out and summary["time/env_steps"] == 495
+    train(compose_cfg([*SMOKE, "data.total_env_steps=600"], tmp_path / "c"))
+    assert "whole number of rounds" not in capsys.readouterr().out

@@ -188,6 +188,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if batch_composition != "weighted" and len(set(map(float, weights))) > 1:
             raise ValueError(f"data.task_weights={weights} is read only with data.batch_composition=weighted (here "
                              f"{batch_composition!r}): set data.batch_composition=weighted, or drop data.task_weights")
+        if batch_size < n_tasks:  # a uniform split of 2 samples over 3 tasks never trained the third
+            raise ValueError(f"{given_batch} is smaller than the number of tasks ({n_tasks}): every minibatch needs "
+                             "at least one sample of each task; raise data.batch_size")
         starved = [t.name for t, c in zip(tasks, counts, strict=True) if c == 0]
         if batch_composition == "weighted" and starved:
             raise ValueError(f"data.task_weights={weights} gives {starved} 0 of the {batch_size} samples of every "
@@ -465,6 +468,23 @@ class MultiTaskDataModule(pl.LightningDataModule):
             c.seed += self.env_steps  # fresh episodes after a resume
         self.stream = MultiTaskStream(self, start_env_steps=self.env_steps, start_task_env_steps=self.task_env_steps)
         return DataLoader(self.stream, batch_size=None, num_workers=0)
+
+    @property
+    def round_env_steps(self) -> int:
+        """Env steps one round collects: data.env_steps_per_round in whole vector steps of every task's envs (the
+        by-score schedule moves them between tasks and keeps their sum)."""
+        return sum(self.base_vec_steps) * self.num_envs
+
+    def budget_note(self) -> str | None:
+        """A line saying where training ends when data.total_env_steps is not a whole number of rounds (whole
+        rounds are collected, so the run goes on to the end of the round that crosses the budget); else None."""
+        per_round, total = self.round_env_steps, self.total_env_steps
+        if total % per_round == 0:
+            return None
+        rounds = -(-total // per_round)
+        return (f"data.total_env_steps={total} is not a whole number of rounds of {per_round:,} env steps "
+                f"(data.env_steps_per_round in whole vector steps of data.num_envs): the run collects {rounds:,} "
+                f"rounds, {rounds * per_round:,} env steps")
 
     def current_env_steps(self) -> int:
         """Env steps collected so far on this rank, summed over tasks."""
