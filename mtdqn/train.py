@@ -339,8 +339,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     except InstantiationException as exc:  # Lightning refused a trainer argument (devices=abc, devices=0, ...)
         keys = ("accelerator", "devices", "strategy", "num_nodes", "precision")
         given = ", ".join(f"trainer.{k}={cfg.trainer[k]!r}" for k in keys if k in cfg.trainer)
-        raise ValueError(f"Lightning's Trainer refuses the trainer settings ({given}): "
-                         f"{str(exc.__cause__ or exc).rstrip('.')}; the presets: trainer=cpu|gpu|ddp|ddp_spawn") from exc
+        cause = exc.__cause__ or exc
+        said = str(cause).rstrip(".") or type(cause).__name__  # an AssertionError may say nothing
+        raise ValueError(f"Lightning's Trainer refuses the trainer settings ({given}): {said}; the presets: "
+                         "trainer=cpu|gpu|ddp|ddp_spawn") from exc
     check_distributed(trainer.world_size, model, transfer)
     return model, data, trainer
 
