@@ -64,6 +64,16 @@ def test_a_joblib_sweep_killed_stops_its_jobs_as_interrupted(tmp_path):
         done = [json.loads(p.read_text()) for p in summaries]
         assert [d["status"] for d in done] == ["interrupted", "interrupted"], done
         assert all(d["time/env_steps"] < 1_000_000 for d in done)
+        # and the orphaned workers end: they waited for work that never came, holding ~0.5 GB each, for minutes
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.killpg(proc.pid, 0)  # a process of the sweep's group is left
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the sweep's workers outlived it by 30 s")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the idle workers left, if any
