@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mtdqn.evaluation.robustness import AXES, CKPT, robustness_report, write_report
+from mtdqn.evaluation.robustness import AXES, CKPT, FAILED, robustness_report, write_report
 
 
 def _csv(text: str) -> list[str]:
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ci", type=float, default=0.95, help="confidence-interval coverage")
     p.add_argument("--baseline", default=None, help="the group the others are compared with (a substring of "
                    "its label, e.g. 'domain_randomization={}'; default: the first group)")
+    p.add_argument("--failed", choices=FAILED, default="exclude",
+                   help="runs whose summary.json says failed (diverged, crashed): exclude (default: left out, "
+                        "counted beside their group, as compare.py does) or include (evaluated at their last "
+                        "checkpoint)")
     p.add_argument("--no-plots", action="store_true", help="skip robustness.png")
     return p
 
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = robustness_report(args.paths, axes, by=args.by, episodes=args.episodes, seed=args.seed,
                                    ckpt=args.ckpt, n_boot=args.n_boot, ci=args.ci,
-                                   baseline=args.baseline)  # fmt: skip
+                                   baseline=args.baseline, failed=args.failed)  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:
         print(f"robustness.py: error: {exc}", file=sys.stderr)
         return 2

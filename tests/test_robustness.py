@@ -309,3 +309,30 @@ def test_a_popart_run_is_rebuilt_for_the_reports(tmp_path):
     assert run.net.popart is not None and torch.equal(run.net.popart.nu, live["q_net.popart.nu"])
     report = robustness_report([tmp_path], {"obs_noise": [0.0, 0.1]}, episodes=2, n_boot=50)
     assert set(report["runs"][0]["curves"]["obs_noise"]) == {"lane_keep", "pedestrian", "traffic_light"}
+
+
+def test_failed_runs_are_left_out_and_counted_unless_included(normalized_run, tmp_path):
+    """A stability sweep's diverged runs were scored from their last checkpoint before divergence and pooled with
+    the others, their arm's robustness looking worse, with only a footnote; as compare.py does, they are now left
+    out and counted beside their group (`--failed include` evaluates them)."""
+    import shutil
+
+    from mtdqn.evaluation.robustness import render_markdown
+
+    for job in "012":
+        shutil.copytree(normalized_run[0], tmp_path / "sweep" / job)
+        (tmp_path / "sweep" / job / "summary.json").write_text(json.dumps({"status": "completed"}))
+    (tmp_path / "sweep" / "1" / "summary.json").write_text(json.dumps({"status": "failed", "error": "diverged"}))
+    report = robustness_report([tmp_path / "sweep"], {"obs_noise": [0.0, 0.2]}, by=["seed"], episodes=2, n_boot=50)
+    (label,) = report["groups"]
+    assert report["groups"][label]["n_runs"] == 2 and report["failed"] == {label: [str(tmp_path / "sweep" / "1")]}
+    text = render_markdown(report)
+    assert "| 2 (+1 failed) |" in text and "## Failed, left out" in text
+    included = robustness_report([tmp_path / "sweep"], {"obs_noise": [0.0, 0.2]}, by=["seed"], episodes=2,
+                                 n_boot=50, failed="include")
+    assert included["groups"][label]["n_runs"] == 3 and not included["failed"]
+    for job in "02":
+        (tmp_path / "sweep" / job / "summary.json").write_text(json.dumps({"status": "failed"}))
+    with pytest.raises(ValueError, match=r"every run with checkpoints/last.ckpt below .* failed \(3\); --failed "
+                                         r"include evaluates them"):
+        robustness_report([tmp_path / "sweep"], {"obs_noise": [0.0, 0.2]}, episodes=2)

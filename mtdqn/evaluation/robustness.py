@@ -47,6 +47,7 @@ from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.types import TaskSpec
 
 CKPT = Path("checkpoints") / "last.ckpt"
+FAILED = ("exclude", "include")  # what a failed run (summary.json status failed) is in a report
 DRIVING_KNOBS = ("obs_noise", "steer_delay", "slip", "curvature_range", "pedestrian_rate", "light_cycle")
 WRAPPER_KNOBS = ("obs_noise", "sticky_actions")  # obs_noise is a wrapper knob on gymnasium tasks only
 AXES = (*DRIVING_KNOBS, "sticky_actions", "fgsm")
@@ -140,16 +141,21 @@ class TrainedRun:
         return q
 
 
+def run_status(run_dir: str | Path) -> str | None:
+    """summary.json's status (completed, failed, interrupted, running), None without one."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text()).get("status")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def unfinished(dirs: Sequence[Path]) -> list[str]:
     """`<run> (<status>)` for every run folder whose summary.json does not say completed (a run still going, killed,
     interrupted or failed): its checkpoint is where it stopped, not a finished run's policy, and a report that
     pooled it with finished runs said nothing of it."""
     out = []
     for d in dirs:
-        try:
-            status = json.loads((Path(d) / "summary.json").read_text()).get("status")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            status = None
+        status = run_status(d)
         if status != "completed":
             out.append(f"{d} ({status or 'no summary.json status'})")
     return out
@@ -309,19 +315,33 @@ def group_summary(reports: Sequence[RunReport], axes: Sequence[str], n_boot: int
 
 def robustness_report(paths: Sequence[str | Path], axes: Mapping[str, Sequence[float]] | Sequence[str] | None = None,
                       by: Sequence[str] = (), episodes: int = 32, seed: int = 20_000, ckpt: str | Path = CKPT,
-                      n_boot: int = 2000, ci: float = 0.95, baseline: str | None = None) -> dict[str, Any]:  # fmt: skip
+                      n_boot: int = 2000, ci: float = 0.95, baseline: str | None = None,
+                      failed: str = "exclude") -> dict[str, Any]:  # fmt: skip
     """Evaluate every run directory at or below `paths` (those with config.yaml and a checkpoint) along `axes`
     ({axis: levels}, a list of axes with default levels, or None for the task kind's defaults), grouped by the
-    dotted config keys `by` (default: one group per run); areas are also compared with the `baseline` group."""
+    dotted config keys `by` (default: one group per run); areas are also compared with the `baseline` group.
+    Runs whose summary.json says failed (diverged, crashed) are left out and counted beside their group
+    (`failed="exclude"`, as compare.py does) or evaluated at their last checkpoint (`failed="include"`)."""
+    if failed not in FAILED:
+        raise ValueError(f"failed={failed!r} is not one of {FAILED}")
     dirs = [d for d in find_run_dirs(paths) if (d / "config.yaml").is_file()]
     usable = [d for d in dirs if (d / ckpt).is_file()]
     skipped = [str(d) for d in dirs if d not in usable]
+    left_out = [d for d in usable if failed == "exclude" and run_status(d) == "failed"]
+    if left_out and len(left_out) == len(usable):
+        raise ValueError(f"every run with {ckpt} below {[str(p) for p in paths]} failed ({len(left_out)}); "
+                         "--failed include evaluates them at their last checkpoint")
     if not usable:
         raise ValueError(f"no run directory with config.yaml and {ckpt} below {[str(p) for p in paths]}")
     check_group_keys([saved_config(d) for d in usable], by)  # a typo in --by, before any episode
+    all_labels = (dict(zip(usable, config_group_labels([saved_config(d) for d in usable], by), strict=True)) if by
+                  else run_labels(usable))
+    failed_by_group: dict[str, list[str]] = {}
+    for d in left_out:
+        failed_by_group.setdefault(all_labels[d], []).append(str(d))
+    usable = [d for d in usable if d not in left_out]
     reports, settings_axes = [], None
-    configs = [saved_config(d) for d in usable]
-    labels = dict(zip(usable, config_group_labels(configs, by), strict=True)) if by else run_labels(usable)
+    labels = all_labels
     for d in usable:
         run = load_trained(d, ckpt)
         if axes is None or not isinstance(axes, Mapping):
@@ -351,6 +371,7 @@ def robustness_report(paths: Sequence[str | Path], axes: Mapping[str, Sequence[f
         "runs": [{"path": r.path, "group": r.group, "areas": {a: r.area(a) for a in names}, "curves": r.curves}
                  for r in reports],
         "groups": group_summary(reports, names, n_boot=n_boot, ci=ci, baseline=baseline),
+        "failed_runs": failed, "failed": failed_by_group,
         "skipped": skipped,
         "unfinished": unfinished(usable),
     }  # fmt: skip
@@ -386,13 +407,18 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             diff = (f"{a['diff_vs_baseline']:+.3f} [{a['diff_ci'][0]:+.3f}, {a['diff_ci'][1]:+.3f}]"
                     if "diff_vs_baseline" in a else ("baseline" if g.get("baseline") else "-"))  # fmt: skip
             spread = f"{_f(a['area_std'])} [{_f(a['area_min'])}, {_f(a['area_max'])}]"
-            lines.append("| " + " | ".join([label.replace("|", "\\|"), str(g["n_runs"]), ci_text, diff, spread,
+            runs = str(g["n_runs"]) + (f" (+{len(report['failed'][label])} failed)"
+                                       if report.get("failed", {}).get(label) else "")
+            lines.append("| " + " | ".join([label.replace("|", "\\|"), runs, ci_text, diff, spread,
                                              *(_f(v) for v in a["curve_mean"])]) + " |")  # fmt: skip
         lines.append("")
     if report.get("plot"):
         lines += ["## Plot", "", f"![robustness]({report['plot']})", ""]
     if report.get("skipped"):
         lines += ["## Skipped (no checkpoint)", "", *(f"- `{p}`" for p in report["skipped"]), ""]
+    if report.get("failed"):
+        lines += ["## Failed, left out (diverged or crashed; `--failed include` evaluates them at their last "
+                  "checkpoint)", "", *(f"- `{p}`" for paths in report["failed"].values() for p in paths), ""]
     if report.get("unfinished"):
         lines += ["## Not completed (evaluated at their last checkpoint)", "",
                   *(f"- `{p}`" for p in report["unfinished"]), ""]
