@@ -308,3 +308,21 @@ def check_arguments(cfg: DictConfig, data_module: Any) -> None:
             walk(value, f"{key}.")
     if OmegaConf.is_dict(cfg.get("data")):
         check_keys("data.", [str(k) for k in cfg.data.keys()], data_module)
+
+
+def check_optimizer_settings(cfg: DictConfig) -> None:
+    """optimizer.betas, where the optimizer has it (adamw, radam, adabelief, lion; `+optimizer.betas` for adam): a
+    list of two numbers in [0, 1). `optimizer.betas=abc` ended in a TypeError traceback, `[0.9]` in an IndexError,
+    `[1.5,0.999]` in torch's 'Invalid beta parameter at index 0', which names no key. (What else the optimizer
+    refuses comes from its constructor, tried at build time: mtdqn.models.dqn.make_optimizer.)"""
+    betas = OmegaConf.select(cfg, "optimizer.betas", default=_ABSENT)
+    if betas is _ABSENT:
+        return
+    plain = OmegaConf.to_container(betas) if OmegaConf.is_config(betas) else betas
+
+    def beta(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1
+
+    if not (isinstance(plain, list) and len(plain) == 2 and all(map(beta, plain))):
+        raise ValueError(f"optimizer.betas={plain!r} must be a list of two numbers in [0, 1) (the decay rates of "
+                         "the optimizer's running averages), e.g. optimizer.betas=[0.9,0.999]")

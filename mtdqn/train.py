@@ -30,6 +30,7 @@ from mtdqn.config_checks import (
     check_flags,
     check_layout_keys,
     check_numbers,
+    check_optimizer_settings,
     check_replay_size,
 )
 from mtdqn.console import say
@@ -39,6 +40,7 @@ from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
 from mtdqn.envs.wrappers import check_perturb
 from mtdqn.models import MultiTaskDQNModule
 from mtdqn.models.adversarial import AdversarialObs
+from mtdqn.models.dqn import make_optimizer
 from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.replay import PrioritizedReplayBuffer
 from mtdqn.replay.buffer import check_obs_storage
@@ -190,6 +192,7 @@ def validate(cfg: DictConfig) -> None:
     check_layout_keys(cfg)
     check_numbers(cfg)
     check_flags(cfg)
+    check_optimizer_settings(cfg)
     check_replay_size(cfg)
     multi = issubclass(get_class(cfg.model._target_), MultiTaskDQNModule)
     check_arguments(cfg, MultiTaskDataModule if multi else RLDataModule)
@@ -301,6 +304,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         )
         model = instantiate(cfg.model)(task=specs[0])
     apply_transfer(model, transfer)
+    # the optimizer is made at the fit's start (configure_optimizers), after the envs: settings it refuses
+    # (optimizer.eps=-1, eps=abc) are refused here, naming them
+    make_optimizer(model.optimizer_factory, [p for g in model.param_groups() for p in g["params"]])
     if float((cfg.get("adversarial") or {}).get("epsilon") or 0.0) > 0:
         low, high = (None, None)
         if str(cfg.task_set.kind) == "driving":  # clipped to the observation's bounds, as the fgsm axis evaluates

@@ -140,6 +140,18 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("callbacks.guard.max_td_loss=-1", "callbacks.guard.max_td_loss=-1 must be a number > 0"),
         ("scheduler=linear scheduler.final_fraction=abc", "scheduler.final_fraction='abc' must be a number in [0, 1]"),
         ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1 must be a number >= 0"),
+        # what the optimizer refuses: torch's keyless 'Invalid epsilon value: -1', a TypeError or IndexError
+        # traceback, only once the fit had started
+        ("optimizer.eps=-1", "the optimizer torch.optim.adam.Adam refuses its settings (optimizer.lr=0.0023, "
+                             "optimizer.eps=-1, optimizer.fused=True): Invalid epsilon value: -1; see conf/optimizer/"),
+        ("optimizer.eps=abc", "optimizer.eps='abc', optimizer.fused=True): '<=' not supported between instances of "
+                              "'float' and 'str' (TypeError)"),
+        ("optimizer=sgd optimizer.momentum=0 +optimizer.nesterov=true", "(optimizer.lr=0.01, optimizer.momentum=0, "
+         "optimizer.nesterov=True): Nesterov momentum requires a momentum and zero dampening"),
+        ("+optimizer.betas=abc", "optimizer.betas='abc' must be a list of two numbers in [0, 1)"),
+        ("optimizer=adamw optimizer.betas=[0.9]", "optimizer.betas=[0.9] must be a list of two numbers in [0, 1)"),
+        ("optimizer=adamw optimizer.betas=[1.5,0.999]", "optimizer.betas=[1.5, 0.999] must be a list of two numbers "
+                                                         "in [0, 1)"),
         # a driving knob misspelt: DrivingConfig's TypeError traceback; a bad value named DrivingConfig.<knob>
         ("task_set=lane_keep +task_set.env_kwargs.slipp=0.1", "task_set.env_kwargs.slipp: the driving simulator has no "
                                                               "knob 'slipp'; did you mean slip?"),
