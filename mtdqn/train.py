@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, LoggerClock, WandbEnvStepAxis
+from mtdqn.callbacks.checkpoint import check_checkpoint_file
 from mtdqn.callbacks.loggers import continue_wandb_run
 from mtdqn.config_checks import (
     check_arguments,
@@ -203,6 +204,8 @@ def validate(cfg: DictConfig) -> None:
                          "folder's own last checkpoint); here give a checkpoint's path")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
+    if cfg.get("ckpt_path"):
+        check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
     if cfg.get("ckpt_path"):
         check_resume(cfg)
     check_env_options(str(cfg.task_set.kind), *env_options(cfg))

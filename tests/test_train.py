@@ -181,6 +181,16 @@ def test_an_optimizer_from_a_missing_extra_names_the_extra(tmp_path, monkeypatch
         build(compose_cfg([*SMOKE, "optimizer=adabelief"], tmp_path))
 
 
+def test_a_ckpt_path_that_is_no_checkpoint_is_refused_naming_the_key(tmp_path):
+    """An existing file torch.save did not write (ckpt_path=/etc/hostname): a 21-line RuntimeError, 'mmap can only
+    be used with files saved with torch.save(...)', once the trainer was built."""
+    text = tmp_path / "hostname"
+    text.write_text("a-host\n")
+    with pytest.raises(ValueError, match=re.escape(f"ckpt_path={str(text)!r} is not a checkpoint that torch can "
+                                                   "load (torch.save writes a zip archive, and this file is not one)")):
+        build(compose_cfg([*SMOKE, f"ckpt_path={text}"], tmp_path / "run"))
+
+
 def test_numeric_keys_take_hydra_numbers():
     """1e6 (a float to Hydra) is an integer budget; null only where the key allows it."""
     from mtdqn.config_checks import check_number
