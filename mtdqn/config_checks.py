@@ -326,3 +326,45 @@ def check_optimizer_settings(cfg: DictConfig) -> None:
     if not (isinstance(plain, list) and len(plain) == 2 and all(map(beta, plain))):
         raise ValueError(f"optimizer.betas={plain!r} must be a list of two numbers in [0, 1) (the decay rates of "
                          "the optimizer's running averages), e.g. optimizer.betas=[0.9,0.999]")
+
+
+def _folder_key(key: str) -> bool:
+    """A key that names a folder something writes into (callbacks.checkpoint.dirpath, logger.*.save_dir,
+    callbacks.eval.video_dir, compression.output_dir, the profiler's dirpath)."""
+    return key == "dirpath" or key.endswith("_dir")
+
+
+def check_folders(cfg: DictConfig) -> None:
+    """Every folder key (outside `hydra`) names a folder or a path where one can be made: not an existing file,
+    nor under one. `callbacks.checkpoint.dirpath=/etc/hostname` ended in a FileExistsError traceback at the first
+    checkpoint, after hundreds of env steps, and `logger.jsonl.save_dir=/etc/hostname` in one as the logger wrote."""
+    from pathlib import Path
+
+    def walk(node: Any, path: str) -> None:
+        for key, value in node.items_ex(resolve=False):
+            where = f"{path}{key}"
+            if OmegaConf.is_dict(value):
+                walk(value, f"{where}.")
+                continue
+            if not _folder_key(str(key)):
+                continue
+            try:
+                given = node[key]  # resolved (paths.output_dir)
+            except Exception:  # an interpolation that cannot resolve here keeps its own error, where it is used
+                continue
+            if not isinstance(given, str) or not given:
+                continue
+            folder = Path(given).expanduser()
+            for place in (folder, *folder.parents):
+                if place.exists():
+                    if place.is_dir():
+                        break
+                    if place == folder:
+                        raise ValueError(f"{where}={given!r} is a file, and a folder is needed here: give a "
+                                         "folder's path")
+                    raise ValueError(f"{where}={given!r}: {str(place)!r} is a file, not a folder, so no folder can be "
+                                     "made there: give a folder's path")
+
+    for key, value in cfg.items_ex(resolve=False):
+        if key != "hydra" and OmegaConf.is_dict(value):
+            walk(value, f"{key}.")

@@ -29,6 +29,7 @@ from mtdqn.callbacks.loggers import continue_wandb_run
 from mtdqn.config_checks import (
     check_arguments,
     check_flags,
+    check_folders,
     check_layout_keys,
     check_numbers,
     check_optimizer_settings,
@@ -195,6 +196,7 @@ def validate(cfg: DictConfig) -> None:
     check_flags(cfg)
     check_optimizer_settings(cfg)
     check_replay_size(cfg)
+    check_folders(cfg)
     multi = issubclass(get_class(cfg.model._target_), MultiTaskDQNModule)
     check_arguments(cfg, MultiTaskDataModule if multi else RLDataModule)
     check_model_and_net(cfg, multi)

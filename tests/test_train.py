@@ -191,6 +191,25 @@ def test_a_ckpt_path_that_is_no_checkpoint_is_refused_naming_the_key(tmp_path):
         build(compose_cfg([*SMOKE, f"ckpt_path={text}"], tmp_path / "run"))
 
 
+@pytest.mark.parametrize("key", ["callbacks.checkpoint.dirpath", "logger.jsonl.save_dir", "callbacks.eval.video_dir"])
+def test_a_file_where_a_folder_is_needed_is_refused_before_any_env_step(tmp_path, key, monkeypatch):
+    """callbacks.checkpoint.dirpath=/etc/hostname: a FileExistsError traceback at the first checkpoint (after 310 env
+    steps); logger.jsonl.save_dir=/etc/hostname: one as the logger wrote."""
+    from mtdqn.envs import gym_adapter
+
+    def no_vector_env(*args, **kwargs):
+        raise AssertionError("an environment was created before validation finished")
+
+    monkeypatch.setattr(gym_adapter.gym, "make_vec", no_vector_env)
+    text = tmp_path / "hostname"
+    text.write_text("a-host\n")
+    with pytest.raises(ValueError, match=re.escape(f"{key}={str(text)!r} is a file, and a folder is needed here")):
+        build(compose_cfg([*SMOKE, f"{key}={text}"], tmp_path / "run"))
+    under = text / "sub"  # a folder that cannot be made: under a file
+    with pytest.raises(ValueError, match=re.escape(f"{key}={str(under)!r}: {str(text)!r} is a file, not a folder")):
+        build(compose_cfg([*SMOKE, f"{key}={under}"], tmp_path / "run"))
+
+
 def test_numeric_keys_take_hydra_numbers():
     """1e6 (a float to Hydra) is an integer budget; null only where the key allows it."""
     from mtdqn.config_checks import check_number
