@@ -127,6 +127,12 @@ def check_layout_keys(cfg: DictConfig) -> None:
     TypeError traceback, `[[16,3.5,1]]` was cut to a 3x3 kernel, `[]` trained an MLP)."""
     if OmegaConf.is_missing(cfg.task_set, "tasks") or not cfg.task_set.get("tasks"):
         raise ValueError("task_set.tasks is not set: give the task ids, e.g. task_set.tasks=[CartPole-v1]")
+    tasks = cfg.task_set.tasks
+    if not OmegaConf.is_list(tasks):  # `task_set.tasks=CartPole-v1` was read letter by letter: "'C' is not a
+        # registered gymnasium id"
+        shown = OmegaConf.to_container(tasks) if OmegaConf.is_config(tasks) else tasks
+        example = shown if isinstance(shown, str) and shown else "CartPole-v1"
+        raise ValueError(f"task_set.tasks={shown!r} must be a list of task ids, e.g. task_set.tasks=[{example}]")
     hidden = OmegaConf.select(cfg, "net.hidden", default=None)
     if hidden is not None:  # `net.hidden=64` ended in a TypeError traceback
         from mtdqn.nets.q import positive_widths

@@ -131,6 +131,9 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("net.hidden=64", "net.hidden=64 must be a non-empty list of positive widths"),  # a TypeError traceback
         ("net.hidden=[64,abc]", "net.hidden=[64, 'abc'] must be a non-empty list of positive widths"),
         ("task_set=gym", "task_set.tasks is not set: give the task ids"),
+        ("task_set.tasks=CartPole-v1", "task_set.tasks='CartPole-v1' must be a list of task ids, e.g. "
+                                       "task_set.tasks=[CartPole-v1]"),  # was "'C' is not a registered gymnasium id"
+        ("task_set.tasks=3", "task_set.tasks=3 must be a list of task ids, e.g. task_set.tasks=[CartPole-v1]"),
         ("callbacks.eval.epsilon=null", "callbacks.eval.epsilon=None must be a number in [0, 1]"),
         # null passed, then crashed mid-training or at build; non-numbers gave Hydra's instantiation traceback
         ("model.max_grad_norm=null", "model.max_grad_norm=None must be a number >= 0"),
