@@ -374,3 +374,23 @@ def check_folders(cfg: DictConfig) -> None:
     for key, value in cfg.items_ex(resolve=False):
         if key != "hydra" and OmegaConf.is_dict(value):
             walk(value, f"{key}.")
+
+
+# keys whose preset value interpolates a key of RULES (conf/replay: `gamma: ${gamma}`, conf/exploration: `warmup:
+# ${data.learning_starts}`), checked there; given themselves (replay.gamma=2) they were refused only where the
+# component is built, inside the fit, and as `gamma=2`, a key the user had not given
+COPIES: dict[str, tuple[str, str, str]] = {  # key: (kind, bound, the key it follows)
+    "replay.gamma": (NUM, "in (0, 1]", "gamma"),
+    "exploration.warmup": (INT, ">= 0", "data.learning_starts"),
+}
+
+
+def check_copies(cfg: DictConfig) -> None:
+    """Every key of COPIES present in cfg, named as given."""
+    for key, (kind, bound, source) in COPIES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            try:
+                check_number(key, value, kind, bound)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (it follows {source} unless given)") from None

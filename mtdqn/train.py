@@ -28,6 +28,7 @@ from mtdqn.callbacks.checkpoint import check_checkpoint_file
 from mtdqn.callbacks.loggers import continue_wandb_run
 from mtdqn.config_checks import (
     check_arguments,
+    check_copies,
     check_flags,
     check_folders,
     check_layout_keys,
@@ -193,6 +194,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"seed={cfg.seed!r} must be an integer in [0, 2**32 - 1] (numpy's seed range)")
     check_layout_keys(cfg)
     check_numbers(cfg)
+    check_copies(cfg)
     check_flags(cfg)
     check_optimizer_settings(cfg)
     check_replay_size(cfg)

@@ -143,6 +143,15 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("callbacks.guard.max_td_loss=-1", "callbacks.guard.max_td_loss=-1 must be a number > 0"),
         ("scheduler=linear scheduler.final_fraction=abc", "scheduler.final_fraction='abc' must be a number in [0, 1]"),
         ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1 must be a number >= 0"),
+        # each key named as given: `exploration.duration=8000 and warmup=-5`, `popart.beta=2`, `gamma=2` (replay.gamma
+        # follows gamma, and was refused inside the fit), one message for model.temperature, distill_coef and td_coef
+        ("exploration.warmup=-5", "exploration.warmup=-5 must be an integer >= 0 (it follows data.learning_starts "
+                                  "unless given)"),
+        ("replay.gamma=2", "replay.gamma=2 must be a number in (0, 1] (it follows gamma unless given)"),
+        ("model=mtdqn task_set=driving net=multihead model.popart=true model.popart_beta=2",
+         "model.popart_beta=2 must be a number in (0, 1] (the step size of PopArt's"),
+        ("model=student net=multihead model.distill_coef=-1", "model.distill_coef=-1 must be >= 0"),
+        ("model=student net=multihead model.td_coef=-1", "model.td_coef=-1 must be >= 0"),
         # what the optimizer refuses: torch's keyless 'Invalid epsilon value: -1', a TypeError or IndexError
         # traceback, only once the fit had started
         ("optimizer.eps=-1", "the optimizer torch.optim.adam.Adam refuses its settings (optimizer.lr=0.0023, "
