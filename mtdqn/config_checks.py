@@ -153,6 +153,12 @@ def check_layout_keys(cfg: DictConfig) -> None:
     TypeError traceback, `[[16,3.5,1]]` was cut to a 3x3 kernel, `[]` trained an MLP)."""
     if OmegaConf.is_missing(cfg.task_set, "tasks") or not cfg.task_set.get("tasks"):
         raise ValueError("task_set.tasks is not set: give the task ids, e.g. task_set.tasks=[CartPole-v1]")
+    tasks = cfg.task_set.tasks
+    if not OmegaConf.is_list(tasks):  # `task_set.tasks=CartPole-v1` was read letter by letter: "'C' is not a
+        # registered gymnasium id"
+        shown = OmegaConf.to_container(tasks) if OmegaConf.is_config(tasks) else tasks
+        example = shown if isinstance(shown, str) and shown else "CartPole-v1"
+        raise ValueError(f"task_set.tasks={shown!r} must be a list of task ids, e.g. task_set.tasks=[{example}]")
     hidden = OmegaConf.select(cfg, "net.hidden", default=None)
     if hidden is not None:  # `net.hidden=64` ended in a TypeError traceback
         from mtdqn.nets.q import positive_widths
@@ -334,3 +340,83 @@ def check_arguments(cfg: DictConfig, data_module: Any) -> None:
             walk(value, f"{key}.")
     if OmegaConf.is_dict(cfg.get("data")):
         check_keys("data.", [str(k) for k in cfg.data.keys()], data_module)
+
+
+def check_optimizer_settings(cfg: DictConfig) -> None:
+    """optimizer.betas, where the optimizer has it (adamw, radam, adabelief, lion; `+optimizer.betas` for adam): a
+    list of two numbers in [0, 1). `optimizer.betas=abc` ended in a TypeError traceback, `[0.9]` in an IndexError,
+    `[1.5,0.999]` in torch's 'Invalid beta parameter at index 0', which names no key. (What else the optimizer
+    refuses comes from its constructor, tried at build time: mtdqn.models.dqn.make_optimizer.)"""
+    betas = OmegaConf.select(cfg, "optimizer.betas", default=_ABSENT)
+    if betas is _ABSENT:
+        return
+    plain = OmegaConf.to_container(betas) if OmegaConf.is_config(betas) else betas
+
+    def beta(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1
+
+    if not (isinstance(plain, list) and len(plain) == 2 and all(map(beta, plain))):
+        raise ValueError(f"optimizer.betas={plain!r} must be a list of two numbers in [0, 1) (the decay rates of "
+                         "the optimizer's running averages), e.g. optimizer.betas=[0.9,0.999]")
+
+
+def _folder_key(key: str) -> bool:
+    """A key that names a folder something writes into (callbacks.checkpoint.dirpath, logger.*.save_dir,
+    callbacks.eval.video_dir, compression.output_dir, the profiler's dirpath)."""
+    return key == "dirpath" or key.endswith("_dir")
+
+
+def check_folders(cfg: DictConfig) -> None:
+    """Every folder key (outside `hydra`) names a folder or a path where one can be made: not an existing file,
+    nor under one. `callbacks.checkpoint.dirpath=/etc/hostname` ended in a FileExistsError traceback at the first
+    checkpoint, after hundreds of env steps, and `logger.jsonl.save_dir=/etc/hostname` in one as the logger wrote."""
+    from pathlib import Path
+
+    def walk(node: Any, path: str) -> None:
+        for key, value in node.items_ex(resolve=False):
+            where = f"{path}{key}"
+            if OmegaConf.is_dict(value):
+                walk(value, f"{where}.")
+                continue
+            if not _folder_key(str(key)):
+                continue
+            try:
+                given = node[key]  # resolved (paths.output_dir)
+            except Exception:  # an interpolation that cannot resolve here keeps its own error, where it is used
+                continue
+            if not isinstance(given, str) or not given:
+                continue
+            folder = Path(given).expanduser()
+            for place in (folder, *folder.parents):
+                if place.exists():
+                    if place.is_dir():
+                        break
+                    if place == folder:
+                        raise ValueError(f"{where}={given!r} is a file, and a folder is needed here: give a "
+                                         "folder's path")
+                    raise ValueError(f"{where}={given!r}: {str(place)!r} is a file, not a folder, so no folder can be "
+                                     "made there: give a folder's path")
+
+    for key, value in cfg.items_ex(resolve=False):
+        if key != "hydra" and OmegaConf.is_dict(value):
+            walk(value, f"{key}.")
+
+
+# keys whose preset value interpolates a key of RULES (conf/replay: `gamma: ${gamma}`, conf/exploration: `warmup:
+# ${data.learning_starts}`), checked there; given themselves (replay.gamma=2) they were refused only where the
+# component is built, inside the fit, and as `gamma=2`, a key the user had not given
+COPIES: dict[str, tuple[str, str, str]] = {  # key: (kind, bound, the key it follows)
+    "replay.gamma": (NUM, "in (0, 1]", "gamma"),
+    "exploration.warmup": (INT, ">= 0", "data.learning_starts"),
+}
+
+
+def check_copies(cfg: DictConfig) -> None:
+    """Every key of COPIES present in cfg, named as given."""
+    for key, (kind, bound, source) in COPIES.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            try:
+                check_number(key, value, kind, bound)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (it follows {source} unless given)") from None

@@ -43,6 +43,9 @@ def checkpoint_path(cfg: DictConfig) -> Path:
 
 def checkpoint_env_steps(path: Path) -> int:
     """The env steps a checkpoint was saved at, read memory-mapped (its replay is not loaded)."""
+    from mtdqn.callbacks.checkpoint import check_checkpoint_file
+
+    check_checkpoint_file(path, "ckpt_path")  # memory-mapping a file torch.save did not write: a RuntimeError
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     for value in state.values():
         if isinstance(value, dict) and "env_steps" in value and "replays" in value:  # the data module's state

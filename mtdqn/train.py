@@ -25,12 +25,16 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
 from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, LoggerClock, WandbEnvStepAxis
+from mtdqn.callbacks.checkpoint import check_checkpoint_file
 from mtdqn.callbacks.loggers import continue_wandb_run
 from mtdqn.config_checks import (
     check_arguments,
+    check_copies,
     check_flags,
+    check_folders,
     check_layout_keys,
     check_numbers,
+    check_optimizer_settings,
     check_relations,
     check_replay_size,
 )
@@ -41,6 +45,7 @@ from mtdqn.envs import check_env_options, env_factory, share_rules, task_specs
 from mtdqn.envs.wrappers import check_perturb
 from mtdqn.models import MultiTaskDQNModule
 from mtdqn.models.adversarial import AdversarialObs
+from mtdqn.models.dqn import make_optimizer
 from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.replay import PrioritizedReplayBuffer
 from mtdqn.replay.buffer import check_obs_storage
@@ -191,9 +196,12 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"seed={cfg.seed!r} must be an integer in [0, 2**32 - 1] (numpy's seed range)")
     check_layout_keys(cfg)
     check_numbers(cfg)
+    check_copies(cfg)
     check_flags(cfg)
     check_relations(cfg)
+    check_optimizer_settings(cfg)
     check_replay_size(cfg)
+    check_folders(cfg)
     multi = issubclass(get_class(cfg.model._target_), MultiTaskDQNModule)
     check_arguments(cfg, MultiTaskDataModule if multi else RLDataModule)
     check_model_and_net(cfg, multi)
@@ -203,6 +211,8 @@ def validate(cfg: DictConfig) -> None:
                          "folder's own last checkpoint); here give a checkpoint's path")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ValueError(f"ckpt_path={cfg.ckpt_path!r} is not a file")
+    if cfg.get("ckpt_path"):
+        check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
     if cfg.get("ckpt_path"):
         check_resume(cfg)
     check_env_options(str(cfg.task_set.kind), *env_options(cfg))
@@ -304,6 +314,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         )
         model = instantiate(cfg.model)(task=specs[0])
     apply_transfer(model, transfer)
+    # the optimizer is made at the fit's start (configure_optimizers), after the envs: settings it refuses
+    # (optimizer.eps=-1, eps=abc) are refused here, naming them
+    make_optimizer(model.optimizer_factory, [p for g in model.param_groups() for p in g["params"]])
     if float((cfg.get("adversarial") or {}).get("epsilon") or 0.0) > 0:
         low, high = (None, None)
         if str(cfg.task_set.kind) == "driving":  # clipped to the observation's bounds, as the fgsm axis evaluates

@@ -76,7 +76,7 @@ def _fmt(x: float | None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (the README's cookbook commands are parsed with it in a test)."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="bench_envs.py", description=__doc__)
     p.add_argument("--counts", type=int, nargs="+", default=[1, 64, 1024, 4096], help="parallel env counts")
     p.add_argument("--steps", type=int, default=200, help="timed steps per repeat for vectorized envs")
     p.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported")
@@ -94,7 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and print a markdown table (steps/s; median of --repeats)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("--counts", "--steps", "--repeats", "--threads", "--highway-counts", "--highway-steps"):
+        given = getattr(args, flag[2:].replace("-", "_"))  # --counts 0 ended in a ValueError traceback naming
+        values = given if isinstance(given, list) else [given]  # the simulator's num_envs
+        if any(v < 1 for v in values):
+            parser.error(f"{flag} {' '.join(map(str, values))}: "
+                         f"{'each must be' if isinstance(given, list) else 'must be'} an integer >= 1")
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{now}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); torch {torch.__version__}, device {args.device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}, "

@@ -50,7 +50,7 @@ def run(preset: str, env_steps: int, devices: int, extra: list[str], accelerator
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (the README's cookbook commands are parsed with it in a test)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="bench_scaling.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="lane_keep_dqn")
     p.add_argument("--env-steps", type=int, default=60_000, help="env steps per process")
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2])
@@ -61,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("--devices", "--env-steps", "--repeats"):  # --devices 0 reached the Trainer, a run's failure
+        given = getattr(args, flag[2:].replace("-", "_"))
+        values = given if isinstance(given, list) else [given]
+        if any(v < 1 for v in values):
+            parser.error(f"{flag} {' '.join(map(str, values))}: "
+                         f"{'each must be' if isinstance(given, list) else 'must be'} an integer >= 1")
     results: dict[int, list[dict]] = {d: [] for d in args.devices}
     for _ in range(args.repeats):
         for d in args.devices:

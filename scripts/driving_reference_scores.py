@@ -24,7 +24,7 @@ def compute(episodes: int, seed: int) -> dict[str, tuple[float, float]]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (the README's cookbook commands are parsed with it in a test)."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="driving_reference_scores.py", description=__doc__)
     p.add_argument("--episodes", type=int, default=100, help="episodes per policy and task (default 100)")
     p.add_argument("--seed", type=int, default=12345, help="base seed; episode i uses seed + i (default 12345)")
     p.add_argument("--check", action="store_true", help="exit 1 unless the stored REFERENCE_SCORES match")
@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the table as a Python literal; with --check compare to the constants in controllers.py."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.episodes < 1:  # 0 ended in the simulator's ValueError traceback, 'num_envs must be >= 1'
+        parser.error(f"--episodes {args.episodes} must be an integer >= 1 (episodes per policy and task)")
     torch.set_num_threads(1)
     scores = compute(args.episodes, args.seed)
     print("REFERENCE_SCORES: dict[str, tuple[float, float]] = {")

@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate, write the report, print the markdown; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.episodes < 1:  # 0 ended in an IndexError traceback
+        parser.error(f"--episodes {args.episodes} must be an integer >= 1 (greedy episodes per level)")
     torch.set_num_threads(1)
     if args.levels is not None and (args.axes is None or len(args.axes) != 1):
         print("robustness.py: error: --levels needs exactly one --axis", file=sys.stderr)

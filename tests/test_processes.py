@@ -94,6 +94,10 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     torch.save({"state_dict": {}, "payload": Path("x")}, path)  # a pickled non-tensor object
     with pytest.raises(ValueError, match="weights-only"):
         load_checkpoint(path)
+    text = tmp_path / "notes.txt"  # not written by torch.save: said so, not blamed on pickled objects
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match="is not a checkpoint that torch can load"):
+        load_checkpoint(text)
 
 
 @pytest.mark.slow

@@ -131,6 +131,9 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("net.hidden=64", "net.hidden=64 must be a non-empty list of positive widths"),  # a TypeError traceback
         ("net.hidden=[64,abc]", "net.hidden=[64, 'abc'] must be a non-empty list of positive widths"),
         ("task_set=gym", "task_set.tasks is not set: give the task ids"),
+        ("task_set.tasks=CartPole-v1", "task_set.tasks='CartPole-v1' must be a list of task ids, e.g. "
+                                       "task_set.tasks=[CartPole-v1]"),  # was "'C' is not a registered gymnasium id"
+        ("task_set.tasks=3", "task_set.tasks=3 must be a list of task ids, e.g. task_set.tasks=[CartPole-v1]"),
         ("callbacks.eval.epsilon=null", "callbacks.eval.epsilon=None must be a number in [0, 1]"),
         # null passed, then crashed mid-training or at build; non-numbers gave Hydra's instantiation traceback
         ("model.max_grad_norm=null", "model.max_grad_norm=None must be a number >= 0"),
@@ -140,6 +143,27 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("callbacks.guard.max_td_loss=-1", "callbacks.guard.max_td_loss=-1 must be a number > 0"),
         ("scheduler=linear scheduler.final_fraction=abc", "scheduler.final_fraction='abc' must be a number in [0, 1]"),
         ("optimizer=sgd optimizer.momentum=-1", "optimizer.momentum=-1 must be a number >= 0"),
+        # each key named as given: `exploration.duration=8000 and warmup=-5`, `popart.beta=2`, `gamma=2` (replay.gamma
+        # follows gamma, and was refused inside the fit), one message for model.temperature, distill_coef and td_coef
+        ("exploration.warmup=-5", "exploration.warmup=-5 must be an integer >= 0 (it follows data.learning_starts "
+                                  "unless given)"),
+        ("replay.gamma=2", "replay.gamma=2 must be a number in (0, 1] (it follows gamma unless given)"),
+        ("model=mtdqn task_set=driving net=multihead model.popart=true model.popart_beta=2",
+         "model.popart_beta=2 must be a number in (0, 1] (the step size of PopArt's"),
+        ("model=student net=multihead model.distill_coef=-1", "model.distill_coef=-1 must be >= 0"),
+        ("model=student net=multihead model.td_coef=-1", "model.td_coef=-1 must be >= 0"),
+        # what the optimizer refuses: torch's keyless 'Invalid epsilon value: -1', a TypeError or IndexError
+        # traceback, only once the fit had started
+        ("optimizer.eps=-1", "the optimizer torch.optim.adam.Adam refuses its settings (optimizer.lr=0.0023, "
+                             "optimizer.eps=-1, optimizer.fused=True): Invalid epsilon value: -1; see conf/optimizer/"),
+        ("optimizer.eps=abc", "optimizer.eps='abc', optimizer.fused=True): '<=' not supported between instances of "
+                              "'float' and 'str' (TypeError)"),
+        ("optimizer=sgd optimizer.momentum=0 +optimizer.nesterov=true", "(optimizer.lr=0.01, optimizer.momentum=0, "
+         "optimizer.nesterov=True): Nesterov momentum requires a momentum and zero dampening"),
+        ("+optimizer.betas=abc", "optimizer.betas='abc' must be a list of two numbers in [0, 1)"),
+        ("optimizer=adamw optimizer.betas=[0.9]", "optimizer.betas=[0.9] must be a list of two numbers in [0, 1)"),
+        ("optimizer=adamw optimizer.betas=[1.5,0.999]", "optimizer.betas=[1.5, 0.999] must be a list of two numbers "
+                                                         "in [0, 1)"),
         # a driving knob misspelt: DrivingConfig's TypeError traceback; a bad value named DrivingConfig.<knob>
         ("task_set=lane_keep +task_set.env_kwargs.slipp=0.1", "task_set.env_kwargs.slipp: the driving simulator has no "
                                                               "knob 'slipp'; did you mean slip?"),
@@ -195,6 +219,35 @@ def test_an_optimizer_from_a_missing_extra_names_the_extra(tmp_path, monkeypatch
                                                    "pytorch_optimizer, which is not installed: pip install -c "
                                                    "constraints.txt -e '.[optim]'")):
         build(compose_cfg([*SMOKE, "optimizer=adabelief"], tmp_path))
+
+
+def test_a_ckpt_path_that_is_no_checkpoint_is_refused_naming_the_key(tmp_path):
+    """An existing file torch.save did not write (ckpt_path=/etc/hostname): a 21-line RuntimeError, 'mmap can only
+    be used with files saved with torch.save(...)', once the trainer was built."""
+    text = tmp_path / "hostname"
+    text.write_text("a-host\n")
+    with pytest.raises(ValueError, match=re.escape(f"ckpt_path={str(text)!r} is not a checkpoint that torch can "
+                                                   "load (torch.save writes a zip archive, and this file is not one)")):
+        build(compose_cfg([*SMOKE, f"ckpt_path={text}"], tmp_path / "run"))
+
+
+@pytest.mark.parametrize("key", ["callbacks.checkpoint.dirpath", "logger.jsonl.save_dir", "callbacks.eval.video_dir"])
+def test_a_file_where_a_folder_is_needed_is_refused_before_any_env_step(tmp_path, key, monkeypatch):
+    """callbacks.checkpoint.dirpath=/etc/hostname: a FileExistsError traceback at the first checkpoint (after 310 env
+    steps); logger.jsonl.save_dir=/etc/hostname: one as the logger wrote."""
+    from mtdqn.envs import gym_adapter
+
+    def no_vector_env(*args, **kwargs):
+        raise AssertionError("an environment was created before validation finished")
+
+    monkeypatch.setattr(gym_adapter.gym, "make_vec", no_vector_env)
+    text = tmp_path / "hostname"
+    text.write_text("a-host\n")
+    with pytest.raises(ValueError, match=re.escape(f"{key}={str(text)!r} is a file, and a folder is needed here")):
+        build(compose_cfg([*SMOKE, f"{key}={text}"], tmp_path / "run"))
+    under = text / "sub"  # a folder that cannot be made: under a file
+    with pytest.raises(ValueError, match=re.escape(f"{key}={str(under)!r}: {str(text)!r} is a file, not a folder")):
+        build(compose_cfg([*SMOKE, f"{key}={under}"], tmp_path / "run"))
 
 
 def test_numeric_keys_take_hydra_numbers():

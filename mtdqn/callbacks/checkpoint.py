@@ -6,6 +6,7 @@ import glob
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,19 @@ def rank_data_path(path: str | os.PathLike, rank: int) -> Path:
     return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
+def check_checkpoint_file(path: str | os.PathLike, name: str = "checkpoint") -> None:
+    """Refuse, naming it (`name`: the config key or script flag that gave it), a file that torch.save did not write:
+    torch.save writes a zip archive (`ckpt_path=/etc/hostname` ended in a 21-line RuntimeError, 'mmap can only be
+    used with files saved with torch.save(...)', and a weights-only load blamed pickled objects)."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{name}={str(path)!r} is not a checkpoint that torch can load (torch.save writes a zip "
+                         "archive, and this file is not one): give a run's checkpoints/last.ckpt")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint weights-only; a file that needs arbitrary unpickling is refused with a clear error."""
+    if Path(path).is_file():
+        check_checkpoint_file(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

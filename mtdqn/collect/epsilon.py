@@ -23,8 +23,9 @@ class LinearEpsilon:
             v = getattr(self, key)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"exploration.{key}={v} must lie in [0, 1]")
-        if self.duration < 0 or self.warmup < 0:
-            raise ValueError(f"exploration.duration={self.duration} and warmup={self.warmup} must be >= 0")
+        for key in ("duration", "warmup"):  # each named alone (`warmup=-5` was reported with duration=8000)
+            if getattr(self, key) < 0:
+                raise ValueError(f"exploration.{key}={getattr(self, key)} must be >= 0 (env steps)")
 
     def __call__(self, env_steps: int) -> float:
         """Epsilon after `env_steps` environment steps."""

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.precision.amp import _optimizer_handles_unscaling
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mtdqn.losses import LOSSES, polyak_update, td_loss, td_target
@@ -20,6 +21,28 @@ from mtdqn.types import Batch, Round, TaskSpec
 NetFactory = Callable[..., nn.Module]  # (obs_dim=, n_actions=, obs_shape=) -> nn.Module
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 TARGET_UNITS = ("env_steps", "updates")
+
+
+def make_optimizer(factory: OptimizerFactory, params: Iterable) -> torch.optim.Optimizer:
+    """factory(params), with the optimizer's refusal of its settings (torch's 'Invalid epsilon value: -1', a
+    TypeError for `optimizer.eps=abc`, an IndexError for `optimizer.betas=[0.9]`) as one ValueError naming the
+    optimizer group's settings (a Hydra partial's keywords) and the library's message."""
+    try:
+        return factory(params)
+    except Exception as exc:
+        target = getattr(factory, "func", factory)
+        name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}".lstrip(".")
+        keywords = getattr(factory, "keywords", None) or {}
+        given = ", ".join(f"optimizer.{k}={_plain(v)!r}" for k, v in keywords.items())
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        kind = "" if isinstance(exc, ValueError) else f" ({type(exc).__name__})"
+        raise ValueError(f"the optimizer {name} refuses its settings ({given}): {reason}{kind}; see conf/optimizer/ "
+                         "for each preset's keys and values") from exc
+
+
+def _plain(value: object) -> object:
+    """A config value as plain Python (a ListConfig betas as a list)."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 class DQNModule(pl.LightningModule):
@@ -94,10 +117,7 @@ class DQNModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = self.param_groups()
-        if len(groups) == 1:
-            opt = self.optimizer_factory(groups[0]["params"])
-        else:
-            opt = self.optimizer_factory(groups)
+        opt = make_optimizer(self.optimizer_factory, groups[0]["params"] if len(groups) == 1 else groups)
         for g, spec in zip(opt.param_groups, groups, strict=True):
             g["lr"] = g["lr"] * spec["lr_scale"]
         self._base_lrs = [g["lr"] for g in opt.param_groups]  # before any checkpoint restore

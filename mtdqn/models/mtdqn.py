@@ -58,6 +58,10 @@ class MultiTaskDQNModule(DQNModule):
         popart_beta: float = 3e-4,  # step size of PopArt's running target moments, per gradient update
         **kwargs,
     ) -> None:
+        if popart and not (isinstance(popart_beta, int | float) and not isinstance(popart_beta, bool)
+                           and 0.0 < popart_beta <= 1.0):  # PopArtHead's own check named `popart.beta`
+            raise ValueError(f"model.popart_beta={popart_beta!r} must be a number in (0, 1] (the step size of PopArt's "
+                             "running target statistics, per gradient update)")
         super().__init__(partial(net, popart_beta=popart_beta) if popart else net, optimizer, task, **kwargs)
         self.use_popart = bool(popart)
         if loss_balance not in BALANCES:

@@ -47,9 +47,11 @@ class DistillStudentModule(MultiTaskDQNModule):
         if kwargs.get("popart"):
             raise ValueError("model=student does not support model.popart=true")
         super().__init__(net, optimizer, task, **kwargs)
-        if temperature <= 0 or distill_coef < 0 or td_coef < 0:
-            raise ValueError(f"model.temperature={temperature} must be > 0, model.distill_coef={distill_coef} and "
-                             f"model.td_coef={td_coef} >= 0")
+        if temperature <= 0:  # each key named alone (one message covered all three)
+            raise ValueError(f"model.temperature={temperature} must be > 0")
+        for key, value in (("distill_coef", distill_coef), ("td_coef", td_coef)):
+            if value < 0:
+                raise ValueError(f"model.{key}={value} must be >= 0")
         if distill_decay_env_steps is not None and distill_decay_env_steps <= 0:
             raise ValueError(f"model.distill_decay_env_steps={distill_decay_env_steps} must be > 0 or null")
         if data_source not in DATA_SOURCES:

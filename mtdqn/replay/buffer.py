@@ -77,7 +77,10 @@ class ReplayBuffer:
         if capacity <= 0 or num_envs <= 0 or obs_dim <= 0 or n_step <= 0:
             raise ValueError(f"replay: capacity={capacity}, num_envs={num_envs}, n_step={n_step} must be > 0")
         if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma={gamma} must lie in (0, 1]")
+            # conf/replay sets replay.gamma to ${gamma}: the top-level gamma is checked in validate(), so a bad
+            # value here was given as replay.gamma
+            raise ValueError(f"replay.gamma={gamma} must lie in (0, 1] (the discount; it follows the top-level "
+                             "gamma unless replay.gamma is given)")
         self.obs_dtype = check_obs_storage(obs_storage, obs_quantum)
         self.obs_quantum = float(obs_quantum) if self.obs_dtype == torch.uint8 else None
         # True: samples keep uint8 observations (Batch.obs as stored) for the consumer to turn into floats one

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -52,3 +53,10 @@ def test_linear_epsilon_schedule():
     assert eps(0) == 1.0 and eps(19) == 1.0
     assert abs(eps(50) - 0.55) < 1e-9
     assert eps(100) == 0.1 and eps(10_000) == 0.1
+
+
+@pytest.mark.parametrize("key", ["duration", "warmup"])
+def test_linear_epsilon_names_the_one_bad_key(key):
+    """`warmup=-5` was reported as 'exploration.duration=8000 and warmup=-5 must be >= 0'."""
+    with pytest.raises(ValueError, match=rf"^exploration\.{key}=-5 must be >= 0 \(env steps\)$"):
+        LinearEpsilon(**{key: -5})

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -183,3 +185,9 @@ def test_a_restored_replay_ends_its_last_rows_episodes(kind):
     b = restored.gather(torch.tensor([3]), torch.tensor([0]), torch.ones(1))  # the row of step 4
     assert b.rewards.item() == 4 + 0.5 * 5  # steps 4 and 5, then the episode ended (truncated)
     assert b.next_obs[0, 0].item() == 5.5 and b.discounts.item() == 0.25  # bootstraps from step 5's own next obs
+
+
+def test_a_bad_replay_gamma_is_named_replay_gamma():
+    """conf/replay's gamma is ${gamma}: a bad replay.gamma was reported as `gamma=2`, a key not given."""
+    with pytest.raises(ValueError, match=re.escape("replay.gamma=2 must lie in (0, 1]")):
+        ReplayBuffer(capacity=4, num_envs=1, obs_dim=2, gamma=2)
