@@ -71,8 +71,6 @@ RULES: dict[str, tuple[str, str, bool]] = {
     "data.collect_solved_score": (NUM, "> 0", False),
     "data.collect_unsolved_score": (NUM, "> 0", True),
     "model.grad_diagnostics_every": (INT, ">= 0", False),
-    "model.popart_beta": (NUM, "in (0, 1]", False),
-    "exploration.warmup": (INT, ">= 0", False),
     "callbacks.eval.seed": (INT, ">= 0", False),  # -1 failed in gymnasium's reset after the first round
     "callbacks.progress.refresh_seconds": (NUM, "> 0", False),
     "trainer.log_every_n_steps": (INT, "> 0", False),

@@ -154,10 +154,7 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("model=student net=multihead model.td_coef=-1", "model.td_coef=-1 must be >= 0"),
         # what the optimizer refuses: torch's keyless 'Invalid epsilon value: -1', a TypeError or IndexError
         # traceback, only once the fit had started
-        ("optimizer.eps=-1", "the optimizer torch.optim.adam.Adam refuses its settings (optimizer.lr=0.0023, "
-                             "optimizer.eps=-1, optimizer.fused=True): Invalid epsilon value: -1; see conf/optimizer/"),
-        ("optimizer.eps=abc", "optimizer.eps='abc', optimizer.fused=True): '<=' not supported between instances of "
-                              "'float' and 'str' (TypeError)"),
+        ("optimizer.eps=-1", "optimizer.eps=-1 must be a number >= 0"),  # checked first, with the other numbers
         ("optimizer=sgd optimizer.momentum=0 +optimizer.nesterov=true", "(optimizer.lr=0.01, optimizer.momentum=0, "
          "optimizer.nesterov=True): Nesterov momentum requires a momentum and zero dampening"),
         ("+optimizer.betas=abc", "optimizer.betas='abc' must be a list of two numbers in [0, 1)"),
@@ -170,7 +167,7 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("task_set=lane_keep +task_set.env_kwargs.obs_noise=-1", "task_set.env_kwargs.obs_noise=-1"),
         # accepted silently (and acting oddly), or failing after the first round (QA pass, 2026-12-02)
         ("optimizer=rmsprop optimizer.alpha=2", "optimizer.alpha=2 must be a number in [0, 1)"),  # diverged
-        ("optimizer.eps=abc", "optimizer.eps='abc' must be a number >= 0"),
+        ("optimizer.eps=abc", "optimizer.eps='abc' must be a number >= 0"),  # a TypeError traceback in the fit
         ("callbacks.eval.seed=-1", "callbacks.eval.seed=-1 must be an integer >= 0"),  # gymnasium's reset, later
         ("trainer.max_epochs=abc", "trainer.max_epochs='abc' must be an integer >= -1"),  # a bare AssertionError
         ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be an integer > 0"),
@@ -185,7 +182,6 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
          "data.collect_unsolved_score='abc' must be a number > 0 (or null)"),
         ("+experiment=lane_keep_mtl model.grad_diagnostics_every=-1",
          "model.grad_diagnostics_every=-1 must be an integer >= 0"),
-        ("+experiment=lane_keep_mtl model.popart_beta=2", "model.popart_beta=2 must be a number in (0, 1]"),
     ],
 )
 def test_invalid_config_fails_before_any_env_step(tmp_path, override, match, monkeypatch):
