@@ -44,6 +44,7 @@ class SourceCheckpoint:
     path: Path
     checkpoint: dict[str, Any]
     config: dict[str, Any] | None
+    config_path: Path | None = None  # the config.yaml it was read from
 
     @property
     def tasks(self) -> list[str] | None:
@@ -123,16 +124,55 @@ def resolve_checkpoint(ref: str, key: str) -> Path:
     return path
 
 
-def find_config(ckpt: Path, explicit: str | None = None) -> dict[str, Any] | None:
-    """The source run's config.yaml: `explicit`, else <run>/config.yaml for <run>/checkpoints/last.ckpt."""
-    candidates = [Path(explicit)] if explicit else [ckpt.parent.parent / "config.yaml", ckpt.parent / "config.yaml"]
-    for c in candidates:
-        if c.is_file():
-            cfg = yaml.safe_load(c.read_text())
-            return cfg if isinstance(cfg, dict) else None
+def config_file(ckpt: Path, explicit: str | None = None) -> Path | None:
+    """The source run's config.yaml: `explicit`, else <run>/config.yaml for <run>/checkpoints/last.ckpt (or one
+    beside the checkpoint); None when there is none."""
     if explicit:
-        raise ValueError(f"transfer.source_config={explicit!r} is not a file")
-    return None
+        if not Path(explicit).is_file():
+            raise ValueError(f"transfer.source_config={explicit!r} is not a file")
+        return Path(explicit)
+    return next((c for c in (ckpt.parent.parent / "config.yaml", ckpt.parent / "config.yaml") if c.is_file()), None)
+
+
+def _shapes_differ(expected: Mapping[str, Tensor], actual: Mapping[str, Tensor], limit: int = 4) -> list[str]:
+    """How the tensors of the config's network (`expected`) and of the checkpoint (`actual`) differ, in words."""
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:limit]) + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+    only_ckpt = [k for k in actual if k not in expected]
+    only_cfg = [k for k in expected if k not in actual]
+    shapes = [f"{k} {tuple(actual[k].shape)} in the checkpoint vs {tuple(v.shape)} in the config's network"
+              for k, v in expected.items() if k in actual and tuple(actual[k].shape) != tuple(v.shape)]
+    out = [f"the checkpoint has {names(only_ckpt)}, the config's network does not"] if only_ckpt else []
+    out += [f"the config's network has {names(only_cfg)}, the checkpoint does not"] if only_cfg else []
+    return out + shapes[:limit]
+
+
+def check_config_fits(source: SourceCheckpoint, key: str, ref: str, explicit: str | None) -> None:
+    """Refuse a source config whose network and task list (names and shapes of the net it builds) do not fit the
+    checkpoint's tensors: its task names would pick the wrong head (`head_from`), EWC and teachers would not load.
+    A net class outside mtdqn.nets cannot be rebuilt and is not checked."""
+    if source.config is None:
+        return
+    try:
+        net_class(dict(source.config.get("net") or {}), key)
+    except ValueError:
+        return
+    where = (f"transfer.source_config={explicit!r}" if explicit
+             else f"{key}={ref!r}: the config.yaml of its run ({source.config_path})")
+    try:
+        net, _ = build_net(source.config, key)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: its network cannot be built ({str(exc).splitlines()[0]}); give the config.yaml "
+                         "of the run that saved the checkpoint") from exc
+    differ = _shapes_differ(net.state_dict(), source.net_state())
+    if differ:
+        net_cfg, ts = source.config.get("net") or {}, source.config.get("task_set") or {}
+        raise ValueError(
+            f"{where} does not fit the checkpoint {str(source.path)!r}: its network (net._target_="
+            f"{net_cfg.get('_target_')}, net.hidden={net_cfg.get('hidden')}, task_set.tasks={ts.get('tasks')}) "
+            f"differs: {'; '.join(differ)}; give the config.yaml of the run that saved the checkpoint"
+            + ("" if explicit else " with transfer.source_config"))
 
 
 def load_source(ref: str, key: str = "transfer.checkpoint", config: str | None = None) -> SourceCheckpoint:
@@ -144,7 +184,11 @@ def load_source(ref: str, key: str = "transfer.checkpoint", config: str | None =
         raise ValueError(f"{key}={ref!r}: {exc}") from exc
     if not isinstance(ckpt, dict) or not any(k.startswith(NET_PREFIX) for k in ckpt.get("state_dict") or {}):
         raise ValueError(f"{key}={ref!r} holds no Q-network weights (no 'state_dict' with '{NET_PREFIX}*' tensors)")
-    return SourceCheckpoint(path, ckpt, find_config(path, config))
+    found = config_file(path, config)
+    raw = yaml.safe_load(found.read_text()) if found is not None else None
+    source = SourceCheckpoint(path, ckpt, raw if isinstance(raw, dict) else None, found)
+    check_config_fits(source, key, ref, config)
+    return source
 
 
 @dataclass

@@ -108,6 +108,35 @@ def test_head_from_sends_the_target_head_to_that_source_tasks_head(tmp_path):
         apply_transfer(dqn(), {"mode": "finetune", "checkpoint": str(path), "head_from": "urban"})
 
 
+def test_a_source_config_that_does_not_fit_the_checkpoint_is_refused(tmp_path):
+    """A 3-task checkpoint with a single-task pedestrian run's config.yaml: its task list sent the target head to
+    heads.0 (lane_keep) silently, and EWC ended in load_state_dict's RuntimeError; both are refused, naming
+    transfer.source_config and what differs. A config.yaml found beside the checkpoint is checked as well."""
+    torch.manual_seed(0)
+    ckpt = write_source(tmp_path / "copy", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), None)
+    other = tmp_path / "pedestrian.yaml"
+    other.write_text(yaml.safe_dump({**expert_config("pedestrian"), "net": {
+        "_target_": "mtdqn.nets.QNetwork", "_partial_": True, "hidden": [16, 16]}}))
+    for mode in ("finetune", "ewc"):
+        with pytest.raises(ValueError) as err:
+            apply_transfer(dqn(), {"mode": mode, "checkpoint": str(ckpt), "source_config": str(other),
+                                   "head_from": "pedestrian"})
+        msg = str(err.value)
+        assert msg.startswith(f"transfer.source_config={str(other)!r} does not fit the checkpoint"), msg
+        assert "task_set.tasks=['pedestrian']" in msg and "heads.0.weight" in msg and "head.weight" in msg
+        assert "\n" not in msg
+    beside = write_source(tmp_path / "run", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), expert_config("pedestrian"))
+    with pytest.raises(ValueError, match=r"transfer.checkpoint='.*': the config.yaml of its run \(.*run/config.yaml\) "
+                                         r"does not fit the checkpoint .* with transfer.source_config"):
+        apply_transfer(dqn(), {"mode": "finetune", "checkpoint": str(beside)})
+    fits = tmp_path / "mtl.yaml"  # the right config loads the named task's head
+    fits.write_text(yaml.safe_dump(MTL_CONFIG))
+    model = dqn()
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(ckpt), "source_config": str(fits),
+                           "head_from": "pedestrian"})
+    assert torch.equal(model.q_net.head.weight, load_source(str(ckpt)).net_state()["heads.1.weight"])
+
+
 def test_torso_lr_scale_puts_the_loaded_torso_in_its_own_param_group(tmp_path):
     path = write_source(tmp_path, QNetwork(26, 9, hidden=[16, 16]), None)
     model = dqn(n_actions=5)
