@@ -31,16 +31,26 @@ log = logging.getLogger("mtdqn")
 SHARED_TORSO = ("torso.", "encoder.")  # the shared trunk a transfer carries over: it must load entirely
 
 
-def check_fit(q_net: nn.Module, report: LoadReport, fresh: dict[str, Tensor], checkpoint: str) -> None:
+def _layer_norm(state: dict[str, Tensor]) -> bool:
+    """The torso has LayerNorms (net.layer_norm=true): 1-D weights among its Linear layers' 2-D ones."""
+    return any(n.startswith("torso.") and n.endswith(".weight") and t.dim() == 1 for n, t in state.items())
+
+
+def check_fit(q_net: nn.Module, report: LoadReport, fresh: dict[str, Tensor], checkpoint: str,
+              source_state: dict[str, Tensor] | None = None) -> None:
     """Refuse a source whose torso (SHARED_TORSO) does not load entirely; a layer elsewhere (a per-task adapter,
     head, observation normalizer) that loaded only partly is put back to its fresh initialization whole."""
     misfit = [n for n in q_net.state_dict() if n.startswith(SHARED_TORSO) and n not in report.loaded]
     if misfit:
+        ln = ""
+        if source_state is not None and _layer_norm(source_state) != _layer_norm(q_net.state_dict()):
+            ln = (f" (the source was trained with net.layer_norm={str(_layer_norm(source_state)).lower()}, the "
+                  f"target has net.layer_norm={str(_layer_norm(q_net.state_dict())).lower()})")
         raise ValueError(
-            f"transfer.checkpoint={checkpoint!r}: the source network's torso does not fit the target's: "
+            f"transfer.checkpoint={checkpoint!r}: the source network's torso does not fit the target's{ln}: "
             + ", ".join(f"{n} ({report.reinitialized[n]})" for n in misfit)
             + f"; every torso tensor ({', '.join(p + '*' for p in SHARED_TORSO)}) must load: use a source with the "
-            "same net.hidden, observation size, conv layers and task conditioning")
+            "same net.hidden, net.layer_norm, observation size, conv layers and task conditioning")
     layers: dict[str, list[str]] = {}
     for name in q_net.state_dict():
         layers.setdefault(name.rpartition(".")[0], []).append(name)
@@ -63,7 +73,7 @@ def load_into_model(model: DQNModule, cfg: TransferConfig):
     prefix_map = head_prefix_map(list(model.q_net.state_dict()), source, cfg.head_from)
     fresh = {k: v.detach().clone() for k, v in model.q_net.state_dict().items()}
     report = load_matching(model.q_net, state, prefix_map)
-    check_fit(model.q_net, report, fresh, cfg.checkpoint)
+    check_fit(model.q_net, report, fresh, cfg.checkpoint, state)
     derived = set(state) - set(source.net_state())  # a PopArt source's heads as plain heads: not "unused"
     report.unused = [k for k in state if k not in set(report.loaded.values()) and k not in derived]
     if not report.loaded:

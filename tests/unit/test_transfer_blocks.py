@@ -164,6 +164,19 @@ def test_a_source_whose_torso_does_not_fit_is_refused(tmp_path):
             apply_transfer(dqn(), {"mode": mode, "checkpoint": str(cartpole)})
 
 
+def test_a_layer_norm_mismatch_is_refused_naming_net_layer_norm(tmp_path):
+    path = write_source(tmp_path, QNetwork(26, 9, hidden=[16, 16]), None)
+    torch.manual_seed(1)
+    model = DQNModule(net=partial(QNetwork, hidden=[16, 16], layer_norm=True),
+                      optimizer=partial(torch.optim.Adam, lr=1e-2), task=TaskSpec("urban", 26, 9))
+    with pytest.raises(ValueError) as err:
+        apply_transfer(model, {"mode": "finetune", "checkpoint": str(path)})
+    assert "torso does not fit the target's (the source was trained with net.layer_norm=false, the target has " \
+           "net.layer_norm=true)" in str(err.value)
+    assert str(err.value).endswith("use a source with the same net.hidden, net.layer_norm, observation size, conv "
+                                   "layers and task conditioning")
+
+
 def test_a_layer_that_fits_only_partly_keeps_its_fresh_initialization_whole(tmp_path):
     """Per-task input adapters: task b's observation size differs (its adapter's bias fits, its weight does not),
     so adapter b stays fresh whole; adapter a, the torso and the heads load; one source head is left over."""
