@@ -198,6 +198,7 @@ class LoadReport:
     loaded: dict[str, str] = field(default_factory=dict)
     reinitialized: dict[str, str] = field(default_factory=dict)
     unused: list[str] = field(default_factory=list)  # source tensors no target tensor took
+    notes: list[str] = field(default_factory=list)  # further lines for the log (how obs_norm was loaded)
 
     def summary(self) -> str:
         """A few lines for the log."""
@@ -208,7 +209,7 @@ class LoadReport:
                 f"{k} ({why})" for k, why in self.reinitialized.items()))
         if self.unused:
             lines.append(f"unused source tensors: {', '.join(self.unused)}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
 
 def head_prefix_map(target_names: Sequence[str], source: SourceCheckpoint, head_from: str | None) -> dict[str, str]:
@@ -258,6 +259,49 @@ def load_matching(target: nn.Module, source_state: Mapping[str, Tensor],
             report.loaded[name] = src
     report.unused = [k for k in source_state if k not in set(report.loaded.values())]
     return report
+
+
+OBS_NORM = "obs_norm."  # RunningObsNorm buffers (net.obs_norm=true): count (T,), mean and var (T, D)
+
+
+def has_obs_norm(state: Mapping[str, Tensor]) -> bool:
+    """The network whose state this is normalizes its observations (net.obs_norm=true)."""
+    return f"{OBS_NORM}mean" in state
+
+
+def obs_norm_statistics(source: Mapping[str, Tensor], target: Mapping[str, Tensor], tasks: Sequence[str] | None,
+                        head_from: str | None, checkpoint: str) -> tuple[dict[str, Tensor], str]:
+    """The source normalizer's statistics laid out for the target's normalizer (rows = target tasks), and how:
+    the `head_from` task's row for every target task (the target then sees its inputs as that head did); row by row
+    when both have as many tasks (as heads load by index); a single-task source's row for every target task;
+    else the statistics pooled over the source's tasks (the mix the shared torso was trained on)."""
+    count, mean, var = (source[f"{OBS_NORM}{k}"] for k in ("count", "mean", "var"))
+    n_target, width = target[f"{OBS_NORM}mean"].shape
+    if mean.shape[1] != width:
+        raise ValueError(f"transfer.checkpoint={checkpoint!r}: the source's observation normalizer (net.obs_norm) "
+                         f"covers {mean.shape[1]} observation features, the target's {width}: use a source with the "
+                         "same observation size")
+    if head_from is not None and count.shape[0] > 1:
+        row = list(tasks or []).index(head_from)
+        picked = (count[row:row + 1], mean[row:row + 1], var[row:row + 1])
+        how = f"those of source task {head_from!r} (transfer.head_from) for every target task"
+    elif count.shape[0] == n_target:
+        picked, how = (count, mean, var), "task by task" if n_target > 1 else "the source's own"
+    elif count.shape[0] == 1:
+        picked, how = (count, mean, var), "the single source task's for every target task"
+    else:
+        from mtdqn.nets.normalize import RunningObsNorm
+
+        pooled = RunningObsNorm(width)
+        for t in range(count.shape[0]):
+            n = count[t:t + 1].double()
+            pooled.merge(n, mean[t:t + 1].double(), var[t:t + 1].double() * n.unsqueeze(1))
+        picked = (pooled.count, pooled.mean, pooled.var)
+        how = f"pooled over the source's {count.shape[0]} tasks"
+    rows = [x.expand(n_target, *x.shape[1:]) if x.shape[0] == 1 else x for x in picked]
+    state = {f"{OBS_NORM}{k}": x.clone().to(target[f"{OBS_NORM}{k}"].dtype)
+             for k, x in zip(("count", "mean", "var"), rows, strict=True)}
+    return state, how
 
 
 def net_class(net_cfg: Mapping[str, Any], key: str) -> type[nn.Module]:

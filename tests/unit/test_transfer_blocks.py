@@ -137,6 +137,72 @@ def test_a_source_config_that_does_not_fit_the_checkpoint_is_refused(tmp_path):
     assert torch.equal(model.q_net.head.weight, load_source(str(ckpt)).net_state()["heads.1.weight"])
 
 
+def obs_norm_source(tasks=DRIVING) -> MultiTaskQNetwork:
+    """A multi-head net with obs_norm whose per-task statistics come from observations far from (0, 1)."""
+    torch.manual_seed(0)
+    net = MultiTaskQNetwork(tasks, hidden=[16, 16], obs_norm=True)
+    for k in range(len(tasks)):
+        net.obs_norm.update(5.0 * k + (k + 1) * torch.randn(50 + 10 * k, 26), task=k)
+    return net
+
+
+def dqn_obs_norm(obs_norm: bool = True) -> DQNModule:
+    torch.manual_seed(1)
+    return DQNModule(net=partial(QNetwork, hidden=[16, 16], obs_norm=obs_norm),
+                     optimizer=partial(torch.optim.Adam, lr=1e-2), task=TaskSpec("urban", 26, 9))
+
+
+def test_a_source_and_target_that_differ_in_obs_norm_are_refused(tmp_path):
+    """The target fed raw observations to a torso trained on normalized ones (the source's normalizer listed as
+    unused), or a fresh normalizer rescaled the inputs of a torso trained on raw ones: both are refused."""
+    with_norm = write_source(tmp_path / "norm", obs_norm_source(), MTL_CONFIG | {"net": {
+        **MTL_CONFIG["net"], "obs_norm": True}})
+    with pytest.raises(ValueError, match=r"net.obs_norm=false: the source \(transfer.checkpoint='.*norm.*'\) was "
+                                         r"trained with net.obs_norm=true, so its torso expects normalized "
+                                         r"observations and would get raw ones; set net.obs_norm=true"):
+        apply_transfer(dqn(), {"mode": "finetune", "checkpoint": str(with_norm), "head_from": "lane_keep"})
+    plain = write_source(tmp_path / "plain", QNetwork(26, 9, hidden=[16, 16]), None)
+    with pytest.raises(ValueError, match=r"net.obs_norm=true: the source .* was trained with net.obs_norm=false, so "
+                                         r"its torso expects raw observations and would get them rescaled by a "
+                                         r"fresh normalizer; set net.obs_norm=false"):
+        apply_transfer(dqn_obs_norm(), {"mode": "freeze", "checkpoint": str(plain)})
+
+
+def test_the_source_normalizer_statistics_are_loaded_with_the_torso(tmp_path, caplog):
+    """head_from: every target task gets that source task's statistics, so the target plays it exactly as the
+    source did; without it a 3-task source's statistics are pooled (the mean and variance of all its tasks'
+    observations); a target with as many tasks takes them task by task. The log says they were loaded."""
+    source = obs_norm_source()
+    path = write_source(tmp_path, source, MTL_CONFIG | {"net": {**MTL_CONFIG["net"], "obs_norm": True}})
+    model = dqn_obs_norm()
+    with caplog.at_level("INFO", logger="mtdqn"):
+        apply_transfer(model, {"mode": "finetune", "checkpoint": str(path), "head_from": "pedestrian"})
+    assert torch.equal(model.q_net.obs_norm.mean[0], source.obs_norm.mean[1])
+    assert torch.equal(model.q_net.obs_norm.count, source.obs_norm.count[1:2])
+    obs = 5.0 + 2.0 * torch.randn(8, 26)
+    assert torch.allclose(model.q_net(obs), source(obs, torch.full((8,), 1)))
+    assert torch.equal(model.target_net.obs_norm.var, model.q_net.obs_norm.var)
+    assert "observation normalizer (net.obs_norm) statistics loaded with the torso: those of source task " \
+        "'pedestrian' (transfer.head_from)" \
+        in caplog.text
+    assert "unused source tensors: obs_norm" not in caplog.text
+
+    pooled = dqn_obs_norm()
+    apply_transfer(pooled, {"mode": "finetune", "checkpoint": str(path)})
+    n, mean, var = source.obs_norm.count.double(), source.obs_norm.mean.double(), source.obs_norm.var.double()
+    total = (n[:, None] * mean).sum(0) / n.sum()
+    spread = (n[:, None] * (var + (mean - total).square())).sum(0) / n.sum()
+    assert int(pooled.q_net.obs_norm.count) == int(n.sum())
+    assert torch.allclose(pooled.q_net.obs_norm.mean[0].double(), total, atol=1e-5)
+    assert torch.allclose(pooled.q_net.obs_norm.var[0].double(), spread, rtol=1e-5)
+
+    mtl = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=[16, 16], obs_norm=True),
+                             optimizer=partial(torch.optim.Adam, lr=1e-2), task=DRIVING)
+    apply_transfer(mtl, {"mode": "finetune", "checkpoint": str(path)})
+    for k in ("count", "mean", "var"):
+        assert torch.equal(getattr(mtl.q_net.obs_norm, k), getattr(source.obs_norm, k)), k
+
+
 def test_torso_lr_scale_puts_the_loaded_torso_in_its_own_param_group(tmp_path):
     path = write_source(tmp_path, QNetwork(26, 9, hidden=[16, 16]), None)
     model = dqn(n_actions=5)
