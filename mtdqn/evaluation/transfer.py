@@ -411,17 +411,18 @@ def source_curves(groups: Mapping[str, Sequence[Run]], order: Sequence[str],
     return out
 
 
-def fmt(v: float | None, digits: int = 3) -> str:
-    """A number for tables: '-' for undefined, 'inf' for never."""
+def fmt(v: float | None, digits: int = 3, steps: bool = False) -> str:
+    """A number for tables: '-' for undefined, 'inf' for never; env steps (`steps`) always as integers with
+    thousands separators (4,096, not 4096.000)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
-    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
+    return f"{v:,.0f}" if steps or abs(v) >= 1e4 else f"{v:.{digits}f}"
 
 
-def _cell(e: Estimate | None) -> str:
-    return "" if e is None else f"{fmt(e.value)} [{fmt(e.low)}, {fmt(e.high)}]"
+def _cell(e: Estimate | None, steps: bool = False) -> str:
+    return "" if e is None else f"{fmt(e.value, steps=steps)} [{fmt(e.low, steps=steps)}, {fmt(e.high, steps=steps)}]"
 
 
 def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
@@ -450,7 +451,8 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
     for name, g in report["groups"].items():
         forget = g["forgetting"].get(f"{SOURCE_PREFIX}mean_normalized")
         peak = g.get("peak_forgetting", {}).get(f"{SOURCE_PREFIX}mean_normalized")
-        cells = [name, str(g["n_runs"])] + [_cell(g[k]) for k in ("first", "final", "area", "steps_to_threshold")]
+        cells = [name, str(g["n_runs"])] + [_cell(g[k]) for k in ("first", "final", "area")]
+        cells.append(_cell(g["steps_to_threshold"], steps=True))
         cells += [_cell(g.get(k)) for k in ("jumpstart", "asymptotic_gain", "time_to_threshold_ratio", "area_ratio")]
         lines.append("| " + " | ".join([*cells, _cell(forget), _cell(peak)]) + " |")
     if any("run_steps" in g for g in report["groups"].values()):
@@ -460,8 +462,9 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
                   "| group | each run (ascending) | median | median ratio |", "|---|---|---|---|"]
         for name, g in report["groups"].items():
             if "run_steps" in g:
-                each = "; ".join(fmt(v) for v in sorted(g["run_steps"]))
-                lines.append(f"| {name} | {each} | {_cell(g['run_steps_median'])} | {_cell(g.get('run_time_ratio'))} |")
+                each = "; ".join(fmt(v, steps=True) for v in sorted(g["run_steps"]))
+                lines.append(f"| {name} | {each} | {_cell(g['run_steps_median'], steps=True)} | "
+                             f"{_cell(g.get('run_time_ratio'))} |")
     tasks = sorted({m for g in report["groups"].values() for m in g["forgetting"]} - {SOURCE_MEAN})
     if tasks:
         lines += ["", "## Forgetting per source task", "", "| group | " + " | ".join(f"`{t}`" for t in tasks) + " |",

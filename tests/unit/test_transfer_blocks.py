@@ -728,8 +728,10 @@ def test_transfer_report_groups_seeds_by_mode_with_bootstrap_cis(tmp_path):
     # at 2000 (0.9, 1.0, 1.1 there)
     assert report["groups"]["none"]["run_steps"] == [4000.0] * 3 and ft["run_steps"] == [2000.0] * 3
     assert ft["run_steps_median"].value == 2000.0 and ft["run_time_ratio"].value == pytest.approx(0.5)
-    assert "| finetune | 2000.000; 2000.000; 2000.000 | 2000.000 [2000.000, 2000.000] | 0.500 [0.500, 0.500] |" \
-        in render_markdown(report)
+    md = render_markdown(report)  # env steps as integers with thousands separators, under 10,000 too
+    assert "| finetune | 2,000; 2,000; 2,000 | 2,000 [2,000, 2,000] | 0.500 [0.500, 0.500] |" in md
+    assert "| none | 4,000; 4,000; 4,000 | 4,000 [4,000, 4,000] |  |" in md
+    assert "| 2,000 [2,000, 2,000] | 0.500 [" in md.split("## Per-run")[0]  # the main table's column
 
 
 # --- source-task evaluation -----------------------------------------------------------------------------------
