@@ -879,6 +879,28 @@ def test_source_mean_is_no_task_column_and_a_whole_config_node_is_refused_as_gro
         transfer_report([tmp_path], by="transfer", n_boot=10)
 
 
+def test_a_group_whose_runs_differ_in_other_settings_is_named_with_the_keys_and_how_to_split_it(tmp_path):
+    """Finetune runs from two checkpoints at two torso learning-rate scales were pooled as seeds of one setting
+    without a word; the warning names the keys, their values and --by; seeds alone differing is no warning."""
+    for seed in range(3):
+        write_run(tmp_path / f"none{seed}", {"transfer": {"mode": "none"}, "seed": seed}, _rows(SCRATCH),
+                  {"status": "completed"})
+    for seed, (scale, ckpt) in enumerate([(1.0, "a.ckpt"), (1.0, "a.ckpt"), (0.1, "b.ckpt")]):
+        write_run(tmp_path / f"ft{seed}", {"transfer": {"mode": "finetune", "torso_lr_scale": scale,
+                                                        "checkpoint": ckpt}, "seed": seed},
+                  _rows(TRANSFER), {"status": "completed"})
+    report = transfer_report([tmp_path], n_boot=20)
+    mixed = [w for w in report["warnings"] if "pooled as seeds of one setting" in w]
+    assert mixed == [
+        "group finetune: its 3 runs differ in transfer.checkpoint, transfer.torso_lr_scale (transfer.checkpoint: "
+        "a.ckpt (2 runs), b.ckpt (1 run); transfer.torso_lr_scale: 1.0 (2 runs), 0.1 (1 run)) but are pooled as "
+        "seeds of one setting; split them with --by transfer.checkpoint, or report each setting's runs separately"]
+    assert "pooled as seeds of one setting" in render_markdown(report)
+    split = transfer_report([tmp_path / f"ft{i}" for i in range(2)] + [tmp_path / f"none{i}" for i in range(3)],
+                            n_boot=20)
+    assert not [w for w in split["warnings"] if "pooled" in w]
+
+
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--ci", "1.5", "argument --ci: '1.5' is not a coverage strictly between 0 and 1"),
     ("--n-boot", "0", "argument --n-boot: '0' is not an integer >= 1"),
