@@ -19,6 +19,7 @@ from the trained network; every prefix of a chain is reported.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -80,8 +81,8 @@ def _settings_only(node: DictConfig) -> DictConfig:
 
 
 def load_run(run_dir: Path, ckpt: Path | None = None, max_states: int | None = None, seed: int = 0):
-    """(policy, builder, tasks, env factories, replay observations) of a finished run, on CPU; image (uint8)
-    replays drawn down to max_states over tasks before they become floats."""
+    """(policy, builder, tasks, env factories, replay observations, config, the checkpoint's env steps) of a
+    finished run, on CPU; image (uint8) replays drawn down to max_states over tasks before they become floats."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     ts = cfg.task_set
     env_kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
@@ -108,7 +109,8 @@ def load_run(run_dir: Path, ckpt: Path | None = None, max_states: int | None = N
             f"{list(ts.tasks)}); was it saved by another run? First mismatch: {detail}") from None
     data_state = next((v for v in checkpoint.values() if isinstance(v, dict) and "replays" in v), None)
     replay_obs = replay_observations(data_state["replays"], max_states, seed) if data_state else []
-    return QPolicy(net.float().eval(), multitask), builder, tasks, factories, replay_obs, cfg
+    return (QPolicy(net.float().eval(), multitask), builder, tasks, factories, replay_obs, cfg,
+            checkpoint_env_steps(checkpoint))
 
 
 def checkpoint_path(run_dir: Path, ckpt: Path | None) -> Path:
@@ -123,6 +125,41 @@ def checkpoint_path(run_dir: Path, ckpt: Path | None) -> Path:
         raise ValueError(f"RUN_DIR={str(run_dir)!r} has no checkpoints/last.ckpt: the run ended before its first "
                          "checkpoint (see its summary.json and log); pass --ckpt to use another checkpoint")
     return last
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The run's summary.json status (completed, running, failed, interrupted), None without a readable one."""
+    try:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if status is None else str(status)
+
+
+def checkpoint_env_steps(checkpoint: dict) -> int | None:
+    """The env steps a training checkpoint was saved at (its data module's state), None if it does not say."""
+    for value in checkpoint.values():
+        if isinstance(value, dict) and "replays" in value and "env_steps" in value:
+            return int(value["env_steps"])
+    return None
+
+
+def status_warning(run_dir: Path, status: str | None, ckpt: Path, env_steps: int | None, out: Path | None
+                   ) -> str | None:
+    """What to know when the run has not completed: its checkpoint is an intermediate one (or the last before a
+    failure), and by default the report goes into the folder of a run that may still be writing; None if done."""
+    if status == "completed":
+        return None
+    state = ("is still running (summary.json: status 'running')" if status == "running"
+             else f"did not complete (summary.json: status {status!r})" if status
+             else "has no summary.json (still starting, or killed)")
+    steps = "unknown env steps" if env_steps is None else f"{env_steps:,} env steps"
+    live = (f"; the report goes into {str(run_dir / 'compression')!r}, which the run itself may still write "
+            "(pass --out to write elsewhere)") if out is None and status in ("running", None) else ""
+    what = ("its last checkpoint so far" if ckpt == run_dir / "checkpoints" / "last.ckpt"
+            else "the checkpoint given by --ckpt")
+    return (f"RUN_DIR={str(run_dir)!r} {state}: compressing {what}, {str(ckpt)!r}, saved at {steps}, not the "
+            f"policy of a completed run{live}")
 
 
 def _parameters(factory) -> set[str]:
@@ -155,10 +192,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise ValueError(f"{str(args.run_dir / 'config.yaml')!r} has no {', '.join(missing)}: not a run's config")
     checkpoint_path(args.run_dir, args.ckpt)  # missing before any work
     torch.set_num_threads(1)
-    policy, builder, tasks, factories, replay_obs, _ = load_run(args.run_dir, args.ckpt, settings.data.max_states,
-                                                                settings.seed)
+    policy, builder, tasks, factories, replay_obs, _, env_steps = load_run(
+        args.run_dir, args.ckpt, settings.data.max_states, settings.seed)
+    ckpt = checkpoint_path(args.run_dir, args.ckpt)
+    status = run_status(args.run_dir)
+    warning = status_warning(args.run_dir, status, ckpt, env_steps, args.out)
+    if warning:
+        print(f"compress.py: warning: {warning}", file=sys.stderr)
+    source = {"path": str(ckpt), "env_steps": env_steps, "run_status": status, "warning": warning}
     report = run_compression(policy, builder, tasks, factories, replay_obs, settings,
-                             args.out or args.run_dir / "compression")
+                             args.out or args.run_dir / "compression", source)
     print(markdown(report))
     return report
 

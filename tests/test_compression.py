@@ -205,6 +205,37 @@ def test_a_second_report_into_the_same_folder_replaces_the_first_policy_folders(
         assert ts["path"] == str(out / e["name"] / "model.ts") and Path(ts["path"]).is_file()
 
 
+def test_a_run_still_running_is_warned_about_and_the_report_records_the_checkpoint(finished_run, tmp_path,
+                                                                                    capsys):
+    """A run whose summary.json says running: its last.ckpt is intermediate and the report would go into the live
+    run's compression/ (silently, before); a warning says so, and report.json and report.md name the checkpoint
+    and its env steps (a completed run's too, without a warning)."""
+    import shutil
+
+    live = tmp_path / "live"
+    shutil.copytree(finished_run, live, ignore=shutil.ignore_patterns("compression"))
+    (live / "summary.json").write_text(json.dumps({"status": "running"}))
+    ckpt = live / "checkpoints" / "last.ckpt"
+    steps = int(json.loads((finished_run / "summary.json").read_text())["time/env_steps"])
+    report = _compress_script().main([str(live), "--methods", "quantize", "eval.episodes=2", *TINY_COMPRESSION])
+    err = capsys.readouterr().err
+    assert (f"compress.py: warning: RUN_DIR={str(live)!r} is still running (summary.json: status 'running'): "
+            f"compressing its last checkpoint so far, {str(ckpt)!r}, saved at {steps:,} env steps, not the policy "
+            f"of a completed run; the report goes into {str(live / 'compression')!r}") in err
+    assert report["checkpoint"]["path"] == str(ckpt) and report["checkpoint"]["env_steps"] == steps
+    assert report["checkpoint"]["run_status"] == "running"
+    saved = json.loads((live / "compression" / "report.json").read_text())
+    assert saved["checkpoint"] == report["checkpoint"] and "is still running" in saved["notes"][0]
+    md = (live / "compression" / "report.md").read_text()
+    assert f"Compressed: `{ckpt}`, at {steps:,} env steps (run status: running)." in md and "**Warning:**" in md
+
+    done = _compress_script().main([str(finished_run), "--methods", "quantize", "--out", str(tmp_path / "done"),
+                                    "eval.episodes=2", *TINY_COMPRESSION])
+    assert "warning" not in capsys.readouterr().err
+    assert done["checkpoint"]["run_status"] == "completed" and not done["checkpoint"]["warning"]
+    assert "(run status: completed)." in (tmp_path / "done" / "report.md").read_text()
+
+
 def test_script_errors_are_one_line_with_status_2(tmp_path):
     import subprocess
     import sys

@@ -52,7 +52,9 @@ class CompressionCallback(pl.Callback):
                               policy.multitask)
         log.info("compression: %s -> %s", self.settings.methods, self.output_dir)
         self.report = run_compression(policy, builder, pl_module.tasks, dm.env_factories, replay_obs,
-                                      self.settings, self.output_dir)
+                                      self.settings, self.output_dir,
+                                      {"path": None, "env_steps": int(dm.current_env_steps()),
+                                       "run_status": "completed"})
         self.latest = summary_metrics(self.report)
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":

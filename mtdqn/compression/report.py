@@ -189,9 +189,11 @@ def run_compression(
     replay_obs: Sequence[Tensor],
     settings: CompressionSettings,
     out_dir: str | Path,
+    source: dict | None = None,
 ) -> dict:
     """Compress `policy` (float32, on CPU) with every chain of `settings.methods`, measure, evaluate, export and
-    write report.json / report.md / report.png into `out_dir`. Returns the report.
+    write report.json / report.md / report.png into `out_dir`. Returns the report. `source` ({path, env_steps,
+    run_status, warning}: the checkpoint compressed, None for the network in memory) is recorded in it.
 
     Everything is written into `out_dir/.partial` first and moved in when complete, replacing an earlier report's
     files and removing its policy folders (`original`, `distill`, `distill+quantize`, ...): the folder holds one
@@ -234,6 +236,10 @@ def run_compression(
     report = {"policies": entries, "notes": measurement_notes(entries, skipped),
               "pool_states": len(pool), "eval_episodes": settings.eval.episodes, "eval_seed": settings.eval.seed,
               "torch_threads_latency": 1, "seconds": round(time.perf_counter() - t_start, 1)}
+    if source is not None:
+        report["checkpoint"] = dict(source)
+        if source.get("warning"):
+            report["notes"].insert(0, source["warning"])
     for entry in entries:  # the exports' paths where they end up
         for result in entry["export"].values():
             if "path" in result:
@@ -292,6 +298,17 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _source_lines(source: dict | None) -> list[str]:
+    """The markdown lines naming the compressed checkpoint, its env steps and its run's status (none without)."""
+    if not source:
+        return []
+    steps = source.get("env_steps")
+    where = f"`{source['path']}`" if source.get("path") else "the network trained by this run, at the end of training"
+    line = (f"Compressed: {where}, at {'unknown' if steps is None else f'{steps:,}'} env steps (run status: "
+            f"{source.get('run_status') or 'unknown'}).")
+    return [line, *([f"**Warning:** {source['warning']}"] if source.get("warning") else []), ""]
+
+
 def markdown(report: dict) -> str:
     """The report as a markdown table plus notes."""
     entries = report["policies"]
@@ -305,6 +322,7 @@ def markdown(report: dict) -> str:
              f"{report['eval_episodes']} greedy episodes per task (seeds {report['eval_seed']}+i) for every "
              f"policy; latency: median ms per forward call (eager in-memory policy, and its TorchScript export), "
              f"torch threads 1; {report['pool_states']} training states.", "",
+             *_source_lines(report.get("checkpoint")),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         per_task = [f"{_fmt(v['normalized'])} ({v['return']:.1f})" for v in e["eval"].values()]

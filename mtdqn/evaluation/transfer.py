@@ -34,6 +34,7 @@ reaches the threshold) are left out of its CI; their count is kept (`n_undefined
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ import numpy as np
 from mtdqn.evaluation.compare import (
     Run,
     _md_cell,
+    _telling_keys,
+    _value_str,
     check_group_keys,
     config_group_labels,
     curves_on_grid,
@@ -306,6 +309,26 @@ def group_labels(runs: Sequence[Run], by: str) -> list[str]:
     return [label[len(by) + 1:] for label in config_group_labels([r.config for r in runs], [by])]
 
 
+def mixed_group_notes(groups: Mapping[str, Sequence[Run]], by: str, limit: int = 4) -> list[str]:
+    """A warning per group whose runs differ in config keys other than the seed and `by` (`transfer.torso_lr_scale`,
+    `transfer.head_from`, `transfer.checkpoint`, ...): they are pooled as if they were seeds of one setting."""
+    notes = []
+    for name, members in groups.items():
+        configs = [r.config for r in members]
+        keys = [k for k in _telling_keys(varying_keys(configs)) if k != "seed" and k != by
+                and not k.startswith(f"{by}.")] if len(members) > 1 else []
+        if not keys:
+            continue
+        detail = "; ".join(f"{k}: " + ", ".join(
+            f"{v} ({n} run{'s' if n > 1 else ''})"
+            for v, n in Counter(_value_str(get_config_value(c, k)) for c in configs).items()) for k in keys[:limit])
+        more = f"; and {len(keys) - limit} more key(s)" if len(keys) > limit else ""
+        notes.append(f"group {name}: its {len(members)} runs differ in {', '.join(keys)} ({detail}{more}) but are "
+                     f"pooled as seeds of one setting; split them with --by {keys[0]}, or report each setting's runs "
+                     "separately")
+    return notes
+
+
 def _undefined_notes(groups: Mapping[str, Mapping[str, Any]], n_boot: int) -> list[str]:
     """A warning per estimate whose CI left out undefined resamples (a defined point estimate)."""
     notes = []
@@ -364,7 +387,7 @@ def transfer_report(paths: Sequence[str | Path], by: str = "transfer.mode", base
                          f" has only {grid.size} evaluations; use --window {grid.size} or less")
     boot = {"n_boot": n_boot, "ci": ci, "seed": seed}
     order = sorted(groups, key=lambda g: (g != baseline, g))
-    warnings = list(range_notes)
+    warnings = list(range_notes) + mixed_group_notes(groups, by)
     if not base:
         warnings.append(f"no baseline group {by}={baseline!r} (groups: {', '.join(order)}): transfer metrics "
                         "skipped; name one with --baseline")
@@ -411,17 +434,18 @@ def source_curves(groups: Mapping[str, Sequence[Run]], order: Sequence[str],
     return out
 
 
-def fmt(v: float | None, digits: int = 3) -> str:
-    """A number for tables: '-' for undefined, 'inf' for never."""
+def fmt(v: float | None, digits: int = 3, steps: bool = False) -> str:
+    """A number for tables: '-' for undefined, 'inf' for never; env steps (`steps`) always as integers with
+    thousands separators (4,096, not 4096.000)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
-    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
+    return f"{v:,.0f}" if steps or abs(v) >= 1e4 else f"{v:.{digits}f}"
 
 
-def _cell(e: Estimate | None) -> str:
-    return "" if e is None else f"{fmt(e.value)} [{fmt(e.low)}, {fmt(e.high)}]"
+def _cell(e: Estimate | None, steps: bool = False) -> str:
+    return "" if e is None else f"{fmt(e.value, steps=steps)} [{fmt(e.low, steps=steps)}, {fmt(e.high, steps=steps)}]"
 
 
 def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
@@ -450,7 +474,8 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
     for name, g in report["groups"].items():
         forget = g["forgetting"].get(f"{SOURCE_PREFIX}mean_normalized")
         peak = g.get("peak_forgetting", {}).get(f"{SOURCE_PREFIX}mean_normalized")
-        cells = [name, str(g["n_runs"])] + [_cell(g[k]) for k in ("first", "final", "area", "steps_to_threshold")]
+        cells = [name, str(g["n_runs"])] + [_cell(g[k]) for k in ("first", "final", "area")]
+        cells.append(_cell(g["steps_to_threshold"], steps=True))
         cells += [_cell(g.get(k)) for k in ("jumpstart", "asymptotic_gain", "time_to_threshold_ratio", "area_ratio")]
         lines.append("| " + " | ".join([*cells, _cell(forget), _cell(peak)]) + " |")
     if any("run_steps" in g for g in report["groups"].values()):
@@ -460,8 +485,9 @@ def render_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
                   "| group | each run (ascending) | median | median ratio |", "|---|---|---|---|"]
         for name, g in report["groups"].items():
             if "run_steps" in g:
-                each = "; ".join(fmt(v) for v in sorted(g["run_steps"]))
-                lines.append(f"| {name} | {each} | {_cell(g['run_steps_median'])} | {_cell(g.get('run_time_ratio'))} |")
+                each = "; ".join(fmt(v, steps=True) for v in sorted(g["run_steps"]))
+                lines.append(f"| {name} | {each} | {_cell(g['run_steps_median'], steps=True)} | "
+                             f"{_cell(g.get('run_time_ratio'))} |")
     tasks = sorted({m for g in report["groups"].values() for m in g["forgetting"]} - {SOURCE_MEAN})
     if tasks:
         lines += ["", "## Forgetting per source task", "", "| group | " + " | ".join(f"`{t}`" for t in tasks) + " |",

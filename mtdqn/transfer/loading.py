@@ -44,6 +44,7 @@ class SourceCheckpoint:
     path: Path
     checkpoint: dict[str, Any]
     config: dict[str, Any] | None
+    config_path: Path | None = None  # the config.yaml it was read from
 
     @property
     def tasks(self) -> list[str] | None:
@@ -123,16 +124,55 @@ def resolve_checkpoint(ref: str, key: str) -> Path:
     return path
 
 
-def find_config(ckpt: Path, explicit: str | None = None) -> dict[str, Any] | None:
-    """The source run's config.yaml: `explicit`, else <run>/config.yaml for <run>/checkpoints/last.ckpt."""
-    candidates = [Path(explicit)] if explicit else [ckpt.parent.parent / "config.yaml", ckpt.parent / "config.yaml"]
-    for c in candidates:
-        if c.is_file():
-            cfg = yaml.safe_load(c.read_text())
-            return cfg if isinstance(cfg, dict) else None
+def config_file(ckpt: Path, explicit: str | None = None) -> Path | None:
+    """The source run's config.yaml: `explicit`, else <run>/config.yaml for <run>/checkpoints/last.ckpt (or one
+    beside the checkpoint); None when there is none."""
     if explicit:
-        raise ValueError(f"transfer.source_config={explicit!r} is not a file")
-    return None
+        if not Path(explicit).is_file():
+            raise ValueError(f"transfer.source_config={explicit!r} is not a file")
+        return Path(explicit)
+    return next((c for c in (ckpt.parent.parent / "config.yaml", ckpt.parent / "config.yaml") if c.is_file()), None)
+
+
+def _shapes_differ(expected: Mapping[str, Tensor], actual: Mapping[str, Tensor], limit: int = 4) -> list[str]:
+    """How the tensors of the config's network (`expected`) and of the checkpoint (`actual`) differ, in words."""
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:limit]) + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+    only_ckpt = [k for k in actual if k not in expected]
+    only_cfg = [k for k in expected if k not in actual]
+    shapes = [f"{k} {tuple(actual[k].shape)} in the checkpoint vs {tuple(v.shape)} in the config's network"
+              for k, v in expected.items() if k in actual and tuple(actual[k].shape) != tuple(v.shape)]
+    out = [f"the checkpoint has {names(only_ckpt)}, the config's network does not"] if only_ckpt else []
+    out += [f"the config's network has {names(only_cfg)}, the checkpoint does not"] if only_cfg else []
+    return out + shapes[:limit]
+
+
+def check_config_fits(source: SourceCheckpoint, key: str, ref: str, explicit: str | None) -> None:
+    """Refuse a source config whose network and task list (names and shapes of the net it builds) do not fit the
+    checkpoint's tensors: its task names would pick the wrong head (`head_from`), EWC and teachers would not load.
+    A net class outside mtdqn.nets cannot be rebuilt and is not checked."""
+    if source.config is None:
+        return
+    try:
+        net_class(dict(source.config.get("net") or {}), key)
+    except ValueError:
+        return
+    where = (f"transfer.source_config={explicit!r}" if explicit
+             else f"{key}={ref!r}: the config.yaml of its run ({source.config_path})")
+    try:
+        net, _ = build_net(source.config, key)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: its network cannot be built ({str(exc).splitlines()[0]}); give the config.yaml "
+                         "of the run that saved the checkpoint") from exc
+    differ = _shapes_differ(net.state_dict(), source.net_state())
+    if differ:
+        net_cfg, ts = source.config.get("net") or {}, source.config.get("task_set") or {}
+        raise ValueError(
+            f"{where} does not fit the checkpoint {str(source.path)!r}: its network (net._target_="
+            f"{net_cfg.get('_target_')}, net.hidden={net_cfg.get('hidden')}, task_set.tasks={ts.get('tasks')}) "
+            f"differs: {'; '.join(differ)}; give the config.yaml of the run that saved the checkpoint"
+            + ("" if explicit else " with transfer.source_config"))
 
 
 def load_source(ref: str, key: str = "transfer.checkpoint", config: str | None = None) -> SourceCheckpoint:
@@ -144,7 +184,11 @@ def load_source(ref: str, key: str = "transfer.checkpoint", config: str | None =
         raise ValueError(f"{key}={ref!r}: {exc}") from exc
     if not isinstance(ckpt, dict) or not any(k.startswith(NET_PREFIX) for k in ckpt.get("state_dict") or {}):
         raise ValueError(f"{key}={ref!r} holds no Q-network weights (no 'state_dict' with '{NET_PREFIX}*' tensors)")
-    return SourceCheckpoint(path, ckpt, find_config(path, config))
+    found = config_file(path, config)
+    raw = yaml.safe_load(found.read_text()) if found is not None else None
+    source = SourceCheckpoint(path, ckpt, raw if isinstance(raw, dict) else None, found)
+    check_config_fits(source, key, ref, config)
+    return source
 
 
 @dataclass
@@ -154,6 +198,7 @@ class LoadReport:
     loaded: dict[str, str] = field(default_factory=dict)
     reinitialized: dict[str, str] = field(default_factory=dict)
     unused: list[str] = field(default_factory=list)  # source tensors no target tensor took
+    notes: list[str] = field(default_factory=list)  # further lines for the log (how obs_norm was loaded)
 
     def summary(self) -> str:
         """A few lines for the log."""
@@ -164,7 +209,7 @@ class LoadReport:
                 f"{k} ({why})" for k, why in self.reinitialized.items()))
         if self.unused:
             lines.append(f"unused source tensors: {', '.join(self.unused)}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
 
 def head_prefix_map(target_names: Sequence[str], source: SourceCheckpoint, head_from: str | None) -> dict[str, str]:
@@ -214,6 +259,49 @@ def load_matching(target: nn.Module, source_state: Mapping[str, Tensor],
             report.loaded[name] = src
     report.unused = [k for k in source_state if k not in set(report.loaded.values())]
     return report
+
+
+OBS_NORM = "obs_norm."  # RunningObsNorm buffers (net.obs_norm=true): count (T,), mean and var (T, D)
+
+
+def has_obs_norm(state: Mapping[str, Tensor]) -> bool:
+    """The network whose state this is normalizes its observations (net.obs_norm=true)."""
+    return f"{OBS_NORM}mean" in state
+
+
+def obs_norm_statistics(source: Mapping[str, Tensor], target: Mapping[str, Tensor], tasks: Sequence[str] | None,
+                        head_from: str | None, checkpoint: str) -> tuple[dict[str, Tensor], str]:
+    """The source normalizer's statistics laid out for the target's normalizer (rows = target tasks), and how:
+    the `head_from` task's row for every target task (the target then sees its inputs as that head did); row by row
+    when both have as many tasks (as heads load by index); a single-task source's row for every target task;
+    else the statistics pooled over the source's tasks (the mix the shared torso was trained on)."""
+    count, mean, var = (source[f"{OBS_NORM}{k}"] for k in ("count", "mean", "var"))
+    n_target, width = target[f"{OBS_NORM}mean"].shape
+    if mean.shape[1] != width:
+        raise ValueError(f"transfer.checkpoint={checkpoint!r}: the source's observation normalizer (net.obs_norm) "
+                         f"covers {mean.shape[1]} observation features, the target's {width}: use a source with the "
+                         "same observation size")
+    if head_from is not None and count.shape[0] > 1:
+        row = list(tasks or []).index(head_from)
+        picked = (count[row:row + 1], mean[row:row + 1], var[row:row + 1])
+        how = f"those of source task {head_from!r} (transfer.head_from) for every target task"
+    elif count.shape[0] == n_target:
+        picked, how = (count, mean, var), "task by task" if n_target > 1 else "the source's own"
+    elif count.shape[0] == 1:
+        picked, how = (count, mean, var), "the single source task's for every target task"
+    else:
+        from mtdqn.nets.normalize import RunningObsNorm
+
+        pooled = RunningObsNorm(width)
+        for t in range(count.shape[0]):
+            n = count[t:t + 1].double()
+            pooled.merge(n, mean[t:t + 1].double(), var[t:t + 1].double() * n.unsqueeze(1))
+        picked = (pooled.count, pooled.mean, pooled.var)
+        how = f"pooled over the source's {count.shape[0]} tasks"
+    rows = [x.expand(n_target, *x.shape[1:]) if x.shape[0] == 1 else x for x in picked]
+    state = {f"{OBS_NORM}{k}": x.clone().to(target[f"{OBS_NORM}{k}"].dtype)
+             for k, x in zip(("count", "mean", "var"), rows, strict=True)}
+    return state, how
 
 
 def net_class(net_cfg: Mapping[str, Any], key: str) -> type[nn.Module]:

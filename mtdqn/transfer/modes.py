@@ -25,22 +25,41 @@ from mtdqn.models.dqn import DQNModule
 from mtdqn.models.student import DistillStudentModule
 from mtdqn.transfer.config import TransferConfig
 from mtdqn.transfer.ewc import ewc_regularizer
-from mtdqn.transfer.loading import LoadReport, head_prefix_map, load_matching, load_source, teachers_for
+from mtdqn.transfer.loading import (
+    OBS_NORM,
+    LoadReport,
+    has_obs_norm,
+    head_prefix_map,
+    load_matching,
+    load_source,
+    obs_norm_statistics,
+    teachers_for,
+)
 
 log = logging.getLogger("mtdqn")
 SHARED_TORSO = ("torso.", "encoder.")  # the shared trunk a transfer carries over: it must load entirely
 
 
-def check_fit(q_net: nn.Module, report: LoadReport, fresh: dict[str, Tensor], checkpoint: str) -> None:
+def _layer_norm(state: dict[str, Tensor]) -> bool:
+    """The torso has LayerNorms (net.layer_norm=true): 1-D weights among its Linear layers' 2-D ones."""
+    return any(n.startswith("torso.") and n.endswith(".weight") and t.dim() == 1 for n, t in state.items())
+
+
+def check_fit(q_net: nn.Module, report: LoadReport, fresh: dict[str, Tensor], checkpoint: str,
+              source_state: dict[str, Tensor] | None = None) -> None:
     """Refuse a source whose torso (SHARED_TORSO) does not load entirely; a layer elsewhere (a per-task adapter,
-    head, observation normalizer) that loaded only partly is put back to its fresh initialization whole."""
+    head) that loaded only partly is put back to its fresh initialization whole."""
     misfit = [n for n in q_net.state_dict() if n.startswith(SHARED_TORSO) and n not in report.loaded]
     if misfit:
+        ln = ""
+        if source_state is not None and _layer_norm(source_state) != _layer_norm(q_net.state_dict()):
+            ln = (f" (the source was trained with net.layer_norm={str(_layer_norm(source_state)).lower()}, the "
+                  f"target has net.layer_norm={str(_layer_norm(q_net.state_dict())).lower()})")
         raise ValueError(
-            f"transfer.checkpoint={checkpoint!r}: the source network's torso does not fit the target's: "
+            f"transfer.checkpoint={checkpoint!r}: the source network's torso does not fit the target's{ln}: "
             + ", ".join(f"{n} ({report.reinitialized[n]})" for n in misfit)
             + f"; every torso tensor ({', '.join(p + '*' for p in SHARED_TORSO)}) must load: use a source with the "
-            "same net.hidden, observation size, conv layers and task conditioning")
+            "same net.hidden, net.layer_norm, observation size, conv layers and task conditioning")
     layers: dict[str, list[str]] = {}
     for name in q_net.state_dict():
         layers.setdefault(name.rpartition(".")[0], []).append(name)
@@ -56,14 +75,48 @@ def check_fit(q_net: nn.Module, report: LoadReport, fresh: dict[str, Tensor], ch
                     del report.loaded[n]
 
 
+def check_obs_norm(target: dict[str, Tensor], source: dict[str, Tensor], checkpoint: str) -> None:
+    """Refuse a source and target of which only one normalizes its observations (net.obs_norm): the torso would
+    see inputs on another scale than it was trained on (raw instead of normalized, or rescaled by a fresh
+    normalizer)."""
+    src, tgt = has_obs_norm(source), has_obs_norm(target)
+    if src != tgt:
+        raise ValueError(
+            f"net.obs_norm={str(tgt).lower()}: the source (transfer.checkpoint={checkpoint!r}) was trained with "
+            f"net.obs_norm={str(src).lower()}, so its torso "
+            + ("expects normalized observations and would get raw ones" if src
+               else "expects raw observations and would get them rescaled by a fresh normalizer")
+            + f"; set net.obs_norm={str(src).lower()} as the source run had it")
+
+
+def load_obs_norm(q_net: nn.Module, source: dict[str, Tensor], tasks: list[str] | None, cfg: TransferConfig,
+                  report: LoadReport) -> None:
+    """Load the source's observation-normalizer statistics with its torso (which was trained on inputs normalized
+    by them), laid out per target task by `obs_norm_statistics`; noted in the report."""
+    target = q_net.state_dict()
+    stats, how = obs_norm_statistics(source, target, tasks, cfg.head_from, str(cfg.checkpoint))
+    with torch.no_grad():
+        for name, value in stats.items():
+            target[name].copy_(value)
+            report.reinitialized.pop(name, None)
+            report.loaded[name] = name
+    count = int(stats[f"{OBS_NORM}count"].max())
+    report.notes.append(f"observation normalizer (net.obs_norm) statistics loaded with the torso: {how} ({count:,} "
+                        "source observations per target task; target observations are merged into them)")
+
+
 def load_into_model(model: DQNModule, cfg: TransferConfig):
-    """Load the source checkpoint's online network into `model.q_net` by name and shape; target = online copy."""
+    """Load the source checkpoint's online network into `model.q_net` by name and shape (an observation
+    normalizer's statistics through `load_obs_norm`); target = online copy."""
     source = load_source(cfg.checkpoint, "transfer.checkpoint", cfg.source_config)
     state = source.transfer_state()
+    check_obs_norm(model.q_net.state_dict(), state, cfg.checkpoint)
     prefix_map = head_prefix_map(list(model.q_net.state_dict()), source, cfg.head_from)
     fresh = {k: v.detach().clone() for k, v in model.q_net.state_dict().items()}
-    report = load_matching(model.q_net, state, prefix_map)
-    check_fit(model.q_net, report, fresh, cfg.checkpoint)
+    report = load_matching(model.q_net, {k: v for k, v in state.items() if not k.startswith(OBS_NORM)}, prefix_map)
+    check_fit(model.q_net, report, fresh, cfg.checkpoint, state)
+    if has_obs_norm(state):
+        load_obs_norm(model.q_net, state, source.tasks, cfg, report)
     derived = set(state) - set(source.net_state())  # a PopArt source's heads as plain heads: not "unused"
     report.unused = [k for k in state if k not in set(report.loaded.values()) and k not in derived]
     if not report.loaded:

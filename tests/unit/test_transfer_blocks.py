@@ -108,6 +108,101 @@ def test_head_from_sends_the_target_head_to_that_source_tasks_head(tmp_path):
         apply_transfer(dqn(), {"mode": "finetune", "checkpoint": str(path), "head_from": "urban"})
 
 
+def test_a_source_config_that_does_not_fit_the_checkpoint_is_refused(tmp_path):
+    """A 3-task checkpoint with a single-task pedestrian run's config.yaml: its task list sent the target head to
+    heads.0 (lane_keep) silently, and EWC ended in load_state_dict's RuntimeError; both are refused, naming
+    transfer.source_config and what differs. A config.yaml found beside the checkpoint is checked as well."""
+    torch.manual_seed(0)
+    ckpt = write_source(tmp_path / "copy", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), None)
+    other = tmp_path / "pedestrian.yaml"
+    other.write_text(yaml.safe_dump({**expert_config("pedestrian"), "net": {
+        "_target_": "mtdqn.nets.QNetwork", "_partial_": True, "hidden": [16, 16]}}))
+    for mode in ("finetune", "ewc"):
+        with pytest.raises(ValueError) as err:
+            apply_transfer(dqn(), {"mode": mode, "checkpoint": str(ckpt), "source_config": str(other),
+                                   "head_from": "pedestrian"})
+        msg = str(err.value)
+        assert msg.startswith(f"transfer.source_config={str(other)!r} does not fit the checkpoint"), msg
+        assert "task_set.tasks=['pedestrian']" in msg and "heads.0.weight" in msg and "head.weight" in msg
+        assert "\n" not in msg
+    beside = write_source(tmp_path / "run", MultiTaskQNetwork(DRIVING, hidden=[16, 16]), expert_config("pedestrian"))
+    with pytest.raises(ValueError, match=r"transfer.checkpoint='.*': the config.yaml of its run \(.*run/config.yaml\) "
+                                         r"does not fit the checkpoint .* with transfer.source_config"):
+        apply_transfer(dqn(), {"mode": "finetune", "checkpoint": str(beside)})
+    fits = tmp_path / "mtl.yaml"  # the right config loads the named task's head
+    fits.write_text(yaml.safe_dump(MTL_CONFIG))
+    model = dqn()
+    apply_transfer(model, {"mode": "finetune", "checkpoint": str(ckpt), "source_config": str(fits),
+                           "head_from": "pedestrian"})
+    assert torch.equal(model.q_net.head.weight, load_source(str(ckpt)).net_state()["heads.1.weight"])
+
+
+def obs_norm_source(tasks=DRIVING) -> MultiTaskQNetwork:
+    """A multi-head net with obs_norm whose per-task statistics come from observations far from (0, 1)."""
+    torch.manual_seed(0)
+    net = MultiTaskQNetwork(tasks, hidden=[16, 16], obs_norm=True)
+    for k in range(len(tasks)):
+        net.obs_norm.update(5.0 * k + (k + 1) * torch.randn(50 + 10 * k, 26), task=k)
+    return net
+
+
+def dqn_obs_norm(obs_norm: bool = True) -> DQNModule:
+    torch.manual_seed(1)
+    return DQNModule(net=partial(QNetwork, hidden=[16, 16], obs_norm=obs_norm),
+                     optimizer=partial(torch.optim.Adam, lr=1e-2), task=TaskSpec("urban", 26, 9))
+
+
+def test_a_source_and_target_that_differ_in_obs_norm_are_refused(tmp_path):
+    """The target fed raw observations to a torso trained on normalized ones (the source's normalizer listed as
+    unused), or a fresh normalizer rescaled the inputs of a torso trained on raw ones: both are refused."""
+    with_norm = write_source(tmp_path / "norm", obs_norm_source(), MTL_CONFIG | {"net": {
+        **MTL_CONFIG["net"], "obs_norm": True}})
+    with pytest.raises(ValueError, match=r"net.obs_norm=false: the source \(transfer.checkpoint='.*norm.*'\) was "
+                                         r"trained with net.obs_norm=true, so its torso expects normalized "
+                                         r"observations and would get raw ones; set net.obs_norm=true"):
+        apply_transfer(dqn(), {"mode": "finetune", "checkpoint": str(with_norm), "head_from": "lane_keep"})
+    plain = write_source(tmp_path / "plain", QNetwork(26, 9, hidden=[16, 16]), None)
+    with pytest.raises(ValueError, match=r"net.obs_norm=true: the source .* was trained with net.obs_norm=false, so "
+                                         r"its torso expects raw observations and would get them rescaled by a "
+                                         r"fresh normalizer; set net.obs_norm=false"):
+        apply_transfer(dqn_obs_norm(), {"mode": "freeze", "checkpoint": str(plain)})
+
+
+def test_the_source_normalizer_statistics_are_loaded_with_the_torso(tmp_path, caplog):
+    """head_from: every target task gets that source task's statistics, so the target plays it exactly as the
+    source did; without it a 3-task source's statistics are pooled (the mean and variance of all its tasks'
+    observations); a target with as many tasks takes them task by task. The log says they were loaded."""
+    source = obs_norm_source()
+    path = write_source(tmp_path, source, MTL_CONFIG | {"net": {**MTL_CONFIG["net"], "obs_norm": True}})
+    model = dqn_obs_norm()
+    with caplog.at_level("INFO", logger="mtdqn"):
+        apply_transfer(model, {"mode": "finetune", "checkpoint": str(path), "head_from": "pedestrian"})
+    assert torch.equal(model.q_net.obs_norm.mean[0], source.obs_norm.mean[1])
+    assert torch.equal(model.q_net.obs_norm.count, source.obs_norm.count[1:2])
+    obs = 5.0 + 2.0 * torch.randn(8, 26)
+    assert torch.allclose(model.q_net(obs), source(obs, torch.full((8,), 1)))
+    assert torch.equal(model.target_net.obs_norm.var, model.q_net.obs_norm.var)
+    assert "observation normalizer (net.obs_norm) statistics loaded with the torso: those of source task " \
+        "'pedestrian' (transfer.head_from)" \
+        in caplog.text
+    assert "unused source tensors: obs_norm" not in caplog.text
+
+    pooled = dqn_obs_norm()
+    apply_transfer(pooled, {"mode": "finetune", "checkpoint": str(path)})
+    n, mean, var = source.obs_norm.count.double(), source.obs_norm.mean.double(), source.obs_norm.var.double()
+    total = (n[:, None] * mean).sum(0) / n.sum()
+    spread = (n[:, None] * (var + (mean - total).square())).sum(0) / n.sum()
+    assert int(pooled.q_net.obs_norm.count) == int(n.sum())
+    assert torch.allclose(pooled.q_net.obs_norm.mean[0].double(), total, atol=1e-5)
+    assert torch.allclose(pooled.q_net.obs_norm.var[0].double(), spread, rtol=1e-5)
+
+    mtl = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=[16, 16], obs_norm=True),
+                             optimizer=partial(torch.optim.Adam, lr=1e-2), task=DRIVING)
+    apply_transfer(mtl, {"mode": "finetune", "checkpoint": str(path)})
+    for k in ("count", "mean", "var"):
+        assert torch.equal(getattr(mtl.q_net.obs_norm, k), getattr(source.obs_norm, k)), k
+
+
 def test_torso_lr_scale_puts_the_loaded_torso_in_its_own_param_group(tmp_path):
     path = write_source(tmp_path, QNetwork(26, 9, hidden=[16, 16]), None)
     model = dqn(n_actions=5)
@@ -133,6 +228,19 @@ def test_a_source_whose_torso_does_not_fit_is_refused(tmp_path):
         with pytest.raises(ValueError, match=r"torso does not fit the target's: torso.0.weight \(shape \(16, 4\) "
                                              r"in source vs \(16, 26\)\); every torso tensor"):
             apply_transfer(dqn(), {"mode": mode, "checkpoint": str(cartpole)})
+
+
+def test_a_layer_norm_mismatch_is_refused_naming_net_layer_norm(tmp_path):
+    path = write_source(tmp_path, QNetwork(26, 9, hidden=[16, 16]), None)
+    torch.manual_seed(1)
+    model = DQNModule(net=partial(QNetwork, hidden=[16, 16], layer_norm=True),
+                      optimizer=partial(torch.optim.Adam, lr=1e-2), task=TaskSpec("urban", 26, 9))
+    with pytest.raises(ValueError) as err:
+        apply_transfer(model, {"mode": "finetune", "checkpoint": str(path)})
+    assert "torso does not fit the target's (the source was trained with net.layer_norm=false, the target has " \
+           "net.layer_norm=true)" in str(err.value)
+    assert str(err.value).endswith("use a source with the same net.hidden, net.layer_norm, observation size, conv "
+                                   "layers and task conditioning")
 
 
 def test_a_layer_that_fits_only_partly_keeps_its_fresh_initialization_whole(tmp_path):
@@ -620,8 +728,10 @@ def test_transfer_report_groups_seeds_by_mode_with_bootstrap_cis(tmp_path):
     # at 2000 (0.9, 1.0, 1.1 there)
     assert report["groups"]["none"]["run_steps"] == [4000.0] * 3 and ft["run_steps"] == [2000.0] * 3
     assert ft["run_steps_median"].value == 2000.0 and ft["run_time_ratio"].value == pytest.approx(0.5)
-    assert "| finetune | 2000.000; 2000.000; 2000.000 | 2000.000 [2000.000, 2000.000] | 0.500 [0.500, 0.500] |" \
-        in render_markdown(report)
+    md = render_markdown(report)  # env steps as integers with thousands separators, under 10,000 too
+    assert "| finetune | 2,000; 2,000; 2,000 | 2,000 [2,000, 2,000] | 0.500 [0.500, 0.500] |" in md
+    assert "| none | 4,000; 4,000; 4,000 | 4,000 [4,000, 4,000] |  |" in md
+    assert "| 2,000 [2,000, 2,000] | 0.500 [" in md.split("## Per-run")[0]  # the main table's column
 
 
 # --- source-task evaluation -----------------------------------------------------------------------------------
@@ -767,6 +877,28 @@ def test_source_mean_is_no_task_column_and_a_whole_config_node_is_refused_as_gro
     with pytest.raises(ValueError, match=r"--by transfer: a config node, not one value; group by one of its keys "
                                          r"that differ between these runs: transfer.mode"):
         transfer_report([tmp_path], by="transfer", n_boot=10)
+
+
+def test_a_group_whose_runs_differ_in_other_settings_is_named_with_the_keys_and_how_to_split_it(tmp_path):
+    """Finetune runs from two checkpoints at two torso learning-rate scales were pooled as seeds of one setting
+    without a word; the warning names the keys, their values and --by; seeds alone differing is no warning."""
+    for seed in range(3):
+        write_run(tmp_path / f"none{seed}", {"transfer": {"mode": "none"}, "seed": seed}, _rows(SCRATCH),
+                  {"status": "completed"})
+    for seed, (scale, ckpt) in enumerate([(1.0, "a.ckpt"), (1.0, "a.ckpt"), (0.1, "b.ckpt")]):
+        write_run(tmp_path / f"ft{seed}", {"transfer": {"mode": "finetune", "torso_lr_scale": scale,
+                                                        "checkpoint": ckpt}, "seed": seed},
+                  _rows(TRANSFER), {"status": "completed"})
+    report = transfer_report([tmp_path], n_boot=20)
+    mixed = [w for w in report["warnings"] if "pooled as seeds of one setting" in w]
+    assert mixed == [
+        "group finetune: its 3 runs differ in transfer.checkpoint, transfer.torso_lr_scale (transfer.checkpoint: "
+        "a.ckpt (2 runs), b.ckpt (1 run); transfer.torso_lr_scale: 1.0 (2 runs), 0.1 (1 run)) but are pooled as "
+        "seeds of one setting; split them with --by transfer.checkpoint, or report each setting's runs separately"]
+    assert "pooled as seeds of one setting" in render_markdown(report)
+    split = transfer_report([tmp_path / f"ft{i}" for i in range(2)] + [tmp_path / f"none{i}" for i in range(3)],
+                            n_boot=20)
+    assert not [w for w in split["warnings"] if "pooled" in w]
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
