@@ -2,7 +2,7 @@
 """Compare runs from their local run directories: learning curves, final-score tables, performance profiles.
 
 Examples:
-    python scripts/compare.py multirun/2026-11-28/15-00-00 --by optimizer.name,transfer.mode
+    python scripts/compare.py outputs/multirun/stability_sweep/<time> --by optimizer
     python scripts/compare.py outputs/run_a outputs/run_b --metric eval/mean_normalized --out compare_out
 """
 
@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="exclude|last|SCORE",
         help="what a run that failed after it began training (diverged, crashed) counts as in the scores: "
         "exclude (default: left out, counted beside its group's), last (its last evaluation before it failed) "
-        "or a number (its final score on every metric, e.g. 0 normalized: no better than random); "
+        "or a number (its final score on every metric, in that metric's units: 0 normalized is no better than "
+        "random, while on a task scored by return it is a return of 0); "
         "for stability sweeps, where leaving out the runs that diverged flatters the setting that diverges",
     )
     return p
@@ -128,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = comparison.summary
     n_failed = len(s["failed"]) + len(s["failed_scored"])
     scored = f" ({len(s['failed_scored'])} scored as {s['failed_runs']})" if s["failed_scored"] else ""
-    print(f"{s['n_runs']} run(s), {len(s['groups'])} group(s), {n_failed} failed{scored} -> {args.out}")
+    failed_only = {label for t in s["tables"] for label in t.get("failed_only", {})}  # rows without scores
+    n_groups = len(s["groups"]) + len(failed_only - {g["label"] for g in s["groups"]})
+    print(f"{s['n_runs']} run(s), {n_groups} group(s), {n_failed} failed{scored} -> {args.out}")
     if s["plots_skipped"]:
         print(f"plots skipped: {s['plots_skipped']}")
     for warning in s["warnings"]:

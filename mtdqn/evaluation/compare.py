@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +289,27 @@ def _telling_keys(keys: Sequence[str]) -> list[str]:
     return [k for k in kept if not any(k.startswith(f"{p}.") for p in kept)]
 
 
+def mixed_group_notes(groups: Mapping[str, Sequence[Run]], by: Sequence[str], limit: int = 4) -> list[str]:
+    """A warning per group whose runs differ in config keys other than the seed and the `by` keys (an optimizer
+    sweep compared without --by, `transfer.torso_lr_scale`, `transfer.checkpoint`, ...): they are pooled as if they
+    were seeds of one setting."""
+    notes = []
+    for name, members in groups.items():
+        configs = [r.config for r in members]
+        keys = [k for k in _telling_keys(varying_keys(configs)) if k != "seed" and k not in by
+                and not k.startswith(tuple(f"{b}." for b in by))] if len(members) > 1 else []
+        if not keys:
+            continue
+        detail = "; ".join(f"{k}: " + ", ".join(
+            f"{v} ({n} run{'s' if n > 1 else ''})"
+            for v, n in Counter(_value_str(get_config_value(c, k)) for c in configs).items()) for k in keys[:limit])
+        more = f"; and {len(keys) - limit} more key(s)" if len(keys) > limit else ""
+        notes.append(f"group {name}: its {len(members)} runs differ in {', '.join(keys)} ({detail}{more}) but are "
+                     f"pooled as seeds of one setting; split them with --by {keys[0]}, or report each setting's runs "
+                     "separately")
+    return notes
+
+
 def check_group_keys(configs: Sequence[Mapping[str, Any]], keys: Sequence[str], flag: str = "--by") -> None:
     """A grouping key that no run's config has (a typo: every run would land in one `<missing>` group) is refused,
     naming the keys that do tell these runs apart."""
@@ -443,6 +465,12 @@ def score_row(
     return row
 
 
+def comparable(metrics: Iterable[str]) -> bool:
+    """Scores that may share one average, table or profile: normalized scores of any tasks, or one metric."""
+    metrics = list(metrics)
+    return len(metrics) <= 1 or all(m.endswith("/normalized") for m in metrics)
+
+
 def score_tables(
     groups: Mapping[str, Sequence[Run]],
     tasks: Mapping[str, str],
@@ -461,7 +489,7 @@ def score_tables(
     if headline and any(r.final(headline) is not None for runs in groups.values() for r in runs):
         specs.append((headline, "headline", [headline], bar(headline)))
     specs += [(task, "task", [metric], bar(metric)) for task, metric in tasks.items()]
-    if len(tasks) > 1:
+    if len(tasks) > 1 and comparable(tasks.values()):  # not CartPole's and Acrobot's returns in one average
         specs.append(("all tasks", "aggregate", list(tasks.values()), None))
     tables = []
     for name, kind, metrics, thr in specs:
@@ -550,6 +578,8 @@ def compare_runs(
         logged = sorted({m for r in usable for m in r.metric_names() if m.startswith("eval/")})
         raise ValueError(f"--metric {metric}: no run logged it; their evaluation metrics: {', '.join(logged)}")
     boot = {"n_boot": n_boot, "ci": ci, "seed": seed, "backend": backend}
+    headline_missing = (metric == DEFAULT_METRIC and usable
+                        and not any(metric in r.metric_names() for r in usable))
     tables = score_tables(groups, task_map, metric, threshold, return_threshold, **boot)
     if any(r.status == "failed" for r in runs):  # each group's failed runs (diverged, say) beside its scores:
         failed_in = {label: sum(r.status == "failed" for r in members)  # leaving them out unmentioned flatters it
@@ -564,7 +594,8 @@ def compare_runs(
         for t in tables
         if t["kind"] != "aggregate"
     }
-    profiles = performance_profiles(groups, list(task_map.values()) or ([metric] if tables else []))
+    profile_metrics = list(task_map.values()) if comparable(task_map.values()) else []
+    profiles = performance_profiles(groups, profile_metrics or ([metric] if tables and not task_map else []))
     summary = {
         "inputs": [str(p) for p in paths],
         "group_by": list(by),
@@ -589,7 +620,10 @@ def compare_runs(
             str(r.path) for r in runs if r.status not in ("failed", "completed") and skip_incomplete
         ],
         "warnings": _warnings(runs, tasks, task_map, len(usable)) + unscored
-        + _coverage_warnings(groups, task_map, tables),
+        + _coverage_warnings(groups, task_map, tables) + mixed_group_notes(groups, by)
+        + ([f"no headline table: no run logged {DEFAULT_METRIC} (its tasks have no normalized score, e.g. gym ids); "
+            "each task's return has its own table (--metric eval/<task>/return makes one the headline)"]
+           if headline_missing else []),
     }
     return Comparison(summary=summary, curves=curves, profiles=profiles)
 
@@ -668,6 +702,9 @@ def _coverage_warnings(groups: Mapping[str, Sequence[Run]], task_map: Mapping[st
         if len(ends) > 1 and ends[0] < 0.9 * ends[-1]:
             out.append(f"group {label}: its runs' last evaluations lie between {ends[0]:,.0f} and {ends[-1]:,.0f} "
                        f"env steps; its curves beyond {ends[0]:,.0f} average fewer runs")
+    if len(task_map) > 1 and not comparable(task_map.values()):
+        out.append(f"tasks scored by return ({', '.join(task_map)}): no all-tasks table or performance profile "
+                   "averages returns of different tasks; each task has its own table")
     for t in tables:
         if t["kind"] == "aggregate" and not t["rows"]:
             out.append(f"no run has all {len(t['metrics'])} tasks ({', '.join(task_map)}): the all-tasks table and "

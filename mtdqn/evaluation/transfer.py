@@ -34,7 +34,6 @@ reaches the threshold) are left out of its CI; their count is kept (`n_undefined
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +44,12 @@ import numpy as np
 from mtdqn.evaluation.compare import (
     Run,
     _md_cell,
-    _telling_keys,
-    _value_str,
     check_group_keys,
     config_group_labels,
     curves_on_grid,
     get_config_value,
     load_runs,
+    mixed_group_notes,
     run_labels,
     to_jsonable,
     varying_keys,
@@ -309,26 +307,6 @@ def group_labels(runs: Sequence[Run], by: str) -> list[str]:
     return [label[len(by) + 1:] for label in config_group_labels([r.config for r in runs], [by])]
 
 
-def mixed_group_notes(groups: Mapping[str, Sequence[Run]], by: str, limit: int = 4) -> list[str]:
-    """A warning per group whose runs differ in config keys other than the seed and `by` (`transfer.torso_lr_scale`,
-    `transfer.head_from`, `transfer.checkpoint`, ...): they are pooled as if they were seeds of one setting."""
-    notes = []
-    for name, members in groups.items():
-        configs = [r.config for r in members]
-        keys = [k for k in _telling_keys(varying_keys(configs)) if k != "seed" and k != by
-                and not k.startswith(f"{by}.")] if len(members) > 1 else []
-        if not keys:
-            continue
-        detail = "; ".join(f"{k}: " + ", ".join(
-            f"{v} ({n} run{'s' if n > 1 else ''})"
-            for v, n in Counter(_value_str(get_config_value(c, k)) for c in configs).items()) for k in keys[:limit])
-        more = f"; and {len(keys) - limit} more key(s)" if len(keys) > limit else ""
-        notes.append(f"group {name}: its {len(members)} runs differ in {', '.join(keys)} ({detail}{more}) but are "
-                     f"pooled as seeds of one setting; split them with --by {keys[0]}, or report each setting's runs "
-                     "separately")
-    return notes
-
-
 def _undefined_notes(groups: Mapping[str, Mapping[str, Any]], n_boot: int) -> list[str]:
     """A warning per estimate whose CI left out undefined resamples (a defined point estimate)."""
     notes = []
@@ -387,7 +365,7 @@ def transfer_report(paths: Sequence[str | Path], by: str = "transfer.mode", base
                          f" has only {grid.size} evaluations; use --window {grid.size} or less")
     boot = {"n_boot": n_boot, "ci": ci, "seed": seed}
     order = sorted(groups, key=lambda g: (g != baseline, g))
-    warnings = list(range_notes) + mixed_group_notes(groups, by)
+    warnings = list(range_notes) + mixed_group_notes(groups, [by])
     if not base:
         warnings.append(f"no baseline group {by}={baseline!r} (groups: {', '.join(order)}): transfer metrics "
                         "skipped; name one with --baseline")

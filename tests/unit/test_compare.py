@@ -556,3 +556,28 @@ def test_one_run_whose_tasks_end_at_other_task_steps_is_no_uneven_group(tmp_path
     write_run(tmp_path / "mtl", base_config(tasks=["a", "b"]), rows, {"status": "completed"})
     warnings = cmp.compare_runs([tmp_path], task_steps=True, **BOOT).summary["warnings"]
     assert not [w for w in warnings if "last evaluations lie between" in w]
+
+
+def test_runs_pooled_without_by_are_named_with_the_keys_that_differ(sweep: Path) -> None:
+    """compare.py on an optimizer sweep without --by pooled adam's and sgd's runs under experiment_name as seeds of
+    one setting, silently."""
+    pooled = cmp.compare_runs([sweep], by=["transfer.mode"], **BOOT).summary["warnings"]
+    (note,) = [w for w in pooled if "pooled as seeds of one setting" in w]
+    assert "differ in experiment_name" in note and "mtl_adam (3 runs)" in note and "--by experiment_name" in note
+    split = cmp.compare_runs([sweep], by=["experiment_name"], **BOOT).summary["warnings"]
+    assert not any("pooled as seeds" in w for w in split)
+
+
+def test_returns_of_different_tasks_are_not_averaged(tmp_path: Path) -> None:
+    """classic_mtl (CartPole's and Acrobot's returns): the all-tasks table and the performance profile averaged
+    the raw returns of the two tasks (-245.5); the missing normalized headline went unmentioned."""
+    for seed in range(2):
+        rows = ramp_rows({"CartPole-v1": 5.0, "Acrobot-v1": -1.0}, normalized=False)
+        write_run(tmp_path / str(seed), base_config(seed=seed, tasks=["CartPole-v1", "Acrobot-v1"]), rows,
+                  {"status": "completed"})
+    summary = cmp.compare_runs([tmp_path], **BOOT).summary
+    assert sorted(t["name"] for t in summary["tables"]) == ["Acrobot-v1", "CartPole-v1"]
+    assert any("no all-tasks table or performance profile averages returns of different tasks" in w
+               for w in summary["warnings"])
+    assert any("no headline table: no run logged eval/mean_normalized" in w for w in summary["warnings"])
+    assert cmp.compare_runs([tmp_path], **BOOT).profiles["groups"] == {}
