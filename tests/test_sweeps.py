@@ -132,6 +132,8 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
 
     assert run_trial(cfg, refused) is None
     assert json.loads((tmp_path / "trial" / "trial.json").read_text()) == record
+    # ... and the study's tally counts it (refused.json), until an attempt records a trial there again
+    assert "64 there, 256 here" in json.loads((tmp_path / "trial" / "refused.json").read_text())["error"]
 
     def failing_second_seed(run):
         if run.seed == 4:
@@ -141,6 +143,7 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
     assert run_trial(cfg, failing_second_seed) is None
     record = json.loads((tmp_path / "trial" / "trial.json").read_text())
     assert record["status"] == "failed" and "seed 4: ValueError: gamma=1.5" in record["error"]
+    assert not (tmp_path / "trial" / "refused.json").exists()
     assert run_trial(cfg, lambda run: {"eval/mean_normalized": float("nan")}) is None  # never NaN to Optuna
     assert "is nan" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
     assert run_trial(cfg, lambda run: {"eval/CartPole-v1/return": 9.0}) is None
@@ -158,6 +161,32 @@ def test_a_sweep_whose_every_job_failed_exits_with_status_1(tmp_path):
     )
     assert res.returncode == 1, res.stderr[-3000:]
     assert f"mtdqn: every job of the sweep failed (2 of 2); {tmp_path / 'sweep'}" in res.stderr
+
+
+def test_jobs_refused_on_a_relaunch_count_in_the_tally(tmp_path):
+    """A relaunch into a sweep's folder with other settings is refused job by job before training, and each job's
+    folder keeps its completed summary.json: the tally did not count them and the sweep exited 0 when every job was
+    refused. refused.json in the job folder says so, for this multirun only."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    sweep = tmp_path / "sweep"
+
+    def multirun(*overrides):
+        return subprocess.run(
+            [sys.executable, "train.py", "-m", "debug=smoke", "logger=jsonl", "callbacks.progress=null",
+             "print_config=false", *overrides, f"hydra.sweep.dir={sweep}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    assert multirun("seed=0,1").returncode == 0
+    res = multirun("seed=0,1", "gamma=0.98")  # no ckpt_path=auto: each folder's metrics.jsonl refuses it
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "give another hydra.sweep.dir" in res.stdout + res.stderr  # a multirun's folders are named by hydra.sweep.dir
+    assert f"mtdqn: every job of the sweep failed or was refused (2 of 2, 2 refused); {sweep}" in res.stderr
+    assert all(json.loads((sweep / j / "summary.json").read_text())["status"] == "completed" for j in "01")
+    res = multirun("seed=0,5", "ckpt_path=auto")  # job 0 is its folder's run; job 1 (seed 5) is refused there
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"mtdqn: 1 of 2 jobs failed or were refused (jobs 1; 1 refused); {sweep}" in res.stderr
+    assert not (sweep / "0" / "refused.json").exists()  # the earlier multirun's refusal is not this one's
+    assert "seed: 1 there, 5 here" in json.loads((sweep / "1" / "refused.json").read_text())["error"]
 
 
 def test_an_optuna_study_whose_every_trial_failed_ends_in_one_line(tmp_path):
