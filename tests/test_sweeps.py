@@ -244,6 +244,44 @@ def test_optuna_search_averages_seeds_per_trial_and_survives_a_failing_trial(tmp
     assert (tmp_path / "study.db").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_an_optuna_study_is_continued_in_its_sweep_folder(tmp_path):
+    """Hydra's sweeper numbered trial folders from 0 on every launch: a relaunch of a stored study into its sweep
+    folder put its new trials in the earlier trials' folders (refused there, or mixed); an in-memory study cannot
+    be continued, and a relaunch into its folder refused every trial."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optional extra .[optuna]")
+    import optuna
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    sweep = tmp_path / "sweep"
+
+    def launch(*overrides):
+        return subprocess.run(
+            [sys.executable, "train.py", "-m", "hparams_search=lane_keep_optuna", "debug=smoke", "logger=jsonl",
+             "callbacks.progress=null", "print_config=false", "hparams_search.seeds_per_trial=1",
+             "hparams_search.metric=eval/CartPole-v1/return", "hydra.sweeper.n_trials=2", "data.batch_size=choice(16,32)",
+             "ckpt_path=auto", f"hydra.sweep.dir={sweep}", *overrides],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    stored = "hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db"  # the preset's documented storage
+    for _ in range(2):
+        res = launch(stored)
+        assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    for trial in study.trials:  # each study trial in the folder of its number
+        given = (sweep / str(trial.number) / ".hydra" / "overrides.yaml").read_text()
+        assert f"data.batch_size={trial.params['data.batch_size']}" in given
+        assert f"optimizer.lr={trial.params['optimizer.lr']}" in given
+        assert json.loads((sweep / str(trial.number) / "trial.json").read_text())["status"] == "completed"
+    res = launch()  # the preset's in-memory study: nothing of the folder's study to continue
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"mtdqn: error: {sweep} holds the trial folders of an earlier study (0, 1, 2, 3): an in-memory study")
+    assert not (sweep / "4").exists()
+
+
 def test_wandb_run_names_tell_the_arms_of_a_multirun_apart():
     """`<experiment>-seed<s>` alone would name optimizer=adam and optimizer=adabelief runs of one seed alike."""
     from hydra.core.hydra_config import HydraConfig
