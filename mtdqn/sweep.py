@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtdqn.train import REFUSED_FILE, mark_refused, train
 
@@ -47,6 +47,60 @@ def final_metric(summary: dict, metric: str) -> float:
     return float(value)
 
 
+PER_TASK = ("return", "return_std", "episode_length", "completion_rate")  # eval/<task>/<name> of every task
+
+
+def summary_eval_keys(cfg: DictConfig) -> list[str] | None:
+    """The eval/ keys a run of `cfg` writes in its summary.json (mtdqn.callbacks.evaluation: per task its return,
+    return_std, episode_length, completion_rate, the driving tasks' termination cause rates, normalized where the
+    task has reference scores, then mean_normalized and min_normalized over those; eval/source/... for the source
+    tasks evaluated); None where the config does not say (no task set)."""
+    ts = cfg.get("task_set")
+    if ts is None or ts.get("tasks") is None:
+        return None
+    evaluation = (cfg.get("callbacks") or {}).get("eval")
+    if evaluation is None:  # callbacks.eval=null: no evaluation, no eval/ key
+        return []
+    from mtdqn.envs import task_spec, task_specs
+
+    kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
+    per = PER_TASK
+    if ts.kind == "driving":
+        from mtdqn.envs.driving.sim import TERMINATION_CAUSES
+
+        per += tuple(f"{cause}_rate" for cause in TERMINATION_CAUSES)
+    keys: list[str] = []
+    sources = [task_spec(ts.kind, str(t), kwargs) for t in evaluation.get("source_tasks") or []]
+    for prefix, specs in (("eval/", task_specs(ts.kind, list(ts.tasks), kwargs)), ("eval/source/", sources)):
+        normalized = [s.name for s in specs if s.normalize(0.0) is not None]
+        keys += [f"{prefix}mean_normalized", f"{prefix}min_normalized"] if normalized else []
+        for spec in specs:
+            keys += [f"{prefix}{spec.name}/{k}" for k in per]
+            keys += [f"{prefix}{spec.name}/normalized"] if spec.name in normalized else []
+    return keys
+
+
+def check_metric(cfg: DictConfig) -> None:
+    """A `hparams_search.metric` under eval/ that the runs' summary.json will not have is refused before training
+    (it was found after each trial had trained a seed), in one line naming those it will have. Other keys (time/,
+    compression/, ...) are looked up after the run."""
+    metric = str(cfg.hparams_search.metric)
+    if not metric.startswith("eval/"):
+        return
+    keys = summary_eval_keys(cfg)
+    if keys is None or metric in keys:
+        return
+    if not keys:
+        raise ValueError(f"hparams_search.metric={metric!r}: with callbacks.eval=null a run is not evaluated and its "
+                         "summary.json has no eval/ key")
+    main = [k for k in keys if not any(k.endswith(f"/{n}") for n in PER_TASK[1:]) and not k.endswith("_rate")]
+    rest = [n for n in keys if n not in main]
+    more = sorted({k.rsplit("/", 1)[1] for k in rest})
+    raise ValueError(f"hparams_search.metric={metric!r} is not a key of the runs' summary.json; for "
+                     f"task_set.tasks={[str(t) for t in cfg.task_set.tasks]} it has {', '.join(main)}"
+                     + (f" (and per task {', '.join(more)})" if more else ""))
+
+
 def run_trial(cfg: DictConfig, train_fn: Callable[[DictConfig], dict] = train) -> float | None:
     """Train seeds `seed .. seed + seeds_per_trial - 1` in turn; the mean final metric, or None if a seed failed."""
     spec = cfg.hparams_search
@@ -57,6 +111,14 @@ def run_trial(cfg: DictConfig, train_fn: Callable[[DictConfig], dict] = train) -
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(int(cfg.seed), int(cfg.seed) + n_seeds))
     record: dict = {"status": "completed", "metric": metric, "seeds": seeds, "values": {}}
+    try:
+        check_metric(cfg)  # before any seed trains
+    except ValueError as exc:
+        record.update(status="failed", error=f"ValueError: {exc}", objective=None)
+        log.error("trial %s failed, the study continues: %s", out.name, record["error"])
+        (out / REFUSED_FILE).unlink(missing_ok=True)
+        (out / TRIAL_FILE).write_text(json.dumps(record, indent=2))
+        return None
     for seed in seeds:
         try:
             record["values"][str(seed)] = final_metric(train_fn(seed_config(cfg, seed, out / f"seed_{seed}")), metric)

@@ -150,6 +150,43 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
     assert "eval/CartPole-v1/return" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
 
 
+def test_a_search_metric_the_runs_will_not_have_is_refused_before_training(tmp_path):
+    """hparams_search.metric=eval/nonexistent was found after each trial had trained a seed: the names a run's
+    summary.json has under eval/ follow from the task set (a normalized score only where a task has one)."""
+    from mtdqn.sweep import check_metric, run_trial
+
+    lane = compose_with_hydra(["+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna"])
+    check_metric(lane)  # the preset's eval/mean_normalized
+    for ok in ("eval/lane_keep/return", "eval/lane_keep/normalized", "eval/min_normalized",
+               "eval/lane_keep/collision_rate", "time/env_steps"):  # not eval/: looked up after the run
+        lane.hparams_search.metric = ok
+        check_metric(lane)
+    lane.hparams_search.metric = "eval/nonexistent"
+    with pytest.raises(ValueError, match=r"hparams_search.metric='eval/nonexistent' is not a key of the runs' "
+                                         r"summary.json; for task_set.tasks=\['lane_keep'\] it has eval/mean_normalized, "
+                                         r"eval/min_normalized, eval/lane_keep/return, eval/lane_keep/normalized \(and per"):
+        check_metric(lane)
+    cartpole = compose_with_hydra(["hparams_search=lane_keep_optuna"])  # no reference scores: no normalized
+    with pytest.raises(ValueError, match=r"'eval/mean_normalized' .* it has eval/CartPole-v1/return \(and per"):
+        check_metric(cartpole)
+    cartpole.paths.output_dir = str(tmp_path / "trial")
+    trained = []
+    assert run_trial(cartpole, trained.append) is None and not trained  # a failed trial, no seed trained
+    assert "eval/CartPole-v1/return" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
+    # the study: one line before any trial is launched
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optional extra .[optuna]")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna",
+         "debug=smoke", "hparams_search.metric=eval/nonexistent", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "mtdqn: error: hparams_search.metric='eval/nonexistent' is not a key of the runs' summary.json")
+    assert not (tmp_path / "sweep" / "0").exists()
+
+
 def test_a_sweep_whose_every_job_failed_exits_with_status_1(tmp_path):
     """Each failed job is recorded and the sweep goes on; when none trained, the sweep says so and exits 1 (it
     exited 0, and a pipeline running it could not tell)."""
@@ -197,7 +234,8 @@ def test_an_optuna_study_whose_every_trial_failed_ends_in_one_line(tmp_path):
     res = subprocess.run(
         [sys.executable, "train.py", "-m", "hparams_search=lane_keep_optuna", "debug=smoke", "logger=jsonl",
          "callbacks.progress=null", "print_config=false", "hparams_search.seeds_per_trial=1",
-         "hydra.sweeper.n_trials=2", "gamma=1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+         "hydra.sweeper.n_trials=2", "gamma=1.5", "hparams_search.metric=eval/CartPole-v1/return",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 1, res.stderr[-3000:]

@@ -14,7 +14,8 @@ A study continued in its sweep folder (a persistent `hydra.sweeper.storage`, e.g
 trial folders from 0 on every launch, so the new trials were refused in, or mixed into, the earlier trials' folders.
 Here a launch numbers its folders after the study's trials (folder name = Optuna's trial number). A sweep folder
 holding trial folders the study does not have (an in-memory study, which keeps nothing between launches, or another
-study's) is refused in one line before any trial is launched.
+study's) is refused in one line before any trial is launched, as is a `hparams_search.metric` the runs' summary.json
+will not have (mtdqn.sweep.check_metric).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ if _OptunaSweeper is not None:
             super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
         def sweep(self, arguments: list[str]) -> None:
+            from mtdqn.sweep import check_metric
+
+            try:  # a hparams_search.metric the runs will not have: one line before any trial trains
+                check_metric(self.sweeper.config)
+            except ValueError as exc:
+                sys.exit(f"mtdqn: error: {exc}")
             self.sweeper.job_idx = self.first_trial()  # the launcher numbers the trial folders from there
             try:
                 return super().sweep(arguments)
