@@ -68,6 +68,19 @@ if not OmegaConf.has_resolver("mtdqn.wandb_offline"):
     OmegaConf.register_new_resolver("mtdqn.wandb_offline", _wandb_offline)
 
 
+def _at_least(value: Any, floor: Any) -> Any:
+    """The `mtdqn.at_least` resolver: `value`, raised to `floor` where that is larger (debug=smoke's warm-up, at
+    least one minibatch); `value` as given where `floor` is no integer (validation names the bad key)."""
+    try:
+        return max(int(value), int(floor))
+    except (TypeError, ValueError):
+        return value
+
+
+if not OmegaConf.has_resolver("mtdqn.at_least"):
+    OmegaConf.register_new_resolver("mtdqn.at_least", _at_least)
+
+
 def run_name(experiment: str, seed: Any, job_overrides: list[str] | None) -> str:
     """W&B run name: `<experiment>-seed<s>`; in a multirun, `<experiment>-<the job's overrides>` (sorted, the
     experiment preset left out, a leading + dropped; `seed=<s>` added where the overrides do not set it), so the arms

@@ -187,6 +187,26 @@ def test_a_search_metric_the_runs_will_not_have_is_refused_before_training(tmp_p
     assert not (tmp_path / "sweep" / "0").exists()
 
 
+def test_a_smoke_search_trains_every_batch_size_the_preset_draws(tmp_path):
+    """`hparams_search=lane_keep_optuna debug=smoke`: a drawn data.batch_size=256 was larger than smoke's warm-up
+    (data.learning_starts=200) and those trials failed by design; smoke's warm-up is now at least one minibatch."""
+    from mtdqn.train import build
+    from tests.helpers.config import compose_cfg
+
+    cfg = compose_cfg(["+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna", "debug=smoke"], tmp_path)
+    assert cfg.data.learning_starts == 200 and cfg.data.batch_size == 32  # smoke's own
+    for drawn in (64, 128, 256):  # the preset's choices, as the sweeper overrides them
+        cfg = compose_cfg(["+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna", "debug=smoke",
+                           f"data.batch_size={drawn}"], tmp_path)
+        assert cfg.data.learning_starts == max(200, drawn)
+        build(cfg)  # refused ("larger than the warm-up data.learning_starts=200") before
+    cfg = compose_cfg(["debug=smoke", "data.batch_size=256", "data.learning_starts=300"], tmp_path)
+    assert cfg.data.learning_starts == 300  # key=value wins over the debug preset
+    cfg = compose_cfg(["debug=smoke", "data.batch_size=abc"], tmp_path)
+    with pytest.raises(ValueError, match="data.batch_size"):  # validation's message, not a resolver's error
+        build(cfg)
+
+
 def test_a_sweep_whose_every_job_failed_exits_with_status_1(tmp_path):
     """Each failed job is recorded and the sweep goes on; when none trained, the sweep says so and exits 1 (it
     exited 0, and a pipeline running it could not tell)."""
