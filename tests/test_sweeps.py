@@ -108,7 +108,7 @@ def test_optuna_preset_composes_search_space_and_trial_settings():
 def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path):
     from omegaconf import OmegaConf
 
-    from mtdqn.sweep import run_trial
+    from mtdqn.sweep import job_statuses, run_trial
 
     cfg = OmegaConf.create({"seed": 3, "paths": {"output_dir": str(tmp_path / "trial")},
                             "hparams_search": {"metric": "eval/mean_normalized", "seeds_per_trial": 3}})
@@ -134,6 +134,7 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
     assert json.loads((tmp_path / "trial" / "trial.json").read_text()) == record
     # ... and the study's tally counts it (refused.json), until an attempt records a trial there again
     assert "64 there, 256 here" in json.loads((tmp_path / "trial" / "refused.json").read_text())["error"]
+    assert job_statuses(tmp_path) == {str(tmp_path / "trial"): "refused"}  # not its seed's, nor "completed"
 
     def failing_second_seed(run):
         if run.seed == 4:

@@ -54,7 +54,7 @@ if _OptunaSweeper is not None:
             from mtdqn.sweep import job_statuses
 
             statuses = job_statuses(self.sweep_dir) if self.sweep_dir.is_dir() else {}
-            failed = sum(status == "failed" for status in statuses.values())
+            failed = sum(status in ("failed", "refused") for status in statuses.values())  # refused: refused.json
             sys.exit(f"mtdqn: every trial of the study failed ({failed} of {len(statuses)}); {self.sweep_dir}: "
                      "each trial's trial.json has its error (no optimization_results.yaml: there is no best trial)")
 
