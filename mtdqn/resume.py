@@ -118,6 +118,18 @@ def settings_changed(cfg: DictConfig, saved: DictConfig) -> list[str]:
     return [f"{k}: {theirs.get(k, 'absent')!r} there, {mine.get(k, 'absent')!r} here" for k in keys]
 
 
+def run_dir_key() -> str:
+    """The override that names this run's folder: hydra.sweep.dir in a multirun (a job's folder is under it)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # no Hydra job config (tests, a script calling train())
+        multirun = False
+    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
+
+
 def check_same_run(cfg: DictConfig, saved_path: Path, ckpt: str) -> None:
     """A resume into the run's own folder (ckpt_path=auto, or a checkpoint in it) continues that run, so it must
     train with that run's settings (`saved_path`, its config.yaml, before this attempt rewrites it): a resume with
@@ -131,7 +143,7 @@ def check_same_run(cfg: DictConfig, saved_path: Path, ckpt: str) -> None:
                          f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}): a resume there continues "
                          "that run, with its settings (data.total_env_steps, stop rules, logging, trainer and "
                          "callbacks may change). To train on with other settings, start from its checkpoint in "
-                         "another folder: hydra.run.dir=<new folder> ckpt_path=<its checkpoints/last.ckpt>")
+                         f"another folder: {run_dir_key()}=<new folder> ckpt_path=<its checkpoints/last.ckpt>")
 
 
 def _logged_by(line: str, env_steps: int) -> bool:

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtdqn.train import train
+from mtdqn.train import REFUSED_FILE, mark_refused, train
 
 log = logging.getLogger("mtdqn")
 TRIAL_FILE = "trial.json"
@@ -47,6 +47,60 @@ def final_metric(summary: dict, metric: str) -> float:
     return float(value)
 
 
+PER_TASK = ("return", "return_std", "episode_length", "completion_rate")  # eval/<task>/<name> of every task
+
+
+def summary_eval_keys(cfg: DictConfig) -> list[str] | None:
+    """The eval/ keys a run of `cfg` writes in its summary.json (mtdqn.callbacks.evaluation: per task its return,
+    return_std, episode_length, completion_rate, the driving tasks' termination cause rates, normalized where the
+    task has reference scores, then mean_normalized and min_normalized over those; eval/source/... for the source
+    tasks evaluated); None where the config does not say (no task set)."""
+    ts = cfg.get("task_set")
+    if ts is None or ts.get("tasks") is None:
+        return None
+    evaluation = (cfg.get("callbacks") or {}).get("eval")
+    if evaluation is None:  # callbacks.eval=null: no evaluation, no eval/ key
+        return []
+    from mtdqn.envs import task_spec, task_specs
+
+    kwargs = OmegaConf.to_container(ts.env_kwargs, resolve=True) if ts.get("env_kwargs") else {}
+    per = PER_TASK
+    if ts.kind == "driving":
+        from mtdqn.envs.driving.sim import TERMINATION_CAUSES
+
+        per += tuple(f"{cause}_rate" for cause in TERMINATION_CAUSES)
+    keys: list[str] = []
+    sources = [task_spec(ts.kind, str(t), kwargs) for t in evaluation.get("source_tasks") or []]
+    for prefix, specs in (("eval/", task_specs(ts.kind, list(ts.tasks), kwargs)), ("eval/source/", sources)):
+        normalized = [s.name for s in specs if s.normalize(0.0) is not None]
+        keys += [f"{prefix}mean_normalized", f"{prefix}min_normalized"] if normalized else []
+        for spec in specs:
+            keys += [f"{prefix}{spec.name}/{k}" for k in per]
+            keys += [f"{prefix}{spec.name}/normalized"] if spec.name in normalized else []
+    return keys
+
+
+def check_metric(cfg: DictConfig) -> None:
+    """A `hparams_search.metric` under eval/ that the runs' summary.json will not have is refused before training
+    (it was found after each trial had trained a seed), in one line naming those it will have. Other keys (time/,
+    compression/, ...) are looked up after the run."""
+    metric = str(cfg.hparams_search.metric)
+    if not metric.startswith("eval/"):
+        return
+    keys = summary_eval_keys(cfg)
+    if keys is None or metric in keys:
+        return
+    if not keys:
+        raise ValueError(f"hparams_search.metric={metric!r}: with callbacks.eval=null a run is not evaluated and its "
+                         "summary.json has no eval/ key")
+    main = [k for k in keys if not any(k.endswith(f"/{n}") for n in PER_TASK[1:]) and not k.endswith("_rate")]
+    rest = [n for n in keys if n not in main]
+    more = sorted({k.rsplit("/", 1)[1] for k in rest})
+    raise ValueError(f"hparams_search.metric={metric!r} is not a key of the runs' summary.json; for "
+                     f"task_set.tasks={[str(t) for t in cfg.task_set.tasks]} it has {', '.join(main)}"
+                     + (f" (and per task {', '.join(more)})" if more else ""))
+
+
 def run_trial(cfg: DictConfig, train_fn: Callable[[DictConfig], dict] = train) -> float | None:
     """Train seeds `seed .. seed + seeds_per_trial - 1` in turn; the mean final metric, or None if a seed failed."""
     spec = cfg.hparams_search
@@ -57,6 +111,14 @@ def run_trial(cfg: DictConfig, train_fn: Callable[[DictConfig], dict] = train) -
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(int(cfg.seed), int(cfg.seed) + n_seeds))
     record: dict = {"status": "completed", "metric": metric, "seeds": seeds, "values": {}}
+    try:
+        check_metric(cfg)  # before any seed trains
+    except ValueError as exc:
+        record.update(status="failed", error=f"ValueError: {exc}", objective=None)
+        log.error("trial %s failed, the study continues: %s", out.name, record["error"])
+        (out / REFUSED_FILE).unlink(missing_ok=True)
+        (out / TRIAL_FILE).write_text(json.dumps(record, indent=2))
+        return None
     for seed in seeds:
         try:
             record["values"][str(seed)] = final_metric(train_fn(seed_config(cfg, seed, out / f"seed_{seed}")), metric)
@@ -73,7 +135,9 @@ def run_trial(cfg: DictConfig, train_fn: Callable[[DictConfig], dict] = train) -
         # the folder's completed trial stays on record, its seeds' runs untouched
         log.error("trial %s: %s holds a completed trial this attempt did not change; its %s is left as it was",
                   out.name, out, TRIAL_FILE)
+        mark_refused(out, record["error"])  # the study's tally counts it (its trial.json says completed)
         return None
+    (out / REFUSED_FILE).unlink(missing_ok=True)
     (out / TRIAL_FILE).write_text(json.dumps(record, indent=2))
     return record["objective"]
 
@@ -91,19 +155,31 @@ def _left_as_it_was(out: Path, first_seed: int) -> bool:
 
 def job_statuses(sweep_dir: Path) -> dict[str, str]:
     """{job folder: status} of a multirun's jobs: a trial's trial.json (hparams_search; not its seeds' own
-    summaries), else summary.json; "running" where a job left neither."""
+    summaries), else summary.json; "running" where a job left neither; "refused" where an attempt was refused in
+    the folder and left it as an earlier attempt left it (refused.json: SweepOutcome removes those of earlier
+    multiruns when one starts)."""
     out: dict[str, str] = {}
     for trial in sorted(sweep_dir.rglob(TRIAL_FILE)):
         out[str(trial.parent)] = str(json.loads(trial.read_text()).get("status", "running"))
-    for summary in sorted(sweep_dir.rglob("summary.json")):
-        job = summary.parent
-        if any(str(job).startswith(t + "/") for t in out) or "wandb" in job.parts:
-            continue
-        try:
-            out[str(job)] = str(json.loads(summary.read_text()).get("status", "running"))
-        except (OSError, json.JSONDecodeError):
-            out[str(job)] = "running"
+    trials = list(out)
+    for name in ("summary.json", REFUSED_FILE):
+        for record in sorted(sweep_dir.rglob(name)):
+            job = record.parent
+            if any(str(job).startswith(t + "/") for t in trials) or "wandb" in job.parts:
+                continue
+            if name == REFUSED_FILE:
+                out[str(job)] = "refused"
+                continue
+            try:
+                out[str(job)] = str(json.loads(record.read_text()).get("status", "running"))
+            except (OSError, json.JSONDecodeError):
+                out[str(job)] = "running"
     return out
+
+
+def refused_markers(sweep_dir: Path) -> list[Path]:
+    """The refused.json files under `sweep_dir`: attempts refused in a job or trial folder."""
+    return sorted(sweep_dir.rglob(REFUSED_FILE)) if sweep_dir.is_dir() else []
 
 
 class SweepOutcome(Callback):
@@ -112,18 +188,41 @@ class SweepOutcome(Callback):
     stability sweep is a result), so the sweep's own exit status was 0 even when no job trained at all: a script or
     SLURM pipeline running the sweep could not tell."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        # a refusal an earlier multirun recorded in this sweep folder is not this multirun's (the folder's
+        # summary.json is the record of its run)
+        for marker in refused_markers(Path(str(config.hydra.sweep.dir))):
+            marker.unlink(missing_ok=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        statuses = job_statuses(sweep_dir) if sweep_dir.is_dir() else {}
-        failed = sorted((job for job, status in statuses.items() if status == "failed"), key=_job_order)
-        if not failed:
+        line = tally(sweep_dir)
+        if line is None:
             return
-        where = f"{sweep_dir}: each failed job's summary.json (trial.json) has its error"
-        if len(failed) == len(statuses):
-            sys.exit(f"mtdqn: every job of the sweep failed ({len(failed)} of {len(statuses)}); {where}")
-        names = ", ".join(Path(job).name for job in failed[:10]) + (" ..." if len(failed) > 10 else "")
-        print(f"mtdqn: {len(failed)} of {len(statuses)} jobs failed (jobs {names}); {where}", file=sys.stderr,
-              flush=True)
+        if line.startswith("mtdqn: every job"):
+            sys.exit(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def tally(sweep_dir: Path) -> str | None:
+    """The end-of-multirun line: how many jobs failed or were refused (a relaunch into a folder that holds a run of
+    other settings), or None when none did."""
+    statuses = job_statuses(sweep_dir) if sweep_dir.is_dir() else {}
+    failed = sorted((job for job, status in statuses.items() if status in ("failed", "refused")), key=_job_order)
+    if not failed:
+        return None
+    refused = sum(statuses[job] == "refused" for job in failed)
+    where = f"{sweep_dir}: each failed job's summary.json (trial.json) has its error"
+    if refused:
+        where += f", each refused job's {REFUSED_FILE} (its folder is left as the earlier attempt left it)"
+    counts = f"{len(failed)} of {len(statuses)}" + (f", {refused} refused" if refused else "")
+    if len(failed) == len(statuses):
+        what = "failed or was refused" if refused else "failed"
+        return f"mtdqn: every job of the sweep {what} ({counts}); {where}"
+    names = ", ".join(Path(job).name for job in failed[:10]) + (" ..." if len(failed) > 10 else "")
+    what = "failed or were refused" if refused else "failed"
+    names += f"; {refused} refused" if refused else ""
+    return f"mtdqn: {len(failed)} of {len(statuses)} jobs {what} (jobs {names}); {where}"
 
 
 def _job_order(job: str) -> tuple[int, str]:

@@ -74,6 +74,19 @@ if not OmegaConf.has_resolver("mtdqn.wandb_offline"):
     OmegaConf.register_new_resolver("mtdqn.wandb_offline", _wandb_offline)
 
 
+def _at_least(value: Any, floor: Any) -> Any:
+    """The `mtdqn.at_least` resolver: `value`, raised to `floor` where that is larger (debug=smoke's warm-up, at
+    least one minibatch); `value` as given where `floor` is no integer (validation names the bad key)."""
+    try:
+        return max(int(value), int(floor))
+    except (TypeError, ValueError):
+        return value
+
+
+if not OmegaConf.has_resolver("mtdqn.at_least"):
+    OmegaConf.register_new_resolver("mtdqn.at_least", _at_least)
+
+
 def run_name(experiment: str, seed: Any, job_overrides: list[str] | None) -> str:
     """W&B run name: `<experiment>-seed<s>`; in a multirun, `<experiment>-<the job's overrides>` (sorted, the
     experiment preset left out, a leading + dropped; `seed=<s>` added where the overrides do not set it), so the arms
@@ -539,6 +552,15 @@ def interrupted(exc: BaseException | None) -> bool:
     return False
 
 
+REFUSED_FILE = "refused.json"  # in a run folder: this attempt was refused and left the folder as it was
+
+
+def mark_refused(out_dir: Path, error: str) -> None:
+    """Say in `out_dir` that an attempt was refused there (`refused.json`: its error), for a multirun's tally
+    (mtdqn.sweep.SweepOutcome): the folder's summary.json stays the earlier attempt's, often `completed`."""
+    (out_dir / REFUSED_FILE).write_text(json.dumps({"status": "refused", "error": error}, indent=2))
+
+
 def train(cfg: DictConfig) -> dict:
     """Build everything from `cfg`, fit, and return the summary (final eval metrics).
 
@@ -566,6 +588,7 @@ def train(cfg: DictConfig) -> dict:
         own = auto is not None or bool(given) and Path(given).resolve().is_relative_to(out_dir.resolve())
         if auto is not None and auto.done is not None:
             if rank_zero:
+                (out_dir / REFUSED_FILE).unlink(missing_ok=True)  # this attempt's answer is the completed run
                 say(f"mtdqn: {out_dir} holds a completed run ({auto.env_steps:,} env steps, summary.json): nothing "
                     "to train (ckpt_path=auto; a larger data.total_env_steps or another stop rule trains on)")
             return auto.done
@@ -580,7 +603,7 @@ def train(cfg: DictConfig) -> dict:
             if not was_auto:
                 raise ValueError(f"{out_dir} holds an earlier run's {metrics.name} ({resume.logged_rows(metrics)} "
                                  "rows): a run from scratch there would append its curve to that run's; resume it "
-                                 "(ckpt_path=auto) or give another hydra.run.dir")
+                                 f"(ckpt_path=auto) or give another {resume.run_dir_key()}")
             dropped = resume.drop_rows_after(metrics, -1)
             say(f"mtdqn: no checkpoint in {out_dir} (ckpt_path=auto): training from scratch; the {dropped} rows of "
                 f"{metrics.name} an earlier attempt logged dropped")
@@ -610,6 +633,7 @@ def train(cfg: DictConfig) -> dict:
         if ours:  # Lightning's own handler from here: it stops the fit after the current round
             signal.signal(signal.SIGTERM, on_term)
         if rank_zero:  # until the fit ends: a kill that gives no chance to say so (SIGKILL) leaves it "running", not
+            (out_dir / REFUSED_FILE).unlink(missing_ok=True)  # an earlier refusal here: this attempt trains
             write_summary(out_dir, None, "running")  # an earlier attempt's "completed" (a resume to a larger budget)
         fitting = True
         trainer.fit(model, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
@@ -621,11 +645,14 @@ def train(cfg: DictConfig) -> dict:
         if fitting or not earlier:  # an attempt refused in an earlier attempt's folder leaves it as it was
             if not fitting and global_rank() == 0:  # what the refused run was given
                 save_config(out_dir, cfg)
+                (out_dir / REFUSED_FILE).unlink(missing_ok=True)  # its summary.json says this attempt's error
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # SIGTERMException has none
             write_summary(out_dir, trainer, "interrupted" if stopped else "failed", error)
         elif not stopped:
-            say(f"mtdqn: {out_dir} is left as the earlier attempt left it (summary.json, config.yaml, metrics)",
-                stderr=True)
+            if global_rank() == 0:  # the folder's summary.json still says the earlier attempt's status: a
+                mark_refused(out_dir, f"{type(exc).__name__}: {exc}")  # multirun's tally counts this job by it
+            say(f"mtdqn: {out_dir} is left as the earlier attempt left it (summary.json, config.yaml, metrics; "
+                f"{REFUSED_FILE}: this attempt's error)", stderr=True)
         raise
     finally:
         if ours:

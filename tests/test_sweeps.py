@@ -118,7 +118,7 @@ def test_optuna_preset_composes_search_space_and_trial_settings():
 def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path):
     from omegaconf import OmegaConf
 
-    from mtdqn.sweep import run_trial
+    from mtdqn.sweep import job_statuses, run_trial
 
     cfg = OmegaConf.create({"seed": 3, "paths": {"output_dir": str(tmp_path / "trial")},
                             "hparams_search": {"metric": "eval/mean_normalized", "seeds_per_trial": 3}})
@@ -142,6 +142,9 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
 
     assert run_trial(cfg, refused) is None
     assert json.loads((tmp_path / "trial" / "trial.json").read_text()) == record
+    # ... and the study's tally counts it (refused.json), until an attempt records a trial there again
+    assert "64 there, 256 here" in json.loads((tmp_path / "trial" / "refused.json").read_text())["error"]
+    assert job_statuses(tmp_path) == {str(tmp_path / "trial"): "refused"}  # not its seed's, nor "completed"
 
     def failing_second_seed(run):
         if run.seed == 4:
@@ -151,10 +154,68 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
     assert run_trial(cfg, failing_second_seed) is None
     record = json.loads((tmp_path / "trial" / "trial.json").read_text())
     assert record["status"] == "failed" and "seed 4: ValueError: gamma=1.5" in record["error"]
+    assert not (tmp_path / "trial" / "refused.json").exists()
     assert run_trial(cfg, lambda run: {"eval/mean_normalized": float("nan")}) is None  # never NaN to Optuna
     assert "is nan" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
     assert run_trial(cfg, lambda run: {"eval/CartPole-v1/return": 9.0}) is None
     assert "eval/CartPole-v1/return" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
+
+
+def test_a_search_metric_the_runs_will_not_have_is_refused_before_training(tmp_path):
+    """hparams_search.metric=eval/nonexistent was found after each trial had trained a seed: the names a run's
+    summary.json has under eval/ follow from the task set (a normalized score only where a task has one)."""
+    from mtdqn.sweep import check_metric, run_trial
+
+    lane = compose_with_hydra(["+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna"])
+    check_metric(lane)  # the preset's eval/mean_normalized
+    for ok in ("eval/lane_keep/return", "eval/lane_keep/normalized", "eval/min_normalized",
+               "eval/lane_keep/collision_rate", "time/env_steps"):  # not eval/: looked up after the run
+        lane.hparams_search.metric = ok
+        check_metric(lane)
+    lane.hparams_search.metric = "eval/nonexistent"
+    with pytest.raises(ValueError, match=r"hparams_search.metric='eval/nonexistent' is not a key of the runs' "
+                                         r"summary.json; for task_set.tasks=\['lane_keep'\] it has eval/mean_normalized, "
+                                         r"eval/min_normalized, eval/lane_keep/return, eval/lane_keep/normalized \(and per"):
+        check_metric(lane)
+    cartpole = compose_with_hydra(["hparams_search=lane_keep_optuna"])  # no reference scores: no normalized
+    with pytest.raises(ValueError, match=r"'eval/mean_normalized' .* it has eval/CartPole-v1/return \(and per"):
+        check_metric(cartpole)
+    cartpole.paths.output_dir = str(tmp_path / "trial")
+    trained = []
+    assert run_trial(cartpole, trained.append) is None and not trained  # a failed trial, no seed trained
+    assert "eval/CartPole-v1/return" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
+    # the study: one line before any trial is launched
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optional extra .[optuna]")
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna",
+         "debug=smoke", "hparams_search.metric=eval/nonexistent", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "mtdqn: error: hparams_search.metric='eval/nonexistent' is not a key of the runs' summary.json")
+    assert not (tmp_path / "sweep" / "0").exists()
+
+
+def test_a_smoke_search_trains_every_batch_size_the_preset_draws(tmp_path):
+    """`hparams_search=lane_keep_optuna debug=smoke`: a drawn data.batch_size=256 was larger than smoke's warm-up
+    (data.learning_starts=200) and those trials failed by design; smoke's warm-up is now at least one minibatch."""
+    from mtdqn.train import build
+    from tests.helpers.config import compose_cfg
+
+    cfg = compose_cfg(["+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna", "debug=smoke"], tmp_path)
+    assert cfg.data.learning_starts == 200 and cfg.data.batch_size == 32  # smoke's own
+    for drawn in (64, 128, 256):  # the preset's choices, as the sweeper overrides them
+        cfg = compose_cfg(["+experiment=lane_keep_dqn", "hparams_search=lane_keep_optuna", "debug=smoke",
+                           f"data.batch_size={drawn}"], tmp_path)
+        assert cfg.data.learning_starts == max(200, drawn)
+        build(cfg)  # refused ("larger than the warm-up data.learning_starts=200") before
+    cfg = compose_cfg(["debug=smoke", "data.batch_size=256", "data.learning_starts=300"], tmp_path)
+    assert cfg.data.learning_starts == 300  # key=value wins over the debug preset
+    cfg = compose_cfg(["debug=smoke", "data.batch_size=abc"], tmp_path)
+    with pytest.raises(ValueError, match="data.batch_size"):  # validation's message, not a resolver's error
+        build(cfg)
 
 
 def test_a_sweep_whose_every_job_failed_exits_with_status_1(tmp_path):
@@ -170,6 +231,32 @@ def test_a_sweep_whose_every_job_failed_exits_with_status_1(tmp_path):
     assert f"mtdqn: every job of the sweep failed (2 of 2); {tmp_path / 'sweep'}" in res.stderr
 
 
+def test_jobs_refused_on_a_relaunch_count_in_the_tally(tmp_path):
+    """A relaunch into a sweep's folder with other settings is refused job by job before training, and each job's
+    folder keeps its completed summary.json: the tally did not count them and the sweep exited 0 when every job was
+    refused. refused.json in the job folder says so, for this multirun only."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    sweep = tmp_path / "sweep"
+
+    def multirun(*overrides):
+        return subprocess.run(
+            [sys.executable, "train.py", "-m", "debug=smoke", "logger=jsonl", "callbacks.progress=null",
+             "print_config=false", *overrides, f"hydra.sweep.dir={sweep}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    assert multirun("seed=0,1").returncode == 0
+    res = multirun("seed=0,1", "gamma=0.98")  # no ckpt_path=auto: each folder's metrics.jsonl refuses it
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "give another hydra.sweep.dir" in res.stdout + res.stderr  # a multirun's folders are named by hydra.sweep.dir
+    assert f"mtdqn: every job of the sweep failed or was refused (2 of 2, 2 refused); {sweep}" in res.stderr
+    assert all(json.loads((sweep / j / "summary.json").read_text())["status"] == "completed" for j in "01")
+    res = multirun("seed=0,5", "ckpt_path=auto")  # job 0 is its folder's run; job 1 (seed 5) is refused there
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"mtdqn: 1 of 2 jobs failed or were refused (jobs 1; 1 refused); {sweep}" in res.stderr
+    assert not (sweep / "0" / "refused.json").exists()  # the earlier multirun's refusal is not this one's
+    assert "seed: 1 there, 5 here" in json.loads((sweep / "1" / "refused.json").read_text())["error"]
+
+
 def test_an_optuna_study_whose_every_trial_failed_ends_in_one_line(tmp_path):
     """Optuna's sweeper asks for the best trial after the last one: with none completed that was Optuna's "No
     trials are completed yet." traceback; mtdqn's sweeper (hydra_plugins.mtdqn_sweepers) says what happened."""
@@ -178,7 +265,8 @@ def test_an_optuna_study_whose_every_trial_failed_ends_in_one_line(tmp_path):
     res = subprocess.run(
         [sys.executable, "train.py", "-m", "hparams_search=lane_keep_optuna", "debug=smoke", "logger=jsonl",
          "callbacks.progress=null", "print_config=false", "hparams_search.seeds_per_trial=1",
-         "hydra.sweeper.n_trials=2", "gamma=1.5", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+         "hydra.sweeper.n_trials=2", "gamma=1.5", "hparams_search.metric=eval/CartPole-v1/return",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 1, res.stderr[-3000:]
@@ -223,6 +311,44 @@ def test_optuna_search_averages_seeds_per_trial_and_survives_a_failing_trial(tmp
     best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
     assert "best_value" in best and "gamma: 0.99" in best
     assert (tmp_path / "study.db").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_an_optuna_study_is_continued_in_its_sweep_folder(tmp_path):
+    """Hydra's sweeper numbered trial folders from 0 on every launch: a relaunch of a stored study into its sweep
+    folder put its new trials in the earlier trials' folders (refused there, or mixed); an in-memory study cannot
+    be continued, and a relaunch into its folder refused every trial."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optional extra .[optuna]")
+    import optuna
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    sweep = tmp_path / "sweep"
+
+    def launch(*overrides):
+        return subprocess.run(
+            [sys.executable, "train.py", "-m", "hparams_search=lane_keep_optuna", "debug=smoke", "logger=jsonl",
+             "callbacks.progress=null", "print_config=false", "hparams_search.seeds_per_trial=1",
+             "hparams_search.metric=eval/CartPole-v1/return", "hydra.sweeper.n_trials=2", "data.batch_size=choice(16,32)",
+             "ckpt_path=auto", f"hydra.sweep.dir={sweep}", *overrides],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    stored = "hydra.sweeper.storage=sqlite:///${hydra.sweep.dir}/optuna.db"  # the preset's documented storage
+    for _ in range(2):
+        res = launch(stored)
+        assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    for trial in study.trials:  # each study trial in the folder of its number
+        given = (sweep / str(trial.number) / ".hydra" / "overrides.yaml").read_text()
+        assert f"data.batch_size={trial.params['data.batch_size']}" in given
+        assert f"optimizer.lr={trial.params['optimizer.lr']}" in given
+        assert json.loads((sweep / str(trial.number) / "trial.json").read_text())["status"] == "completed"
+    res = launch()  # the preset's in-memory study: nothing of the folder's study to continue
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"mtdqn: error: {sweep} holds the trial folders of an earlier study (0, 1, 2, 3): an in-memory study")
+    assert not (sweep / "4").exists()
 
 
 def test_wandb_run_names_tell_the_arms_of_a_multirun_apart():

@@ -871,7 +871,11 @@ def test_ckpt_path_auto_resumes_from_the_run_folders_own_checkpoint(tmp_path, ca
     # refused attempts leave the folder as the completed run left it (its summary was overwritten with failed)
     assert {f: (tmp_path / f).read_bytes() for f in folder} == folder
     assert "left as the earlier attempt left it" in capsys.readouterr().err
+    # what the last refused attempt was told, for a multirun's tally (mtdqn.sweep.SweepOutcome): summary.json
+    # still says completed
+    assert "replay.capacity: 100000 there" in json.loads((tmp_path / "refused.json").read_text())["error"]
     on = train(compose_cfg([*run, "data.total_env_steps=1200"], tmp_path))
+    assert not (tmp_path / "refused.json").exists()  # this attempt trains there
     assert "resuming from" in capsys.readouterr().out
     assert on["status"] == "completed" and on["time/env_steps"] == 1200
     steps = [r["env_steps"] for r in rows() if "train/td_loss" in r]
