@@ -24,7 +24,14 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mtdqn import resume
-from mtdqn.callbacks import AtomicCheckpointIO, EnvStepBudget, EvalCallback, LoggerClock, WandbEnvStepAxis
+from mtdqn.callbacks import (
+    AtomicCheckpointIO,
+    EnvStepBudget,
+    EnvStepCheckpoint,
+    EvalCallback,
+    LoggerClock,
+    WandbEnvStepAxis,
+)
 from mtdqn.callbacks.checkpoint import check_checkpoint_file
 from mtdqn.callbacks.loggers import continue_wandb_run
 from mtdqn.config_checks import (
@@ -450,6 +457,11 @@ def write_summary(out_dir: Path, trainer: pl.Trainer | None, status: str, error:
             if "time/env_steps" in summary:  # counters say how far it trained, eval/* where it was last evaluated
                 summary["eval/env_steps"] = summary["time/env_steps"]
             summary["time/env_steps"] = steps
+            clock = next((cb for cb in trainer.callbacks if isinstance(cb, EvalCallback)), None)
+            if clock is not None:  # the time measures at the stop too, not at the last evaluation (their ratio
+                seconds = clock.train_seconds()  # was a rate the run never had)
+                summary["time/train_seconds"] = seconds
+                summary["time/sps"] = (steps - clock.start_steps) / max(seconds - clock.earlier_seconds, 1e-9)
     if trainer is None or trainer.is_global_zero:
         resume.write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
@@ -647,7 +659,14 @@ def train(cfg: DictConfig) -> dict:
                 save_config(out_dir, cfg)
                 (out_dir / REFUSED_FILE).unlink(missing_ok=True)  # its summary.json says this attempt's error
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # SIGTERMException has none
-            write_summary(out_dir, trainer, "interrupted" if stopped else "failed", error)
+            done = write_summary(out_dir, trainer, "interrupted" if stopped else "failed", error)
+            if fitting and global_rank() == 0 and "time/env_steps" in done:  # the end-of-run line, as a finished
+                saver = next((cb for cb in trainer.callbacks if isinstance(cb, EnvStepCheckpoint)), None)  # run's
+                ckpt_at = saver.last_saved if saver is not None and saver.path.is_file() else None  # and train.log
+                say(f"mtdqn: {'interrupted' if stopped else 'failed'} at {int(done['time/env_steps']):,} env steps "
+                    f"({error}); "
+                    + (f"its last checkpoint is at {ckpt_at:,} env steps (ckpt_path=auto in this folder resumes "
+                       "from it)" if ckpt_at is not None else "no checkpoint was written"), stderr=True)
         elif not stopped:
             if global_rank() == 0:  # the folder's summary.json still says the earlier attempt's status: a
                 mark_refused(out_dir, f"{type(exc).__name__}: {exc}")  # multirun's tally counts this job by it

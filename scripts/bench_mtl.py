@@ -475,13 +475,22 @@ def solve_returns(args: argparse.Namespace) -> dict[str, float]:
     return dict(pairs)
 
 
+def with_preset(default: str, extra: Sequence[str]) -> list[str]:
+    """`+experiment=<default>` then `extra`, or the preset `extra` chooses (`experiment=classic_mtl`) in its place:
+    Hydra composes both alike, and a printed command then names the preset it trains, not the default it replaces."""
+    chosen = [o for o in extra if o.split("=", 1)[0].lstrip("+") == "experiment"]
+    if not chosen:
+        return [f"+experiment={default}", *extra]
+    return [f"+experiment={chosen[-1].split('=', 1)[1]}", *(o for o in extra if o not in chosen)]
+
+
 def mtl_task_set(args: argparse.Namespace) -> TaskSet:
     """The multi-task agent's task set (task_set=driving unless --mtl sets another: other driving tasks, e.g.
     'task_set.tasks=[pedestrian,traffic_light,urban]', or gymnasium ids, e.g. experiment=classic_mtl) and each
     task's bar; refused unless it has two or more distinct tasks, each with a bar (task_bars)."""
     from omegaconf import OmegaConf
 
-    cfg = compose_config(["+experiment=lane_keep_mtl", *args.mtl], return_hydra_config=True)
+    cfg = compose_config(with_preset("lane_keep_mtl", args.mtl), return_hydra_config=True)
     tasks = [str(t) for t in cfg.task_set.tasks]
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise SystemExit(f"--mtl: the bench compares a multi-task agent on two or more distinct tasks with one "
@@ -497,15 +506,16 @@ def base_overrides(args: argparse.Namespace, task_set: TaskSet) -> dict[str, lis
     one id)."""
     tasks = list(task_set.bars)
     both = [] if args.eval_episodes is None else [f"callbacks.eval.episodes={args.eval_episodes}"]
-    out = {"mtl": ["+experiment=lane_keep_mtl", f"callbacks.eval.every_env_steps={args.eval_every * len(tasks)}",
-                   *both, *args.mtl]}
+    mtl_preset, *mtl_extra = with_preset("lane_keep_mtl", args.mtl)
+    single_preset, *single_extra = with_preset("lane_keep_dqn", args.single)
+    out = {"mtl": [mtl_preset, f"callbacks.eval.every_env_steps={args.eval_every * len(tasks)}", *both, *mtl_extra]}
     budget = [] if "data.total_env_steps" in _override_keys(args.single) else [
         f"data.total_env_steps={args.single_steps}"]
     for task in tasks:
         own = [f"task_set={task}"] if task_set.kind == "driving" else [
             f"task_set={task_set.group}", f"task_set.tasks=[{json.dumps(task)}]"]
-        out[task] = ["+experiment=lane_keep_dqn", *own, f"callbacks.eval.every_env_steps={args.eval_every}",
-                     *budget, *both, *args.single]
+        out[task] = [single_preset, *own, f"callbacks.eval.every_env_steps={args.eval_every}",
+                     *budget, *both, *single_extra]
     return out
 
 

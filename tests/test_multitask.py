@@ -487,3 +487,17 @@ def test_a_solved_task_scaled_to_no_sample_keeps_one(tmp_path):
     model, data, trainer = set_up(build(cfg))
     data.observe_scores([0.95, 0.3, 0.3])  # lane_keep's weight 0.01 of 2.01: 0.15 of a sample
     assert data.composition_counts() == [1, 14, 15] and sum(data.composition_counts()) == 30
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("data.collect_unsolved_score=0.5", r"data.collect_unsolved_score=0.5: read only with "
+                                        r"data.collect_schedule=by_score \(here 'fixed'\)"),
+    ("data.collect_solved_scale=0.3", r"data.collect_solved_scale=0.3: read only with data.collect_schedule=by_score"),
+    ("data.collect_solved_score=0.8", r"data.collect_solved_score=0.8: read only with data.collect_schedule=by_score"),
+    ("model.popart_beta=0.1", r"model.popart_beta=0.1 is read only with model.popart=true"),
+])
+def test_settings_of_an_option_that_is_off_are_refused(tmp_path, override, match):
+    """The by-score schedule's scores and scale without the schedule, PopArt's step size without PopArt: the run
+    went ahead and they changed nothing, where data.batch_solved_scale and task_weights were already refused."""
+    with pytest.raises(ValueError, match=match):
+        build(compose_cfg([*MTL, "task_set=driving", override], tmp_path))

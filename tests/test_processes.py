@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtdqn import resume
 from mtdqn.callbacks import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,9 +206,17 @@ def test_sigterm_mid_training_exits_143_with_the_run_interrupted(tmp_path):
     """kill / scancel: Lightning stops the fit after the current round with a SystemExit that has no code; train.py
     exits 143 (128 + SIGTERM), not 0 as if it had completed, and summary.json says interrupted."""
     run_dir = tmp_path / "run"
-    args = [*BASE, "data.total_env_steps=1000000", "callbacks.checkpoint.every_env_steps=500",
-            "callbacks.eval.every_env_steps=500", f"hydra.run.dir={run_dir}"]
-    assert kill_after_checkpoints(args, run_dir / "checkpoints" / "last.ckpt", signal.SIGTERM) == 143
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    args = [*BASE, "data.total_env_steps=1000000", "callbacks.checkpoint.every_env_steps=3000",
+            "callbacks.eval.every_env_steps=700", f"hydra.run.dir={run_dir}"]
+    assert kill_after_checkpoints(args, ckpt, signal.SIGTERM) == 143
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["error"] == "SIGTERMException"
-    assert summary["time/env_steps"] > 0
+    steps = int(summary["time/env_steps"])
+    assert steps > 0
+    # the stop comes at the end of a round: its state is saved (the rounds since the last periodic checkpoint were
+    # lost to the resume), and the summary's time measures are the stop's (they were the last evaluation's)
+    assert resume.checkpoint_env_steps(ckpt) == steps
+    assert summary["time/sps"] == pytest.approx(steps / summary["time/train_seconds"])
+    assert (f"mtdqn: interrupted at {steps:,} env steps (SIGTERMException); its last checkpoint is at {steps:,} env "
+            "steps") in (run_dir / "train.log").read_text()

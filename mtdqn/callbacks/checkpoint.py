@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 TMP_SUFFIX = ".tmp"
 _TMP_RANDOM = re.compile(r"[a-z0-9_]{8}")  # tempfile.mkstemp's random part: 8 of these characters
@@ -125,6 +126,14 @@ class EnvStepCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save(trainer, trainer.datamodule.current_env_steps())
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """SIGTERM (`kill`, `scancel`, a SLURM preemption): Lightning stops the fit at the end of a round, whose state
+        is whole as at any checkpoint, so the rounds since the last checkpoint are saved, not lost to the resume.
+        Not on Ctrl-C or an error, which can come in the middle of a round."""
+        steps = trainer.datamodule.current_env_steps()
+        if isinstance(exception, SIGTERMException) and steps > self.last_saved:
+            self.save(trainer, steps)
 
     def save(self, trainer: pl.Trainer, steps: int) -> None:
         """Write the checkpoint atomically unless a guard marked the run as diverged."""

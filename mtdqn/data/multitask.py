@@ -253,6 +253,14 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if batch_solved_scale != 1 and collect_schedule != "by_score":
             raise ValueError(f"data.batch_solved_scale={batch_solved_scale} acts on the tasks that "
                              "data.collect_schedule=by_score marks solved; set collect_schedule=by_score or leave it 1")
+        if collect_schedule != "by_score":  # settings only the by-score schedule reads, set to other than their
+            # defaults (conf/train.yaml): they would change nothing, silently
+            unread = [f"data.{k}={v}" for k, v, default in (
+                ("collect_solved_score", collect_solved_score, 0.9), ("collect_solved_scale", collect_solved_scale, 0.1),
+                ("collect_unsolved_score", collect_unsolved_score, None)) if v != default]
+            if unread:
+                raise ValueError(f"{', '.join(unread)}: read only with data.collect_schedule=by_score (here "
+                                 f"{collect_schedule!r}); set data.collect_schedule=by_score, or leave them out")
         self.batch_solved_scale = float(batch_solved_scale)
         self.solved = [False] * n_tasks  # by_score: which tasks collect the reduced share
         # vector steps per task per round: equal, or the round's env_steps_per_round // num_envs vector steps split

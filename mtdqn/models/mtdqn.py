@@ -58,6 +58,9 @@ class MultiTaskDQNModule(DQNModule):
         popart_beta: float = 3e-4,  # step size of PopArt's running target moments, per gradient update
         **kwargs,
     ) -> None:
+        if not popart and popart_beta != 3e-4:  # conf/model/mtdqn.yaml's default: another value would change nothing
+            raise ValueError(f"model.popart_beta={popart_beta!r} is read only with model.popart=true; set "
+                             "model.popart=true, or leave it out")
         if popart and not (isinstance(popart_beta, int | float) and not isinstance(popart_beta, bool)
                            and 0.0 < popart_beta <= 1.0):  # PopArtHead's own check named `popart.beta`
             raise ValueError(f"model.popart_beta={popart_beta!r} must be a number in (0, 1] (the step size of PopArt's "

@@ -517,6 +517,10 @@ def test_a_gymnasium_task_set_gets_single_task_agents_of_its_own_group_and_bars(
     assert {"task_set=gym", 'task_set.tasks=["Acrobot-v1"]', "callbacks.eval.every_env_steps=5000"} <= set(
         overrides["Acrobot-v1"])
     assert "callbacks.eval.every_env_steps=10000" in overrides["mtl"]
+    # the printed commands name the presets they train (they read `+experiment=lane_keep_mtl ...
+    # experiment=classic_mtl`, which Hydra composes alike)
+    assert overrides["mtl"][0] == "+experiment=classic_mtl" and overrides["Acrobot-v1"][0] == "+experiment=cartpole_dqn"
+    assert not any("lane_keep" in o for name in overrides for o in overrides[name])
     assert bench_mtl.mtl_task_set(args).bars == {"CartPole-v1": bench_mtl.Bar("return", 475.0),
                                                   "Acrobot-v1": bench_mtl.Bar("return", -100.0)}
     gymnasium.register("NoThresholdCartPole-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv",
