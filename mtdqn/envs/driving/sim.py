@@ -419,6 +419,7 @@ class DrivingVecEnv:
         k = self._k
         ps = st["ps"].log_().mul_(gap)
         torch.sub(k.ped_ahead, ps, out=ps)  # PED_SPAWN_AHEAD - gap * log(u); the ego is at s = 0
+        ps.masked_fill_(gap >= _FAR, _FAR)  # pedestrian_rate 0: none (60 - 1e6 log(u) put one within reach now and then)
         side = torch.where(u[2:4] < 0.5, k.mone, k.one)
         torch.mul(side, st["half_w"] + k.curb, out=st["py"])
         st["pvel"].mul_(side.neg_())
@@ -465,6 +466,10 @@ class DrivingVecEnv:
         ps, py, pvel, ptrig, pphase = out.view(5, C.PED_SLOTS, n).unbind(0)
         gap = st.get("k_ped_gap", self._ped_gap)
         ahead = torch.rsub(gap * torch.log(u[0:2]), k.ped_ahead)
+        if isinstance(gap, Tensor):  # pedestrian_rate 0 (a randomized range reaching 0): none, as in _finish_peds
+            ahead.masked_fill_(gap >= _FAR, _FAR)
+        elif gap >= _FAR:
+            ahead.fill_(_FAR)
         if s is None:
             ps.copy_(ahead)  # 0 + x == x (x > 0)
         else:
