@@ -58,7 +58,7 @@ def test_the_gradient_norm_before_clipping_is_logged_every_round(tmp_path):
         ("gamma=0", "gamma=0"),
         ("data.batch_size=0", "data.batch_size=0"),
         ("data.num_envs=-1", "data.num_envs=-1"),
-        ("data.batch_size=5000", "larger than the warm-up"),
+        ("data.batch_size=5000 data.learning_starts=200", "larger than the warm-up"),  # smoke: warm-up >= batch
         ("replay.capacity=0", "capacity=0"),
         ("task_set.tasks=[NoSuchEnv-v0]", "not a registered gymnasium id"),
         ("task_set.tasks=[Pendulum-v1]", "Discrete action space"),
