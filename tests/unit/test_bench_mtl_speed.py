@@ -18,7 +18,7 @@ def test_driving_single_task_agents_get_the_multi_task_agents_shared_settings():
     """The driving suite reuses bench_mtl.py's alignment: the single-task agents train with the multi-task preset's
     loss and replay ratio (lane_keep_dqn alone has Huber and 0.125); budgets and evaluation are the bench's own."""
     overrides = bench_mtl_speed.suite_overrides("driving")
-    assert overrides["mtl"] == ["+experiment=lane_keep_mtl", "experiment=lane_keep_mtl_share"]
+    assert overrides["mtl"] == ["+experiment=lane_keep_mtl_share"]  # the preset it trains, named
     for task in ("lane_keep", "pedestrian", "traffic_light"):
         assert {f"task_set={task}", "model.loss=mse", "data.replay_ratio=0.25"} <= set(overrides[task])
         assert not any(o.startswith(("data.total_env_steps=", "callbacks.eval.")) for o in overrides[task])
