@@ -501,3 +501,14 @@ def test_settings_of_an_option_that_is_off_are_refused(tmp_path, override, match
     went ahead and they changed nothing, where data.batch_solved_scale and task_weights were already refused."""
     with pytest.raises(ValueError, match=match):
         build(compose_cfg([*MTL, "task_set=driving", override], tmp_path))
+
+
+def test_the_configs_defaults_are_the_ones_the_refusals_compare_with(tmp_path):
+    """The by-score and PopArt settings are refused when they differ from their defaults without their option:
+    conf/train.yaml and conf/model/mtdqn.yaml must keep the code's defaults, or every run would be refused."""
+    from mtdqn.data.multitask import SOLVED_SCALE, SOLVED_SCORE
+    from mtdqn.models.mtdqn import POPART_BETA
+
+    cfg = compose_cfg(["+experiment=lane_keep_mtl"], tmp_path)
+    assert (cfg.data.collect_solved_score, cfg.data.collect_solved_scale) == (SOLVED_SCORE, SOLVED_SCALE)
+    assert cfg.data.collect_unsolved_score is None and cfg.model.popart_beta == POPART_BETA

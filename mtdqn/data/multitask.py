@@ -19,6 +19,7 @@ from mtdqn.types import Batch, Round, ShareRule, TaskSpec, finite_number
 
 COMPOSITIONS = ("uniform", "proportional", "weighted")
 COLLECT_SCHEDULES = ("fixed", "by_score")
+SOLVED_SCORE, SOLVED_SCALE = 0.9, 0.1  # the by-score schedule's defaults (conf/train.yaml's too)
 EXPLORATION_CLOCKS = ("summed", "task")
 BATCH_SIZE_UNITS = ("total", "per_task")
 SOURCE_STRIDE = 1 << 40  # replay indices tagged with their replay (prioritized): index + replay x SOURCE_STRIDE
@@ -150,8 +151,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         task_weights: Sequence[float] | None = None,  # per-task shares for batch_composition=weighted
         collect_weights: Sequence[float] | None = None,  # per-task shares of each round's env steps (None: equal)
         collect_schedule: str = "fixed",  # fixed | by_score: solved tasks' shares shrink after every evaluation
-        collect_solved_score: float = 0.9,  # by_score: a task whose last eval normalized score is >= this ...
-        collect_solved_scale: float = 0.1,  # ... collects with its share multiplied by this (back to 1 if it drops
+        collect_solved_score: float = SOLVED_SCORE,  # by_score: a task whose last eval normalized score is >= this ...
+        collect_solved_scale: float = SOLVED_SCALE,  # ... collects with its share multiplied by this (back to 1 if it drops
         collect_unsolved_score: float | None = None,  # ... below this; None: collect_solved_score (no hysteresis))
         batch_solved_scale: float = 1.0,  # by_score: a solved task's share of each minibatch is multiplied by this
         exploration_clock: str = "summed",  # summed: epsilon follows the env steps summed over tasks | task: each
@@ -256,7 +257,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
         if collect_schedule != "by_score":  # settings only the by-score schedule reads, set to other than their
             # defaults (conf/train.yaml): they would change nothing, silently
             unread = [f"data.{k}={v}" for k, v, default in (
-                ("collect_solved_score", collect_solved_score, 0.9), ("collect_solved_scale", collect_solved_scale, 0.1),
+                ("collect_solved_score", collect_solved_score, SOLVED_SCORE),
+                ("collect_solved_scale", collect_solved_scale, SOLVED_SCALE),
                 ("collect_unsolved_score", collect_unsolved_score, None)) if v != default]
             if unread:
                 raise ValueError(f"{', '.join(unread)}: read only with data.collect_schedule=by_score (here "

@@ -18,6 +18,7 @@ from mtdqn.models.mlp_grads import ExplicitFiLMGrads, ExplicitMultiHeadGrads
 from mtdqn.types import Batch, Round, TaskSpec
 
 BALANCES = ("sum", "weighted", "pcgrad")
+POPART_BETA = 3e-4  # step size of PopArt's running target moments (conf/model/mtdqn.yaml's default too)
 
 
 def task_means(values: Tensor, task_ids: Tensor, n_tasks: int) -> Tensor:
@@ -55,10 +56,10 @@ class MultiTaskDQNModule(DQNModule):
         task_weights: Sequence[float] | None = None,
         grad_diagnostics_every: int = 10,  # rounds between gradient-cosine diagnostics (0 = never)
         popart: bool = False,  # PopArt: TD loss on per-task normalized targets, output-preserving head rescaling
-        popart_beta: float = 3e-4,  # step size of PopArt's running target moments, per gradient update
+        popart_beta: float = POPART_BETA,  # step size of PopArt's running target moments, per gradient update
         **kwargs,
     ) -> None:
-        if not popart and popart_beta != 3e-4:  # conf/model/mtdqn.yaml's default: another value would change nothing
+        if not popart and popart_beta != POPART_BETA:  # another value than the default would change nothing
             raise ValueError(f"model.popart_beta={popart_beta!r} is read only with model.popart=true; set "
                              "model.popart=true, or leave it out")
         if popart and not (isinstance(popart_beta, int | float) and not isinstance(popart_beta, bool)
