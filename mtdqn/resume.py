@@ -41,15 +41,22 @@ def checkpoint_path(cfg: DictConfig) -> Path:
     return Path(ck.dirpath) / str(ck.get("filename", "last.ckpt"))
 
 
+def state_env_steps(checkpoint: dict) -> int | None:
+    """The env steps a loaded training checkpoint was saved at (its data module's state), None if it does not say."""
+    for value in checkpoint.values():
+        if isinstance(value, dict) and "env_steps" in value and "replays" in value:  # the data module's state
+            return int(value["env_steps"])
+    return None
+
+
 def checkpoint_env_steps(path: Path) -> int:
     """The env steps a checkpoint was saved at, read memory-mapped (its replay is not loaded)."""
     from mtdqn.callbacks.checkpoint import check_checkpoint_file
 
     check_checkpoint_file(path, "ckpt_path")  # memory-mapping a file torch.save did not write: a RuntimeError
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    for value in state.values():
-        if isinstance(value, dict) and "env_steps" in value and "replays" in value:  # the data module's state
-            return int(value["env_steps"])
+    steps = state_env_steps(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    if steps is not None:
+        return steps
     raise ValueError(f"ckpt_path=auto: {path} holds no data module state (env steps, replay): not an mtdqn run's "
                      "checkpoint")
 

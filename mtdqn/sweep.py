@@ -196,17 +196,18 @@ class SweepOutcome(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        line = tally(sweep_dir)
-        if line is None:
+        outcome = tally(sweep_dir)
+        if outcome is None:
             return
-        if line.startswith("mtdqn: every job"):
+        line, all_failed = outcome
+        if all_failed:
             sys.exit(line)
         print(line, file=sys.stderr, flush=True)
 
 
-def tally(sweep_dir: Path) -> str | None:
-    """The end-of-multirun line: how many jobs failed or were refused (a relaunch into a folder that holds a run of
-    other settings), or None when none did."""
+def tally(sweep_dir: Path) -> tuple[str, bool] | None:
+    """The end-of-multirun line, how many jobs failed or were refused (a relaunch into a folder that holds a run of
+    other settings), and whether every job did; None when none did."""
     statuses = job_statuses(sweep_dir) if sweep_dir.is_dir() else {}
     failed = sorted((job for job, status in statuses.items() if status in ("failed", "refused")), key=_job_order)
     if not failed:
@@ -218,11 +219,11 @@ def tally(sweep_dir: Path) -> str | None:
     counts = f"{len(failed)} of {len(statuses)}" + (f", {refused} refused" if refused else "")
     if len(failed) == len(statuses):
         what = "failed or was refused" if refused else "failed"
-        return f"mtdqn: every job of the sweep {what} ({counts}); {where}"
+        return f"mtdqn: every job of the sweep {what} ({counts}); {where}", True
     names = ", ".join(Path(job).name for job in failed[:10]) + (" ..." if len(failed) > 10 else "")
     what = "failed or were refused" if refused else "failed"
     names += f"; {refused} refused" if refused else ""
-    return f"mtdqn: {len(failed)} of {len(statuses)} jobs {what} (jobs {names}); {where}"
+    return f"mtdqn: {len(failed)} of {len(statuses)} jobs {what} (jobs {names}); {where}", False
 
 
 def _job_order(job: str) -> tuple[int, str]:

@@ -19,7 +19,6 @@ from the trained network; every prefix of a chain is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -35,6 +34,8 @@ from mtdqn.compression.data import replay_observations
 from mtdqn.compression.policy import QPolicy
 from mtdqn.compression.report import markdown
 from mtdqn.envs import env_factory, task_specs
+from mtdqn.evaluation.compare import run_status
+from mtdqn.resume import state_env_steps
 from mtdqn.train import instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "compression" / "default.yaml"
@@ -110,7 +111,7 @@ def load_run(run_dir: Path, ckpt: Path | None = None, max_states: int | None = N
     data_state = next((v for v in checkpoint.values() if isinstance(v, dict) and "replays" in v), None)
     replay_obs = replay_observations(data_state["replays"], max_states, seed) if data_state else []
     return (QPolicy(net.float().eval(), multitask), builder, tasks, factories, replay_obs, cfg,
-            checkpoint_env_steps(checkpoint))
+            state_env_steps(checkpoint))
 
 
 def checkpoint_path(run_dir: Path, ckpt: Path | None) -> Path:
@@ -125,23 +126,6 @@ def checkpoint_path(run_dir: Path, ckpt: Path | None) -> Path:
         raise ValueError(f"RUN_DIR={str(run_dir)!r} has no checkpoints/last.ckpt: the run ended before its first "
                          "checkpoint (see its summary.json and log); pass --ckpt to use another checkpoint")
     return last
-
-
-def run_status(run_dir: Path) -> str | None:
-    """The run's summary.json status (completed, running, failed, interrupted), None without a readable one."""
-    try:
-        status = json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return None if status is None else str(status)
-
-
-def checkpoint_env_steps(checkpoint: dict) -> int | None:
-    """The env steps a training checkpoint was saved at (its data module's state), None if it does not say."""
-    for value in checkpoint.values():
-        if isinstance(value, dict) and "replays" in value and "env_steps" in value:
-            return int(value["env_steps"])
-    return None
 
 
 def status_warning(run_dir: Path, status: str | None, ckpt: Path, env_steps: int | None, out: Path | None

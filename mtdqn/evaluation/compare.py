@@ -150,6 +150,13 @@ def _natural_key(p: Path) -> list[Any]:
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(p)) if t]
 
 
+def run_status(run_dir: str | Path) -> str | None:
+    """summary.json's status (completed, failed, interrupted, running), None without a readable one."""
+    summary = _read_json(Path(run_dir) / SUMMARY_FILE)
+    status = summary.get("status") if isinstance(summary, dict) else None
+    return None if status is None else str(status)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())

@@ -39,6 +39,7 @@ from mtdqn.evaluation.compare import (
     config_group_labels,
     find_run_dirs,
     run_labels,
+    run_status,
     saved_config,
 )
 from mtdqn.evaluation.episodes import run_episodes
@@ -139,14 +140,6 @@ class TrainedRun:
             return self.net(padded, ids)[..., : spec.n_actions]
 
         return q
-
-
-def run_status(run_dir: str | Path) -> str | None:
-    """summary.json's status (completed, failed, interrupted, running), None without one."""
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text()).get("status")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
 
 
 def unfinished(dirs: Sequence[Path]) -> list[str]:
