@@ -1,5 +1,5 @@
-"""EvalCallback.evaluate on stubs: the stop rule over several tasks (no env, no network: each task's episodes
-return a fixed score)."""
+"""EvalCallback.evaluate on stubs: the stop rule over several tasks and the min / mean over tasks (no env, no
+network: each task's episodes return a fixed score)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,9 @@ def test_stop_at_normalized_needs_every_task_over_the_bar(monkeypatch, scores, s
     metrics, trainer = evaluate(monkeypatch, scores, stop_at_normalized=0.5)
     assert trainer.should_stop == stops
     assert metrics.get("time/stopped_solved") == (1.0 if stops else None)
+
+
+def test_min_and_mean_normalized_over_the_tasks(monkeypatch):
+    metrics, _ = evaluate(monkeypatch, [0.2, 0.8])
+    assert metrics["eval/min_normalized"] == pytest.approx(0.2)
+    assert metrics["eval/mean_normalized"] == pytest.approx(0.5)
