@@ -1,5 +1,5 @@
-"""EvalCallback.evaluate on stubs: the stop rule over several tasks and the min / mean over tasks (no env, no
-network: each task's episodes return a fixed score)."""
+"""EvalCallback.evaluate on stubs: the stop rule over several tasks, the min / mean over tasks, and the training
+clock that leaves evaluation time out (no env, no network: each task's episodes return a fixed score)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,36 @@ from mtdqn.evaluation.episodes import EpisodeStats
 from mtdqn.types import TaskSpec
 
 
-def evaluate(monkeypatch, scores: list[float], steps: int = 1000, **kwargs) -> tuple[dict, SimpleNamespace]:
+class Clock:
+    """A stand-in for the module's `time`: perf_counter reads `now`, which the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def evaluate(monkeypatch, scores: list[float], clock: Clock | None = None, eval_seconds: float = 0.0,
+             train_seconds: float = 0.0, steps: int = 1000, **kwargs) -> tuple[dict, SimpleNamespace]:
     """One evaluation of tasks t0, t1, ... whose episodes return `scores` (normalized = return: reference 1,
-    random 0)."""
+    random 0). With a clock: `train_seconds` pass before the evaluation, and each task's episodes take
+    `eval_seconds`."""
     tasks = [TaskSpec(f"t{i}", 2, 2, reference_return=1.0, random_return=0.0) for i in range(len(scores))]
 
     def episodes(policy, env, seed):
+        if clock is not None:
+            clock.now += eval_seconds
         return EpisodeStats(torch.full((4,), env), torch.full((4,), 10), torch.zeros(4, dtype=torch.bool))
 
     monkeypatch.setattr(evaluation, "run_episode_stats", episodes)
+    if clock is not None:
+        monkeypatch.setattr(evaluation, "time", clock)
     cb = EvalCallback(every_env_steps=1000, episodes=4, **kwargs)
     cb.envs = list(scores)  # the stub's "env" is the task's score
+    if clock is not None:
+        cb.started = clock.now
+        clock.now += train_seconds
     trainer = SimpleNamespace(
         strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
         datamodule=SimpleNamespace(total_env_steps=5000), global_step=7, is_global_zero=True, loggers=[],
@@ -45,3 +64,11 @@ def test_min_and_mean_normalized_over_the_tasks(monkeypatch):
     metrics, _ = evaluate(monkeypatch, [0.2, 0.8])
     assert metrics["eval/min_normalized"] == pytest.approx(0.2)
     assert metrics["eval/mean_normalized"] == pytest.approx(0.5)
+
+
+def test_evaluation_time_is_left_out_of_train_seconds_and_sps(monkeypatch):
+    """3 s of training, then an evaluation whose two tasks take 10 s each: time/train_seconds is 3, and
+    time/sps the 1,200 env steps over those 3 s, not over 23."""
+    metrics, _ = evaluate(monkeypatch, [0.5, 0.5], clock=Clock(), eval_seconds=10.0, train_seconds=3.0, steps=1200)
+    assert metrics["time/train_seconds"] == pytest.approx(3.0)
+    assert metrics["time/sps"] == pytest.approx(400.0)
