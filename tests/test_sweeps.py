@@ -146,14 +146,19 @@ def test_run_trial_averages_its_seeds_and_a_failed_seed_fails_the_trial(tmp_path
     assert "64 there, 256 here" in json.loads((tmp_path / "trial" / "refused.json").read_text())["error"]
     assert job_statuses(tmp_path) == {str(tmp_path / "trial"): "refused"}  # not its seed's, nor "completed"
 
+    ran = []
+
     def failing_second_seed(run):
+        ran.append(run.seed)
         if run.seed == 4:
             raise ValueError("gamma=1.5 must lie in (0, 1]")
         return {"eval/mean_normalized": 1.0}
 
     assert run_trial(cfg, failing_second_seed) is None
+    assert ran == [3, 4]  # the trial stops at its first failed seed: seed 5 never trains
     record = json.loads((tmp_path / "trial" / "trial.json").read_text())
     assert record["status"] == "failed" and "seed 4: ValueError: gamma=1.5" in record["error"]
+    assert record["values"] == {"3": 1.0}
     assert not (tmp_path / "trial" / "refused.json").exists()
     assert run_trial(cfg, lambda run: {"eval/mean_normalized": float("nan")}) is None  # never NaN to Optuna
     assert "is nan" in json.loads((tmp_path / "trial" / "trial.json").read_text())["error"]
