@@ -13,6 +13,7 @@ from torch import nn
 from mtdqn.callbacks.checkpoint import atomic_torch_save
 from mtdqn.evaluation.compare import Run
 from mtdqn.evaluation.transfer import (
+    bootstrap,
     curve_area,
     final_score,
     own_run_times,
@@ -667,6 +668,16 @@ def test_window_averages_the_final_score_and_needs_the_threshold_held():
     assert m["time_to_threshold_ratio"] == pytest.approx(4000.0 / 3000.0)
     with pytest.raises(ValueError, match="--window 0 is invalid"):
         transfer_report([Path("/nonexistent")], window=0)
+
+
+def test_bootstrap_resamples_transfer_and_scratch_runs_independently():
+    """Transfer and scratch seeds are not paired: each group's runs are resampled on their own. Two groups of the
+    same scores {0, 1}: their mean difference is 0, with resamples from -1 to 1 (drawing the same indices for both
+    groups would make every resample 0, a CI of [0, 0])."""
+    runs = np.array([[0.0], [1.0]])
+    est = bootstrap([runs, runs.copy()], lambda a, b: float(a.mean() - b.mean()), n_boot=500)
+    assert est.value == 0.0
+    assert est.low < 0.0 < est.high
 
 
 def _series_run(steps, values) -> Run:
