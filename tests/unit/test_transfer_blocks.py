@@ -822,6 +822,18 @@ def test_a_running_run_that_shortens_the_range_is_named_and_every_column_uses_th
     assert full["groups"]["finetune"]["forgetting"]["eval/source/lane_keep/normalized"].value == pytest.approx(0.4)
 
 
+def test_peak_forgetting_looks_only_within_the_common_range(tmp_path):
+    """The completed finetune seeds' source score dips (0.9 -> 0.2) only at 3000, after the common range a running
+    seed ends at 2000: within the range no seed forgot anything, so peak forgetting is 0, not the dip."""
+    source = np.array([0.9, 0.9, 0.9, 0.2, 0.9])
+    _pair(tmp_path, source=source)
+    write_run(tmp_path / "running", {"transfer": {"mode": "finetune"}, "seed": 9}, _rows(TRANSFER, source)[:3])
+    report = transfer_report([tmp_path], n_boot=50)
+    assert report["env_step_range"] == [0.0, 2000.0]
+    peak = report["groups"]["finetune"]["peak_forgetting"]["eval/source/lane_keep/normalized"]
+    assert peak.value == pytest.approx(0.0)
+
+
 def test_no_common_range_or_a_single_common_evaluation_is_refused_naming_the_runs(tmp_path):
     _pair(tmp_path)
     late = [{**r, "env_steps": r["env_steps"] + 4000} for r in _rows(SCRATCH)]  # 4000-8000: shares only 4000
