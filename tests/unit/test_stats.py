@@ -76,6 +76,14 @@ def test_stratified_bootstrap_resamples_within_tasks(backend: str) -> None:
     assert stats.stratified_bootstrap_ci(scores, stats.mean, backend=backend) == pytest.approx((5.0, 5.5))
 
 
+def test_stratified_bootstrap_draws_each_tasks_runs_independently() -> None:
+    # Runs [0, 1] and [1, 0]: every whole run averages 0.5, so drawing the same run indices for every task would
+    # give a CI of [0.5, 0.5]. Drawn per task, each task's mean is 0, 0.5 or 1 (1/4, 1/2, 1/4) and their average
+    # is 0 or 1 with probability 1/16 each (> 2.5%): the 95% CI is [0, 1]. No rliable needed.
+    scores = np.array([[0.0, 1.0], [1.0, 0.0]])
+    assert stats.stratified_bootstrap_ci(scores, stats.mean, backend="numpy") == pytest.approx((0.0, 1.0))
+
+
 def test_stratified_bootstrap_1d_and_single_run() -> None:
     x = np.array([0.0, 1.0])
     assert stats.stratified_bootstrap_ci(x, stats.mean, backend="numpy") == stats.bootstrap_ci(x, stats.mean)
