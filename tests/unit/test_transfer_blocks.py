@@ -541,6 +541,32 @@ def test_ewc_mode_adds_a_penalty_that_is_zero_at_the_source_and_pulls_back(tmp_p
     assert (grad_w >= 0).all() and grad_w.sum() > 0  # pulls the weights back down toward the anchor
 
 
+@pytest.mark.parametrize("normalize", ["mean", "none"])
+def test_ewc_fisher_is_normalized_to_mean_one_unless_normalize_is_none(tmp_path, normalize):
+    """transfer.ewc.normalize=mean (the default) divides the Fisher by its mean over every anchored entry, so
+    lambda weighs a mean squared deviation whatever the loss scale; none keeps the raw Fisher of the source."""
+    torch.manual_seed(0)
+    source = MultiTaskQNetwork(DRIVING, hidden=[16, 16])
+    replays = [{"obs": torch.randn(4, 2, 26), "next_obs": torch.randn(4, 2, 26), "actions": torch.randint(0, 9, (4, 2)),
+                "rewards": torch.randn(4, 2), "terminated": torch.zeros(4, 2, dtype=torch.bool),
+                "done": torch.zeros(4, 2, dtype=torch.bool), "pos": 4, "size": 4} for _ in DRIVING]
+    path = write_source(tmp_path, source, MTL_CONFIG, {"MultiTaskDataModule": {"replays": replays}})
+    ewc = {"fisher_samples": 8, "normalize": normalize}
+    model = dqn()
+    apply_transfer(model, {"mode": "ewc", "checkpoint": str(path), "ewc": ewc})
+    fisher = model.regularizers[0].fisher
+    raw = source_fisher(load_source(str(path)), EWCConfig.from_mapping(ewc))
+    raw = [raw[n] for n in ("torso.0.weight", "torso.0.bias", "torso.2.weight", "torso.2.bias")]  # loaded: torso
+    assert [f.shape for f in fisher] == [r.shape for r in raw]
+    raw_mean = float(sum(r.sum() for r in raw) / sum(r.numel() for r in raw))
+    assert raw_mean != pytest.approx(1.0, rel=0.1)  # so that normalizing shows
+    scale = raw_mean if normalize == "mean" else 1.0
+    for f, r in zip(fisher, raw, strict=True):
+        assert torch.allclose(f, r / scale, rtol=1e-5, atol=0.0)
+    if normalize == "mean":
+        assert float(sum(f.sum() for f in fisher) / sum(f.numel() for f in fisher)) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_ewc_needs_the_replay_saved_in_the_source_checkpoint(tmp_path):
     path = write_source(tmp_path, MultiTaskQNetwork(DRIVING, hidden=[16, 16]), MTL_CONFIG)
     with pytest.raises(ValueError, match="holds no replay buffers"):
