@@ -25,6 +25,7 @@ from mtdqn.compression.prune import (
     structured_prune,
 )
 from mtdqn.compression.quantize import cast, quantize_int8
+from mtdqn.compression.report import compress_chains
 from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.nets.q import QNetwork
 from mtdqn.types import TaskSpec
@@ -392,6 +393,22 @@ def test_chains_flat_nested_and_plus_forms():
     settings = CompressionSettings.from_dict({"methods": ["structured", "bf16"], "latency": {"batch_sizes": [1]}})
     assert settings.methods == [["structured", "bf16"]] and settings.latency.batch_sizes == [1]
     assert math.isclose(settings.prune.sparsity, 0.8)
+
+
+def test_each_step_of_a_chain_compresses_the_previous_steps_result():
+    """distill+structured halves the distilled student's widths (8 -> 4), not the teacher's (32 -> 16), and
+    distill+fp16 casts the student: the teacher's parameter count would mean the step started from the original."""
+    teacher = _single((32, 32))
+    builder = net_builder(QNetwork, [TaskSpec("a", 6, 4)], multitask=False)
+    settings = CompressionSettings.from_dict({
+        "methods": [["distill", "structured"], ["distill", "fp16"]], "distill": {"hidden": [8, 8], "steps": 20},
+        "structured": {"keep_fraction": 0.5, "finetune_steps": 2}})
+    policies, skipped = compress_chains(teacher, _pool(6, 1, n=256), builder, settings)
+    assert list(policies) == ["original", "distill", "distill+structured", "distill+fp16"] and not skipped
+    assert hidden_widths(policies["distill"][0].net) == [8, 8]
+    assert hidden_widths(policies["distill+structured"][0].net) == [4, 4]
+    assert count_params(policies["distill+fp16"][0]) == count_params(policies["distill"][0])
+    assert count_params(policies["distill"][0])[0] < count_params(teacher)[0]
 
 
 def test_dataclass_defaults_match_conf_compression_default():
