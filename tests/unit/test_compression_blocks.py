@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mtdqn.compression import CompressionSettings, QPolicy, net_builder, wrap
+from mtdqn.compression import report as compression_report
 from mtdqn.compression.config import PruneSettings, normalize_chains
 from mtdqn.compression.data import StatePool, q_values
 from mtdqn.compression.export import ONNX_MISSING, export_onnx, export_torchscript
@@ -25,7 +26,7 @@ from mtdqn.compression.prune import (
     structured_prune,
 )
 from mtdqn.compression.quantize import cast, quantize_int8
-from mtdqn.compression.report import compress_chains
+from mtdqn.compression.report import compress_chains, run_compression
 from mtdqn.nets.multitask import MultiTaskQNetwork
 from mtdqn.nets.q import QNetwork
 from mtdqn.types import TaskSpec
@@ -409,6 +410,35 @@ def test_each_step_of_a_chain_compresses_the_previous_steps_result():
     assert hidden_widths(policies["distill+structured"][0].net) == [4, 4]
     assert count_params(policies["distill+fp16"][0]) == count_params(policies["distill"][0])
     assert count_params(policies["distill"][0])[0] < count_params(teacher)[0]
+
+
+def test_each_compressed_policy_is_evaluated_itself(monkeypatch, tmp_path):
+    """A "distilled" student that always steers left and brakes (action 0) gets its own return in the report, not the
+    original's: its retention is not 1. (run_compression end to end on lane_keep, 2 short episodes, no exports.)"""
+    from mtdqn.envs import env_factory, task_spec
+
+    kwargs = {"max_episode_steps": 30}
+    task, make_env = task_spec("driving", "lane_keep", kwargs), env_factory("driving", "lane_keep", kwargs)
+    original = wrap(QNetwork(task.obs_dim, task.n_actions, hidden=[8]))
+    brake = wrap(QNetwork(task.obs_dim, task.n_actions, hidden=[8]))
+    with torch.no_grad():
+        brake.net.head.weight.zero_()
+        brake.net.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(0), task.n_actions).float())
+    monkeypatch.setattr(compression_report, "distill", lambda *args, **kwargs: (brake, {}))
+    settings = CompressionSettings.from_dict({
+        "methods": [["distill"]], "data": {"rollout_fraction": 0.0}, "eval": {"episodes": 2},
+        "latency": {"batch_sizes": [1], "calls": 1, "rounds": 1, "warmup": 0},
+        "export": {"torchscript": False, "onnx": False}})
+    builder = net_builder(QNetwork, [task], multitask=False)
+    report = run_compression(original, builder, [task], [make_env], [torch.randn(64, task.obs_dim)], settings,
+                             tmp_path)
+    entries = {e["name"]: e for e in report["policies"]}
+    envs = [make_env(num_envs=2, device="cpu")]
+    on_its_own = [compression_report.evaluate(p, [task], envs, task.obs_dim, settings.eval.seed)["mean_return"]
+                  for p in (original, brake)]
+    assert on_its_own[0] != pytest.approx(on_its_own[1])  # the two policies do play differently
+    assert [entries[n]["mean_return"] for n in ("original", "distill")] == pytest.approx(on_its_own)
+    assert entries["distill"]["retention"] != pytest.approx(1.0)
 
 
 def test_dataclass_defaults_match_conf_compression_default():
