@@ -381,6 +381,22 @@ def test_script_in_process_grouping_and_tasks(
     assert "2 failed" in capsys.readouterr().out
 
 
+def test_script_ci_flag_sets_the_interval_coverage(sweep: Path, tmp_path: Path) -> None:
+    """--ci 0.5: the summary records 0.5, the tables say 50% CI, and the intervals are narrower than the default
+    95% ones on the same resamples."""
+    out = tmp_path / "o"
+    argv = [str(sweep), "--by", "optimizer.name", "--out", str(out), "--n-boot", "50", "--no-plots", "--ci", "0.5"]
+    assert _script().main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ci"] == 0.5
+    assert "IQM [50% CI]" in (out / "summary.md").read_text()
+    wide = cmp.compare_runs([sweep], by=["optimizer.name"], n_boot=50, seed=0).summary
+    assert wide["ci"] == 0.95
+    narrow_ci = _table(summary, "lane_keep")["rows"][ADAM]["mean_ci"]
+    wide_ci = _table(wide, "lane_keep")["rows"][ADAM]["mean_ci"]
+    assert wide_ci[0] < narrow_ci[0] <= narrow_ci[1] < wide_ci[1]
+
+
 def test_script_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     script = _script()
     assert script.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
