@@ -101,11 +101,15 @@ def test_num_envs_and_replay_ratio(tmp_path):
     assert trainer.global_step == 5 * 25  # 5 rounds of 100 env steps x 0.25 updates per env step
 
 
-def test_lean_step_is_used_and_matches_the_standard_path(tmp_path):
+@pytest.mark.parametrize("max_grad_norm", [10.0, 1e-3])
+def test_lean_step_is_used_and_matches_the_standard_path(tmp_path, max_grad_norm):
+    """max_grad_norm=1e-3 clips every update on both paths (the standard path in on_before_optimizer_step, the lean
+    one in apply_grads): a lean path that logged the norm but stepped with unclipped gradients trains other weights
+    (Adam is not invariant to a per-update rescaling)."""
     results = {}
     for lean in (True, False):
-        cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=5", f"model.lean_step={lean}"],
-                          tmp_path / str(lean))
+        cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=5", f"model.lean_step={lean}",
+                           f"model.max_grad_norm={max_grad_norm}"], tmp_path / str(lean))
         torch.manual_seed(5)
         model, data, trainer = build(cfg)
         trainer.fit(model, datamodule=data)
