@@ -63,6 +63,39 @@ def test_dueling_switch_builds_a_dueling_head():
     assert not hasattr(make().q_net.head, "advantage")
 
 
+@pytest.mark.parametrize("balance", ["dqn", "sum", "pcgrad"])
+def test_regularizer_gradient_reaches_the_update(balance):
+    """model.regularizers (EWC's penalty) must add their gradient to every update: DQNModule.update, the multi-task
+    autograd update and PCGrad's step (which adds it after the projection). The gradients handed to the optimizer
+    (apply_grads, as on the lean path) with a regularizer minus those without are exactly its gradient."""
+    from types import SimpleNamespace
+
+    from mtdqn.models import MultiTaskDQNModule
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    torch.manual_seed(0)
+    if balance == "dqn":
+        m, b = make(), batch()
+    else:
+        tasks = [TaskSpec("a", 3, 4), TaskSpec("b", 3, 4)]
+        m = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=(8, 8)), optimizer=partial(torch.optim.SGD, lr=0.1),
+                               task=tasks, loss_balance=balance, grad_diagnostics_every=0)
+        b = batch()._replace(task_ids=torch.arange(16) % 2)
+        m._trainer = SimpleNamespace(world_size=1, precision_plugin=None)  # pcgrad_step asks for the world size
+    params = list(m.q_net.parameters())
+    m._lean, m._trainable = object(), params  # gradient_step hands autograd's gradients to apply_grads
+    handed: list[list[torch.Tensor]] = []
+    m.apply_grads = lambda grads, scaled=False: handed.append([g.detach().clone() for g in grads])
+    last = params[-1]  # the (last) head's bias
+    m.update(b, None, 1)
+    m.regularizers.append(lambda: 1e3 * last.square().sum())
+    m.update(b, None, 1)
+    for p, plain, regularized in zip(params, *handed, strict=True):
+        expected = 2e3 * last.detach() if p is last else torch.zeros_like(p)
+        torch.testing.assert_close(regularized - plain, expected, rtol=1e-5, atol=1e-4)
+    assert last.detach().abs().min() > 1e-3  # the regularizer's gradient is not ~0
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 def test_target_sync_in_env_steps_hard_and_polyak(tau):
     m = make(target_update_period=10, tau=tau)
