@@ -110,6 +110,21 @@ def test_target_sync_in_env_steps_hard_and_polyak(tau):
         assert torch.allclose(params_vector(m.target_net), mid + 0.75 * (online - mid), atol=1e-6)
 
 
+def test_target_follows_the_online_network_in_update_units(tmp_path):
+    """model.target_update_unit=updates: the target is synced between gradient updates (period 1, tau 1: it ends
+    equal to the online network), so a round's target values cannot be computed ahead (round_target_values: None)."""
+    m = make(target_update_unit="updates")
+    stacked = batch()._replace(next_obs=torch.randn(2, 16, 3), task_ids=torch.zeros(2, 16, dtype=torch.int64))
+    assert m.round_target_values(stacked) is None and make().round_target_values(stacked) is not None
+    cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "model.target_update_unit=updates",
+                       "model.target_update_period=1", "model.tau=1.0"], tmp_path)
+    model, data, trainer = build(cfg)
+    start = params_vector(model.target_net).clone()
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step > 0 and not torch.equal(params_vector(model.target_net), start)
+    assert torch.equal(params_vector(model.target_net), params_vector(model.q_net))
+
+
 @pytest.mark.parametrize("max_grad_norm", [0.0, 1e-3])
 def test_gradient_clipping_switch(tmp_path, max_grad_norm):
     cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "optimizer=sgd", "optimizer.momentum=0",
@@ -234,11 +249,13 @@ def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, su
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["dqn", "dqn-double-q", "mtdqn"])
+@pytest.mark.parametrize("model", ["dqn", "dqn-double-q", "mtdqn", "dqn-updates"])
 def test_round_batched_target_values_equal_per_update_ones(tmp_path, model, monkeypatch):
     """Precomputing Q_target for the whole round (target frozen in env-step mode) changes nothing; without double
-    Q (the default) the lean path also computes the round's TD targets in one op."""
+    Q (the default) the lean path also computes the round's TD targets in one op. In update units (dqn-updates) the
+    target moves within the round, so nothing may be computed ahead: values from the round's first target differ."""
     extra = {"dqn": [], "dqn-double-q": ["model.double_q=true"],
+             "dqn-updates": ["model.target_update_unit=updates", "model.target_update_period=1"],
              "mtdqn": ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]"]}[model]
     results = []
     for precompute in (True, False):
