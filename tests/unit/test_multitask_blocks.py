@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,6 +139,30 @@ def test_pcgrad_projects_conflicting_gradients():
     assert torch.allclose(pcgrad([g1, g2], order=[0, 1]), torch.tensor([0.5, 1.5]))
     gen = torch.Generator().manual_seed(3)
     assert torch.allclose(pcgrad([g1, g2], generator=gen), torch.tensor([0.5, 1.5]))
+
+
+def _pcgrad_paper(grads, orders):
+    """Yu et al. 2020, Algorithm 1, literally: task i's g_i^PC is projected, in orders[i], off each g_j it conflicts
+    with (the running g_i^PC, not the original g_i, is tested and projected); returns sum_i g_i^PC."""
+    total = torch.zeros_like(grads[0])
+    for i, g_i in enumerate(grads):
+        g_pc = g_i.clone()
+        for j in orders[i]:
+            if j != i and torch.dot(g_pc, grads[j]) < 0:
+                g_pc = g_pc - torch.dot(g_pc, grads[j]) / grads[j].square().sum() * grads[j]
+        total += g_pc
+    return total
+
+
+THREE_CONFLICTING = [torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]), torch.tensor([-1.0, -1.0])]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_pcgrad_projects_the_running_projection_for_three_tasks(order):
+    """With three tasks a projection changes the next dot product: g2 = (-1, 1) is orthogonal to g3 = (-1, -1),
+    but once projected off g1 it conflicts with g3. (Two tasks, as the tests above, cannot tell g_i^PC from g_i.)"""
+    expected = _pcgrad_paper(THREE_CONFLICTING, [order] * 3)
+    torch.testing.assert_close(pcgrad(THREE_CONFLICTING, order=list(order)), expected)
 
 
 def test_pcgrad_leaves_non_conflicting_gradients_alone():
