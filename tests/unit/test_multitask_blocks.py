@@ -165,6 +165,19 @@ def test_pcgrad_projects_the_running_projection_for_three_tasks(order):
     torch.testing.assert_close(pcgrad(THREE_CONFLICTING, order=list(order)), expected)
 
 
+def test_pcgrad_draws_a_random_projection_order_per_task_from_the_generator():
+    """Without `order`, each task's order is a torch.randperm from `generator` (one draw per task, in task order);
+    different seeds give different orders, and here different results."""
+    results = set()
+    for seed in range(8):
+        draws = torch.Generator().manual_seed(seed)
+        orders = [torch.randperm(3, generator=draws).tolist() for _ in range(3)]
+        out = pcgrad(THREE_CONFLICTING, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(out, _pcgrad_paper(THREE_CONFLICTING, orders))
+        results.add(tuple(round(v, 5) for v in out.tolist()))
+    assert len(results) > 1
+
+
 def test_pcgrad_leaves_non_conflicting_gradients_alone():
     grads = [torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 1.0]), torch.tensor([3.0, 1.0, 0.0])]
     assert torch.allclose(pcgrad(grads, order=[2, 1, 0]), sum(grads))
