@@ -285,6 +285,25 @@ def test_pcgrad_step_on_network_shared_parameters():
     assert all(p.grad is not None and p.grad.shape == p.shape for p in shared)
 
 
+def test_module_gradient_cosines_are_over_the_shared_parameters_only():
+    """train/grad_cos/* compares the tasks' gradients on what they share (the torso): each task's own head adds a
+    component the other task's gradient lacks, which would pull every cosine toward 0."""
+    from functools import partial
+
+    from mtdqn.models import MultiTaskDQNModule
+
+    m = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=(8, 8)), optimizer=partial(torch.optim.SGD, lr=0.1),
+                           task=MIXED)
+    ids = torch.tensor([0, 1, 0, 1, 0, 1])
+    q = m.q_net(_padded_obs(MIXED, ids), ids)[:, 0]
+    per_task = task_weighted_loss((q - 1.0).square(), ids, None, n_tasks=2)[1]
+    shared = grad_cosine_matrix([flat_grads(per_task[t], m.q_net.shared_parameters()) for t in range(2)])
+    every = grad_cosine_matrix([flat_grads(per_task[t], list(m.q_net.parameters())) for t in range(2)])
+    cosines = m.gradient_cosines(per_task)
+    torch.testing.assert_close(cosines, shared)
+    assert (cosines[0, 1] - every[0, 1]).abs() > 0.05  # the heads matter here: the test can tell them apart
+
+
 IMAGES = [TaskSpec("four", 400, 3, obs_shape=(10, 10, 4)), TaskSpec("seven", 700, 5, obs_shape=(10, 10, 7))]
 SAME_IMAGES = [TaskSpec("a", 400, 3, obs_shape=(10, 10, 4)), TaskSpec("b", 400, 3, obs_shape=(10, 10, 4))]
 
