@@ -257,6 +257,21 @@ def test_popart_absent_task_is_untouched_and_targets_roundtrip():
     assert head.sigma.min() >= head.sigma_min
 
 
+def test_popart_sigma_floor_holds_for_constant_targets():
+    """beta=1 and constant targets per task (a task whose episodes all return the same): the batch variance is 0,
+    so sigma is its floor sigma_min, and normalized targets, head weights and outputs stay finite (without the
+    floor sigma = 0: division by zero in the normalization and in the output-preserving rescale)."""
+    torch.manual_seed(0)
+    head = PopArtHead(4, [2, 2], beta=1.0)
+    feats, ids = torch.randn(6, 4), torch.tensor([0, 1] * 3)
+    targets = torch.where(ids == 0, 5.0, -3.0)
+    head.update_stats(targets, ids)
+    torch.testing.assert_close(head.sigma, torch.full((2,), head.sigma_min))
+    normalized = head.normalize_targets(targets, ids)
+    assert torch.isfinite(normalized).all() and torch.equal(normalized, torch.zeros(6))
+    assert torch.isfinite(head.weight).all() and torch.isfinite(head.unnormalized_q(feats, ids)).all()
+
+
 def test_popart_normalized_loss_trains_head():
     head = PopArtHead(3, [2], beta=1e-2)
     feats, ids, actions = torch.randn(32, 3), torch.zeros(32, dtype=torch.long), torch.randint(0, 2, (32,))
