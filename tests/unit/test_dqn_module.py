@@ -63,6 +63,17 @@ def test_dueling_switch_builds_a_dueling_head():
     assert not hasattr(make().q_net.head, "advantage")
 
 
+def test_dueling_head_subtracts_the_mean_advantage():
+    """Q = V + A - mean_a A (Wang et al. 2016): without the mean subtraction V and A are not identifiable."""
+    head = make(dueling=True).q_net.head
+    with torch.no_grad():
+        head.advantage.bias.add_(3.0)  # a mean advantage far from 0
+    f = torch.randn(5, 8)
+    adv = head.advantage(f)
+    torch.testing.assert_close(head(f), head.value(f) + adv - adv.mean(-1, keepdim=True))
+    torch.testing.assert_close(head(f).mean(-1, keepdim=True), head.value(f))
+
+
 @pytest.mark.parametrize("balance", ["dqn", "sum", "pcgrad"])
 def test_regularizer_gradient_reaches_the_update(balance):
     """model.regularizers (EWC's penalty) must add their gradient to every update: DQNModule.update, the multi-task
