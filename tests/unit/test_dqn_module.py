@@ -63,6 +63,50 @@ def test_dueling_switch_builds_a_dueling_head():
     assert not hasattr(make().q_net.head, "advantage")
 
 
+def test_dueling_head_subtracts_the_mean_advantage():
+    """Q = V + A - mean_a A (Wang et al. 2016): without the mean subtraction V and A are not identifiable."""
+    head = make(dueling=True).q_net.head
+    with torch.no_grad():
+        head.advantage.bias.add_(3.0)  # a mean advantage far from 0
+    f = torch.randn(5, 8)
+    adv = head.advantage(f)
+    torch.testing.assert_close(head(f), head.value(f) + adv - adv.mean(-1, keepdim=True))
+    torch.testing.assert_close(head(f).mean(-1, keepdim=True), head.value(f))
+
+
+@pytest.mark.parametrize("balance", ["dqn", "sum", "pcgrad"])
+def test_regularizer_gradient_reaches_the_update(balance):
+    """model.regularizers (EWC's penalty) must add their gradient to every update: DQNModule.update, the multi-task
+    autograd update and PCGrad's step (which adds it after the projection). The gradients handed to the optimizer
+    (apply_grads, as on the lean path) with a regularizer minus those without are exactly its gradient."""
+    from types import SimpleNamespace
+
+    from mtdqn.models import MultiTaskDQNModule
+    from mtdqn.nets.multitask import MultiTaskQNetwork
+
+    torch.manual_seed(0)
+    if balance == "dqn":
+        m, b = make(), batch()
+    else:
+        tasks = [TaskSpec("a", 3, 4), TaskSpec("b", 3, 4)]
+        m = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=(8, 8)), optimizer=partial(torch.optim.SGD, lr=0.1),
+                               task=tasks, loss_balance=balance, grad_diagnostics_every=0)
+        b = batch()._replace(task_ids=torch.arange(16) % 2)
+        m._trainer = SimpleNamespace(world_size=1, precision_plugin=None)  # pcgrad_step asks for the world size
+    params = list(m.q_net.parameters())
+    m._lean, m._trainable = object(), params  # gradient_step hands autograd's gradients to apply_grads
+    handed: list[list[torch.Tensor]] = []
+    m.apply_grads = lambda grads, scaled=False: handed.append([g.detach().clone() for g in grads])
+    last = params[-1]  # the (last) head's bias
+    m.update(b, None, 1)
+    m.regularizers.append(lambda: 1e3 * last.square().sum())
+    m.update(b, None, 1)
+    for p, plain, regularized in zip(params, *handed, strict=True):
+        expected = 2e3 * last.detach() if p is last else torch.zeros_like(p)
+        torch.testing.assert_close(regularized - plain, expected, rtol=1e-5, atol=1e-4)
+    assert last.detach().abs().min() > 1e-3  # the regularizer's gradient is not ~0
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 def test_target_sync_in_env_steps_hard_and_polyak(tau):
     m = make(target_update_period=10, tau=tau)
@@ -75,6 +119,21 @@ def test_target_sync_in_env_steps_hard_and_polyak(tau):
     if tau < 1:
         mid = before + tau * (online - before)
         assert torch.allclose(params_vector(m.target_net), mid + 0.75 * (online - mid), atol=1e-6)
+
+
+def test_target_follows_the_online_network_in_update_units(tmp_path):
+    """model.target_update_unit=updates: the target is synced between gradient updates (period 1, tau 1: it ends
+    equal to the online network), so a round's target values cannot be computed ahead (round_target_values: None)."""
+    m = make(target_update_unit="updates")
+    stacked = batch()._replace(next_obs=torch.randn(2, 16, 3), task_ids=torch.zeros(2, 16, dtype=torch.int64))
+    assert m.round_target_values(stacked) is None and make().round_target_values(stacked) is not None
+    cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "model.target_update_unit=updates",
+                       "model.target_update_period=1", "model.tau=1.0"], tmp_path)
+    model, data, trainer = build(cfg)
+    start = params_vector(model.target_net).clone()
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step > 0 and not torch.equal(params_vector(model.target_net), start)
+    assert torch.equal(params_vector(model.target_net), params_vector(model.q_net))
 
 
 @pytest.mark.parametrize("max_grad_norm", [0.0, 1e-3])
@@ -101,11 +160,15 @@ def test_num_envs_and_replay_ratio(tmp_path):
     assert trainer.global_step == 5 * 25  # 5 rounds of 100 env steps x 0.25 updates per env step
 
 
-def test_lean_step_is_used_and_matches_the_standard_path(tmp_path):
+@pytest.mark.parametrize("max_grad_norm", [10.0, 1e-3])
+def test_lean_step_is_used_and_matches_the_standard_path(tmp_path, max_grad_norm):
+    """max_grad_norm=1e-3 clips every update on both paths (the standard path in on_before_optimizer_step, the lean
+    one in apply_grads): a lean path that logged the norm but stepped with unclipped gradients trains other weights
+    (Adam is not invariant to a per-update rescaling)."""
     results = {}
     for lean in (True, False):
-        cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=5", f"model.lean_step={lean}"],
-                          tmp_path / str(lean))
+        cfg = compose_cfg(["debug=smoke", "logger=none", "callbacks=none", "seed=5", f"model.lean_step={lean}",
+                           f"model.max_grad_norm={max_grad_norm}"], tmp_path / str(lean))
         torch.manual_seed(5)
         model, data, trainer = build(cfg)
         trainer.fit(model, datamodule=data)
@@ -197,11 +260,13 @@ def test_explicit_gradient_path_matches_autograd_in_training(tmp_path, extra, su
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["dqn", "dqn-double-q", "mtdqn"])
+@pytest.mark.parametrize("model", ["dqn", "dqn-double-q", "mtdqn", "dqn-updates"])
 def test_round_batched_target_values_equal_per_update_ones(tmp_path, model, monkeypatch):
     """Precomputing Q_target for the whole round (target frozen in env-step mode) changes nothing; without double
-    Q (the default) the lean path also computes the round's TD targets in one op."""
+    Q (the default) the lean path also computes the round's TD targets in one op. In update units (dqn-updates) the
+    target moves within the round, so nothing may be computed ahead: values from the round's first target differ."""
     extra = {"dqn": [], "dqn-double-q": ["model.double_q=true"],
+             "dqn-updates": ["model.target_update_unit=updates", "model.target_update_period=1"],
              "mtdqn": ["model=mtdqn", "net=multihead", "task_set=driving", "net.hidden=[16]"]}[model]
     results = []
     for precompute in (True, False):

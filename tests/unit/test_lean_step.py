@@ -86,6 +86,33 @@ def test_lean_adam_follows_a_reloaded_optimizer_state():
     assert float(opt.state_dict()["state"][0]["step"]) == 3.0
 
 
+def test_lean_adam_reads_the_learning_rate_at_every_step():
+    """A schedule (model.scheduler) writes each round's lr into the optimizer's param group; LeanAdam must step
+    with that lr, not the one it was built with (the schedule was logged but not applied)."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    ref = copy.deepcopy(net)
+    opt, ref_opt = (torch.optim.Adam(m.parameters(), lr=1e-2, fused=True) for m in (net, ref))
+    lean = LeanAdam(opt)
+    x = torch.randn(8, 3)
+    opt.param_groups[0]["lr"] = 0.0
+    before = [p.detach().clone() for p in net.parameters()]
+    lean.step(list(torch.autograd.grad(net(x).square().mean(), list(net.parameters()))))
+    for p, q in zip(net.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    net.load_state_dict(ref.state_dict())  # the same state as the reference again: lr 3e-3 from here
+    opt.state.clear()
+    for o in (opt, ref_opt):
+        o.param_groups[0]["lr"] = 3e-3
+    for _ in range(2):
+        lean.step(list(torch.autograd.grad(net(x).square().mean(), list(net.parameters()))))
+        ref_opt.zero_grad()
+        ref(x).square().mean().backward()
+        ref_opt.step()
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_lean_adam_refuses_unsupported_optimizers():
     p = [torch.nn.Parameter(torch.zeros(2))]
     assert not LeanAdam.supports(torch.optim.SGD(p, lr=0.1))

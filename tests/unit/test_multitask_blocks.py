@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -139,6 +141,43 @@ def test_pcgrad_projects_conflicting_gradients():
     assert torch.allclose(pcgrad([g1, g2], generator=gen), torch.tensor([0.5, 1.5]))
 
 
+def _pcgrad_paper(grads, orders):
+    """Yu et al. 2020, Algorithm 1, literally: task i's g_i^PC is projected, in orders[i], off each g_j it conflicts
+    with (the running g_i^PC, not the original g_i, is tested and projected); returns sum_i g_i^PC."""
+    total = torch.zeros_like(grads[0])
+    for i, g_i in enumerate(grads):
+        g_pc = g_i.clone()
+        for j in orders[i]:
+            if j != i and torch.dot(g_pc, grads[j]) < 0:
+                g_pc = g_pc - torch.dot(g_pc, grads[j]) / grads[j].square().sum() * grads[j]
+        total += g_pc
+    return total
+
+
+THREE_CONFLICTING = [torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]), torch.tensor([-1.0, -1.0])]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_pcgrad_projects_the_running_projection_for_three_tasks(order):
+    """With three tasks a projection changes the next dot product: g2 = (-1, 1) is orthogonal to g3 = (-1, -1),
+    but once projected off g1 it conflicts with g3. (Two tasks, as the tests above, cannot tell g_i^PC from g_i.)"""
+    expected = _pcgrad_paper(THREE_CONFLICTING, [order] * 3)
+    torch.testing.assert_close(pcgrad(THREE_CONFLICTING, order=list(order)), expected)
+
+
+def test_pcgrad_draws_a_random_projection_order_per_task_from_the_generator():
+    """Without `order`, each task's order is a torch.randperm from `generator` (one draw per task, in task order);
+    different seeds give different orders, and here different results."""
+    results = set()
+    for seed in range(8):
+        draws = torch.Generator().manual_seed(seed)
+        orders = [torch.randperm(3, generator=draws).tolist() for _ in range(3)]
+        out = pcgrad(THREE_CONFLICTING, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(out, _pcgrad_paper(THREE_CONFLICTING, orders))
+        results.add(tuple(round(v, 5) for v in out.tolist()))
+    assert len(results) > 1
+
+
 def test_pcgrad_leaves_non_conflicting_gradients_alone():
     grads = [torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 1.0]), torch.tensor([3.0, 1.0, 0.0])]
     assert torch.allclose(pcgrad(grads, order=[2, 1, 0]), sum(grads))
@@ -218,6 +257,21 @@ def test_popart_absent_task_is_untouched_and_targets_roundtrip():
     assert head.sigma.min() >= head.sigma_min
 
 
+def test_popart_sigma_floor_holds_for_constant_targets():
+    """beta=1 and constant targets per task (a task whose episodes all return the same): the batch variance is 0,
+    so sigma is its floor sigma_min, and normalized targets, head weights and outputs stay finite (without the
+    floor sigma = 0: division by zero in the normalization and in the output-preserving rescale)."""
+    torch.manual_seed(0)
+    head = PopArtHead(4, [2, 2], beta=1.0)
+    feats, ids = torch.randn(6, 4), torch.tensor([0, 1] * 3)
+    targets = torch.where(ids == 0, 5.0, -3.0)
+    head.update_stats(targets, ids)
+    torch.testing.assert_close(head.sigma, torch.full((2,), head.sigma_min))
+    normalized = head.normalize_targets(targets, ids)
+    assert torch.isfinite(normalized).all() and torch.equal(normalized, torch.zeros(6))
+    assert torch.isfinite(head.weight).all() and torch.isfinite(head.unnormalized_q(feats, ids)).all()
+
+
 def test_popart_normalized_loss_trains_head():
     head = PopArtHead(3, [2], beta=1e-2)
     feats, ids, actions = torch.randn(32, 3), torch.zeros(32, dtype=torch.long), torch.randint(0, 2, (32,))
@@ -244,6 +298,25 @@ def test_pcgrad_step_on_network_shared_parameters():
     assert grad_cosine_matrix(grads).shape == (2, 2)
     assign_flat_grad(shared, pcgrad(grads, generator=torch.Generator().manual_seed(0)))
     assert all(p.grad is not None and p.grad.shape == p.shape for p in shared)
+
+
+def test_module_gradient_cosines_are_over_the_shared_parameters_only():
+    """train/grad_cos/* compares the tasks' gradients on what they share (the torso): each task's own head adds a
+    component the other task's gradient lacks, which would pull every cosine toward 0."""
+    from functools import partial
+
+    from mtdqn.models import MultiTaskDQNModule
+
+    m = MultiTaskDQNModule(net=partial(MultiTaskQNetwork, hidden=(8, 8)), optimizer=partial(torch.optim.SGD, lr=0.1),
+                           task=MIXED)
+    ids = torch.tensor([0, 1, 0, 1, 0, 1])
+    q = m.q_net(_padded_obs(MIXED, ids), ids)[:, 0]
+    per_task = task_weighted_loss((q - 1.0).square(), ids, None, n_tasks=2)[1]
+    shared = grad_cosine_matrix([flat_grads(per_task[t], m.q_net.shared_parameters()) for t in range(2)])
+    every = grad_cosine_matrix([flat_grads(per_task[t], list(m.q_net.parameters())) for t in range(2)])
+    cosines = m.gradient_cosines(per_task)
+    torch.testing.assert_close(cosines, shared)
+    assert (cosines[0, 1] - every[0, 1]).abs() > 0.05  # the heads matter here: the test can tell them apart
 
 
 IMAGES = [TaskSpec("four", 400, 3, obs_shape=(10, 10, 4)), TaskSpec("seven", 700, 5, obs_shape=(10, 10, 7))]

@@ -399,6 +399,36 @@ def test_distillation_coefficient_decays_linearly_in_env_steps():
     assert [m.distill_coefficient(s) for s in (0, 250, 1000, 5000)] == pytest.approx([2.0, 1.5, 0.0, 0.0])
 
 
+def test_student_update_minimizes_weighted_td_and_decayed_distillation():
+    """The loss handed to the optimizer is sum_t w_t (td_coef TD_t + c KL_t) with c decayed at the env steps seen
+    (distill_coef 2 decaying over 1000 steps, at 250: c = 1.5), td_coef 0.7 and task weights 0.3 / 2 under
+    loss_balance=weighted: the coefficient's decay, td_coef and the weights each change it."""
+    import torch.nn.functional as F
+
+    m = student(loss_balance="weighted", task_weights=[0.3, 2.0], td_coef=0.7, distill_coef=2.0,
+                distill_decay_env_steps=1000, grad_diagnostics_every=0)
+    m.env_steps_seen = 250
+    n = 16
+    g = torch.Generator().manual_seed(5)
+    ids = torch.arange(n) % 2
+    b = Batch(obs=torch.randn(n, 4, generator=g), actions=torch.randint(0, 2, (n,), generator=g),
+              rewards=torch.randn(n, generator=g), next_obs=torch.randn(n, 4, generator=g), discounts=torch.zeros(n),
+              weights=torch.ones(n), indices=torch.arange(n), task_ids=ids)
+    losses = []
+    m.gradient_step = losses.append
+    m.update(b, None, index=1)
+    expected = 0.0
+    teachers = [torch.tensor([0.0, 0.05, 0.0]), torch.tensor([0.03, 0.0])]
+    for t, (w, teacher) in enumerate(zip((0.3, 2.0), teachers, strict=True)):
+        own = ids == t
+        q = m.q_net(b.obs[own], ids[own])[:, : teacher.numel()]  # the task's own actions only
+        td = F.smooth_l1_loss(q.gather(1, b.actions[own, None]).squeeze(1), b.rewards[own])  # discount 0: y = r
+        kl = distill_kl(q, teacher.expand_as(q), temperature=0.01)
+        expected = expected + w * (0.7 * td + 1.5 * kl)
+    assert len(losses) == 1
+    torch.testing.assert_close(losses[0], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_student_update_moves_the_student_toward_its_teachers():
     m = student(temperature=0.01)
     m._trainable = list(m.q_net.parameters())
