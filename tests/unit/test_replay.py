@@ -191,3 +191,20 @@ def test_a_bad_replay_gamma_is_named_replay_gamma():
     """conf/replay's gamma is ${gamma}: a bad replay.gamma was reported as `gamma=2`, a key not given."""
     with pytest.raises(ValueError, match=re.escape("replay.gamma=2 must lie in (0, 1]")):
         ReplayBuffer(capacity=4, num_envs=1, obs_dim=2, gamma=2)
+
+
+def test_prioritized_state_dict_restores_the_sum_tree_and_max_priority():
+    """A resumed prioritized replay keeps the learned priorities (the sum tree) and the running max priority: a
+    fresh tree would sample only rows added after the resume, a reset max would give them priority 1, not 10."""
+    buf = PrioritizedReplayBuffer(capacity=8, num_envs=1, obs_dim=2, gamma=0.9, alpha=1.0, beta=0.0, eps=0.0)
+    for t in range(4):
+        buf.add(row(t))
+    buf.update_priorities(torch.tensor([0, 1, 2, 3]), torch.tensor([1.0, 10.0, 2.0, 3.0]))
+    restored = PrioritizedReplayBuffer(capacity=8, num_envs=1, obs_dim=2, gamma=0.9, alpha=1.0, beta=0.0, eps=0.0)
+    restored.load_state_dict(buf.state_dict())
+    assert torch.equal(restored.tree.tree, buf.tree.tree)
+    assert restored.max_priority == 10.0
+    restored.add(row(4))
+    assert restored.tree.leaves(torch.tensor([4])).item() == 10.0  # new rows get the restored max priority
+    steps = set(restored.sample(batch_size=500).obs[0, :, 0].tolist())
+    assert steps == {0.0, 1.0, 2.0, 3.0, 4.0}
