@@ -67,6 +67,18 @@ def test_epsilon_zero_is_greedy_and_one_is_random():
     assert (random == 0).any() and (random == 1).any()
 
 
+@pytest.mark.parametrize("epsilon", [0.2, 0.8])
+def test_epsilon_greedy_explores_a_fraction_epsilon_of_envs(epsilon):
+    """With probability epsilon an env acts uniformly at random (half of those pick the non-greedy action of 2),
+    else greedily: a policy always choosing 1 leaves a share epsilon / 2 of other actions. Swapping explore and
+    greedy gives (1 - epsilon) / 2, which eps 0 and 1 alone cannot tell apart."""
+    n = 4000
+    col = Collector(CountingEnv(n), policy=lambda o: torch.ones(o.shape[0], dtype=torch.int64), seed=0)
+    share = (col.act(torch.zeros(n, 1), epsilon) != 1).float().mean().item()
+    p = epsilon / 2
+    assert abs(share - p) < 5 * (p * (1 - p) / n) ** 0.5  # 5 binomial standard deviations (<= 0.04)
+
+
 def test_gym_adapter_same_step_autoreset_keeps_terminal_obs():
     env = GymVecEnv("CartPole-v1", num_envs=3)
     obs = env.reset(seed=0)
