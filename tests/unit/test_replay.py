@@ -115,6 +115,19 @@ def test_prioritized_sampling_follows_priorities_and_weights():
     assert w[0] == pytest.approx(1.0) and w[2] == pytest.approx(0.5) and w[3] == pytest.approx(0.25)
 
 
+def test_prioritized_priorities_are_td_errors_to_the_power_alpha():
+    """p_i = (|td_i| + eps)^alpha: with alpha 0.5 TD errors 1 and 4 give priorities 1 and 2, sampled 1/3 and 2/3 of
+    the time (every other test uses alpha 1, where ignoring alpha changes nothing)."""
+    buf = PrioritizedReplayBuffer(capacity=2, num_envs=1, obs_dim=2, gamma=0.9, alpha=0.5, beta=0.0, eps=0.0)
+    for t in range(2):
+        buf.add(row(t))
+    buf.update_priorities(torch.tensor([0, 1]), torch.tensor([1.0, -4.0]))
+    assert buf.tree.leaves(torch.tensor([0, 1])).tolist() == pytest.approx([1.0, 2.0])
+    assert buf.max_priority == pytest.approx(2.0)
+    counts = torch.bincount(buf.sample(batch_size=6000).indices.reshape(-1), minlength=2).float() / 6000
+    assert counts.tolist() == pytest.approx([1 / 3, 2 / 3], abs=0.03)
+
+
 @pytest.mark.parametrize(("progress", "beta", "expected"), [
     (0.0, 0.0, [1.0, 1.0, 1.0, 1.0]), (0.5, 0.5, [1.0, 1.0, 2 ** -0.5, 0.5]), (1.0, 1.0, [1.0, 1.0, 0.5, 0.25]),
     (1.7, 1.0, [1.0, 1.0, 0.5, 0.25]),  # past data.total_env_steps (a resume with a smaller budget): beta_end
