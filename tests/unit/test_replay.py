@@ -177,6 +177,16 @@ def test_prioritized_n_step_rows_wait_for_lookahead():
     assert leaves.tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
+def test_prioritized_n_step_overwritten_rows_wait_for_lookahead_after_wrapping():
+    """A row overwritten once the ring wraps drops the priority of the transition it replaces until its own n-step
+    look-ahead is written: rows 0 and 1 hold steps 6 and 7 (no 3-step look-ahead yet), not the old steps 0 and 1."""
+    buf = PrioritizedReplayBuffer(capacity=6, num_envs=1, obs_dim=2, gamma=0.9, n_step=3)
+    for t in range(8):
+        buf.add(row(t))
+    assert buf.tree.leaves(torch.arange(6)).tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert set(buf.sample(batch_size=500).obs[0, :, 0].tolist()) == {2.0, 3.0, 4.0, 5.0}
+
+
 def test_invalid_sizes_raise():
     with pytest.raises(ValueError, match="capacity"):
         ReplayBuffer(capacity=0, num_envs=1, obs_dim=2, gamma=0.9)
