@@ -131,6 +131,18 @@ def test_batch_solved_scale_shrinks_solved_tasks_share_of_each_minibatch(tmp_pat
     assert data.composition_counts() == [6, 12, 12]
 
 
+def test_proportional_composition_splits_each_minibatch_by_replay_size(tmp_path):
+    """data.batch_composition=proportional: each task's share of a minibatch is its share of the stored
+    transitions (replays of 4 / 8 / 12 give 5 / 10 / 15 of 30), not the uniform 10 / 10 / 10."""
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=24",
+                       "data.learning_starts=40", "data.batch_size=30", "data.collect_weights=[1,2,3]",
+                       "data.batch_composition=proportional"], tmp_path)
+    model, data, trainer = set_up(build(cfg))
+    data.train_dataloader().dataset.collect_round()
+    assert [len(b) for b in data.buffers] == [4, 8, 12]
+    assert data.composition_counts() == [5, 10, 15]
+
+
 @pytest.mark.parametrize("clock", ["summed", "task"])
 def test_exploration_clock_decays_epsilon_on_summed_or_own_env_steps(tmp_path, clock):
     """data.exploration_clock=task: each task's epsilon follows its own env steps (random actions until the summed
