@@ -143,6 +143,28 @@ def test_proportional_composition_splits_each_minibatch_by_replay_size(tmp_path)
     assert data.composition_counts() == [5, 10, 15]
 
 
+def test_finished_episodes_are_tagged_with_the_task_they_ran_in(tmp_path):
+    """A round's episode returns carry the index of the task whose collector finished them (rollout/<task>/return
+    is logged from these tags): every task's episodes, in collection order, with their own returns."""
+    cfg = compose_cfg([*MTL, "task_set=driving", "data.num_envs=2", "data.env_steps_per_round=72",
+                       "data.learning_starts=40", "data.batch_size=30", "data.collect_weights=[1,2,3]",
+                       "+task_set.env_kwargs.max_episode_steps=5"], tmp_path)
+    model, data, trainer = set_up(build(cfg))
+    stream = data.train_dataloader().dataset
+    finished = []  # (task, returns) of every collector step that finished episodes
+    for i, collector in enumerate(data.collectors):
+        def step(eps, _i=i, _step=collector.step):
+            transition, episodes = _step(eps)
+            if episodes is not None:
+                finished.append((_i, episodes.returns))
+            return transition, episodes
+        collector.step = step
+    _, returns, tasks = stream.collect_round()  # 6 / 12 / 18 vector steps of 5-step episodes
+    assert set(tasks.tolist()) == {0, 1, 2}
+    assert tasks.tolist() == [i for i, r in finished for _ in range(len(r))]
+    assert torch.equal(returns, torch.cat([r for _, r in finished]))
+
+
 @pytest.mark.parametrize("clock", ["summed", "task"])
 def test_exploration_clock_decays_epsilon_on_summed_or_own_env_steps(tmp_path, clock):
     """data.exploration_clock=task: each task's epsilon follows its own env steps (random actions until the summed
