@@ -232,6 +232,16 @@ def test_each_tasks_own_env_steps_are_counted_logged_and_checkpointed(tmp_path):
     assert data.current_task_env_steps() is None
 
 
+def test_each_tasks_collector_and_replay_get_their_own_seed(tmp_path):
+    """Tasks are seeded apart (data.seed + 10_007 x task): one seed for all would give every task's envs the same
+    reset seeds and every replay the same sampling stream."""
+    model, data, trainer = set_up(build(compose_cfg([*MTL, "task_set=driving"], tmp_path)))
+    seeds = [c.seed for c in data.collectors]
+    assert len(set(seeds)) == 3
+    assert len({b.generator.initial_seed() for b in data.buffers}) == 3
+    assert len({tuple(c.generator.get_state().tolist()) for c in data.collectors}) == 3
+
+
 @pytest.mark.parametrize("override", ["data.collect_schedule=adaptive", "data.collect_solved_scale=0",
                                       "data.collect_solved_scale=1.5", "data.collect_unsolved_score=0.95",
                                       "data.exploration_clock=own", "data.batch_solved_scale=0",
