@@ -242,6 +242,16 @@ def test_each_tasks_collector_and_replay_get_their_own_seed(tmp_path):
     assert len({tuple(c.generator.get_state().tolist()) for c in data.collectors}) == 3
 
 
+def test_a_resumed_run_resets_its_envs_with_seeds_moved_on_by_the_env_steps_done(tmp_path):
+    """After a resume the envs reset with seed + env steps collected: with the saved seeds themselves a resumed run
+    would replay the first episodes of the original run."""
+    model, data, trainer = set_up(build(compose_cfg([*MTL, "task_set=driving"], tmp_path)))
+    seeds = [c.seed for c in data.collectors]
+    data.load_state_dict(data.state_dict() | {"env_steps": 400})
+    data.train_dataloader()
+    assert [c.seed for c in data.collectors] == [s + 400 for s in seeds]
+
+
 @pytest.mark.parametrize("override", ["data.collect_schedule=adaptive", "data.collect_solved_scale=0",
                                       "data.collect_solved_scale=1.5", "data.collect_unsolved_score=0.95",
                                       "data.exploration_clock=own", "data.batch_solved_scale=0",
