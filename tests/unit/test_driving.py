@@ -184,6 +184,18 @@ def test_time_limit_truncates() -> None:
     assert (env.get_state()["t"] == 0).all() and (env.get_state()["episode"] == 1).all()
 
 
+def test_an_episode_ending_at_the_time_limit_by_a_crash_is_terminated_not_truncated() -> None:
+    """Terminated and truncated exclude each other: a crash on the last allowed step must not bootstrap (a
+    truncated flag there would make replay treat the crash as a cut-off episode)."""
+    env = DrivingVecEnv("lane_keep", 2, config=DrivingConfig(max_episode_steps=1, curvature_range=0.0))
+    env.reset(3)
+    hw = float(env.get_state()["half_w"][0])
+    env.set_state(d=torch.tensor([hw + C.OFFROAD_MARGIN - 0.05, 0.0]), psi=torch.tensor([0.3, 0.0]), v=10.0)
+    res = env.step(constant_actions(2, STRAIGHT_COAST))
+    assert res.terminated.tolist() == [True, False]
+    assert res.truncated.tolist() == [False, True]
+
+
 # ---------------------------------------------------------------- determinism / batching
 def _actions(n: int, steps: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
