@@ -228,6 +228,21 @@ def test_wrapper_randomization_redraws_per_episode_within_ranges() -> None:
     assert not torch.equal(env.knobs["obs_noise"], first["obs_noise"])  # every env started a new episode
 
 
+def test_wrapper_redraws_only_the_finished_envs_knobs() -> None:
+    """An env keeps its randomized knobs for its whole episode: when env 0 finishes, only its knobs are redrawn
+    (redrawing every env's would change the others' noise and stickiness mid-episode)."""
+    inner = Recorder(4)
+    inner.episode = torch.tensor([2.0, 1000.0, 1000.0, 1000.0])  # env 0 ends its episodes after 2 steps
+    env = PerturbedVecEnv(inner, randomize={"obs_noise": [0.1, 0.2], "sticky_actions": [0.0, 0.5]})
+    env.reset(2)
+    first = {k: v.clone() for k, v in env.knobs.items()}
+    for _ in range(2):
+        env.step(torch.zeros(4, dtype=torch.int64))
+    for name, value in env.knobs.items():
+        assert value[0] != first[name][0], name  # env 0 started a new episode
+        assert torch.equal(value[1:], first[name][1:]), name  # the others are still in their first
+
+
 def test_env_factory_wraps_only_when_asked() -> None:
     plain = env_factory("gym", "CartPole-v1")(num_envs=2)
     wrapped = env_factory("gym", "CartPole-v1", perturb={"sticky_actions": 0.1},
