@@ -243,6 +243,20 @@ def test_wrapper_redraws_only_the_finished_envs_knobs() -> None:
         assert torch.equal(value[1:], first[name][1:]), name  # the others are still in their first
 
 
+def test_wrapper_reset_seed_reseeds_its_draws() -> None:
+    """reset(seed) reseeds the wrapper's generator: two wrappers built at different global RNG states (each seeds
+    itself from it) make the same sticky-action, noise and knob draws after reset(5)."""
+    def run() -> tuple[torch.Tensor, ...]:
+        inner = Recorder(64, episode=4)
+        env = PerturbedVecEnv(inner, sticky_actions=0.5, randomize={"obs_noise": [0.1, 0.2]})
+        obs = [env.reset(5)] + [env.step(torch.full((64,), t)).obs for t in range(10)]
+        return torch.stack(inner.executed), torch.stack(obs), env.knobs["obs_noise"]
+
+    first = run()
+    torch.rand(3)
+    assert all(torch.equal(a, b) for a, b in zip(first, run(), strict=True))
+
+
 def test_env_factory_wraps_only_when_asked() -> None:
     plain = env_factory("gym", "CartPole-v1")(num_envs=2)
     wrapped = env_factory("gym", "CartPole-v1", perturb={"sticky_actions": 0.1},
