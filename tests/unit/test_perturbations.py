@@ -97,6 +97,23 @@ def test_pedestrian_rate_scales_the_spawn_gap() -> None:
     assert mean_gap(4.0) == pytest.approx(50.0, rel=0.05)
 
 
+@pytest.mark.parametrize("reset_mode", ["subset", "masked"])
+def test_respawned_pedestrians_follow_each_envs_randomized_rate(reset_mode: str) -> None:
+    """Pedestrians that respawn mid-episode (5 m behind the car) are spaced by the env's own randomized rate, not
+    the config's: a rate pinned at 4 respawns them exactly as a fixed rate of 4 does (mean gap 50 m, not 200)."""
+    def respawned(**kwargs) -> torch.Tensor:
+        env = DrivingVecEnv("pedestrian", 4096, reset_mode=reset_mode, **kwargs)
+        env.reset(5)
+        env.set_state(d=0.0, psi=0.0, ps=env.get_state()["s"] - 10.0)  # both slots passed: respawn on this step
+        env.step(constant_actions(4096, STRAIGHT_COAST))
+        return env.get_state()["ps"] - env.get_state()["s"]
+
+    fixed = respawned(config=DrivingConfig(pedestrian_rate=4.0))
+    pinned = respawned(randomize={"pedestrian_rate": (4.0, 4.0)})
+    assert torch.equal(fixed, pinned)
+    assert float((pinned - 60.0).mean()) == pytest.approx(50.0, rel=0.05)  # spawn at 60 m + Exp(200 / rate)
+
+
 # ---------------------------------------------------------------- domain randomization in the simulator
 DR = {"obs_noise": (0.0, 0.2), "slip": (0.1, 0.3), "steer_delay": (0, 3), "curvature_range": (0.005, 0.025),
       "pedestrian_rate": (0.5, 3.0)}  # fmt: skip
