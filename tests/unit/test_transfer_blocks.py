@@ -549,13 +549,18 @@ def test_ewc_fisher_is_the_mean_squared_per_sample_gradient_of_the_source_td_los
     assert sum(float(f.sum()) for f in fisher.values()) > 0
 
 
-def test_ewc_mode_adds_a_penalty_that_is_zero_at_the_source_and_pulls_back(tmp_path):
+def ewc_source(tmp_path):
+    """A driving source checkpoint with a small saved replay per task (EWC's Fisher reads it)."""
     torch.manual_seed(0)
     source = MultiTaskQNetwork(DRIVING, hidden=[16, 16])
     replays = [{"obs": torch.randn(4, 2, 26), "next_obs": torch.randn(4, 2, 26), "actions": torch.randint(0, 9, (4, 2)),
                 "rewards": torch.randn(4, 2), "terminated": torch.zeros(4, 2, dtype=torch.bool),
                 "done": torch.zeros(4, 2, dtype=torch.bool), "pos": 4, "size": 4} for _ in DRIVING]
-    path = write_source(tmp_path, source, MTL_CONFIG, {"MultiTaskDataModule": {"replays": replays}})
+    return write_source(tmp_path, source, MTL_CONFIG, {"MultiTaskDataModule": {"replays": replays}})
+
+
+def test_ewc_mode_adds_a_penalty_that_is_zero_at_the_source_and_pulls_back(tmp_path):
+    path = ewc_source(tmp_path)
     model = dqn()
     apply_transfer(model, {"mode": "ewc", "checkpoint": str(path), "ewc": {"lambda": 5.0, "fisher_samples": 8}})
     assert len(model.regularizers) == 1
@@ -575,12 +580,7 @@ def test_ewc_mode_adds_a_penalty_that_is_zero_at_the_source_and_pulls_back(tmp_p
 def test_ewc_fisher_is_normalized_to_mean_one_unless_normalize_is_none(tmp_path, normalize):
     """transfer.ewc.normalize=mean (the default) divides the Fisher by its mean over every anchored entry, so
     lambda weighs a mean squared deviation whatever the loss scale; none keeps the raw Fisher of the source."""
-    torch.manual_seed(0)
-    source = MultiTaskQNetwork(DRIVING, hidden=[16, 16])
-    replays = [{"obs": torch.randn(4, 2, 26), "next_obs": torch.randn(4, 2, 26), "actions": torch.randint(0, 9, (4, 2)),
-                "rewards": torch.randn(4, 2), "terminated": torch.zeros(4, 2, dtype=torch.bool),
-                "done": torch.zeros(4, 2, dtype=torch.bool), "pos": 4, "size": 4} for _ in DRIVING]
-    path = write_source(tmp_path, source, MTL_CONFIG, {"MultiTaskDataModule": {"replays": replays}})
+    path = ewc_source(tmp_path)
     ewc = {"fisher_samples": 8, "normalize": normalize}
     model = dqn()
     apply_transfer(model, {"mode": "ewc", "checkpoint": str(path), "ewc": ewc})
